@@ -1,0 +1,92 @@
+//! The context every verb gets: where the project, recipe, cache and output
+//! are, and the global flags.
+
+use anyhow::{Context, Result};
+use camino::{Utf8Path, Utf8PathBuf};
+
+use crate::flags::Global;
+use crate::plan::Plan;
+use crate::recipe::Resolved;
+
+pub struct Cx {
+    pub root: Utf8PathBuf,
+    pub recipe_file: Utf8PathBuf,
+    pub cache: Utf8PathBuf,
+    pub output: Utf8PathBuf,
+    pub dry_run: bool,
+    pub json: bool,
+    pub force: bool,
+}
+
+/// The kiln workspace (parent of `xtask/`), fixed at compile time.
+pub fn workspace_root() -> Utf8PathBuf {
+    Utf8Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").to_owned()
+}
+
+fn absolute(p: &Utf8Path) -> Result<Utf8PathBuf> {
+    if p.is_absolute() {
+        return Ok(p.to_owned());
+    }
+    let cwd = std::env::current_dir().context("reading the current directory")?;
+    let cwd = Utf8PathBuf::from_path_buf(cwd).map_err(|_| anyhow::anyhow!("current directory is not UTF-8"))?;
+    Ok(cwd.join(p))
+}
+
+impl Cx {
+    pub fn new(g: &Global) -> Result<Cx> {
+        let root = match &g.root {
+            Some(r) => absolute(r)?,
+            None => workspace_root(),
+        };
+        let recipe_file = Self::locate_recipe(&root, &g.recipe)?;
+        let cache = match &g.cache_dir {
+            Some(c) => absolute(c)?,
+            None => root.join("target/kiln/cache"),
+        };
+        let output = match &g.output_dir {
+            Some(o) => absolute(o)?,
+            None => root.join("output"),
+        };
+        Ok(Cx { root, recipe_file, cache, output, dry_run: g.dry_run, json: g.json, force: g.force })
+    }
+
+    /// A relative recipe path is looked up in the current directory, then in the root.
+    pub fn locate_recipe(root: &Utf8Path, p: &Utf8Path) -> Result<Utf8PathBuf> {
+        let here = absolute(p)?;
+        if here.exists() || p.is_absolute() {
+            return Ok(here);
+        }
+        Ok(root.join(p))
+    }
+
+    pub fn recipe(&self) -> Result<Resolved> {
+        crate::recipe::load_resolved(&self.recipe_file, &self.root)
+    }
+
+    pub fn plan(&self, verb: &str) -> Plan {
+        Plan::new(verb, &self.recipe_file, &self.cache, &self.output)
+    }
+
+    /// Print the plan (`--dry-run`) or run it.
+    pub fn run_plan(&self, plan: &Plan, gate: Option<crate::exec::Gate>) -> Result<Option<crate::exec::Report>> {
+        if self.dry_run {
+            if self.json {
+                println!("{}", serde_json::to_string_pretty(&plan.to_json())?);
+            } else {
+                print!("{}", plan.render());
+            }
+            return Ok(None);
+        }
+        let opts = crate::exec::Options { force: self.force, gate };
+        let report = crate::exec::execute(plan, &opts)?;
+        if self.json {
+            let steps: Vec<_> = report
+                .steps
+                .iter()
+                .map(|(n, o)| serde_json::json!({ "step": n, "outcome": format!("{o:?}").to_lowercase() }))
+                .collect();
+            println!("{}", serde_json::json!({ "steps": steps, "published": report.published }));
+        }
+        Ok(Some(report))
+    }
+}

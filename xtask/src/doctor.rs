@@ -1,0 +1,206 @@
+//! `doctor`: which external tools a target needs, found or not, their
+//! versions and packages; `--install` installs the missing ones with apt.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+
+use anyhow::{bail, Context, Result};
+use camino::Utf8Path;
+use serde_json::json;
+
+use crate::tools::registry::{self, Kind, Requirement, Target};
+use crate::ui;
+
+static VERSIONS: Mutex<BTreeMap<String, String>> = Mutex::new(BTreeMap::new());
+
+/// A program's version line (memoized), `missing` when absent, `unknown`
+/// when it has no version probe or the probe failed.
+pub fn version(program: &str) -> String {
+    if let Some(v) = VERSIONS.lock().unwrap().get(program) {
+        return v.clone();
+    }
+    let v = probe(program);
+    VERSIONS.lock().unwrap().insert(program.to_string(), v.clone());
+    v
+}
+
+fn probe(program: &str) -> String {
+    if crate::tools::find(program).is_none() {
+        return "missing".into();
+    }
+    let args: &[&str] = registry::requirement(program).map(|r| r.version_args).unwrap_or(&["--version"]);
+    if args.is_empty() {
+        return "unknown".into();
+    }
+    let cmd = crate::tools::Cmd::new(program, "probe the version").args(args);
+    let out = match crate::tools::run_unchecked(&cmd) {
+        Ok(Ok(o)) => o,
+        Ok(Err(f)) => crate::tools::Output { stdout: f.stdout, stderr: f.stderr },
+        Err(_) => return "unknown".into(),
+    };
+    let text = format!("{}\n{}", out.stdout_str(), out.stderr_str());
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("unknown")
+        .chars()
+        .take(100)
+        .collect()
+}
+
+/// Missing requirements of a target.
+pub fn missing(target: Target) -> Vec<&'static Requirement> {
+    registry::for_target(target).into_iter().filter(|r| !r.present()).collect()
+}
+
+/// Fail before any work when a target's tools are missing (all listed at once).
+pub fn require(target: Target) -> Result<()> {
+    let m = missing(target);
+    if m.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<String> = m.iter().map(|r| format!("  - {} ({}): package {}{}", r.name, r.purpose, r.package,
+        if r.backports { " (bookworm-backports)" } else { "" })).collect();
+    bail!(
+        "missing tools for `{}`:\n{}\ninstall them with `cargo xtask doctor --target {} --install` (as root)",
+        target_name(target),
+        lines.join("\n"),
+        target_name(target)
+    )
+}
+
+pub fn target_name(t: Target) -> &'static str {
+    match t {
+        Target::Seed => "seed",
+        Target::Iso => "iso",
+        Target::Qcow2 => "qcow2",
+        Target::Ova => "ova",
+        Target::Pi => "pi",
+        Target::Smoke => "smoke",
+        Target::Scan => "scan",
+        Target::Test => "test",
+        Target::All => "all",
+    }
+}
+
+pub fn run(target: Target, install: bool, json_out: bool) -> Result<()> {
+    let reqs = registry::for_target(target);
+    if json_out {
+        let rows: Vec<_> = reqs
+            .iter()
+            .map(|r| {
+                json!({
+                    "name": r.name, "kind": r.kind, "package": r.package, "backports": r.backports,
+                    "purpose": r.purpose, "found": r.present(),
+                    "version": match r.kind { Kind::Program => version(r.name), Kind::File => String::new() },
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!("{:<48} {:<8} {:<44} package", "tool", "status", "version");
+        for r in &reqs {
+            let (status, ver) = match (r.present(), r.kind) {
+                (true, Kind::Program) => ("ok", version(r.name)),
+                (true, Kind::File) => ("ok", String::new()),
+                (false, _) => ("MISSING", String::new()),
+            };
+            let pkg = if r.backports { format!("{} (bookworm-backports)", r.package) } else { r.package.to_string() };
+            println!("{:<48} {:<8} {:<44} {pkg}", r.name, status, truncate(&ver, 44));
+        }
+    }
+    let miss = missing(target);
+    if miss.is_empty() {
+        ui::info(&format!("all {} tools for `{}` are present", reqs.len(), target_name(target)));
+        return Ok(());
+    }
+    if !install {
+        bail!(
+            "{} missing for `{}`; run `cargo xtask doctor --target {} --install` as root",
+            miss.len(),
+            target_name(target),
+            target_name(target)
+        );
+    }
+    install_missing(&miss)?;
+    let still = missing(target);
+    if !still.is_empty() {
+        bail!("still missing after install: {}", still.iter().map(|r| r.name).collect::<Vec<_>>().join(", "));
+    }
+    ui::info("all tools installed");
+    Ok(())
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n { s.to_string() } else { s.chars().take(n - 1).collect::<String>() + "…" }
+}
+
+/// apt-get install the packages providing `reqs`; on Debian bookworm first
+/// add bookworm-backports (and non-free-firmware) using the host's own mirror.
+pub fn install_missing(reqs: &[&Requirement]) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        let pkgs: BTreeSet<_> = reqs.iter().map(|r| r.package).collect();
+        bail!(
+            "installing needs root; run as root, or install by hand: apt-get install {}",
+            pkgs.into_iter().collect::<Vec<_>>().join(" ")
+        );
+    }
+    let extra: &[&str] = &[registry::TEST_KERNEL_PACKAGE];
+    let codename = crate::hostapt::host_codename();
+    let bookworm = codename.as_deref() == Some("bookworm");
+    let mut plain: BTreeSet<&str> = BTreeSet::new();
+    let mut bpo: BTreeSet<&str> = BTreeSet::new();
+    for r in reqs {
+        if r.backports && bookworm {
+            bpo.insert(r.package);
+        } else {
+            plain.insert(r.package);
+        }
+    }
+    if reqs.iter().any(|r| r.targets.contains(&Target::Test)) {
+        plain.extend(extra);
+    }
+    if bookworm {
+        add_bookworm_sources(Utf8Path::new("/etc/apt"))?;
+    }
+    crate::tools::run(&crate::tools::apt::update())?;
+    let plain: Vec<&str> = plain.into_iter().collect();
+    let bpo: Vec<&str> = bpo.into_iter().collect();
+    if !plain.is_empty() {
+        ui::info(&format!("apt-get install {}", plain.join(" ")));
+        crate::tools::run(&crate::tools::apt::install(&plain, None))?;
+    }
+    if !bpo.is_empty() {
+        ui::info(&format!("apt-get install -t bookworm-backports {}", bpo.join(" ")));
+        crate::tools::run(&crate::tools::apt::install(&bpo, Some("bookworm-backports")))?;
+    }
+    Ok(())
+}
+
+/// The deb822 source kiln adds on Debian 12: bookworm-backports (main,
+/// non-free-firmware) and bookworm's non-free-firmware, from the mirror the
+/// host already uses.
+pub fn bookworm_sources_text(mirror: &str) -> String {
+    format!(
+        "# Added by `cargo xtask doctor --install` (kiln): newer qemu, e2fsprogs and\n\
+         # mmdebstrap from backports; raspi-firmware from non-free-firmware.\n\
+         Types: deb\nURIs: {mirror}\nSuites: bookworm-backports\nComponents: main non-free-firmware\n\
+         Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n\
+         Types: deb\nURIs: {mirror}\nSuites: bookworm\nComponents: non-free-firmware\n\
+         Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+    )
+}
+
+fn add_bookworm_sources(etc_apt: &Utf8Path) -> Result<()> {
+    let sources = crate::hostapt::sources(etc_apt)?;
+    if sources.iter().any(|s| s.suite == "bookworm-backports") {
+        return Ok(());
+    }
+    let mirror = crate::hostapt::debian_mirror(&sources, "bookworm")?;
+    let path = etc_apt.join("sources.list.d/kiln-bookworm-backports.sources");
+    std::fs::write(&path, bookworm_sources_text(&mirror))
+        .with_context(|| format!("writing apt source {path}"))?;
+    ui::info(&format!("added {path} (mirror {mirror})"));
+    Ok(())
+}

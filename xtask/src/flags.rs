@@ -1,0 +1,117 @@
+//! The command line. Doc comments here are the `--help` text.
+
+use camino::Utf8PathBuf;
+use clap::{Args, Parser, Subcommand};
+
+use crate::recipe::Arch;
+use crate::tools::Target;
+
+/// kiln builds bootable appliance images — a remastered Ubuntu installer ISO,
+/// a qcow2, an OVA and a Raspberry Pi image — from one recipe, reproducibly,
+/// without root tricks, with no secrets baked in.
+///
+/// Every verb resolves the recipe into a plan of steps, prints it with
+/// `--dry-run` (`--json` for machines), then runs it, reusing cached steps
+/// whose inputs did not change. Finished artifacts land in `output/`.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", arg_required_else_help = true, version)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub verb: Verb,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// The recipe to build (relative to the current directory, else to the project root).
+    #[arg(long, global = true, default_value = "recipes/demo.yaml", env = "KILN_RECIPE")]
+    pub recipe: Utf8PathBuf,
+    /// Project root: recipe paths are relative to it [default: the kiln workspace].
+    #[arg(long, global = true, env = "KILN_ROOT")]
+    pub root: Option<Utf8PathBuf>,
+    /// Step cache [default: <root>/target/kiln/cache].
+    #[arg(long, global = true, env = "KILN_CACHE")]
+    pub cache_dir: Option<Utf8PathBuf>,
+    /// Where finished artifacts go [default: <root>/output].
+    #[arg(long, global = true, env = "KILN_OUTPUT")]
+    pub output_dir: Option<Utf8PathBuf>,
+    /// Print the plan (commands, inputs, cache keys) and do nothing.
+    #[arg(long, global = true)]
+    pub dry_run: bool,
+    /// Machine-readable output (the plan with --dry-run, reports otherwise).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Re-run every step, ignoring the cache.
+    #[arg(long, global = true)]
+    pub force: bool,
+    /// Show every command as it runs.
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
+    /// Only errors and warnings.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Verb {
+    /// Inspect recipes: `recipe show` prints the resolved recipe (every default filled in).
+    #[command(subcommand)]
+    Recipe(RecipeCmd),
+    /// List the external tools each target needs, their versions and packages; install the missing ones.
+    Doctor(Doctor),
+    /// Build the staged tree (overlay, units, payloads, build-info) and its deterministic overlay.tar.zst.
+    Stage(Stage),
+    /// Write and validate the NoCloud seeds (autoinstall user-data for the ISO; cloud-init user-data, meta-data and cidata ISO/FAT images for qcow2 and Pi).
+    Seed(crate::verbs::seed::Args),
+    /// Remaster an Ubuntu live-server ISO into a zero-touch installer of the appliance.
+    Iso(crate::verbs::iso::Args),
+    /// Build the appliance disk as qcow2 (from Debian packages, or by customizing a vendor cloud image).
+    Qcow2(crate::verbs::qcow2::Args),
+    /// Wrap the appliance disk in an OVA for VMware/VirtualBox; `ova lint FILE` checks any OVA.
+    Ova(crate::verbs::ova::Args),
+    /// Scan artifacts (directories, tars, ISOs, disks, OVAs) for baked secrets and per-instance identity.
+    Scan(crate::verbs::scan::Args),
+    /// Measure kiln against baseline tools in the same run and print ratios.
+    Bench(crate::verbs::bench::Args),
+    /// Build every image format the recipe enables (what exists today: see README).
+    Build(crate::verbs::build::Args),
+    /// Ensure the test tools are installed (as root: `doctor --install`), then run the whole test suite.
+    Test(Test),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RecipeCmd {
+    /// Print the resolved recipe as YAML (or JSON with --json).
+    Show {
+        /// The recipe file (same as the global --recipe).
+        recipe: Option<Utf8PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct Doctor {
+    /// Which target's tools to check.
+    #[arg(long, value_enum, default_value = "all")]
+    pub target: Target,
+    /// Install what is missing with apt-get (needs root; adds bookworm-backports on Debian 12).
+    #[arg(long)]
+    pub install: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct Stage {
+    /// Architecture to stage for [default: every architecture of the recipe].
+    #[arg(long, value_enum)]
+    pub arch: Option<Arch>,
+}
+
+#[derive(Debug, Args)]
+pub struct Test {
+    /// Do not try to install missing tools first.
+    #[arg(long)]
+    pub no_install: bool,
+    /// Extra arguments for `cargo test` (e.g. a filter, or `-- --nocapture`).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub cargo_args: Vec<String>,
+}

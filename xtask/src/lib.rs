@@ -1,0 +1,21 @@
+//! kiln: builds bootable appliance images from one recipe. The binary
+//! (`cargo xtask`) is a thin dispatcher over this library; integration tests
+//! use the library to build fixtures with the same tool wrappers.
+
+pub mod archive;
+pub mod cx;
+pub mod digest;
+pub mod doctor;
+pub mod epoch;
+pub mod exec;
+pub mod export;
+pub mod flags;
+pub mod fsutil;
+pub mod hostapt;
+pub mod plan;
+pub mod recipe;
+pub mod signals;
+pub mod stage;
+pub mod tools;
+pub mod ui;
+pub mod verbs;

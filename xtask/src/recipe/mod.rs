@@ -1,0 +1,248 @@
+//! Recipes: what to build. A recipe is a YAML file (`recipes/demo.yaml`)
+//! parsed strictly (unknown keys and wrong types are errors with file, line
+//! and column), then resolved once: every default is filled in
+//! [`Recipe::resolve`] and nowhere else.
+//!
+//! The per-target sections live in submodules, one per target, beside the
+//! code that consumes them.
+
+use std::fmt;
+
+use anyhow::{bail, Context, Result};
+use camino::{Utf8Path, Utf8PathBuf};
+use serde::{Deserialize, Serialize};
+
+pub mod iso;
+pub mod ova;
+pub mod payloads;
+pub mod pi;
+pub mod qcow2;
+pub mod scan;
+pub mod seed;
+
+/// The recipe as written.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    pub appliance: Appliance,
+    /// Architectures to build for (default: `[amd64]`).
+    #[serde(default)]
+    pub architectures: Vec<Arch>,
+    /// Directories laid over `/`, in order.
+    #[serde(default)]
+    pub overlays: Vec<Overlay>,
+    #[serde(default)]
+    pub systemd: Systemd,
+    #[serde(default)]
+    pub payloads: payloads::Payloads,
+    #[serde(default)]
+    pub seed: seed::SeedOptions,
+    #[serde(default)]
+    pub iso: iso::IsoOptions,
+    #[serde(default)]
+    pub qcow2: qcow2::Qcow2Options,
+    #[serde(default)]
+    pub ova: ova::OvaOptions,
+    #[serde(default)]
+    pub pi: pi::PiOptions,
+    #[serde(default)]
+    pub scan: scan::ScanOptions,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Appliance {
+    /// Lower-case name: names output files, `/etc/<name>/`, the ISO label.
+    pub name: String,
+    /// Release version; default `git describe --tags --always --dirty`, else `0.0.0-dev`.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Human-readable product name (default: the name).
+    #[serde(default)]
+    pub product: Option<String>,
+    #[serde(default)]
+    pub vendor: Option<String>,
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    Amd64,
+    Arm64,
+}
+
+impl Arch {
+    /// Debian's name (`amd64`, `arm64`).
+    pub fn debian(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "amd64",
+            Arch::Arm64 => "arm64",
+        }
+    }
+    /// OCI platform architecture (`amd64`, `arm64`).
+    pub fn oci(self) -> &'static str {
+        self.debian()
+    }
+    /// The kernel's / qemu's name (`x86_64`, `aarch64`).
+    pub fn uname(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "x86_64",
+            Arch::Arm64 => "aarch64",
+        }
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.debian())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Overlay {
+    /// Directory (relative to the project root) laid over `/`.
+    pub path: Utf8PathBuf,
+    /// Paths (relative to `/`) this overlay provides that an earlier overlay
+    /// provides too; without this, such a clash is an error.
+    #[serde(default)]
+    pub wins: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Systemd {
+    /// Unit files installed 0644 under `/etc/systemd/system`.
+    #[serde(default)]
+    pub units: Vec<Utf8PathBuf>,
+    /// Units to enable (as the `wants/`/`requires/` links their `[Install]` implies).
+    #[serde(default)]
+    pub enable: Vec<String>,
+    /// Units to mask (a link to `/dev/null`).
+    #[serde(default)]
+    pub mask: Vec<String>,
+    /// Units the base system provides, which `enable`/`mask` may name.
+    #[serde(default)]
+    pub base_units: Vec<String>,
+    /// sysusers.d files installed under `/usr/lib/sysusers.d`.
+    #[serde(default)]
+    pub sysusers: Vec<Utf8PathBuf>,
+}
+
+/// A recipe with every default filled in, plus where it came from.
+#[derive(Debug, Clone, Serialize)]
+pub struct Resolved {
+    /// The recipe file.
+    pub file: Utf8PathBuf,
+    /// The project root; relative paths in the recipe are relative to it.
+    pub root: Utf8PathBuf,
+    pub version: String,
+    /// Git revision of the project, when it is a repository.
+    pub revision: Option<String>,
+    /// `SOURCE_DATE_EPOCH`: from the environment, else the last commit time, else 0.
+    pub epoch: i64,
+    pub epoch_source: String,
+    pub recipe: Recipe,
+}
+
+/// Parse a recipe file; errors name the file, line and column.
+pub fn load(file: &Utf8Path) -> Result<Recipe> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("reading recipe {file} (pass another one with --recipe)"))?;
+    parse(&text, file)
+}
+
+pub fn parse(text: &str, file: &Utf8Path) -> Result<Recipe> {
+    yaml_serde::from_str::<Recipe>(text).map_err(|e| yaml_error(file, &e))
+}
+
+/// `FILE:LINE:COL: message` for a YAML/serde error.
+pub fn yaml_error(file: &Utf8Path, e: &yaml_serde::Error) -> anyhow::Error {
+    let msg = e.to_string();
+    // The library appends " at line L column C"; we lead with the location instead.
+    let msg = match msg.find(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg,
+    };
+    match e.location() {
+        Some(l) => anyhow::anyhow!("{file}:{}:{}: {msg}", l.line(), l.column()),
+        None => anyhow::anyhow!("{file}: {msg}"),
+    }
+}
+
+impl Recipe {
+    /// Fill every default and check what types alone cannot.
+    pub fn resolve(mut self, file: &Utf8Path, root: &Utf8Path) -> Result<Resolved> {
+        let a = &self.appliance;
+        if a.name.is_empty()
+            || !a.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            || a.name.starts_with('-')
+        {
+            bail!(
+                "{file}: appliance.name `{}` must be lower-case letters, digits and `-` \
+                 (it names files, directories and users)",
+                a.name
+            );
+        }
+        if self.architectures.is_empty() {
+            self.architectures.push(Arch::Amd64);
+        }
+        self.architectures.sort();
+        self.architectures.dedup();
+        if self.appliance.product.is_none() {
+            self.appliance.product = Some(self.appliance.name.clone());
+        }
+        let version = match &self.appliance.version {
+            Some(v) => v.clone(),
+            None => crate::tools::git::describe(root).unwrap_or_else(|| "0.0.0-dev".into()),
+        };
+        if version.is_empty() || version.contains(['/', ' ', '\n']) {
+            bail!("{file}: version `{version}` must not be empty or contain `/` or spaces");
+        }
+        let revision = crate::tools::git::revision(root);
+        let (epoch, epoch_source) = crate::epoch::resolve(root)?;
+        self.seed.resolve(file)?;
+        self.payloads.resolve(file)?;
+        self.iso.resolve(file)?;
+        self.qcow2.resolve(file)?;
+        self.ova.resolve(file)?;
+        self.pi.resolve(file)?;
+        self.scan.resolve(file)?;
+        Ok(Resolved {
+            file: file.to_owned(),
+            root: root.to_owned(),
+            version,
+            revision,
+            epoch,
+            epoch_source,
+            recipe: self,
+        })
+    }
+}
+
+impl Resolved {
+    pub fn name(&self) -> &str {
+        &self.recipe.appliance.name
+    }
+    /// A path from the recipe, made absolute against the project root.
+    pub fn path(&self, p: &Utf8Path) -> Utf8PathBuf {
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            self.root.join(p)
+        }
+    }
+    /// `<name>-<version>-<arch>.<ext>`: every artifact's file name.
+    pub fn artifact_name(&self, arch: Arch, ext: &str) -> String {
+        format!("{}-{}-{}.{ext}", self.name(), self.version, arch)
+    }
+}
+
+/// Load and resolve in one go.
+pub fn load_resolved(file: &Utf8Path, root: &Utf8Path) -> Result<Resolved> {
+    load(file)?.resolve(file, root)
+}

@@ -1,0 +1,15 @@
+//! `pi:` — options of the pi target.
+
+use anyhow::Result;
+use camino::Utf8Path;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PiOptions {}
+
+impl PiOptions {
+    pub fn resolve(&mut self, _file: &Utf8Path) -> Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,10 @@
+//! cloud-init: `cloud-init schema` validates cloud-config files.
+
+use camino::Utf8Path;
+
+use super::Cmd;
+
+pub fn schema(config: &Utf8Path) -> Cmd {
+    Cmd::new("cloud-init", "validate a cloud-config against cloud-init's schema")
+        .args(["schema", "--config-file", config.as_str()])
+}

@@ -1,0 +1,399 @@
+//! External programs. This module tree is the only place in kiln that spawns
+//! processes: one submodule per program builds its command lines as data
+//! ([`Cmd`]), and [`run`] executes them with a controlled environment.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Read;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use camino::{Utf8Path, Utf8PathBuf};
+use serde::Serialize;
+
+pub mod apt;
+pub mod cargo;
+pub mod cloud_init;
+pub mod git;
+pub mod registry;
+pub mod shellcheck;
+
+pub use registry::Target;
+
+/// One external command, as data: what `--dry-run` prints and what tests assert on.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Cmd {
+    pub program: String,
+    pub args: Vec<String>,
+    /// Variables set on top of the controlled base environment.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<Utf8PathBuf>,
+    /// Write the child's stdout to this file instead of capturing it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stdout_to: Option<Utf8PathBuf>,
+    /// One line saying what the command is for.
+    pub summary: String,
+    /// Let the child write to kiln's own stdout/stderr (e.g. `cargo test`)
+    /// instead of capturing them.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub inherit_output: bool,
+    /// Pass kiln's whole environment through (only for `cargo test`, whose
+    /// tests read `CI`, `KILN_*` and cargo's own variables).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub inherit_env: bool,
+}
+
+impl Cmd {
+    pub fn new(program: impl Into<String>, summary: impl Into<String>) -> Cmd {
+        Cmd {
+            program: program.into(),
+            args: Vec::new(),
+            env: BTreeMap::new(),
+            cwd: None,
+            stdout_to: None,
+            summary: summary.into(),
+            inherit_output: false,
+            inherit_env: false,
+        }
+    }
+    pub fn arg(mut self, a: impl AsRef<str>) -> Cmd {
+        self.args.push(a.as_ref().to_string());
+        self
+    }
+    pub fn args<I, S>(mut self, args: I) -> Cmd
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.args.extend(args.into_iter().map(|a| a.as_ref().to_string()));
+        self
+    }
+    pub fn env(mut self, k: impl Into<String>, v: impl Into<String>) -> Cmd {
+        self.env.insert(k.into(), v.into());
+        self
+    }
+    pub fn cwd(mut self, dir: impl Into<Utf8PathBuf>) -> Cmd {
+        self.cwd = Some(dir.into());
+        self
+    }
+    pub fn with_env_inherited(mut self) -> Cmd {
+        self.inherit_env = true;
+        self
+    }
+    pub fn inherit_output(mut self) -> Cmd {
+        self.inherit_output = true;
+        self
+    }
+    pub fn stdout_to(mut self, file: impl Into<Utf8PathBuf>) -> Cmd {
+        self.stdout_to = Some(file.into());
+        self
+    }
+    /// Replace `from` by `to` in every argument and env value (used to point a
+    /// planned command at a step's temporary output directory).
+    pub fn substitute(&self, from: &str, to: &str) -> Cmd {
+        let mut c = self.clone();
+        for a in &mut c.args {
+            *a = a.replace(from, to);
+        }
+        for v in c.env.values_mut() {
+            *v = v.replace(from, to);
+        }
+        if let Some(p) = &c.stdout_to {
+            c.stdout_to = Some(p.as_str().replace(from, to).into());
+        }
+        if let Some(p) = &c.cwd {
+            c.cwd = Some(p.as_str().replace(from, to).into());
+        }
+        c
+    }
+}
+
+impl fmt::Display for Cmd {
+    /// The command as a shell line a person can paste.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts: Vec<String> = self
+            .env
+            .iter()
+            .map(|(k, v)| format!("{k}={}", shell_quote(v)))
+            .collect();
+        parts.push(shell_quote(&self.program));
+        parts.extend(self.args.iter().map(|a| shell_quote(a)));
+        write!(f, "{}", parts.join(" "))?;
+        if let Some(out) = &self.stdout_to {
+            write!(f, " > {}", shell_quote(out.as_str()))?;
+        }
+        Ok(())
+    }
+}
+
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%^".contains(&b))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// What a finished command produced.
+#[derive(Debug)]
+pub struct Output {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl Output {
+    pub fn stdout_str(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+    pub fn stderr_str(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+}
+
+/// How much of stderr a failure report keeps (the tail).
+const STDERR_TAIL: usize = 64 * 1024;
+/// Lines of stderr shown in an error message.
+const STDERR_LINES: usize = 25;
+
+/// Variables passed through from the caller's environment; everything else is
+/// dropped so builds do not depend on the caller's shell.
+const PASS_ENV: &[&str] = &[
+    "PATH",
+    "HOME",
+    "TMPDIR",
+    "USER",
+    "TERM",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+];
+
+/// Run a command to completion with stdin closed, `LANG=C.UTF-8`, in its own
+/// process group. Stops it (SIGTERM, then SIGKILL) if kiln is interrupted.
+/// A non-zero exit is an error carrying the quoted command line, the exit
+/// status and the tail of stderr.
+pub fn run(cmd: &Cmd) -> Result<Output> {
+    run_inner(cmd, true)
+}
+
+/// Like [`run`], but a non-zero exit is returned as `Ok(Err(report))` so
+/// callers can inspect the status (e.g. `qemu-img check` exit codes).
+pub fn run_unchecked(cmd: &Cmd) -> Result<std::result::Result<Output, Failure>> {
+    match run_inner(cmd, false) {
+        Ok(o) => Ok(Ok(o)),
+        Err(e) => match e.downcast::<Failure>() {
+            Ok(f) => Ok(Err(f)),
+            Err(e) => Err(e),
+        },
+    }
+}
+
+/// A tool that ran and failed.
+#[derive(Debug)]
+pub struct Failure {
+    pub command: String,
+    pub status: String,
+    pub code: Option<i32>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "command failed ({}):\n  {}", self.status, self.command)?;
+        let text = String::from_utf8_lossy(&self.stderr);
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(STDERR_LINES)..];
+        if tail.is_empty() {
+            write!(f, "(no stderr output)")
+        } else {
+            writeln!(f, "stderr (last {} lines):", tail.len())?;
+            for l in tail {
+                writeln!(f, "  | {l}")?;
+            }
+            Ok(())
+        }
+    }
+}
+
+impl std::error::Error for Failure {}
+
+fn run_inner(cmd: &Cmd, check: bool) -> Result<Output> {
+    crate::signals::check()?;
+    let program = registry::which(&cmd.program).ok_or_else(|| missing_tool(&cmd.program))?;
+    let mut c = Command::new(program.as_std_path());
+    c.args(&cmd.args);
+    if !cmd.inherit_env {
+        c.env_clear();
+    }
+    for k in PASS_ENV {
+        if let Ok(v) = std::env::var(k) {
+            c.env(k, v);
+        }
+    }
+    c.env("LANG", "C.UTF-8").env("LC_ALL", "C.UTF-8");
+    c.envs(&cmd.env);
+    if let Some(d) = &cmd.cwd {
+        c.current_dir(d);
+    }
+    c.stdin(Stdio::null());
+    match &cmd.stdout_to {
+        _ if cmd.inherit_output => {
+            c.stdout(Stdio::inherit());
+        }
+        Some(path) => {
+            let f = std::fs::File::create(path)
+                .with_context(|| format!("creating {path} for the output of {}", cmd.program))?;
+            c.stdout(f);
+        }
+        None => {
+            c.stdout(Stdio::piped());
+        }
+    }
+    c.stderr(if cmd.inherit_output { Stdio::inherit() } else { Stdio::piped() });
+    // Own process group: kiln decides when children stop, and can stop the
+    // whole tree (qemu, mmdebstrap's helpers) at once.
+    c.process_group(0);
+    crate::ui::debug(&format!("$ {cmd}"));
+    let mut child = c
+        .spawn()
+        .with_context(|| format!("starting {} ({})", cmd.program, cmd.summary))?;
+    let pid = child.id() as i32;
+    let _guard = crate::signals::ChildGuard::new(pid);
+
+    let stdout_buf = Arc::new(Mutex::new(Vec::new()));
+    let stderr_buf = Arc::new(Mutex::new(Vec::new()));
+    let t_out = child
+        .stdout
+        .take()
+        .map(|s| spawn_reader(s, stdout_buf.clone(), usize::MAX));
+    let t_err = child
+        .stderr
+        .take()
+        .map(|s| spawn_reader(s, stderr_buf.clone(), STDERR_TAIL));
+
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break st;
+        }
+        if crate::signals::interrupted() {
+            crate::signals::stop_group(pid);
+            let _ = child.wait();
+            if let Some(t) = t_out {
+                let _ = t.join();
+            }
+            if let Some(t) = t_err {
+                let _ = t.join();
+            }
+            bail!(crate::signals::Interrupted);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    if let Some(t) = t_out {
+        let _ = t.join();
+    }
+    if let Some(t) = t_err {
+        let _ = t.join();
+    }
+    let stdout = std::mem::take(&mut *stdout_buf.lock().unwrap());
+    let stderr = std::mem::take(&mut *stderr_buf.lock().unwrap());
+    if !status.success() {
+        let _ = check;
+        let status_text = match (status.code(), status.signal()) {
+            (Some(c), _) => format!("exit status {c}"),
+            (None, Some(s)) => format!("killed by signal {s}"),
+            _ => "unknown status".into(),
+        };
+        return Err(Failure {
+            command: cmd.to_string(),
+            status: status_text,
+            code: status.code(),
+            stdout,
+            stderr,
+        }
+        .into());
+    }
+    Ok(Output { stdout, stderr })
+}
+
+fn spawn_reader<R: Read + Send + 'static>(
+    mut r: R,
+    buf: Arc<Mutex<Vec<u8>>>,
+    keep: usize,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            match r.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let mut b = buf.lock().unwrap();
+                    b.extend_from_slice(&chunk[..n]);
+                    if b.len() > keep.saturating_mul(2) {
+                        let cut = b.len() - keep;
+                        b.drain(..cut);
+                    }
+                }
+            }
+        }
+        let mut b = buf.lock().unwrap();
+        if b.len() > keep {
+            let cut = b.len() - keep;
+            b.drain(..cut);
+        }
+    })
+}
+
+/// The error for a program that is not installed: names the package.
+pub fn missing_tool(program: &str) -> anyhow::Error {
+    match registry::requirement(program) {
+        Some(r) => anyhow::anyhow!(
+            "`{program}` is not installed ({}); install the Debian/Ubuntu package `{}`{} \
+             or run `cargo xtask doctor --install`",
+            r.purpose,
+            r.package,
+            if r.backports { " (from bookworm-backports on Debian 12)" } else { "" }
+        ),
+        None => anyhow::anyhow!("`{program}` is not installed and kiln does not know its package"),
+    }
+}
+
+/// Fail before any work if a program a verb needs is missing; lists all at once.
+pub fn require(programs: &[&str]) -> Result<()> {
+    let missing: Vec<_> = programs
+        .iter()
+        .filter(|p| registry::which(p).is_none())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<String> = missing
+        .iter()
+        .map(|p| format!("  - {:#}", missing_tool(p)))
+        .collect();
+    bail!(
+        "missing tools:\n{}\n(`cargo xtask doctor` lists every tool and its package)",
+        lines.join("\n")
+    )
+}
+
+/// A program's path, or `None` when it is not installed.
+pub fn find(program: &str) -> Option<Utf8PathBuf> {
+    registry::which(program)
+}
+
+/// Is `path` (a file a tool needs, e.g. OVMF firmware) present?
+pub fn file_present(path: &Utf8Path) -> bool {
+    path.exists()
+}

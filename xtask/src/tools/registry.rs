@@ -1,0 +1,150 @@
+//! The one table of every external program (and firmware file) kiln uses:
+//! which package provides it, what for, and which targets need it. `doctor`
+//! prints it, `doctor --install` installs from it, `.ci/run` relies on it, and
+//! every verb checks its slice of it before doing any work.
+
+use camino::{Utf8Path, Utf8PathBuf};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    Seed,
+    Iso,
+    Qcow2,
+    Ova,
+    Pi,
+    Smoke,
+    Scan,
+    /// Everything the test suite needs (fixtures, linters, boots).
+    Test,
+    All,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub enum Kind {
+    /// A program looked up on PATH (and in /usr/sbin, /sbin).
+    Program,
+    /// A file at a fixed path (firmware, boot loader images).
+    File,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Requirement {
+    /// Program name, or absolute path for [`Kind::File`].
+    pub name: &'static str,
+    pub kind: Kind,
+    /// The Debian/Ubuntu package that provides it.
+    pub package: &'static str,
+    /// Install from bookworm-backports on Debian 12.
+    pub backports: bool,
+    /// What kiln uses it for.
+    pub purpose: &'static str,
+    /// Arguments that print a version (first line is kept); empty: no probe.
+    pub version_args: &'static [&'static str],
+    pub targets: &'static [Target],
+}
+
+use Kind::*;
+use Target::*;
+
+const fn prog(
+    name: &'static str,
+    package: &'static str,
+    purpose: &'static str,
+    version_args: &'static [&'static str],
+    targets: &'static [Target],
+) -> Requirement {
+    Requirement { name, kind: Program, package, backports: false, purpose, version_args, targets }
+}
+
+const fn backport(mut r: Requirement) -> Requirement {
+    r.backports = true;
+    r
+}
+
+const fn file(
+    name: &'static str,
+    package: &'static str,
+    purpose: &'static str,
+    targets: &'static [Target],
+) -> Requirement {
+    Requirement { name, kind: File, package, backports: false, purpose, version_args: &[], targets }
+}
+
+pub const REQUIREMENTS: &[Requirement] = &[
+    prog("git", "git", "version and epoch of the appliance", &["--version"], &[Test]),
+    prog("xorriso", "xorriso", "ISO 9660 images: remaster, cidata seed, reading ISOs", &["-version"], &[Seed, Iso, Scan, Test]),
+    prog("mformat", "mtools", "FAT images without mounting", &["--version"], &[Seed, Qcow2, Pi, Scan, Test]),
+    prog("mcopy", "mtools", "copy files into/out of FAT images", &["--version"], &[Seed, Qcow2, Pi, Scan, Test]),
+    prog("mkfs.vfat", "dosfstools", "create FAT file systems", &[], &[Seed, Qcow2, Pi, Test]),
+    backport(prog("mkfs.ext4", "e2fsprogs", "ext4 root file systems from a directory (1.47.2+ honours SOURCE_DATE_EPOCH)", &["-V"], &[Qcow2, Pi, Test])),
+    backport(prog("debugfs", "e2fsprogs", "read ext4 file systems without mounting", &["-V"], &[Scan, Test])),
+    backport(prog("qemu-img", "qemu-utils", "convert and inspect disk images", &["--version"], &[Qcow2, Ova, Pi, Scan, Test])),
+    backport(prog("mmdebstrap", "mmdebstrap", "Debian root file systems without root tricks", &["--version"], &[Qcow2, Pi, Test])),
+    prog("objcopy", "binutils", "assemble the unified kernel image (UKI)", &["--version"], &[Qcow2, Test]),
+    file("/usr/lib/systemd/boot/efi/linuxx64.efi.stub", "systemd-boot-efi", "EFI stub for the UKI", &[Qcow2, Test]),
+    prog("grub-mkimage", "grub-common", "GRUB core images (BIOS boot, test ISO fixture)", &["--version"], &[Qcow2, Test]),
+    file("/usr/lib/grub/i386-pc/boot.img", "grub-pc-bin", "GRUB BIOS modules and boot sector", &[Qcow2, Test]),
+    file("/usr/lib/grub/x86_64-efi/linux.mod", "grub-efi-amd64-bin", "GRUB EFI modules (test ISO fixture)", &[Test]),
+    prog("virt-customize", "libguestfs-tools", "customize a vendor cloud image (qcow2 builder 2)", &["--version"], &[]),
+    prog("cloud-init", "cloud-init", "validate cloud-config seeds (`cloud-init schema`)", &["--version"], &[Seed, Test]),
+    prog("skopeo", "skopeo", "copy registry images; inspect exported archives in tests", &["--version"], &[Test]),
+    backport(prog("qemu-system-x86_64", "qemu-system-x86", "smoke-boot amd64 images", &["--version"], &[Smoke, Test])),
+    file("/usr/share/OVMF/OVMF_CODE_4M.fd", "ovmf", "UEFI firmware for amd64 boots", &[Smoke, Test]),
+    prog("shellcheck", "shellcheck", "lint the appliance's shell scripts", &["--version"], &[Test]),
+    file("/bin/busybox", "busybox-static", "tiny initrds for boot tests", &[Test]),
+    file("/usr/lib/x86_64-linux-gnu/libarchive.so.13", "libarchive13", "bsdtar-compatible readers used by tests", &[]),
+    prog("zstd", "zstd", "reference pipeline for benchmarks; tests decompress with it", &["--version"], &[Test]),
+    prog("sha256sum", "coreutils", "reference for benchmarks and `sha256sum -c` in tests", &["--version"], &[Test]),
+    prog("xmllint", "libxml2-utils", "check OVF descriptors in tests", &["--version"], &[Test]),
+    prog("sgdisk", "gdisk", "read back GPT partition tables in tests", &["--version"], &[Test]),
+];
+
+/// The kernel the tests boot and put into fixtures: any amd64 bzImage.
+pub const TEST_KERNEL_PACKAGE: &str = "linux-image-amd64";
+
+pub fn requirement(name: &str) -> Option<&'static Requirement> {
+    REQUIREMENTS.iter().find(|r| r.name == name)
+}
+
+pub fn for_target(t: Target) -> Vec<&'static Requirement> {
+    REQUIREMENTS
+        .iter()
+        .filter(|r| t == All || r.targets.contains(&t) || (t == Test && !r.targets.is_empty()))
+        .collect()
+}
+
+/// Look a program up on PATH, then in the sbin directories (mkfs.* live
+/// there and a non-root PATH may lack them).
+pub fn which(program: &str) -> Option<Utf8PathBuf> {
+    if program.contains('/') {
+        let p = Utf8PathBuf::from(program);
+        return p.is_file().then_some(p);
+    }
+    let path = std::env::var("PATH").unwrap_or_default();
+    let extra = ["/usr/local/sbin", "/usr/sbin", "/sbin"];
+    let found = path
+        .split(':')
+        .chain(extra)
+        .filter(|d| !d.is_empty())
+        .map(|d| Utf8Path::new(d).join(program))
+        .find(|p| is_executable(p));
+    found
+}
+
+fn is_executable(p: &Utf8Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+impl Requirement {
+    pub fn present(&self) -> bool {
+        match self.kind {
+            Program => which(self.name).is_some(),
+            File => Utf8Path::new(self.name).exists(),
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! `cargo xtask bench`.
+
+use anyhow::Result;
+
+use crate::cx::Cx;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+pub fn run(_cx: &Cx, _a: Args) -> Result<()> {
+    anyhow::bail!("`bench` is not implemented yet")
+}

@@ -1,0 +1,22 @@
+use anyhow::Result;
+
+use crate::cx::Cx;
+use crate::flags::RecipeCmd;
+
+pub fn run(cx: &Cx, c: RecipeCmd) -> Result<()> {
+    match c {
+        RecipeCmd::Show { recipe } => {
+            let file = match recipe {
+                Some(p) => Cx::locate_recipe(&cx.root, &p)?,
+                None => cx.recipe_file.clone(),
+            };
+            let r = crate::recipe::load_resolved(&file, &cx.root)?;
+            if cx.json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{}", yaml_serde::to_string(&r)?);
+            }
+            Ok(())
+        }
+    }
+}

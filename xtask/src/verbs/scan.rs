@@ -1,0 +1,12 @@
+//! `cargo xtask scan`.
+
+use anyhow::Result;
+
+use crate::cx::Cx;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+pub fn run(_cx: &Cx, _a: Args) -> Result<()> {
+    anyhow::bail!("`scan` is not implemented yet")
+}

@@ -1,0 +1,12 @@
+//! `cargo xtask seed`.
+
+use anyhow::Result;
+
+use crate::cx::Cx;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+pub fn run(_cx: &Cx, _a: Args) -> Result<()> {
+    anyhow::bail!("`seed` is not implemented yet")
+}

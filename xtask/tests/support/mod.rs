@@ -1,0 +1,172 @@
+//! Shared test helpers: the three tiers (unit, tool, boot) and a throw-away
+//! copy of the demo project to build in.
+//!
+//! Tool tests call [`require`] first: when a tool is missing they are skipped
+//! with a message, except under `CI=true`, where a missing tool fails the test
+//! (CI installs everything; a silent skip would hide a broken install).
+
+#![allow(dead_code)]
+
+use std::process::{Command, Output};
+
+use camino::{Utf8Path, Utf8PathBuf};
+
+/// The kiln workspace.
+pub fn workspace() -> Utf8PathBuf {
+    Utf8Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// `true` when every program/file is present. Otherwise: panic in CI, skip elsewhere.
+pub fn require(what: &[&str]) -> bool {
+    let missing: Vec<&str> = what
+        .iter()
+        .copied()
+        .filter(|w| {
+            if w.starts_with('/') {
+                !Utf8Path::new(w).exists()
+            } else {
+                xtask::tools::find(w).is_none()
+            }
+        })
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    if in_ci() {
+        panic!("CI=true but required tools are missing: {missing:?} (run `cargo xtask doctor --install`)");
+    }
+    eprintln!("SKIPPED: missing tools {missing:?} (install with `cargo xtask doctor --install`)");
+    false
+}
+
+/// A copy of the demo project (overlay, systemd, nocloud, recipes) in a
+/// temporary directory, with its own cache and output.
+pub struct Project {
+    pub dir: tempfile::TempDir,
+    pub root: Utf8PathBuf,
+}
+
+impl Project {
+    pub fn demo() -> Project {
+        let dir = tempfile::Builder::new().prefix("kiln-test-").tempdir().unwrap();
+        let root = Utf8PathBuf::from_path_buf(dir.path().to_path_buf()).unwrap();
+        for d in ["overlay", "systemd", "nocloud", "recipes"] {
+            copy_tree(&workspace().join(d), &root.join(d));
+        }
+        Project { dir, root }
+    }
+
+    pub fn empty() -> Project {
+        let dir = tempfile::Builder::new().prefix("kiln-test-").tempdir().unwrap();
+        let root = Utf8PathBuf::from_path_buf(dir.path().to_path_buf()).unwrap();
+        Project { dir, root }
+    }
+
+    pub fn path(&self, rel: &str) -> Utf8PathBuf {
+        self.root.join(rel)
+    }
+
+    pub fn write(&self, rel: &str, text: &str) -> Utf8PathBuf {
+        let p = self.root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// `cargo xtask ARGS` against this project (root, cache, output inside it).
+    pub fn kiln(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_xtask"));
+        c.env("KILN_ROOT", &self.root)
+            .env("KILN_CACHE", self.root.join("cache"))
+            .env("KILN_OUTPUT", self.root.join("output"))
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .env_remove("KILN_RECIPE")
+            .current_dir(&self.root);
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        let out = self.kiln().args(args).output().unwrap();
+        if !out.status.success() {
+            panic!(
+                "kiln {args:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        out
+    }
+
+    /// Run and expect failure; returns stderr.
+    pub fn fail(&self, args: &[&str]) -> String {
+        let out = self.kiln().args(args).output().unwrap();
+        assert!(
+            !out.status.success(),
+            "kiln {args:?} unexpectedly succeeded:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// Files in output/ (names), sorted.
+    pub fn outputs(&self) -> Vec<String> {
+        let d = self.root.join("output");
+        let mut v: Vec<String> = match std::fs::read_dir(&d) {
+            Ok(rd) => rd.map(|e| e.unwrap().file_name().into_string().unwrap()).collect(),
+            Err(_) => Vec::new(),
+        };
+        v.sort();
+        v
+    }
+}
+
+pub fn copy_tree(from: &Utf8Path, to: &Utf8Path) {
+    if !from.exists() {
+        return;
+    }
+    for e in walkdir::WalkDir::new(from) {
+        let e = e.unwrap();
+        let rel = e.path().strip_prefix(from).unwrap();
+        let dest = to.as_std_path().join(rel);
+        let ft = e.file_type();
+        if ft.is_dir() {
+            std::fs::create_dir_all(&dest).unwrap();
+        } else if ft.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(e.path()).unwrap(), &dest).unwrap();
+        } else {
+            std::fs::copy(e.path(), &dest).unwrap();
+        }
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Run a program directly (test-side inspection: xorriso reports, qemu-img
+/// info, tar listings), panicking with its stderr on failure.
+pub fn sh(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Serializes heavy tests (qemu boots, mmdebstrap) within one test binary:
+/// the CI machine has two cores, and parallel TCG boots only slow each other.
+pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
