@@ -3,6 +3,7 @@
 //! use the library to build fixtures with the same tool wrappers.
 
 pub mod archive;
+pub mod bench;
 pub mod cx;
 pub mod digest;
 pub mod doctor;
@@ -15,6 +16,7 @@ pub mod hostapt;
 pub mod plan;
 pub mod recipe;
 pub mod signals;
+pub mod seed;
 pub mod stage;
 pub mod tools;
 pub mod ui;

@@ -1,0 +1,97 @@
+//! `cargo xtask bench`: each case measures kiln and a baseline tool on the
+//! same generated input in the same run, and reports the ratio. Tests never
+//! assert on time; this is where speed goals are checked.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use camino::Utf8Path;
+use serde::Serialize;
+
+/// One measured comparison.
+#[derive(Debug, Clone, Serialize)]
+pub struct Measurement {
+    pub case: String,
+    /// What kiln did.
+    pub kiln: String,
+    pub kiln_secs: f64,
+    /// What it is compared with.
+    pub baseline: String,
+    pub baseline_secs: f64,
+    /// kiln / baseline (time), or baseline / kiln for throughput cases (see `higher_is_better`).
+    pub ratio: f64,
+    /// The goal from the issue, e.g. `<= 1.2`.
+    pub goal: String,
+    pub met: bool,
+}
+
+impl Measurement {
+    /// A time comparison: ratio = kiln / baseline, goal `ratio <= max`.
+    pub fn time(case: &str, kiln: &str, k: Duration, baseline: &str, b: Duration, max: f64) -> Measurement {
+        let ratio = k.as_secs_f64() / b.as_secs_f64().max(1e-9);
+        Measurement {
+            case: case.into(),
+            kiln: kiln.into(),
+            kiln_secs: k.as_secs_f64(),
+            baseline: baseline.into(),
+            baseline_secs: b.as_secs_f64(),
+            ratio,
+            goal: format!("<= {max}x"),
+            met: ratio <= max,
+        }
+    }
+    /// A speed-up comparison: ratio = baseline / kiln, goal `ratio >= min`.
+    pub fn speedup(case: &str, kiln: &str, k: Duration, baseline: &str, b: Duration, min: f64) -> Measurement {
+        let ratio = b.as_secs_f64() / k.as_secs_f64().max(1e-9);
+        Measurement {
+            case: case.into(),
+            kiln: kiln.into(),
+            kiln_secs: k.as_secs_f64(),
+            baseline: baseline.into(),
+            baseline_secs: b.as_secs_f64(),
+            ratio,
+            goal: format!(">= {min}x faster"),
+            met: ratio >= min,
+        }
+    }
+}
+
+/// Time a closure.
+pub fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, Duration)> {
+    let t = Instant::now();
+    let v = f()?;
+    Ok((v, t.elapsed()))
+}
+
+/// Context for a case: a scratch directory on the same file system as the
+/// cache, and a size scale (1.0 = the sizes the issues name; tests use less).
+pub struct BenchCx<'a> {
+    pub scratch: &'a Utf8Path,
+    pub scale: f64,
+}
+
+impl BenchCx<'_> {
+    pub fn bytes(&self, full: u64) -> u64 {
+        ((full as f64) * self.scale).max(1.0) as u64
+    }
+}
+
+pub fn render(ms: &[Measurement]) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(s, "{:<28} {:>9} {:>9} {:>8}  {:<14} baseline", "case", "kiln s", "base s", "ratio", "goal");
+    for m in ms {
+        let _ = writeln!(
+            s,
+            "{:<28} {:>9.2} {:>9.2} {:>8.2}  {:<14} {}{}",
+            m.case,
+            m.kiln_secs,
+            m.baseline_secs,
+            m.ratio,
+            m.goal,
+            m.baseline,
+            if m.met { "" } else { "  (goal missed)" }
+        );
+    }
+    s
+}
