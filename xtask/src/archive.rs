@@ -85,6 +85,9 @@ impl Read for SizeGuard {
         if self.left == 0 {
             return Ok(0);
         }
+        if crate::signals::interrupted() {
+            return Err(std::io::Error::new(std::io::ErrorKind::Interrupted, crate::signals::Interrupted));
+        }
         let cap = buf.len().min(self.left as usize);
         let n = self.inner.read(&mut buf[..cap])?;
         if n == 0 {

@@ -19,7 +19,7 @@ pub struct Cli {
     #[command(flatten)]
     pub global: Global,
     #[command(subcommand)]
-    pub verb: Verb,
+    pub verb: Option<Verb>,
 }
 
 #[derive(Debug, Args)]
@@ -85,7 +85,8 @@ pub enum RecipeCmd {
     /// Print the resolved recipe as YAML (or JSON with --json).
     Show {
         /// The recipe file (same as the global --recipe).
-        recipe: Option<Utf8PathBuf>,
+        #[arg(value_name = "RECIPE")]
+        file: Option<Utf8PathBuf>,
     },
 }
 

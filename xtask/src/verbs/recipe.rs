@@ -5,8 +5,8 @@ use crate::flags::RecipeCmd;
 
 pub fn run(cx: &Cx, c: RecipeCmd) -> Result<()> {
     match c {
-        RecipeCmd::Show { recipe } => {
-            let file = match recipe {
+        RecipeCmd::Show { file } => {
+            let file = match file {
                 Some(p) => Cx::locate_recipe(&cx.root, &p)?,
                 None => cx.recipe_file.clone(),
             };

@@ -3,6 +3,9 @@ use anyhow::Result;
 use crate::cx::Cx;
 use crate::flags::Stage;
 
+/// `stage` publishes `<name>-<version>-<arch>.overlay.tar.zst` (+ .sha256) into
+/// the output directory; the tree itself stays in the step cache.
+
 pub fn run(cx: &Cx, s: Stage) -> Result<()> {
     let r = cx.recipe()?;
     let mut plan = cx.plan("stage");
@@ -10,16 +13,11 @@ pub fn run(cx: &Cx, s: Stage) -> Result<()> {
         Some(a) => vec![a],
         None => r.recipe.architectures.clone(),
     };
-    let mut steps = Vec::new();
     for a in arches {
-        steps.push(crate::stage::plan(&r, &mut plan, a)?);
+        let i = crate::stage::plan(&r, &mut plan, a)?;
+        let from = plan.step(i).output(crate::stage::TARBALL);
+        plan.publish(from, r.artifact_name(a, "overlay.tar.zst"), true);
     }
     cx.run_plan(&plan, None)?;
-    if !cx.dry_run && !cx.json {
-        for i in steps {
-            let st = plan.step(i);
-            println!("{}", st.output(crate::stage::TARBALL));
-        }
-    }
     Ok(())
 }
