@@ -14,7 +14,10 @@ use camino::Utf8Path;
 pub const ZSTD_LEVEL: i32 = 3;
 
 pub fn zstd_workers() -> u32 {
-    std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1).max(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1)
+        .max(1)
 }
 
 /// A zstd encoder with kiln's settings (multi-threaded, level 3, checksummed).
@@ -52,7 +55,8 @@ pub fn append_tree<W: Write>(b: &mut tar::Builder<W>, root: &Utf8Path, epoch: i6
             b.append_data(&mut h, format!("{rel}/"), std::io::empty())
                 .with_context(|| format!("archiving {full}"))?;
         } else if ft.is_symlink() {
-            let target = std::fs::read_link(&full).with_context(|| format!("reading link {full}"))?;
+            let target =
+                std::fs::read_link(&full).with_context(|| format!("reading link {full}"))?;
             let mut h = header(tar::EntryType::Symlink, 0o777, 0, epoch);
             b.append_link(&mut h, rel.as_str(), &target)
                 .with_context(|| format!("archiving link {full}"))?;
@@ -61,7 +65,11 @@ pub fn append_tree<W: Write>(b: &mut tar::Builder<W>, root: &Utf8Path, epoch: i6
             let len = md.len();
             let mut h = header(tar::EntryType::Regular, mode, len, epoch);
             // Guard against a file that changes size while it is archived.
-            let mut r = SizeGuard { inner: f, left: len, path: full.to_string() };
+            let mut r = SizeGuard {
+                inner: f,
+                left: len,
+                path: full.to_string(),
+            };
             b.append_data(&mut h, rel.as_str(), &mut r)
                 .with_context(|| format!("archiving {full}"))?;
             r.finish()?;
@@ -86,7 +94,10 @@ impl Read for SizeGuard {
             return Ok(0);
         }
         if crate::signals::interrupted() {
-            return Err(std::io::Error::new(std::io::ErrorKind::Interrupted, crate::signals::Interrupted));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Interrupted,
+                crate::signals::Interrupted,
+            ));
         }
         let cap = buf.len().min(self.left as usize);
         let n = self.inner.read(&mut buf[..cap])?;
@@ -119,8 +130,12 @@ pub fn write_tree_tar_zst(root: &Utf8Path, dest: &Utf8Path, epoch: i64) -> Resul
     let mut b = tar::Builder::new(z);
     b.follow_symlinks(false);
     append_tree(&mut b, root, epoch)?;
-    let z = b.into_inner().with_context(|| format!("finishing {dest}"))?;
-    let hw = z.finish().with_context(|| format!("finishing zstd stream of {dest}"))?;
+    let z = b
+        .into_inner()
+        .with_context(|| format!("finishing {dest}"))?;
+    let hw = z
+        .finish()
+        .with_context(|| format!("finishing zstd stream of {dest}"))?;
     let (mut w, hex, n) = hw.finish();
     w.flush()?;
     Ok((hex, n))

@@ -20,7 +20,10 @@ pub struct Cx {
 
 /// The kiln workspace (parent of `xtask/`), fixed at compile time.
 pub fn workspace_root() -> Utf8PathBuf {
-    Utf8Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").to_owned()
+    Utf8Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask has a parent")
+        .to_owned()
 }
 
 fn absolute(p: &Utf8Path) -> Result<Utf8PathBuf> {
@@ -28,7 +31,8 @@ fn absolute(p: &Utf8Path) -> Result<Utf8PathBuf> {
         return Ok(p.to_owned());
     }
     let cwd = std::env::current_dir().context("reading the current directory")?;
-    let cwd = Utf8PathBuf::from_path_buf(cwd).map_err(|_| anyhow::anyhow!("current directory is not UTF-8"))?;
+    let cwd = Utf8PathBuf::from_path_buf(cwd)
+        .map_err(|_| anyhow::anyhow!("current directory is not UTF-8"))?;
     Ok(cwd.join(p))
 }
 
@@ -47,7 +51,15 @@ impl Cx {
             Some(o) => absolute(o)?,
             None => root.join("output"),
         };
-        Ok(Cx { root, recipe_file, cache, output, dry_run: g.dry_run, json: g.json, force: g.force })
+        Ok(Cx {
+            root,
+            recipe_file,
+            cache,
+            output,
+            dry_run: g.dry_run,
+            json: g.json,
+            force: g.force,
+        })
     }
 
     /// A relative recipe path is looked up in the current directory, then in the root.
@@ -68,7 +80,11 @@ impl Cx {
     }
 
     /// Print the plan (`--dry-run`) or run it.
-    pub fn run_plan(&self, plan: &Plan, gate: Option<crate::exec::Gate>) -> Result<Option<crate::exec::Report>> {
+    pub fn run_plan(
+        &self,
+        plan: &Plan,
+        gate: Option<crate::exec::Gate>,
+    ) -> Result<Option<crate::exec::Report>> {
         if self.dry_run {
             if self.json {
                 println!("{}", serde_json::to_string_pretty(&plan.to_json())?);
@@ -77,7 +93,10 @@ impl Cx {
             }
             return Ok(None);
         }
-        let opts = crate::exec::Options { force: self.force, gate };
+        let opts = crate::exec::Options {
+            force: self.force,
+            gate,
+        };
         let report = crate::exec::execute(plan, &opts)?;
         if self.json {
             let steps: Vec<_> = report
@@ -85,7 +104,10 @@ impl Cx {
                 .iter()
                 .map(|(n, o)| serde_json::json!({ "step": n, "outcome": format!("{o:?}").to_lowercase() }))
                 .collect();
-            println!("{}", serde_json::json!({ "steps": steps, "published": report.published }));
+            println!(
+                "{}",
+                serde_json::json!({ "steps": steps, "published": report.published })
+            );
         }
         Ok(Some(report))
     }

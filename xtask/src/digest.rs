@@ -36,12 +36,18 @@ pub fn bytes_sha256(b: &[u8]) -> String {
 /// Sorted relative paths of everything under `root` (not following links).
 pub fn walk_sorted(root: &Utf8Path) -> Result<Vec<(Utf8PathBuf, std::fs::Metadata)>> {
     let mut out = Vec::new();
-    for e in walkdir::WalkDir::new(root).follow_links(false).sort_by_file_name().min_depth(1) {
+    for e in walkdir::WalkDir::new(root)
+        .follow_links(false)
+        .sort_by_file_name()
+        .min_depth(1)
+    {
         let e = e.with_context(|| format!("walking {root}"))?;
         let p = Utf8PathBuf::from_path_buf(e.path().to_path_buf())
             .map_err(|p| anyhow::anyhow!("non-UTF-8 path {}", p.display()))?;
         let rel = p.strip_prefix(root).expect("under root").to_owned();
-        let md = e.metadata().with_context(|| format!("reading metadata of {p}"))?;
+        let md = e
+            .metadata()
+            .with_context(|| format!("reading metadata of {p}"))?;
         out.push((rel, md));
     }
     Ok(out)
@@ -104,7 +110,11 @@ pub fn tree_meta_digest(root: &Utf8Path) -> Result<MetaDigest> {
             bytes += md.size();
         }
     }
-    Ok(MetaDigest { sha256: hex::encode(h.finalize()), files, bytes })
+    Ok(MetaDigest {
+        sha256: hex::encode(h.finalize()),
+        files,
+        bytes,
+    })
 }
 
 /// A writer that hashes what passes through it and counts bytes.
@@ -116,7 +126,11 @@ pub struct HashWriter<W> {
 
 impl<W: Write> HashWriter<W> {
     pub fn new(inner: W) -> Self {
-        HashWriter { inner, hasher: Sha256::new(), count: 0 }
+        HashWriter {
+            inner,
+            hasher: Sha256::new(),
+            count: 0,
+        }
     }
     /// (inner writer, hex sha256, byte count)
     pub fn finish(self) -> (W, String, u64) {
@@ -148,7 +162,11 @@ pub struct HashReader<R> {
 
 impl<R: Read> HashReader<R> {
     pub fn new(inner: R) -> Self {
-        HashReader { inner, hasher: Sha256::new(), count: 0 }
+        HashReader {
+            inner,
+            hasher: Sha256::new(),
+            count: 0,
+        }
     }
     pub fn finish(self) -> (String, u64) {
         (hex::encode(self.hasher.finalize()), self.count)

@@ -20,7 +20,10 @@ pub fn version(program: &str) -> String {
         return v.clone();
     }
     let v = probe(program);
-    VERSIONS.lock().unwrap().insert(program.to_string(), v.clone());
+    VERSIONS
+        .lock()
+        .unwrap()
+        .insert(program.to_string(), v.clone());
     v
 }
 
@@ -28,14 +31,19 @@ fn probe(program: &str) -> String {
     if crate::tools::find(program).is_none() {
         return "missing".into();
     }
-    let args: &[&str] = registry::requirement(program).map(|r| r.version_args).unwrap_or(&["--version"]);
+    let args: &[&str] = registry::requirement(program)
+        .map(|r| r.version_args)
+        .unwrap_or(&["--version"]);
     if args.is_empty() {
         return "unknown".into();
     }
     let cmd = crate::tools::Cmd::new(program, "probe the version").args(args);
     let out = match crate::tools::run_unchecked(&cmd) {
         Ok(Ok(o)) => o,
-        Ok(Err(f)) => crate::tools::Output { stdout: f.stdout, stderr: f.stderr },
+        Ok(Err(f)) => crate::tools::Output {
+            stdout: f.stdout,
+            stderr: f.stderr,
+        },
         Err(_) => return "unknown".into(),
     };
     let text = format!("{}\n{}", out.stdout_str(), out.stderr_str());
@@ -50,7 +58,10 @@ fn probe(program: &str) -> String {
 
 /// Missing requirements of a target.
 pub fn missing(target: Target) -> Vec<&'static Requirement> {
-    registry::for_target(target).into_iter().filter(|r| !r.present()).collect()
+    registry::for_target(target)
+        .into_iter()
+        .filter(|r| !r.present())
+        .collect()
 }
 
 /// Fail before any work when a target's tools are missing (all listed at once).
@@ -59,8 +70,22 @@ pub fn require(target: Target) -> Result<()> {
     if m.is_empty() {
         return Ok(());
     }
-    let lines: Vec<String> = m.iter().map(|r| format!("  - {} ({}): package {}{}", r.name, r.purpose, r.package,
-        if r.backports { " (bookworm-backports)" } else { "" })).collect();
+    let lines: Vec<String> = m
+        .iter()
+        .map(|r| {
+            format!(
+                "  - {} ({}): package {}{}",
+                r.name,
+                r.purpose,
+                r.package,
+                if r.backports {
+                    " (bookworm-backports)"
+                } else {
+                    ""
+                }
+            )
+        })
+        .collect();
     bail!(
         "missing tools for `{}`:\n{}\ninstall them with `cargo xtask doctor --target {} --install` (as root)",
         target_name(target),
@@ -105,13 +130,26 @@ pub fn run(target: Target, install: bool, json_out: bool) -> Result<()> {
                 (true, Kind::File) => ("ok", String::new()),
                 (false, _) => ("MISSING", String::new()),
             };
-            let pkg = if r.backports { format!("{} (bookworm-backports)", r.package) } else { r.package.to_string() };
-            println!("{:<48} {:<8} {:<44} {pkg}", r.name, status, truncate(&ver, 44));
+            let pkg = if r.backports {
+                format!("{} (bookworm-backports)", r.package)
+            } else {
+                r.package.to_string()
+            };
+            println!(
+                "{:<48} {:<8} {:<44} {pkg}",
+                r.name,
+                status,
+                truncate(&ver, 44)
+            );
         }
     }
     let miss = missing(target);
     if miss.is_empty() {
-        ui::info(&format!("all {} tools for `{}` are present", reqs.len(), target_name(target)));
+        ui::info(&format!(
+            "all {} tools for `{}` are present",
+            reqs.len(),
+            target_name(target)
+        ));
         return Ok(());
     }
     if !install {
@@ -125,14 +163,21 @@ pub fn run(target: Target, install: bool, json_out: bool) -> Result<()> {
     install_missing(&miss)?;
     let still = missing(target);
     if !still.is_empty() {
-        bail!("still missing after install: {}", still.iter().map(|r| r.name).collect::<Vec<_>>().join(", "));
+        bail!(
+            "still missing after install: {}",
+            still.iter().map(|r| r.name).collect::<Vec<_>>().join(", ")
+        );
     }
     ui::info("all tools installed");
     Ok(())
 }
 
 fn truncate(s: &str, n: usize) -> String {
-    if s.chars().count() <= n { s.to_string() } else { s.chars().take(n - 1).collect::<String>() + "…" }
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        s.chars().take(n - 1).collect::<String>() + "…"
+    }
 }
 
 /// apt-get install the packages providing `reqs`; on Debian bookworm first
@@ -172,8 +217,14 @@ pub fn install_missing(reqs: &[&Requirement]) -> Result<()> {
         crate::tools::run(&crate::tools::apt::install(&plain, None))?;
     }
     if !bpo.is_empty() {
-        ui::info(&format!("apt-get install -t bookworm-backports {}", bpo.join(" ")));
-        crate::tools::run(&crate::tools::apt::install(&bpo, Some("bookworm-backports")))?;
+        ui::info(&format!(
+            "apt-get install -t bookworm-backports {}",
+            bpo.join(" ")
+        ));
+        crate::tools::run(&crate::tools::apt::install(
+            &bpo,
+            Some("bookworm-backports"),
+        ))?;
     }
     Ok(())
 }

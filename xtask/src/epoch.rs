@@ -41,5 +41,12 @@ pub fn derived_id(epoch: i64, purpose: &str) -> [u8; 16] {
 pub fn derived_uuid(epoch: i64, purpose: &str) -> String {
     let b = derived_id(epoch, purpose);
     let h = hex::encode(b);
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }

@@ -50,7 +50,10 @@ pub struct Report {
 }
 
 pub fn execute(plan: &Plan, opts: &Options) -> Result<Report> {
-    let mut report = Report { steps: Vec::new(), published: Vec::new() };
+    let mut report = Report {
+        steps: Vec::new(),
+        published: Vec::new(),
+    };
     for step in &plan.steps {
         let outcome = run_step(step, opts.force)
             .with_context(|| format!("step `{}` ({}) failed", step.name, step.summary))?;
@@ -71,7 +74,10 @@ pub fn execute(plan: &Plan, opts: &Options) -> Result<Report> {
         if p.sha256 {
             let hex = cached_digest(&p.from)?;
             let line = crate::digest::sha256sum_line(&hex, &p.name);
-            write_atomic(&plan.output.join(format!("{}.sha256", p.name)), line.as_bytes())?;
+            write_atomic(
+                &plan.output.join(format!("{}.sha256", p.name)),
+                line.as_bytes(),
+            )?;
         }
         ui::info(&format!("wrote {dest}"));
         report.published.push(dest);
@@ -84,7 +90,11 @@ fn run_step(step: &Step, force: bool) -> Result<Outcome> {
     let parent = step.out.parent().expect("step dirs have a parent");
     let latest = parent.join(LATEST);
     if stamp.is_file() && !force {
-        ui::info(&format!("{}: cached (inputs unchanged, key {})", step.name, &step.key[..12]));
+        ui::info(&format!(
+            "{}: cached (inputs unchanged, key {})",
+            step.name,
+            &step.key[..12]
+        ));
         return Ok(Outcome::Cached);
     }
     let why = if force {
@@ -92,8 +102,12 @@ fn run_step(step: &Step, force: bool) -> Result<Outcome> {
     } else {
         explain(&latest, &step.inputs)
     };
-    ui::info(&format!("{}: running — {} ({why})", step.name, step.summary));
-    std::fs::create_dir_all(parent).with_context(|| format!("creating cache directory {parent}"))?;
+    ui::info(&format!(
+        "{}: running — {} ({why})",
+        step.name, step.summary
+    ));
+    std::fs::create_dir_all(parent)
+        .with_context(|| format!("creating cache directory {parent}"))?;
     let tmp = TempDir::new(step.out.with_extension("tmp"))?;
     let start = Instant::now();
     for action in &step.actions {
@@ -109,11 +123,18 @@ fn run_step(step: &Step, force: bool) -> Result<Outcome> {
                 }
                 r?;
             }
-            Action::Op(o) => o.run(&OpCx { out: &tmp.path, step })?,
+            Action::Op(o) => o.run(&OpCx {
+                out: &tmp.path,
+                step,
+            })?,
         }
     }
     let inputs = serde_json::to_value(&step.inputs)?;
-    let st = Stamp { name: step.name.clone(), key: step.key.clone(), inputs };
+    let st = Stamp {
+        name: step.name.clone(),
+        key: step.key.clone(),
+        inputs,
+    };
     crate::plan::write_json(&tmp.path.join(STAMP), &st)?;
     if step.out.exists() {
         // An incomplete entry (no stamp) or a forced re-run: replace it.
@@ -122,7 +143,11 @@ fn run_step(step: &Step, force: bool) -> Result<Outcome> {
     }
     tmp.persist(&step.out)?;
     crate::plan::write_json(&latest, &st)?;
-    ui::info(&format!("{}: done in {:.1}s", step.name, start.elapsed().as_secs_f64()));
+    ui::info(&format!(
+        "{}: done in {:.1}s",
+        step.name,
+        start.elapsed().as_secs_f64()
+    ));
     Ok(Outcome::Ran)
 }
 
@@ -199,7 +224,8 @@ impl TempFile {
         TempFile { path, keep: false }
     }
     pub fn persist(mut self, dest: &Utf8Path) -> Result<()> {
-        std::fs::rename(&self.path, dest).with_context(|| format!("renaming {} to {dest}", self.path))?;
+        std::fs::rename(&self.path, dest)
+            .with_context(|| format!("renaming {} to {dest}", self.path))?;
         self.keep = true;
         Ok(())
     }

@@ -14,7 +14,12 @@ use crate::tools::Target;
 /// `--dry-run` (`--json` for machines), then runs it, reusing cached steps
 /// whose inputs did not change. Finished artifacts land in `output/`.
 #[derive(Debug, Parser)]
-#[command(name = "cargo xtask", bin_name = "cargo xtask", arg_required_else_help = true, version)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    arg_required_else_help = true,
+    version
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -25,7 +30,12 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct Global {
     /// The recipe to build (relative to the current directory, else to the project root).
-    #[arg(long, global = true, default_value = "recipes/demo.yaml", env = "KILN_RECIPE")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "recipes/demo.yaml",
+        env = "KILN_RECIPE"
+    )]
     pub recipe: Utf8PathBuf,
     /// Project root: recipe paths are relative to it [default: the kiln workspace].
     #[arg(long, global = true, env = "KILN_ROOT")]

@@ -8,12 +8,23 @@ use camino::Utf8Path;
 /// Set the mtime and atime of `path` (not following a symlink) to `epoch`.
 pub fn set_mtime(path: &Utf8Path, epoch: i64) -> Result<()> {
     let c = CString::new(path.as_str()).context("path contains a NUL byte")?;
-    let t = libc::timespec { tv_sec: epoch as libc::time_t, tv_nsec: 0 };
+    let t = libc::timespec {
+        tv_sec: epoch as libc::time_t,
+        tv_nsec: 0,
+    };
     let times = [t, t];
     // SAFETY: `c` is a valid NUL-terminated path and `times` has two entries.
-    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    let rc = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
     if rc != 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("setting the time of {path}"));
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("setting the time of {path}"));
     }
     Ok(())
 }
@@ -22,7 +33,10 @@ pub fn set_mtime(path: &Utf8Path, epoch: i64) -> Result<()> {
 /// times from the disk (xorriso, mkfs.ext4 -d) produce reproducible output.
 pub fn set_tree_mtimes(root: &Utf8Path, epoch: i64) -> Result<()> {
     // Children before parents: writing a child would bump its directory's mtime.
-    for e in walkdir::WalkDir::new(root).follow_links(false).contents_first(true) {
+    for e in walkdir::WalkDir::new(root)
+        .follow_links(false)
+        .contents_first(true)
+    {
         let e = e.with_context(|| format!("walking {root}"))?;
         let p = Utf8Path::from_path(e.path()).context("non-UTF-8 path")?;
         set_mtime(p, epoch)?;

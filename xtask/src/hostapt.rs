@@ -61,7 +61,9 @@ pub fn parse_one_line(text: &str, file: &Utf8Path) -> Vec<Source> {
                 }
             }
         }
-        let (Some(uri), Some(suite)) = (words.next(), words.next()) else { continue };
+        let (Some(uri), Some(suite)) = (words.next(), words.next()) else {
+            continue;
+        };
         out.push(Source {
             uri: uri.trim_end_matches('/').to_string(),
             suite: suite.to_string(),
@@ -84,7 +86,9 @@ pub fn parse_deb822(text: &str, file: &Utf8Path) -> Vec<Source> {
             if line.starts_with('#') {
                 continue;
             }
-            let Some((k, v)) = line.split_once(':') else { continue };
+            let Some((k, v)) = line.split_once(':') else {
+                continue;
+            };
             let v = v.trim().to_string();
             match k.trim().to_ascii_lowercase().as_str() {
                 "types" => types = v,
@@ -115,7 +119,10 @@ pub fn parse_deb822(text: &str, file: &Utf8Path) -> Vec<Source> {
 /// The Debian archive mirror the host uses for `suite` (e.g. `bookworm`): the
 /// URI of a source whose suite is exactly `suite`.
 pub fn debian_mirror(sources: &[Source], suite: &str) -> Result<String> {
-    if let Some(s) = sources.iter().find(|s| s.suite == suite && !s.uri.contains("security")) {
+    if let Some(s) = sources
+        .iter()
+        .find(|s| s.suite == suite && !s.uri.contains("security"))
+    {
         return Ok(s.uri.clone());
     }
     if sources.is_empty() {
@@ -124,14 +131,21 @@ pub fn debian_mirror(sources: &[Source], suite: &str) -> Result<String> {
     bail!(
         "the build host's apt sources name no mirror for suite `{suite}` (found: {}); \
          name a mirror in the recipe",
-        sources.iter().map(|s| format!("{} {}", s.uri, s.suite)).collect::<Vec<_>>().join(", ")
+        sources
+            .iter()
+            .map(|s| format!("{} {}", s.uri, s.suite))
+            .collect::<Vec<_>>()
+            .join(", ")
     )
 }
 
 /// The security archive the host uses for `suite`, if any (`<suite>-security`).
 pub fn security_mirror(sources: &[Source], suite: &str) -> Option<String> {
     let want = format!("{suite}-security");
-    sources.iter().find(|s| s.suite == want).map(|s| s.uri.clone())
+    sources
+        .iter()
+        .find(|s| s.suite == want)
+        .map(|s| s.uri.clone())
 }
 
 /// `VERSION_CODENAME` of the running system, from `/etc/os-release`.
@@ -154,12 +168,21 @@ mod tests {
             f,
         );
         assert_eq!(s.len(), 3);
-        assert_eq!(debian_mirror(&s, "bookworm").unwrap(), "http://m.example/debian");
-        assert_eq!(security_mirror(&s, "bookworm").unwrap(), "http://sec.example/debian-security");
+        assert_eq!(
+            debian_mirror(&s, "bookworm").unwrap(),
+            "http://m.example/debian"
+        );
+        assert_eq!(
+            security_mirror(&s, "bookworm").unwrap(),
+            "http://sec.example/debian-security"
+        );
         let l = parse_one_line("deb [signed-by=/k.gpg arch=amd64] http://x/debian trixie main contrib # c\n#deb http://y z\n", f);
         assert_eq!(l.len(), 1);
         assert_eq!(l[0].suite, "trixie");
         assert_eq!(l[0].components, ["main", "contrib"]);
-        assert!(debian_mirror(&l, "bookworm").unwrap_err().to_string().contains("trixie"));
+        assert!(debian_mirror(&l, "bookworm")
+            .unwrap_err()
+            .to_string()
+            .contains("trixie"));
     }
 }

@@ -1,6 +1,5 @@
 //! kiln's entry point: parse flags, dispatch to a verb. See ARCHITECTURE.md.
 
-
 use clap::Parser;
 use xtask::{cx, flags, signals, ui, verbs};
 

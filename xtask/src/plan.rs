@@ -59,10 +59,19 @@ pub enum Input {
     /// A file, by content.
     File { path: Utf8PathBuf, sha256: String },
     /// A directory tree, by content (paths, modes, link targets, bytes).
-    Tree { path: Utf8PathBuf, sha256: String, files: u64 },
+    Tree {
+        path: Utf8PathBuf,
+        sha256: String,
+        files: u64,
+    },
     /// A directory tree, by a cheap manifest (paths, sizes, mtimes): for
     /// multi-GiB inputs such as models.
-    TreeMeta { path: Utf8PathBuf, sha256: String, files: u64, bytes: u64 },
+    TreeMeta {
+        path: Utf8PathBuf,
+        sha256: String,
+        files: u64,
+        bytes: u64,
+    },
     /// A setting.
     Value { name: String, value: String },
     /// An external program and its version.
@@ -83,24 +92,45 @@ impl Input {
         }
     }
     pub fn value(name: &str, value: impl fmt::Display) -> Input {
-        Input::Value { name: name.into(), value: value.to_string() }
+        Input::Value {
+            name: name.into(),
+            value: value.to_string(),
+        }
     }
     pub fn file(path: &Utf8Path) -> Result<Input> {
-        Ok(Input::File { path: path.to_owned(), sha256: crate::digest::file_sha256(path)? })
+        Ok(Input::File {
+            path: path.to_owned(),
+            sha256: crate::digest::file_sha256(path)?,
+        })
     }
     pub fn tree(path: &Utf8Path) -> Result<Input> {
         let (sha256, files) = crate::digest::tree_content_digest(path)?;
-        Ok(Input::Tree { path: path.to_owned(), sha256, files })
+        Ok(Input::Tree {
+            path: path.to_owned(),
+            sha256,
+            files,
+        })
     }
     pub fn tree_meta(path: &Utf8Path) -> Result<Input> {
         let m = crate::digest::tree_meta_digest(path)?;
-        Ok(Input::TreeMeta { path: path.to_owned(), sha256: m.sha256, files: m.files, bytes: m.bytes })
+        Ok(Input::TreeMeta {
+            path: path.to_owned(),
+            sha256: m.sha256,
+            files: m.files,
+            bytes: m.bytes,
+        })
     }
     pub fn tool(program: &str) -> Input {
-        Input::Tool { name: program.into(), version: crate::doctor::version(program) }
+        Input::Tool {
+            name: program.into(),
+            version: crate::doctor::version(program),
+        }
     }
     pub fn step(s: &Step) -> Input {
-        Input::Step { name: s.name.clone(), key: s.key.clone() }
+        Input::Step {
+            name: s.name.clone(),
+            key: s.key.clone(),
+        }
     }
 }
 
@@ -220,7 +250,13 @@ impl StepBuilder {
 
 fn sanitize(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -283,7 +319,12 @@ impl Plan {
     }
 
     pub fn publish(&mut self, from: Utf8PathBuf, name: String, scan: bool) {
-        self.publish.push(Publish { from, name, sha256: true, scan });
+        self.publish.push(Publish {
+            from,
+            name,
+            sha256: true,
+            scan,
+        });
     }
 
     pub fn to_json(&self) -> serde_json::Value {
@@ -304,7 +345,11 @@ impl Plan {
         let mut s = String::new();
         let _ = writeln!(s, "plan for `{}` ({})", self.verb, self.recipe);
         for (i, st) in self.steps.iter().enumerate() {
-            let cached = if st.out.join(crate::exec::STAMP).exists() { " [cached]" } else { "" };
+            let cached = if st.out.join(crate::exec::STAMP).exists() {
+                " [cached]"
+            } else {
+                ""
+            };
             let _ = writeln!(s, "{}. {} — {}{cached}", i + 1, st.name, st.summary);
             let _ = writeln!(s, "   key {}  out {}", &st.key[..16], st.out);
             for a in &st.actions {

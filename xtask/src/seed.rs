@@ -43,8 +43,14 @@ pub fn plan(r: &Resolved, plan: &mut Plan, target: SeedTarget) -> Result<usize> 
         _ => "#cloud-config\n".to_string(),
     };
     let meta_data = format!("instance-id: {name}\nlocal-hostname: {name}\n");
-    let step = StepBuilder::new(format!("seed-{target:?}").to_lowercase(), "write the NoCloud seed")
-        .input(Input::value("version", &r.version))
-        .op(Minimal { user_data, meta_data });
+    let step = StepBuilder::new(
+        format!("seed-{target:?}").to_lowercase(),
+        "write the NoCloud seed",
+    )
+    .input(Input::value("version", &r.version))
+    .op(Minimal {
+        user_data,
+        meta_data,
+    });
     Ok(plan.add(step))
 }

@@ -16,13 +16,18 @@ pub struct Interrupted;
 
 impl std::fmt::Display for Interrupted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "interrupted by signal; stopped children and removed temporary files")
+        write!(
+            f,
+            "interrupted by signal; stopped children and removed temporary files"
+        )
     }
 }
 impl std::error::Error for Interrupted {}
 
 pub fn install() -> anyhow::Result<()> {
-    let flag = FLAG.get_or_init(|| Arc::new(AtomicBool::new(false))).clone();
+    let flag = FLAG
+        .get_or_init(|| Arc::new(AtomicBool::new(false)))
+        .clone();
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, flag.clone())?;
         // Remember which one for the exit code (130 / 143).

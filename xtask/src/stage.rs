@@ -44,13 +44,25 @@ pub fn parse_unit(path: &Utf8Path) -> Result<Unit> {
         .with_context(|| format!("{path}: not a file name"))?
         .to_string();
     const SUFFIXES: &[&str] = &[
-        ".service", ".socket", ".timer", ".target", ".path", ".mount", ".automount", ".slice",
-        ".scope", ".swap", ".device",
+        ".service",
+        ".socket",
+        ".timer",
+        ".target",
+        ".path",
+        ".mount",
+        ".automount",
+        ".slice",
+        ".scope",
+        ".swap",
+        ".device",
     ];
     if !SUFFIXES.iter().any(|s| name.ends_with(s)) {
-        bail!("{path}: `{name}` is not a unit file name (expected a suffix like .service or .timer)");
+        bail!(
+            "{path}: `{name}` is not a unit file name (expected a suffix like .service or .timer)"
+        );
     }
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading unit file {path}"))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading unit file {path}"))?;
     let mut section: Option<String> = None;
     let mut seen_sections = BTreeSet::new();
     let (mut wanted_by, mut required_by) = (Vec::new(), Vec::new());
@@ -81,7 +93,11 @@ pub fn parse_unit(path: &Utf8Path) -> Result<Unit> {
             bail!("{path}:{lineno}: `{line}` is neither `Key=Value`, a `[Section]` nor a comment");
         };
         let k = k.trim();
-        if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+        if k.is_empty()
+            || !k
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
             bail!("{path}:{lineno}: `{k}` is not a valid key");
         }
         let Some(sec) = &section else {
@@ -99,7 +115,12 @@ pub fn parse_unit(path: &Utf8Path) -> Result<Unit> {
     if seen_sections.is_empty() {
         bail!("{path}: no [Unit]/[Service]/[Install] section: this does not look like a unit file");
     }
-    Ok(Unit { name, source: path.to_owned(), wanted_by, required_by })
+    Ok(Unit {
+        name,
+        source: path.to_owned(),
+        wanted_by,
+        required_by,
+    })
 }
 
 /// Everything the stage step copies, resolved and validated at plan time.
@@ -120,14 +141,19 @@ pub struct StageSpec {
 }
 
 impl StageSpec {
-    pub fn from_recipe(r: &Resolved, arch: Arch, payload_trees: Vec<Utf8PathBuf>) -> Result<StageSpec> {
+    pub fn from_recipe(
+        r: &Resolved,
+        arch: Arch,
+        payload_trees: Vec<Utf8PathBuf>,
+    ) -> Result<StageSpec> {
         let rc = &r.recipe;
         let file = &r.file;
         let mut units = Vec::new();
         let mut names = BTreeSet::new();
         for u in &rc.systemd.units {
             let p = r.path(u);
-            let unit = parse_unit(&p).with_context(|| format!("{file}: systemd.units entry `{u}`"))?;
+            let unit =
+                parse_unit(&p).with_context(|| format!("{file}: systemd.units entry `{u}`"))?;
             if !names.insert(unit.name.clone()) {
                 bail!("{file}: two unit files are named `{}`", unit.name);
             }
@@ -177,7 +203,13 @@ impl StageSpec {
             if !p.is_dir() {
                 bail!("{file}: overlay directory {p} does not exist");
             }
-            overlays.push((p, o.wins.iter().map(|w| w.trim_start_matches('/').to_string()).collect()));
+            overlays.push((
+                p,
+                o.wins
+                    .iter()
+                    .map(|w| w.trim_start_matches('/').to_string())
+                    .collect(),
+            ));
         }
         let build_info = json!({
             "name": r.name(),
@@ -207,7 +239,12 @@ impl StageSpec {
     pub fn layout(&self) -> Result<BTreeMap<String, Entry>> {
         let mut map: BTreeMap<String, Entry> = BTreeMap::new();
         let mut owner: BTreeMap<String, String> = BTreeMap::new();
-        let mut put = |map: &mut BTreeMap<String, Entry>, rel: String, e: Entry, who: String, wins: bool| -> Result<()> {
+        let mut put = |map: &mut BTreeMap<String, Entry>,
+                       rel: String,
+                       e: Entry,
+                       who: String,
+                       wins: bool|
+         -> Result<()> {
             if let Some(prev) = map.get(&rel) {
                 let both_dirs = matches!(prev, Entry::Dir { .. }) && matches!(e, Entry::Dir { .. });
                 if !both_dirs && !wins {
@@ -230,14 +267,20 @@ impl StageSpec {
                 let src = dir.join(&rel);
                 let ft = md.file_type();
                 let e = if ft.is_symlink() {
-                    let t = std::fs::read_link(&src).with_context(|| format!("reading link {src}"))?;
+                    let t =
+                        std::fs::read_link(&src).with_context(|| format!("reading link {src}"))?;
                     let t = Utf8PathBuf::from_path_buf(t)
                         .map_err(|_| anyhow::anyhow!("{src}: link target is not UTF-8"))?;
                     Entry::Link { target: t }
                 } else if ft.is_dir() {
-                    Entry::Dir { mode: md.permissions().mode() & 0o7777 }
+                    Entry::Dir {
+                        mode: md.permissions().mode() & 0o7777,
+                    }
                 } else if ft.is_file() {
-                    Entry::File { source: src.clone(), mode: md.permissions().mode() & 0o7777 }
+                    Entry::File {
+                        source: src.clone(),
+                        mode: md.permissions().mode() & 0o7777,
+                    }
                 } else {
                     bail!(
                         "{src}: device nodes, sockets and FIFOs are not allowed in an overlay \
@@ -255,18 +298,33 @@ impl StageSpec {
                 if a.as_str().is_empty() {
                     continue;
                 }
-                map.entry(a.to_string()).or_insert(Entry::Dir { mode: 0o755 });
+                map.entry(a.to_string())
+                    .or_insert(Entry::Dir { mode: 0o755 });
             }
             Ok(())
         };
         for u in &self.units {
             let rel = format!("{UNIT_DIR}/{}", u.name);
             dirs(&mut map, &rel)?;
-            put(&mut map, rel, Entry::File { source: u.source.clone(), mode: 0o644 }, u.source.to_string(), false)?;
+            put(
+                &mut map,
+                rel,
+                Entry::File {
+                    source: u.source.clone(),
+                    mode: 0o644,
+                },
+                u.source.to_string(),
+                false,
+            )?;
         }
         for e in &self.enable {
             let u = self.units.iter().find(|u| &u.name == e).expect("validated");
-            for (t, kind) in u.wanted_by.iter().map(|t| (t, "wants")).chain(u.required_by.iter().map(|t| (t, "requires"))) {
+            for (t, kind) in u
+                .wanted_by
+                .iter()
+                .map(|t| (t, "wants"))
+                .chain(u.required_by.iter().map(|t| (t, "requires")))
+            {
                 let rel = format!("{UNIT_DIR}/{t}.{kind}/{}", u.name);
                 dirs(&mut map, &rel)?;
                 let target = Utf8PathBuf::from(format!("/{UNIT_DIR}/{}", u.name));
@@ -278,22 +336,50 @@ impl StageSpec {
             dirs(&mut map, &rel)?;
             // A mask replaces the recipe's own unit file of that name.
             map.remove(&rel);
-            put(&mut map, rel, Entry::Link { target: "/dev/null".into() }, gen.clone(), false)?;
+            put(
+                &mut map,
+                rel,
+                Entry::Link {
+                    target: "/dev/null".into(),
+                },
+                gen.clone(),
+                false,
+            )?;
         }
         for s in &self.sysusers {
             let base = s.file_name().unwrap_or("sysusers");
-            let name = if base.ends_with(".conf") { base.to_string() } else {
+            let name = if base.ends_with(".conf") {
+                base.to_string()
+            } else {
                 format!("{}.conf", base.trim_end_matches(".sysusers"))
             };
             let rel = format!("{SYSUSERS_DIR}/{name}");
             dirs(&mut map, &rel)?;
-            put(&mut map, rel, Entry::File { source: s.clone(), mode: 0o644 }, s.to_string(), false)?;
+            put(
+                &mut map,
+                rel,
+                Entry::File {
+                    source: s.clone(),
+                    mode: 0o644,
+                },
+                s.to_string(),
+                false,
+            )?;
         }
         let rel = format!("etc/{}/build-info.json", self.name);
         dirs(&mut map, &rel)?;
         let mut bi = serde_json::to_string_pretty(&self.build_info)?;
         bi.push('\n');
-        put(&mut map, rel, Entry::Bytes { bytes: bi.into_bytes(), mode: 0o644 }, gen.clone(), false)?;
+        put(
+            &mut map,
+            rel,
+            Entry::Bytes {
+                bytes: bi.into_bytes(),
+                mode: 0o644,
+            },
+            gen.clone(),
+            false,
+        )?;
         for t in &self.payload_trees {
             if !t.exists() {
                 // Planned but not yet built: checked again when the op runs.
@@ -302,9 +388,14 @@ impl StageSpec {
             for (rel, md) in crate::digest::walk_sorted(t)? {
                 let src = t.join(&rel);
                 let e = if md.is_dir() {
-                    Entry::Dir { mode: md.permissions().mode() & 0o7777 }
+                    Entry::Dir {
+                        mode: md.permissions().mode() & 0o7777,
+                    }
                 } else if md.is_file() {
-                    Entry::File { source: src, mode: md.permissions().mode() & 0o7777 }
+                    Entry::File {
+                        source: src,
+                        mode: md.permissions().mode() & 0o7777,
+                    }
                 } else {
                     bail!("{src}: payload trees hold only files and directories");
                 };
@@ -334,7 +425,9 @@ impl Op for StageOp {
         let spec = &self.0;
         for t in &spec.payload_trees {
             if !t.is_dir() {
-                bail!("payload tree {t} is missing: an export step produced no output (fail closed)");
+                bail!(
+                    "payload tree {t} is missing: an export step produced no output (fail closed)"
+                );
             }
         }
         let tree = cx.out.join(TREE);
@@ -349,7 +442,8 @@ impl Op for StageOp {
                     std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(*mode))?;
                 }
                 Entry::File { source, mode } => {
-                    std::fs::copy(source, &dest).with_context(|| format!("copying {source} to {dest}"))?;
+                    std::fs::copy(source, &dest)
+                        .with_context(|| format!("copying {source} to {dest}"))?;
                     std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(*mode))?;
                 }
                 Entry::Bytes { bytes, mode } => {
@@ -366,8 +460,12 @@ impl Op for StageOp {
         // written; make sure the tree root is 0755 and every timestamp is the epoch.
         std::fs::set_permissions(&tree, std::fs::Permissions::from_mode(0o755))?;
         crate::fsutil::set_tree_mtimes(&tree, spec.epoch)?;
-        let (hex, _) = crate::archive::write_tree_tar_zst(&tree, &cx.out.join(TARBALL), spec.epoch)?;
-        std::fs::write(cx.out.join(format!("{TARBALL}.sha256")), crate::digest::sha256sum_line(&hex, TARBALL))?;
+        let (hex, _) =
+            crate::archive::write_tree_tar_zst(&tree, &cx.out.join(TARBALL), spec.epoch)?;
+        std::fs::write(
+            cx.out.join(format!("{TARBALL}.sha256")),
+            crate::digest::sha256sum_line(&hex, TARBALL),
+        )?;
         Ok(())
     }
 }
@@ -376,10 +474,15 @@ impl Op for StageOp {
 /// returns the stage step's index.
 pub fn plan(r: &Resolved, plan: &mut Plan, arch: Arch) -> Result<usize> {
     let payload_steps = crate::export::plan(r, plan, arch)?;
-    let payload_trees: Vec<Utf8PathBuf> =
-        payload_steps.iter().map(|&i| plan.step(i).output(crate::export::TREE)).collect();
+    let payload_trees: Vec<Utf8PathBuf> = payload_steps
+        .iter()
+        .map(|&i| plan.step(i).output(crate::export::TREE))
+        .collect();
     let spec = StageSpec::from_recipe(r, arch, payload_trees)?;
-    let mut b = StepBuilder::new(format!("stage-{arch}"), format!("stage the overlay tree for {arch}"));
+    let mut b = StepBuilder::new(
+        format!("stage-{arch}"),
+        format!("stage the overlay tree for {arch}"),
+    );
     for (dir, _) in &spec.overlays {
         b = b.input(Input::tree(dir)?);
     }
@@ -402,5 +505,40 @@ pub fn plan(r: &Resolved, plan: &mut Plan, arch: Arch) -> Result<usize> {
 /// The recipe's unit lists, for seeds that enable/mask units in an installer
 /// (the same data `stage` uses, never a second list).
 pub fn unit_names(r: &Resolved) -> (Vec<String>, Vec<String>) {
-    (r.recipe.systemd.enable.clone(), r.recipe.systemd.mask.clone())
+    (
+        r.recipe.systemd.enable.clone(),
+        r.recipe.systemd.mask.clone(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unit(text: &str) -> Result<Unit> {
+        let d = tempfile::tempdir().unwrap();
+        let p = Utf8PathBuf::from_path_buf(d.path().join("x.service")).unwrap();
+        std::fs::write(&p, text).unwrap();
+        parse_unit(&p)
+    }
+
+    #[test]
+    fn install_section_and_continuations() {
+        let u = unit("# c\n[Unit]\nDescription=a \\\n  b\n; c\n[Install]\nWantedBy=multi-user.target \\\n graphical.target\nRequiredBy=x.target\n").unwrap();
+        assert_eq!(u.wanted_by, ["multi-user.target", "graphical.target"]);
+        assert_eq!(u.required_by, ["x.target"]);
+    }
+
+    #[test]
+    fn malformed_units_are_refused_with_a_line() {
+        let e = unit("Description=x\n").unwrap_err().to_string();
+        assert!(
+            e.contains(":1: `Description=` appears before any [Section]"),
+            "{e}"
+        );
+        let e = unit("[Unit\n").unwrap_err().to_string();
+        assert!(e.contains(":1: malformed section header"), "{e}");
+        let e = unit("").unwrap_err().to_string();
+        assert!(e.contains("does not look like a unit file"), "{e}");
+    }
 }

@@ -61,7 +61,13 @@ impl Progress {
             b.set_message(label.to_string());
             b
         });
-        Progress { bar, label: label.to_string(), total, done: 0, last_decile: 0 }
+        Progress {
+            bar,
+            label: label.to_string(),
+            total,
+            done: 0,
+            last_decile: 0,
+        }
     }
 
     /// A spinner for work of unknown size (an external tool running).
@@ -73,7 +79,13 @@ impl Progress {
             b.enable_steady_tick(std::time::Duration::from_millis(200));
             b
         });
-        Progress { bar, label: label.to_string(), total: 0, done: 0, last_decile: 0 }
+        Progress {
+            bar,
+            label: label.to_string(),
+            total: 0,
+            done: 0,
+            last_decile: 0,
+        }
     }
 
     pub fn inc(&mut self, n: u64) {

@@ -14,19 +14,33 @@ fn no_verb_lists_the_verbs() {
     let out = p.kiln().output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let text = stderr(&out) + &stdout(&out);
-    for verb in ["recipe", "doctor", "stage", "seed", "iso", "qcow2", "ova", "scan", "build", "test"] {
-        assert!(text.contains(&format!("  {verb} ")), "verb {verb} missing from:\n{text}");
+    for verb in [
+        "recipe", "doctor", "stage", "seed", "iso", "qcow2", "ova", "scan", "build", "test",
+    ] {
+        assert!(
+            text.contains(&format!("  {verb} ")),
+            "verb {verb} missing from:\n{text}"
+        );
     }
 }
 
 #[test]
 fn every_verb_has_help() {
     let p = Project::demo();
-    for verb in ["recipe", "doctor", "stage", "seed", "iso", "qcow2", "ova", "scan", "build", "test", "bench"] {
+    for verb in [
+        "recipe", "doctor", "stage", "seed", "iso", "qcow2", "ova", "scan", "build", "test",
+        "bench",
+    ] {
         let out = p.run(&[verb, "--help"]);
         let text = stdout(&out);
-        assert!(text.contains("Usage: cargo xtask"), "{verb} --help:\n{text}");
-        assert!(text.contains("--recipe"), "{verb} --help lacks the global options:\n{text}");
+        assert!(
+            text.contains("Usage: cargo xtask"),
+            "{verb} --help:\n{text}"
+        );
+        assert!(
+            text.contains("--recipe"),
+            "{verb} --help lacks the global options:\n{text}"
+        );
     }
 }
 
@@ -48,19 +62,46 @@ fn recipe_show_fills_defaults() {
     assert_eq!(back["recipe"]["appliance"]["name"], "demo");
     // Positional recipe argument.
     let o = p.run(&["recipe", "show", "--json", "recipes/demo.yaml"]);
-    assert_eq!(serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["version"], "0.0.0-dev");
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["version"],
+        "0.0.0-dev"
+    );
 }
 
 #[test]
 fn recipe_errors_name_file_line_and_column() {
     let p = Project::demo();
     let cases: &[(&str, &str, &str)] = &[
-        ("unknown key", "appliance:\n  name: x\n  colour: red\n", "bad.yaml:3:3: appliance: unknown field `colour`"),
-        ("wrong type", "appliance:\n  name: x\narchitectures: amd64\n", "bad.yaml:3:16: architectures: invalid type: string \"amd64\", expected a sequence"),
-        ("unknown arch", "appliance:\n  name: x\narchitectures: [riscv]\n", "bad.yaml:3:17: architectures[0]: unknown variant `riscv`"),
-        ("missing name", "appliance:\n  version: '1'\n", "bad.yaml:2:3: appliance: missing field `name`"),
-        ("broken yaml", "appliance:\n  name: \"x\n", "bad.yaml:3:1: found unexpected end of stream"),
-        ("bad name", "appliance:\n  name: My App\n", "appliance.name `My App` must be lower-case"),
+        (
+            "unknown key",
+            "appliance:\n  name: x\n  colour: red\n",
+            "bad.yaml:3:3: appliance: unknown field `colour`",
+        ),
+        (
+            "wrong type",
+            "appliance:\n  name: x\narchitectures: amd64\n",
+            "bad.yaml:3:16: architectures: invalid type: string \"amd64\", expected a sequence",
+        ),
+        (
+            "unknown arch",
+            "appliance:\n  name: x\narchitectures: [riscv]\n",
+            "bad.yaml:3:17: architectures[0]: unknown variant `riscv`",
+        ),
+        (
+            "missing name",
+            "appliance:\n  version: '1'\n",
+            "bad.yaml:2:3: appliance: missing field `name`",
+        ),
+        (
+            "broken yaml",
+            "appliance:\n  name: \"x\n",
+            "bad.yaml:3:1: found unexpected end of stream",
+        ),
+        (
+            "bad name",
+            "appliance:\n  name: My App\n",
+            "appliance.name `My App` must be lower-case",
+        ),
     ];
     for (what, text, want) in cases {
         p.write("recipes/bad.yaml", text);
@@ -68,7 +109,10 @@ fn recipe_errors_name_file_line_and_column() {
         assert!(err.contains(want), "{what}: expected `{want}` in:\n{err}");
     }
     let err = p.fail(&["recipe", "show", "--recipe", "recipes/missing.yaml"]);
-    assert!(err.contains("missing.yaml") && err.contains("--recipe"), "{err}");
+    assert!(
+        err.contains("missing.yaml") && err.contains("--recipe"),
+        "{err}"
+    );
 }
 
 /// Replace what varies between machines and content versions (paths, keys).
@@ -88,8 +132,11 @@ fn normalize_plan(p: &Project, text: &str) -> serde_json::Value {
     for pb in v["publish"].as_array_mut().unwrap() {
         let from = pb["from"].as_str().unwrap().to_string();
         let parts: Vec<&str> = from.split('/').collect();
-        let masked: Vec<&str> =
-            parts.iter().enumerate().map(|(i, s)| if i == parts.len() - 2 { "<key>" } else { s }).collect();
+        let masked: Vec<&str> = parts
+            .iter()
+            .enumerate()
+            .map(|(i, s)| if i == parts.len() - 2 { "<key>" } else { s })
+            .collect();
         pb["from"] = masked.join("/").into();
     }
     v
@@ -105,12 +152,22 @@ fn stage_plan_snapshot() {
     if std::env::var("KILN_BLESS").is_ok() {
         std::fs::write(&golden, &text).unwrap();
     }
-    let want = std::fs::read_to_string(&golden).expect("golden file (regenerate with KILN_BLESS=1)");
-    assert_eq!(text, want, "stage plan changed; if intended, regenerate with KILN_BLESS=1");
+    let want =
+        std::fs::read_to_string(&golden).expect("golden file (regenerate with KILN_BLESS=1)");
+    assert_eq!(
+        text, want,
+        "stage plan changed; if intended, regenerate with KILN_BLESS=1"
+    );
     // The human-readable plan names the step and where the artifact goes.
     let human = stdout(&p.run(&["stage", "--dry-run"]));
-    assert!(human.contains("1. stage-amd64 — stage the overlay tree for amd64"), "{human}");
-    assert!(human.contains("demo-0.0.0-dev-amd64.overlay.tar.zst (+ .sha256)"), "{human}");
+    assert!(
+        human.contains("1. stage-amd64 — stage the overlay tree for amd64"),
+        "{human}"
+    );
+    assert!(
+        human.contains("demo-0.0.0-dev-amd64.overlay.tar.zst (+ .sha256)"),
+        "{human}"
+    );
     // A dry run builds nothing.
     assert!(p.outputs().is_empty());
     assert!(!p.path("cache").exists());
@@ -122,7 +179,11 @@ fn tar_listing(path: &camino::Utf8Path) -> Vec<(String, u32, u64, u64, String)> 
     for e in a.entries().unwrap() {
         let e = e.unwrap();
         let h = e.header();
-        let link = e.link_name().unwrap().map(|l| l.to_string_lossy().into_owned()).unwrap_or_default();
+        let link = e
+            .link_name()
+            .unwrap()
+            .map(|l| l.to_string_lossy().into_owned())
+            .unwrap_or_default();
         v.push((
             e.path().unwrap().to_string_lossy().into_owned(),
             h.mode().unwrap(),
@@ -138,29 +199,62 @@ fn tar_listing(path: &camino::Utf8Path) -> Vec<(String, u32, u64, u64, String)> 
 fn stage_is_deterministic_and_cached() {
     let p = Project::demo();
     let first = p.run(&["stage"]);
-    assert!(stderr(&first).contains("stage-amd64: running"), "{}", stderr(&first));
-    assert!(stderr(&first).contains("not built before"), "{}", stderr(&first));
+    assert!(
+        stderr(&first).contains("stage-amd64: running"),
+        "{}",
+        stderr(&first)
+    );
+    assert!(
+        stderr(&first).contains("not built before"),
+        "{}",
+        stderr(&first)
+    );
     let name = "demo-0.0.0-dev-amd64.overlay.tar.zst";
-    assert_eq!(p.outputs(), vec![name.to_string(), format!("{name}.sha256")]);
+    assert_eq!(
+        p.outputs(),
+        vec![name.to_string(), format!("{name}.sha256")]
+    );
     let sum1 = std::fs::read_to_string(p.path(&format!("output/{name}.sha256"))).unwrap();
-    assert!(sum1.ends_with(&format!("  {name}\n")), "basename in sha256 file: {sum1}");
-    assert_eq!(xtask::digest::file_sha256(&p.path(&format!("output/{name}"))).unwrap(), sum1[..64]);
+    assert!(
+        sum1.ends_with(&format!("  {name}\n")),
+        "basename in sha256 file: {sum1}"
+    );
+    assert_eq!(
+        xtask::digest::file_sha256(&p.path(&format!("output/{name}"))).unwrap(),
+        sum1[..64]
+    );
 
     let second = p.run(&["stage"]);
-    assert!(stderr(&second).contains("stage-amd64: cached"), "{}", stderr(&second));
+    assert!(
+        stderr(&second).contains("stage-amd64: cached"),
+        "{}",
+        stderr(&second)
+    );
     let sum2 = std::fs::read_to_string(p.path(&format!("output/{name}.sha256"))).unwrap();
     assert_eq!(sum1, sum2);
 
     // A fresh cache rebuilds byte-identical output.
-    let out = p.kiln().args(["stage", "--cache-dir"]).arg(p.path("cache2")).output().unwrap();
+    let out = p
+        .kiln()
+        .args(["stage", "--cache-dir"])
+        .arg(p.path("cache2"))
+        .output()
+        .unwrap();
     assert!(out.status.success());
     assert!(stderr(&out).contains("stage-amd64: running"));
-    assert_eq!(std::fs::read_to_string(p.path(&format!("output/{name}.sha256"))).unwrap(), sum1);
+    assert_eq!(
+        std::fs::read_to_string(p.path(&format!("output/{name}.sha256"))).unwrap(),
+        sum1
+    );
 
     // Changing one overlay file re-runs the step and says why.
     p.write("overlay/etc/demo/README", "changed\n");
     let third = p.run(&["stage"]);
-    assert!(stderr(&third).contains("changed: ") && stderr(&third).contains("overlay"), "{}", stderr(&third));
+    assert!(
+        stderr(&third).contains("changed: ") && stderr(&third).contains("overlay"),
+        "{}",
+        stderr(&third)
+    );
 
     // The archive: sorted, root-owned, epoch mtimes, modes kept, enablement links, masks.
     let list = tar_listing(&p.path(&format!("output/{name}")));
@@ -168,8 +262,15 @@ fn stage_is_deterministic_and_cached() {
     let mut sorted = names.clone();
     sorted.sort();
     assert_eq!(names, sorted, "entries are sorted");
-    assert!(list.iter().all(|e| e.2 == 0 && e.3 == 1700000000), "uid 0, mtime = epoch");
-    let get = |n: &str| list.iter().find(|e| e.0 == n).unwrap_or_else(|| panic!("{n} not in {names:?}"));
+    assert!(
+        list.iter().all(|e| e.2 == 0 && e.3 == 1700000000),
+        "uid 0, mtime = epoch"
+    );
+    let get = |n: &str| {
+        list.iter()
+            .find(|e| e.0 == n)
+            .unwrap_or_else(|| panic!("{n} not in {names:?}"))
+    };
     assert_eq!(get("opt/demo/bin/firstboot").1, 0o755);
     assert_eq!(get("etc/systemd/system/demo-firstboot.service").1, 0o644);
     assert_eq!(
@@ -187,11 +288,16 @@ fn build_info_has_no_wall_clock() {
     let p = Project::demo();
     p.run(&["stage"]);
     let tree = walk_find(&p.path("cache"), "build-info.json");
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tree).unwrap()).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tree).unwrap()).unwrap();
     assert_eq!(v["name"], "demo");
     assert_eq!(v["version"], "0.0.0-dev");
     assert_eq!(v["source_date_epoch"], 1700000000);
-    assert_eq!(v.as_object().unwrap().len(), 5, "only name, version, revision, epoch, arch: {v}");
+    assert_eq!(
+        v.as_object().unwrap().len(),
+        5,
+        "only name, version, revision, epoch, arch: {v}"
+    );
 }
 
 fn walk_find(root: &camino::Utf8Path, name: &str) -> camino::Utf8PathBuf {
@@ -209,7 +315,11 @@ fn overlay_symlinks_are_copied_as_links() {
     let p = Project::demo();
     std::os::unix::fs::symlink("/etc/hostname", p.path("overlay/etc/demo/host-link")).unwrap();
     // A link that points outside the overlay is never followed.
-    std::os::unix::fs::symlink("../../../../../etc/shadow", p.path("overlay/etc/demo/escape")).unwrap();
+    std::os::unix::fs::symlink(
+        "../../../../../etc/shadow",
+        p.path("overlay/etc/demo/escape"),
+    )
+    .unwrap();
     p.run(&["stage"]);
     let list = tar_listing(&p.path("output/demo-0.0.0-dev-amd64.overlay.tar.zst"));
     let l = list.iter().find(|e| e.0 == "etc/demo/host-link").unwrap();
@@ -222,35 +332,92 @@ fn overlay_symlinks_are_copied_as_links() {
 fn staging_refuses_bad_input() {
     type Setup = fn(&Project);
     let cases: Vec<(&str, Setup, &str)> = vec![
-        ("fifo in overlay", |p| {
-            let path = std::ffi::CString::new(p.path("overlay/etc/demo/pipe").as_str()).unwrap();
-            assert_eq!(unsafe { libc_mkfifo(path.as_ptr(), 0o644) }, 0);
-        }, "device nodes, sockets and FIFOs are not allowed in an overlay"),
-        ("unit does not parse", |p| {
-            p.write("systemd/demo-bootstrap.service", "[Unit]\nDescription=x\nthis is not a key value line\n");
-        }, "demo-bootstrap.service:3: `this is not a key value line` is neither"),
-        ("enable unknown unit", |p| {
-            let r = std::fs::read_to_string(p.path("recipes/demo.yaml")).unwrap();
-            p.write("recipes/demo.yaml", &r.replace("    - demo-bootstrap.service\n  # Appliances", "    - demo-bootstrap.service\n    - nope.service\n  # Appliances"));
-        }, "systemd.enable names `nope.service`, which is not among systemd.units"),
-        ("mask unknown unit", |p| {
-            let r = std::fs::read_to_string(p.path("recipes/demo.yaml")).unwrap();
-            p.write("recipes/demo.yaml", &r.replace("mask: [apt-daily.timer, apt-daily-upgrade.timer]", "mask: [apt-dialy.timer]"));
-        }, "systemd.mask names `apt-dialy.timer`"),
-        ("two overlays provide a file", |p| {
-            p.write("site/etc/demo/README", "site\n");
-            let r = std::fs::read_to_string(p.path("recipes/demo.yaml")).unwrap();
-            p.write("recipes/demo.yaml", &r.replace("  - path: overlay\n", "  - path: overlay\n  - path: site\n"));
-        }, "/etc/demo/README is provided by both overlay"),
-        ("overlay clashes with a unit", |p| {
-            p.write("overlay/etc/systemd/system/demo-bootstrap.service", "[Unit]\n");
-        }, "/etc/systemd/system/demo-bootstrap.service is provided by both"),
-        ("missing overlay dir", |p| {
-            std::fs::rename(p.path("overlay"), p.path("overlay-moved")).unwrap();
-        }, "overlay directory"),
-        ("enable a unit without [Install]", |p| {
-            p.write("systemd/demo-bootstrap.service", "[Unit]\nDescription=x\n[Service]\nExecStart=/bin/true\n");
-        }, "has no WantedBy=/RequiredBy="),
+        (
+            "fifo in overlay",
+            |p| {
+                let path =
+                    std::ffi::CString::new(p.path("overlay/etc/demo/pipe").as_str()).unwrap();
+                assert_eq!(unsafe { libc_mkfifo(path.as_ptr(), 0o644) }, 0);
+            },
+            "device nodes, sockets and FIFOs are not allowed in an overlay",
+        ),
+        (
+            "unit does not parse",
+            |p| {
+                p.write(
+                    "systemd/demo-bootstrap.service",
+                    "[Unit]\nDescription=x\nthis is not a key value line\n",
+                );
+            },
+            "demo-bootstrap.service:3: `this is not a key value line` is neither",
+        ),
+        (
+            "enable unknown unit",
+            |p| {
+                let r = std::fs::read_to_string(p.path("recipes/demo.yaml")).unwrap();
+                p.write(
+                    "recipes/demo.yaml",
+                    &r.replace(
+                        "    - demo-bootstrap.service\n  # Appliances",
+                        "    - demo-bootstrap.service\n    - nope.service\n  # Appliances",
+                    ),
+                );
+            },
+            "systemd.enable names `nope.service`, which is not among systemd.units",
+        ),
+        (
+            "mask unknown unit",
+            |p| {
+                let r = std::fs::read_to_string(p.path("recipes/demo.yaml")).unwrap();
+                p.write(
+                    "recipes/demo.yaml",
+                    &r.replace(
+                        "mask: [apt-daily.timer, apt-daily-upgrade.timer]",
+                        "mask: [apt-dialy.timer]",
+                    ),
+                );
+            },
+            "systemd.mask names `apt-dialy.timer`",
+        ),
+        (
+            "two overlays provide a file",
+            |p| {
+                p.write("site/etc/demo/README", "site\n");
+                let r = std::fs::read_to_string(p.path("recipes/demo.yaml")).unwrap();
+                p.write(
+                    "recipes/demo.yaml",
+                    &r.replace("  - path: overlay\n", "  - path: overlay\n  - path: site\n"),
+                );
+            },
+            "/etc/demo/README is provided by both overlay",
+        ),
+        (
+            "overlay clashes with a unit",
+            |p| {
+                p.write(
+                    "overlay/etc/systemd/system/demo-bootstrap.service",
+                    "[Unit]\n",
+                );
+            },
+            "/etc/systemd/system/demo-bootstrap.service is provided by both",
+        ),
+        (
+            "missing overlay dir",
+            |p| {
+                std::fs::rename(p.path("overlay"), p.path("overlay-moved")).unwrap();
+            },
+            "overlay directory",
+        ),
+        (
+            "enable a unit without [Install]",
+            |p| {
+                p.write(
+                    "systemd/demo-bootstrap.service",
+                    "[Unit]\nDescription=x\n[Service]\nExecStart=/bin/true\n",
+                );
+            },
+            "has no WantedBy=/RequiredBy=",
+        ),
     ];
     for (what, setup, want) in cases {
         let p = Project::demo();
@@ -263,7 +430,13 @@ fn staging_refuses_bad_input() {
     let p = Project::demo();
     p.write("site/etc/demo/README", "site wins\n");
     let r = std::fs::read_to_string(p.path("recipes/demo.yaml")).unwrap();
-    p.write("recipes/demo.yaml", &r.replace("  - path: overlay\n", "  - path: overlay\n  - path: site\n    wins: [/etc/demo/README]\n"));
+    p.write(
+        "recipes/demo.yaml",
+        &r.replace(
+            "  - path: overlay\n",
+            "  - path: overlay\n  - path: site\n    wins: [/etc/demo/README]\n",
+        ),
+    );
     p.run(&["stage"]);
     let readme = walk_find(&p.path("cache"), "README");
     assert_eq!(std::fs::read_to_string(readme).unwrap(), "site wins\n");
@@ -294,7 +467,11 @@ fn interrupt_leaves_output_and_cache_clean() {
     use std::io::Read;
     while !String::from_utf8_lossy(&seen).contains("stage-amd64: running") {
         let n = err.read(&mut buf).unwrap();
-        assert!(n > 0, "kiln exited before the step ran: {}", String::from_utf8_lossy(&seen));
+        assert!(
+            n > 0,
+            "kiln exited before the step ran: {}",
+            String::from_utf8_lossy(&seen)
+        );
         seen.extend_from_slice(&buf[..n]);
     }
     std::thread::sleep(std::time::Duration::from_millis(800));
@@ -302,14 +479,26 @@ fn interrupt_leaves_output_and_cache_clean() {
     let status = child.wait().unwrap();
     let mut rest = String::new();
     err.read_to_string(&mut rest).unwrap();
-    assert_eq!(status.code(), Some(130), "exit code after SIGINT; stderr: {rest}");
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "exit code after SIGINT; stderr: {rest}"
+    );
     assert!(rest.contains("interrupted"), "{rest}");
-    assert!(p.outputs().is_empty(), "output/ must hold nothing: {:?}", p.outputs());
+    assert!(
+        p.outputs().is_empty(),
+        "output/ must hold nothing: {:?}",
+        p.outputs()
+    );
     // No temporary or partial cache entry is left behind.
     for e in walkdir::WalkDir::new(p.path("cache")) {
         let e = e.unwrap();
         let n = e.file_name().to_string_lossy();
-        assert!(!n.ends_with(".tmp") && !n.contains("partial"), "left behind: {}", e.path().display());
+        assert!(
+            !n.ends_with(".tmp") && !n.contains("partial"),
+            "left behind: {}",
+            e.path().display()
+        );
     }
 }
 
@@ -322,14 +511,35 @@ extern "C" {
 fn doctor_names_packages_of_missing_tools() {
     let p = Project::demo();
     let empty = tempfile::tempdir().unwrap();
-    let out = p.kiln().args(["doctor", "--target", "iso"]).env("PATH", empty.path()).output().unwrap();
+    let out = p
+        .kiln()
+        .args(["doctor", "--target", "iso"])
+        .env("PATH", empty.path())
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let text = stdout(&out);
-    assert!(text.contains("xorriso") && text.contains("MISSING"), "{text}");
-    assert!(stderr(&out).contains("doctor --target iso --install"), "{}", stderr(&out));
-    let j = p.kiln().args(["doctor", "--target", "qcow2", "--json"]).output().unwrap();
+    assert!(
+        text.contains("xorriso") && text.contains("MISSING"),
+        "{text}"
+    );
+    assert!(
+        stderr(&out).contains("doctor --target iso --install"),
+        "{}",
+        stderr(&out)
+    );
+    let j = p
+        .kiln()
+        .args(["doctor", "--target", "qcow2", "--json"])
+        .output()
+        .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&j.stdout).unwrap();
-    let mk = v.as_array().unwrap().iter().find(|r| r["name"] == "mmdebstrap").unwrap();
+    let mk = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "mmdebstrap")
+        .unwrap();
     assert_eq!(mk["package"], "mmdebstrap");
     assert_eq!(mk["backports"], true);
 }
@@ -341,14 +551,26 @@ fn doctor_reports_versions_when_present() {
     }
     let p = Project::demo();
     let out = p.run(&["doctor", "--target", "iso"]);
-    let line = stdout(&out).lines().find(|l| l.starts_with("xorriso")).unwrap().to_string();
+    let line = stdout(&out)
+        .lines()
+        .find(|l| l.starts_with("xorriso"))
+        .unwrap()
+        .to_string();
     assert!(line.contains("ok") && line.contains("xorriso 1."), "{line}");
 }
 
 #[test]
 fn scripts_are_executable_in_the_repository() {
-    for s in ["overlay/opt/demo/bin/firstboot", "overlay/opt/demo/bin/bootstrap", ".ci/run"] {
+    for s in [
+        "overlay/opt/demo/bin/firstboot",
+        "overlay/opt/demo/bin/bootstrap",
+        ".ci/run",
+    ] {
         let m = std::fs::metadata(support::workspace().join(s)).unwrap();
-        assert_eq!(m.permissions().mode() & 0o111, 0o111, "{s} must be executable");
+        assert_eq!(
+            m.permissions().mode() & 0o111,
+            0o111,
+            "{s} must be executable"
+        );
     }
 }

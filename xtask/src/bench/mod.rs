@@ -27,7 +27,14 @@ pub struct Measurement {
 
 impl Measurement {
     /// A time comparison: ratio = kiln / baseline, goal `ratio <= max`.
-    pub fn time(case: &str, kiln: &str, k: Duration, baseline: &str, b: Duration, max: f64) -> Measurement {
+    pub fn time(
+        case: &str,
+        kiln: &str,
+        k: Duration,
+        baseline: &str,
+        b: Duration,
+        max: f64,
+    ) -> Measurement {
         let ratio = k.as_secs_f64() / b.as_secs_f64().max(1e-9);
         Measurement {
             case: case.into(),
@@ -41,7 +48,14 @@ impl Measurement {
         }
     }
     /// A speed-up comparison: ratio = baseline / kiln, goal `ratio >= min`.
-    pub fn speedup(case: &str, kiln: &str, k: Duration, baseline: &str, b: Duration, min: f64) -> Measurement {
+    pub fn speedup(
+        case: &str,
+        kiln: &str,
+        k: Duration,
+        baseline: &str,
+        b: Duration,
+        min: f64,
+    ) -> Measurement {
         let ratio = b.as_secs_f64() / k.as_secs_f64().max(1e-9);
         Measurement {
             case: case.into(),
@@ -79,7 +93,11 @@ impl BenchCx<'_> {
 pub fn render(ms: &[Measurement]) -> String {
     use std::fmt::Write;
     let mut s = String::new();
-    let _ = writeln!(s, "{:<28} {:>9} {:>9} {:>8}  {:<14} baseline", "case", "kiln s", "base s", "ratio", "goal");
+    let _ = writeln!(
+        s,
+        "{:<28} {:>9} {:>9} {:>8}  {:<14} baseline",
+        "case", "kiln s", "base s", "ratio", "goal"
+    );
     for m in ms {
         let _ = writeln!(
             s,

@@ -68,7 +68,19 @@ pub struct Appliance {
     pub description: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Deserialize,
+    Serialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Arch {
     Amd64,
@@ -179,7 +191,10 @@ impl Recipe {
     pub fn resolve(mut self, file: &Utf8Path, root: &Utf8Path) -> Result<Resolved> {
         let a = &self.appliance;
         if a.name.is_empty()
-            || !a.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            || !a
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             || a.name.starts_with('-')
         {
             bail!(

@@ -89,12 +89,22 @@ pub enum ModelPackaging {
 impl Payloads {
     pub fn resolve(&mut self, file: &Utf8Path) -> Result<()> {
         let mut names = std::collections::BTreeSet::new();
-        for n in self.images.iter().map(|i| &i.name).chain(self.models.iter().map(|m| &m.name)) {
+        for n in self
+            .images
+            .iter()
+            .map(|i| &i.name)
+            .chain(self.models.iter().map(|m| &m.name))
+        {
             anyhow::ensure!(
-                !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)),
+                !n.is_empty()
+                    && n.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)),
                 "{file}: payload name `{n}` must be letters, digits, `-`, `_` or `.`"
             );
-            anyhow::ensure!(names.insert(n.clone()), "{file}: two payloads are named `{n}`");
+            anyhow::ensure!(
+                names.insert(n.clone()),
+                "{file}: two payloads are named `{n}`"
+            );
         }
         for i in &self.images {
             if let ImageSource::Registry(r) = &i.source {

@@ -19,7 +19,11 @@ pub struct SeedOptions {
 
 impl Default for SeedOptions {
     fn default() -> Self {
-        SeedOptions { autoinstall: Autoinstall::default(), cloud_init: CloudInit::default(), allow_passwords: false }
+        SeedOptions {
+            autoinstall: Autoinstall::default(),
+            cloud_init: CloudInit::default(),
+            allow_passwords: false,
+        }
     }
 }
 

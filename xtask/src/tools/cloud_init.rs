@@ -5,6 +5,9 @@ use camino::Utf8Path;
 use super::Cmd;
 
 pub fn schema(config: &Utf8Path) -> Cmd {
-    Cmd::new("cloud-init", "validate a cloud-config against cloud-init's schema")
-        .args(["schema", "--config-file", config.as_str()])
+    Cmd::new(
+        "cloud-init",
+        "validate a cloud-config against cloud-init's schema",
+    )
+    .args(["schema", "--config-file", config.as_str()])
 }

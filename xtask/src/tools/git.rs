@@ -17,7 +17,10 @@ fn first_line(cmd: &Cmd) -> Option<String> {
 
 /// `git describe --tags --always --dirty`, or `None` outside a repository.
 pub fn describe(root: &Utf8Path) -> Option<String> {
-    first_line(&git(root, "appliance version from git").args(["describe", "--tags", "--always", "--dirty"]))
+    first_line(
+        &git(root, "appliance version from git")
+            .args(["describe", "--tags", "--always", "--dirty"]),
+    )
 }
 
 /// The full revision of HEAD.

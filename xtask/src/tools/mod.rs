@@ -71,7 +71,8 @@ impl Cmd {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        self.args.extend(args.into_iter().map(|a| a.as_ref().to_string()));
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_string()));
         self
     }
     pub fn env(mut self, k: impl Into<String>, v: impl Into<String>) -> Cmd {
@@ -262,7 +263,11 @@ fn run_inner(cmd: &Cmd, check: bool) -> Result<Output> {
             c.stdout(Stdio::piped());
         }
     }
-    c.stderr(if cmd.inherit_output { Stdio::inherit() } else { Stdio::piped() });
+    c.stderr(if cmd.inherit_output {
+        Stdio::inherit()
+    } else {
+        Stdio::piped()
+    });
     // Own process group: kiln decides when children stop, and can stop the
     // whole tree (qemu, mmdebstrap's helpers) at once.
     c.process_group(0);
@@ -364,7 +369,11 @@ pub fn missing_tool(program: &str) -> anyhow::Error {
              or run `cargo xtask doctor --install`",
             r.purpose,
             r.package,
-            if r.backports { " (from bookworm-backports on Debian 12)" } else { "" }
+            if r.backports {
+                " (from bookworm-backports on Debian 12)"
+            } else {
+                ""
+            }
         ),
         None => anyhow::anyhow!("`{program}` is not installed and kiln does not know its package"),
     }
@@ -423,19 +432,32 @@ pub fn run_until(cmd: &Cmd, patterns: &[&str], limit: Duration) -> Result<Watch>
             c.env(k, v);
         }
     }
-    c.env("LANG", "C.UTF-8").env("LC_ALL", "C.UTF-8").envs(&cmd.env);
+    c.env("LANG", "C.UTF-8")
+        .env("LC_ALL", "C.UTF-8")
+        .envs(&cmd.env);
     if let Some(d) = &cmd.cwd {
         c.current_dir(d);
     }
-    c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+    c.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
     crate::ui::debug(&format!("$ {cmd}"));
-    let mut child = c.spawn().with_context(|| format!("starting {} ({})", cmd.program, cmd.summary))?;
+    let mut child = c
+        .spawn()
+        .with_context(|| format!("starting {} ({})", cmd.program, cmd.summary))?;
     let pid = child.id() as i32;
     let _guard = crate::signals::ChildGuard::new(pid);
     let buf = Arc::new(Mutex::new(Vec::new()));
     let keep = 4 << 20;
-    let t1 = child.stdout.take().map(|s| spawn_reader(s, buf.clone(), keep));
-    let t2 = child.stderr.take().map(|s| spawn_reader(s, buf.clone(), keep));
+    let t1 = child
+        .stdout
+        .take()
+        .map(|s| spawn_reader(s, buf.clone(), keep));
+    let t2 = child
+        .stderr
+        .take()
+        .map(|s| spawn_reader(s, buf.clone(), keep));
     let start = std::time::Instant::now();
     let lower: Vec<String> = patterns.iter().map(|p| p.to_lowercase()).collect();
     let text = |b: &Arc<Mutex<Vec<u8>>>| String::from_utf8_lossy(&b.lock().unwrap()).into_owned();
@@ -459,15 +481,22 @@ pub fn run_until(cmd: &Cmd, patterns: &[&str], limit: Duration) -> Result<Watch>
         if matched(&text(&buf)) {
             crate::signals::stop_group(pid);
             let _ = child.wait();
-            break Watch::Matched { output: String::new() };
+            break Watch::Matched {
+                output: String::new(),
+            };
         }
         if let Some(st) = child.try_wait()? {
-            break Watch::Exited { output: String::new(), status: st.to_string() };
+            break Watch::Exited {
+                output: String::new(),
+                status: st.to_string(),
+            };
         }
         if start.elapsed() > limit {
             crate::signals::stop_group(pid);
             let _ = child.wait();
-            break Watch::TimedOut { output: String::new() };
+            break Watch::TimedOut {
+                output: String::new(),
+            };
         }
         std::thread::sleep(Duration::from_millis(100));
     };
@@ -477,7 +506,99 @@ pub fn run_until(cmd: &Cmd, patterns: &[&str], limit: Duration) -> Result<Watch>
     let out = text(&buf);
     Ok(match result {
         Watch::Matched { .. } => Watch::Matched { output: out },
-        Watch::Exited { status, .. } => Watch::Exited { output: out, status },
+        Watch::Exited { status, .. } => Watch::Exited {
+            output: out,
+            status,
+        },
         Watch::TimedOut { .. } => Watch::TimedOut { output: out },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_quotes_for_a_shell() {
+        let c = Cmd::new("xorriso", "x")
+            .args(["-boot_image", "any", "replay", "a b", "it's"])
+            .env("SOURCE_DATE_EPOCH", "1");
+        assert_eq!(
+            c.to_string(),
+            "SOURCE_DATE_EPOCH=1 xorriso -boot_image any replay 'a b' 'it'\\''s'"
+        );
+    }
+
+    #[test]
+    fn failure_reports_command_status_and_stderr_tail() {
+        // A stand-in tool that fails: tests our error path only.
+        let script = (1..=40)
+            .map(|i| format!("echo line{i} >&2;"))
+            .collect::<String>()
+            + "exit 3";
+        let c = Cmd::new("sh", "a failing tool").args(["-c", &script]);
+        let e = run(&c).unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(msg.contains("exit status 3"), "{msg}");
+        assert!(msg.contains("sh -c 'echo line1"), "{msg}");
+        assert!(
+            msg.contains("| line40") && !msg.contains("| line10\n"),
+            "{msg}"
+        );
+        match run_unchecked(&c).unwrap() {
+            Err(f) => assert_eq!(f.code, Some(3)),
+            Ok(_) => panic!("must fail"),
+        }
+    }
+
+    #[test]
+    fn children_get_a_controlled_environment() {
+        std::env::set_var("KILN_TEST_LEAK", "1");
+        let out =
+            run(&Cmd::new("sh", "print env")
+                .args(["-c", "echo $LANG:${KILN_TEST_LEAK:-unset}; cat"]))
+            .unwrap();
+        // stdin is closed (cat reads EOF at once), LANG is fixed, stray variables are dropped.
+        assert_eq!(out.stdout_str(), "C.UTF-8:unset\n");
+    }
+
+    #[test]
+    fn missing_tool_names_its_package() {
+        let e = require(&["xorriso-does-not-exist", "true"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("xorriso-does-not-exist"), "{e}");
+        let m = missing_tool("mmdebstrap").to_string();
+        assert!(
+            m.contains("package `mmdebstrap`") && m.contains("bookworm-backports"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn watched_run_stops_at_the_pattern() {
+        let c = Cmd::new("sh", "slow printer").args([
+            "-c",
+            "echo booting; echo 'Kernel Command line: x'; sleep 30",
+        ]);
+        let t = std::time::Instant::now();
+        match run_until(&c, &["booting", "command line:"], Duration::from_secs(20)).unwrap() {
+            Watch::Matched { output } => assert!(output.contains("Kernel Command line")),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "stopped the child instead of waiting"
+        );
+        match run_until(
+            &Cmd::new("sh", "exits").args(["-c", "echo no"]),
+            &["yes"],
+            Duration::from_secs(20),
+        )
+        .unwrap()
+        {
+            Watch::Exited { output, .. } => assert_eq!(output, "no\n"),
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -43,14 +43,25 @@ pub struct Boot {
 
 impl Boot {
     pub fn new(firmware: Firmware) -> Boot {
-        Boot { firmware, media: Vec::new(), memory_mib: 1024, accel: "tcg".into(), vars: None, kernel: None, snapshot: false }
+        Boot {
+            firmware,
+            media: Vec::new(),
+            memory_mib: 1024,
+            accel: "tcg".into(),
+            vars: None,
+            kernel: None,
+            snapshot: false,
+        }
     }
     pub fn cdrom(mut self, p: &Utf8Path) -> Boot {
         self.media.push(Media::Cdrom(p.to_owned()));
         self
     }
     pub fn disk(mut self, p: &Utf8Path, format: &str) -> Boot {
-        self.media.push(Media::Disk { path: p.to_owned(), format: format.into() });
+        self.media.push(Media::Disk {
+            path: p.to_owned(),
+            format: format.into(),
+        });
         self
     }
     pub fn vars(mut self, p: &Utf8Path) -> Boot {
@@ -61,7 +72,9 @@ impl Boot {
     pub fn cmd(&self) -> Cmd {
         let mut c = Cmd::new("qemu-system-x86_64", "smoke-boot the image under qemu")
             .args(["-accel", &self.accel, "-m", &self.memory_mib.to_string()])
-            .args(["-smp", "2", "-display", "none", "-serial", "stdio", "-monitor", "none"])
+            .args([
+                "-smp", "2", "-display", "none", "-serial", "stdio", "-monitor", "none",
+            ])
             .args(["-no-reboot", "-nic", "user,model=virtio-net-pci"]);
         if self.firmware == Firmware::Uefi {
             c = c.args(["-M", "q35"]).args([
@@ -69,7 +82,10 @@ impl Boot {
                 format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"),
             ]);
             if let Some(v) = &self.vars {
-                c = c.args(["-drive".to_string(), format!("if=pflash,format=raw,file={v}")]);
+                c = c.args([
+                    "-drive".to_string(),
+                    format!("if=pflash,format=raw,file={v}"),
+                ]);
             }
         }
         if self.snapshot {
@@ -80,10 +96,16 @@ impl Boot {
             match m {
                 Media::Cdrom(p) => {
                     has_cd = true;
-                    c = c.args(["-drive".to_string(), format!("file={p},media=cdrom,readonly=on,if=ide,index=2")]);
+                    c = c.args([
+                        "-drive".to_string(),
+                        format!("file={p},media=cdrom,readonly=on,if=ide,index=2"),
+                    ]);
                 }
                 Media::Disk { path, format } => {
-                    c = c.args(["-drive".to_string(), format!("file={path},format={format},if=virtio")]);
+                    c = c.args([
+                        "-drive".to_string(),
+                        format!("file={path},format={format},if=virtio"),
+                    ]);
                 }
             }
         }

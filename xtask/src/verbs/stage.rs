@@ -5,7 +5,6 @@ use crate::flags::Stage;
 
 /// `stage` publishes `<name>-<version>-<arch>.overlay.tar.zst` (+ .sha256) into
 /// the output directory; the tree itself stays in the step cache.
-
 pub fn run(cx: &Cx, s: Stage) -> Result<()> {
     let r = cx.recipe()?;
     let mut plan = cx.plan("stage");

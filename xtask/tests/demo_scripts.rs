@@ -1,0 +1,228 @@
+//! The demo appliance's first-boot and bootstrap scripts, run against a
+//! temporary root directory (`DEMO_ROOT`), plus `bash -n` and shellcheck.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Output};
+
+use camino::{Utf8Path, Utf8PathBuf};
+
+fn script(name: &str) -> Utf8PathBuf {
+    support::workspace().join("overlay/opt/demo/bin").join(name)
+}
+
+fn run(name: &str, root: &Utf8Path) -> Output {
+    Command::new("bash")
+        .arg(script(name))
+        .env("DEMO_ROOT", root)
+        .env("DEMO_PRIMARY_IP", "192.0.2.10")
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn secrets(root: &Utf8Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(root.join("etc/demo/secrets.env"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| {
+            let (k, v) = l.split_once('=').unwrap();
+            (k.to_string(), v.to_string())
+        })
+        .collect()
+}
+
+fn tmp_root() -> (tempfile::TempDir, Utf8PathBuf) {
+    let d = tempfile::tempdir().unwrap();
+    let p = Utf8PathBuf::from_path_buf(d.path().to_path_buf()).unwrap();
+    std::fs::create_dir_all(p.join("etc")).unwrap();
+    (d, p)
+}
+
+#[test]
+fn firstboot_mints_secrets_once() {
+    let (_d, root) = tmp_root();
+    let o = run("firstboot", &root);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("demo: first boot complete"));
+    let s = secrets(&root);
+    let names: Vec<&str> = s.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        names,
+        ["DEMO_ENCRYPTION_KEY", "DEMO_DB_PASSWORD", "DEMO_API_TOKEN"]
+    );
+    for (k, v) in &s {
+        assert_eq!(v.len(), 64, "{k} is 32 random bytes in hex");
+        assert!(v.bytes().all(|b| b.is_ascii_hexdigit()));
+    }
+    assert_ne!(s[0].1, s[1].1, "every secret is minted separately");
+    let mode = std::fs::metadata(root.join("etc/demo/secrets.env"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(root.join("var/lib/demo/firstboot.done").exists());
+    let web = std::fs::read_to_string(root.join("etc/demo/web.env")).unwrap();
+    assert!(web.contains("DEMO_WEB_HOST=demo-192-0-2-10.local"), "{web}");
+    assert!(std::fs::read_to_string(root.join("etc/motd"))
+        .unwrap()
+        .contains("https://demo-192-0-2-10.local/"));
+
+    // Second run: the sentinel stops it; secrets unchanged.
+    let o2 = run("firstboot", &root);
+    assert!(o2.status.success());
+    assert!(text(&o2).contains("already done"));
+    assert!(!text(&o2).contains("first boot complete"));
+    assert_eq!(secrets(&root), s);
+
+    // Two instances never share an identity.
+    let (_d2, other) = tmp_root();
+    assert!(run("firstboot", &other).status.success());
+    for ((_, a), (_, b)) in secrets(&root).iter().zip(secrets(&other).iter()) {
+        assert_ne!(a, b);
+    }
+}
+
+#[test]
+fn firstboot_keeps_valid_values_and_replaces_placeholders() {
+    let (_d, root) = tmp_root();
+    std::fs::create_dir_all(root.join("etc/demo")).unwrap();
+    let keep = "k".repeat(40);
+    std::fs::write(
+        root.join("etc/demo/secrets.env"),
+        format!("DEMO_ENCRYPTION_KEY={keep}\nDEMO_DB_PASSWORD=CHANGE_ME\nDEMO_API_TOKEN=\n"),
+    )
+    .unwrap();
+    // An operator-provided value (provision.env) is used when secrets.env has none.
+    let provided = "p".repeat(32);
+    std::fs::write(
+        root.join("etc/demo/provision.env"),
+        format!("DEMO_API_TOKEN={provided}\n"),
+    )
+    .unwrap();
+    let o = run("firstboot", &root);
+    assert!(o.status.success(), "{}", text(&o));
+    let s = secrets(&root);
+    assert_eq!(s[0].1, keep);
+    assert_ne!(s[1].1, "CHANGE_ME");
+    assert_eq!(s[1].1.len(), 64);
+    assert_eq!(s[2].1, provided);
+}
+
+#[test]
+fn failed_firstboot_leaves_no_sentinel_and_retries() {
+    let (_d, root) = tmp_root();
+    // /etc/motd as a directory makes the last write fail.
+    std::fs::create_dir_all(root.join("etc/motd")).unwrap();
+    let o = run("firstboot", &root);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(!text(&o).contains("first boot complete"));
+    assert!(!root.join("var/lib/demo/firstboot.done").exists());
+    // Fixed: the next boot completes it.
+    std::fs::remove_dir(root.join("etc/motd")).unwrap();
+    let o = run("firstboot", &root);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(root.join("var/lib/demo/firstboot.done").exists());
+}
+
+fn sha256sums(dir: &Utf8Path, files: &[&str]) {
+    let mut s = String::new();
+    for f in files {
+        let h = xtask::digest::file_sha256(&dir.join(f)).unwrap();
+        s.push_str(&format!("{h}  {f}\n"));
+    }
+    std::fs::write(dir.join("SHA256SUMS"), s).unwrap();
+}
+
+#[test]
+fn bootstrap_verifies_and_seeds_without_overwriting() {
+    let (_d, root) = tmp_root();
+    let images = root.join("opt/demo/images");
+    std::fs::create_dir_all(&images).unwrap();
+    std::fs::write(images.join("web-amd64.tar"), b"image bytes").unwrap();
+    std::fs::write(images.join("images.json"), b"[]").unwrap();
+    sha256sums(&images, &["web-amd64.tar"]);
+    let model = root.join("opt/demo/models/mini");
+    std::fs::create_dir_all(model.join("sub")).unwrap();
+    std::fs::write(model.join("config.json"), b"{\"dim\": 8}").unwrap();
+    std::fs::write(model.join("sub/vocab.txt"), b"a\nb\n").unwrap();
+    sha256sums(&model, &["config.json", "sub/vocab.txt"]);
+    // The operator already changed one file in the live cache, and added one.
+    let live = root.join("var/lib/demo/models/mini");
+    std::fs::create_dir_all(&live).unwrap();
+    std::fs::write(live.join("config.json"), b"operator's").unwrap();
+    std::fs::write(live.join("extra.bin"), b"mine").unwrap();
+
+    let o = run("bootstrap", &root);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("image archive web-amd64.tar verified"), "{t}");
+    assert!(t.contains("demo: bootstrap ok"), "{t}");
+    assert_eq!(
+        std::fs::read(live.join("config.json")).unwrap(),
+        b"operator's"
+    );
+    assert_eq!(std::fs::read(live.join("extra.bin")).unwrap(), b"mine");
+    assert_eq!(
+        std::fs::read(live.join("sub/vocab.txt")).unwrap(),
+        b"a\nb\n"
+    );
+    // Idempotent.
+    let o = run("bootstrap", &root);
+    assert!(o.status.success() && text(&o).contains("demo: bootstrap ok"));
+    assert_eq!(
+        std::fs::read(live.join("config.json")).unwrap(),
+        b"operator's"
+    );
+
+    // A corrupted archive fails the bootstrap, loudly.
+    std::fs::write(images.join("web-amd64.tar"), b"tampered").unwrap();
+    let o = run("bootstrap", &root);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("bootstrap FAILED"), "{}", text(&o));
+    assert!(!text(&o).contains("bootstrap ok"));
+}
+
+#[test]
+fn bootstrap_rejects_a_corrupted_model_seed() {
+    let (_d, root) = tmp_root();
+    let model = root.join("opt/demo/models/mini");
+    std::fs::create_dir_all(&model).unwrap();
+    std::fs::write(model.join("w.bin"), b"weights").unwrap();
+    sha256sums(&model, &["w.bin"]);
+    std::fs::write(model.join("w.bin"), b"weightz").unwrap();
+    let o = run("bootstrap", &root);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("model mini"), "{}", text(&o));
+    assert!(!root.join("var/lib/demo/models/mini/w.bin").exists());
+}
+
+#[test]
+fn scripts_pass_bash_n_and_shellcheck() {
+    for s in ["firstboot", "bootstrap"] {
+        let o = Command::new("bash")
+            .arg("-n")
+            .arg(script(s))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "bash -n {s}: {}", text(&o));
+    }
+    if !support::require(&["shellcheck"]) {
+        return;
+    }
+    let cmd = xtask::tools::shellcheck::check(&[
+        &script("firstboot"),
+        &script("bootstrap"),
+        &support::workspace().join(".ci/run"),
+    ]);
+    xtask::tools::run(&cmd).unwrap_or_else(|e| panic!("{e:#}"));
+}
