@@ -1,12 +1,50 @@
-//! `cargo xtask bench`.
+//! `cargo xtask bench`: run benchmark cases and print kiln/baseline ratios.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 
+use crate::bench::{self, BenchCx, Measurement};
 use crate::cx::Cx;
 
+/// Measure kiln against the baseline tools the issues name, on generated
+/// inputs, in the same run; print ratios (never absolute pass/fail on time).
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Only run cases whose name contains this.
+    #[arg(long)]
+    pub case: Option<String>,
+    /// Scale the generated inputs (1.0 = the sizes the goals are set for).
+    #[arg(long, default_value_t = 1.0)]
+    pub scale: f64,
+}
 
-pub fn run(_cx: &Cx, _a: Args) -> Result<()> {
-    anyhow::bail!("`bench` is not implemented yet")
+type Case = fn(&BenchCx) -> Result<Vec<Measurement>>;
+
+fn cases() -> Vec<(&'static str, Case)> {
+    vec![]
+}
+
+pub fn run(cx: &Cx, a: Args) -> Result<()> {
+    let scratch = cx.cache.join("bench");
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch)?;
+    let bcx = BenchCx { scratch: &scratch, scale: a.scale };
+    let mut all = Vec::new();
+    let selected: Vec<_> = cases()
+        .into_iter()
+        .filter(|(n, _)| a.case.as_deref().is_none_or(|c| n.contains(c)))
+        .collect();
+    if selected.is_empty() {
+        bail!("no benchmark case matches {:?}", a.case);
+    }
+    for (name, case) in selected {
+        crate::ui::info(&format!("bench: {name}"));
+        all.extend(case(&bcx)?);
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    if cx.json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+    } else {
+        print!("{}", bench::render(&all));
+    }
+    Ok(())
 }
