@@ -191,7 +191,6 @@ pub fn install_missing(reqs: &[&Requirement]) -> Result<()> {
             pkgs.into_iter().collect::<Vec<_>>().join(" ")
         );
     }
-    let extra: &[&str] = &[registry::TEST_KERNEL_PACKAGE];
     let codename = crate::hostapt::host_codename();
     let bookworm = codename.as_deref() == Some("bookworm");
     let mut plain: BTreeSet<&str> = BTreeSet::new();
@@ -202,9 +201,6 @@ pub fn install_missing(reqs: &[&Requirement]) -> Result<()> {
         } else {
             plain.insert(r.package);
         }
-    }
-    if reqs.iter().any(|r| r.targets.contains(&Target::Test)) {
-        plain.extend(extra);
     }
     if bookworm {
         add_bookworm_sources(Utf8Path::new("/etc/apt"))?;

@@ -10,7 +10,8 @@ pub fn update() -> Cmd {
 pub fn install(packages: &[&str], release: Option<&str>) -> Cmd {
     let mut c = Cmd::new("apt-get", "install missing build tools")
         .env("DEBIAN_FRONTEND", "noninteractive")
-        .args(["install", "-y", "-q", "--no-install-recommends"]);
+        // Recommends stay on: qemu's NIC option ROMs and libguestfs' appliance come that way.
+        .args(["install", "-y", "-q"]);
     if let Some(r) = release {
         c = c.args(["-t", r]);
     }

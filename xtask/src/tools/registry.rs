@@ -267,9 +267,6 @@ pub const REQUIREMENTS: &[Requirement] = &[
     ),
 ];
 
-/// The kernel the tests boot and put into fixtures: any amd64 bzImage.
-pub const TEST_KERNEL_PACKAGE: &str = "linux-image-amd64";
-
 pub fn requirement(name: &str) -> Option<&'static Requirement> {
     REQUIREMENTS.iter().find(|r| r.name == name)
 }
