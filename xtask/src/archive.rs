@@ -28,7 +28,8 @@ pub fn zstd_writer<W: Write>(w: W) -> Result<zstd::Encoder<'static, W>> {
     Ok(e)
 }
 
-fn header(kind: tar::EntryType, mode: u32, size: u64, epoch: i64) -> tar::Header {
+/// A tar header with kiln's fixed owner and time (also for writers outside this module).
+pub fn header(kind: tar::EntryType, mode: u32, size: u64, epoch: i64) -> tar::Header {
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(kind);
     h.set_mode(mode);

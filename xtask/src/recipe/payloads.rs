@@ -29,10 +29,45 @@ pub struct ImagePayload {
     /// Image reference recorded in the archive (`repo:tag`); default `<name>:latest`.
     #[serde(default)]
     pub reference: Option<String>,
+    /// Only for a `rootfs-dir` source: the image's default command.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cmd: Vec<String>,
 }
 
+impl ImagePayload {
+    /// `repo:tag` stored in the archive.
+    pub fn reference(&self) -> String {
+        self.reference
+            .clone()
+            .unwrap_or_else(|| format!("{}:latest", self.name))
+    }
+    /// Stable archive file name: `<name>-<arch>.tar[.zst|.gz]`.
+    pub fn archive_name(&self, arch: crate::recipe::Arch) -> String {
+        let ext = match self.compression {
+            Compression::None => "tar",
+            Compression::Zstd => "tar.zst",
+            Compression::Gzip => "tar.gz",
+        };
+        format!("{}-{arch}.{ext}", self.name)
+    }
+}
+
+impl ImageSource {
+    /// The source as the recipe writes it (recorded in `images.json`).
+    pub fn label(&self) -> String {
+        match self {
+            ImageSource::OciLayout(p) => format!("oci-layout {p}"),
+            ImageSource::DockerArchive(p) => format!("docker-archive {p}"),
+            ImageSource::OciArchive(p) => format!("oci-archive {p}"),
+            ImageSource::Registry(r) => format!("registry {r}"),
+            ImageSource::RootfsDir(p) => format!("rootfs-dir {p}"),
+        }
+    }
+}
+
+/// Written as a one-key map, e.g. `source: { oci-layout: images/web }`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[serde(try_from = "SourceMap", into = "SourceMap")]
 pub enum ImageSource {
     /// A local OCI image layout directory.
     OciLayout(Utf8PathBuf),
@@ -42,6 +77,67 @@ pub enum ImageSource {
     OciArchive(Utf8PathBuf),
     /// A registry reference pinned by digest (`repo@sha256:…`), copied with skopeo.
     Registry(String),
+    /// A directory of files that kiln turns into a single-layer image
+    /// (deterministic: sorted entries, uid/gid 0, mtimes from SOURCE_DATE_EPOCH).
+    RootfsDir(Utf8PathBuf),
+}
+
+/// The YAML shape of [`ImageSource`]: exactly one key.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct SourceMap {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    oci_layout: Option<Utf8PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    docker_archive: Option<Utf8PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    oci_archive: Option<Utf8PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    registry: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rootfs_dir: Option<Utf8PathBuf>,
+}
+
+impl TryFrom<SourceMap> for ImageSource {
+    type Error = String;
+    fn try_from(m: SourceMap) -> Result<Self, String> {
+        let mut v = Vec::new();
+        if let Some(p) = m.oci_layout {
+            v.push(ImageSource::OciLayout(p));
+        }
+        if let Some(p) = m.docker_archive {
+            v.push(ImageSource::DockerArchive(p));
+        }
+        if let Some(p) = m.oci_archive {
+            v.push(ImageSource::OciArchive(p));
+        }
+        if let Some(r) = m.registry {
+            v.push(ImageSource::Registry(r));
+        }
+        if let Some(p) = m.rootfs_dir {
+            v.push(ImageSource::RootfsDir(p));
+        }
+        match v.len() {
+            1 => Ok(v.pop().expect("one")),
+            n => Err(format!(
+                "an image source needs exactly one of oci-layout, docker-archive, oci-archive, registry, rootfs-dir (found {n})"
+            )),
+        }
+    }
+}
+
+impl From<ImageSource> for SourceMap {
+    fn from(s: ImageSource) -> SourceMap {
+        let mut m = SourceMap::default();
+        match s {
+            ImageSource::OciLayout(p) => m.oci_layout = Some(p),
+            ImageSource::DockerArchive(p) => m.docker_archive = Some(p),
+            ImageSource::OciArchive(p) => m.oci_archive = Some(p),
+            ImageSource::Registry(r) => m.registry = Some(r),
+            ImageSource::RootfsDir(p) => m.rootfs_dir = Some(p),
+        }
+        m
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -107,14 +203,44 @@ impl Payloads {
             );
         }
         for i in &self.images {
+            let n = &i.name;
             if let ImageSource::Registry(r) = &i.source {
+                let pinned = r.split_once("@sha256:").is_some_and(|(_, h)| {
+                    h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit())
+                });
                 anyhow::ensure!(
-                    r.contains("@sha256:"),
-                    "{file}: image `{}`: registry source `{r}` must be pinned by digest (`repo@sha256:…`)",
-                    i.name
+                    pinned,
+                    "{file}: image `{n}`: registry source `{r}` must be pinned by digest \
+                     (`repo@sha256:<64 hex digits>`), so every build bakes the same bytes"
                 );
             }
+            anyhow::ensure!(
+                i.cmd.is_empty() || matches!(i.source, ImageSource::RootfsDir(_)),
+                "{file}: image `{n}`: `cmd` is only for a `rootfs-dir` source (other images carry their own config)"
+            );
+            let reference = i.reference();
+            anyhow::ensure!(
+                !reference.is_empty()
+                    && !reference.contains('@')
+                    && !reference.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_uppercase()),
+                "{file}: image `{n}`: reference `{reference}` must be `repo[:tag]` in lower case, without a digest"
+            );
+            check_dest(file, n, &i.dest)?;
+        }
+        for m in &self.models {
+            check_dest(file, &m.name, &m.dest)?;
         }
         Ok(())
     }
+}
+
+/// Destinations are absolute directories in the image, without `..`.
+fn check_dest(file: &Utf8Path, name: &str, dest: &Utf8Path) -> Result<()> {
+    anyhow::ensure!(
+        dest.is_absolute()
+            && dest.components().all(|c| matches!(c, camino::Utf8Component::RootDir | camino::Utf8Component::Normal(_)))
+            && dest != "/",
+        "{file}: payload `{name}`: dest `{dest}` must be an absolute directory in the image (not `/`, no `..`)"
+    );
+    Ok(())
 }

@@ -20,7 +20,10 @@ pub mod cloud_init;
 pub mod git;
 pub mod qemu_system;
 pub mod registry;
+pub mod sha256sum;
 pub mod shellcheck;
+pub mod skopeo;
+pub mod zstd;
 
 pub use registry::Target;
 

@@ -46,7 +46,7 @@ pub fn require(what: &[&str]) -> bool {
     false
 }
 
-/// A copy of the demo project (overlay, systemd, nocloud, recipes) in a
+/// A copy of the demo project (overlay, systemd, nocloud, recipes, payloads) in a
 /// temporary directory, with its own cache and output.
 pub struct Project {
     pub dir: tempfile::TempDir,
@@ -60,7 +60,7 @@ impl Project {
             .tempdir()
             .unwrap();
         let root = Utf8PathBuf::from_path_buf(dir.path().to_path_buf()).unwrap();
-        for d in ["overlay", "systemd", "nocloud", "recipes"] {
+        for d in ["overlay", "systemd", "nocloud", "recipes", "payloads"] {
             copy_tree(&workspace().join(d), &root.join(d));
         }
         Project { dir, root }

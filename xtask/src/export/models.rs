@@ -1,0 +1,635 @@
+//! ML models: a directory of files (a Hugging Face snapshot or anything
+//! else) exported as the files themselves under `<dest>/<name>/` with a
+//! `SHA256SUMS`, or as a deterministic `<dest>/<name>.tar.zst` (sorted,
+//! uid/gid 0, mtime = `SOURCE_DATE_EPOCH`, which unpacks to `<name>/` with
+//! the same `SHA256SUMS`). Every file is read once: hashed while it is
+//! copied or compressed.
+//!
+//! Caching: the step key is a cheap manifest of the source (paths, sizes,
+//! mtimes, modes), so an unchanged model is never re-read. When only mtimes
+//! changed (a fresh checkout, a `touch`), the files are hashed and, if every
+//! digest matches the one recorded at the previous export, that export is
+//! reused instead of copying or compressing again.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use anyhow::{bail, Context, Result};
+use camino::{Utf8Path, Utf8PathBuf};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::{append_bytes, append_dir, append_exact, tree_dir, Exact, Sink, MODEL_RECORD, SUMS};
+use crate::plan::{Input, Op, OpCx, StepBuilder};
+use crate::recipe::payloads::{Compression, ModelPackaging, ModelPayload};
+use crate::recipe::Resolved;
+
+/// One file of a model, as found while planning.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ModelFile {
+    /// Path inside the model directory.
+    pub rel: String,
+    /// The file read (a symlink's target, resolved).
+    pub src: Utf8PathBuf,
+    pub size: u64,
+    pub mtime: i64,
+    pub mtime_nsec: i64,
+    /// 0644, or 0755 when any execute bit is set.
+    pub mode: u32,
+}
+
+/// The files of a model directory, sorted. Links are followed when they stay
+/// inside the model (for a Hugging Face `snapshots/<rev>` directory: inside
+/// its repository directory, where `blobs/` lives); anything else is refused.
+pub fn scan(name: &str, source: &Utf8Path) -> Result<Vec<ModelFile>> {
+    let what = format!("model `{name}`");
+    let md = std::fs::metadata(source)
+        .with_context(|| format!("{what}: source directory {source} does not exist"))?;
+    anyhow::ensure!(md.is_dir(), "{what}: source {source} is not a directory");
+    let canon = |p: &Utf8Path| -> Result<Utf8PathBuf> {
+        let c =
+            std::fs::canonicalize(p).with_context(|| format!("{what}: {p} is a dangling link"))?;
+        Utf8PathBuf::from_path_buf(c)
+            .map_err(|c| anyhow::anyhow!("{what}: non-UTF-8 path {}", c.display()))
+    };
+    let root = canon(source)?;
+    let fence = match root.parent() {
+        Some(p) if p.file_name() == Some("snapshots") => p.parent().unwrap_or(&root).to_owned(),
+        _ => root.clone(),
+    };
+    let mut files = Vec::new();
+    for (rel, md) in
+        crate::digest::walk_sorted(source).with_context(|| format!("{what}: reading {source}"))?
+    {
+        let full = source.join(&rel);
+        let ft = md.file_type();
+        let (src, md) = if ft.is_dir() {
+            continue;
+        } else if ft.is_symlink() {
+            let target = canon(&full)?;
+            if !target.starts_with(&fence) {
+                bail!("{what}: {full} is a link to {target}, outside the model directory {fence}; copy the file in instead");
+            }
+            let tmd =
+                std::fs::metadata(&target).with_context(|| format!("{what}: reading {target}"))?;
+            if !tmd.is_file() {
+                bail!("{what}: {full} links to {target}, which is not a regular file (links to directories are not followed)");
+            }
+            (target, tmd)
+        } else if ft.is_file() {
+            (full.clone(), md)
+        } else {
+            bail!("{what}: {full} is a device node, socket or FIFO; a model holds only files");
+        };
+        if rel.as_str() == SUMS {
+            bail!("{what}: {full}: `{SUMS}` is the name kiln gives the model's digest list; rename the file");
+        }
+        files.push(ModelFile {
+            rel: rel.to_string(),
+            src,
+            size: md.len(),
+            mtime: md.mtime(),
+            mtime_nsec: md.mtime_nsec(),
+            mode: if md.permissions().mode() & 0o111 != 0 {
+                0o755
+            } else {
+                0o644
+            },
+        });
+    }
+    anyhow::ensure!(
+        !files.is_empty(),
+        "{what}: source directory {source} holds no files"
+    );
+    Ok(files)
+}
+
+/// The cache input for a model: a manifest of paths, sizes, mtimes, modes
+/// and link targets; never reads file contents.
+pub fn meta_input(source: &Utf8Path, files: &[ModelFile]) -> Input {
+    let mut h = Sha256::new();
+    for f in files {
+        h.update(f.rel.as_bytes());
+        h.update([0]);
+        h.update(f.src.as_str().as_bytes());
+        h.update([0]);
+        h.update(f.size.to_le_bytes());
+        h.update(f.mtime.to_le_bytes());
+        h.update(f.mtime_nsec.to_le_bytes());
+        h.update(f.mode.to_le_bytes());
+    }
+    Input::TreeMeta {
+        path: source.to_owned(),
+        sha256: hex::encode(h.finalize()),
+        files: files.len() as u64,
+        bytes: files.iter().map(|f| f.size).sum(),
+    }
+}
+
+pub fn step(r: &Resolved, m: &ModelPayload) -> Result<StepBuilder> {
+    let source = r.path(&m.source);
+    let files = scan(&m.name, &source)
+        .with_context(|| format!("{}: payload model `{}`", r.file, m.name))?;
+    let input = meta_input(&source, &files);
+    let op = ModelOp {
+        params: Params {
+            name: m.name.clone(),
+            source: m.source.to_string(),
+            revision: m.revision.clone(),
+            dest: m.dest.clone(),
+            packaging: m.packaging,
+            epoch: r.epoch,
+        },
+        files,
+    };
+    let bytes: u64 = op.files.iter().map(|f| f.size).sum();
+    Ok(StepBuilder::new(
+        format!("model-{}", m.name),
+        format!(
+            "export model `{}` ({} files, {bytes} bytes) to {}",
+            m.name,
+            op.files.len(),
+            m.dest
+        ),
+    )
+    .input(input)
+    .input(Input::value("SOURCE_DATE_EPOCH", r.epoch))
+    .long()
+    .op(op))
+}
+
+/// Everything that shapes a model export besides its bytes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Params {
+    pub name: String,
+    /// As the recipe writes it.
+    pub source: String,
+    pub revision: Option<String>,
+    pub dest: Utf8PathBuf,
+    pub packaging: ModelPackaging,
+    pub epoch: i64,
+}
+
+/// One `models.json` file entry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileEntry {
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// What a model step records (one `models.json` entry, plus what the next
+/// export needs to confirm an unchanged model by its digests).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ModelRecord {
+    pub name: String,
+    pub revision: Option<String>,
+    /// `tree` or `tar-zst`.
+    pub packaging: ModelPackaging,
+    /// Relative to the destination directory: `<name>/` or `<name>.tar.zst`.
+    pub path: String,
+    /// sha256 and size of the `.tar.zst` (tar-zst packaging only).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub sha256: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub size: Option<u64>,
+    pub files: Vec<FileEntry>,
+    /// Not in `models.json`: the parameters and source manifest of this export.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub export: Option<(Params, Vec<ModelFile>)>,
+}
+
+pub struct ModelOp {
+    pub params: Params,
+    pub files: Vec<ModelFile>,
+}
+
+impl Op for ModelOp {
+    fn describe(&self) -> serde_json::Value {
+        json!({ "export_model": self.params })
+    }
+    fn run(&self, cx: &OpCx) -> Result<()> {
+        let p = &self.params;
+        let what = format!("model `{}` ({})", p.name, p.source);
+        let rec = match self.reuse(cx).with_context(|| what.clone())? {
+            Some(rec) => rec,
+            None => export(p, &self.files, cx.out).with_context(|| what.clone())?,
+        };
+        crate::plan::write_json(&cx.out.join(MODEL_RECORD), &rec)
+    }
+}
+
+impl ModelOp {
+    /// A previous export of this model whose source differs only in mtimes,
+    /// confirmed by hashing the files against the digests it recorded.
+    fn reuse(&self, cx: &OpCx) -> Result<Option<ModelRecord>> {
+        let Some(cache) = cx.step.out.parent() else {
+            return Ok(None);
+        };
+        let Ok(rd) = std::fs::read_dir(cache) else {
+            return Ok(None);
+        };
+        let same_shape = |a: &ModelFile, b: &ModelFile| {
+            a.rel == b.rel && a.src == b.src && a.size == b.size && a.mode == b.mode
+        };
+        let mut best: Option<(Utf8PathBuf, ModelRecord)> = None;
+        for e in rd.flatten() {
+            let Ok(dir) = Utf8PathBuf::from_path_buf(e.path()) else {
+                continue;
+            };
+            if !dir.join(crate::exec::STAMP).is_file() || dir == cx.step.out {
+                continue;
+            }
+            let Ok(text) = std::fs::read_to_string(dir.join(MODEL_RECORD)) else {
+                continue;
+            };
+            let Ok(rec) = serde_json::from_str::<ModelRecord>(&text) else {
+                continue;
+            };
+            let Some((params, files)) = &rec.export else {
+                continue;
+            };
+            if params == &self.params
+                && files.len() == self.files.len()
+                && files.iter().zip(&self.files).all(|(a, b)| same_shape(a, b))
+            {
+                best = Some((dir, rec));
+                break;
+            }
+        }
+        let Some((prev, mut rec)) = best else {
+            return Ok(None);
+        };
+        let digests = hash_files(&self.files)?;
+        if digests.iter().zip(&rec.files).any(|(d, f)| d != &f.sha256) {
+            return Ok(None);
+        }
+        crate::ui::info(&format!(
+            "model {}: only timestamps changed and every digest matches the export in {prev}; reusing it",
+            self.params.name
+        ));
+        let from = tree_dir(&prev, &self.params.dest);
+        let to = tree_dir(cx.out, &self.params.dest);
+        for (rel, md) in crate::digest::walk_sorted(&from)? {
+            let (s, d) = (from.join(&rel), to.join(&rel));
+            if md.is_dir() {
+                std::fs::create_dir_all(&d)?;
+                std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755))?;
+            } else {
+                std::fs::create_dir_all(d.parent().expect("under the tree"))?;
+                if std::fs::hard_link(&s, &d).is_err() {
+                    std::fs::copy(&s, &d).with_context(|| format!("copying {s} to {d}"))?;
+                }
+            }
+        }
+        rec.export = Some((self.params.clone(), self.files.clone()));
+        Ok(Some(rec))
+    }
+}
+
+/// Export a model into `out/tree/<dest>/`; returns its record.
+pub fn export(p: &Params, files: &[ModelFile], out: &Utf8Path) -> Result<ModelRecord> {
+    let dest = tree_dir(out, &p.dest);
+    std::fs::create_dir_all(&dest).with_context(|| format!("creating {dest}"))?;
+    let total: u64 = files.iter().map(|f| f.size).sum();
+    // Small models finish before a bar would say anything useful.
+    let mut bar = (total >= 64 << 20)
+        .then(|| crate::ui::Progress::bytes(&format!("model {}", p.name), total));
+    let progress = bar.as_mut();
+    let (path, archive, entries) = match p.packaging {
+        ModelPackaging::Tree => {
+            let entries = write_tree(&dest.join(&p.name), files, progress)?;
+            (format!("{}/", p.name), None, entries)
+        }
+        ModelPackaging::TarZst => {
+            let file = format!("{}.tar.zst", p.name);
+            let (hex, size, entries) =
+                write_tar_zst(&dest.join(&file), &p.name, files, p.epoch, progress)?;
+            (file, Some((hex, size)), entries)
+        }
+    };
+    if let Some(b) = bar {
+        b.finish();
+    }
+    Ok(ModelRecord {
+        name: p.name.clone(),
+        revision: p.revision.clone(),
+        packaging: p.packaging,
+        path,
+        sha256: archive.as_ref().map(|a| a.0.clone()),
+        size: archive.map(|a| a.1),
+        files: entries,
+        export: Some((p.clone(), files.to_vec())),
+    })
+}
+
+fn sums(entries: &[FileEntry]) -> String {
+    entries
+        .iter()
+        .map(|e| crate::digest::sha256sum_line(&e.sha256, &e.path))
+        .collect()
+}
+
+/// Counts bytes read into a progress bar.
+struct Counted<'a, R> {
+    inner: R,
+    progress: Option<&'a mut crate::ui::Progress>,
+}
+
+impl<R: Read> Read for Counted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        crate::signals::check()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::Interrupted, e.to_string()))?;
+        let n = self.inner.read(buf)?;
+        if let Some(p) = self.progress.as_deref_mut() {
+            p.inc(n as u64);
+        }
+        Ok(n)
+    }
+}
+
+fn open(f: &ModelFile) -> Result<std::fs::File> {
+    std::fs::File::open(&f.src).with_context(|| format!("opening {}", f.src))
+}
+
+/// Copy the files under `dir`, hashing each while it is copied, and write
+/// `dir/SHA256SUMS`.
+pub fn write_tree(
+    dir: &Utf8Path,
+    files: &[ModelFile],
+    mut progress: Option<&mut crate::ui::Progress>,
+) -> Result<Vec<FileEntry>> {
+    let mut entries = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    for f in files {
+        let dst = dir.join(&f.rel);
+        let parent = dst.parent().expect("a file has a parent");
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {parent}"))?;
+        let mut r = Exact::new(
+            Counted {
+                inner: open(f)?,
+                progress: progress.as_deref_mut(),
+            },
+            f.size,
+            f.src.as_str(),
+        );
+        let mut w = std::fs::File::create(&dst).with_context(|| format!("creating {dst}"))?;
+        loop {
+            let n = r
+                .read(&mut buf)
+                .with_context(|| format!("reading {}", f.src))?;
+            if n == 0 {
+                break;
+            }
+            w.write_all(&buf[..n])
+                .with_context(|| format!("writing {dst}"))?;
+        }
+        let sha256 = r.finish()?;
+        std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(f.mode))?;
+        entries.push(FileEntry {
+            path: f.rel.clone(),
+            size: f.size,
+            sha256,
+        });
+    }
+    for (rel, md) in crate::digest::walk_sorted(dir)? {
+        if md.is_dir() {
+            std::fs::set_permissions(dir.join(rel), std::fs::Permissions::from_mode(0o755))?;
+        }
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::write(dir.join(SUMS), sums(&entries))
+        .with_context(|| format!("writing {dir}/{SUMS}"))?;
+    Ok(entries)
+}
+
+/// Write the files as a deterministic `.tar.zst` whose entries sit under
+/// `<name>/` (with `<name>/SHA256SUMS` last), hashing each file while it is
+/// compressed. Returns (archive sha256, archive bytes, file entries).
+pub fn write_tar_zst(
+    path: &Utf8Path,
+    name: &str,
+    files: &[ModelFile],
+    epoch: i64,
+    mut progress: Option<&mut crate::ui::Progress>,
+) -> Result<(String, u64, Vec<FileEntry>)> {
+    let mut sink = Sink::create(path, Compression::Zstd)?;
+    let mut entries = Vec::new();
+    {
+        let mut b = tar::Builder::new(&mut sink);
+        append_dir(&mut b, &format!("{name}/"), epoch)?;
+        let mut dirs = BTreeSet::new();
+        for f in files {
+            let rel = Utf8Path::new(&f.rel);
+            let mut ancestors: Vec<&Utf8Path> = rel
+                .ancestors()
+                .skip(1)
+                .filter(|a| !a.as_str().is_empty())
+                .collect();
+            ancestors.reverse();
+            for a in ancestors {
+                if dirs.insert(a.to_owned()) {
+                    append_dir(&mut b, &format!("{name}/{a}/"), epoch)?;
+                }
+            }
+            let r = Counted {
+                inner: open(f)?,
+                progress: progress.as_deref_mut(),
+            };
+            let sha256 = append_exact(
+                &mut b,
+                &format!("{name}/{}", f.rel),
+                f.mode,
+                f.size,
+                r,
+                epoch,
+                f.src.as_str(),
+            )?;
+            entries.push(FileEntry {
+                path: f.rel.clone(),
+                size: f.size,
+                sha256,
+            });
+        }
+        append_bytes(
+            &mut b,
+            &format!("{name}/{SUMS}"),
+            sums(&entries).as_bytes(),
+            epoch,
+        )?;
+        b.finish().with_context(|| format!("finishing {path}"))?;
+    }
+    let (hex, size) = sink.finish().with_context(|| format!("finishing {path}"))?;
+    Ok((hex, size, entries))
+}
+
+/// sha256 of every file, on all cores (files are handed out one at a time);
+/// each file must still have its planned size.
+pub fn hash_files(files: &[ModelFile]) -> Result<Vec<String>> {
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<Result<String>>>> =
+        Mutex::new((0..files.len()).map(|_| None).collect());
+    let workers = crate::archive::zstd_workers()
+        .min(files.len() as u32)
+        .max(1);
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(f) = files.get(i) else { break };
+                    let r = (|| -> Result<String> {
+                        let mut r = Exact::new(open(f)?, f.size, f.src.as_str());
+                        while r
+                            .read(&mut buf)
+                            .with_context(|| format!("reading {}", f.src))?
+                            > 0
+                        {
+                            crate::signals::check()?;
+                        }
+                        r.finish()
+                    })();
+                    results.lock().unwrap()[i] = Some(r);
+                }
+            });
+        }
+    });
+    results
+        .into_inner()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.expect("every file hashed"))
+        .collect()
+}
+
+/// Writes `models.json` for the models of one directory.
+pub struct IndexOp {
+    pub dest: Utf8PathBuf,
+    /// (step name, step output directory)
+    pub parts: Vec<(String, Utf8PathBuf)>,
+}
+
+impl Op for IndexOp {
+    fn describe(&self) -> serde_json::Value {
+        let steps: Vec<&String> = self.parts.iter().map(|(n, _)| n).collect();
+        json!({ "models_index": { "dest": self.dest, "models": steps } })
+    }
+    fn run(&self, cx: &OpCx) -> Result<()> {
+        let mut records = Vec::new();
+        for (step, out) in &self.parts {
+            let mut rec: ModelRecord = super::read_record(&out.join(MODEL_RECORD), step)?;
+            let at = tree_dir(out, &self.dest).join(&rec.path);
+            let what = format!("model `{}`", rec.name);
+            match rec.size {
+                Some(size) => super::check_present(&at, size, &what)?,
+                None => anyhow::ensure!(
+                    at.join(SUMS).is_file(),
+                    "{what}: {at} holds no {SUMS} (fail closed: nothing is staged without it)"
+                ),
+            }
+            rec.export = None;
+            records.push(rec);
+        }
+        records.sort_by(|a, b| a.name.cmp(&b.name));
+        let dir = tree_dir(cx.out, &self.dest);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {dir}"))?;
+        crate::plan::write_json(&dir.join("models.json"), &json!({ "models": records }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir() -> (tempfile::TempDir, Utf8PathBuf) {
+        let t = tempfile::tempdir().unwrap();
+        let p = Utf8PathBuf::from_path_buf(t.path().to_path_buf()).unwrap();
+        (t, p)
+    }
+
+    #[test]
+    fn scan_follows_inner_links_and_refuses_escapes() {
+        let (_t, d) = dir();
+        let m = d.join("m");
+        std::fs::create_dir_all(m.join("sub")).unwrap();
+        std::fs::write(m.join("sub/a.bin"), b"abc").unwrap();
+        std::os::unix::fs::symlink("sub/a.bin", m.join("link.bin")).unwrap();
+        let files = scan("m", &m).unwrap();
+        assert_eq!(
+            files.iter().map(|f| f.rel.as_str()).collect::<Vec<_>>(),
+            ["link.bin", "sub/a.bin"]
+        );
+        assert_eq!(files[0].size, 3);
+        std::fs::write(d.join("secret"), b"x").unwrap();
+        std::os::unix::fs::symlink("../secret", m.join("out")).unwrap();
+        let e = format!("{:#}", scan("m", &m).unwrap_err());
+        assert!(
+            e.contains("model `m`")
+                && e.contains("/m/out is a link to")
+                && e.contains("outside the model directory"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn hugging_face_snapshot_links_into_blobs_are_followed() {
+        let (_t, d) = dir();
+        let repo = d.join("models--org--tiny");
+        std::fs::create_dir_all(repo.join("blobs")).unwrap();
+        std::fs::create_dir_all(repo.join("snapshots/abc123")).unwrap();
+        std::fs::write(repo.join("blobs/1111"), b"{}").unwrap();
+        std::os::unix::fs::symlink(
+            "../../blobs/1111",
+            repo.join("snapshots/abc123/config.json"),
+        )
+        .unwrap();
+        let files = scan("tiny", &repo.join("snapshots/abc123")).unwrap();
+        assert_eq!(files[0].rel, "config.json");
+        assert_eq!(files[0].size, 2);
+    }
+
+    #[test]
+    fn a_file_that_changed_size_since_planning_is_an_error() {
+        let (_t, d) = dir();
+        let m = d.join("m");
+        std::fs::create_dir_all(&m).unwrap();
+        std::fs::write(m.join("w.bin"), vec![7u8; 5000]).unwrap();
+        let files = scan("m", &m).unwrap();
+        let p = Params {
+            name: "m".into(),
+            source: "m".into(),
+            revision: None,
+            dest: "/opt/x".into(),
+            packaging: ModelPackaging::TarZst,
+            epoch: 1,
+        };
+        std::fs::write(m.join("w.bin"), vec![7u8; 6000]).unwrap();
+        let e = format!("{:#}", export(&p, &files, &d.join("out1")).unwrap_err());
+        assert!(e.contains("w.bin grew"), "{e}");
+        std::fs::write(m.join("w.bin"), vec![7u8; 10]).unwrap();
+        let p = Params {
+            packaging: ModelPackaging::Tree,
+            ..p
+        };
+        let e = format!("{:#}", export(&p, &files, &d.join("out2")).unwrap_err());
+        assert!(e.contains("w.bin ended") && e.contains("early"), "{e}");
+    }
+
+    #[test]
+    fn parallel_hashes_match_single_file_hashes() {
+        let (_t, d) = dir();
+        for i in 0..5 {
+            std::fs::write(d.join(format!("f{i}")), vec![i as u8; 1000 * i + 1]).unwrap();
+        }
+        let files = scan("d", &d).unwrap();
+        let h = hash_files(&files).unwrap();
+        for (f, h) in files.iter().zip(h) {
+            assert_eq!(h, crate::digest::file_sha256(&f.src).unwrap());
+        }
+    }
+}
