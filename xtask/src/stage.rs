@@ -409,10 +409,26 @@ impl StageSpec {
 /// One path in the staged tree.
 #[derive(Debug, Clone)]
 pub enum Entry {
-    Dir { mode: u32 },
-    File { source: Utf8PathBuf, mode: u32 },
-    Bytes { bytes: Vec<u8>, mode: u32 },
-    Link { target: Utf8PathBuf },
+    Dir {
+        mode: u32,
+    },
+    File {
+        source: Utf8PathBuf,
+        mode: u32,
+    },
+    Bytes {
+        bytes: Vec<u8>,
+        mode: u32,
+    },
+    Link {
+        target: Utf8PathBuf,
+    },
+    /// A file of a payload export step: hard-linked (cache entries are
+    /// immutable), so multi-GiB models are not copied again.
+    Payload {
+        source: Utf8PathBuf,
+        mode: u32,
+    },
 }
 
 struct StageOp(StageSpec);
@@ -444,6 +460,13 @@ impl Op for StageOp {
                 Entry::File { source, mode } => {
                     std::fs::copy(source, &dest)
                         .with_context(|| format!("copying {source} to {dest}"))?;
+                    std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(*mode))?;
+                }
+                Entry::Payload { source, mode } => {
+                    if std::fs::hard_link(source, &dest).is_err() {
+                        std::fs::copy(source, &dest)
+                            .with_context(|| format!("copying {source} to {dest}"))?;
+                    }
                     std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(*mode))?;
                 }
                 Entry::Bytes { bytes, mode } => {

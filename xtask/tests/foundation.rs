@@ -115,30 +115,39 @@ fn recipe_errors_name_file_line_and_column() {
     );
 }
 
-/// Replace what varies between machines and content versions (paths, keys).
+/// Replace what varies between machines and content versions: the project
+/// root, and every hex digest or key (runs of 20+ hex digits).
 fn normalize_plan(p: &Project, text: &str) -> serde_json::Value {
-    let text = text.replace(p.root.as_str(), "<root>");
-    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    for s in v["steps"].as_array_mut().unwrap() {
-        s["key"] = "<key>".into();
-        let out = s["out"].as_str().unwrap();
-        s["out"] = out.rsplit_once('/').unwrap().0.to_string().into();
-        for i in s["inputs"].as_array_mut().unwrap() {
-            if i.get("sha256").is_some() {
-                i["sha256"] = "<sha256>".into();
+    fn mask(s: &str) -> String {
+        let mut out = String::new();
+        let mut run = String::new();
+        for c in s.chars().chain(std::iter::once(' ')) {
+            if c.is_ascii_hexdigit() && !c.is_ascii_uppercase() {
+                run.push(c);
+                continue;
             }
+            if run.len() >= 20 && run.chars().any(|c| c.is_ascii_digit()) {
+                out.push_str("<hex>");
+            } else {
+                out.push_str(&run);
+            }
+            run.clear();
+            out.push(c);
+        }
+        out.pop();
+        out
+    }
+    fn walk(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::String(s) => *s = mask(s),
+            serde_json::Value::Array(a) => a.iter_mut().for_each(walk),
+            serde_json::Value::Object(o) => o.values_mut().for_each(walk),
+            _ => {}
         }
     }
-    for pb in v["publish"].as_array_mut().unwrap() {
-        let from = pb["from"].as_str().unwrap().to_string();
-        let parts: Vec<&str> = from.split('/').collect();
-        let masked: Vec<&str> = parts
-            .iter()
-            .enumerate()
-            .map(|(i, s)| if i == parts.len() - 2 { "<key>" } else { s })
-            .collect();
-        pb["from"] = masked.join("/").into();
-    }
+    let mut v: serde_json::Value =
+        serde_json::from_str(&text.replace(p.root.as_str(), "<root>")).unwrap();
+    walk(&mut v);
     v
 }
 

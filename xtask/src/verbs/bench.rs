@@ -27,7 +27,10 @@ pub fn run(cx: &Cx, a: Args) -> Result<()> {
     let scratch = cx.cache.join("bench");
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch)?;
-    let bcx = BenchCx { scratch: &scratch, scale: a.scale };
+    let bcx = BenchCx {
+        scratch: &scratch,
+        scale: a.scale,
+    };
     let mut all = Vec::new();
     let selected: Vec<_> = cases()
         .into_iter()
