@@ -20,7 +20,7 @@ pub struct Args {
 type Case = fn(&BenchCx) -> Result<Vec<Measurement>>;
 
 fn cases() -> Vec<(&'static str, Case)> {
-    vec![]
+    vec![("export", bench::export::model_export)]
 }
 
 pub fn run(cx: &Cx, a: Args) -> Result<()> {
