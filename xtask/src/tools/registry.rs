@@ -98,6 +98,7 @@ pub const REQUIREMENTS: &[Requirement] = &[
     prog("zstd", "zstd", "reference pipeline for benchmarks; tests decompress with it", &["--version"], &[Test]),
     prog("sha256sum", "coreutils", "reference for benchmarks and `sha256sum -c` in tests", &["--version"], &[Test]),
     prog("xmllint", "libxml2-utils", "check OVF descriptors in tests", &["--version"], &[Test]),
+    prog("curl", "curl", "download a base ISO given by URL (resumable)", &["--version"], &[Iso, Test]),
     prog("sgdisk", "gdisk", "read back GPT partition tables in tests", &["--version"], &[Test]),
 ];
 
