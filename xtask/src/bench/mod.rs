@@ -3,6 +3,7 @@
 //! assert on time; this is where speed goals are checked.
 
 pub mod export;
+pub mod iso;
 
 use std::time::{Duration, Instant};
 

@@ -1,15 +1,58 @@
 //! `iso:` — the remastered Ubuntu installer ISO. (Build: `crate::iso`.)
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use camino::{Utf8Path, Utf8PathBuf};
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct IsoOptions {
-    /// The base live-server ISO (overridden by `--base-iso`).
+    /// The base live-server ISO (overridden by `--base-iso`): `{path, sha256}`
+    /// or `{url, sha256}`; a URL is downloaded once into the cache.
     #[serde(default)]
     pub base: Option<Source>,
+    /// Title of the default boot entry [default: `Install <product>`].
+    #[serde(default)]
+    pub menu_title: Option<String>,
+    /// Boot menu timeout in seconds.
+    #[serde(default = "default_timeout")]
+    pub timeout: u32,
+    /// Directory on the ISO that carries the staged overlay (the installer's
+    /// late-commands unpack it from `/cdrom/<overlay_dir>/`).
+    #[serde(default = "default_overlay_dir")]
+    pub overlay_dir: String,
+    /// `tar`: one `overlay.tar.zst` (modes, owners and links exact); `tree`:
+    /// the staged tree as files (ISO 9660 Rock Ridge keeps modes and links).
+    #[serde(default)]
+    pub overlay_format: OverlayFormat,
+}
+
+impl Default for IsoOptions {
+    fn default() -> Self {
+        IsoOptions {
+            base: None,
+            menu_title: None,
+            timeout: default_timeout(),
+            overlay_dir: default_overlay_dir(),
+            overlay_format: OverlayFormat::default(),
+        }
+    }
+}
+
+fn default_timeout() -> u32 {
+    5
+}
+
+fn default_overlay_dir() -> String {
+    "kiln".into()
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OverlayFormat {
+    #[default]
+    Tar,
+    Tree,
 }
 
 /// A file kiln does not build: a local path or a URL, always with its sha256.
@@ -23,12 +66,57 @@ pub struct Source {
     pub sha256: String,
 }
 
+/// Top-level ISO directories the overlay must not replace.
+const RESERVED: &[&str] = &[
+    "boot", "casper", "EFI", "efi", "nocloud", ".disk", "dists", "pool", "install",
+];
+
 impl IsoOptions {
-    pub fn resolve(&mut self, file: &Utf8Path) -> Result<()> {
-        if let Some(b) = &self.base {
+    pub fn resolve(&mut self, file: &Utf8Path, appliance: &super::Appliance) -> Result<()> {
+        if let Some(b) = &mut self.base {
             b.check(file, "iso.base")?;
+            b.sha256 = b.sha256.to_ascii_lowercase();
+            if let Some(u) = &b.url {
+                if !(u.starts_with("https://") || u.starts_with("http://")) {
+                    bail!("{file}: iso.base.url `{u}` must be an http:// or https:// URL (use `path` for local files)");
+                }
+            }
+        }
+        if self.menu_title.is_none() {
+            let product = appliance.product.as_deref().unwrap_or(&appliance.name);
+            self.menu_title = Some(format!("Install {product}"));
+        }
+        let t = self.menu_title.as_deref().unwrap_or_default();
+        if t.trim().is_empty() || t.contains(['\n', '\r']) {
+            bail!("{file}: iso.menu_title must be one non-empty line");
+        }
+        if self.timeout > 3600 {
+            bail!(
+                "{file}: iso.timeout {} is more than an hour; give seconds",
+                self.timeout
+            );
+        }
+        let d = &self.overlay_dir;
+        if d.is_empty()
+            || d.starts_with('.')
+            || !d
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            bail!(
+                "{file}: iso.overlay_dir `{d}` must be one directory name of letters, digits, `-`, `_` \
+                 (it becomes /cdrom/{d} in the installer)"
+            );
+        }
+        if RESERVED.contains(&d.as_str()) {
+            bail!("{file}: iso.overlay_dir `{d}` would collide with the installer's own `/{d}` directory");
         }
         Ok(())
+    }
+
+    /// The menu title (filled by `resolve`).
+    pub fn title(&self) -> &str {
+        self.menu_title.as_deref().unwrap_or("Install")
     }
 }
 
@@ -43,5 +131,66 @@ impl Source {
             "{file}: {key}.sha256 must be 64 hex digits (the sha256 of the file)"
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn appliance() -> super::super::Appliance {
+        yaml_serde::from_str("name: demo\nproduct: Demo Box\n").unwrap()
+    }
+
+    fn resolve(yaml: &str) -> Result<IsoOptions> {
+        let mut o: IsoOptions = yaml_serde::from_str(yaml)?;
+        o.resolve(Utf8Path::new("r.yaml"), &appliance())?;
+        Ok(o)
+    }
+
+    #[test]
+    fn defaults() {
+        let o = resolve("{}").unwrap();
+        assert_eq!(o.title(), "Install Demo Box");
+        assert_eq!(
+            (o.timeout, o.overlay_dir.as_str(), o.overlay_format),
+            (5, "kiln", OverlayFormat::Tar)
+        );
+        assert!(o.base.is_none());
+    }
+
+    #[test]
+    fn base_needs_path_or_url_and_a_sha256() {
+        let sha = "A".repeat(64);
+        let o = resolve(&format!("base: {{url: 'https://x/u.iso', sha256: {sha}}}")).unwrap();
+        assert_eq!(o.base.unwrap().sha256, "a".repeat(64));
+        for bad in [
+            format!("base: {{path: a.iso, url: 'https://x', sha256: {sha}}}"),
+            "base: {path: a.iso, sha256: abc}".to_string(),
+            format!("base: {{url: 'ftp://x/a.iso', sha256: {sha}}}"),
+        ] {
+            assert!(resolve(&bad).is_err(), "{bad}");
+        }
+        assert!(resolve("base: {path: a.iso}")
+            .unwrap_err()
+            .to_string()
+            .contains("sha256"));
+    }
+
+    #[test]
+    fn overlay_dir_and_title_are_checked() {
+        assert!(resolve("overlay_dir: casper")
+            .unwrap_err()
+            .to_string()
+            .contains("collide"));
+        assert!(resolve("overlay_dir: a/b").is_err());
+        assert!(resolve("overlay_dir: ''").is_err());
+        assert!(resolve("menu_title: \"a\\nb\"").is_err());
+        assert_eq!(
+            resolve("overlay_format: tree").unwrap().overlay_format,
+            OverlayFormat::Tree
+        );
+        assert!(resolve("overlay_format: zip").is_err());
+        assert!(resolve("bogus: 1").is_err());
     }
 }

@@ -222,7 +222,7 @@ impl Recipe {
         let (epoch, epoch_source) = crate::epoch::resolve(root)?;
         self.seed.resolve(file)?;
         self.payloads.resolve(file)?;
-        self.iso.resolve(file)?;
+        self.iso.resolve(file, &self.appliance)?;
         self.qcow2.resolve(file)?;
         self.ova.resolve(file)?;
         self.pi.resolve(file)?;

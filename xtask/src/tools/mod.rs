@@ -17,12 +17,14 @@ use serde::Serialize;
 pub mod apt;
 pub mod cargo;
 pub mod cloud_init;
+pub mod curl;
 pub mod git;
 pub mod qemu_system;
 pub mod registry;
 pub mod sha256sum;
 pub mod shellcheck;
 pub mod skopeo;
+pub mod xorriso;
 pub mod zstd;
 
 pub use registry::Target;

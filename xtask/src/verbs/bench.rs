@@ -20,7 +20,10 @@ pub struct Args {
 type Case = fn(&BenchCx) -> Result<Vec<Measurement>>;
 
 fn cases() -> Vec<(&'static str, Case)> {
-    vec![("export", bench::export::model_export)]
+    vec![
+        ("export", bench::export::model_export),
+        ("iso", bench::iso::remaster),
+    ]
 }
 
 pub fn run(cx: &Cx, a: Args) -> Result<()> {

@@ -11,6 +11,8 @@ use std::process::{Command, Output};
 
 use camino::{Utf8Path, Utf8PathBuf};
 
+pub mod iso_fixture;
+
 /// The kiln workspace.
 pub fn workspace() -> Utf8PathBuf {
     Utf8Path::new(env!("CARGO_MANIFEST_DIR"))

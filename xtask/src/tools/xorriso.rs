@@ -1,0 +1,102 @@
+//! xorriso: reading ISO images and remastering them without extracting.
+
+use camino::Utf8Path;
+
+use super::Cmd;
+
+// ---- remaster (iso target) ------------------------------------------------
+
+/// Print the base's boot records and system area as options/tables, and list
+/// the files near the root (to find grub.cfg, loopback.cfg, md5sum.txt).
+/// Reports go to stdout.
+pub fn inspect(iso: &Utf8Path) -> Cmd {
+    Cmd::new(
+        "xorriso",
+        "read the ISO's boot records, system area and top-level files",
+    )
+    .args(["-no_rc", "-indev", iso.as_str()])
+    .args([
+        "-report_el_torito",
+        "as_mkisofs",
+        "-report_system_area",
+        "plain",
+    ])
+    .args(["-find", "/", "-maxdepth", "3", "-type", "f", "--"])
+}
+
+/// Copy files out of an ISO: `(path in the ISO, local destination)`.
+pub fn extract(iso: &Utf8Path, files: &[(String, String)]) -> Cmd {
+    let mut c = Cmd::new("xorriso", "copy files out of the ISO").args([
+        "-no_rc",
+        "-osirrox",
+        "on",
+        "-indev",
+        iso.as_str(),
+    ]);
+    for (from, to) in files {
+        c = c.args(["-extract", from.as_str(), to.as_str()]);
+    }
+    c
+}
+
+/// Write `out` as `base` plus `maps` (`(local path, path in the ISO)`),
+/// replaying the base's El Torito catalog, MBR/GPT and appended partitions
+/// (`-boot_image any replay`). Reproducible: with `SOURCE_DATE_EPOCH` set,
+/// xorriso derives the volume dates, file dates (`all_file_dates
+/// set_to_mtime`) and GPT GUIDs from it; the mapped inputs' mtimes must be
+/// the epoch too. `out` must not exist (an existing file is treated as a
+/// medium to append to).
+pub fn remaster(base: &Utf8Path, out: &Utf8Path, maps: &[(String, String)], epoch: i64) -> Cmd {
+    let mut c = Cmd::new(
+        "xorriso",
+        "remaster the base ISO (boot records replayed, new files mapped in)",
+    )
+    .env("SOURCE_DATE_EPOCH", epoch.to_string())
+    .args(["-no_rc", "-indev", base.as_str(), "-outdev", out.as_str()]);
+    for (local, iso) in maps {
+        c = c.args(["-map", local.as_str(), iso.as_str()]);
+    }
+    c.args(["-boot_image", "any", "replay"])
+}
+
+/// A generated Ubuntu-like base for benchmarks: BIOS (`-b`) and EFI (`-e`)
+/// El Torito entries and the EFI image appended as GPT partition 2.
+pub fn bench_base(root: &Utf8Path, efi_img: &Utf8Path, out: &Utf8Path) -> Cmd {
+    Cmd::new("xorriso", "generate a base ISO for the benchmark")
+        .env("SOURCE_DATE_EPOCH", "1724716800")
+        .args([
+            "-no_rc",
+            "-as",
+            "mkisofs",
+            "-r",
+            "-J",
+            "-joliet-long",
+            "-V",
+            "KILN BENCH",
+            "-o",
+            out.as_str(),
+        ])
+        .args(["--protective-msdos-label", "-partition_offset", "16"])
+        .args([
+            "-append_partition",
+            "2",
+            "28732ac11ff8d211ba4b00a0c93ec93b",
+            efi_img.as_str(),
+            "-appended_part_as_gpt",
+        ])
+        .args([
+            "-c",
+            "/boot.catalog",
+            "-b",
+            "/boot/grub/i386-pc/eltorito.img",
+            "-no-emul-boot",
+        ])
+        .args(["-boot-load-size", "4", "-boot-info-table"])
+        .args([
+            "-eltorito-alt-boot",
+            "-e",
+            "--interval:appended_partition_2:all::",
+            "-no-emul-boot",
+        ])
+        .arg(root.as_str())
+}

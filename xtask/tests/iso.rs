@@ -1,0 +1,792 @@
+//! `cargo xtask iso` against a fabricated Ubuntu-like hybrid ISO: boot records
+//! preserved (xorriso reports, MBR code, EFI partition bytes), files added and
+//! read back, GRUB patched, reproducible, bad inputs, URL download with
+//! resume, and boots under SeaBIOS and OVMF.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use camino::{Utf8Path, Utf8PathBuf};
+use support::iso_fixture::{self, Fixture, Options};
+use support::{sh, Project};
+
+const ARGS: &str = r"autoinstall ds=nocloud\;s=/cdrom/nocloud/";
+
+fn tools() -> bool {
+    support::require(iso_fixture::TOOLS)
+}
+
+/// The one `.iso` in output/.
+fn built_iso(p: &Project) -> Utf8PathBuf {
+    let isos: Vec<_> = p
+        .outputs()
+        .into_iter()
+        .filter(|f| f.ends_with(".iso"))
+        .collect();
+    assert_eq!(isos.len(), 1, "{:?}", p.outputs());
+    p.path("output").join(&isos[0])
+}
+
+fn build(p: &Project, f: &Fixture) -> Utf8PathBuf {
+    p.run(&[
+        "iso",
+        "--base-iso",
+        f.iso.as_str(),
+        "--base-sha256",
+        &f.sha256,
+    ]);
+    built_iso(p)
+}
+
+fn report(iso: &Utf8Path, what: &str, how: &str) -> Vec<String> {
+    sh("xorriso", &["-no_rc", "-indev", iso.as_str(), what, how])
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// `-report_el_torito as_mkisofs` with positions masked: the EFI image's
+/// start LBA, the image's own path, and the appended partition's interval
+/// (kept as its length).
+fn el_torito(iso: &Utf8Path) -> Vec<String> {
+    report(iso, "-report_el_torito", "as_mkisofs")
+        .into_iter()
+        .map(|l| {
+            let mut l = match (l.find("_start_"), l.find("s_size_")) {
+                (Some(a), Some(b)) if a < b => format!("{}_start_N{}", &l[..a], &l[b..]),
+                _ => l,
+            };
+            if let Some(q) = l.find(":'/") {
+                l = format!("{}:'ISO'", &l[..q]);
+            }
+            if let Some(i) = l.find("--interval:local_fs:") {
+                let rest = &l[i + "--interval:local_fs:".len()..];
+                if let Some((range, tail)) = rest.split_once("::") {
+                    if let Some((a, b)) = range.trim_end_matches('d').split_once("d-") {
+                        let len = b.parse::<u64>().unwrap() - a.parse::<u64>().unwrap() + 1;
+                        l = format!("{}--interval:local_fs:{len}d::{tail}", &l[..i]);
+                    }
+                }
+            }
+            l
+        })
+        .collect()
+}
+
+/// `-report_system_area plain` with sizes, LBAs and GUIDs masked, and
+/// without xorriso's automatic `Gap` GPT entries (they only cover alignment
+/// padding, which depends on the image size).
+fn system_area(iso: &Utf8Path) -> Vec<String> {
+    let lines = report(iso, "-report_system_area", "plain");
+    let gaps: Vec<String> = lines
+        .iter()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("GPT partname local :")?;
+            let mut w = rest.split_whitespace();
+            let n = w.next()?;
+            w.next()?.starts_with("Gap").then(|| n.to_string())
+        })
+        .collect();
+    lines
+        .into_iter()
+        .filter(|l| {
+            !(l.starts_with("GPT ")
+                && l.split_once(':').is_some_and(|(_, r)| {
+                    r.split_whitespace()
+                        .next()
+                        .is_some_and(|n| gaps.iter().any(|g| g == n))
+                }))
+        })
+        .filter(|l| {
+            ![
+                "ISO image size",
+                "GPT lba range",
+                "GPT start and size",
+                "GPT disk GUID",
+                "GPT partition GUID",
+            ]
+            .iter()
+            .any(|k| l.starts_with(k))
+        })
+        .map(|l| {
+            if l.starts_with("MBR partition      :") {
+                let mut w: Vec<&str> = l.split_whitespace().collect();
+                w.pop();
+                w.join(" ")
+            } else {
+                l
+            }
+        })
+        .collect()
+}
+
+/// (start, size) in 512-byte blocks of GPT partition `n`.
+fn gpt_part(iso: &Utf8Path, n: u32) -> (u64, u64) {
+    for l in report(iso, "-report_system_area", "plain") {
+        if let Some(rest) = l.strip_prefix("GPT start and size :") {
+            let w: Vec<u64> = rest
+                .split_whitespace()
+                .map(|x| x.parse().unwrap())
+                .collect();
+            if w[0] == n as u64 {
+                return (w[1], w[2]);
+            }
+        }
+    }
+    panic!("no GPT partition {n} in {iso}");
+}
+
+fn bytes(iso: &Utf8Path, start: u64, len: u64) -> Vec<u8> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = std::fs::File::open(iso).unwrap();
+    f.seek(SeekFrom::Start(start)).unwrap();
+    let mut v = vec![0; len as usize];
+    f.read_exact(&mut v).unwrap();
+    v
+}
+
+fn extract(iso: &Utf8Path, path: &str) -> Vec<u8> {
+    let d = tempfile::tempdir().unwrap();
+    let dest = d.path().join("f");
+    sh(
+        "xorriso",
+        &[
+            "-no_rc",
+            "-osirrox",
+            "on",
+            "-indev",
+            iso.as_str(),
+            "-extract",
+            path,
+            dest.to_str().unwrap(),
+        ],
+    );
+    std::fs::read(dest).unwrap()
+}
+
+fn text(iso: &Utf8Path, path: &str) -> String {
+    String::from_utf8(extract(iso, path)).unwrap()
+}
+
+/// The one cache entry of a step.
+fn step_out(p: &Project, step: &str) -> Utf8PathBuf {
+    let d = p.path("cache").join(step);
+    let e: Vec<_> = std::fs::read_dir(&d)
+        .unwrap()
+        .map(|e| Utf8PathBuf::from_path_buf(e.unwrap().path()).unwrap())
+        .filter(|p| p.is_dir())
+        .collect();
+    assert_eq!(e.len(), 1, "{e:?}");
+    e[0].clone()
+}
+
+fn sha256(p: &Utf8Path) -> String {
+    sh("sha256sum", &[p.as_str()])[..64].to_string()
+}
+
+#[test]
+fn remaster_keeps_boot_records_and_adds_files() {
+    if !tools() {
+        return;
+    }
+    let f = iso_fixture::build(&Options::default());
+    let p = Project::demo();
+    let out = build(&p, &f);
+    let name = out.file_name().unwrap();
+    assert!(
+        name.starts_with("demo-") && name.ends_with("-amd64.iso"),
+        "{name}"
+    );
+    // sha256sum -c with the basename.
+    let sums = std::fs::read_to_string(format!("{out}.sha256")).unwrap();
+    assert_eq!(sums, format!("{}  {name}\n", sha256(&out)));
+    let c = std::process::Command::new("sha256sum")
+        .args(["-c", &format!("{name}.sha256")])
+        .current_dir(p.path("output"))
+        .output()
+        .unwrap();
+    assert!(c.status.success());
+
+    // Boot records: BIOS + UEFI El Torito entries, MBR type, partition offset,
+    // GPT partition types all as in the base.
+    let (eb, eo) = (el_torito(&f.iso), el_torito(&out));
+    assert!(
+        eb.iter().any(|l| l.starts_with("-b ")) && eb.iter().any(|l| l.starts_with("-e ")),
+        "{eb:?}"
+    );
+    assert_eq!(eb, eo);
+    let (sb, so) = (system_area(&f.iso), system_area(&out));
+    assert!(
+        sb.iter().any(|l| l.starts_with("Partition offset   : 16")),
+        "{sb:?}"
+    );
+    assert!(
+        sb.iter()
+            .any(|l| l.contains("GPT type GUID      :   2  28732ac11ff8d211ba4b00a0c93ec93b")),
+        "{sb:?}"
+    );
+    assert_eq!(sb, so);
+    // MBR boot code (before the boot-info patch field at 432) identical.
+    assert_eq!(bytes(&f.iso, 0, 432), bytes(&out, 0, 432));
+    // The EFI partition's bytes identical.
+    let (pb, po) = (gpt_part(&f.iso, 2), gpt_part(&out, 2));
+    assert_eq!(pb.1, po.1);
+    assert_eq!(
+        bytes(&f.iso, pb.0 * 512, pb.1 * 512),
+        bytes(&out, po.0 * 512, po.1 * 512)
+    );
+
+    // Added files, byte for byte what the seed and stage steps produced.
+    let seed = step_out(&p, "seed-iso");
+    let stage = step_out(&p, "stage-amd64");
+    assert_eq!(
+        extract(&out, "/nocloud/user-data"),
+        std::fs::read(seed.join("user-data")).unwrap()
+    );
+    assert_eq!(
+        extract(&out, "/nocloud/meta-data"),
+        std::fs::read(seed.join("meta-data")).unwrap()
+    );
+    assert_eq!(
+        extract(&out, "/kiln/overlay.tar.zst"),
+        std::fs::read(stage.join("overlay.tar.zst")).unwrap()
+    );
+    assert!(text(&out, "/.disk/info").contains("demo"));
+    // Untouched files stay.
+    assert_eq!(
+        extract(&out, "/casper/vmlinuz"),
+        std::fs::read("/vmlinuz").unwrap()
+    );
+
+    // GRUB: the exact argument string, `\;` included, in both files.
+    for cfg in ["/boot/grub/grub.cfg", "/boot/grub/loopback.cfg"] {
+        let t = text(&out, cfg);
+        let line = format!("\tlinux\t/casper/vmlinuz  console=ttyS0,115200 {ARGS} ---\n");
+        assert_eq!(t.matches(&line).count(), 2, "{cfg}:\n{t}");
+        assert!(
+            t.contains("menuentry 'Install kiln demo appliance' --id 'kiln-demo' {"),
+            "{t}"
+        );
+        assert!(
+            t.contains("if search --no-floppy --file --set=installed '/etc/demo/installed'; then"),
+            "{t}"
+        );
+        assert!(t.contains("configfile ($installed)/boot/grub/grub.cfg"));
+        assert!(
+            t.contains("set timeout=5\n") && t.contains("set default=kiln-demo\n"),
+            "{t}"
+        );
+    }
+    // md5sum.txt lists the changed and added files with their new sums.
+    let md5 = text(&out, "/md5sum.txt");
+    for f in [
+        "boot/grub/grub.cfg",
+        "nocloud/user-data",
+        "kiln/overlay.tar.zst",
+        ".disk/info",
+        "casper/vmlinuz",
+    ] {
+        let got = md5::compute_hex(&extract(&out, &format!("/{f}")));
+        assert!(
+            md5.contains(&format!("{got}  ./{f}\n")),
+            "{f} {got}:\n{md5}"
+        );
+    }
+}
+
+mod md5 {
+    pub fn compute_hex(b: &[u8]) -> String {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x");
+        std::fs::write(&p, b).unwrap();
+        super::sh("md5sum", &[p.to_str().unwrap()])[..32].to_string()
+    }
+}
+
+#[test]
+fn overlay_as_tree_under_custom_dir() {
+    if !tools() {
+        return;
+    }
+    let f = iso_fixture::build(&Options {
+        loopback: false,
+        md5sum: false,
+        ..Default::default()
+    });
+    let p = Project::demo();
+    let recipe = std::fs::read_to_string(p.path("recipes/demo.yaml")).unwrap();
+    p.write("recipes/demo.yaml", &format!("{recipe}\niso:\n  overlay_dir: appliance\n  overlay_format: tree\n  timeout: 0\n  menu_title: \"Demo's installer\"\n"));
+    let out = build(&p, &f);
+    let stage = step_out(&p, "stage-amd64");
+    assert_eq!(
+        extract(&out, "/appliance/tree/etc/demo/build-info.json"),
+        std::fs::read(stage.join("tree/etc/demo/build-info.json")).unwrap()
+    );
+    let t = text(&out, "/boot/grub/grub.cfg");
+    assert!(
+        t.contains(r"menuentry 'Demo'\''s installer' --id 'kiln-demo' {"),
+        "{t}"
+    );
+    assert!(t.contains("set timeout=0\n"));
+    let ls = sh(
+        "xorriso",
+        &[
+            "-no_rc",
+            "-indev",
+            out.as_str(),
+            "-lsd",
+            "/boot/grub/loopback.cfg",
+            "/md5sum.txt",
+        ],
+    );
+    assert!(
+        ls.trim().is_empty(),
+        "no loopback.cfg/md5sum.txt added: {ls}"
+    );
+}
+
+#[test]
+fn two_builds_are_identical() {
+    if !tools() {
+        return;
+    }
+    let f = iso_fixture::build(&Options::default());
+    let (a, b) = (Project::demo(), Project::demo());
+    let (ia, ib) = (build(&a, &f), build(&b, &f));
+    assert_eq!(sha256(&ia), sha256(&ib));
+    // And again with --force in the same project.
+    a.run(&["--force", "iso", "--base-iso", f.iso.as_str()]);
+    assert_eq!(sha256(&built_iso(&a)), sha256(&ib));
+}
+
+#[test]
+fn dry_run_prints_grub_diff_and_xorriso_command() {
+    if !tools() {
+        return;
+    }
+    let f = iso_fixture::build(&Options::default());
+    let p = Project::demo();
+    let out = support::stdout(&p.run(&["--dry-run", "iso", "--base-iso", f.iso.as_str()]));
+    assert!(
+        out.contains("--- a/boot/grub/grub.cfg\n+++ b/boot/grub/grub.cfg\n"),
+        "{out}"
+    );
+    assert!(out.contains("--- a/boot/grub/loopback.cfg"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "+\tlinux\t/casper/vmlinuz  console=ttyS0,115200 {ARGS} ---"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("-set timeout=1\n") && out.contains("+set timeout=5\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("$ SOURCE_DATE_EPOCH=1700000000 xorriso -no_rc -indev"),
+        "{out}"
+    );
+    assert!(out.contains("-boot_image any replay"), "{out}");
+    assert!(p.outputs().is_empty());
+}
+
+/// No ISO, .sha256 or partial file in output/, no temporary step directory in the cache.
+fn nothing_written(p: &Project) {
+    let outs = p.outputs();
+    assert!(outs.iter().all(|f| !f.contains(".iso")), "{outs:?}");
+    let d = p.path("cache/iso-amd64");
+    if d.exists() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap().path();
+            assert!(!e.to_string_lossy().ends_with(".tmp"), "left behind: {e:?}");
+            assert!(
+                !e.join(".kiln-step.json").exists(),
+                "a failed step left a complete entry: {e:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn bad_inputs_fail_clearly_and_write_nothing() {
+    if !tools() {
+        return;
+    }
+    let good = iso_fixture::build(&Options::default());
+    let p = Project::demo();
+    let junk = p.write("junk.iso", &"x".repeat(70_000));
+    let no_grub = iso_fixture::build(&Options {
+        grub: false,
+        ..Default::default()
+    });
+    let no_linux = iso_fixture::build(&Options {
+        grub_cfg: Some("set timeout=1\nmenuentry 'Memtest' {\n\tlinux16 /boot/memtest\n}\n".into()),
+        ..Default::default()
+    });
+    let missing = p.path("nope.iso");
+    let wrong = "0".repeat(64);
+    let cases: Vec<(&str, Vec<&str>, &str)> = vec![
+        (
+            "missing base",
+            vec!["iso", "--base-iso", missing.as_str()],
+            "missing or unreadable",
+        ),
+        (
+            "checksum mismatch",
+            vec![
+                "iso",
+                "--base-iso",
+                good.iso.as_str(),
+                "--base-sha256",
+                &wrong,
+            ],
+            "sha256 mismatch",
+        ),
+        (
+            "not an ISO",
+            vec!["iso", "--base-iso", junk.as_str()],
+            "not an ISO 9660 image",
+        ),
+        (
+            "no grub.cfg",
+            vec!["iso", "--base-iso", no_grub.iso.as_str()],
+            "has no /boot/grub/grub.cfg",
+        ),
+        (
+            "no linux lines",
+            vec!["iso", "--base-iso", no_linux.iso.as_str()],
+            "no `linux` command",
+        ),
+        ("no base at all", vec!["iso"], "no base ISO"),
+    ];
+    for (what, args, msg) in cases {
+        let err = p.fail(&args);
+        assert!(err.contains(msg), "{what}: expected `{msg}` in:\n{err}");
+        nothing_written(&p);
+    }
+    // Recipe base with a wrong checksum.
+    let recipe = std::fs::read_to_string(p.path("recipes/demo.yaml")).unwrap();
+    p.write(
+        "recipes/bad.yaml",
+        &format!(
+            "{recipe}\niso:\n  base: {{path: {}, sha256: '{wrong}'}}\n",
+            good.iso
+        ),
+    );
+    let err = p.fail(&["--recipe", "recipes/bad.yaml", "iso"]);
+    assert!(
+        err.contains("sha256 mismatch") && err.contains(&good.sha256),
+        "{err}"
+    );
+    nothing_written(&p);
+
+    // Output directory not writable (a file where the directory should be).
+    let q = Project::demo();
+    q.write("blocker", "not a directory");
+    let out = q
+        .kiln()
+        .env("KILN_OUTPUT", q.path("blocker/output"))
+        .args(["iso", "--base-iso", good.iso.as_str()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        support::stderr(&out).contains("output directory"),
+        "{}",
+        support::stderr(&out)
+    );
+
+    // Disk full while xorriso writes: a file-size limit below the ISO's size.
+    let limit = std::fs::metadata(&good.iso).unwrap().len() / 2;
+    let mut cmd = p.kiln();
+    cmd.args(["iso", "--base-iso", good.iso.as_str()]);
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setrlimit is async-signal-safe; no allocation in the closure.
+    unsafe {
+        cmd.pre_exec(move || {
+            let l = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &l) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success(), "{}", support::stderr(&out));
+    assert!(
+        support::stderr(&out).contains("xorriso"),
+        "{}",
+        support::stderr(&out)
+    );
+    nothing_written(&p);
+}
+
+#[test]
+fn bios_only_base_warns() {
+    if !tools() {
+        return;
+    }
+    let f = iso_fixture::build(&Options {
+        efi: false,
+        ..Default::default()
+    });
+    let p = Project::demo();
+    let out = p.run(&["iso", "--base-iso", f.iso.as_str()]);
+    assert!(
+        support::stderr(&out).contains("BIOS-only"),
+        "{}",
+        support::stderr(&out)
+    );
+    let iso = built_iso(&p);
+    assert_eq!(el_torito(&f.iso), el_torito(&iso));
+}
+
+/// A tiny HTTP/1.1 server for one file with Range support. The first GET is
+/// cut off after `cut` bytes (a dropped connection); later GETs are whole.
+struct Server {
+    port: u16,
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+fn serve(body: Vec<u8>, cut: usize) -> Server {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let reqs = requests.clone();
+    std::thread::spawn(move || {
+        let mut gets = 0;
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                if s.read(&mut b).unwrap_or(0) == 0 {
+                    break;
+                }
+                head.push(b[0]);
+            }
+            let head = String::from_utf8_lossy(&head).into_owned();
+            reqs.lock().unwrap().push(head.clone());
+            let range = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("range: bytes=")
+                        .map(str::to_string)
+                })
+                .and_then(|r| r.trim_end_matches('-').trim().parse::<usize>().ok());
+            let from = range.unwrap_or(0).min(body.len());
+            let status = if range.is_some() {
+                "206 Partial Content"
+            } else {
+                "200 OK"
+            };
+            let mut hdr = format!(
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
+                body.len() - from
+            );
+            if range.is_some() {
+                hdr.push_str(&format!(
+                    "Content-Range: bytes {from}-{}/{}\r\n",
+                    body.len() - 1,
+                    body.len()
+                ));
+            }
+            hdr.push_str("\r\n");
+            let _ = s.write_all(hdr.as_bytes());
+            if head.starts_with("HEAD") {
+                continue;
+            }
+            gets += 1;
+            let end = if gets == 1 {
+                cut.min(body.len())
+            } else {
+                body.len()
+            };
+            let _ = s.write_all(&body[from..end.max(from)]);
+            let _ = s.flush();
+        }
+    });
+    Server { port, requests }
+}
+
+#[test]
+fn url_base_is_downloaded_once_resumed_and_verified() {
+    if !tools() || !support::require(&["curl"]) {
+        return;
+    }
+    let f = iso_fixture::build(&Options::default());
+    let body = std::fs::read(&f.iso).unwrap();
+    let srv = serve(body.clone(), body.len() / 3);
+    let p = Project::demo();
+    let recipe = std::fs::read_to_string(p.path("recipes/demo.yaml")).unwrap();
+    let url = format!(
+        "http://127.0.0.1:{}/ubuntu-24.04-live-server-amd64.iso",
+        srv.port
+    );
+    p.write(
+        "recipes/demo.yaml",
+        &format!(
+            "{recipe}\niso:\n  base: {{url: '{url}', sha256: {}}}\n",
+            f.sha256
+        ),
+    );
+    let run = |p: &Project| {
+        p.kiln()
+            .env("no_proxy", "127.0.0.1")
+            .env("NO_PROXY", "127.0.0.1")
+            .args(["iso"])
+            .output()
+            .unwrap()
+    };
+    // 1: the connection drops; the partial file stays for a resume.
+    let o = run(&p);
+    assert!(!o.status.success());
+    assert!(
+        support::stderr(&o).contains("run again to resume"),
+        "{}",
+        support::stderr(&o)
+    );
+    nothing_written(&p);
+    let part = p.path(&format!(
+        "cache/downloads/{}/ubuntu-24.04-live-server-amd64.iso.part",
+        f.sha256
+    ));
+    assert_eq!(
+        std::fs::metadata(&part).unwrap().len() as usize,
+        body.len() / 3
+    );
+    // 2: resumed with a Range request, verified, built.
+    let o = run(&p);
+    assert!(o.status.success(), "{}", support::stderr(&o));
+    let reqs = srv.requests.lock().unwrap().clone();
+    assert!(
+        reqs.iter().any(|r| r
+            .to_ascii_lowercase()
+            .contains(&format!("range: bytes={}-", body.len() / 3))),
+        "{reqs:?}"
+    );
+    assert_eq!(
+        sha256(&p.path(&format!(
+            "cache/downloads/{}/ubuntu-24.04-live-server-amd64.iso",
+            f.sha256
+        ))),
+        f.sha256
+    );
+    built_iso(&p);
+    // 3: cached: no new request.
+    let n = srv.requests.lock().unwrap().len();
+    let o = run(&p);
+    assert!(o.status.success());
+    assert_eq!(srv.requests.lock().unwrap().len(), n);
+
+    // A wrong checksum: the download is deleted, nothing published.
+    let q = Project::demo();
+    q.write(
+        "recipes/demo.yaml",
+        &format!(
+            "{recipe}\niso:\n  base: {{url: '{url}', sha256: '{}'}}\n",
+            "1".repeat(64)
+        ),
+    );
+    let o = run(&q);
+    assert!(!o.status.success());
+    assert!(
+        support::stderr(&o).contains("sha256 mismatch"),
+        "{}",
+        support::stderr(&o)
+    );
+    nothing_written(&q);
+    assert!(!q
+        .path(&format!("cache/downloads/{}", "1".repeat(64)))
+        .join("ubuntu-24.04-live-server-amd64.iso.part")
+        .exists());
+}
+
+fn boot(iso: &Utf8Path, fw: xtask::tools::qemu_system::Firmware, user_data: &str) {
+    use xtask::tools::qemu_system::{Boot, Firmware, OVMF_VARS};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut b = Boot::new(fw).cdrom(iso);
+    b.memory_mib = 512;
+    if fw == Firmware::Uefi {
+        let vars = Utf8PathBuf::from_path_buf(tmp.path().join("vars.fd")).unwrap();
+        std::fs::copy(OVMF_VARS, &vars).unwrap();
+        b = b.vars(&vars);
+    }
+    let patterns = [
+        "Command line:",
+        "autoinstall ds=nocloud;s=/cdrom/nocloud/",
+        "KILN-USERDATA-END",
+    ];
+    let w = xtask::tools::run_until(&b.cmd(), &patterns, Duration::from_secs(300)).unwrap();
+    let out = match w {
+        xtask::tools::Watch::Matched { output } => output,
+        other => panic!("{fw:?} boot did not reach the markers: {other:?}"),
+    };
+    let cmdline = out.lines().find(|l| l.contains("Command line:")).unwrap();
+    assert!(
+        cmdline.contains("console=ttyS0,115200 autoinstall ds=nocloud;s=/cdrom/nocloud/ ---"),
+        "{cmdline}"
+    );
+    let a = out.find("KILN-USERDATA-BEGIN").unwrap() + "KILN-USERDATA-BEGIN".len();
+    let b = out.find("KILN-USERDATA-END").unwrap();
+    let got = out[a..b].replace('\r', "");
+    assert_eq!(
+        got.trim(),
+        user_data.trim(),
+        "user-data read in the guest from /cdrom/nocloud/"
+    );
+}
+
+#[test]
+fn boots_under_seabios_and_ovmf_to_autoinstall() {
+    if !tools() || !support::require(&["qemu-system-x86_64", xtask::tools::qemu_system::OVMF_CODE])
+    {
+        return;
+    }
+    let f = iso_fixture::build(&Options::default());
+    let p = Project::demo();
+    let iso = build(&p, &f);
+    let ud = std::fs::read_to_string(step_out(&p, "seed-iso").join("user-data")).unwrap();
+    let _g = support::heavy();
+    let t = std::time::Instant::now();
+    boot(&iso, xtask::tools::qemu_system::Firmware::Bios, &ud);
+    eprintln!("SeaBIOS boot: {:.0}s", t.elapsed().as_secs_f64());
+    let t = std::time::Instant::now();
+    boot(&iso, xtask::tools::qemu_system::Firmware::Uefi, &ud);
+    eprintln!("OVMF boot: {:.0}s", t.elapsed().as_secs_f64());
+}
+
+/// The benchmark case runs (small by default; `KILN_ISO_BENCH_SCALE=1` for
+/// the 2.5 GB base) and reports both ratios. Never asserts on time.
+#[test]
+fn bench_case_runs() {
+    if !support::require(&["xorriso"]) {
+        return;
+    }
+    let scale = std::env::var("KILN_ISO_BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0.01);
+    let d = tempfile::tempdir().unwrap();
+    let scratch = Utf8PathBuf::from_path_buf(d.path().to_path_buf()).unwrap();
+    let _g = support::heavy();
+    let ms = xtask::bench::iso::remaster(&xtask::bench::BenchCx {
+        scratch: &scratch,
+        scale,
+    })
+    .unwrap();
+    eprintln!("{}", xtask::bench::render(&ms));
+    assert_eq!(ms.len(), 2);
+    assert!(ms
+        .iter()
+        .all(|m| m.kiln_secs > 0.0 && m.baseline_secs > 0.0 && m.ratio.is_finite()));
+    assert!(!scratch.join("iso-bench").exists(), "bench scratch removed");
+}
