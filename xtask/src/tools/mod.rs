@@ -17,10 +17,13 @@ use serde::Serialize;
 pub mod apt;
 pub mod cargo;
 pub mod cloud_init;
+pub mod dosfstools;
 pub mod git;
+pub mod mtools;
 pub mod qemu_system;
 pub mod registry;
 pub mod shellcheck;
+pub mod xorriso;
 
 pub use registry::Target;
 
