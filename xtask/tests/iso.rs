@@ -323,7 +323,7 @@ fn overlay_as_tree_under_custom_dir() {
     let out = build(&p, &f);
     let stage = step_out(&p, "stage-amd64");
     assert_eq!(
-        extract(&out, "/appliance/tree/etc/demo/build-info.json"),
+        extract(&out, "/appliance/etc/demo/build-info.json"),
         std::fs::read(stage.join("tree/etc/demo/build-info.json")).unwrap()
     );
     let t = text(&out, "/boot/grub/grub.cfg");

@@ -147,6 +147,10 @@ pub fn plan(r: &Resolved, plan: &mut Plan, o: &Overrides) -> Result<usize> {
         .product
         .clone()
         .unwrap_or_else(|| name.to_string());
+    // The arguments go into GRUB: refuse the `;` trap and friends before any work.
+    let args = KERNEL_ARGS.join(" ");
+    debug_assert_eq!(args, crate::seed::autoinstall_kernel_args());
+    crate::seed::check_kernel_args(&args)?;
     let patch = grub::Patch {
         args: KERNEL_ARGS.iter().map(|s| s.to_string()).collect(),
         title: io.title().to_string(),
@@ -349,9 +353,10 @@ fn maps(
                 m.push((op.stage_dir.join(&f).to_string(), format!("/{d}/{f}")));
             }
         }
+        // The tree's contents directly under /<dir> (what the late-commands copy).
         OverlayFormat::Tree => m.push((
             op.stage_dir.join(crate::stage::TREE).to_string(),
-            format!("/{d}/tree"),
+            format!("/{d}"),
         )),
     }
     m

@@ -1,68 +1,66 @@
 //! `seed:` — the autoinstall (ISO) and cloud-init (qcow2, Pi) NoCloud seeds.
 //! (Generation and validation: `crate::seed`.)
+//!
+//! Autoinstall settings are optional in the recipe as written. Without a
+//! `template`, `resolve` fills Ubuntu-server defaults (so `recipe show`
+//! prints exactly what kiln writes). With a template, only the settings the
+//! recipe names are added to it, next to kiln's own late-commands.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use camino::{Utf8Path, Utf8PathBuf};
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SeedOptions {
     #[serde(default)]
     pub autoinstall: Autoinstall,
     #[serde(default)]
     pub cloud_init: CloudInit,
-    /// Allow a password / password hash in a seed (a baked credential). Off by default.
+    /// Allow a password / password hash in a seed (a baked credential). Off by default:
+    /// a hash in user-data ends up in the installed image and in every copy of the seed.
     #[serde(default)]
     pub allow_passwords: bool,
 }
 
-impl Default for SeedOptions {
-    fn default() -> Self {
-        SeedOptions {
-            autoinstall: Autoinstall::default(),
-            cloud_init: CloudInit::default(),
-            allow_passwords: false,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct Autoinstall {
-    /// A user-supplied `user-data` template (its bytes are shipped; kiln only adds what the recipe requires).
+    /// A user-supplied `user-data` template (its bytes are shipped; kiln only adds
+    /// what the recipe requires and never reorders or rewrites its keys).
     #[serde(default)]
     pub template: Option<Utf8PathBuf>,
-    #[serde(default = "default_interactive")]
-    pub interactive_sections: Vec<String>,
-    #[serde(default = "default_locale")]
-    pub locale: String,
-    #[serde(default = "default_keyboard")]
-    pub keyboard_layout: String,
-    #[serde(default = "default_timezone")]
-    pub timezone: String,
-    #[serde(default = "yes")]
-    pub ssh_install_server: bool,
+    /// Installer screens that stop for the operator (default: network, storage, identity).
+    #[serde(default)]
+    pub interactive_sections: Option<Vec<String>>,
+    /// Default `en_US.UTF-8`.
+    #[serde(default)]
+    pub locale: Option<String>,
+    /// Default `us`.
+    #[serde(default)]
+    pub keyboard_layout: Option<String>,
+    /// Default `Etc/UTC`.
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// Install the OpenSSH server (default true).
+    #[serde(default)]
+    pub ssh_install_server: Option<bool>,
+    /// Public keys for the first user (public: allowed in a seed).
     #[serde(default)]
     pub ssh_authorized_keys: Vec<String>,
-    /// Curtin storage layout name (`direct`, `lvm`).
-    #[serde(default = "default_layout")]
-    pub storage_layout: String,
+    /// Curtin storage layout name (`direct`, `lvm`); default `direct`.
+    #[serde(default)]
+    pub storage_layout: Option<String>,
+    /// Extra packages the installer adds.
     #[serde(default)]
     pub packages: Vec<String>,
-    /// Extra late-commands, run after kiln's own.
+    /// Extra late-commands (shell lines), run after kiln's own.
     #[serde(default)]
     pub late_commands: Vec<String>,
 }
 
-impl Default for Autoinstall {
-    fn default() -> Self {
-        yaml_serde::from_str("{}").expect("defaults deserialize")
-    }
-}
-
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[serde(deny_unknown_fields)]
 pub struct CloudInit {
     /// A user-supplied `#cloud-config` template for qcow2/Pi seeds.
     #[serde(default)]
@@ -70,32 +68,60 @@ pub struct CloudInit {
     /// `local-hostname` in meta-data (default: the appliance name).
     #[serde(default)]
     pub hostname: Option<String>,
-    /// A `network-config` file to ship in the seed.
+    /// A `network-config` file to ship in the seed (netplan v2 or v1).
     #[serde(default)]
     pub network_config: Option<Utf8PathBuf>,
-}
-
-fn default_interactive() -> Vec<String> {
-    vec!["network".into(), "storage".into(), "identity".into()]
-}
-fn default_locale() -> String {
-    "en_US.UTF-8".into()
-}
-fn default_keyboard() -> String {
-    "us".into()
-}
-fn default_timezone() -> String {
-    "Etc/UTC".into()
-}
-fn default_layout() -> String {
-    "direct".into()
-}
-fn yes() -> bool {
-    true
+    /// A file written to `/etc/<name>/provision.env` (mode 0600) at first boot:
+    /// the operator's settings, edited on the CIDATA image before attaching it.
+    #[serde(default)]
+    pub provision_env: Option<Utf8PathBuf>,
+    /// Public keys for the default user.
+    #[serde(default)]
+    pub ssh_authorized_keys: Vec<String>,
 }
 
 impl SeedOptions {
-    pub fn resolve(&mut self, _file: &Utf8Path) -> Result<()> {
+    pub fn resolve(&mut self, file: &Utf8Path) -> Result<()> {
+        let a = &mut self.autoinstall;
+        for (key, list) in [
+            ("late_commands", &a.late_commands),
+            ("packages", &a.packages),
+        ] {
+            if let Some(i) = list.iter().position(|s| s.trim().is_empty()) {
+                bail!("{file}: seed.autoinstall.{key}[{i}] is empty");
+            }
+        }
+        for (key, keys) in [
+            ("autoinstall", &a.ssh_authorized_keys),
+            ("cloud_init", &self.cloud_init.ssh_authorized_keys),
+        ] {
+            for k in keys {
+                if !k.starts_with("ssh-") && !k.starts_with("ecdsa-") && !k.starts_with("sk-") {
+                    bail!(
+                        "{file}: seed.{key}.ssh_authorized_keys: `{}` does not look like an OpenSSH \
+                         public key (`ssh-ed25519 AAAA… comment`)",
+                        k.chars().take(40).collect::<String>()
+                    );
+                }
+            }
+        }
+        if let Some(h) = &self.cloud_init.hostname {
+            if h.is_empty()
+                || h.len() > 63
+                || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            {
+                bail!("{file}: seed.cloud_init.hostname `{h}` is not a valid host name (letters, digits, `-`)");
+            }
+        }
+        if a.template.is_none() {
+            a.interactive_sections
+                .get_or_insert_with(|| vec!["network".into(), "storage".into(), "identity".into()]);
+            a.locale.get_or_insert_with(|| "en_US.UTF-8".into());
+            a.keyboard_layout.get_or_insert_with(|| "us".into());
+            a.timezone.get_or_insert_with(|| "Etc/UTC".into());
+            a.ssh_install_server.get_or_insert(true);
+            a.storage_layout.get_or_insert_with(|| "direct".into());
+        }
         Ok(())
     }
 }

@@ -1,0 +1,882 @@
+//! Validation of seed files: header, YAML, the autoinstall keys kiln knows
+//! (with their types), baked credentials, YAML 1.1 traps, and the GRUB `;`
+//! trap in kernel arguments. Every finding names the file, line and column,
+//! and says how to fix it.
+
+use std::fmt;
+
+use anyhow::{bail, Result};
+use camino::{Utf8Path, Utf8PathBuf};
+use serde::Serialize;
+
+use super::yaml::{self, Kind, Node, Style, Val};
+
+/// Which kind of `user-data` a file is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SeedKind {
+    /// `#cloud-config` with a top-level `autoinstall:` (Ubuntu installer ISO).
+    Autoinstall,
+    /// A plain `#cloud-config` for a cloud image (qcow2, Pi).
+    CloudConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+/// One finding. `line`/`col` are 1-based; 0 when they do not apply.
+#[derive(Debug, Clone, Serialize)]
+pub struct Diag {
+    pub severity: Severity,
+    pub file: Utf8PathBuf,
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+/// A finding that does not stop the build.
+pub type Warning = Diag;
+
+impl fmt::Display for Diag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if self.line > 0 {
+            write!(f, ":{}:{}", self.line, self.col)?;
+        }
+        write!(f, ": {}", self.message)?;
+        if let Some(h) = &self.hint {
+            write!(f, "\n    hint: {h}")?;
+        }
+        Ok(())
+    }
+}
+
+struct Cx<'a> {
+    file: &'a Utf8Path,
+    allow_passwords: bool,
+    /// A template: keys kiln adds itself (version, identity via
+    /// interactive-sections) need not be there yet.
+    partial: bool,
+    diags: Vec<Diag>,
+}
+
+impl Cx<'_> {
+    fn push(&mut self, sev: Severity, at: Option<&Node>, message: String, hint: Option<String>) {
+        let (line, col) = at.map(|n| (n.start.line, n.start.col)).unwrap_or((0, 0));
+        if self
+            .diags
+            .iter()
+            .any(|d| d.line == line && d.col == col && d.message == message)
+        {
+            return;
+        }
+        self.diags.push(Diag {
+            severity: sev,
+            file: self.file.to_owned(),
+            line,
+            col,
+            message,
+            hint,
+        });
+    }
+    fn error(&mut self, at: &Node, message: String, hint: Option<String>) {
+        self.push(Severity::Error, Some(at), message, hint)
+    }
+    fn warn(&mut self, at: &Node, message: String, hint: Option<String>) {
+        self.push(Severity::Warning, Some(at), message, hint)
+    }
+}
+
+/// Validate a `user-data` file. Errors (all of them, at once) fail; warnings
+/// are returned for the caller to print.
+pub fn validate_user_data(
+    bytes: &[u8],
+    file: &Utf8Path,
+    kind: SeedKind,
+    allow_passwords: bool,
+) -> Result<Vec<Warning>> {
+    let diags = diagnose(bytes, file, kind, allow_passwords);
+    split(diags, file)
+}
+
+/// Turn findings into `Err` (when any is an error) or the warnings.
+pub fn split(diags: Vec<Diag>, file: &Utf8Path) -> Result<Vec<Warning>> {
+    let (errors, warnings): (Vec<_>, Vec<_>) = diags
+        .into_iter()
+        .partition(|d| d.severity == Severity::Error);
+    if !errors.is_empty() {
+        let text: Vec<String> = errors.iter().map(|d| format!("  {d}")).collect();
+        bail!(
+            "{file}: {} problem{} in this seed file:\n{}",
+            errors.len(),
+            if errors.len() == 1 { "" } else { "s" },
+            text.join("\n")
+        );
+    }
+    Ok(warnings)
+}
+
+/// Every finding for a `user-data` file.
+pub fn diagnose(bytes: &[u8], file: &Utf8Path, kind: SeedKind, allow_passwords: bool) -> Vec<Diag> {
+    diagnose_inner(bytes, file, kind, allow_passwords, false)
+}
+
+/// Findings for a template kiln will add to (required keys may be missing).
+pub fn diagnose_template(
+    bytes: &[u8],
+    file: &Utf8Path,
+    kind: SeedKind,
+    allow_passwords: bool,
+) -> Vec<Diag> {
+    diagnose_inner(bytes, file, kind, allow_passwords, true)
+}
+
+fn diagnose_inner(
+    bytes: &[u8],
+    file: &Utf8Path,
+    kind: SeedKind,
+    allow_passwords: bool,
+    partial: bool,
+) -> Vec<Diag> {
+    let mut cx = Cx {
+        file,
+        allow_passwords,
+        partial,
+        diags: Vec::new(),
+    };
+    let at = |line, col, message: &str, hint: &str| Diag {
+        severity: Severity::Error,
+        file: file.to_owned(),
+        line,
+        col,
+        message: message.into(),
+        hint: Some(hint.into()),
+    };
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return vec![at(
+            0,
+            0,
+            "not UTF-8 text",
+            "cloud-init reads user-data as UTF-8; re-save the file as UTF-8",
+        )];
+    };
+    let first = text.lines().next().unwrap_or("");
+    if first.trim_end() != "#cloud-config" {
+        let hint = if first.trim_start().starts_with("#cloud-config")
+            || first.starts_with('\u{feff}')
+        {
+            "the header must be exactly `#cloud-config` at the very start of line 1 (no leading spaces or byte-order mark)"
+        } else {
+            "make `#cloud-config` the first line: without it cloud-init (and the Ubuntu installer) ignores the file"
+        };
+        cx.diags
+            .push(at(1, 1, "missing `#cloud-config` header", hint));
+    }
+    let root = match yaml::parse(text) {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            if kind == SeedKind::Autoinstall && !partial {
+                cx.diags.push(at(
+                    1,
+                    1,
+                    "the file holds no settings (no `autoinstall:`)",
+                    "add `autoinstall:` with `version: 1` below the `#cloud-config` line",
+                ));
+            }
+            return cx.diags;
+        }
+        Err(e) => {
+            let msg = match &e.context {
+                Some(c) => format!("YAML does not parse: {} ({c})", e.problem),
+                None => format!("YAML does not parse: {}", e.problem),
+            };
+            cx.diags.push(at(
+                e.pos.line,
+                e.pos.col,
+                &msg,
+                "check the indentation (spaces only, no tabs) and quoting near this line; \
+                 a value containing `: ` or ` #` must be quoted",
+            ));
+            return cx.diags;
+        }
+    };
+    let Val::Map(_) = root.val() else {
+        cx.error(
+            &root,
+            format!(
+                "the document is {}, not a mapping of settings",
+                root.type_name()
+            ),
+            Some("user-data is `key: value` settings below `#cloud-config`".into()),
+        );
+        return cx.diags;
+    };
+    duplicates(&root, &mut cx);
+    match kind {
+        SeedKind::Autoinstall => autoinstall(&root, &mut cx),
+        SeedKind::CloudConfig => {
+            if let Some((k, _)) = root.entry("autoinstall") {
+                cx.warn(
+                    k,
+                    "`autoinstall:` in a cloud-init seed for a cloud image has no effect".into(),
+                    Some(
+                        "autoinstall belongs to the installer ISO's seed (seed.autoinstall)".into(),
+                    ),
+                );
+            }
+            cloud_config(&root, "", &mut cx);
+        }
+    }
+    credentials(&root, "", &mut cx);
+    traps(&root, &mut cx);
+    cx.diags
+}
+
+fn duplicates(n: &Node, cx: &mut Cx) {
+    match &n.kind {
+        Kind::Map { entries, .. } => {
+            for (i, (k, v)) in entries.iter().enumerate() {
+                if let Some(t) = k.text() {
+                    if entries[..i].iter().any(|(p, _)| p.text() == Some(t)) {
+                        cx.warn(
+                            k,
+                            format!(
+                                "key `{t}` appears twice in the same mapping; the last one wins"
+                            ),
+                            Some("remove one of them".into()),
+                        );
+                    }
+                }
+                duplicates(v, cx);
+            }
+        }
+        Kind::Seq { items, .. } => items.iter().for_each(|i| duplicates(i, cx)),
+        _ => {}
+    }
+}
+
+/// Expected types of the autoinstall schema (the keys kiln supports).
+#[derive(Clone, Copy)]
+enum Ty {
+    Str,
+    Bool,
+    Version,
+    StrList,
+    Commands,
+    AnyMap,
+    Any,
+    StrOrNull,
+    BoolOrNull,
+    BoolOrAuto,
+    Enum(&'static [&'static str]),
+    /// A mapping; unknown keys are warnings.
+    Map(&'static [(&'static str, Ty)]),
+    /// A mapping whose other keys are not checked.
+    Open(&'static [(&'static str, Ty)]),
+    ListOf(&'static Ty),
+}
+
+const AUTOINSTALL: &[(&str, Ty)] = &[
+    ("version", Ty::Version),
+    ("interactive-sections", Ty::StrList),
+    ("early-commands", Ty::Commands),
+    ("late-commands", Ty::Commands),
+    ("error-commands", Ty::Commands),
+    ("locale", Ty::Str),
+    (
+        "refresh-installer",
+        Ty::Map(&[("update", Ty::Bool), ("channel", Ty::Str)]),
+    ),
+    (
+        "keyboard",
+        Ty::Map(&[
+            ("layout", Ty::Str),
+            ("variant", Ty::Str),
+            ("toggle", Ty::StrOrNull),
+        ]),
+    ),
+    (
+        "source",
+        Ty::Map(&[("search_drivers", Ty::Bool), ("id", Ty::Str)]),
+    ),
+    ("network", Ty::AnyMap),
+    ("proxy", Ty::StrOrNull),
+    ("apt", Ty::AnyMap),
+    (
+        "storage",
+        Ty::Open(&[
+            (
+                "layout",
+                Ty::Open(&[
+                    ("name", Ty::Str),
+                    ("password", Ty::Str),
+                    ("match", Ty::AnyMap),
+                ]),
+            ),
+            ("swap", Ty::AnyMap),
+            ("grub", Ty::AnyMap),
+            ("config", Ty::Any),
+        ]),
+    ),
+    (
+        "identity",
+        Ty::Map(&[
+            ("realname", Ty::Str),
+            ("username", Ty::Str),
+            ("hostname", Ty::Str),
+            ("password", Ty::Str),
+        ]),
+    ),
+    (
+        "active-directory",
+        Ty::Map(&[("admin-name", Ty::Str), ("domain-name", Ty::Str)]),
+    ),
+    ("ubuntu-pro", Ty::Map(&[("token", Ty::Str)])),
+    ("ubuntu-advantage", Ty::Map(&[("token", Ty::Str)])),
+    (
+        "ssh",
+        Ty::Map(&[
+            ("install-server", Ty::Bool),
+            ("authorized-keys", Ty::StrList),
+            ("allow-pw", Ty::Bool),
+        ]),
+    ),
+    ("codecs", Ty::Map(&[("install", Ty::Bool)])),
+    ("drivers", Ty::Map(&[("install", Ty::Bool)])),
+    ("oem", Ty::Map(&[("install", Ty::BoolOrAuto)])),
+    (
+        "snaps",
+        Ty::ListOf(&Ty::Map(&[
+            ("name", Ty::Str),
+            ("channel", Ty::Str),
+            ("classic", Ty::Bool),
+        ])),
+    ),
+    ("debconf-selections", Ty::Str),
+    ("packages", Ty::StrList),
+    (
+        "kernel",
+        Ty::Map(&[("package", Ty::Str), ("flavor", Ty::Str)]),
+    ),
+    (
+        "kernel-crash-dumps",
+        Ty::Map(&[("enabled", Ty::BoolOrNull)]),
+    ),
+    ("timezone", Ty::Str),
+    ("updates", Ty::Enum(&["security", "all"])),
+    ("shutdown", Ty::Enum(&["reboot", "poweroff"])),
+    ("reporting", Ty::AnyMap),
+    ("user-data", Ty::AnyMap),
+    ("zdevs", Ty::Any),
+];
+
+const SECTIONS: &[&str] = &[
+    "*",
+    "locale",
+    "refresh-installer",
+    "keyboard",
+    "source",
+    "network",
+    "proxy",
+    "apt",
+    "storage",
+    "identity",
+    "ubuntu-pro",
+    "ssh",
+    "snaps",
+    "codecs",
+    "drivers",
+    "timezone",
+    "updates",
+    "shutdown",
+    "active-directory",
+    "oem",
+    "kernel",
+    "packages",
+    "debconf-selections",
+];
+
+fn autoinstall(root: &Node, cx: &mut Cx) {
+    let Some((key, ai)) = root.entry("autoinstall") else {
+        let near = match root.val() {
+            Val::Map(entries) => entries
+                .iter()
+                .find(|(k, _)| k.text().is_some_and(near_autoinstall)),
+            _ => None,
+        };
+        match near {
+            Some((k, _)) => cx.error(
+                k,
+                format!(
+                    "`{}` is not `autoinstall` (the installer looks for exactly that key)",
+                    k.text().unwrap_or("")
+                ),
+                Some("rename it to `autoinstall:` (one word, lower case)".into()),
+            ),
+            None => cx.error(
+                root,
+                "no top-level `autoinstall:` key: the Ubuntu installer would ignore this file"
+                    .into(),
+                Some("put the installer settings under `autoinstall:` with `version: 1`".into()),
+            ),
+        }
+        return;
+    };
+    if !matches!(ai.val(), Val::Map(_)) {
+        cx.error(ai, format!("`autoinstall` must be a mapping, but it is {}", ai.type_name()), Some("write `autoinstall:` then the settings indented below it, starting with `version: 1`".into()));
+        return;
+    }
+    let _ = key;
+    if ai.get("version").is_none() && !cx.partial {
+        cx.error(
+            ai,
+            "`autoinstall` has no `version`".into(),
+            Some("add `version: 1` (the only autoinstall schema version)".into()),
+        );
+    }
+    check(ai, Ty::Map(AUTOINSTALL), "autoinstall", cx);
+    let interactive: Vec<String> = match ai.get("interactive-sections").map(|n| n.val()) {
+        Some(Val::Seq(items)) => items
+            .iter()
+            .filter_map(|i| i.text().map(str::to_string))
+            .collect(),
+        _ => Vec::new(),
+    };
+    if let Some(Val::Seq(items)) = ai.get("interactive-sections").map(|n| n.val()) {
+        for i in items {
+            if let Some(t) = i.text() {
+                if !SECTIONS.contains(&t) {
+                    cx.warn(
+                        i,
+                        format!("`{t}` is not an installer section subiquity knows"),
+                        suggest(t, SECTIONS),
+                    );
+                }
+            }
+        }
+    }
+    let has = |k| ai.get(k).is_some();
+    if !cx.partial
+        && !has("identity")
+        && !has("user-data")
+        && !has("active-directory")
+        && !interactive.iter().any(|s| s == "identity" || s == "*")
+    {
+        cx.error(
+            ai,
+            "autoinstall has no `identity` (nor `user-data`), and `identity` is not an interactive section: the installer cannot create a user".into(),
+            Some("add `identity` to interactive-sections (kiln's default: the operator creates the account, no password is baked in)".into()),
+        );
+    }
+}
+
+fn near_autoinstall(t: &str) -> bool {
+    let norm: String = t
+        .to_ascii_lowercase()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect();
+    t != "autoinstall" && (norm == "autoinstall" || distance(&norm, "autoinstall") <= 2)
+}
+
+fn check(n: &Node, ty: Ty, path: &str, cx: &mut Cx) {
+    let expect = |cx: &mut Cx, what: &str| {
+        let mut hint = Some(match what {
+            w if w.starts_with("the integer") => "write `version: 1`, without quotes".to_string(),
+            w if w.starts_with("true") => "write true or false, without quotes".to_string(),
+            w if w.contains("list") => {
+                "write a list: one `- item` per line (or `[a, b]`)".to_string()
+            }
+            "a mapping" => "write the key, then its settings indented below it".to_string(),
+            w if w.starts_with("one of") => format!("use {w}"),
+            _ => "quote the value".to_string(),
+        });
+        if n.style() == Some(Style::Plain) && what.contains("string") {
+            if let Val::Bool(_) | Val::Int(_) | Val::Float | Val::Null | Val::Timestamp = n.val() {
+                hint = Some(format!(
+                    "YAML 1.1 (what cloud-init and the installer use) reads the unquoted `{}` as {}; quote it: \"{}\"",
+                    n.text().unwrap_or(""),
+                    n.type_name(),
+                    n.text().unwrap_or("")
+                ));
+            }
+        }
+        let shown = match n.text() {
+            Some(t) if t.len() <= 40 => format!(" (`{t}`)"),
+            _ => String::new(),
+        };
+        cx.error(
+            n,
+            format!(
+                "`{path}` must be {what}, but it is {}{shown}",
+                n.type_name()
+            ),
+            hint,
+        );
+    };
+    match ty {
+        Ty::Any => {}
+        Ty::Str => {
+            if !matches!(n.val(), Val::Str(_)) {
+                expect(cx, "a string")
+            }
+        }
+        Ty::Bool => {
+            if !matches!(n.val(), Val::Bool(_)) {
+                expect(cx, "true or false")
+            }
+        }
+        Ty::BoolOrNull => {
+            if !matches!(n.val(), Val::Bool(_) | Val::Null) {
+                expect(cx, "true, false or empty")
+            }
+        }
+        Ty::BoolOrAuto => {
+            if !matches!(n.val(), Val::Bool(_) | Val::Str("auto")) {
+                expect(cx, "true, false or \"auto\"")
+            }
+        }
+        Ty::StrOrNull => {
+            if !matches!(n.val(), Val::Str(_) | Val::Null) {
+                expect(cx, "a string or empty")
+            }
+        }
+        Ty::Version => match n.val() {
+            Val::Int(1) => {}
+            Val::Int(v) => cx.error(
+                n,
+                format!("`{path}` is {v}; autoinstall has only version 1"),
+                Some("set `version: 1`".into()),
+            ),
+            _ => expect(cx, "the integer 1"),
+        },
+        Ty::Enum(choices) => match n.val() {
+            Val::Str(s) if choices.contains(&s) => {}
+            _ => expect(cx, &format!("one of {}", choices.join(", "))),
+        },
+        Ty::AnyMap => {
+            if !matches!(n.val(), Val::Map(_)) {
+                expect(cx, "a mapping")
+            }
+        }
+        Ty::StrList => match n.val() {
+            Val::Seq(items) => {
+                for (i, it) in items.iter().enumerate() {
+                    check(it, Ty::Str, &format!("{path}[{i}]"), cx);
+                }
+            }
+            _ => expect(cx, "a list of strings"),
+        },
+        Ty::ListOf(inner) => match n.val() {
+            Val::Seq(items) => {
+                for (i, it) in items.iter().enumerate() {
+                    check(it, *inner, &format!("{path}[{i}]"), cx);
+                }
+            }
+            _ => expect(cx, "a list"),
+        },
+        Ty::Commands => commands(n, path, cx),
+        Ty::Map(fields) | Ty::Open(fields) => {
+            let Val::Map(entries) = n.val() else {
+                expect(cx, "a mapping");
+                return;
+            };
+            for (k, v) in entries {
+                let Some(name) = k.text() else { continue };
+                match fields.iter().find(|(f, _)| *f == name) {
+                    Some((_, t)) => check(v, *t, &format!("{path}.{name}"), cx),
+                    None if matches!(ty, Ty::Map(_)) => {
+                        let known: Vec<&str> = fields.iter().map(|(f, _)| *f).collect();
+                        cx.warn(k, format!("unknown key `{path}.{name}`: kiln does not check it (the installer may reject it)"), suggest(name, &known));
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+}
+
+/// `early-/late-/error-commands`: each item is a string (run with `sh -c`)
+/// or a list of strings (run directly).
+fn commands(n: &Node, path: &str, cx: &mut Cx) {
+    let Val::Seq(items) = n.val() else {
+        cx.error(
+            n,
+            format!(
+                "`{path}` must be a list of commands, but it is {}",
+                n.type_name()
+            ),
+            Some("write one `- command` per line".into()),
+        );
+        return;
+    };
+    for (i, it) in items.iter().enumerate() {
+        match it.val() {
+            Val::Str(_) => {}
+            Val::Seq(words) => {
+                for (j, w) in words.iter().enumerate() {
+                    if !matches!(w.val(), Val::Str(_)) {
+                        cx.error(w, format!("`{path}[{i}][{j}]` must be a string, but it is {}", w.type_name()), Some("quote every word of a command given as a list: [\"cmd\", \"arg\"]".into()));
+                    }
+                }
+            }
+            Val::Map(_) => cx.error(
+                it,
+                format!("`{path}[{i}]` is a mapping, not a command"),
+                Some("an unquoted command containing `: ` is read as `key: value`; quote the whole command".into()),
+            ),
+            _ => cx.error(
+                it,
+                format!("`{path}[{i}]` must be a string (run with sh -c) or a list of strings, but it is {}", it.type_name()),
+                Some("quote the command".into()),
+            ),
+        }
+    }
+}
+
+/// cloud-config keys kiln checks itself (`cloud-init schema` checks the rest).
+fn cloud_config(root: &Node, _path: &str, cx: &mut Cx) {
+    if let Some(Val::Seq(files)) = root.get("write_files").map(|n| n.val()) {
+        for (i, f) in files.iter().enumerate() {
+            if let Some(p) = f.get("permissions") {
+                if !matches!(p.val(), Val::Str(_)) {
+                    cx.error(
+                        p,
+                        format!("`write_files[{i}].permissions` must be a quoted string like '0600', but it is {}", p.type_name()),
+                        Some("unquoted, 0600 is the octal number 384 in YAML 1.1 and 600 in YAML 1.2: quote it".into()),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Baked credentials: password hashes, plain passwords, private keys.
+fn credentials(n: &Node, path: &str, cx: &mut Cx) {
+    match &n.kind {
+        Kind::Map { entries, .. } => {
+            for (k, v) in entries {
+                let Some(name) = k.text() else { continue };
+                let p = if path.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{path}.{name}")
+                };
+                let present = !matches!(v.val(), Val::Null) && v.text() != Some("");
+                let parent = path.rsplit('.').next().unwrap_or("");
+                let parent = parent.split('[').next().unwrap_or("");
+                let is_password = matches!(name, "passwd" | "hashed_passwd" | "plain_text_passwd")
+                    || (name == "password" && matches!(parent, "identity" | "users"))
+                    || (name == "list" && parent == "chpasswd");
+                if is_password && present {
+                    let msg = format!("`{p}` bakes a password (or its hash) into the seed");
+                    let hint = "it lands in the image (/var/log/installer/autoinstall-user-data, \
+                                /etc/cloud/cloud.cfg.d/99-installer.cfg) and in every copy of the seed; \
+                                let the operator set it (interactive-sections: [identity]) or use \
+                                ssh authorized keys. To accept the risk: seed.allow_passwords: true"
+                        .to_string();
+                    if cx.allow_passwords {
+                        cx.warn(v, format!("{msg} (allowed by seed.allow_passwords)"), None);
+                    } else {
+                        cx.error(v, msg, Some(hint));
+                    }
+                }
+                if parent == "ssh_keys" && name.ends_with("_private") && present {
+                    cx.error(
+                        v,
+                        format!("`{p}` bakes an SSH host private key into the seed"),
+                        Some(
+                            "every instance would share it; let the host generate its keys".into(),
+                        ),
+                    );
+                }
+                if v.text().is_some_and(|t| t.contains("PRIVATE KEY-----")) {
+                    cx.error(
+                        v,
+                        format!("`{p}` holds a private key"),
+                        Some("never put private keys into a seed".into()),
+                    );
+                }
+                credentials(v, &p, cx);
+            }
+        }
+        Kind::Seq { items, .. } => {
+            for (i, it) in items.iter().enumerate() {
+                credentials(it, &format!("{path}[{i}]"), cx);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Plain scalars that YAML 1.1 readers (cloud-init) and YAML 1.2 readers
+/// would read differently.
+fn traps(n: &Node, cx: &mut Cx) {
+    match &n.kind {
+        Kind::Map { entries, .. } => entries.iter().for_each(|(_, v)| traps(v, cx)),
+        Kind::Seq { items, .. } => items.iter().for_each(|i| traps(i, cx)),
+        Kind::Scalar {
+            text,
+            style: Style::Plain,
+        } => {
+            let t = text.as_str();
+            if matches!(n.val(), Val::Bool(_))
+                && !t.eq_ignore_ascii_case("true")
+                && !t.eq_ignore_ascii_case("false")
+            {
+                cx.warn(n, format!("unquoted `{t}` is a boolean for cloud-init (YAML 1.1) but a string for YAML 1.2 tools"), Some(format!("write `true`/`false` for a boolean, or \"{t}\" for the word")));
+            } else if matches!(n.val(), Val::Int(_))
+                && t.len() > 1
+                && t.trim_start_matches(['-', '+']).starts_with('0')
+                && !t.contains(['x', 'b'])
+            {
+                cx.warn(n, format!("unquoted `{t}` is an octal number for cloud-init (YAML 1.1) but decimal for YAML 1.2 tools"), Some(format!("quote it: '{t}'")));
+            }
+        }
+        _ => {}
+    }
+}
+
+fn suggest(word: &str, known: &[&str]) -> Option<String> {
+    known
+        .iter()
+        .map(|k| (distance(word, k), k))
+        .filter(|(d, _)| *d <= 3)
+        .min()
+        .map(|(_, k)| format!("did you mean `{k}`?"))
+}
+
+/// Levenshtein distance (short keys only).
+fn distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for i in 1..=a.len() {
+        let mut cur = vec![i; b.len() + 1];
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            cur[j] = (prev[j] + 1).min(cur[j - 1] + 1).min(prev[j - 1] + cost);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// Validate a `network-config` (netplan v2 or cloud-init v1), as shipped.
+pub fn validate_network_config(bytes: &[u8], file: &Utf8Path) -> Result<Vec<Warning>> {
+    let mut cx = Cx {
+        file,
+        allow_passwords: false,
+        partial: false,
+        diags: Vec::new(),
+    };
+    let text = std::str::from_utf8(bytes).map_err(|_| anyhow::anyhow!("{file}: not UTF-8 text"))?;
+    let root = match yaml::parse(text) {
+        Ok(Some(r)) => r,
+        Ok(None) => bail!("{file}: empty network-config\n    hint: remove seed.cloud_init.network_config, or write a netplan `version: 2` config"),
+        Err(e) => bail!("{file}:{}:{}: YAML does not parse: {}\n    hint: check indentation and quoting near this line", e.pos.line, e.pos.col, e.problem),
+    };
+    let body = root.get("network").unwrap_or(&root);
+    match body.get("version").map(|v| v.val()) {
+        Some(Val::Int(1 | 2)) => {}
+        Some(_) => cx.error(
+            body.get("version").unwrap(),
+            "network-config `version` must be 1 or 2".into(),
+            Some("netplan syntax is `version: 2`".into()),
+        ),
+        None => cx.error(
+            body,
+            "network-config has no `version` (1 or 2)".into(),
+            Some("start with `version: 2` followed by `ethernets:`".into()),
+        ),
+    }
+    credentials(&root, "", &mut cx);
+    traps(&root, &mut cx);
+    split(cx.diags, file)
+}
+
+/// Check a kernel command line kiln will write into a GRUB `linux` line.
+/// GRUB ends a command at an unescaped `;` (or newline) and silently drops
+/// the rest — the classic "autoinstall does not trigger" — and treats `#` at
+/// the start of a word as a comment.
+pub fn check_kernel_args(args: &str) -> Result<()> {
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    let mut word_start = true;
+    let mut quote_at = 0;
+    for (i, c) in args.char_indices() {
+        let col = args[..i].chars().count() + 1;
+        if escaped {
+            escaped = false;
+            word_start = false;
+            continue;
+        }
+        match (quote, c) {
+            (_, '\n' | '\r') => bail!("kernel arguments `{}` contain a line break at column {col}: GRUB would end the `linux` command there", args.escape_debug()),
+            (Some('\''), '\'') => quote = None,
+            (Some('\''), _) => {}
+            (_, '\\') => escaped = true,
+            (Some('"'), '"') => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                quote_at = col;
+            }
+            (None, ';') => bail!(
+                "kernel arguments `{args}` contain an unescaped `;` at column {col}: GRUB ends the \
+                 `linux` command there and silently drops everything after it (so the installer \
+                 never sees the NoCloud source)\n    hint: escape it as `\\;` or quote the argument: \
+                 `ds=nocloud\\;s=/cdrom/nocloud/`"
+            ),
+            (None, '#') if word_start => bail!(
+                "kernel arguments `{args}`: `#` at column {col} starts a GRUB comment; the rest of the line is dropped\n    hint: escape it as `\\#`"
+            ),
+            (None, '|' | '&' | '<' | '>') => bail!(
+                "kernel arguments `{args}`: `{c}` at column {col} is special to the GRUB shell\n    hint: quote or escape it"
+            ),
+            _ => {}
+        }
+        word_start = c == ' ' || c == '\t';
+    }
+    if escaped {
+        bail!("kernel arguments `{args}` end with a lone `\\`");
+    }
+    if quote.is_some() {
+        bail!("kernel arguments `{args}`: the quote at column {quote_at} is never closed");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grub_semicolon_trap() {
+        assert!(check_kernel_args("autoinstall ds=nocloud\\;s=/cdrom/nocloud/ ---").is_ok());
+        assert!(check_kernel_args("autoinstall 'ds=nocloud;s=/cdrom/nocloud/'").is_ok());
+        assert!(check_kernel_args("autoinstall \"ds=nocloud;s=/cdrom/nocloud/\"").is_ok());
+        let e = check_kernel_args("autoinstall ds=nocloud;s=/cdrom/nocloud/")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("column 23") && e.contains("\\;"), "{e}");
+        assert!(check_kernel_args("quiet #x").is_err());
+        assert!(check_kernel_args("a=b#c").is_ok());
+        assert!(check_kernel_args("a 'b").is_err());
+        assert!(check_kernel_args("a\nb").is_err());
+    }
+
+    #[test]
+    fn distance_and_near_misses() {
+        assert_eq!(distance("autoinstal", "autoinstall"), 1);
+        assert!(near_autoinstall("autoInstall"));
+        assert!(near_autoinstall("auto-install"));
+        assert!(near_autoinstall("autoinstal"));
+        assert!(!near_autoinstall("packages"));
+    }
+}
