@@ -15,6 +15,7 @@ pub mod fsutil;
 pub mod hostapt;
 pub mod plan;
 pub mod recipe;
+pub mod scan;
 pub mod signals;
 pub mod seed;
 pub mod stage;

@@ -17,10 +17,16 @@ use serde::Serialize;
 pub mod apt;
 pub mod cargo;
 pub mod cloud_init;
+pub mod coreutils;
+pub mod debugfs;
 pub mod git;
+pub mod mkfs;
+pub mod mtools;
+pub mod qemu_img;
 pub mod qemu_system;
 pub mod registry;
 pub mod shellcheck;
+pub mod xorriso;
 
 pub use registry::Target;
 
