@@ -17,6 +17,7 @@ pub mod hostapt;
 pub mod iso;
 pub mod plan;
 pub mod recipe;
+pub mod scan;
 pub mod seed;
 pub mod signals;
 pub mod stage;

@@ -583,3 +583,23 @@ fn scripts_are_executable_in_the_repository() {
         );
     }
 }
+
+#[test]
+fn a_baked_secret_fails_the_build_and_publishes_nothing() {
+    let p = Project::demo();
+    // A real-looking value, made at test time.
+    let value: String = std::fs::read("/proc/sys/kernel/random/uuid")
+        .map(|b| String::from_utf8_lossy(&b).trim().replace('-', ""))
+        .unwrap();
+    p.write(
+        "overlay/etc/demo/leak.env",
+        &format!("DEMO_DB_PASSWORD={value}\n"),
+    );
+    let err = p.fail(&["stage"]);
+    assert!(err.contains("etc/demo/leak.env"), "{err}");
+    assert!(
+        !err.contains(&value),
+        "the secret itself must never be printed:\n{err}"
+    );
+    assert!(p.outputs().is_empty(), "{:?}", p.outputs());
+}

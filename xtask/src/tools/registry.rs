@@ -114,9 +114,12 @@ pub const REQUIREMENTS: &[Requirement] = &[
     file("/vmlinuz", "linux-image-amd64", "an amd64 kernel for boot-test fixtures", &[Test]),
     file("/usr/lib/x86_64-linux-gnu/libarchive.so.13", "libarchive13", "bsdtar-compatible readers used by tests", &[]),
     prog("zstd", "zstd", "reference pipeline for benchmarks; tests decompress with it", &["--version"], &[Test]),
+    prog("cat", "coreutils", "baseline for the secret-scan benchmark", &["--version"], &[Test]),
     prog("sha256sum", "coreutils", "reference for benchmarks and `sha256sum -c` in tests", &["--version"], &[Test]),
     prog("xmllint", "libxml2-utils", "check OVF descriptors in tests", &["--version"], &[Test]),
     prog("curl", "curl", "download a base ISO given by URL (resumable)", &["--version"], &[Iso, Test]),
+    prog("ssh-keygen", "openssh-client", "generate throw-away keys for the secret-scan tests", &[], &[Test]),
+    prog("openssl", "openssl", "generate throw-away keys and password hashes for the secret-scan tests", &["version"], &[Test]),
     prog("sgdisk", "gdisk", "read back GPT partition tables in tests", &["--version"], &[Test]),
 ];
 

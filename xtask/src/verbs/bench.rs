@@ -23,6 +23,7 @@ fn cases() -> Vec<(&'static str, Case)> {
     vec![
         ("export", bench::export::model_export),
         ("iso", bench::iso::remaster),
+        ("scan", bench::scan::scan_disk),
     ]
 }
 

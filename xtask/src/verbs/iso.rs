@@ -43,7 +43,8 @@ pub fn run(cx: &Cx, a: Args) -> Result<()> {
         preview: cx.dry_run,
     };
     crate::iso::plan(&r, &mut plan, &o)?;
-    cx.run_plan(&plan, None)?;
+    let gate = crate::scan::gate(&r);
+    cx.run_plan(&plan, Some(&gate))?;
     Ok(())
 }
 

@@ -17,6 +17,7 @@ pub fn run(cx: &Cx, s: Stage) -> Result<()> {
         let from = plan.step(i).output(crate::stage::TARBALL);
         plan.publish(from, r.artifact_name(a, "overlay.tar.zst"), true);
     }
-    cx.run_plan(&plan, None)?;
+    let gate = crate::scan::gate(&r);
+    cx.run_plan(&plan, Some(&gate))?;
     Ok(())
 }

@@ -1,0 +1,273 @@
+//! Byte sources for the readers: random-access windows of a file (a disk's
+//! partition, an ISO file's extent) and readers over lists of runs (an ext4
+//! file's extents), plus format sniffing from the first bytes.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use camino::{Utf8Path, Utf8PathBuf};
+
+/// A byte range of an open file. Every read is bounds-checked: reading past
+/// the window is an error ("truncated"), never silent zeros.
+#[derive(Clone)]
+pub struct Window {
+    file: Arc<File>,
+    pub off: u64,
+    pub len: u64,
+    /// Set when the window is a whole file on disk (tools can open it by path).
+    pub path: Option<Utf8PathBuf>,
+    /// The file the window is part of, when it has a path.
+    file_path: Option<Utf8PathBuf>,
+}
+
+impl Window {
+    pub fn open(path: &Utf8Path) -> Result<Window> {
+        let f = File::open(path).with_context(|| format!("opening {path}"))?;
+        let len = f
+            .metadata()
+            .with_context(|| format!("reading the size of {path}"))?
+            .len();
+        Ok(Window {
+            file: Arc::new(f),
+            off: 0,
+            len,
+            path: Some(path.to_owned()),
+            file_path: Some(path.to_owned()),
+        })
+    }
+
+    pub fn from_file(f: File, path: Option<Utf8PathBuf>) -> Result<Window> {
+        let len = f.metadata()?.len();
+        Ok(Window {
+            file: Arc::new(f),
+            off: 0,
+            len,
+            file_path: path.clone(),
+            path,
+        })
+    }
+
+    /// The underlying file's path and this window's offset in it.
+    pub fn base(&self) -> Option<(Utf8PathBuf, u64)> {
+        self.file_path.clone().map(|p| (p, self.off))
+    }
+
+    /// A sub-range; errors if it does not fit (a truncated image).
+    pub fn sub(&self, off: u64, len: u64) -> Result<Window> {
+        match off.checked_add(len) {
+            Some(end) if end <= self.len => Ok(Window {
+                file: self.file.clone(),
+                off: self.off + off,
+                len,
+                path: if off == 0 && len == self.len { self.path.clone() } else { None },
+                file_path: self.file_path.clone(),
+            }),
+            _ => bail!(
+                "truncated: a range of {len} bytes at offset {off} lies beyond the end of its {}-byte container",
+                self.len
+            ),
+        }
+    }
+
+    /// Read exactly `buf.len()` bytes at `pos`.
+    pub fn read_at(&self, pos: u64, buf: &mut [u8]) -> Result<()> {
+        if pos
+            .checked_add(buf.len() as u64)
+            .is_none_or(|e| e > self.len)
+        {
+            bail!(
+                "truncated: {} bytes at offset {pos} lie beyond the end of a {}-byte range",
+                buf.len(),
+                self.len
+            );
+        }
+        self.file
+            .read_exact_at(buf, self.off + pos)
+            .with_context(|| format!("reading {} bytes at offset {}", buf.len(), self.off + pos))
+    }
+
+    pub fn bytes(&self, pos: u64, n: usize) -> Result<Vec<u8>> {
+        let mut v = vec![0u8; n];
+        self.read_at(pos, &mut v)?;
+        Ok(v)
+    }
+
+    /// Up to `n` bytes from the start.
+    pub fn head(&self, n: usize) -> Result<Vec<u8>> {
+        self.bytes(0, (self.len as usize).min(n))
+    }
+
+    /// A sequential reader over `[pos, len)`.
+    pub fn reader(&self, pos: u64) -> Runs {
+        Runs::new(self.clone(), vec![(pos, self.len.saturating_sub(pos))])
+    }
+}
+
+/// Reads a list of `(offset, length)` runs of a window in order.
+pub struct Runs {
+    w: Window,
+    runs: Vec<(u64, u64)>,
+    idx: usize,
+    pos: u64,
+}
+
+impl Runs {
+    pub fn new(w: Window, runs: Vec<(u64, u64)>) -> Runs {
+        Runs {
+            w,
+            runs,
+            idx: 0,
+            pos: 0,
+        }
+    }
+}
+
+impl Read for Runs {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.idx < self.runs.len() {
+            let (off, len) = self.runs[self.idx];
+            if self.pos >= len {
+                self.idx += 1;
+                self.pos = 0;
+                continue;
+            }
+            let n = ((len - self.pos) as usize).min(buf.len());
+            self.w.read_at(off + self.pos, &mut buf[..n]).map_err(|e| {
+                std::io::Error::new(std::io::ErrorKind::UnexpectedEof, format!("{e:#}"))
+            })?;
+            self.pos += n as u64;
+            return Ok(n);
+        }
+        Ok(0)
+    }
+}
+
+/// Bytes kept from the start of every file for sniffing (an ISO's volume
+/// descriptor sits at 32 KiB).
+pub const HEAD: usize = 40 * 1024;
+
+/// What a blob of bytes is, from its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Gzip,
+    Zstd,
+    Xz,
+    Tar,
+    Cpio,
+    Iso,
+    Zip,
+    /// A partitioned disk (GPT or MBR).
+    Disk,
+    Ext,
+    Fat,
+    /// A qemu-readable container: the `-f` name.
+    Qemu(&'static str),
+    /// A format kiln cannot open: its name.
+    Opaque(&'static str),
+    /// Anything else: scanned byte for byte as a file.
+    Leaf,
+}
+
+pub fn sniff(h: &[u8], len: u64) -> Format {
+    let at = |o: usize, m: &[u8]| h.len() >= o + m.len() && &h[o..o + m.len()] == m;
+    if at(0, b"\x1f\x8b") {
+        return Format::Gzip;
+    }
+    if at(0, b"\x28\xb5\x2f\xfd") {
+        return Format::Zstd;
+    }
+    if at(0, b"\xfd7zXZ\0") {
+        return Format::Xz;
+    }
+    if at(0, b"070701") || at(0, b"070702") || at(0, b"070707") {
+        return Format::Cpio;
+    }
+    if at(257, b"ustar") && tar_checksum_ok(h) {
+        return Format::Tar;
+    }
+    if at(0, b"QFI\xfb") {
+        return Format::Qemu("qcow2");
+    }
+    if at(0, b"KDMV") || at(0, b"# Disk DescriptorFile") {
+        return Format::Qemu("vmdk");
+    }
+    if at(0, b"vhdxfile") {
+        return Format::Qemu("vhdx");
+    }
+    if at(64, b"\x7f\x10\xda\xbe") {
+        return Format::Qemu("vdi");
+    }
+    if at(0, b"conectix") {
+        return Format::Qemu("vpc");
+    }
+    if at(32769, b"CD001") {
+        return Format::Iso;
+    }
+    if crate::scan::disk::is_gpt(h) {
+        return Format::Disk;
+    }
+    if crate::scan::disk::is_fat(h) {
+        return Format::Fat;
+    }
+    if crate::scan::disk::is_mbr(h, len) {
+        return Format::Disk;
+    }
+    if at(1080, b"\x53\xef") && h.len() > 1100 {
+        return Format::Ext;
+    }
+    if at(0, b"hsqs") || at(0, b"sqsh") {
+        return Format::Opaque("squashfs");
+    }
+    if at(0, b"BZh") && at(4, b"\x31\x41\x59\x26\x53\x59") {
+        return Format::Opaque("bzip2");
+    }
+    if at(0, b"\x04\x22\x4d\x18") {
+        return Format::Opaque("lz4");
+    }
+    if at(0, b"\x89LZO") {
+        return Format::Opaque("lzop");
+    }
+    if at(0, b"PK\x03\x04") {
+        return Format::Zip;
+    }
+    if at(0, b"7z\xbc\xaf\x27\x1c") {
+        return Format::Opaque("7z");
+    }
+    if at(0, b"LUKS\xba\xbe") {
+        return Format::Opaque("LUKS");
+    }
+    if at(0, b"\x5d\0\0") && h.len() > 13 && (h[5..13].iter().all(|&b| b == 0xff) || h[12] == 0) {
+        return Format::Opaque("lzma");
+    }
+    Format::Leaf
+}
+
+fn tar_checksum_ok(h: &[u8]) -> bool {
+    if h.len() < 512 {
+        return false;
+    }
+    let field = &h[148..156];
+    let text: String = field
+        .iter()
+        .take_while(|&&b| b != 0 && b != b' ')
+        .map(|&b| b as char)
+        .collect();
+    let Ok(want) = u32::from_str_radix(text.trim(), 8) else {
+        return false;
+    };
+    let sum: u32 = h[..512]
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| {
+            if (148..156).contains(&i) {
+                b' ' as u32
+            } else {
+                b as u32
+            }
+        })
+        .sum();
+    sum == want
+}
