@@ -13,6 +13,7 @@ pub mod export;
 pub mod flags;
 pub mod fsutil;
 pub mod hostapt;
+pub mod ova;
 pub mod plan;
 pub mod recipe;
 pub mod signals;

@@ -18,6 +18,7 @@ pub mod apt;
 pub mod cargo;
 pub mod cloud_init;
 pub mod git;
+pub mod qemu_img;
 pub mod qemu_system;
 pub mod registry;
 pub mod shellcheck;
