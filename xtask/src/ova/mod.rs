@@ -102,6 +102,23 @@ impl DiskSource {
     }
 }
 
+impl DiskSource {
+    /// The disk an earlier step of the plan builds (e.g. the qcow2 builder's).
+    pub fn from_step(
+        step: &crate::plan::Step,
+        path: Utf8PathBuf,
+        format: DiskFormat,
+        uefi_only: bool,
+    ) -> DiskSource {
+        DiskSource {
+            path,
+            format,
+            uefi_only,
+            input: Input::step(step),
+        }
+    }
+}
+
 /// The disk format by content.
 pub fn sniff(path: &Utf8Path) -> Result<DiskFormat> {
     let mut f =

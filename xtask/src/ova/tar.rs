@@ -209,9 +209,13 @@ pub fn list(r: &mut (impl Read + std::io::Seek), total: u64) -> Result<Listing> 
     let mut gnu_noted = false;
     loop {
         if at + BLOCK > total {
-            out.problems.push(format!(
-                "the archive ends at byte {total} without the two zero end blocks"
-            ));
+            out.problems.push(if at == 0 {
+                format!(
+                    "the file is {total} bytes, shorter than one tar header: not a USTAR archive"
+                )
+            } else {
+                format!("the archive ends at byte {total} without the two zero end blocks")
+            });
             break;
         }
         r.seek(SeekFrom::Start(at))?;

@@ -13,7 +13,10 @@ use camino::{Utf8Path, Utf8PathBuf};
 
 /// The kiln workspace.
 pub fn workspace() -> Utf8PathBuf {
-    Utf8Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+    Utf8Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
 }
 
 pub fn in_ci() -> bool {
@@ -52,7 +55,10 @@ pub struct Project {
 
 impl Project {
     pub fn demo() -> Project {
-        let dir = tempfile::Builder::new().prefix("kiln-test-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("kiln-test-")
+            .tempdir()
+            .unwrap();
         let root = Utf8PathBuf::from_path_buf(dir.path().to_path_buf()).unwrap();
         for d in ["overlay", "systemd", "nocloud", "recipes"] {
             copy_tree(&workspace().join(d), &root.join(d));
@@ -61,7 +67,10 @@ impl Project {
     }
 
     pub fn empty() -> Project {
-        let dir = tempfile::Builder::new().prefix("kiln-test-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("kiln-test-")
+            .tempdir()
+            .unwrap();
         let root = Utf8PathBuf::from_path_buf(dir.path().to_path_buf()).unwrap();
         Project { dir, root }
     }
@@ -117,7 +126,9 @@ impl Project {
     pub fn outputs(&self) -> Vec<String> {
         let d = self.root.join("output");
         let mut v: Vec<String> = match std::fs::read_dir(&d) {
-            Ok(rd) => rd.map(|e| e.unwrap().file_name().into_string().unwrap()).collect(),
+            Ok(rd) => rd
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect(),
             Err(_) => Vec::new(),
         };
         v.sort();
@@ -154,7 +165,10 @@ pub fn stderr(o: &Output) -> String {
 /// Run a program directly (test-side inspection: xorriso reports, qemu-img
 /// info, tar listings), panicking with its stderr on failure.
 pub fn sh(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
     assert!(
         out.status.success(),
         "{program} {args:?} failed: {}\n{}",
