@@ -16,12 +16,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Seek, SeekFrom};
-use std::sync::mpsc;
-use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use camino::Utf8Path;
-use sha2::{Digest, Sha256};
 
 use super::manifest::{self, DigestAlgo, Hasher};
 use super::{ovf, tar, vmdk};
@@ -240,46 +237,34 @@ pub fn lint(path: &Utf8Path, digest: DigestAlgo) -> Result<Report> {
         .filter(|m| hashers.contains_key(&m.name))
         .collect();
     order.sort_by_key(|m| m.offset);
-    let sha256 = std::thread::scope(|s| -> Result<String> {
-        let (tx, rx) = mpsc::sync_channel::<Arc<Vec<u8>>>(4);
-        let whole = s.spawn(move || {
-            let mut h = Sha256::new();
-            for chunk in rx {
-                h.update(&chunk[..]);
-            }
-            hex::encode(h.finalize())
-        });
-        f.seek(SeekFrom::Start(0))?;
-        let mut pos = 0u64;
-        let mut p = crate::ui::Progress::bytes("lint", total);
-        loop {
-            crate::signals::check()?;
-            let mut buf = vec![0u8; 1 << 20];
-            let n = f
-                .read(&mut buf)
-                .with_context(|| format!("reading {path}"))?;
-            if n == 0 {
-                break;
-            }
-            buf.truncate(n);
-            let end = pos + n as u64;
-            for m in &order {
-                let (a, b) = (m.offset.max(pos), (m.offset + m.size).min(end));
-                if a < b {
-                    let h = &mut hashers.get_mut(&m.name).expect("hasher").0;
-                    h.update(&buf[(a - pos) as usize..(b - pos) as usize]);
-                }
-            }
-            p.inc(n as u64);
-            pos = end;
-            if tx.send(Arc::new(buf)).is_err() {
-                break;
+    let mut whole = manifest::Background::spawn(Hasher::new(DigestAlgo::Sha256));
+    f.seek(SeekFrom::Start(0))?;
+    let mut pos = 0u64;
+    let mut p = crate::ui::Progress::bytes("lint", total);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        crate::signals::check()?;
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("reading {path}"))?;
+        if n == 0 {
+            break;
+        }
+        let chunk = &buf[..n];
+        whole.feed(chunk);
+        let end = pos + n as u64;
+        for m in &order {
+            let (a, b) = (m.offset.max(pos), (m.offset + m.size).min(end));
+            if a < b {
+                let h = &mut hashers.get_mut(&m.name).expect("hasher").0;
+                h.update(&chunk[(a - pos) as usize..(b - pos) as usize]);
             }
         }
-        p.finish();
-        drop(tx);
-        Ok(whole.join().expect("hash thread"))
-    })?;
+        p.inc(n as u64);
+        pos = end;
+    }
+    p.finish();
+    let sha256 = whole.finish();
     for (name, (h, want)) in hashers {
         let got = h.hex();
         if got != want {

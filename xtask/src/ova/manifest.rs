@@ -55,6 +55,54 @@ impl Hasher {
     }
 }
 
+/// A digest computed on a second thread: [`Background::feed`] copies each
+/// chunk into a recycled buffer and hands it over, so hashing overlaps the
+/// caller's reading and writing.
+pub struct Background {
+    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    spare: std::sync::mpsc::Receiver<Vec<u8>>,
+    handle: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Background {
+    pub fn spawn(mut h: Hasher) -> Background {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+        let (back, spare) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
+        let handle = std::thread::spawn(move || {
+            for buf in rx {
+                h.update(&buf);
+                let _ = back.try_send(buf);
+            }
+            h.hex()
+        });
+        Background {
+            tx: Some(tx),
+            spare,
+            handle: Some(handle),
+        }
+    }
+
+    pub fn feed(&mut self, data: &[u8]) {
+        let mut b = self.spare.try_recv().unwrap_or_default();
+        b.clear();
+        b.extend_from_slice(data);
+        if let Some(tx) = &self.tx {
+            // A send fails only if the thread is gone; `finish` reports that.
+            let _ = tx.send(b);
+        }
+    }
+
+    /// The hex digest of everything fed.
+    pub fn finish(mut self) -> String {
+        drop(self.tx.take());
+        self.handle
+            .take()
+            .expect("joined once")
+            .join()
+            .expect("the hashing thread panicked")
+    }
+}
+
 /// Hex digest of a file, streamed.
 pub fn file_digest(path: &Utf8Path, algo: DigestAlgo) -> Result<String> {
     let mut f = std::fs::File::open(path).with_context(|| format!("opening {path} to hash it"))?;

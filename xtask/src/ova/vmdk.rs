@@ -230,7 +230,6 @@ pub fn set_cid(path: &Utf8Path, cid: u32) -> Result<()> {
     f.seek(SeekFrom::Start(start + off as u64))?;
     f.write_all(new.as_bytes())
         .with_context(|| format!("writing the content id into {path}"))?;
-    f.sync_data()?;
     // Read it back: the descriptor must now say exactly this.
     f.seek(SeekFrom::Start(0))?;
     let (_, after) = read_header_and_descriptor(&mut f)?;
