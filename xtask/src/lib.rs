@@ -14,6 +14,7 @@ pub mod flags;
 pub mod fsutil;
 pub mod hostapt;
 pub mod plan;
+pub mod qcow2;
 pub mod recipe;
 pub mod signals;
 pub mod seed;
