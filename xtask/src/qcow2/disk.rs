@@ -30,6 +30,8 @@ use crate::tools;
 pub const DISK_RAW: &str = "disk.raw";
 pub const LAYOUT_JSON: &str = "layout.json";
 const MIB: u64 = 1 << 20;
+/// Bump when the assembly changes what it writes.
+const ASSEMBLY_VERSION: u32 = 1;
 
 /// Ids of the disk, derived from the epoch and the appliance name.
 #[derive(Debug, Clone, Serialize)]
@@ -91,7 +93,14 @@ pub struct DiskOp(pub DiskSpec);
 
 impl Op for DiskOp {
     fn describe(&self) -> serde_json::Value {
-        json!({ "qcow2-disk": self.0 })
+        // The assembly's own version and fixed inputs: changing them must
+        // invalidate cached disks.
+        json!({
+            "qcow2-disk": self.0,
+            "assembly": ASSEMBLY_VERSION,
+            "grub_modules": tools::grub::BIOS_MODULES,
+            "mke2fs_conf": tools::mke2fs::MKE2FS_CONF,
+        })
     }
     fn run(&self, cx: &OpCx) -> Result<()> {
         assemble(&self.0, cx.out)
@@ -636,7 +645,7 @@ pub fn assemble(spec: &DiskSpec, out: &Utf8Path) -> Result<()> {
         };
         let cfg = format!(
             "serial --unit=0 --speed=115200\nterminal_input serial console\nterminal_output serial console\n\
-             search --no-floppy --fs-uuid --set=root {}\necho 'Loading Linux…'\nlinux {kernel} {}\ninitrd {initrd}\nboot\n",
+             search --no-floppy --fs-uuid --set=root {}\necho 'Loading Linux...'\nlinux {kernel} {}\ninitrd {initrd}\nboot\n",
             spec.ids.root_fs, spec.cmdline
         );
         let cfg_file = work.join("grub-early.cfg");
