@@ -31,7 +31,7 @@ pub const DISK_RAW: &str = "disk.raw";
 pub const LAYOUT_JSON: &str = "layout.json";
 const MIB: u64 = 1 << 20;
 /// Bump when the assembly changes what it writes.
-const ASSEMBLY_VERSION: u32 = 1;
+const ASSEMBLY_VERSION: u32 = 2;
 
 /// Ids of the disk, derived from the epoch and the appliance name.
 #[derive(Debug, Clone, Serialize)]
@@ -454,7 +454,36 @@ fn build_uki(work: &Utf8Path, boot: &Boot, cmdline: &str, epoch: i64) -> Result<
     }
     let out = work.join("BOOTX64.EFI");
     tools::run(&tools::objcopy::add_sections(stub, &sections, &out, epoch))?;
+    // objcopy stamps the build time; pin it to the epoch and fix the checksum.
+    let mut pe = std::fs::read(&out)?;
+    pin_pe_timestamp(&mut pe, epoch)?;
+    std::fs::write(&out, pe)?;
     Ok(out)
+}
+
+/// Set a PE image's COFF time stamp to `epoch` and recompute its checksum.
+pub fn pin_pe_timestamp(pe: &mut [u8], epoch: i64) -> Result<()> {
+    ensure!(pe.len() > 0x40 && pe.starts_with(b"MZ"), "not a PE image");
+    let pe_off = u32::from_le_bytes(pe[0x3c..0x40].try_into()?) as usize;
+    ensure!(pe.get(pe_off..pe_off + 4) == Some(b"PE\0\0"), "not a PE image");
+    let stamp = u32::try_from(epoch.max(0)).unwrap_or(u32::MAX);
+    pe[pe_off + 8..pe_off + 12].copy_from_slice(&stamp.to_le_bytes());
+    let ck = pe_off + 24 + 64;
+    ensure!(pe.len() > ck + 4, "truncated PE image");
+    pe[ck..ck + 4].fill(0);
+    let mut sum: u64 = 0;
+    for (i, c) in pe.chunks(2).enumerate() {
+        if i * 2 >= ck && i * 2 < ck + 4 {
+            continue;
+        }
+        let w = if c.len() == 2 { u16::from_le_bytes([c[0], c[1]]) } else { c[0] as u16 };
+        sum += w as u64;
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    let total = (sum as u32).wrapping_add(pe.len() as u32);
+    pe[ck..ck + 4].copy_from_slice(&total.to_le_bytes());
+    Ok(())
 }
 
 /// Copy `src` into `disk` at `offset`, skipping all-zero blocks so the disk
@@ -731,6 +760,11 @@ mod tests {
         let end = pe_end(&std::fs::read(stub).unwrap()).unwrap();
         assert!(end > 0x1000);
         assert!(pe_end(b"not a pe").is_err());
+        // Pinning is idempotent and reproduces the stub's own checksum.
+        let mut a = std::fs::read(stub).unwrap();
+        let orig = a.clone();
+        pin_pe_timestamp(&mut a, 0).unwrap();
+        assert_eq!(a, orig, "the stub has time stamp 0 and a valid checksum");
     }
 
     #[test]

@@ -99,13 +99,49 @@ fn default_size() -> String {
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase", deny_unknown_fields)]
+#[serde(try_from = "BaseRepr", into = "BaseRepr")]
 pub enum Base {
     /// Builder 1: a root file system from Debian packages (mmdebstrap).
     #[default]
     Packages,
     /// Builder 2: customize a vendor cloud image (qcow2 or raw), verified by sha256.
     Image(Source),
+}
+
+/// How `base` is written: the word `packages`, or `{image: {…}}`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+enum BaseRepr {
+    Word(String),
+    Image(ImageBase),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct ImageBase {
+    image: Source,
+}
+
+impl TryFrom<BaseRepr> for Base {
+    type Error = String;
+    fn try_from(r: BaseRepr) -> std::result::Result<Base, String> {
+        match r {
+            BaseRepr::Word(w) if w == "packages" => Ok(Base::Packages),
+            BaseRepr::Word(w) => Err(format!(
+                "qcow2.base `{w}`: expected `packages` or `{{image: {{path|url: …, sha256: …}}}}`"
+            )),
+            BaseRepr::Image(i) => Ok(Base::Image(i.image)),
+        }
+    }
+}
+
+impl From<Base> for BaseRepr {
+    fn from(b: Base) -> BaseRepr {
+        match b {
+            Base::Packages => BaseRepr::Word("packages".into()),
+            Base::Image(image) => BaseRepr::Image(ImageBase { image }),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -245,6 +281,9 @@ mod tests {
         .unwrap();
         assert!(matches!(o.base, Base::Image(_)));
         assert!(yaml_serde::from_str::<Qcow2Options>("firmware: efi\n").is_err());
+        assert!(yaml_serde::from_str::<Qcow2Options>("base: pkgs\n").is_err());
+        let shown = yaml_serde::to_string(&o).unwrap();
+        assert!(shown.contains("image:") && shown.contains("x.qcow2"), "{shown}");
         let mut o = Qcow2Options { suite: "bookwrm".into(), ..Default::default() };
         assert!(o.resolve(Utf8Path::new("r.yaml")).unwrap_err().to_string().contains("bookwrm"));
     }
