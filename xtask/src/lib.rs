@@ -15,6 +15,7 @@ pub mod fsutil;
 pub mod hostapt;
 pub mod ova;
 pub mod plan;
+pub mod qcow2;
 pub mod recipe;
 pub mod signals;
 pub mod seed;

@@ -17,11 +17,18 @@ use serde::Serialize;
 pub mod apt;
 pub mod cargo;
 pub mod cloud_init;
+pub mod dosfstools;
 pub mod git;
+pub mod grub;
+pub mod mke2fs;
+pub mod mmdebstrap;
+pub mod mtools;
+pub mod objcopy;
 pub mod qemu_img;
 pub mod qemu_system;
 pub mod registry;
 pub mod shellcheck;
+pub mod virt_customize;
 
 pub use registry::Target;
 
