@@ -419,8 +419,14 @@ fn bad_inputs_are_clear_errors() {
     let text = p.write("notes.txt", "just some text, not a disk\n");
     let err = p.fail(&["ova", "--disk", text.as_str()]);
     assert!(err.contains("is not a disk image"), "{err}");
-    let err = p.fail(&["ova"]);
-    assert!(err.contains("--disk"), "{err}");
+    // Without --disk the OVA wraps the qcow2 builder's disk: its steps join the plan.
+    let plan = support::stdout(&p.run(&["--dry-run", "ova"]));
+    for step in ["qcow2-disk-amd64", "ova-vmdk-amd64", "ova-amd64"] {
+        assert!(
+            plan.contains(&format!(". {step} ")),
+            "{step} missing from:\n{plan}"
+        );
+    }
 
     let disk = make_disk(&p.root, "disk.raw", None);
     let recipe = std::fs::read_to_string(p.path("recipes/demo.yaml")).unwrap();
@@ -552,4 +558,124 @@ fn extracted_vmdk_boots_under_ovmf() {
         xtask::tools::Watch::Matched { .. } => {}
         other => panic!("the VMDK did not boot to `{marker}`: {other:?}"),
     }
+}
+
+/// The demo appliance end to end: the qcow2 builder's UEFI-only disk, wrapped
+/// by `cargo xtask ova` (no --disk), asks for EFI firmware, and the VMDK
+/// taken out of the OVA boots under OVMF to the appliance's first-boot line.
+#[test]
+fn demo_ova_boots_to_first_boot() {
+    let ovmf = xtask::tools::qemu_system::OVMF_CODE;
+    let mut need: Vec<&str> = TOOLS.to_vec();
+    need.extend([
+        "mmdebstrap",
+        "mkfs.ext4",
+        "mkfs.vfat",
+        "mcopy",
+        "objcopy",
+        "grub-mkimage",
+    ]);
+    need.extend([
+        "/usr/lib/systemd/boot/efi/linuxx64.efi.stub",
+        "qemu-system-x86_64",
+        ovmf,
+    ]);
+    if !support::require(&need) {
+        return;
+    }
+    let _g = support::heavy();
+    let p = Project::demo();
+    let demo = std::fs::read_to_string(p.path("recipes/demo.yaml")).unwrap();
+    p.write(
+        "recipes/small.yaml",
+        &format!("{demo}\nqcow2:\n  size: 2G\n  firmware: uefi\n"),
+    );
+    p.run(&["--recipe", "recipes/small.yaml", "ova"]);
+    let ova = the_ova(&p);
+    p.run(&["ova", "lint", ova.as_str()]);
+    let x = p.path("x");
+    extract(&ova, &x);
+    let ovf = x.join("demo.ovf");
+    assert_eq!(
+        attr(&ovf, "Config", "value"),
+        "efi",
+        "a UEFI-only disk asks for EFI firmware"
+    );
+    assert_eq!(attr(&ovf, "Disk", "capacity"), (2u64 << 30).to_string());
+    let vmdk = x.join("demo-disk1.vmdk");
+    let vars = p.path("vars.fd");
+    std::fs::copy(xtask::tools::qemu_system::OVMF_VARS, &vars).unwrap();
+    let mut boot = xtask::tools::qemu_system::Boot::new(xtask::tools::qemu_system::Firmware::Uefi)
+        .disk(&vmdk, "vmdk")
+        .vars(&vars);
+    boot.snapshot = true;
+    match xtask::tools::run_until(
+        &boot.cmd(),
+        &["demo: first boot complete"],
+        Duration::from_secs(420),
+    )
+    .unwrap()
+    {
+        xtask::tools::Watch::Matched { .. } => {}
+        other => {
+            let text = format!("{other:?}");
+            let tail: String = text
+                .chars()
+                .rev()
+                .take(4000)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            panic!("the demo VMDK did not reach `demo: first boot complete`: {tail}");
+        }
+    }
+}
+
+/// qemu-img writes its random CID with `%x`, so it has 1 to 8 digits; the
+/// rewrite gives the same bytes whatever the length was.
+#[test]
+fn cid_rewrite_does_not_depend_on_the_random_cid_length() {
+    if !support::require(&["qemu-img", "sgdisk"]) {
+        return;
+    }
+    let p = Project::empty();
+    let disk = make_disk(&p.root, "disk.raw", None);
+    let a = p.path("a/d.vmdk");
+    std::fs::create_dir_all(a.parent().unwrap()).unwrap();
+    sh(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vmdk",
+            "-o",
+            "subformat=streamOptimized",
+            disk.as_str(),
+            a.as_str(),
+        ],
+    );
+    let b = p.path("b/d.vmdk");
+    std::fs::create_dir_all(b.parent().unwrap()).unwrap();
+    std::fs::copy(&a, &b).unwrap();
+    // Make b's CID 3 digits long, as qemu-img does for a small random value.
+    let mut bytes = std::fs::read(&b).unwrap();
+    let at = bytes.windows(5).position(|w| w == b"\nCID=").unwrap() + 5;
+    let end = at + bytes[at..].iter().position(|&c| c == b'\n').unwrap();
+    let region_end = at + bytes[at..].iter().position(|&c| c == 0).unwrap();
+    let mut desc = bytes[..region_end].to_vec();
+    desc.splice(at..end, b"abc".iter().copied());
+    desc.resize(region_end, 0);
+    bytes[..region_end].copy_from_slice(&desc);
+    std::fs::write(&b, &bytes).unwrap();
+    assert!(String::from_utf8_lossy(&bytes[..4096]).contains("\nCID=abc\n"));
+    for f in [&a, &b] {
+        xtask::ova::vmdk::set_cid(f, 0x0123abcd).unwrap();
+    }
+    let (ra, rb) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    assert!(ra == rb, "the rewritten VMDKs differ");
+    assert!(String::from_utf8_lossy(&ra[..4096]).contains("\nCID=0123abcd\n"));
+    sh("qemu-img", &["check", "-f", "vmdk", a.as_str()]);
 }

@@ -77,6 +77,7 @@ pub fn lint(path: &Utf8Path, digest: DigestAlgo) -> Result<Report> {
         .filter(|m| m.name.ends_with(".ovf"))
         .collect();
     let mut facts = ovf::Facts::default();
+    let mut ovf_parsed = false;
     match ovfs.as_slice() {
         [] => problems.push("no .ovf descriptor in the archive".into()),
         [o] => {
@@ -90,7 +91,10 @@ pub fn lint(path: &Utf8Path, digest: DigestAlgo) -> Result<Report> {
             match std::str::from_utf8(&text) {
                 Err(_) => problems.push(format!("{} is not UTF-8 text", o.name)),
                 Ok(t) => match ovf::inspect(t) {
-                    Ok(x) => facts = x,
+                    Ok(x) => {
+                        facts = x;
+                        ovf_parsed = true;
+                    }
                     Err(e) => problems.push(format!("{}: {e:#}", o.name)),
                 },
             }
@@ -335,7 +339,7 @@ pub fn lint(path: &Utf8Path, digest: DigestAlgo) -> Result<Report> {
             _ => {}
         }
     }
-    if facts.disks.is_empty() && ovf_name.is_some() {
+    if facts.disks.is_empty() && ovf_parsed {
         problems.push("the descriptor has no DiskSection/Disk".into());
     }
     Ok(Report {

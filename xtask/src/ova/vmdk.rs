@@ -168,24 +168,24 @@ pub fn create_type(descriptor: &str) -> Option<&str> {
     })
 }
 
-/// Byte offset (inside `descriptor`) of the 8 hex digits of the single
-/// `CID=` line.
-fn cid_offset(descriptor: &str) -> Result<usize> {
+/// Byte range (inside `descriptor`) of the hex digits of the single `CID=`
+/// line. qemu-img writes `CID=%x`, so there are 1 to 8 of them.
+fn cid_range(descriptor: &str) -> Result<std::ops::Range<usize>> {
     let mut found = None;
     let mut at = 0;
     for line in descriptor.split_inclusive('\n') {
         if let Some(rest) = line.strip_prefix("CID=") {
             let hex = rest.trim_end_matches(['\n', '\r']);
             ensure!(
-                hex.len() == 8 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
-                "VMDK descriptor line `{}` is not `CID=` and 8 hex digits",
+                (1..=8).contains(&hex.len()) && hex.bytes().all(|b| b.is_ascii_hexdigit()),
+                "VMDK descriptor line `{}` is not `CID=` and 1-8 hex digits",
                 line.trim_end()
             );
             ensure!(
                 found.is_none(),
                 "the VMDK descriptor has more than one CID= line"
             );
-            found = Some(at + 4);
+            found = Some(at + 4..at + 4 + hex.len());
         }
         at += line.len();
     }
@@ -208,8 +208,11 @@ pub fn cid_from(seed: &str) -> u32 {
 }
 
 /// Replace the `CID=` value in the descriptor of the streamOptimized VMDK at
-/// `path` by `cid`: the same 8 bytes, written in place; the header and the
-/// descriptor region are checked first.
+/// `path` by `cid`, as 8 hex digits. qemu-img's random value has 1 to 8
+/// digits, so the whole descriptor region (fixed size, NUL padded, before the
+/// first grain) is rewritten: the new text plus NULs, the same length as
+/// before, so nothing outside the region moves and the result does not
+/// depend on the random value's length. Header and region are checked first.
 pub fn set_cid(path: &Utf8Path, cid: u32) -> Result<()> {
     let mut f = std::fs::OpenOptions::new()
         .read(true)
@@ -224,18 +227,31 @@ pub fn set_cid(path: &Utf8Path, cid: u32) -> Result<()> {
         Some("streamOptimized") => {}
         other => bail!("{path}: descriptor createType is {other:?}, not streamOptimized"),
     }
-    let (start, _) = h.descriptor_range()?;
-    let off = cid_offset(&desc).with_context(|| format!("{path}: finding the content id"))?;
-    let new = format!("{cid:08x}");
-    f.seek(SeekFrom::Start(start + off as u64))?;
-    f.write_all(new.as_bytes())
-        .with_context(|| format!("writing the content id into {path}"))?;
-    // Read it back: the descriptor must now say exactly this.
-    f.seek(SeekFrom::Start(0))?;
-    let (_, after) = read_header_and_descriptor(&mut f)?;
+    let (start, len) = h.descriptor_range()?;
+    let mut region = vec![0u8; len as usize];
+    f.seek(SeekFrom::Start(start))?;
+    f.read_exact(&mut region)?;
     ensure!(
-        after.len() == desc.len() && after.contains(&format!("\nCID={new}\n")),
-        "{path}: the content id did not read back as CID={new}"
+        region[desc.len()..].iter().all(|&b| b == 0),
+        "{path}: the descriptor region holds data after the descriptor's NUL padding"
+    );
+    let r = cid_range(&desc).with_context(|| format!("{path}: finding the content id"))?;
+    let text = format!("{}{cid:08x}{}", &desc[..r.start], &desc[r.end..]);
+    ensure!(
+        text.len() < region.len(),
+        "{path}: no room in the descriptor region for an 8-digit CID"
+    );
+    let mut new_region = text.clone().into_bytes();
+    new_region.resize(region.len(), 0);
+    f.seek(SeekFrom::Start(start))?;
+    f.write_all(&new_region)
+        .with_context(|| format!("writing the content id into {path}"))?;
+    // Read it back: the descriptor must now be exactly the new text.
+    f.seek(SeekFrom::Start(0))?;
+    let (h2, after) = read_header_and_descriptor(&mut f)?;
+    ensure!(
+        h2 == h && after == text,
+        "{path}: the descriptor did not read back as written"
     );
     Ok(())
 }
@@ -249,13 +265,16 @@ mod tests {
 
     #[test]
     fn finds_cid_and_create_type() {
-        let off = cid_offset(DESC).unwrap();
-        assert_eq!(&DESC[off..off + 8], "b33d6829");
+        let r = cid_range(DESC).unwrap();
+        assert_eq!(&DESC[r], "b33d6829");
+        // qemu-img writes `%x`: fewer than 8 digits happen.
+        assert_eq!(cid_range("CID=1bceaae\n").unwrap(), 4..11);
         assert_eq!(create_type(DESC), Some("streamOptimized"));
         // parentCID= is not CID=.
-        assert!(cid_offset("parentCID=ffffffff\n").is_err());
-        assert!(cid_offset("CID=12\n").is_err());
-        assert!(cid_offset("CID=00000001\nCID=00000002\n").is_err());
+        assert!(cid_range("parentCID=ffffffff\n").is_err());
+        assert!(cid_range("CID=123456789\n").is_err());
+        assert!(cid_range("CID=xyz\n").is_err());
+        assert!(cid_range("CID=00000001\nCID=00000002\n").is_err());
     }
 
     #[test]

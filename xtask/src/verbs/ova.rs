@@ -4,7 +4,7 @@ use anyhow::{bail, Result};
 use camino::Utf8PathBuf;
 
 use crate::cx::Cx;
-use crate::ova::{DigestAlgo, DiskSource, Firmware};
+use crate::ova::{DigestAlgo, DiskFormat, DiskSource, Firmware};
 use crate::recipe::Arch;
 
 /// Build `output/<name>-<version>-amd64.ova` (+ `.sha256`) for VMware and
@@ -22,8 +22,8 @@ use crate::recipe::Arch;
 pub struct Args {
     #[command(subcommand)]
     pub cmd: Option<Sub>,
-    /// Wrap this disk image instead of the recipe's built disk: raw (with an
-    /// MBR or GPT), qcow2, or a VMDK.
+    /// Wrap this disk image instead of building the recipe's disk (the qcow2
+    /// target's raw disk): raw (with an MBR or GPT), qcow2, or a VMDK.
     #[arg(long, value_name = "PATH")]
     pub disk: Option<Utf8PathBuf>,
     /// Firmware the VM boots with. `auto`: UEFI when the disk is UEFI-only
@@ -58,22 +58,42 @@ pub fn run(cx: &Cx, a: Args) -> Result<()> {
         return lint(cx, l);
     }
     let r = cx.recipe()?;
-    let disk = match &a.disk {
-        Some(p) => {
-            let p = if p.is_absolute() { p.clone() } else { Utf8PathBuf::from_path_buf(std::env::current_dir()?)
-                .map_err(|_| anyhow::anyhow!("current directory is not UTF-8"))?
-                .join(p) };
-            DiskSource::from_file(&p, a.firmware)?
-        }
-        None => bail!(
-            "`cargo xtask ova` without --disk wraps the disk the qcow2 builder makes, which this build \
-             of kiln does not have yet; pass --disk PATH to wrap an existing raw or qcow2 image"
-        ),
-    };
     if !cx.dry_run {
         crate::doctor::require(crate::tools::Target::Ova)?;
+        if a.disk.is_none() {
+            crate::doctor::require(crate::tools::Target::Qcow2)?;
+        }
     }
     let mut plan = cx.plan("ova");
+    let disk = match &a.disk {
+        Some(p) => {
+            let p = if p.is_absolute() {
+                p.clone()
+            } else {
+                Utf8PathBuf::from_path_buf(std::env::current_dir()?)
+                    .map_err(|_| anyhow::anyhow!("current directory is not UTF-8"))?
+                    .join(p)
+            };
+            DiskSource::from_file(&p, a.firmware)?
+        }
+        None => {
+            // The disk the qcow2 builder makes (its steps join this plan).
+            let d = crate::qcow2::plan_disk(&r, &mut plan, Arch::Amd64)?;
+            let format = match d.format {
+                "raw" => DiskFormat::Raw,
+                "qcow2" => DiskFormat::Qcow2,
+                other => {
+                    bail!("the qcow2 builder made a `{other}` disk, which the OVA step cannot read")
+                }
+            };
+            let uefi_only = match a.firmware {
+                Firmware::Auto => d.uefi_only,
+                Firmware::Efi => true,
+                Firmware::Bios => false,
+            };
+            DiskSource::from_step(plan.step(d.step), d.path, format, uefi_only)
+        }
+    };
     let planned = crate::ova::plan(&r, &mut plan, Arch::Amd64, disk)?;
     cx.run_plan(&plan, None)?;
     if !cx.dry_run && !cx.json {
