@@ -108,7 +108,12 @@ fn run_step(step: &Step, force: bool) -> Result<Outcome> {
     ));
     std::fs::create_dir_all(parent)
         .with_context(|| format!("creating cache directory {parent}"))?;
-    let tmp = TempDir::new(step.out.with_extension("tmp"))?;
+    // Unique per process: two builds sharing a cache may run the same step at
+    // once; the first to finish wins and the other's result is discarded.
+    let tmp = TempDir::new(
+        step.out
+            .with_extension(format!("tmp-{}", std::process::id())),
+    )?;
     let start = Instant::now();
     for action in &step.actions {
         crate::signals::check()?;
@@ -136,6 +141,11 @@ fn run_step(step: &Step, force: bool) -> Result<Outcome> {
         inputs,
     };
     crate::plan::write_json(&tmp.path.join(STAMP), &st)?;
+    if step.out.join(STAMP).is_file() && !force {
+        // Another build finished the same step meanwhile: identical by key.
+        drop(tmp);
+        return Ok(Outcome::Ran);
+    }
     if step.out.exists() {
         // An incomplete entry (no stamp) or a forced re-run: replace it.
         std::fs::remove_dir_all(&step.out)

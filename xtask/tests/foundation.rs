@@ -504,7 +504,7 @@ fn interrupt_leaves_output_and_cache_clean() {
         let e = e.unwrap();
         let n = e.file_name().to_string_lossy();
         assert!(
-            !n.ends_with(".tmp") && !n.contains("partial"),
+            !n.contains(".tmp") && !n.contains("partial"),
             "left behind: {}",
             e.path().display()
         );

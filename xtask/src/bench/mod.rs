@@ -12,6 +12,8 @@ use anyhow::Result;
 use camino::Utf8Path;
 use serde::Serialize;
 
+pub mod ova;
+
 /// One measured comparison.
 #[derive(Debug, Clone, Serialize)]
 pub struct Measurement {

@@ -34,3 +34,63 @@ pub fn convert_to_raw(image: &Utf8Path, format: &str, raw: &Utf8Path) -> Cmd {
     .arg(image.as_str())
     .arg(raw.as_str())
 }
+
+// --- qcow2 target ---
+
+/// `qemu-img convert -f raw -O qcow2 [-c -o compression_type=…] RAW OUT`.
+/// `compression`: `None`, `Some("zstd")` or `Some("zlib")`. One coroutine
+/// (`-m 1`) and in-order writes keep the cluster layout, so the output is
+/// the same for the same input.
+pub fn convert_to_qcow2(
+    src: &Utf8Path,
+    src_format: &str,
+    out: &Utf8Path,
+    compression: Option<&str>,
+) -> Cmd {
+    let mut c = Cmd::new("qemu-img", "convert the disk to qcow2")
+        .args(["convert", "-q", "-m", "1", "-f", src_format, "-O", "qcow2"]);
+    match compression {
+        Some(kind) => {
+            c = c
+                .arg("-c")
+                .args(["-o", &format!("compression_type={kind}")]);
+        }
+        None => {}
+    }
+    c.args([src.as_str(), out.as_str()])
+}
+
+/// `qemu-img info --output=json IMG`.
+pub fn info_json(image: &Utf8Path) -> Cmd {
+    Cmd::new("qemu-img", "read the image's format and sizes").args([
+        "info",
+        "--output=json",
+        image.as_str(),
+    ])
+}
+
+/// `qemu-img resize -f FORMAT IMG SIZE` (bytes).
+pub fn resize(image: &Utf8Path, format: &str, bytes: u64) -> Cmd {
+    Cmd::new("qemu-img", "resize the image").args([
+        "resize",
+        "-q",
+        "-f",
+        format,
+        image.as_str(),
+        &bytes.to_string(),
+    ])
+}
+
+// --- OVA: streamOptimized VMDKs -------------------------------------------
+
+/// Convert `src` (format `src_format`: raw, qcow2, vmdk) to a streamOptimized
+/// VMDK on an LSI Logic adapter — the only VMDK flavour ESXi imports from an
+/// OVA. qemu-img writes a random `CID=` into it; see `ova::vmdk::set_cid`.
+pub fn convert_stream_vmdk(src: &Utf8Path, src_format: &str, dst: &Utf8Path) -> Cmd {
+    Cmd::new("qemu-img", "convert the disk to a streamOptimized VMDK")
+        .args(["convert", "-f", src_format, "-O", "vmdk"])
+        .args(["-o", "subformat=streamOptimized,adapter_type=lsilogic"])
+        .args([src.as_str(), dst.as_str()])
+}
+
+// --- end OVA ----------------------------------------------------------------

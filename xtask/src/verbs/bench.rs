@@ -24,6 +24,7 @@ fn cases() -> Vec<(&'static str, Case)> {
         ("export", bench::export::model_export),
         ("iso", bench::iso::remaster),
         ("scan", bench::scan::scan_disk),
+        ("ova", bench::ova::ova_build),
     ]
 }
 

@@ -53,6 +53,8 @@ pub fn require(what: &[&str]) -> bool {
 pub struct Project {
     pub dir: tempfile::TempDir,
     pub root: Utf8PathBuf,
+    /// Use the suite-wide step cache (see [`Project::share_cache`]).
+    pub shared_cache: bool,
 }
 
 impl Project {
@@ -65,7 +67,11 @@ impl Project {
         for d in ["overlay", "systemd", "nocloud", "recipes", "payloads"] {
             copy_tree(&workspace().join(d), &root.join(d));
         }
-        Project { dir, root }
+        Project {
+            dir,
+            root,
+            shared_cache: false,
+        }
     }
 
     pub fn empty() -> Project {
@@ -74,7 +80,27 @@ impl Project {
             .tempdir()
             .unwrap();
         let root = Utf8PathBuf::from_path_buf(dir.path().to_path_buf()).unwrap();
-        Project { dir, root }
+        Project {
+            dir,
+            root,
+            shared_cache: false,
+        }
+    }
+
+    /// Build in the suite-wide cache `target/kiln-test-cache`: expensive steps
+    /// (the Debian root file system) are then built once per test run, not
+    /// once per test. Cache entries are content-addressed, so sharing is safe.
+    pub fn share_cache(mut self) -> Project {
+        self.shared_cache = true;
+        self
+    }
+
+    pub fn cache_dir(&self) -> Utf8PathBuf {
+        if self.shared_cache {
+            workspace().join("target/kiln-test-cache")
+        } else {
+            self.root.join("cache")
+        }
     }
 
     pub fn path(&self, rel: &str) -> Utf8PathBuf {
@@ -92,7 +118,7 @@ impl Project {
     pub fn kiln(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_xtask"));
         c.env("KILN_ROOT", &self.root)
-            .env("KILN_CACHE", self.root.join("cache"))
+            .env("KILN_CACHE", self.cache_dir())
             .env("KILN_OUTPUT", self.root.join("output"))
             .env("SOURCE_DATE_EPOCH", "1700000000")
             .env_remove("KILN_RECIPE")

@@ -1,0 +1,173 @@
+//! The qcow2 target: the appliance as a bootable disk. Two builders, chosen
+//! by `qcow2.base` in the recipe, make the same kind of disk:
+//!
+//! - `packages` (default; [`rootfs`] + [`disk`]): mmdebstrap of a Debian
+//!   suite (cached step, keyed only by suite/arch/packages/mirror/epoch), the
+//!   staged tree merged over it in process, a GPT disk with an EFI system
+//!   partition holding a unified kernel image, an optional BIOS-boot
+//!   partition with GRUB, and an ext4 root from `mkfs.ext4 -d`. No root
+//!   tricks, no mounts, no loop devices, no VM. Byte-reproducible.
+//! - `image` ([`customize`]): a vendor cloud image (sha256-verified),
+//!   resized and customized with one virt-customize run.
+//!
+//! Either way the disk is converted with `qemu-img` into
+//! `output/<name>-<version>-<arch>.qcow2` (+ `.sha256`).
+//!
+//! [`plan_disk`] is the seam for other formats (the OVA wraps the same disk).
+
+pub mod customize;
+pub mod disk;
+pub mod gpt;
+pub mod rootfs;
+
+use anyhow::{bail, Result};
+use camino::{Utf8Path, Utf8PathBuf};
+
+use crate::plan::{Input, Plan, StepBuilder, OUT};
+use crate::recipe::qcow2::{Base, Compression};
+use crate::recipe::{Arch, Resolved};
+
+/// The appliance disk before its final conversion, for wrapping it in other
+/// formats.
+#[derive(Debug, Clone)]
+pub struct DiskInfo {
+    /// The step that produces the disk (run it before reading `path`).
+    pub step: usize,
+    /// The disk image inside that step's output.
+    pub path: Utf8PathBuf,
+    /// `raw` (builder 1) or `qcow2` (builder 2), for `qemu-img -f`.
+    pub format: &'static str,
+    /// Virtual size in bytes.
+    pub virtual_size: u64,
+    /// Boots with UEFI (an ESP with a UKI).
+    pub uefi: bool,
+    /// Boots with BIOS (GRUB in a BIOS-boot partition).
+    pub bios: bool,
+    /// UEFI but not BIOS: the OVA must ask for EFI firmware.
+    pub uefi_only: bool,
+}
+
+fn disk_step_name(arch: Arch) -> String {
+    format!("qcow2-disk-{arch}")
+}
+
+/// Plan the raw (builder 1) or customized (builder 2) disk for `arch`,
+/// including the stage and rootfs steps it needs. Calling it twice on one
+/// plan returns the same step.
+pub fn plan_disk(r: &Resolved, plan: &mut Plan, arch: Arch) -> Result<DiskInfo> {
+    let q = &r.recipe.qcow2;
+    let name = disk_step_name(arch);
+    let info = |step: usize, plan: &Plan| -> DiskInfo {
+        let (path, format) = match &q.base {
+            Base::Packages => (plan.step(step).output(disk::DISK_RAW), "raw"),
+            Base::Image(_) => (plan.step(step).output(customize::CUSTOMIZED), "qcow2"),
+        };
+        DiskInfo {
+            step,
+            path,
+            format,
+            virtual_size: q.size_bytes,
+            uefi: q.firmware.uefi(),
+            bios: q.firmware.bios(),
+            uefi_only: q.firmware.uefi() && !q.firmware.bios(),
+        }
+    };
+    if let Some(i) = plan.steps.iter().position(|s| s.name == name) {
+        return Ok(info(i, plan));
+    }
+    let stage = match plan
+        .steps
+        .iter()
+        .position(|s| s.name == format!("stage-{arch}"))
+    {
+        Some(i) => i,
+        None => crate::stage::plan(r, plan, arch)?,
+    };
+    let step = match &q.base {
+        Base::Packages => {
+            if arch != Arch::Amd64 {
+                bail!(
+                    "{}: qcow2 from packages is built for amd64 only (the UKI needs systemd's \
+                     x86-64 EFI stub); build arm64 with the `pi` target or `qcow2.base: {{image: …}}`",
+                    r.file
+                );
+            }
+            let rootfs = rootfs::plan(r, plan, arch)?;
+            let ids = disk::Ids::derive(r.epoch, r.name(), arch);
+            let spec = disk::DiskSpec {
+                arch,
+                name: r.name().to_string(),
+                hostname: q.hostname.clone().unwrap_or_else(|| r.name().to_string()),
+                rootfs_tar: plan.step(rootfs).output(rootfs::ROOTFS_TAR),
+                overlay_tree: plan.step(stage).output(crate::stage::TREE),
+                size: q.size_bytes,
+                uefi: q.firmware.uefi(),
+                bios: q.firmware.bios(),
+                cmdline: disk::DiskSpec::kernel_cmdline(&ids, &q.cmdline),
+                ssh: q.packages_for(arch).iter().any(|p| p == "openssh-server"),
+                epoch: r.epoch,
+                ids,
+            };
+            let mut b = StepBuilder::new(
+                name,
+                format!(
+                    "assemble the {} MiB raw disk (GPT, ESP+UKI, GRUB, ext4 root)",
+                    q.size_bytes >> 20
+                ),
+            )
+            .after(plan.step(rootfs))
+            .after(plan.step(stage))
+            .input(Input::tool("mkfs.ext4"))
+            .input(Input::tool("objcopy"))
+            .input(Input::tool("mkfs.vfat"))
+            .input(Input::tool("mcopy"))
+            .input(Input::tool("grub-mkimage"));
+            for f in [
+                crate::tools::objcopy::EFI_STUB_X64,
+                crate::tools::grub::BOOT_IMG,
+            ] {
+                if Utf8Path::new(f).is_file() {
+                    b = b.input(Input::file(Utf8Path::new(f))?);
+                }
+            }
+            plan.add(b.op(disk::DiskOp(spec)).long())
+        }
+        Base::Image(src) => customize::plan(r, plan, arch, src, stage, &name)?,
+    };
+    Ok(info(step, plan))
+}
+
+/// Plan the whole qcow2 build for `arch`: disk, conversion, publication.
+/// Returns the conversion step's index.
+pub fn plan(r: &Resolved, plan: &mut Plan, arch: Arch) -> Result<usize> {
+    let q = &r.recipe.qcow2;
+    let disk = plan_disk(r, plan, arch)?;
+    let file = r.artifact_name(arch, "qcow2");
+    let out = Utf8Path::new(OUT).join(&file);
+    let comp = match q.compression {
+        Compression::None => None,
+        Compression::Zstd => Some("zstd"),
+        Compression::Zlib => Some("zlib"),
+    };
+    let b = StepBuilder::new(
+        format!("qcow2-convert-{arch}"),
+        format!("convert the disk to {file}"),
+    )
+    .after(plan.step(disk.step))
+    .input(Input::value(
+        "compression",
+        format!("{:?}", q.compression).to_lowercase(),
+    ))
+    .input(Input::tool("qemu-img"))
+    .cmd(crate::tools::qemu_img::convert_to_qcow2(
+        &disk.path,
+        disk.format,
+        &out,
+        comp,
+    ))
+    .long();
+    let i = plan.add(b);
+    let from = plan.step(i).output(&file);
+    plan.publish(from, file, true);
+    Ok(i)
+}

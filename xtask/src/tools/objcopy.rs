@@ -1,0 +1,31 @@
+//! objcopy (binutils): add sections to a PE image — the unified kernel image
+//! (systemd EFI stub + os-release + command line + kernel + initrd).
+
+use camino::Utf8Path;
+
+use super::Cmd;
+
+/// Path of the systemd EFI stub for amd64 (package `systemd-boot-efi`).
+pub const EFI_STUB_X64: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
+
+/// One section to add: name, file, virtual address (image base included).
+pub struct Section<'a> {
+    pub name: &'a str,
+    pub file: &'a Utf8Path,
+    pub vma: u64,
+}
+
+/// `objcopy --add-section NAME=FILE --change-section-vma NAME=VMA … STUB OUT`.
+/// `SOURCE_DATE_EPOCH` pins the PE time stamp (binutils ≥ 2.35).
+pub fn add_sections(stub: &Utf8Path, sections: &[Section], out: &Utf8Path, epoch: i64) -> Cmd {
+    let mut c = Cmd::new("objcopy", "assemble the unified kernel image");
+    for s in sections {
+        c = c
+            .arg("--add-section")
+            .arg(format!("{}={}", s.name, s.file))
+            .arg("--change-section-vma")
+            .arg(format!("{}={:#x}", s.name, s.vma));
+    }
+    c.args([stub.as_str(), out.as_str()])
+        .env("SOURCE_DATE_EPOCH", epoch.to_string())
+}
