@@ -584,7 +584,7 @@ fn demo_ova_boots_to_first_boot() {
         return;
     }
     let _g = support::heavy();
-    let p = Project::demo();
+    let p = Project::demo().share_cache();
     let demo = std::fs::read_to_string(p.path("recipes/demo.yaml")).unwrap();
     p.write(
         "recipes/small.yaml",

@@ -76,23 +76,7 @@ pub fn run(cx: &Cx, a: Args) -> Result<()> {
             };
             DiskSource::from_file(&p, a.firmware)?
         }
-        None => {
-            // The disk the qcow2 builder makes (its steps join this plan).
-            let d = crate::qcow2::plan_disk(&r, &mut plan, Arch::Amd64)?;
-            let format = match d.format {
-                "raw" => DiskFormat::Raw,
-                "qcow2" => DiskFormat::Qcow2,
-                other => {
-                    bail!("the qcow2 builder made a `{other}` disk, which the OVA step cannot read")
-                }
-            };
-            let uefi_only = match a.firmware {
-                Firmware::Auto => d.uefi_only,
-                Firmware::Efi => true,
-                Firmware::Bios => false,
-            };
-            DiskSource::from_step(plan.step(d.step), d.path, format, uefi_only)
-        }
+        None => recipe_disk(&r, &mut plan, a.firmware)?,
     };
     let planned = crate::ova::plan(&r, &mut plan, Arch::Amd64, disk)?;
     let gate = crate::scan::gate(&r);
@@ -126,4 +110,32 @@ fn lint(cx: &Cx, l: LintArgs) -> Result<()> {
         println!("{}: ok ({})", l.file, report.members.join(", "));
     }
     Ok(())
+}
+
+/// The recipe's own disk (the qcow2 builder's steps join `plan`) as the OVA's source.
+pub fn recipe_disk(
+    r: &crate::recipe::Resolved,
+    plan: &mut crate::plan::Plan,
+    firmware: Firmware,
+) -> Result<DiskSource> {
+    // The disk the qcow2 builder makes (its steps join this plan).
+    let d = crate::qcow2::plan_disk(r, plan, Arch::Amd64)?;
+    let format = match d.format {
+        "raw" => DiskFormat::Raw,
+        "qcow2" => DiskFormat::Qcow2,
+        other => {
+            bail!("the qcow2 builder made a `{other}` disk, which the OVA step cannot read")
+        }
+    };
+    let uefi_only = match firmware {
+        Firmware::Auto => d.uefi_only,
+        Firmware::Efi => true,
+        Firmware::Bios => false,
+    };
+    Ok(DiskSource::from_step(
+        plan.step(d.step),
+        d.path,
+        format,
+        uefi_only,
+    ))
 }
