@@ -267,18 +267,34 @@ mod tests {
         )
         .unwrap();
         add_bookworm_sources(etc).unwrap();
-        let added = std::fs::read_to_string(etc.join("sources.list.d/kiln-bookworm-backports.sources")).unwrap();
+        let added =
+            std::fs::read_to_string(etc.join("sources.list.d/kiln-bookworm-backports.sources"))
+                .unwrap();
         let parsed = crate::hostapt::parse_deb822(&added, Utf8Path::new("x"));
         assert_eq!(parsed.len(), 2);
-        assert!(parsed.iter().all(|s| s.uri == "http://mirror.internal/debian"));
+        assert!(parsed
+            .iter()
+            .all(|s| s.uri == "http://mirror.internal/debian"));
         assert_eq!(parsed[0].suite, "bookworm-backports");
         assert_eq!(parsed[0].components, ["main", "non-free-firmware"]);
         assert_eq!(parsed[1].suite, "bookworm");
         assert_eq!(parsed[1].components, ["non-free-firmware"]);
         // Idempotent: a second call sees backports and adds nothing.
-        std::fs::write(etc.join("sources.list.d/kiln-bookworm-backports.sources"), "").unwrap();
-        std::fs::write(etc.join("sources.list.d/bpo.list"), "deb http://m/debian bookworm-backports main\n").unwrap();
+        std::fs::write(
+            etc.join("sources.list.d/kiln-bookworm-backports.sources"),
+            "",
+        )
+        .unwrap();
+        std::fs::write(
+            etc.join("sources.list.d/bpo.list"),
+            "deb http://m/debian bookworm-backports main\n",
+        )
+        .unwrap();
         add_bookworm_sources(etc).unwrap();
-        assert_eq!(std::fs::read_to_string(etc.join("sources.list.d/kiln-bookworm-backports.sources")).unwrap(), "");
+        assert_eq!(
+            std::fs::read_to_string(etc.join("sources.list.d/kiln-bookworm-backports.sources"))
+                .unwrap(),
+            ""
+        );
     }
 }
