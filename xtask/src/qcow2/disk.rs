@@ -12,6 +12,7 @@
 //! 5. a sparse raw disk with a GPT (protective MBR) written in process and
 //!    every partition copied in with positioned writes.
 
+use crate::archive::header;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{Read, Write};
@@ -285,19 +286,6 @@ fn staged(tree: &Utf8Path) -> Result<BTreeMap<String, New>> {
         m.insert(rel.to_string(), e);
     }
     Ok(m)
-}
-
-fn header(kind: tar::EntryType, mode: u32, size: u64, epoch: i64) -> tar::Header {
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(kind);
-    h.set_mode(mode);
-    h.set_size(size);
-    h.set_mtime(epoch.max(0) as u64);
-    h.set_uid(0);
-    h.set_gid(0);
-    let _ = h.set_username("root");
-    let _ = h.set_groupname("root");
-    h
 }
 
 fn blocks(n: u64) -> u64 {
