@@ -1209,3 +1209,127 @@ fn bench_case_builds_and_scans_a_small_disk() {
     assert!(m[0].kiln.contains("32.0 MiB raw GPT disk"), "{}", m[0].kiln);
     assert!(m[0].kiln_secs > 0.0 && m[0].baseline_secs > 0.0);
 }
+
+/// Debian packages ship public test vectors (libgnutls embeds PEM private
+/// keys for its self-tests). A file under /usr that is byte-identical to
+/// dpkg's md5sums record is accepted with the package named; the same key
+/// in a changed file, outside /usr, or in a file dpkg does not know, is not.
+/// apt's man pages (documentation) show `user:password@` URLs and are not
+/// findings either.
+#[test]
+fn package_shipped_test_vectors_pass_changed_or_foreign_copies_do_not() {
+    if !require_tools() || !support::require(&["mkfs.ext4", "debugfs"]) {
+        return;
+    }
+    let p = Project::empty();
+    let root = p.path("rootfs");
+    let pem = p.path("vector.pem");
+    sh(
+        "openssl",
+        &[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:1024",
+            "-out",
+            pem.as_str(),
+        ],
+    );
+    let key = std::fs::read(&pem).unwrap();
+    let elf = |salt: &[u8]| {
+        let mut b = b"\x7fELF\x02\x01\x01\0".to_vec();
+        b.extend_from_slice(&random_bytes(4096));
+        b.extend_from_slice(&key);
+        b.extend_from_slice(salt);
+        b
+    };
+    let shipped = elf(b"shipped");
+    let merged = elf(b"merged");
+    let changed = elf(b"changed");
+    let lib = "usr/lib/x86_64-linux-gnu";
+    write(&root, &format!("{lib}/libvector.so.1"), &shipped);
+    write(&root, &format!("{lib}/libmerged.so.2"), &merged);
+    write(&root, &format!("{lib}/libchanged.so.3"), &changed);
+    write(&root, &format!("{lib}/libunknown.so.4"), elf(b"unknown"));
+    write(&root, "opt/app/key.pem", &key);
+    let md5 = |b: &[u8]| hex::encode(xtask::scan::dpkg::md5(b));
+    write(
+        &root,
+        "var/lib/dpkg/info/libvector1:amd64.md5sums",
+        format!(
+            "{}  {lib}/libvector.so.1\n{}  lib/x86_64-linux-gnu/libmerged.so.2\n{}  {lib}/libchanged.so.3\n{}  opt/app/key.pem\n",
+            md5(&shipped),
+            md5(&merged),
+            md5(&elf(b"as packaged")),
+            md5(&key),
+        ),
+    );
+    // Merged /usr: dpkg recorded /lib/…, the file lives at /usr/lib/….
+    std::os::unix::fs::symlink("usr/lib", root.join("lib")).unwrap();
+    let mut man = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(
+        &mut man,
+        b"Die Standardform von http://[[Benutzer][:Passwort]@]Rechner[:Port]/ wird benutzt.\n",
+    )
+    .unwrap();
+    write(
+        &root,
+        "usr/share/man/man5/apt.conf.5.gz",
+        man.finish().unwrap(),
+    );
+
+    let img = p.path("root.ext4");
+    sh(
+        "mkfs.ext4",
+        &[
+            "-q",
+            "-F",
+            "-d",
+            root.as_str(),
+            "-E",
+            "root_owner=0:0",
+            img.as_str(),
+            "16M",
+        ],
+    );
+    let (v, out) = scan_json(&p, &[img.as_str()]);
+    assert!(errors(&v).is_empty(), "scan errors: {:?}", errors(&v));
+    let findings = v["artifacts"][0]["findings"].as_array().unwrap().clone();
+    let of = |path: &str| -> Vec<&serde_json::Value> {
+        findings.iter().filter(|f| f["path"] == path).collect()
+    };
+    for accepted in [
+        format!("/{lib}/libvector.so.1"),
+        format!("/{lib}/libmerged.so.2"),
+    ] {
+        let f = of(&accepted);
+        assert_eq!(f.len(), 1, "{accepted}: {findings:#?}");
+        assert_eq!(f[0]["rule"], "private-key");
+        let why = f[0]["allowed"].as_str().unwrap_or_default();
+        assert!(why.contains("libvector1:amd64"), "{accepted}: {why}");
+    }
+    for refused in [
+        format!("/{lib}/libchanged.so.3"),
+        format!("/{lib}/libunknown.so.4"),
+        "/opt/app/key.pem".to_string(),
+    ] {
+        let f = of(&refused);
+        assert_eq!(f.len(), 1, "{refused}: {findings:#?}");
+        assert_eq!(f[0]["rule"], "private-key");
+        assert!(
+            f[0]["allowed"].is_null(),
+            "{refused} was accepted: {:#?}",
+            f[0]
+        );
+    }
+    assert!(
+        of("/usr/share/man/man5/apt.conf.5").is_empty(),
+        "apt's man page is documentation: {findings:#?}"
+    );
+    assert_eq!(findings.len(), 5, "{findings:#?}");
+    assert!(
+        !out.status.success(),
+        "three refused keys must fail the scan"
+    );
+}

@@ -15,6 +15,7 @@
 
 pub mod cpio;
 pub mod disk;
+pub mod dpkg;
 pub mod ext4;
 pub mod iso9660;
 pub mod rules;
@@ -148,6 +149,7 @@ pub fn scan_artifact(path: &Utf8Path, label: &str, opts: &Options) -> ArtifactRe
         engine: engine(),
         tmp,
         hits: Vec::new(),
+        shipped: dpkg::Shipped::default(),
         files: 0,
         bytes: 0,
         progress: None,
@@ -159,13 +161,21 @@ pub fn scan_artifact(path: &Utf8Path, label: &str, opts: &Options) -> ArtifactRe
     let findings = w
         .hits
         .into_iter()
-        .map(|(full, inner, h)| {
+        .map(|(full, inner, h, md5)| {
             let rule = rules::find(h.rule).expect("hits name known rules");
+            let fs = full.rsplit_once('!').map_or("", |(fs, _)| fs);
             let allowed = opts
                 .allow
                 .iter()
                 .find(|a| a.accepts(h.rule, &inner, &full, &h.sha256))
-                .map(|a| a.reason.clone());
+                .map(|a| a.reason.clone())
+                .or_else(|| {
+                    let pkg = w.shipped.package(fs, &inner, md5.as_ref()?)?;
+                    Some(format!(
+                        "shipped unchanged by the Debian package {pkg} (dpkg md5sums): \
+                         the same bytes on every Debian system, not this appliance's secret"
+                    ))
+                });
             Finding {
                 artifact: label.to_string(),
                 path: full,
@@ -321,8 +331,11 @@ enum Temp {
 struct Walker {
     engine: &'static Engine,
     tmp: Utf8PathBuf,
-    /// (nested path, innermost path, hit)
-    hits: Vec<(String, String, Hit)>,
+    /// (nested path, innermost path, hit, MD5 of the file when dpkg's
+    /// record could excuse it)
+    hits: Vec<(String, String, Hit, Option<[u8; 16]>)>,
+    /// dpkg's md5sums lists met on the way.
+    shipped: dpkg::Shipped,
     files: u64,
     bytes: u64,
     progress: Option<crate::ui::Progress>,
@@ -407,9 +420,20 @@ impl Walker {
     }
 
     fn record(&mut self, chain: &[String], inner: &str, hits: Vec<Hit>) {
+        self.record_file(chain, inner, hits, None);
+    }
+
+    /// Hits in a regular file, with its MD5 when dpkg's record may excuse them.
+    fn record_file(
+        &mut self,
+        chain: &[String],
+        inner: &str,
+        hits: Vec<Hit>,
+        md5: Option<[u8; 16]>,
+    ) {
         let full = chain.join("!");
         for h in hits {
-            self.hits.push((full.clone(), inner.to_string(), h));
+            self.hits.push((full.clone(), inner.to_string(), h, md5));
         }
     }
 
@@ -594,12 +618,19 @@ impl Walker {
         (&mut rest)
             .take(rules::TEXT_LIMIT + 1 - hl.min(rules::TEXT_LIMIT))
             .read_to_end(&mut buf)?;
+        let fs = chain[..chain.len().saturating_sub(1)].join("!");
+        let candidate = dpkg::candidate(inner);
         if buf.len() as u64 <= rules::TEXT_LIMIT {
             self.add_bytes(buf.len() as u64);
+            if let Some(pkg) = dpkg::md5sums_package(inner) {
+                self.shipped.add_list(&fs, pkg, &buf);
+            }
             let hits = self.engine.file(inner, &buf);
-            self.record(chain, inner, hits);
+            let md5 = (candidate && !hits.is_empty()).then(|| dpkg::md5(&buf));
+            self.record_file(chain, inner, hits, md5);
             return Ok(());
         }
+        let mut hasher = candidate.then(dpkg::Hasher::default);
         // Large: path rules on the head, markers chunk by chunk.
         let mut hits =
             self.engine
@@ -623,6 +654,9 @@ impl Walker {
                     .into_iter()
                     .filter(|h| h.start < base + until as u64),
             );
+            if let Some(h) = &mut hasher {
+                h.update(&buf[..until]);
+            }
             if last {
                 self.add_bytes(buf.len() as u64);
                 break;
@@ -634,7 +668,10 @@ impl Walker {
         // Hits in the overlap were seen twice only if they started before `until`; dedupe by start.
         hits.sort_by_key(|h| (h.start, h.rule));
         hits.dedup_by_key(|h| (h.start, h.rule));
-        self.record(chain, inner, hits);
+        let md5 = hasher
+            .filter(|_| !hits.is_empty())
+            .map(dpkg::Hasher::finish);
+        self.record_file(chain, inner, hits, md5);
         Ok(())
     }
 

@@ -618,7 +618,10 @@ impl Engine {
         if kube && !doc && (contains(data, b"users:") || contains(data, b"\"users\"")) {
             self.kube(data, hits);
         }
-        if path.contains("/etc/apt/") || base.starts_with("apt.conf") || base == "auth.conf" {
+        // apt's man pages show `[user][:password]@` URLs: documentation is exempt.
+        if !doc
+            && (path.contains("/etc/apt/") || base.starts_with("apt.conf") || base == "auth.conf")
+        {
             self.apt(
                 data,
                 base == "auth.conf" || path.contains("/auth.conf.d/"),

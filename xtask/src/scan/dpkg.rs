@@ -1,0 +1,164 @@
+//! Files the distribution shipped, unchanged.
+//!
+//! Debian's packages carry public test vectors: libgnutls embeds PEM private
+//! keys for its self-tests, Python packages ship test certificates with their
+//! keys. Those bytes are identical on every Debian system in the world, so
+//! they are not a secret of this appliance, and refusing them would make the
+//! gate refuse every real root file system.
+//!
+//! The proof is dpkg's own record: `/var/lib/dpkg/info/<pkg>.md5sums` lists
+//! the MD5 of every file a package installed. A finding in a file under the
+//! distribution's `/usr` (not `/usr/local`) whose MD5 matches that record is
+//! accepted, with the package named as the reason. Everything else stays a
+//! finding: files an overlay laid over `/usr`, files changed after install,
+//! files dpkg does not know (generated keys such as ssl-cert's snakeoil key in
+//! `/etc/ssl/private`, which is a per-instance identity), and anything outside
+//! `/usr`.
+
+use std::collections::HashMap;
+
+use md5::{Digest, Md5};
+
+/// dpkg's records, one table per file system (keyed by the nested path of
+/// the file system inside the artifact).
+#[derive(Default)]
+pub struct Shipped {
+    tables: HashMap<String, HashMap<String, Record>>,
+}
+
+struct Record {
+    md5: [u8; 16],
+    package: String,
+}
+
+/// `inner` is a dpkg md5sums list (`/var/lib/dpkg/info/<pkg>.md5sums`);
+/// returns the package name.
+pub fn md5sums_package(inner: &str) -> Option<&str> {
+    let name = inner.strip_prefix("/var/lib/dpkg/info/")?;
+    let pkg = name.strip_suffix(".md5sums")?;
+    (!pkg.is_empty() && !pkg.contains('/')).then_some(pkg)
+}
+
+/// A file whose findings can be excused by dpkg's record: it lies in the
+/// distribution's part of the tree.
+pub fn candidate(inner: &str) -> bool {
+    inner.starts_with("/usr/") && !inner.starts_with("/usr/local/")
+}
+
+/// Incremental MD5 of a candidate file.
+#[derive(Default)]
+pub struct Hasher(Md5);
+
+impl Hasher {
+    pub fn update(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+    pub fn finish(self) -> [u8; 16] {
+        self.0.finalize().into()
+    }
+}
+
+pub fn md5(data: &[u8]) -> [u8; 16] {
+    Md5::digest(data).into()
+}
+
+impl Shipped {
+    /// Read one md5sums list (`<md5>  <path relative to />` per line) of the
+    /// file system `fs`. Malformed lines are skipped: they can only make a
+    /// finding stay a finding.
+    pub fn add_list(&mut self, fs: &str, package: &str, data: &[u8]) {
+        let table = self.tables.entry(fs.to_string()).or_default();
+        for line in data.split(|&b| b == b'\n') {
+            let Some((sum, path)) = line.split_at_checked(32) else {
+                continue;
+            };
+            let Some(path) = path.strip_prefix(b"  ") else {
+                continue;
+            };
+            let (Ok(path), Ok(sum)) = (std::str::from_utf8(path), hex::decode(sum)) else {
+                continue;
+            };
+            let Ok(md5) = <[u8; 16]>::try_from(sum) else {
+                continue;
+            };
+            table.insert(
+                format!("/{}", path.trim_start_matches('/')),
+                Record {
+                    md5,
+                    package: package.to_string(),
+                },
+            );
+        }
+    }
+
+    /// The package that shipped `inner` (in file system `fs`) with exactly
+    /// this MD5. With merged /usr, dpkg may record `/lib/x` for the file
+    /// found at `/usr/lib/x`.
+    pub fn package(&self, fs: &str, inner: &str, md5: &[u8; 16]) -> Option<&str> {
+        let table = self.tables.get(fs)?;
+        let alias = inner.strip_prefix("/usr").filter(|rest| {
+            ["/lib", "/bin", "/sbin"]
+                .iter()
+                .any(|d| rest.starts_with(d))
+        });
+        [Some(inner), alias]
+            .into_iter()
+            .flatten()
+            .filter_map(|p| table.get(p))
+            .find(|r| &r.md5 == md5)
+            .map(|r| r.package.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_match_by_path_and_md5_only() {
+        let body = b"hello";
+        let sum = hex::encode(md5(body));
+        let list = format!(
+            "{sum}  usr/lib/x86_64-linux-gnu/libdemo.so.1\n{sum}  lib/x86_64-linux-gnu/libold.so.2\nshort line\n"
+        );
+        let mut s = Shipped::default();
+        s.add_list("disk!p2", "libdemo1:amd64", list.as_bytes());
+        let m = md5(body);
+        assert_eq!(
+            s.package("disk!p2", "/usr/lib/x86_64-linux-gnu/libdemo.so.1", &m),
+            Some("libdemo1:amd64")
+        );
+        // merged /usr: recorded as /lib, found under /usr/lib
+        assert_eq!(
+            s.package("disk!p2", "/usr/lib/x86_64-linux-gnu/libold.so.2", &m),
+            Some("libdemo1:amd64")
+        );
+        // changed content, another file system, an unknown path
+        assert_eq!(
+            s.package(
+                "disk!p2",
+                "/usr/lib/x86_64-linux-gnu/libdemo.so.1",
+                &md5(b"x")
+            ),
+            None
+        );
+        assert_eq!(
+            s.package("disk!p1", "/usr/lib/x86_64-linux-gnu/libdemo.so.1", &m),
+            None
+        );
+        assert_eq!(s.package("disk!p2", "/usr/lib/other.so", &m), None);
+    }
+
+    #[test]
+    fn only_the_distributions_usr_is_a_candidate() {
+        assert!(candidate("/usr/lib/x86_64-linux-gnu/libgnutls.so.30"));
+        assert!(!candidate("/usr/local/lib/app.so"));
+        assert!(!candidate("/etc/ssl/private/ssl-cert-snakeoil.key"));
+        assert!(!candidate("/opt/demo/key.pem"));
+        assert_eq!(
+            md5sums_package("/var/lib/dpkg/info/libgnutls30:amd64.md5sums"),
+            Some("libgnutls30:amd64")
+        );
+        assert_eq!(md5sums_package("/var/lib/dpkg/info/x.list"), None);
+    }
+}
