@@ -2,6 +2,8 @@
 //! same generated input in the same run, and reports the ratio. Tests never
 //! assert on time; this is where speed goals are checked.
 
+pub mod qcow2;
+
 use std::time::{Duration, Instant};
 
 use anyhow::Result;

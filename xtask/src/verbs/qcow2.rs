@@ -35,13 +35,15 @@ pub struct Args {
 pub fn run(cx: &Cx, a: Args) -> Result<()> {
     let r = cx.recipe()?;
     if !cx.dry_run {
-        crate::doctor::require(Target::Qcow2)?;
-        if let Base::Image(src) = &r.recipe.qcow2.base {
-            let mut need = vec!["virt-customize", "virt-sparsify"];
-            if src.url.is_some() {
-                need.push("curl");
+        match &r.recipe.qcow2.base {
+            Base::Packages => crate::doctor::require(Target::Qcow2)?,
+            Base::Image(src) => {
+                let mut need = vec!["qemu-img", "virt-customize", "virt-sparsify"];
+                if src.url.is_some() {
+                    need.push("curl");
+                }
+                crate::tools::require(&need)?;
             }
-            crate::tools::require(&need)?;
         }
     }
     let mut plan = cx.plan("qcow2");
