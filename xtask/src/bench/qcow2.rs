@@ -49,13 +49,25 @@ fn copy_dir(from: &Utf8Path, to: &Utf8Path) -> Result<()> {
 
 fn build(p: &Project) -> Result<Plan> {
     let r = crate::recipe::load_resolved(&p.recipe, &p.root)?;
-    let mut plan = Plan::new("qcow2", &p.recipe, &p.root.join("cache"), &p.root.join("output"));
+    let mut plan = Plan::new(
+        "qcow2",
+        &p.recipe,
+        &p.root.join("cache"),
+        &p.root.join("output"),
+    );
     crate::qcow2::plan(&r, &mut plan, Arch::Amd64)?;
     crate::exec::execute(&plan, &crate::exec::Options::default())?;
     Ok(plan)
 }
 
-fn goal(case: &str, kiln: &str, k: Duration, baseline: &str, b: Duration, max_secs: f64) -> Measurement {
+fn goal(
+    case: &str,
+    kiln: &str,
+    k: Duration,
+    baseline: &str,
+    b: Duration,
+    max_secs: f64,
+) -> Measurement {
     Measurement {
         case: case.into(),
         kiln: kiln.into(),
@@ -76,7 +88,9 @@ pub fn qcow2_builds(bcx: &BenchCx) -> Result<Vec<Measurement>> {
     let packages = q.packages_for(Arch::Amd64);
     let mirrors = crate::qcow2::rootfs::mirror_lines(&r, Utf8Path::new("/etc/apt"))?;
     let bare_out = bcx.scratch.join("bare-mmdebstrap.tar");
-    let bare = crate::tools::mmdebstrap::rootfs_tar("amd64", &q.suite, &packages, &mirrors, &bare_out, r.epoch);
+    let bare = crate::tools::mmdebstrap::rootfs_tar(
+        "amd64", &q.suite, &packages, &mirrors, &bare_out, r.epoch,
+    );
     let (_, base) = timed(|| crate::tools::run(&bare))?;
     let _ = std::fs::remove_file(&bare_out);
 
@@ -95,10 +109,24 @@ pub fn qcow2_builds(bcx: &BenchCx) -> Result<Vec<Measurement>> {
     text.push_str("\nchanged for the warm-rebuild bench\n");
     std::fs::write(&f, text)?;
     let (_, warm) = timed(|| build(&p))?;
-    ms.push(goal("qcow2 warm rebuild", "one overlay file changed", warm, "cold build (ratio)", cold, 20.0));
+    ms.push(goal(
+        "qcow2 warm rebuild",
+        "one overlay file changed",
+        warm,
+        "cold build (ratio)",
+        cold,
+        20.0,
+    ));
 
     let (_, noop) = timed(|| build(&p))?;
-    ms.push(goal("qcow2 no-op rebuild", "nothing changed", noop, "cold build (ratio)", cold, 2.0));
+    ms.push(goal(
+        "qcow2 no-op rebuild",
+        "nothing changed",
+        noop,
+        "cold build (ratio)",
+        cold,
+        2.0,
+    ));
     let _ = std::fs::remove_dir_all(&p.root);
     Ok(ms)
 }

@@ -24,7 +24,14 @@ const DOWNLOADED: &str = "base.img";
 
 /// Add the download (for a URL) and customize steps; returns the customize
 /// step's index.
-pub fn plan(r: &Resolved, plan: &mut Plan, arch: Arch, src: &Source, stage: usize, name: &str) -> Result<usize> {
+pub fn plan(
+    r: &Resolved,
+    plan: &mut Plan,
+    arch: Arch,
+    src: &Source,
+    stage: usize,
+    name: &str,
+) -> Result<usize> {
     let q = &r.recipe.qcow2;
     let (base, base_input) = match (&src.path, &src.url) {
         (Some(p), _) => {
@@ -50,8 +57,15 @@ pub fn plan(r: &Resolved, plan: &mut Plan, arch: Arch, src: &Source, stage: usiz
             let b = StepBuilder::new(format!("qcow2-base-{arch}"), format!("download {url}"))
                 .input(Input::value("url", url))
                 .input(Input::value("sha256", &src.sha256))
-                .cmd(tools::virt_customize::download(url, &Utf8Path::new(OUT).join(DOWNLOADED)))
-                .op(Verify { file: DOWNLOADED.into(), sha256: src.sha256.to_lowercase(), url: url.clone() })
+                .cmd(tools::virt_customize::download(
+                    url,
+                    &Utf8Path::new(OUT).join(DOWNLOADED),
+                ))
+                .op(Verify {
+                    file: DOWNLOADED.into(),
+                    sha256: src.sha256.to_lowercase(),
+                    url: url.clone(),
+                })
                 .long();
             let i = plan.add(b);
             (plan.step(i).output(DOWNLOADED), Input::step(plan.step(i)))
@@ -89,7 +103,11 @@ impl Op for Verify {
     fn run(&self, cx: &OpCx) -> Result<()> {
         let got = crate::digest::file_sha256(&cx.out.join(&self.file))?;
         if got != self.sha256 {
-            bail!("{} has sha256 {got}, but the recipe pins {}; the download is discarded", self.url, self.sha256);
+            bail!(
+                "{} has sha256 {got}, but the recipe pins {}; the download is discarded",
+                self.url,
+                self.sha256
+            );
         }
         Ok(())
     }
@@ -118,7 +136,9 @@ fn commands(spec: &CustomizeSpec, top_level: &[String]) -> String {
     }
     // Identity reset, machine-id last: virt-customize itself writes one.
     c.push_str("link /dev/null:/etc/systemd/system/systemd-firstboot.service\n");
-    c.push_str("run-command if command -v cloud-init >/dev/null; then cloud-init clean --logs; fi\n");
+    c.push_str(
+        "run-command if command -v cloud-init >/dev/null; then cloud-init clean --logs; fi\n",
+    );
     c.push_str("run-command apt-get clean || true\n");
     c.push_str("run-command rm -rf /var/lib/apt/lists/* /etc/ssh/ssh_host_* /var/lib/systemd/random-seed /var/lib/dbus/machine-id\n");
     c.push_str("truncate /etc/machine-id\n");
@@ -133,33 +153,56 @@ impl Op for CustomizeOp {
         let spec = &self.0;
         // A corrupt base fails here, with qemu-img's report.
         let fmt = base_format(&spec.base)?;
-        tools::run(&tools::qemu_img::check(&spec.base, &fmt))
-            .with_context(|| format!("the vendor image {} is corrupt (`qemu-img check` failed)", spec.base))?;
+        tools::run(&tools::qemu_img::check(&spec.base, &fmt)).with_context(|| {
+            format!(
+                "the vendor image {} is corrupt (`qemu-img check` failed)",
+                spec.base
+            )
+        })?;
         let out = cx.out.join(CUSTOMIZED);
-        tools::run(&tools::qemu_img::convert_to_qcow2(&spec.base, &fmt, &out, None))?;
+        tools::run(&tools::qemu_img::convert_to_qcow2(
+            &spec.base, &fmt, &out, None,
+        ))?;
         let vsize = virtual_size(&out)?;
         if spec.size < vsize {
-            bail!("qcow2.size ({} MiB) is smaller than the vendor image ({} MiB)", spec.size >> 20, vsize >> 20);
+            bail!(
+                "qcow2.size ({} MiB) is smaller than the vendor image ({} MiB)",
+                spec.size >> 20,
+                vsize >> 20
+            );
         }
         if spec.size > vsize {
             tools::run(&tools::qemu_img::resize(&out, "qcow2", spec.size))?;
         }
         let mut top: Vec<String> = Vec::new();
-        for e in spec.tree.read_dir_utf8().with_context(|| format!("listing {}", spec.tree))? {
+        for e in spec
+            .tree
+            .read_dir_utf8()
+            .with_context(|| format!("listing {}", spec.tree))?
+        {
             top.push(e?.file_name().to_string());
         }
         top.sort();
         let cmds_file = cx.out.join("customize.cmds");
         std::fs::write(&cmds_file, commands(spec, &top))?;
         let tcg = !kvm_usable();
-        let cmd = tools::virt_customize::customize(&out, &cmds_file, !spec.packages.is_empty(), tcg);
+        let cmd =
+            tools::virt_customize::customize(&out, &cmds_file, !spec.packages.is_empty(), tcg);
         match tools::run_unchecked(&cmd)? {
             Ok(_) => {}
             Err(f) => {
-                let log = format!("{}{}", String::from_utf8_lossy(&f.stdout), String::from_utf8_lossy(&f.stderr));
+                let log = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&f.stdout),
+                    String::from_utf8_lossy(&f.stderr)
+                );
                 let lines: Vec<&str> = log.lines().collect();
                 let tail = lines[lines.len().saturating_sub(30)..].join("\n  | ");
-                bail!("virt-customize failed ({}):\n  {}\nlog (last lines):\n  | {tail}", f.status, f.command);
+                bail!(
+                    "virt-customize failed ({}):\n  {}\nlog (last lines):\n  | {tail}",
+                    f.status,
+                    f.command
+                );
             }
         }
         tools::run(&tools::virt_customize::sparsify_in_place(&out, tcg))?;
@@ -183,7 +226,9 @@ fn base_format(path: &Utf8Path) -> Result<String> {
 }
 
 fn virtual_size(path: &Utf8Path) -> Result<u64> {
-    info(path)?["virtual-size"].as_u64().with_context(|| format!("`qemu-img info` of {path} has no virtual-size"))
+    info(path)?["virtual-size"]
+        .as_u64()
+        .with_context(|| format!("`qemu-img info` of {path} has no virtual-size"))
 }
 
 /// Is KVM usable? `/dev/kvm` exists on machines where a KVM guest hangs, so
@@ -198,7 +243,11 @@ pub fn kvm_usable() -> bool {
     if !Utf8Path::new("/dev/kvm").exists() {
         return false;
     }
-    let Some(kernel) = ["/vmlinuz", "/boot/vmlinuz"].iter().map(Utf8Path::new).find(|p| p.exists()) else {
+    let Some(kernel) = ["/vmlinuz", "/boot/vmlinuz"]
+        .iter()
+        .map(Utf8Path::new)
+        .find(|p| p.exists())
+    else {
         return false;
     };
     let probe: Cmd = tools::virt_customize::kvm_probe(kernel);
@@ -206,7 +255,14 @@ pub fn kvm_usable() -> bool {
         tools::run_until(&probe, &["Kernel panic"], Duration::from_secs(15)),
         Ok(tools::Watch::Matched { .. })
     );
-    crate::ui::info(&format!("KVM probe: {}", if ok { "usable" } else { "unusable, libguestfs uses TCG" }));
+    crate::ui::info(&format!(
+        "KVM probe: {}",
+        if ok {
+            "usable"
+        } else {
+            "unusable, libguestfs uses TCG"
+        }
+    ));
     ok
 }
 

@@ -46,7 +46,8 @@ pub struct Ids {
 
 impl Ids {
     pub fn derive(epoch: i64, name: &str, arch: Arch) -> Ids {
-        let id = |what: &str| crate::epoch::derived_uuid(epoch, &format!("qcow2/{name}/{arch}/{what}"));
+        let id =
+            |what: &str| crate::epoch::derived_uuid(epoch, &format!("qcow2/{name}/{arch}/{what}"));
         Ids {
             disk: id("disk"),
             bios_part: id("bios-part"),
@@ -122,12 +123,22 @@ struct Boot {
 /// A path kiln puts into the root, replacing what the Debian tarball has.
 #[derive(Debug, Clone)]
 enum New {
-    Dir { mode: u32 },
+    Dir {
+        mode: u32,
+    },
     /// A parent directory that is created only when the rootfs lacks it.
     DirIfMissing,
-    File { source: Utf8PathBuf, mode: u32 },
-    Bytes { data: Vec<u8>, mode: u32 },
-    Link { target: String },
+    File {
+        source: Utf8PathBuf,
+        mode: u32,
+    },
+    Bytes {
+        data: Vec<u8>,
+        mode: u32,
+    },
+    Link {
+        target: String,
+    },
 }
 
 /// Paths of the Debian tarball that must not reach the image (per-instance
@@ -162,7 +173,10 @@ fn dropped(rel: &str) -> bool {
 /// SSH keys. The staged tree may replace any of them but `/etc/machine-id`.
 fn generated(spec: &DiskSpec) -> BTreeMap<String, New> {
     let mut m = BTreeMap::new();
-    let bytes = |s: String, mode: u32| New::Bytes { data: s.into_bytes(), mode };
+    let bytes = |s: String, mode: u32| New::Bytes {
+        data: s.into_bytes(),
+        mode,
+    };
     let link = |t: &str| New::Link { target: t.into() };
     let ids = &spec.ids;
     let h = &spec.hostname;
@@ -198,10 +212,19 @@ fn generated(spec: &DiskSpec) -> BTreeMap<String, New> {
         bytes("# DHCP on every wired interface, matched by name (not MAC).\n[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n".into(), 0o644),
     );
     let sys = "etc/systemd/system";
-    m.insert(format!("{sys}/multi-user.target.wants/systemd-networkd.service"), link("/lib/systemd/system/systemd-networkd.service"));
-    m.insert(format!("{sys}/sockets.target.wants/systemd-networkd.socket"), link("/lib/systemd/system/systemd-networkd.socket"));
+    m.insert(
+        format!("{sys}/multi-user.target.wants/systemd-networkd.service"),
+        link("/lib/systemd/system/systemd-networkd.service"),
+    );
+    m.insert(
+        format!("{sys}/sockets.target.wants/systemd-networkd.socket"),
+        link("/lib/systemd/system/systemd-networkd.socket"),
+    );
     // Empty machine-id marks the first boot; systemd-firstboot must not prompt.
-    m.insert(format!("{sys}/systemd-firstboot.service"), link("/dev/null"));
+    m.insert(
+        format!("{sys}/systemd-firstboot.service"),
+        link("/dev/null"),
+    );
     if spec.ssh {
         m.insert(
             format!("{sys}/kiln-ssh-hostkeys.service"),
@@ -214,11 +237,20 @@ fn generated(spec: &DiskSpec) -> BTreeMap<String, New> {
                 0o644,
             ),
         );
-        m.insert(format!("{sys}/multi-user.target.wants/kiln-ssh-hostkeys.service"), link("/etc/systemd/system/kiln-ssh-hostkeys.service"));
+        m.insert(
+            format!("{sys}/multi-user.target.wants/kiln-ssh-hostkeys.service"),
+            link("/etc/systemd/system/kiln-ssh-hostkeys.service"),
+        );
         m.insert(format!("{sys}/ssh.service.wants"), New::DirIfMissing);
-        m.insert(format!("{sys}/ssh.service.wants/kiln-ssh-hostkeys.service"), link("/etc/systemd/system/kiln-ssh-hostkeys.service"));
+        m.insert(
+            format!("{sys}/ssh.service.wants/kiln-ssh-hostkeys.service"),
+            link("/etc/systemd/system/kiln-ssh-hostkeys.service"),
+        );
     }
-    for dir in [format!("{sys}/multi-user.target.wants"), format!("{sys}/sockets.target.wants")] {
+    for dir in [
+        format!("{sys}/multi-user.target.wants"),
+        format!("{sys}/sockets.target.wants"),
+    ] {
         m.insert(dir, New::DirIfMissing);
     }
     m
@@ -232,12 +264,18 @@ fn staged(tree: &Utf8Path) -> Result<BTreeMap<String, New>> {
         let ft = md.file_type();
         let mode = md.permissions().mode() & 0o7777;
         let e = if ft.is_symlink() {
-            let t = std::fs::read_link(tree.join(&rel)).with_context(|| format!("reading link {rel}"))?;
-            New::Link { target: t.to_string_lossy().into_owned() }
+            let t = std::fs::read_link(tree.join(&rel))
+                .with_context(|| format!("reading link {rel}"))?;
+            New::Link {
+                target: t.to_string_lossy().into_owned(),
+            }
         } else if ft.is_dir() {
             New::Dir { mode }
         } else if ft.is_file() {
-            New::File { source: tree.join(&rel), mode }
+            New::File {
+                source: tree.join(&rel),
+                mode,
+            }
         } else {
             bail!("{}: not a file, directory or link", tree.join(&rel));
         };
@@ -265,7 +303,12 @@ fn blocks(n: u64) -> u64 {
 
 /// Merge the Debian tarball, `news` (staged tree over generated files) into
 /// `dest`; copy the kernel, initrd and os-release into `boot_dir`.
-fn merge(spec: &DiskSpec, news: &BTreeMap<String, New>, dest: &Utf8Path, boot_dir: &Utf8Path) -> Result<Boot> {
+fn merge(
+    spec: &DiskSpec,
+    news: &BTreeMap<String, New>,
+    dest: &Utf8Path,
+    boot_dir: &Utf8Path,
+) -> Result<Boot> {
     let mut boot = Boot::default();
     let f = File::create(dest).with_context(|| format!("creating {dest}"))?;
     let mut b = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, f));
@@ -274,11 +317,17 @@ fn merge(spec: &DiskSpec, news: &BTreeMap<String, New>, dest: &Utf8Path, boot_di
     let mut pending = news.clone();
     let total = std::fs::metadata(&spec.rootfs_tar)?.len();
     let mut progress = crate::ui::Progress::bytes("merge root file system", total);
-    for entry in ar.entries().with_context(|| format!("reading {}", spec.rootfs_tar))? {
+    for entry in ar
+        .entries()
+        .with_context(|| format!("reading {}", spec.rootfs_tar))?
+    {
         crate::signals::check()?;
         let mut entry = entry.with_context(|| format!("reading {}", spec.rootfs_tar))?;
         let raw_path = entry.path()?.to_string_lossy().into_owned();
-        let rel = raw_path.trim_start_matches("./").trim_end_matches('/').to_string();
+        let rel = raw_path
+            .trim_start_matches("./")
+            .trim_end_matches('/')
+            .to_string();
         let kind = entry.header().entry_type();
         progress.inc(entry.size() + 512);
         if rel.is_empty() {
@@ -298,7 +347,9 @@ fn merge(spec: &DiskSpec, news: &BTreeMap<String, New>, dest: &Utf8Path, boot_di
                      (a {:?}); put the files where the Debian path points instead",
                     kind
                 ),
-                (_, true) => bail!("/{rel} is a file in the staged tree but a directory in the Debian root"),
+                (_, true) => {
+                    bail!("/{rel} is a file in the staged tree but a directory in the Debian root")
+                }
                 (_, false) => continue, // replaced; written with the new entries
             }
         }
@@ -315,7 +366,8 @@ fn merge(spec: &DiskSpec, news: &BTreeMap<String, New>, dest: &Utf8Path, boot_di
                 .filter_map(|e| e.ok())
                 .filter_map(|e| {
                     let k = e.key().ok()?;
-                    k.starts_with("SCHILY.xattr.").then(|| (k.to_string(), e.value_bytes().to_vec()))
+                    k.starts_with("SCHILY.xattr.")
+                        .then(|| (k.to_string(), e.value_bytes().to_vec()))
                 })
                 .collect(),
             None => Vec::new(),
@@ -332,7 +384,8 @@ fn merge(spec: &DiskSpec, news: &BTreeMap<String, New>, dest: &Utf8Path, boot_di
                 if kind == tar::EntryType::Symlink && !rel.contains('/') {
                     boot.root_links.insert(rel.clone());
                 }
-                b.append_link(&mut h, &raw_path, &target).with_context(|| format!("writing /{rel}"))?;
+                b.append_link(&mut h, &raw_path, &target)
+                    .with_context(|| format!("writing /{rel}"))?;
             }
             _ => {
                 let is_kernel = rel.starts_with("boot/vmlinuz-");
@@ -343,8 +396,13 @@ fn merge(spec: &DiskSpec, news: &BTreeMap<String, New>, dest: &Utf8Path, boot_di
                     let name = rel.rsplit('/').next().unwrap_or("file").to_string();
                     let copy = boot_dir.join(&name);
                     std::fs::write(&copy, &data).with_context(|| format!("writing {copy}"))?;
-                    let version = name.split_once('-').map(|(_, v)| v.to_string()).unwrap_or_default();
-                    let newer = |cur: &Option<(String, Utf8PathBuf)>| cur.as_ref().is_none_or(|(v, _)| *v < version);
+                    let version = name
+                        .split_once('-')
+                        .map(|(_, v)| v.to_string())
+                        .unwrap_or_default();
+                    let newer = |cur: &Option<(String, Utf8PathBuf)>| {
+                        cur.as_ref().is_none_or(|(v, _)| *v < version)
+                    };
                     if is_kernel && newer(&boot.kernel) {
                         boot.kernel = Some((version, copy));
                     } else if is_initrd && newer(&boot.initrd) {
@@ -352,9 +410,11 @@ fn merge(spec: &DiskSpec, news: &BTreeMap<String, New>, dest: &Utf8Path, boot_di
                     } else if !is_kernel && !is_initrd {
                         boot.os_release = Some(copy);
                     }
-                    b.append_data(&mut h, &raw_path, data.as_slice()).with_context(|| format!("writing /{rel}"))?;
+                    b.append_data(&mut h, &raw_path, data.as_slice())
+                        .with_context(|| format!("writing /{rel}"))?;
                 } else {
-                    b.append_data(&mut h, &raw_path, &mut entry).with_context(|| format!("writing /{rel}"))?;
+                    b.append_data(&mut h, &raw_path, &mut entry)
+                        .with_context(|| format!("writing /{rel}"))?;
                 }
             }
         }
@@ -367,34 +427,68 @@ fn merge(spec: &DiskSpec, news: &BTreeMap<String, New>, dest: &Utf8Path, boot_di
         boot.entries += 1;
         match n {
             New::Dir { mode } => {
-                b.append_data(&mut header(tar::EntryType::Directory, *mode, 0, spec.epoch), format!("{path}/"), std::io::empty())?;
+                b.append_data(
+                    &mut header(tar::EntryType::Directory, *mode, 0, spec.epoch),
+                    format!("{path}/"),
+                    std::io::empty(),
+                )?;
                 boot.data_bytes += 4096;
             }
             New::DirIfMissing => {
-                b.append_data(&mut header(tar::EntryType::Directory, 0o755, 0, spec.epoch), format!("{path}/"), std::io::empty())?;
+                b.append_data(
+                    &mut header(tar::EntryType::Directory, 0o755, 0, spec.epoch),
+                    format!("{path}/"),
+                    std::io::empty(),
+                )?;
                 boot.data_bytes += 4096;
             }
             New::File { source, mode } => {
                 let f = File::open(source).with_context(|| format!("opening {source}"))?;
                 let len = f.metadata()?.len();
-                b.append_data(&mut header(tar::EntryType::Regular, *mode, len, spec.epoch), &path, f)
-                    .with_context(|| format!("adding {source} as /{rel}"))?;
+                b.append_data(
+                    &mut header(tar::EntryType::Regular, *mode, len, spec.epoch),
+                    &path,
+                    f,
+                )
+                .with_context(|| format!("adding {source} as /{rel}"))?;
                 boot.data_bytes += blocks(len);
             }
             New::Bytes { data, mode } => {
-                b.append_data(&mut header(tar::EntryType::Regular, *mode, data.len() as u64, spec.epoch), &path, data.as_slice())?;
+                b.append_data(
+                    &mut header(
+                        tar::EntryType::Regular,
+                        *mode,
+                        data.len() as u64,
+                        spec.epoch,
+                    ),
+                    &path,
+                    data.as_slice(),
+                )?;
                 boot.data_bytes += blocks(data.len() as u64);
             }
             New::Link { target } => {
-                b.append_link(&mut header(tar::EntryType::Symlink, 0o777, 0, spec.epoch), &path, target)?;
+                b.append_link(
+                    &mut header(tar::EntryType::Symlink, 0o777, 0, spec.epoch),
+                    &path,
+                    target,
+                )?;
                 boot.data_bytes += 4096;
             }
         }
     }
     // Identity reset: an empty machine-id (first boot), no dbus copy of it.
-    b.append_data(&mut header(tar::EntryType::Regular, 0o444, 0, spec.epoch), "./etc/machine-id", std::io::empty())?;
-    let w = b.into_inner().with_context(|| format!("finishing {dest}"))?;
-    w.into_inner().map_err(|e| e.into_error()).with_context(|| format!("writing {dest}"))?.sync_all()?;
+    b.append_data(
+        &mut header(tar::EntryType::Regular, 0o444, 0, spec.epoch),
+        "./etc/machine-id",
+        std::io::empty(),
+    )?;
+    let w = b
+        .into_inner()
+        .with_context(|| format!("finishing {dest}"))?;
+    w.into_inner()
+        .map_err(|e| e.into_error())
+        .with_context(|| format!("writing {dest}"))?
+        .sync_all()?;
     Ok(boot)
 }
 
@@ -402,20 +496,31 @@ fn merge(spec: &DiskSpec, news: &BTreeMap<String, New>, dest: &Utf8Path, boot_di
 /// added sections can follow it.
 pub fn pe_end(pe: &[u8]) -> Result<u64> {
     let u16_at = |o: usize| -> Result<u16> {
-        Ok(u16::from_le_bytes(pe.get(o..o + 2).context("truncated PE")?.try_into()?))
+        Ok(u16::from_le_bytes(
+            pe.get(o..o + 2).context("truncated PE")?.try_into()?,
+        ))
     };
     let u32_at = |o: usize| -> Result<u32> {
-        Ok(u32::from_le_bytes(pe.get(o..o + 4).context("truncated PE")?.try_into()?))
+        Ok(u32::from_le_bytes(
+            pe.get(o..o + 4).context("truncated PE")?.try_into()?,
+        ))
     };
     ensure!(pe.starts_with(b"MZ"), "not a PE image (no MZ header)");
     let pe_off = u32_at(0x3c)? as usize;
-    ensure!(pe.get(pe_off..pe_off + 4) == Some(b"PE\0\0"), "not a PE image (no PE signature)");
+    ensure!(
+        pe.get(pe_off..pe_off + 4) == Some(b"PE\0\0"),
+        "not a PE image (no PE signature)"
+    );
     let coff = pe_off + 4;
     let nsec = u16_at(coff + 2)? as usize;
     let opt_size = u16_at(coff + 16)? as usize;
     let opt = coff + 20;
     ensure!(u16_at(opt)? == 0x20b, "not a PE32+ image");
-    let image_base = u64::from_le_bytes(pe.get(opt + 24..opt + 32).context("truncated PE")?.try_into()?);
+    let image_base = u64::from_le_bytes(
+        pe.get(opt + 24..opt + 32)
+            .context("truncated PE")?
+            .try_into()?,
+    );
     let sect = opt + opt_size;
     let mut end = 0u64;
     for i in 0..nsec {
@@ -439,14 +544,29 @@ fn build_uki(work: &Utf8Path, boot: &Boot, cmdline: &str, epoch: i64) -> Result<
         return Err(tools::missing_tool(stub.as_str()));
     }
     let stub_bytes = std::fs::read(stub).with_context(|| format!("reading {stub}"))?;
-    let (_, kernel) = boot.kernel.as_ref().context("the root file system has no /boot/vmlinuz-*: is a linux-image package installed?")?;
-    let (_, initrd) = boot.initrd.as_ref().context("the root file system has no /boot/initrd.img-*: is initramfs-tools installed?")?;
-    let osrel = boot.os_release.as_ref().context("the root file system has no /usr/lib/os-release")?;
+    let (_, kernel) = boot.kernel.as_ref().context(
+        "the root file system has no /boot/vmlinuz-*: is a linux-image package installed?",
+    )?;
+    let (_, initrd) = boot
+        .initrd
+        .as_ref()
+        .context("the root file system has no /boot/initrd.img-*: is initramfs-tools installed?")?;
+    let osrel = boot
+        .os_release
+        .as_ref()
+        .context("the root file system has no /usr/lib/os-release")?;
     let cmdline_file = work.join("cmdline");
     std::fs::write(&cmdline_file, cmdline)?;
-    let files: [(&str, &Utf8Path); 4] =
-        [(".osrel", osrel), (".cmdline", &cmdline_file), (".linux", kernel), (".initrd", initrd)];
-    let mut vma = align(pe_end(&stub_bytes).with_context(|| format!("reading {stub}"))?, 4096);
+    let files: [(&str, &Utf8Path); 4] = [
+        (".osrel", osrel),
+        (".cmdline", &cmdline_file),
+        (".linux", kernel),
+        (".initrd", initrd),
+    ];
+    let mut vma = align(
+        pe_end(&stub_bytes).with_context(|| format!("reading {stub}"))?,
+        4096,
+    );
     let mut sections = Vec::new();
     for (name, file) in files {
         sections.push(tools::objcopy::Section { name, file, vma });
@@ -465,7 +585,10 @@ fn build_uki(work: &Utf8Path, boot: &Boot, cmdline: &str, epoch: i64) -> Result<
 pub fn pin_pe_timestamp(pe: &mut [u8], epoch: i64) -> Result<()> {
     ensure!(pe.len() > 0x40 && pe.starts_with(b"MZ"), "not a PE image");
     let pe_off = u32::from_le_bytes(pe[0x3c..0x40].try_into()?) as usize;
-    ensure!(pe.get(pe_off..pe_off + 4) == Some(b"PE\0\0"), "not a PE image");
+    ensure!(
+        pe.get(pe_off..pe_off + 4) == Some(b"PE\0\0"),
+        "not a PE image"
+    );
     let stamp = u32::try_from(epoch.max(0)).unwrap_or(u32::MAX);
     pe[pe_off + 8..pe_off + 12].copy_from_slice(&stamp.to_le_bytes());
     let ck = pe_off + 24 + 64;
@@ -476,7 +599,11 @@ pub fn pin_pe_timestamp(pe: &mut [u8], epoch: i64) -> Result<()> {
         if i * 2 >= ck && i * 2 < ck + 4 {
             continue;
         }
-        let w = if c.len() == 2 { u16::from_le_bytes([c[0], c[1]]) } else { c[0] as u16 };
+        let w = if c.len() == 2 {
+            u16::from_le_bytes([c[0], c[1]])
+        } else {
+            c[0] as u16
+        };
         sum += w as u64;
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -574,9 +701,16 @@ pub fn assemble(spec: &DiskSpec, out: &Utf8Path) -> Result<()> {
 
     // 2. Layout.
     let fs_bytes = root_fs_bytes(&boot);
-    let uki = if spec.uefi { Some(build_uki(&work, &boot, &spec.cmdline, spec.epoch)?) } else { None };
+    let uki = if spec.uefi {
+        Some(build_uki(&work, &boot, &spec.cmdline, spec.epoch)?)
+    } else {
+        None
+    };
     let esp_bytes = match &uki {
-        Some(u) => align((std::fs::metadata(u)?.len() * 3 / 2 + 8 * MIB).max(128 * MIB), MIB),
+        Some(u) => align(
+            (std::fs::metadata(u)?.len() * 3 / 2 + 8 * MIB).max(128 * MIB),
+            MIB,
+        ),
         None => 0,
     };
     let sectors = spec.size / SECTOR;
@@ -636,7 +770,11 @@ pub fn assemble(spec: &DiskSpec, out: &Utf8Path) -> Result<()> {
     File::create(&root_img)?.set_len(fs_bytes)?;
     let conf = work.join("mke2fs.conf");
     std::fs::write(&conf, tools::mke2fs::MKE2FS_CONF)?;
-    crate::ui::info(&format!("  root file system: {} MiB for {} entries", fs_bytes / MIB, boot.entries));
+    crate::ui::info(&format!(
+        "  root file system: {} MiB for {} entries",
+        fs_bytes / MIB,
+        boot.entries
+    ));
     tools::run(&tools::mke2fs::mkfs_ext4_from(
         &root_img,
         &root_tar,
@@ -653,9 +791,20 @@ pub fn assemble(spec: &DiskSpec, out: &Utf8Path) -> Result<()> {
     if let Some(uki) = &uki {
         File::create(&esp_img)?.set_len(esp_bytes)?;
         crate::fsutil::set_mtime(uki, spec.epoch)?;
-        tools::run(&tools::dosfstools::mkfs_vfat_invariant(&esp_img, "ESP", spec.epoch))?;
-        tools::run(&tools::mtools::mmd(&esp_img, &["/EFI", "/EFI/BOOT"], spec.epoch))?;
-        tools::run(&tools::mtools::mcopy_in(&esp_img, uki, "/EFI/BOOT/BOOTX64.EFI", spec.epoch))?;
+        tools::run(&tools::dosfstools::mkfs_vfat_invariant(
+            &esp_img, "ESP", spec.epoch,
+        ))?;
+        tools::run(&tools::mtools::mmd(
+            &esp_img,
+            &["/EFI", "/EFI/BOOT"],
+            spec.epoch,
+        ))?;
+        tools::run(&tools::mtools::mcopy_in(
+            &esp_img,
+            uki,
+            "/EFI/BOOT/BOOTX64.EFI",
+            spec.epoch,
+        ))?;
     }
 
     // 5. GRUB core for BIOS.
@@ -665,12 +814,24 @@ pub fn assemble(spec: &DiskSpec, out: &Utf8Path) -> Result<()> {
         let kernel = if boot.root_links.contains("vmlinuz") {
             "/vmlinuz".to_string()
         } else {
-            format!("/boot/vmlinuz-{}", boot.kernel.as_ref().context("no kernel in the root file system")?.0)
+            format!(
+                "/boot/vmlinuz-{}",
+                boot.kernel
+                    .as_ref()
+                    .context("no kernel in the root file system")?
+                    .0
+            )
         };
         let initrd = if boot.root_links.contains("initrd.img") {
             "/initrd.img".to_string()
         } else {
-            format!("/boot/initrd.img-{}", boot.initrd.as_ref().context("no initrd in the root file system")?.0)
+            format!(
+                "/boot/initrd.img-{}",
+                boot.initrd
+                    .as_ref()
+                    .context("no initrd in the root file system")?
+                    .0
+            )
         };
         let cfg = format!(
             "serial --unit=0 --speed=115200\nterminal_input serial console\nterminal_output serial console\n\
@@ -679,11 +840,23 @@ pub fn assemble(spec: &DiskSpec, out: &Utf8Path) -> Result<()> {
         );
         let cfg_file = work.join("grub-early.cfg");
         std::fs::write(&cfg_file, cfg)?;
-        tools::run(&tools::grub::mkimage_i386_pc(&cfg_file, "/boot/grub", &core_img))?;
+        tools::run(&tools::grub::mkimage_i386_pc(
+            &cfg_file,
+            "/boot/grub",
+            &core_img,
+        ))?;
         let core_len = std::fs::metadata(&core_img)?.len();
-        ensure!(core_len <= MIB, "the GRUB core image is {core_len} bytes; the BIOS-boot partition holds 1 MiB");
-        let img = std::fs::read(tools::grub::BOOT_IMG).with_context(|| format!("reading {}", tools::grub::BOOT_IMG))?;
-        ensure!(img.len() == 512, "{} is not a 512-byte boot sector", tools::grub::BOOT_IMG);
+        ensure!(
+            core_len <= MIB,
+            "the GRUB core image is {core_len} bytes; the BIOS-boot partition holds 1 MiB"
+        );
+        let img = std::fs::read(tools::grub::BOOT_IMG)
+            .with_context(|| format!("reading {}", tools::grub::BOOT_IMG))?;
+        ensure!(
+            img.len() == 512,
+            "{} is not a 512-byte boot sector",
+            tools::grub::BOOT_IMG
+        );
         let mut code = img[..440].to_vec();
         // GRUB_BOOT_MACHINE_KERNEL_SECTOR: where boot.img finds core.img.
         code[0x5c..0x64].copy_from_slice(&parts[0].first_lba.to_le_bytes());
@@ -696,10 +869,21 @@ pub fn assemble(spec: &DiskSpec, out: &Utf8Path) -> Result<()> {
 
     // 6. Assemble.
     let disk_path = out.join(DISK_RAW);
-    let disk = File::options().create(true).truncate(true).read(true).write(true).open(&disk_path)
+    let disk = File::options()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&disk_path)
         .with_context(|| format!("creating {disk_path}"))?;
     disk.set_len(spec.size)?;
-    gpt::write(&disk, spec.size, guid(&spec.ids.disk)?, &parts, boot_code.as_deref())?;
+    gpt::write(
+        &disk,
+        spec.size,
+        guid(&spec.ids.disk)?,
+        &parts,
+        boot_code.as_deref(),
+    )?;
     for p in &parts {
         match p.name.as_str() {
             "bios" => copy_at(&disk, p.offset(), &core_img, "GRUB core")?,
@@ -739,13 +923,24 @@ mod tests {
 
     #[test]
     fn identity_paths_are_dropped() {
-        for p in ["etc/ssh/ssh_host_ed25519_key", "var/lib/systemd/random-seed", "var/lib/dbus/machine-id",
-            "var/lib/apt/lists/deb.debian.org_debian_dists_bookworm_InRelease", "var/cache/apt/pkgcache.bin",
-            "var/cache/apt/archives/x.deb", "dev/null", "etc/resolv.conf"]
-        {
+        for p in [
+            "etc/ssh/ssh_host_ed25519_key",
+            "var/lib/systemd/random-seed",
+            "var/lib/dbus/machine-id",
+            "var/lib/apt/lists/deb.debian.org_debian_dists_bookworm_InRelease",
+            "var/cache/apt/pkgcache.bin",
+            "var/cache/apt/archives/x.deb",
+            "dev/null",
+            "etc/resolv.conf",
+        ] {
             assert!(dropped(p), "{p}");
         }
-        for p in ["etc/ssh/sshd_config", "var/lib/apt/lists/partial", "dev", "var/lib/systemd/timers"] {
+        for p in [
+            "etc/ssh/sshd_config",
+            "var/lib/apt/lists/partial",
+            "dev",
+            "var/lib/systemd/timers",
+        ] {
             assert!(!dropped(p), "{p}");
         }
     }
@@ -773,9 +968,16 @@ mod tests {
         assert_eq!(ids.root_fs, Ids::derive(1, "demo", Arch::Amd64).root_fs);
         assert_ne!(ids.root_fs, Ids::derive(2, "demo", Arch::Amd64).root_fs);
         let c = DiskSpec::kernel_cmdline(&ids, &["quiet".into()]);
-        assert!(c.starts_with(&format!("root=UUID={} ro console=ttyS0", ids.root_fs)) && c.ends_with(" quiet"));
-        let b = Boot { data_bytes: 600 * MIB, entries: 30000, ..Default::default() };
+        assert!(
+            c.starts_with(&format!("root=UUID={} ro console=ttyS0", ids.root_fs))
+                && c.ends_with(" quiet")
+        );
+        let b = Boot {
+            data_bytes: 600 * MIB,
+            entries: 30000,
+            ..Default::default()
+        };
         let s = root_fs_bytes(&b);
-        assert!(s > 600 * MIB && s % MIB == 0);
+        assert!(s > 600 * MIB && s.is_multiple_of(MIB));
     }
 }

@@ -44,7 +44,14 @@ impl Guid {
     }
     pub fn to_string_lower(self) -> String {
         let h = hex::encode(self.0);
-        format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+        format!(
+            "{}-{}-{}-{}-{}",
+            &h[0..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..32]
+        )
     }
 }
 
@@ -79,14 +86,29 @@ pub fn last_usable(sectors: u64) -> u64 {
 
 /// Write the protective MBR (with `boot_code`, up to 440 bytes, e.g. GRUB's
 /// boot.img), the primary and the backup GPT into `f`, a disk of `bytes`.
-pub fn write(f: &File, bytes: u64, disk_guid: Guid, parts: &[Partition], boot_code: Option<&[u8]>) -> Result<()> {
-    ensure!(bytes % SECTOR == 0, "disk size {bytes} is not a multiple of {SECTOR}");
+pub fn write(
+    f: &File,
+    bytes: u64,
+    disk_guid: Guid,
+    parts: &[Partition],
+    boot_code: Option<&[u8]>,
+) -> Result<()> {
+    ensure!(
+        bytes.is_multiple_of(SECTOR),
+        "disk size {bytes} is not a multiple of {SECTOR}"
+    );
     let sectors = bytes / SECTOR;
     ensure!(parts.len() as u64 <= ENTRIES, "too many partitions");
     let (lo, hi) = (first_usable(), last_usable(sectors));
     for (i, p) in parts.iter().enumerate() {
         if p.first_lba < lo || p.last_lba > hi || p.first_lba > p.last_lba {
-            bail!("partition {} ({}) at LBA {}..={} is outside {lo}..={hi}", i + 1, p.name, p.first_lba, p.last_lba);
+            bail!(
+                "partition {} ({}) at LBA {}..={} is outside {lo}..={hi}",
+                i + 1,
+                p.name,
+                p.first_lba,
+                p.last_lba
+            );
         }
         for q in &parts[..i] {
             if p.first_lba <= q.last_lba && q.first_lba <= p.last_lba {
@@ -98,7 +120,11 @@ pub fn write(f: &File, bytes: u64, disk_guid: Guid, parts: &[Partition], boot_co
     // Protective MBR.
     let mut mbr = [0u8; 512];
     if let Some(code) = boot_code {
-        ensure!(code.len() <= 440, "MBR boot code is {} bytes (at most 440)", code.len());
+        ensure!(
+            code.len() <= 440,
+            "MBR boot code is {} bytes (at most 440)",
+            code.len()
+        );
         mbr[..code.len()].copy_from_slice(code);
     }
     let e = &mut mbr[446..462];
@@ -110,7 +136,8 @@ pub fn write(f: &File, bytes: u64, disk_guid: Guid, parts: &[Partition], boot_co
     e[12..16].copy_from_slice(&(u32::try_from(sectors - 1).unwrap_or(u32::MAX)).to_le_bytes());
     mbr[510] = 0x55;
     mbr[511] = 0xaa;
-    f.write_all_at(&mbr, 0).context("writing the protective MBR")?;
+    f.write_all_at(&mbr, 0)
+        .context("writing the protective MBR")?;
 
     // Entries.
     let mut table = vec![0u8; (ENTRIES * ENTRY_SIZE) as usize];
@@ -122,7 +149,11 @@ pub fn write(f: &File, bytes: u64, disk_guid: Guid, parts: &[Partition], boot_co
         e[40..48].copy_from_slice(&p.last_lba.to_le_bytes());
         e[48..56].copy_from_slice(&p.attributes.to_le_bytes());
         let units: Vec<u16> = p.name.encode_utf16().collect();
-        ensure!(units.len() <= 36, "partition name `{}` is longer than 36 characters", p.name);
+        ensure!(
+            units.len() <= 36,
+            "partition name `{}` is longer than 36 characters",
+            p.name
+        );
         for (j, u) in units.iter().enumerate() {
             e[56 + 2 * j..58 + 2 * j].copy_from_slice(&u.to_le_bytes());
         }
@@ -149,10 +180,14 @@ pub fn write(f: &File, bytes: u64, disk_guid: Guid, parts: &[Partition], boot_co
     };
     let last = sectors - 1;
     let backup_entries = last - ENTRY_SECTORS;
-    f.write_all_at(&header(1, last, 2), SECTOR).context("writing the GPT header")?;
-    f.write_all_at(&table, 2 * SECTOR).context("writing the GPT entries")?;
-    f.write_all_at(&table, backup_entries * SECTOR).context("writing the backup GPT entries")?;
-    f.write_all_at(&header(last, 1, backup_entries), last * SECTOR).context("writing the backup GPT header")?;
+    f.write_all_at(&header(1, last, 2), SECTOR)
+        .context("writing the GPT header")?;
+    f.write_all_at(&table, 2 * SECTOR)
+        .context("writing the GPT entries")?;
+    f.write_all_at(&table, backup_entries * SECTOR)
+        .context("writing the backup GPT entries")?;
+    f.write_all_at(&header(last, 1, backup_entries), last * SECTOR)
+        .context("writing the backup GPT header")?;
     Ok(())
 }
 
@@ -162,7 +197,11 @@ pub fn crc32(data: &[u8]) -> u32 {
     for (i, t) in table.iter_mut().enumerate() {
         let mut c = i as u32;
         for _ in 0..8 {
-            c = if c & 1 != 0 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
+            c = if c & 1 != 0 {
+                0xedb8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
         }
         *t = c;
     }
@@ -190,7 +229,13 @@ mod tests {
     fn table_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("d.img");
-        let f = File::options().create(true).truncate(true).read(true).write(true).open(&p).unwrap();
+        let f = File::options()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&p)
+            .unwrap();
         let bytes = 8 << 20;
         f.set_len(bytes).unwrap();
         let part = Partition {
@@ -201,7 +246,14 @@ mod tests {
             name: "esp".into(),
             attributes: 0,
         };
-        write(&f, bytes, Guid(crate::epoch::derived_id(1, "d")), &[part.clone()], None).unwrap();
+        write(
+            &f,
+            bytes,
+            Guid(crate::epoch::derived_id(1, "d")),
+            std::slice::from_ref(&part),
+            None,
+        )
+        .unwrap();
         let mut h = [0u8; 512];
         f.read_exact_at(&mut h, 512).unwrap();
         assert_eq!(&h[0..8], b"EFI PART");

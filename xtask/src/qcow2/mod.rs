@@ -75,7 +75,11 @@ pub fn plan_disk(r: &Resolved, plan: &mut Plan, arch: Arch) -> Result<DiskInfo> 
     if let Some(i) = plan.steps.iter().position(|s| s.name == name) {
         return Ok(info(i, plan));
     }
-    let stage = match plan.steps.iter().position(|s| s.name == format!("stage-{arch}")) {
+    let stage = match plan
+        .steps
+        .iter()
+        .position(|s| s.name == format!("stage-{arch}"))
+    {
         Some(i) => i,
         None => crate::stage::plan(r, plan, arch)?,
     };
@@ -106,7 +110,10 @@ pub fn plan_disk(r: &Resolved, plan: &mut Plan, arch: Arch) -> Result<DiskInfo> 
             };
             let mut b = StepBuilder::new(
                 name,
-                format!("assemble the {} MiB raw disk (GPT, ESP+UKI, GRUB, ext4 root)", q.size_bytes >> 20),
+                format!(
+                    "assemble the {} MiB raw disk (GPT, ESP+UKI, GRUB, ext4 root)",
+                    q.size_bytes >> 20
+                ),
             )
             .after(plan.step(rootfs))
             .after(plan.step(stage))
@@ -115,7 +122,10 @@ pub fn plan_disk(r: &Resolved, plan: &mut Plan, arch: Arch) -> Result<DiskInfo> 
             .input(Input::tool("mkfs.vfat"))
             .input(Input::tool("mcopy"))
             .input(Input::tool("grub-mkimage"));
-            for f in [crate::tools::objcopy::EFI_STUB_X64, crate::tools::grub::BOOT_IMG] {
+            for f in [
+                crate::tools::objcopy::EFI_STUB_X64,
+                crate::tools::grub::BOOT_IMG,
+            ] {
                 if Utf8Path::new(f).is_file() {
                     b = b.input(Input::file(Utf8Path::new(f))?);
                 }
@@ -139,12 +149,23 @@ pub fn plan(r: &Resolved, plan: &mut Plan, arch: Arch) -> Result<usize> {
         Compression::Zstd => Some("zstd"),
         Compression::Zlib => Some("zlib"),
     };
-    let b = StepBuilder::new(format!("qcow2-convert-{arch}"), format!("convert the disk to {file}"))
-        .after(plan.step(disk.step))
-        .input(Input::value("compression", format!("{:?}", q.compression).to_lowercase()))
-        .input(Input::tool("qemu-img"))
-        .cmd(crate::tools::qemu_img::convert_to_qcow2(&disk.path, disk.format, &out, comp))
-        .long();
+    let b = StepBuilder::new(
+        format!("qcow2-convert-{arch}"),
+        format!("convert the disk to {file}"),
+    )
+    .after(plan.step(disk.step))
+    .input(Input::value(
+        "compression",
+        format!("{:?}", q.compression).to_lowercase(),
+    ))
+    .input(Input::tool("qemu-img"))
+    .cmd(crate::tools::qemu_img::convert_to_qcow2(
+        &disk.path,
+        disk.format,
+        &out,
+        comp,
+    ))
+    .long();
     let i = plan.add(b);
     let from = plan.step(i).output(&file);
     plan.publish(from, file, true);

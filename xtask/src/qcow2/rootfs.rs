@@ -17,19 +17,30 @@ pub fn mirror_lines(r: &Resolved, etc_apt: &Utf8Path) -> Result<Vec<String>> {
     let q = &r.recipe.qcow2;
     let suite = &q.suite;
     let (main, security) = match &q.mirror {
-        Some(m) => (m.trim_end_matches('/').to_string(), q.security_mirror.clone()),
+        Some(m) => (
+            m.trim_end_matches('/').to_string(),
+            q.security_mirror.clone(),
+        ),
         None => {
             let sources = crate::hostapt::sources(etc_apt)?;
             let main = crate::hostapt::debian_mirror(&sources, suite)
                 .map_err(|e| anyhow::anyhow!("{}: qcow2.mirror is not set and {e:#}", r.file))?;
-            let security =
-                q.security_mirror.clone().or_else(|| crate::hostapt::security_mirror(&sources, suite));
+            let security = q
+                .security_mirror
+                .clone()
+                .or_else(|| crate::hostapt::security_mirror(&sources, suite));
             (main, security)
         }
     };
-    let mut lines = vec![format!("deb {main} {suite} main"), format!("deb {main} {suite}-updates main")];
+    let mut lines = vec![
+        format!("deb {main} {suite} main"),
+        format!("deb {main} {suite}-updates main"),
+    ];
     if let Some(s) = security {
-        lines.push(format!("deb {} {suite}-security main", s.trim_end_matches('/')));
+        lines.push(format!(
+            "deb {} {suite}-security main",
+            s.trim_end_matches('/')
+        ));
     }
     Ok(lines)
 }
@@ -40,10 +51,21 @@ pub fn plan(r: &Resolved, plan: &mut Plan, arch: Arch) -> Result<usize> {
     let packages = q.packages_for(arch);
     let mirrors = mirror_lines(r, Utf8Path::new("/etc/apt"))?;
     let out = Utf8Path::new(OUT).join(ROOTFS_TAR);
-    let cmd = crate::tools::mmdebstrap::rootfs_tar(arch.debian(), &q.suite, &packages, &mirrors, &out, r.epoch);
+    let cmd = crate::tools::mmdebstrap::rootfs_tar(
+        arch.debian(),
+        &q.suite,
+        &packages,
+        &mirrors,
+        &out,
+        r.epoch,
+    );
     let b = StepBuilder::new(
         format!("qcow2-rootfs-{arch}"),
-        format!("Debian {} root file system ({} packages) with mmdebstrap", q.suite, packages.len()),
+        format!(
+            "Debian {} root file system ({} packages) with mmdebstrap",
+            q.suite,
+            packages.len()
+        ),
     )
     .input(Input::value("suite", &q.suite))
     .input(Input::value("architecture", arch))

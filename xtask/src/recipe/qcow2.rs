@@ -185,14 +185,22 @@ impl Qcow2Options {
         }
         for p in &self.packages {
             if p.is_empty()
-                || !p.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.:=~".contains(&b))
+                || !p
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+-.:=~".contains(&b))
             {
                 bail!("{file}: qcow2.packages entry `{p}` is not a Debian package name");
             }
         }
-        for (key, m) in [("mirror", &self.mirror), ("security_mirror", &self.security_mirror)] {
+        for (key, m) in [
+            ("mirror", &self.mirror),
+            ("security_mirror", &self.security_mirror),
+        ] {
             if let Some(m) = m {
-                if !(m.starts_with("http://") || m.starts_with("https://") || m.starts_with("file:/")) {
+                if !(m.starts_with("http://")
+                    || m.starts_with("https://")
+                    || m.starts_with("file:/"))
+                {
                     bail!("{file}: qcow2.{key} `{m}` must be an http://, https:// or file:/ URL");
                 }
             }
@@ -205,7 +213,10 @@ impl Qcow2Options {
             }
         }
         if let Some(h) = &self.hostname {
-            if h.is_empty() || h.len() > 63 || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            if h.is_empty()
+                || h.len() > 63
+                || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            {
                 bail!("{file}: qcow2.hostname `{h}` must be 1-63 letters, digits or `-`");
             }
         }
@@ -267,7 +278,10 @@ mod tests {
         assert_eq!(parse_size("1536M").unwrap(), 1536 << 20);
         assert_eq!(parse_size("1073741825").unwrap(), (1 << 30) + (1 << 20));
         assert!(parse_size("20X").is_err());
-        assert!(parse_size("1M").unwrap_err().to_string().contains("too small"));
+        assert!(parse_size("1M")
+            .unwrap_err()
+            .to_string()
+            .contains("too small"));
     }
 
     #[test]
@@ -283,8 +297,18 @@ mod tests {
         assert!(yaml_serde::from_str::<Qcow2Options>("firmware: efi\n").is_err());
         assert!(yaml_serde::from_str::<Qcow2Options>("base: pkgs\n").is_err());
         let shown = yaml_serde::to_string(&o).unwrap();
-        assert!(shown.contains("image:") && shown.contains("x.qcow2"), "{shown}");
-        let mut o = Qcow2Options { suite: "bookwrm".into(), ..Default::default() };
-        assert!(o.resolve(Utf8Path::new("r.yaml")).unwrap_err().to_string().contains("bookwrm"));
+        assert!(
+            shown.contains("image:") && shown.contains("x.qcow2"),
+            "{shown}"
+        );
+        let mut o = Qcow2Options {
+            suite: "bookwrm".into(),
+            ..Default::default()
+        };
+        assert!(o
+            .resolve(Utf8Path::new("r.yaml"))
+            .unwrap_err()
+            .to_string()
+            .contains("bookwrm"));
     }
 }

@@ -9,8 +9,18 @@ pub const I386_PC_DIR: &str = "/usr/lib/grub/i386-pc";
 pub const BOOT_IMG: &str = "/usr/lib/grub/i386-pc/boot.img";
 
 /// Modules a core image needs to read an ext4 root on a GPT disk and boot Linux.
-pub const BIOS_MODULES: &[&str] =
-    &["biosdisk", "part_gpt", "ext2", "search", "search_fs_uuid", "linux", "normal", "echo", "serial", "terminal"];
+pub const BIOS_MODULES: &[&str] = &[
+    "biosdisk",
+    "part_gpt",
+    "ext2",
+    "search",
+    "search_fs_uuid",
+    "linux",
+    "normal",
+    "echo",
+    "serial",
+    "terminal",
+];
 
 /// `grub-mkimage -O i386-pc -c CONFIG -p PREFIX -o OUT MODULES…`.
 pub fn mkimage_i386_pc(config: &Utf8Path, prefix: &str, out: &Utf8Path) -> Cmd {

@@ -31,12 +31,17 @@ pub fn mkfs_ext4_from(
     config: &Utf8Path,
     epoch: i64,
 ) -> Cmd {
-    Cmd::new("mkfs.ext4", format!("ext4 file system `{label}` from {src}"))
-        .args(["-q", "-F", "-t", "ext4", "-L", label, "-U", uuid])
-        .arg("-E")
-        .arg(format!("hash_seed={hash_seed},root_owner=0:0,lazy_itable_init=1,nodiscard"))
-        .args(["-d", src.as_str(), image.as_str()])
-        .env("MKE2FS_CONFIG", config.as_str())
-        .env("SOURCE_DATE_EPOCH", epoch.to_string())
-        .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
+    Cmd::new(
+        "mkfs.ext4",
+        format!("ext4 file system `{label}` from {src}"),
+    )
+    .args(["-q", "-F", "-t", "ext4", "-L", label, "-U", uuid])
+    .arg("-E")
+    .arg(format!(
+        "hash_seed={hash_seed},root_owner=0:0,lazy_itable_init=1,nodiscard"
+    ))
+    .args(["-d", src.as_str(), image.as_str()])
+    .env("MKE2FS_CONFIG", config.as_str())
+    .env("SOURCE_DATE_EPOCH", epoch.to_string())
+    .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
 }

@@ -17,14 +17,17 @@ pub fn rootfs_tar(
     out: &Utf8Path,
     epoch: i64,
 ) -> Cmd {
-    let mut c = Cmd::new("mmdebstrap", format!("Debian {suite} root file system for {arch}"))
-        .args(["--variant=apt", "--mode=auto", "--format=tar"])
-        .arg(format!("--arch={arch}"))
-        .arg(format!("--include={}", packages.join(",")))
-        // Keep the apt cache and lists out of the image.
-        .arg("--skip=output/dev")
-        .args([suite, out.as_str()])
-        .env("SOURCE_DATE_EPOCH", epoch.to_string());
+    let mut c = Cmd::new(
+        "mmdebstrap",
+        format!("Debian {suite} root file system for {arch}"),
+    )
+    .args(["--variant=apt", "--mode=auto", "--format=tar"])
+    .arg(format!("--arch={arch}"))
+    .arg(format!("--include={}", packages.join(",")))
+    // Keep the apt cache and lists out of the image.
+    .arg("--skip=output/dev")
+    .args([suite, out.as_str()])
+    .env("SOURCE_DATE_EPOCH", epoch.to_string());
     for m in mirrors {
         c = c.arg(m);
     }

@@ -26,5 +26,6 @@ pub fn add_sections(stub: &Utf8Path, sections: &[Section], out: &Utf8Path, epoch
             .arg("--change-section-vma")
             .arg(format!("{}={:#x}", s.name, s.vma));
     }
-    c.args([stub.as_str(), out.as_str()]).env("SOURCE_DATE_EPOCH", epoch.to_string())
+    c.args([stub.as_str(), out.as_str()])
+        .env("SOURCE_DATE_EPOCH", epoch.to_string())
 }

@@ -20,28 +20,46 @@ pub fn customize(disk: &Utf8Path, commands: &Utf8Path, network: bool, tcg: bool)
     let mut c = Cmd::new("virt-customize", "customize the vendor image")
         .args(["-a", disk.as_str(), "--format", "qcow2"])
         .args(["--commands-from-file", commands.as_str()]);
-    c = if network { c.arg("--network") } else { c.arg("--no-network") };
+    c = if network {
+        c.arg("--network")
+    } else {
+        c.arg("--no-network")
+    };
     libguestfs_env(c, tcg)
 }
 
 /// `virt-sparsify --in-place DISK`.
 pub fn sparsify_in_place(disk: &Utf8Path, tcg: bool) -> Cmd {
-    let c = Cmd::new("virt-sparsify", "discard unused blocks of the customized image")
-        .args(["--in-place", disk.as_str()]);
+    let c = Cmd::new(
+        "virt-sparsify",
+        "discard unused blocks of the customized image",
+    )
+    .args(["--in-place", disk.as_str()]);
     libguestfs_env(c, tcg)
 }
 
 /// Fetch a vendor image (`curl -fL`); the caller verifies its sha256.
 pub fn download(url: &str, out: &Utf8Path) -> Cmd {
-    Cmd::new("curl", format!("download {url}"))
-        .args(["-fL", "--retry", "3", "--silent", "--show-error", "-o", out.as_str(), url])
+    Cmd::new("curl", format!("download {url}")).args([
+        "-fL",
+        "--retry",
+        "3",
+        "--silent",
+        "--show-error",
+        "-o",
+        out.as_str(),
+        url,
+    ])
 }
 
 /// Boot `kernel` under KVM without a root file system: a usable KVM reaches
 /// the root-mount panic within seconds; a broken one hangs.
 pub fn kvm_probe(kernel: &Utf8Path) -> Cmd {
     Cmd::new("qemu-system-x86_64", "probe whether KVM guests run")
-        .args(["-accel", "kvm", "-m", "256", "-display", "none", "-serial", "stdio", "-monitor", "none"])
+        .args([
+            "-accel", "kvm", "-m", "256", "-display", "none", "-serial", "stdio", "-monitor",
+            "none",
+        ])
         .args(["-no-reboot", "-nodefaults", "-kernel", kernel.as_str()])
         .args(["-append", "console=ttyS0 panic=-1 root=/dev/nonexistent"])
 }
