@@ -4,6 +4,7 @@
 
 pub mod export;
 pub mod iso;
+pub mod qcow2;
 pub mod scan;
 
 use std::time::{Duration, Instant};

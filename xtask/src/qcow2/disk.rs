@@ -32,7 +32,7 @@ pub const DISK_RAW: &str = "disk.raw";
 pub const LAYOUT_JSON: &str = "layout.json";
 const MIB: u64 = 1 << 20;
 /// Bump when the assembly changes what it writes.
-const ASSEMBLY_VERSION: u32 = 2;
+const ASSEMBLY_VERSION: u32 = 3;
 
 /// Ids of the disk, derived from the epoch and the appliance name.
 #[derive(Debug, Clone, Serialize)]
@@ -199,10 +199,7 @@ fn generated(spec: &DiskSpec) -> BTreeMap<String, New> {
         ids.root_fs
     );
     if spec.uefi {
-        fstab.push_str(&format!(
-            "PARTUUID={}\t/boot/efi\tvfat\tumask=0077,nofail\t0\t2\n",
-            ids.esp_part
-        ));
+        fstab.push_str(&format!("PARTUUID={}\t/boot/efi\tvfat\tumask=0077,nofail,x-systemd.automount,x-systemd.idle-timeout=60\t0\t2\n", ids.esp_part));
         m.insert("boot/efi".into(), New::Dir { mode: 0o755 });
     }
     m.insert("etc/fstab".into(), bytes(fstab, 0o644));
@@ -969,6 +966,6 @@ mod tests {
             ..Default::default()
         };
         let s = root_fs_bytes(&b);
-        assert!(s > 600 * MIB && s % MIB == 0);
+        assert!(s > 600 * MIB && s.is_multiple_of(MIB));
     }
 }

@@ -94,7 +94,7 @@ pub fn write(
     boot_code: Option<&[u8]>,
 ) -> Result<()> {
     ensure!(
-        bytes % SECTOR == 0,
+        bytes.is_multiple_of(SECTOR),
         "disk size {bytes} is not a multiple of {SECTOR}"
     );
     let sectors = bytes / SECTOR;
@@ -250,7 +250,7 @@ mod tests {
             &f,
             bytes,
             Guid(crate::epoch::derived_id(1, "d")),
-            &[part.clone()],
+            std::slice::from_ref(&part),
             None,
         )
         .unwrap();

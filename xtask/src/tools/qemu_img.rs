@@ -49,13 +49,10 @@ pub fn convert_to_qcow2(
 ) -> Cmd {
     let mut c = Cmd::new("qemu-img", "convert the disk to qcow2")
         .args(["convert", "-q", "-m", "1", "-f", src_format, "-O", "qcow2"]);
-    match compression {
-        Some(kind) => {
-            c = c
-                .arg("-c")
-                .args(["-o", &format!("compression_type={kind}")]);
-        }
-        None => {}
+    if let Some(kind) = compression {
+        c = c
+            .arg("-c")
+            .args(["-o", &format!("compression_type={kind}")]);
     }
     c.args([src.as_str(), out.as_str()])
 }

@@ -18,13 +18,7 @@ pub fn libguestfs_env(mut c: Cmd, tcg: bool) -> Cmd {
 /// `virt-customize -a DISK --commands-from-file FILE` (one run for every change).
 pub fn customize(disk: &Utf8Path, commands: &Utf8Path, network: bool, tcg: bool) -> Cmd {
     let mut c = Cmd::new("virt-customize", "customize the vendor image")
-        .args([
-            "-a",
-            disk.as_str(),
-            "--format",
-            "qcow2",
-            "--no-selinux-relabel",
-        ])
+        .args(["--format", "qcow2", "-a", disk.as_str()])
         .args(["--commands-from-file", commands.as_str()]);
     c = if network {
         c.arg("--network")

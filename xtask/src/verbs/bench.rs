@@ -25,6 +25,7 @@ fn cases() -> Vec<(&'static str, Case)> {
         ("iso", bench::iso::remaster),
         ("scan", bench::scan::scan_disk),
         ("ova", bench::ova::ova_build),
+        ("qcow2", bench::qcow2::qcow2_builds),
     ]
 }
 

@@ -8,7 +8,7 @@ use crate::recipe::Arch;
 use crate::tools::Target;
 
 /// Build the appliance disk as `output/<name>-<version>-<arch>.qcow2`
-/// (+ `.sha256`).
+/// (+ `.sha256`), after the secret scan passed it.
 ///
 /// With `qcow2.base: packages` (the default) the root file system comes from
 /// Debian packages (`mmdebstrap`, mirror from the host's apt sources unless
@@ -35,13 +35,15 @@ pub struct Args {
 pub fn run(cx: &Cx, a: Args) -> Result<()> {
     let r = cx.recipe()?;
     if !cx.dry_run {
-        crate::doctor::require(Target::Qcow2)?;
-        if let Base::Image(src) = &r.recipe.qcow2.base {
-            let mut need = vec!["virt-customize", "virt-sparsify"];
-            if src.url.is_some() {
-                need.push("curl");
+        match &r.recipe.qcow2.base {
+            Base::Packages => crate::doctor::require(Target::Qcow2)?,
+            Base::Image(src) => {
+                let mut need = vec!["qemu-img", "virt-customize", "virt-sparsify"];
+                if src.url.is_some() {
+                    need.push("curl");
+                }
+                crate::tools::require(&need)?;
             }
-            crate::tools::require(&need)?;
         }
     }
     let mut plan = cx.plan("qcow2");
@@ -52,6 +54,7 @@ pub fn run(cx: &Cx, a: Args) -> Result<()> {
     for arch in arches {
         crate::qcow2::plan(&r, &mut plan, arch)?;
     }
-    cx.run_plan(&plan, None)?;
+    let gate = crate::scan::gate(&r);
+    cx.run_plan(&plan, Some(&gate))?;
     Ok(())
 }

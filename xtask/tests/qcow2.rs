@@ -1,0 +1,619 @@
+//! `cargo xtask qcow2`: plans (cheap), then real builds read back with real
+//! tools and booted under qemu (TCG) with OVMF and SeaBIOS.
+//!
+//! The demo image is built once per test binary ([`built`]) and shared; every
+//! boot works on its own copy or a `-snapshot`.
+
+mod support;
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use camino::{Utf8Path, Utf8PathBuf};
+use support::{sh, Project};
+use xtask::tools::qemu_system::{Boot, Firmware, OVMF_VARS};
+use xtask::tools::{run_until, Watch};
+
+const BUILD_TOOLS: &[&str] = &[
+    "mmdebstrap",
+    "mkfs.ext4",
+    "mkfs.vfat",
+    "mcopy",
+    "objcopy",
+    "grub-mkimage",
+    "qemu-img",
+    "/usr/lib/systemd/boot/efi/linuxx64.efi.stub",
+    "/usr/lib/grub/i386-pc/boot.img",
+];
+const BOOT_TOOLS: &[&str] = &["qemu-system-x86_64", "/usr/share/OVMF/OVMF_CODE_4M.fd"];
+const BOOT_LIMIT: Duration = Duration::from_secs(420);
+
+/// The demo recipe with a small disk.
+fn small_recipe(p: &Project, extra: &str) -> String {
+    let demo = std::fs::read_to_string(p.path("recipes/demo.yaml")).unwrap();
+    p.write(
+        "recipes/small.yaml",
+        &format!("{demo}\nqcow2:\n  size: 2G\n{extra}"),
+    );
+    "recipes/small.yaml".into()
+}
+
+struct Built {
+    project: Project,
+    qcow2: Utf8PathBuf,
+}
+
+/// Build the demo qcow2 once (mmdebstrap + assembly), shared by the tests.
+fn built() -> &'static Built {
+    static B: OnceLock<Built> = OnceLock::new();
+    B.get_or_init(|| {
+        // The suite-wide cache: the OVA tests' demo disk has the same Debian
+        // root, so mmdebstrap runs once per suite.
+        let p = Project::demo().share_cache();
+        let recipe = small_recipe(&p, "");
+        p.run(&["--recipe", &recipe, "qcow2"]);
+        let name = p
+            .outputs()
+            .into_iter()
+            .find(|n| n.ends_with(".qcow2"))
+            .expect("a qcow2 in output/");
+        let qcow2 = p.path("output").join(name);
+        Built { project: p, qcow2 }
+    })
+}
+
+fn boot(b: &Boot, patterns: &[&str]) -> String {
+    match run_until(&b.cmd(), patterns, BOOT_LIMIT).unwrap() {
+        Watch::Matched { output } => output,
+        Watch::Exited { output, status } => panic!(
+            "qemu exited ({status}) before {patterns:?}:\n{}",
+            tail(&output)
+        ),
+        Watch::TimedOut { output } => {
+            panic!("no {patterns:?} within {BOOT_LIMIT:?}:\n{}", tail(&output))
+        }
+    }
+}
+
+/// Like [`boot`], but keeps the guest running `linger` after the patterns
+/// appeared, so its file systems commit what the boot wrote (ext4 commits
+/// every 5 s) before qemu is stopped — a kill right at the marker is a power
+/// cut, after which a second boot may legitimately redo the first one.
+fn boot_and_linger(b: &Boot, patterns: &[&str], linger: Duration) -> String {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    let c = b.cmd();
+    let mut child = std::process::Command::new(&c.program)
+        .args(&c.args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let b2 = buf.clone();
+    let reader = std::thread::spawn(move || {
+        let mut chunk = [0u8; 8192];
+        while let Ok(n) = out.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            b2.lock().unwrap().extend_from_slice(&chunk[..n]);
+        }
+    });
+    let start = std::time::Instant::now();
+    let text = || String::from_utf8_lossy(&buf.lock().unwrap()).to_lowercase();
+    let found = loop {
+        let t = text();
+        let mut at = 0;
+        let all = patterns
+            .iter()
+            .all(|p| match t[at..].find(&p.to_lowercase()) {
+                Some(i) => {
+                    at += i + p.len();
+                    true
+                }
+                None => false,
+            });
+        if all || start.elapsed() > BOOT_LIMIT || child.try_wait().unwrap().is_some() {
+            break all;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    if found {
+        std::thread::sleep(linger);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = reader.join();
+    let output = String::from_utf8_lossy(&buf.lock().unwrap()).into_owned();
+    assert!(
+        found,
+        "no {patterns:?} within {BOOT_LIMIT:?}:\n{}",
+        tail(&output)
+    );
+    output
+}
+
+fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(60)..].join("\n")
+}
+
+fn vars(dir: &Utf8Path) -> Utf8PathBuf {
+    let v = dir.join("OVMF_VARS.fd");
+    std::fs::copy(OVMF_VARS, &v).unwrap();
+    v
+}
+
+fn tempdir() -> (tempfile::TempDir, Utf8PathBuf) {
+    let d = tempfile::Builder::new()
+        .prefix("kiln-qcow2-")
+        .tempdir()
+        .unwrap();
+    let p = Utf8PathBuf::from_path_buf(d.path().to_path_buf()).unwrap();
+    (d, p)
+}
+
+fn step_keys(p: &Project, recipe: &str) -> serde_json::Value {
+    let out = p.run(&["--recipe", recipe, "--dry-run", "--json", "qcow2"]);
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut keys = serde_json::Map::new();
+    for s in plan["steps"].as_array().unwrap() {
+        keys.insert(s["name"].as_str().unwrap().into(), s["key"].clone());
+    }
+    keys.insert(
+        "mmdebstrap".into(),
+        plan["steps"][1]["actions"][0]["cmd"].clone(),
+    );
+    serde_json::Value::Object(keys)
+}
+
+#[test]
+fn plan_keys_rootfs_by_packages_not_overlay() {
+    let p = Project::demo();
+    let recipe = small_recipe(&p, "");
+    let a = step_keys(&p, &recipe);
+    let cmd = &a["mmdebstrap"];
+    assert_eq!(cmd["program"], "mmdebstrap");
+    let args: Vec<String> = serde_json::from_value(cmd["args"].clone()).unwrap();
+    // Mirror lines come from the host's apt sources, with -updates and -security.
+    let host = xtask::hostapt::sources(Utf8Path::new("/etc/apt")).unwrap();
+    let mirror = xtask::hostapt::debian_mirror(&host, "bookworm").unwrap();
+    assert!(
+        args.contains(&format!("deb {mirror} bookworm main")),
+        "{args:?}"
+    );
+    assert!(
+        args.contains(&format!("deb {mirror} bookworm-updates main")),
+        "{args:?}"
+    );
+    assert!(args
+        .iter()
+        .any(|a| a.starts_with("--include=") && a.contains("linux-image-amd64")));
+    assert_eq!(cmd["env"]["SOURCE_DATE_EPOCH"], "1700000000");
+
+    // An overlay change re-keys the disk, never the Debian root.
+    p.write("overlay/etc/demo/extra.conf", "x=1\n");
+    let b = step_keys(&p, &recipe);
+    assert_eq!(a["qcow2-rootfs-amd64"], b["qcow2-rootfs-amd64"]);
+    assert_ne!(a["qcow2-disk-amd64"], b["qcow2-disk-amd64"]);
+    // A package change re-keys the root; a mirror override shows up in the command.
+    let recipe2 = small_recipe(
+        &p,
+        "  packages: [systemd, systemd-sysv]\n  mirror: http://mirror.example/debian\n",
+    );
+    let c = step_keys(&p, &recipe2);
+    assert_ne!(a["qcow2-rootfs-amd64"], c["qcow2-rootfs-amd64"]);
+    let args: Vec<String> = serde_json::from_value(c["mmdebstrap"]["args"].clone()).unwrap();
+    assert!(
+        args.contains(&"deb http://mirror.example/debian bookworm main".to_string()),
+        "{args:?}"
+    );
+    assert!(!args.iter().any(|a| a.contains(&mirror)), "{args:?}");
+}
+
+#[test]
+fn bad_recipe_values_fail_before_work() {
+    let p = Project::demo();
+    for (extra, want) in [
+        ("  suite: bookwrm\n", "bookwrm"),
+        ("  packages: ['bad name']\n", "bad name"),
+        ("  firmware: efi\n", "`uefi`"),
+        (
+            "  base: {image: {path: nope.qcow2, sha256: abc}}\n",
+            "sha256",
+        ),
+    ] {
+        let recipe = small_recipe(&p, extra);
+        let err = p.fail(&["--recipe", &recipe, "--dry-run", "qcow2"]);
+        assert!(err.contains(want), "{extra}: {err}");
+    }
+    let recipe = small_recipe(&p, "").replace("small", "tiny");
+    p.write(
+        &recipe,
+        &std::fs::read_to_string(p.path("recipes/small.yaml"))
+            .unwrap()
+            .replace("size: 2G", "size: 1M"),
+    );
+    assert!(p
+        .fail(&["--recipe", &recipe, "--dry-run", "qcow2"])
+        .contains("too small"));
+    assert!(p.outputs().is_empty());
+}
+
+#[test]
+fn builder1_image_is_clean_and_laid_out() {
+    if !support::require(BUILD_TOOLS) || !support::require(&["sgdisk", "debugfs", "sha256sum"]) {
+        return;
+    }
+    let _g = support::heavy();
+    let b = built();
+    let q = &b.qcow2;
+    // qemu-img check: clean.
+    let check = sh("qemu-img", &["check", "-f", "qcow2", q.as_str()]);
+    assert!(check.contains("No errors were found"), "{check}");
+    let info: serde_json::Value =
+        serde_json::from_str(&sh("qemu-img", &["info", "--output=json", q.as_str()])).unwrap();
+    assert_eq!(info["format"], "qcow2");
+    assert_eq!(info["virtual-size"], 2u64 << 30);
+    assert_eq!(info["format-specific"]["data"]["compression-type"], "zstd");
+    // The .sha256 names the basename and verifies.
+    let out = b.project.path("output");
+    let sums = std::fs::read_to_string(format!("{q}.sha256")).unwrap();
+    assert!(
+        sums.trim_end()
+            .ends_with(&format!("  {}", q.file_name().unwrap())),
+        "{sums}"
+    );
+    let ok = std::process::Command::new("sha256sum")
+        .args(["-c", &format!("{}.sha256", q.file_name().unwrap())])
+        .current_dir(&out)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+
+    // Read the disk back: GPT with BIOS boot, ESP and a root-x86-64 partition.
+    let (_d, dir) = tempdir();
+    let raw = dir.join("disk.raw");
+    sh(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "qcow2",
+            "-O",
+            "raw",
+            q.as_str(),
+            raw.as_str(),
+        ],
+    );
+    let gpt = sh("sgdisk", &["-p", raw.as_str()]);
+    assert!(
+        gpt.contains("EF02") && gpt.contains("EF00") && gpt.contains("8304"),
+        "{gpt}"
+    );
+    let verify = sh("sgdisk", &["-v", raw.as_str()]);
+    assert!(verify.contains("No problems found"), "{verify}");
+    let start: u64 = sh("sgdisk", &["-i", "3", raw.as_str()])
+        .lines()
+        .find_map(|l| l.strip_prefix("First sector: "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let fs = format!("{raw}?offset={}", start * 512);
+    let dbg = |req: &str| sh("debugfs", &["-R", req, &fs]);
+    // Identity reset.
+    assert_eq!(dbg("cat /etc/machine-id"), "");
+    assert!(dbg("stat /etc/machine-id").contains("Size: 0"));
+    let ssh = dbg("ls -l /etc/ssh");
+    assert!(
+        ssh.contains("sshd_config") && !ssh.contains("ssh_host_"),
+        "{ssh}"
+    );
+    for gone in [
+        "/var/lib/systemd/random-seed",
+        "/var/lib/dbus/machine-id",
+        "/etc/resolv.conf",
+    ] {
+        let o = std::process::Command::new("debugfs")
+            .args(["-R", &format!("stat {gone}"), &fs])
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("File not found"),
+            "{gone} is in the image"
+        );
+    }
+    let lists = dbg("ls /var/lib/apt/lists");
+    assert!(
+        !lists.contains("InRelease") && !lists.contains("Packages"),
+        "{lists}"
+    );
+    assert!(dbg("cat /etc/systemd/system/systemd-firstboot.service").is_empty());
+    assert!(dbg("stat /etc/systemd/system/systemd-firstboot.service")
+        .contains("Fast link dest: \"/dev/null\""));
+    // fstab by UUID/PARTUUID, growing root; the staged tree is there.
+    let fstab = dbg("cat /etc/fstab");
+    assert!(
+        fstab.contains("UUID=")
+            && fstab.contains("x-systemd.growfs")
+            && fstab.contains("PARTUUID="),
+        "{fstab}"
+    );
+    assert!(dbg("cat /opt/demo/bin/firstboot").contains("first boot complete"));
+    assert!(
+        dbg("stat /etc/systemd/system/multi-user.target.wants/demo-firstboot.service")
+            .contains("Type: symlink")
+    );
+    // Files keep Debian's owners (merged in process, no root needed).
+    let st = dbg("stat /var/lib/apt/lists/partial");
+    let uid: u32 = st
+        .split("User:")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|u| u.parse().ok())
+        .unwrap_or_else(|| panic!("no owner in {st}"));
+    assert_ne!(
+        uid, 0,
+        "apt's partial directory should belong to _apt:\n{st}"
+    );
+}
+
+#[test]
+fn builder1_boots_uefi_then_first_boot_does_not_rerun() {
+    if !support::require(BUILD_TOOLS) || !support::require(BOOT_TOOLS) {
+        return;
+    }
+    let _g = support::heavy();
+    let b = built();
+    let (_d, dir) = tempdir();
+    // A real copy: the second boot must see what the first one wrote.
+    let disk = dir.join("disk.qcow2");
+    std::fs::copy(&b.qcow2, &disk).unwrap();
+    let v = vars(&dir);
+    let first = boot_and_linger(
+        &Boot::new(Firmware::Uefi).disk(&disk, "qcow2").vars(&v),
+        &["demo: first boot complete", "demo: bootstrap ok"],
+        Duration::from_secs(15),
+    );
+    assert!(
+        !first.contains("First Boot Wizard"),
+        "systemd-firstboot prompted"
+    );
+    assert!(
+        first.contains("Grow File System on /"),
+        "the root file system did not grow:\n{}",
+        tail(&first)
+    );
+    assert!(
+        !first.contains("Failed to start"),
+        "a unit failed:\n{}",
+        tail(&first)
+    );
+    let second = boot(
+        &Boot::new(Firmware::Uefi).disk(&disk, "qcow2").vars(&v),
+        &["demo: bootstrap ok"],
+    );
+    assert!(
+        !second.contains("first boot complete"),
+        "first boot ran again:\n{}",
+        tail(&second)
+    );
+    let check = sh("qemu-img", &["check", "-f", "qcow2", disk.as_str()]);
+    assert!(check.contains("No errors were found"), "{check}");
+}
+
+#[test]
+fn builder1_boots_bios() {
+    if !support::require(BUILD_TOOLS) || !support::require(BOOT_TOOLS) {
+        return;
+    }
+    let _g = support::heavy();
+    let b = built();
+    let mut boot_cfg = Boot::new(Firmware::Bios).disk(&b.qcow2, "qcow2");
+    boot_cfg.snapshot = true;
+    let out = boot(
+        &boot_cfg,
+        &[
+            "Loading Linux",
+            "demo: first boot complete",
+            "demo: bootstrap ok",
+        ],
+    );
+    assert!(
+        !out.contains("error:"),
+        "GRUB reported an error:\n{}",
+        tail(&out)
+    );
+}
+
+#[test]
+fn builder1_two_builds_are_identical() {
+    if !support::require(BUILD_TOOLS) {
+        return;
+    }
+    let _g = support::heavy();
+    let b = built();
+    // A second project with its own cache and output. mmdebstrap's tarball is
+    // byte-identical for the same SOURCE_DATE_EPOCH (see environment notes);
+    // set KILN_TEST_FULL_REBUILD=1 to re-run it here too, otherwise its cache
+    // entry is shared and every kiln step after it runs again.
+    let p = Project::demo();
+    let recipe = small_recipe(&p, "");
+    if std::env::var("KILN_TEST_FULL_REBUILD").as_deref() != Ok("1") {
+        let from = b.project.cache_dir().join("qcow2-rootfs-amd64");
+        support::copy_tree(&from, &p.path("cache/qcow2-rootfs-amd64"));
+    }
+    p.run(&["--recipe", &recipe, "qcow2"]);
+    let name = b.qcow2.file_name().unwrap();
+    let a = std::fs::read_to_string(format!("{}.sha256", b.qcow2)).unwrap();
+    let c = std::fs::read_to_string(p.path("output").join(format!("{name}.sha256"))).unwrap();
+    assert_eq!(a, c, "two builds of the same inputs differ");
+    // A no-op rebuild reuses every step.
+    let out = p.run(&["--recipe", &recipe, "--json", "qcow2"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for s in report["steps"].as_array().unwrap() {
+        assert_eq!(s["outcome"], "cached", "{s}");
+    }
+}
+
+#[test]
+fn builder1_size_too_small_says_how_much_is_needed() {
+    if !support::require(BUILD_TOOLS) {
+        return;
+    }
+    let _g = support::heavy();
+    let b = built();
+    // Same Debian root as the fixture (cached), a disk too small for it.
+    let p = &b.project;
+    let text = std::fs::read_to_string(p.path("recipes/small.yaml"))
+        .unwrap()
+        .replace("size: 2G", "size: 300M");
+    p.write("recipes/tiny.yaml", &text);
+    let before = p.outputs();
+    let err = p.fail(&["--recipe", "recipes/tiny.yaml", "qcow2"]);
+    assert!(
+        err.contains("too small") && err.contains("needs at least"),
+        "{err}"
+    );
+    assert_eq!(
+        p.outputs(),
+        before,
+        "a failed build left something in output/"
+    );
+}
+
+#[test]
+fn builder1_unknown_package_and_unreachable_mirror() {
+    if !support::require(&["mmdebstrap"]) {
+        return;
+    }
+    let _g = support::heavy();
+    let p = Project::demo();
+    let recipe = small_recipe(&p, "  packages: [systemd, kiln-no-such-package]\n");
+    let err = p.fail(&["--recipe", &recipe, "qcow2"]);
+    // apt's own words, from mmdebstrap's stderr tail (not just our command line).
+    assert!(
+        err.contains("Unable to locate package kiln-no-such-package"),
+        "{err}"
+    );
+    let recipe = small_recipe(&p, "  mirror: http://127.0.0.1:9/debian\n");
+    let err = p.fail(&["--recipe", &recipe, "qcow2"]);
+    assert!(
+        err.contains("127.0.0.1:9") && err.contains("index files failed to download"),
+        "{err}"
+    );
+    assert!(p.outputs().is_empty());
+    // Nothing partial in the cache either.
+    let cache = p.path("cache/qcow2-rootfs-amd64");
+    if cache.exists() {
+        for e in std::fs::read_dir(&cache).unwrap() {
+            let e = e.unwrap().path();
+            assert!(
+                !e.is_dir() || e.join(".kiln-step.json").exists(),
+                "partial cache entry {}",
+                e.display()
+            );
+        }
+    }
+}
+
+const CUSTOMIZE_TOOLS: &[&str] = &["virt-customize", "virt-sparsify"];
+
+/// A project whose base is the builder-1 image, with a changed bootstrap
+/// script so the boot shows the customization happened.
+fn customize_project(base: &Utf8Path, sha256: &str) -> (Project, String) {
+    let p = Project::demo();
+    let script = p.path("overlay/opt/demo/bin/bootstrap");
+    let text = std::fs::read_to_string(&script)
+        .unwrap()
+        .replace("demo: bootstrap ok", "demo: bootstrap ok (customized)");
+    std::fs::write(&script, text).unwrap();
+    let recipe = small_recipe(&p, &format!("  size: 3G\n  packages: []\n  base:\n    image:\n      path: {base}\n      sha256: {sha256}\n"));
+    // `size` given twice in YAML is an error: keep the last one only.
+    let t = std::fs::read_to_string(p.path(&recipe))
+        .unwrap()
+        .replacen("  size: 2G\n", "", 1);
+    std::fs::write(p.path(&recipe), t).unwrap();
+    (p, recipe)
+}
+
+#[test]
+fn builder2_customizes_a_vendor_image_and_it_boots() {
+    if !support::require(BUILD_TOOLS)
+        || !support::require(BOOT_TOOLS)
+        || !support::require(CUSTOMIZE_TOOLS)
+    {
+        return;
+    }
+    let _g = support::heavy();
+    let b = built();
+    let sha = xtask::digest::file_sha256(&b.qcow2).unwrap();
+    let (p, recipe) = customize_project(&b.qcow2, &sha);
+    p.run(&["--recipe", &recipe, "qcow2"]);
+    let name = p
+        .outputs()
+        .into_iter()
+        .find(|n| n.ends_with(".qcow2"))
+        .unwrap();
+    let q = p.path("output").join(name);
+    let info: serde_json::Value =
+        serde_json::from_str(&sh("qemu-img", &["info", "--output=json", q.as_str()])).unwrap();
+    assert_eq!(info["virtual-size"], 3u64 << 30);
+    let (_d, dir) = tempdir();
+    let v = vars(&dir);
+    let mut bt = Boot::new(Firmware::Uefi).disk(&q, "qcow2").vars(&v);
+    bt.snapshot = true;
+    let out = boot(
+        &bt,
+        &[
+            "demo: first boot complete",
+            "demo: bootstrap ok (customized)",
+        ],
+    );
+    assert!(
+        !out.contains("First Boot Wizard"),
+        "systemd-firstboot prompted"
+    );
+
+    // Bad inputs: checksum mismatch, corrupt base, virt-customize failure.
+    let (p2, r2) = customize_project(&b.qcow2, &"0".repeat(64));
+    let err = p2.fail(&["--recipe", &r2, "qcow2"]);
+    assert!(err.contains("sha256") && err.contains(&sha), "{err}");
+    let corrupt = dir.join("corrupt.qcow2");
+    sh(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", corrupt.as_str(), "64M"],
+    );
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&corrupt)
+            .unwrap();
+        // Point the refcount table far beyond the end of the file.
+        f.write_all_at(&0x7fff_0000_0000u64.to_be_bytes(), 48)
+            .unwrap();
+    }
+    let csha = xtask::digest::file_sha256(&corrupt).unwrap();
+    let (p3, r3) = customize_project(&corrupt, &csha);
+    let err = p3.fail(&["--recipe", &r3, "qcow2"]);
+    assert!(err.contains("corrupt") && err.contains("qemu-img"), "{err}");
+    let (p4, r4) = customize_project(&b.qcow2, &sha);
+    let t = std::fs::read_to_string(p4.path(&r4))
+        .unwrap()
+        .replace("packages: []", "packages: [kiln-no-such-package]");
+    std::fs::write(p4.path(&r4), t).unwrap();
+    let err = p4.fail(&["--recipe", &r4, "qcow2"]);
+    assert!(
+        err.contains("virt-customize failed") && err.contains("log (last lines)"),
+        "{err}"
+    );
+    for q in [&p2, &p3, &p4] {
+        assert!(q.outputs().is_empty());
+    }
+}
