@@ -9,7 +9,14 @@ use std::time::Duration;
 use camino::{Utf8Path, Utf8PathBuf};
 use support::{sh, Project};
 
-const TOOLS: &[&str] = &["qemu-img", "tar", "xmllint", "sgdisk", "sha256sum"];
+const TOOLS: &[&str] = &[
+    "qemu-img",
+    "tar",
+    "xmllint",
+    "sgdisk",
+    "sha256sum",
+    "vmdkinfo",
+];
 const DISK_BYTES: u64 = 64 << 20;
 
 /// Deterministic bytes that do not compress away (xorshift).
@@ -142,6 +149,23 @@ fn builds_an_ova_that_reads_back_with_system_tools() {
         "{info}"
     );
     sh("qemu-img", &["check", "-f", "vmdk", vmdk.as_str()]);
+
+    // A second, independent VMDK reader (libvmdk) agrees: stream-optimized,
+    // the right size, and the content identifier kiln wrote in place of
+    // qemu-img's random one (a corrupt descriptor rewrite fails here).
+    let vi = sh("vmdkinfo", &[vmdk.as_str()]);
+    assert!(vi.contains("Stream optimized"), "{vi}");
+    assert!(vi.contains(&format!("({DISK_BYTES} bytes)")), "{vi}");
+    let descriptor =
+        String::from_utf8_lossy(&std::fs::read(&vmdk).unwrap()[512..4096]).into_owned();
+    let cid = descriptor
+        .lines()
+        .find_map(|l| l.strip_prefix("CID="))
+        .expect("a CID= line in the descriptor");
+    assert!(
+        vi.contains(&format!("Content identifier:\t\t0x{cid}")),
+        "vmdkinfo reads another CID than {cid}:\n{vi}"
+    );
 
     // The VMDK holds exactly the source disk.
     let back = p.path("back.raw");

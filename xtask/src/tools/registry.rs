@@ -120,6 +120,7 @@ pub const REQUIREMENTS: &[Requirement] = &[
     prog("cat", "coreutils", "baseline for the secret-scan benchmark", &["--version"], &[Test]),
     prog("sha256sum", "coreutils", "reference for benchmarks and `sha256sum -c` in tests", &["--version"], &[Test]),
     prog("xmllint", "libxml2-utils", "check OVF descriptors in tests", &["--version"], &[Test]),
+    prog("vmdkinfo", "libvmdk-utils", "read VMDKs back with a second, independent VMDK implementation in tests", &["-V"], &[Test]),
     prog("curl", "curl", "download a base ISO given by URL (resumable)", &["--version"], &[Iso, Test]),
     prog("ssh-keygen", "openssh-client", "generate throw-away keys for the secret-scan tests", &[], &[Test]),
     prog("openssl", "openssl", "generate throw-away keys and password hashes for the secret-scan tests", &["version"], &[Test]),
