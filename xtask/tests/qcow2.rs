@@ -164,10 +164,13 @@ fn step_keys(p: &Project, recipe: &str) -> serde_json::Value {
     for s in plan["steps"].as_array().unwrap() {
         keys.insert(s["name"].as_str().unwrap().into(), s["key"].clone());
     }
-    keys.insert(
-        "mmdebstrap".into(),
-        plan["steps"][1]["actions"][0]["cmd"].clone(),
-    );
+    let rootfs = plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "qcow2-rootfs-amd64")
+        .expect("a rootfs step");
+    keys.insert("mmdebstrap".into(), rootfs["actions"][0]["cmd"].clone());
     serde_json::Value::Object(keys)
 }
 

@@ -23,7 +23,7 @@ fn demo_project(scratch: &Utf8Path) -> Result<Project> {
         std::fs::remove_dir_all(&root).with_context(|| format!("removing {root}"))?;
     }
     let src = crate::cx::workspace_root();
-    for d in ["overlay", "systemd", "recipes"] {
+    for d in ["overlay", "systemd", "nocloud", "recipes", "payloads"] {
         copy_dir(&src.join(d), &root.join(d))?;
     }
     let demo = std::fs::read_to_string(root.join("recipes/demo.yaml"))?;

@@ -91,6 +91,13 @@ impl Shipped {
         }
     }
 
+    /// Take over the lists another walker read.
+    pub fn merge(&mut self, other: Shipped) {
+        for (fs, table) in other.tables {
+            self.tables.entry(fs).or_default().extend(table);
+        }
+    }
+
     /// The package that shipped `inner` (in file system `fs`) with exactly
     /// this MD5. With merged /usr, dpkg may record `/lib/x` for the file
     /// found at `/usr/lib/x`.

@@ -23,7 +23,8 @@ pub mod source;
 pub mod zip;
 
 use std::io::{Cursor, Read};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::{bail, Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
@@ -153,10 +154,13 @@ pub fn scan_artifact(path: &Utf8Path, label: &str, opts: &Options) -> ArtifactRe
         files: 0,
         bytes: 0,
         progress: None,
+        fork_ok: true,
     };
     let result = w.artifact(path);
     if let Some(p) = w.progress.take() {
-        p.finish();
+        if let Ok(p) = Arc::try_unwrap(p) {
+            p.into_inner().unwrap_or_else(|e| e.into_inner()).finish();
+        }
     }
     let findings = w
         .hits
@@ -328,17 +332,30 @@ enum Temp {
     File(#[allow(dead_code)] tempfile::NamedTempFile),
 }
 
+/// A hit where it was found: (nested path, innermost path, hit, MD5 of the
+/// file when dpkg's record could excuse it).
+type Located = (String, String, Hit, Option<[u8; 16]>);
+
+/// What one worker of [`Walker::each`] brings back.
+struct Worked {
+    walker: Walker,
+    /// (item index, its hits)
+    found: Vec<(usize, Vec<Located>)>,
+    err: Option<(usize, anyhow::Error)>,
+}
+
 struct Walker {
     engine: &'static Engine,
     tmp: Utf8PathBuf,
-    /// (nested path, innermost path, hit, MD5 of the file when dpkg's
-    /// record could excuse it)
-    hits: Vec<(String, String, Hit, Option<[u8; 16]>)>,
+    hits: Vec<Located>,
     /// dpkg's md5sums lists met on the way.
     shipped: dpkg::Shipped,
     files: u64,
     bytes: u64,
-    progress: Option<crate::ui::Progress>,
+    progress: Option<Arc<Mutex<crate::ui::Progress>>>,
+    /// Whether this walker may hand a file system's files to worker threads
+    /// (only the outermost one does: nested images stay on their worker).
+    fork_ok: bool,
 }
 
 fn join(chain: &[String], next: &str) -> Vec<String> {
@@ -396,10 +413,10 @@ impl Walker {
         }
         let w = Window::open(path)?;
         if md.len() > 256 << 20 {
-            self.progress = Some(crate::ui::Progress::bytes(
+            self.progress = Some(Arc::new(Mutex::new(crate::ui::Progress::bytes(
                 &format!("scan {}", path.file_name().unwrap_or("")),
                 md.len(),
-            ));
+            ))));
         }
         let head = w.head(HEAD)?;
         if sniff(&head, w.len) == Format::Leaf {
@@ -677,8 +694,8 @@ impl Walker {
 
     fn add_bytes(&mut self, n: u64) {
         self.bytes += n;
-        if let Some(p) = &mut self.progress {
-            p.inc(n);
+        if let Some(p) = &self.progress {
+            p.lock().unwrap_or_else(|e| e.into_inner()).inc(n);
         }
     }
 
@@ -901,12 +918,16 @@ impl Walker {
 
     fn ext(&mut self, chain: &[String], w: Window, depth: u32) -> Result<()> {
         let fs = ext4::Fs::open(w.clone())?;
+        let mut files = Vec::new();
         fs.walk(|path, ino, is_dir| {
-            if is_dir {
-                return Ok(());
+            if !is_dir {
+                files.push((path.to_string(), ino));
             }
+            Ok(())
+        })?;
+        self.each(&files, |wk, (path, ino)| {
             let here = join(chain, path);
-            match fs.node(ino).with_context(|| format!("reading {path}"))? {
+            match fs.node(*ino).with_context(|| format!("reading {path}"))? {
                 ext4::Node::File { runs, size, inline } => {
                     let data = match inline {
                         Some(b) => Data::Stream(Box::new(Cursor::new(b))),
@@ -915,17 +936,109 @@ impl Walker {
                         }
                         None => Data::Stream(Box::new(Runs::new(w.clone(), runs))),
                     };
-                    self.blob(&here, path, data, depth + 1)
+                    wk.blob(&here, path, data, depth + 1)
                         .with_context(|| format!("scanning {path}"))
                 }
                 ext4::Node::Symlink => {
-                    let hits = self.engine.entry(path, Kind::Symlink);
-                    self.record(&here, path, hits);
+                    let hits = wk.engine.entry(path, Kind::Symlink);
+                    wk.record(&here, path, hits);
                     Ok(())
                 }
                 ext4::Node::Other => Ok(()),
             }
         })
+    }
+
+    /// A walker for a worker thread: same rules, progress and temporary
+    /// directory, its own findings.
+    fn fork(&self) -> Walker {
+        Walker {
+            engine: self.engine,
+            tmp: self.tmp.clone(),
+            hits: Vec::new(),
+            shipped: dpkg::Shipped::default(),
+            files: 0,
+            bytes: 0,
+            progress: self.progress.clone(),
+            fork_ok: false,
+        }
+    }
+
+    /// Run `f` on every item, on all cores when this is the outermost walker.
+    /// Findings are merged in item order, so reports do not depend on thread
+    /// timing; the first failing item (in item order) is the error.
+    fn each<T: Sync>(
+        &mut self,
+        items: &[T],
+        f: impl Fn(&mut Walker, &T) -> Result<()> + Sync,
+    ) -> Result<()> {
+        let workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(items.len());
+        if !self.fork_ok || workers < 2 {
+            return items.iter().try_for_each(|it| f(self, it));
+        }
+        let next = AtomicUsize::new(0);
+        let stop = AtomicBool::new(false);
+        let done: Vec<Worked> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..workers)
+                .map(|_| {
+                    let mut wk = self.fork();
+                    let (next, stop, f) = (&next, &stop, &f);
+                    s.spawn(move || {
+                        let mut found = Vec::new();
+                        let mut err = None;
+                        while !stop.load(Ordering::Relaxed) {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(it) = items.get(i) else { break };
+                            match f(&mut wk, it) {
+                                Ok(()) => found.push((i, std::mem::take(&mut wk.hits))),
+                                Err(e) => {
+                                    stop.store(true, Ordering::Relaxed);
+                                    err = Some((i, e));
+                                    break;
+                                }
+                            }
+                        }
+                        Worked {
+                            walker: wk,
+                            found,
+                            err,
+                        }
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("scan worker panicked"))
+                .collect()
+        });
+        let mut found = Vec::new();
+        let mut first_err: Option<(usize, anyhow::Error)> = None;
+        for Worked {
+            walker: wk,
+            found: f,
+            err,
+        } in done
+        {
+            self.files += wk.files;
+            self.bytes += wk.bytes;
+            self.shipped.merge(wk.shipped);
+            found.extend(f);
+            if let Some((i, e)) = err {
+                if first_err.as_ref().is_none_or(|(j, _)| i < *j) {
+                    first_err = Some((i, e));
+                }
+            }
+        }
+        found.sort_by_key(|(i, _)| *i);
+        for (_, hits) in found {
+            self.hits.extend(hits);
+        }
+        match first_err {
+            Some((_, e)) => Err(e),
+            None => Ok(()),
+        }
     }
 
     fn fat(&mut self, chain: &[String], w: Window, depth: u32) -> Result<()> {
