@@ -1333,3 +1333,77 @@ fn package_shipped_test_vectors_pass_changed_or_foreign_copies_do_not() {
         "three refused keys must fail the scan"
     );
 }
+
+/// A Raspberry Pi style image: an MBR (no GPT) with a FAT boot partition and
+/// an ext4 root, as `sfdisk` writes it. Everything planted in the root is
+/// found under `p2!`, and the FAT partition is read too.
+#[test]
+fn planted_in_an_mbr_image_like_a_raspberry_pi_card() {
+    if !require_tools() || !support::require(&["mkfs.ext4", "mkfs.vfat", "mcopy", "sfdisk"]) {
+        return;
+    }
+    let p = Project::empty();
+    let corpus_dir = p.path("corpus");
+    let c = plant(&corpus_dir);
+    let ext = p.path("root.ext4");
+    sh(
+        "mkfs.ext4",
+        &[
+            "-q",
+            "-F",
+            "-d",
+            corpus_dir.as_str(),
+            "-E",
+            "root_owner=0:0",
+            ext.as_str(),
+            "48M",
+        ],
+    );
+    let fat = p.path("boot.fat");
+    sh("truncate", &["-s", "64M", fat.as_str()]);
+    sh("mkfs.vfat", &["-F", "32", "-n", "BOOTFS", fat.as_str()]);
+    let pem = corpus_dir.join("etc/ssl/private/app.key");
+    let status = Command::new("mcopy")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-i", fat.as_str(), pem.as_str(), "::/app.key"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let img = p.path("pi.img");
+    sh("truncate", &["-s", "128M", img.as_str()]);
+    // 4 MiB alignment as on Raspberry Pi OS images: FAT32 (LBA) boot, Linux root.
+    let mut sfdisk = Command::new("sfdisk")
+        .args(["--quiet", "--label", "dos", img.as_str()])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        sfdisk.stdin.as_mut().unwrap(),
+        b"start=8192, size=131072, type=c\nstart=139264, size=98304, type=83\n",
+    )
+    .unwrap();
+    drop(sfdisk.stdin.take());
+    assert!(sfdisk.wait().unwrap().success());
+    for (part, seek) in [(&fat, 8192u64), (&ext, 139264)] {
+        sh(
+            "dd",
+            &[
+                &format!("if={part}"),
+                &format!("of={img}"),
+                "bs=512",
+                &format!("seek={seek}"),
+                "conv=notrunc",
+                "status=none",
+            ],
+        );
+    }
+    let (v, out) = scan_json(&p, &[img.as_str()]);
+    assert!(!out.status.success());
+    assert_all_found(&v, &c, "p2!");
+    assert!(
+        found(&v).contains(&("p1!/app.key".to_string(), "private-key".to_string())),
+        "the FAT boot partition was not read: {:#?}",
+        found(&v)
+    );
+    assert_redacted(&c, &out);
+}

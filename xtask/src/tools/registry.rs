@@ -125,6 +125,7 @@ pub const REQUIREMENTS: &[Requirement] = &[
     prog("ssh-keygen", "openssh-client", "generate throw-away keys for the secret-scan tests", &[], &[Test]),
     prog("openssl", "openssl", "generate throw-away keys and password hashes for the secret-scan tests", &["version"], &[Test]),
     prog("sgdisk", "gdisk", "read back GPT partition tables in tests", &["--version"], &[Test]),
+    prog("sfdisk", "fdisk", "write MBR partition tables (Raspberry Pi style images) in tests", &["--version"], &[Test]),
 ];
 
 pub fn requirement(name: &str) -> Option<&'static Requirement> {
