@@ -470,6 +470,14 @@ fn registry_sources_must_be_pinned_and_missing_sources_are_named() {
     recipe(&p, "amd64", "  images:\n    - name: two\n      source: { oci-layout: a, oci-archive: b }\n      dest: /opt/img\n");
     let err = p.fail(&["stage"]);
     assert!(err.contains("exactly one of"), "{err}");
+    recipe(&p, "amd64", "  images:\n    - name: local\n      source: { oci-layout: a }\n      tls_verify: false\n      dest: /opt/img\n");
+    let err = p.fail(&["stage", "--dry-run"]);
+    assert!(
+        err.contains("recipes/demo.yaml")
+            && err.contains("image `local`")
+            && err.contains("`tls_verify` is only for a `registry` source"),
+        "{err}"
+    );
     assert_nothing_left(&p);
 }
 
