@@ -470,7 +470,335 @@ fn registry_sources_must_be_pinned_and_missing_sources_are_named() {
     recipe(&p, "amd64", "  images:\n    - name: two\n      source: { oci-layout: a, oci-archive: b }\n      dest: /opt/img\n");
     let err = p.fail(&["stage"]);
     assert!(err.contains("exactly one of"), "{err}");
+    recipe(&p, "amd64", "  images:\n    - name: local\n      source: { oci-layout: a }\n      tls_verify: false\n      dest: /opt/img\n");
+    let err = p.fail(&["stage", "--dry-run"]);
+    assert!(
+        err.contains("recipes/demo.yaml")
+            && err.contains("image `local`")
+            && err.contains("`tls_verify` is only for a `registry` source"),
+        "{err}"
+    );
     assert_nothing_left(&p);
+}
+
+/// A `docker-registry serve` (CNCF distribution) on 127.0.0.1, plain HTTP,
+/// storing into its own temporary directory; killed when dropped (also when
+/// the test panics).
+struct LocalRegistry {
+    child: std::process::Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl LocalRegistry {
+    fn start() -> LocalRegistry {
+        // The registry cannot bind port 0; take a free port from the kernel
+        // and hand it over. Another process may grab it in between: retry.
+        for _ in 0..3 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let dir = tempfile::Builder::new()
+                .prefix("kiln-registry-")
+                .tempdir()
+                .unwrap();
+            let base = Utf8Path::from_path(dir.path()).unwrap();
+            let config = base.join("config.yml");
+            std::fs::write(
+                &config,
+                format!(
+                    "version: 0.1\nlog:\n  level: warn\n\
+                     storage:\n  filesystem:\n    rootdirectory: {base}/storage\n\
+                     http:\n  addr: 127.0.0.1:{port}\n  secret: kiln-test\n"
+                ),
+            )
+            .unwrap();
+            let log = std::fs::File::create(base.join("registry.log")).unwrap();
+            let child = std::process::Command::new("docker-registry")
+                .args(["serve", config.as_str()])
+                .stdin(std::process::Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("starting docker-registry");
+            let mut r = LocalRegistry { child, port, dir };
+            if r.wait_ready() {
+                return r;
+            }
+            // `r` is dropped here: the process is killed before the next try.
+            eprintln!(
+                "docker-registry on port {port} did not come up:\n{}",
+                r.log()
+            );
+        }
+        panic!("docker-registry did not start (see the logs above)");
+    }
+
+    /// Poll `GET /v2/` (bounded: 200 tries, 50 ms apart); false when the
+    /// process exits or never answers 200.
+    fn wait_ready(&mut self) -> bool {
+        use std::io::Read;
+        for _ in 0..200 {
+            if self.child.try_wait().unwrap().is_some() {
+                return false;
+            }
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
+            if let Ok(mut s) =
+                std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(1))
+            {
+                s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+                    .unwrap();
+                let mut answer = String::new();
+                if s.write_all(b"GET /v2/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+                    .is_ok()
+                    && s.read_to_string(&mut answer).is_ok()
+                    && answer.split_whitespace().nth(1) == Some("200")
+                {
+                    return true;
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        false
+    }
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for LocalRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Turn a layout from [`oci_layout`] into one multi-platform image: the
+/// platform manifests go into an image index blob, and index.json names that
+/// index as `tag` (how skopeo stores a multi-arch image in a layout).
+/// Returns the index digest.
+fn nest_as_one_image(layout: &Utf8Path, tag: &str) -> String {
+    let top = layout.join("index.json");
+    let index = std::fs::read(&top).unwrap();
+    let digest = put_blob(layout, &index);
+    let outer = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": digest, "size": index.len(),
+            "annotations": { "org.opencontainers.image.ref.name": tag },
+        }],
+    });
+    std::fs::write(&top, serde_json::to_vec(&outer).unwrap()).unwrap();
+    digest
+}
+
+#[test]
+fn a_digest_pinned_image_is_copied_from_a_local_registry() {
+    if !support::require(&["skopeo", "docker-registry", "sha256sum"]) {
+        return;
+    }
+    let reg = LocalRegistry::start();
+    let host = reg.host();
+    // Push a two-platform image, as a tag (tests may run tools directly).
+    let p = Project::empty();
+    let layout = p.path("src/web");
+    let digests = oci_layout(&layout, &[("linux", "amd64"), ("linux", "arm64")]);
+    let index_digest = nest_as_one_image(&layout, "1");
+    sh(
+        "skopeo",
+        &[
+            "copy",
+            "--all",
+            "--dest-tls-verify=false",
+            &format!("oci:{layout}:1"),
+            &format!("docker://{host}/demo/web:1"),
+        ],
+    );
+    // The registry serves the index under the digest of its raw bytes.
+    let raw = sh(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{host}/demo/web:1"),
+        ],
+    );
+    let pushed = format!("sha256:{}", sha(raw.as_bytes()));
+    assert_eq!(pushed, index_digest, "the push rewrote the index: {raw}");
+    let pinned = format!("{host}/demo/web@{pushed}");
+    let (amd64_manifest, amd64_config) = &digests["linux/amd64"];
+
+    // The tag alone is refused before kiln talks to the registry (its access
+    // log shows no request).
+    let requests = reg.log().lines().filter(|l| l.contains("HTTP/1.")).count();
+    assert!(
+        requests > 0,
+        "the access log records requests: {}",
+        reg.log()
+    );
+    recipe(
+        &p,
+        "amd64",
+        &format!(
+            "  images:\n    - name: web\n      source: {{ registry: {host}/demo/web:1 }}\n      tls_verify: false\n      dest: /opt/img\n"
+        ),
+    );
+    let err = p.fail(&["stage"]);
+    assert!(
+        err.contains("image `web`") && err.contains("must be pinned by digest"),
+        "{err}"
+    );
+    assert_nothing_left(&p);
+    assert_eq!(
+        reg.log().lines().filter(|l| l.contains("HTTP/1.")).count(),
+        requests,
+        "{}",
+        reg.log()
+    );
+
+    recipe(
+        &p,
+        "amd64",
+        &format!(
+            "  images:
+    - name: web
+      source: {{ registry: {pinned} }}
+      tls_verify: false
+      reference: demo/web:1
+      dest: /opt/img
+    - name: web-oci
+      source: {{ registry: {pinned} }}
+      tls_verify: false
+      format: oci-archive
+      dest: /opt/img
+"
+        ),
+    );
+    let out = p.run(&["stage", "--json"]);
+    let o = outcomes(&out);
+    assert_eq!(
+        (
+            o["image-web-amd64"].as_str(),
+            o["image-web-oci-amd64"].as_str()
+        ),
+        ("ran", "ran"),
+        "{o:?}"
+    );
+    let dir = stage_tree(&p, "amd64").join("opt/img");
+    let index = json_file(&dir.join("images.json"));
+    let images = index["images"].as_array().unwrap();
+    assert_eq!(images.len(), 2, "{index:#}");
+    for img in images {
+        let archive = dir.join(img["archive"].as_str().unwrap());
+        let bytes = std::fs::read(&archive).unwrap_or_else(|e| panic!("{archive}: {e}"));
+        assert_eq!(img["sha256"], sha(&bytes));
+        assert_eq!(img["platform"], "linux/amd64");
+        assert_eq!(&img["manifest_digest"], amd64_manifest.as_str(), "{img:#}");
+        assert_eq!(&img["config_digest"], amd64_config.as_str(), "{img:#}");
+        assert_eq!(img["source"], format!("registry {pinned}"));
+    }
+    sh(
+        "sh",
+        &[
+            "-c",
+            &format!("cd {dir} && sha256sum --quiet --strict -c SHA256SUMS"),
+        ],
+    );
+    // docker-archive: skopeo reads the amd64 config back, and the layer
+    // holds the amd64 image's file.
+    let docker = dir.join("web-amd64.tar");
+    let transport = format!("docker-archive:{docker}");
+    let info = skopeo_json(&["inspect", &transport]);
+    assert_eq!(info["Architecture"], "amd64");
+    let config = sh("skopeo", &["inspect", "--config", "--raw", &transport]);
+    assert_eq!(format!("sha256:{}", sha(config.as_bytes())), *amd64_config);
+    let diff_id = info["Layers"][0].as_str().unwrap().to_string();
+    let platform_file = sh(
+        "sh",
+        &[
+            "-c",
+            &format!(
+                "tar -xOf {docker} {}.tar | tar -xO etc/platform",
+                &diff_id[7..]
+            ),
+        ],
+    );
+    assert_eq!(platform_file, "linux/amd64\n");
+    let manifest: Value =
+        serde_json::from_str(&sh("tar", &["-xOf", docker.as_str(), "manifest.json"])).unwrap();
+    assert_eq!(manifest[0]["RepoTags"], json!(["demo/web:1"]));
+    // oci-archive: the registry's amd64 manifest, byte for byte.
+    let oci = dir.join("web-oci-amd64.tar");
+    let transport = format!("oci-archive:{oci}");
+    let info = skopeo_json(&["inspect", &transport]);
+    assert_eq!(info["Digest"], amd64_manifest.as_str());
+    let raw = sh("skopeo", &["inspect", "--raw", &transport]);
+    assert_eq!(format!("sha256:{}", sha(raw.as_bytes())), *amd64_manifest);
+    let config = sh("skopeo", &["inspect", "--config", "--raw", &transport]);
+    assert_eq!(format!("sha256:{}", sha(config.as_bytes())), *amd64_config);
+
+    // Unchanged recipe: served from the cache.
+    let again = outcomes(&p.run(&["stage", "--json"]));
+    assert_eq!(again["image-web-amd64"], "cached", "{again:?}");
+
+    // `tls_verify` is part of the step: with verification on (the default),
+    // the step runs again and skopeo refuses the plain-HTTP registry.
+    recipe(
+        &p,
+        "amd64",
+        &format!(
+            "  images:\n    - name: web\n      source: {{ registry: {pinned} }}\n      dest: /opt/img\n"
+        ),
+    );
+    let err = p.fail(&["stage"]);
+    assert!(
+        err.contains(&format!("image `web` (registry {pinned})")),
+        "{err}"
+    );
+    assert!(
+        err.contains("skopeo inspect --raw") && !err.contains("--tls-verify=false"),
+        "{err}"
+    );
+    assert!(
+        err.contains("server gave HTTP response to HTTPS client"),
+        "{err}"
+    );
+
+    // A pinned digest the registry does not have: skopeo's error, with the
+    // image named, and nothing left behind.
+    let q = Project::empty();
+    let absent = format!("{host}/demo/web@sha256:{}", sha(b"not pushed"));
+    recipe(
+        &q,
+        "amd64",
+        &format!(
+            "  images:\n    - name: gone\n      source: {{ registry: {absent} }}\n      tls_verify: false\n      dest: /opt/img\n"
+        ),
+    );
+    let err = q.fail(&["stage"]);
+    assert!(
+        err.contains(&format!("image `gone` (registry {absent})")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "skopeo inspect --raw --retry-times 3 --tls-verify=false docker://{absent}"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("manifest unknown"), "{err}");
+    assert_nothing_left(&q);
+    drop(reg);
 }
 
 /// A small model directory: nested files, a link inside, an executable.

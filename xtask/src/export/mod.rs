@@ -167,7 +167,10 @@ fn image_step(
         }
         ImageSource::Registry(reference) => {
             b = b.input(Input::tool("skopeo"));
-            oci::Source::Registry(reference.clone())
+            oci::Source::Registry {
+                reference: reference.clone(),
+                tls_verify: img.tls_verify,
+            }
         }
     };
     let op = oci::ImageOp {

@@ -34,7 +34,12 @@ pub enum Source {
     Layout(Utf8PathBuf),
     OciArchive(Utf8PathBuf),
     DockerArchive(Utf8PathBuf),
-    Registry(String),
+    /// A digest-pinned reference; `tls_verify: false` lets skopeo use plain
+    /// HTTP or skip certificate checks.
+    Registry {
+        reference: String,
+        tls_verify: bool,
+    },
     RootfsDir(Utf8PathBuf),
 }
 
@@ -55,7 +60,7 @@ pub struct ImageOp {
 
 impl Op for ImageOp {
     fn describe(&self) -> Value {
-        json!({ "export_image": {
+        let mut d = json!({ "export_image": {
             "name": self.name,
             "source": self.source_label,
             "platform": platform(self.arch),
@@ -66,7 +71,12 @@ impl Op for ImageOp {
             "reference": self.reference,
             "cmd": self.cmd,
             "epoch": self.epoch,
-        }})
+        }});
+        // Part of the skopeo commands, so part of the key (registry sources only).
+        if let Source::Registry { tls_verify, .. } = &self.source {
+            d["export_image"]["tls_verify"] = json!(tls_verify);
+        }
+        d
     }
     fn run(&self, cx: &OpCx) -> Result<()> {
         let what = format!("image `{}` ({})", self.name, self.source_label);
@@ -97,9 +107,12 @@ impl ImageOp {
                 build_layout(root, &dir, self.arch, &self.cmd, self.epoch)?;
                 select(&dir, &want)?
             }
-            Source::Registry(reference) => {
+            Source::Registry {
+                reference,
+                tls_verify,
+            } => {
                 let dir = work.path.join("layout");
-                copy_from_registry(reference, &dir, self.arch)?;
+                copy_from_registry(reference, *tls_verify, &dir, self.arch)?;
                 select(&dir, &want)?
             }
         };
@@ -802,12 +815,12 @@ pub fn build_layout(
 }
 
 /// Copy one platform of a digest-pinned registry image into an OCI layout.
-fn copy_from_registry(reference: &str, dir: &Utf8Path, arch: Arch) -> Result<()> {
+fn copy_from_registry(reference: &str, tls_verify: bool, dir: &Utf8Path, arch: Arch) -> Result<()> {
     if crate::tools::find("skopeo").is_none() {
         return Err(crate::tools::missing_tool("skopeo"));
     }
     let want = platform(arch);
-    let raw = crate::tools::run(&crate::tools::skopeo::inspect_raw(reference))?;
+    let raw = crate::tools::run(&crate::tools::skopeo::inspect_raw(reference, tls_verify))?;
     let top = parse_json(&raw.stdout, &format!("the manifest of {reference}"))?;
     let mt = top["mediaType"].as_str().unwrap_or_default();
     if mt == OCI_INDEX || mt == DOCKER_LIST || top["manifests"].is_array() {
@@ -825,7 +838,9 @@ fn copy_from_registry(reference: &str, dir: &Utf8Path, arch: Arch) -> Result<()>
             have.join(", ")
         );
     }
-    crate::tools::run(&crate::tools::skopeo::copy_to_oci(reference, dir, arch))?;
+    crate::tools::run(&crate::tools::skopeo::copy_to_oci(
+        reference, dir, arch, tls_verify,
+    ))?;
     Ok(())
 }
 

@@ -32,6 +32,20 @@ pub struct ImagePayload {
     /// Only for a `rootfs-dir` source: the image's default command.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cmd: Vec<String>,
+    /// Only for a `registry` source: `false` lets skopeo reach the registry
+    /// over plain HTTP or without checking its certificate
+    /// (`--tls-verify=false`), for a local or lab registry. The digest pin
+    /// still fixes the bytes. Default `true`.
+    #[serde(default = "default_tls_verify", skip_serializing_if = "is_true")]
+    pub tls_verify: bool,
+}
+
+fn default_tls_verify() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 impl ImagePayload {
@@ -217,6 +231,10 @@ impl Payloads {
             anyhow::ensure!(
                 i.cmd.is_empty() || matches!(i.source, ImageSource::RootfsDir(_)),
                 "{file}: image `{n}`: `cmd` is only for a `rootfs-dir` source (other images carry their own config)"
+            );
+            anyhow::ensure!(
+                i.tls_verify || matches!(i.source, ImageSource::Registry(_)),
+                "{file}: image `{n}`: `tls_verify` is only for a `registry` source (the others are local files)"
             );
             let reference = i.reference();
             anyhow::ensure!(
