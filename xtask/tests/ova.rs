@@ -591,19 +591,8 @@ fn extracted_vmdk_boots_under_ovmf() {
 fn demo_ova_boots_to_first_boot() {
     let ovmf = xtask::tools::qemu_system::OVMF_CODE;
     let mut need: Vec<&str> = TOOLS.to_vec();
-    need.extend([
-        "mmdebstrap",
-        "mkfs.ext4",
-        "mkfs.vfat",
-        "mcopy",
-        "objcopy",
-        "grub-mkimage",
-    ]);
-    need.extend([
-        "/usr/lib/systemd/boot/efi/linuxx64.efi.stub",
-        "qemu-system-x86_64",
-        ovmf,
-    ]);
+    need.extend(support::QCOW2_BUILD_TOOLS);
+    need.extend(["qemu-system-x86_64", ovmf]);
     if !support::require(&need) {
         return;
     }

@@ -14,17 +14,7 @@ use support::{sh, Project};
 use xtask::tools::qemu_system::{Boot, Firmware, OVMF_VARS};
 use xtask::tools::{run_until, Watch};
 
-const BUILD_TOOLS: &[&str] = &[
-    "mmdebstrap",
-    "mkfs.ext4",
-    "mkfs.vfat",
-    "mcopy",
-    "objcopy",
-    "grub-mkimage",
-    "qemu-img",
-    "/usr/lib/systemd/boot/efi/linuxx64.efi.stub",
-    "/usr/lib/grub/i386-pc/boot.img",
-];
+use support::QCOW2_BUILD_TOOLS as BUILD_TOOLS;
 const BOOT_TOOLS: &[&str] = &["qemu-system-x86_64", "/usr/share/OVMF/OVMF_CODE_4M.fd"];
 const BOOT_LIMIT: Duration = Duration::from_secs(420);
 

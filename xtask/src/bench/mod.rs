@@ -54,6 +54,22 @@ impl Measurement {
             met: ratio <= max,
         }
     }
+    /// An absolute goal on kiln's time (`<= max_secs`); the ratio to the
+    /// baseline is printed for scale.
+    pub fn within_secs(
+        case: &str,
+        kiln: &str,
+        k: Duration,
+        baseline: &str,
+        b: Duration,
+        max_secs: f64,
+    ) -> Measurement {
+        Measurement {
+            goal: format!("<= {max_secs} s"),
+            met: k.as_secs_f64() <= max_secs,
+            ..Measurement::time(case, kiln, k, baseline, b, f64::INFINITY)
+        }
+    }
     /// A speed-up comparison: ratio = baseline / kiln, goal `ratio >= min`.
     pub fn speedup(
         case: &str,

@@ -26,6 +26,19 @@ pub fn in_ci() -> bool {
 }
 
 /// `true` when every program/file is present. Otherwise: panic in CI, skip elsewhere.
+/// What the qcow2 builder (packages) needs; the OVA of the demo disk too.
+pub const QCOW2_BUILD_TOOLS: &[&str] = &[
+    "mmdebstrap",
+    "mkfs.ext4",
+    "mkfs.vfat",
+    "mcopy",
+    "objcopy",
+    "grub-mkimage",
+    "qemu-img",
+    "/usr/lib/systemd/boot/efi/linuxx64.efi.stub",
+    "/usr/lib/grub/i386-pc/boot.img",
+];
+
 pub fn require(what: &[&str]) -> bool {
     let missing: Vec<&str> = what
         .iter()
