@@ -307,11 +307,19 @@ fn builder1_image_is_clean_and_laid_out() {
         ssh.contains("sshd_config") && !ssh.contains("ssh_host_"),
         "{ssh}"
     );
-    for gone in [
-        "/var/lib/systemd/random-seed",
-        "/var/lib/dbus/machine-id",
-        "/etc/resolv.conf",
-    ] {
+    // The build host's resolv.conf is gone; DNS comes from DHCP through
+    // systemd-resolved's stub.
+    assert!(
+        dbg("stat /etc/resolv.conf")
+            .contains("Fast link dest: \"../run/systemd/resolve/stub-resolv.conf\""),
+        "{}",
+        dbg("stat /etc/resolv.conf")
+    );
+    assert!(
+        dbg("stat /etc/systemd/system/multi-user.target.wants/systemd-resolved.service")
+            .contains("Type: symlink")
+    );
+    for gone in ["/var/lib/systemd/random-seed", "/var/lib/dbus/machine-id"] {
         let o = std::process::Command::new("debugfs")
             .args(["-R", &format!("stat {gone}"), &fs])
             .output()
@@ -376,6 +384,11 @@ fn builder1_boots_uefi_then_first_boot_does_not_rerun() {
     assert!(
         !first.contains("First Boot Wizard"),
         "systemd-firstboot prompted"
+    );
+    assert!(
+        first.contains("Network Name Resolution"),
+        "systemd-resolved did not start:\n{}",
+        tail(&first)
     );
     assert!(
         first.contains("Grow File System on /"),

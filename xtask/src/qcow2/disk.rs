@@ -76,6 +76,9 @@ pub struct DiskSpec {
     pub cmdline: String,
     /// Generate the first-boot SSH host key unit.
     pub ssh: bool,
+    /// systemd-resolved is installed: `/etc/resolv.conf` points at its stub
+    /// (the DNS servers DHCP hands to systemd-networkd) and it is enabled.
+    pub resolved: bool,
     pub epoch: i64,
     pub ids: Ids,
 }
@@ -221,6 +224,20 @@ fn generated(spec: &DiskSpec) -> BTreeMap<String, New> {
         format!("{sys}/sockets.target.wants/systemd-networkd.socket"),
         link("/lib/systemd/system/systemd-networkd.socket"),
     );
+    if spec.resolved {
+        m.insert(
+            "etc/resolv.conf".into(),
+            link("../run/systemd/resolve/stub-resolv.conf"),
+        );
+        m.insert(
+            format!("{sys}/multi-user.target.wants/systemd-resolved.service"),
+            link("/lib/systemd/system/systemd-resolved.service"),
+        );
+        m.insert(
+            format!("{sys}/dbus-org.freedesktop.resolve1.service"),
+            link("/lib/systemd/system/systemd-resolved.service"),
+        );
+    }
     // Empty machine-id marks the first boot; systemd-firstboot must not prompt.
     m.insert(
         format!("{sys}/systemd-firstboot.service"),

@@ -105,6 +105,11 @@ pub fn plan_disk(r: &Resolved, plan: &mut Plan, arch: Arch) -> Result<DiskInfo> 
                 bios: q.firmware.bios(),
                 cmdline: disk::DiskSpec::kernel_cmdline(&ids, &q.cmdline),
                 ssh: q.packages_for(arch).iter().any(|p| p == "openssh-server"),
+                // bullseye ships resolved inside `systemd`.
+                resolved: q
+                    .packages_for(arch)
+                    .iter()
+                    .any(|p| p == "systemd-resolved" || (q.suite == "bullseye" && p == "systemd")),
                 epoch: r.epoch,
                 ids,
             };

@@ -22,6 +22,9 @@ pub const DEFAULT_PACKAGES: &[&str] = &[
     "ca-certificates",
     "e2fsprogs",
     "iproute2",
+    // DNS: systemd-networkd learns the servers from DHCP; resolved serves them.
+    // (On bullseye it is part of `systemd`; `packages_for` drops it there.)
+    "systemd-resolved",
 ];
 
 /// Suites kiln knows how to lay out mirror lines for (`<suite>`,
@@ -229,6 +232,9 @@ impl Qcow2Options {
     /// The packages with the kernel added when the list has none.
     pub fn packages_for(&self, arch: super::Arch) -> Vec<String> {
         let mut p = self.packages.clone();
+        if self.suite == "bullseye" {
+            p.retain(|x| x != "systemd-resolved");
+        }
         if !p.iter().any(|x| x.starts_with("linux-image-")) {
             p.push(format!("linux-image-{}", arch.debian()));
         }
@@ -310,5 +316,21 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("bookwrm"));
+    }
+
+    #[test]
+    fn packages_add_the_kernel_and_fit_the_suite() {
+        let o = Qcow2Options::default();
+        let p = o.packages_for(super::super::Arch::Amd64);
+        assert!(p.contains(&"linux-image-amd64".to_string()), "{p:?}");
+        assert!(p.contains(&"systemd-resolved".to_string()), "{p:?}");
+        // bullseye has no systemd-resolved package (it is inside systemd).
+        let o = Qcow2Options {
+            suite: "bullseye".into(),
+            ..Default::default()
+        };
+        let p = o.packages_for(super::super::Arch::Arm64);
+        assert!(!p.iter().any(|x| x == "systemd-resolved"), "{p:?}");
+        assert!(p.contains(&"linux-image-arm64".to_string()), "{p:?}");
     }
 }
