@@ -25,16 +25,29 @@ fn random_bytes(n: usize) -> Vec<u8> {
     v
 }
 
-/// `n` random characters from `alphabet`.
+/// `n` random characters from `alphabet`. When the alphabet has letters and
+/// digits, the result starts with a letter and ends with a digit, so a
+/// planted secret always looks like one (a 40-character draw without any
+/// digit is rare, but not rare enough for a test that runs on every push).
 fn random_str(alphabet: &str, n: usize) -> String {
     let a = alphabet.as_bytes();
-    random_bytes(n)
+    let mut s: Vec<u8> = random_bytes(n)
         .iter()
-        .map(|b| a[*b as usize % a.len()] as char)
-        .collect()
+        .map(|b| a[*b as usize % a.len()])
+        .collect();
+    let letters: Vec<u8> = a.iter().copied().filter(u8::is_ascii_alphabetic).collect();
+    let digits: Vec<u8> = a.iter().copied().filter(u8::is_ascii_digit).collect();
+    if n >= 2 && !letters.is_empty() && !digits.is_empty() {
+        let r = random_bytes(2);
+        s[0] = letters[r[0] as usize % letters.len()];
+        s[n - 1] = digits[r[1] as usize % digits.len()];
+    }
+    String::from_utf8(s).unwrap()
 }
 
-const ALNUM: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+/// Letters without vowels (a random draw never spells a placeholder word such
+/// as `todo` or `dummy`) and digits.
+const ALNUM: &str = "BCDFGHJKLMNPQRSTVWXYZbcdfghjklmnpqrstvwxyz0123456789";
 const UPPER_DIGITS: &str = "ABCDFGHJKLMNPQRSTUVWYZ0123456789"; // no E/X/I/O: never spells EXAMPLE
 
 fn b64url(data: &[u8]) -> String {
