@@ -195,6 +195,12 @@ const PASS_ENV: &[&str] = &[
     "HTTP_PROXY",
     "HTTPS_PROXY",
     "NO_PROXY",
+    // Where skopeo finds registry logins (`skopeo login` writes under
+    // XDG_RUNTIME_DIR); credentials change access, never the bytes copied
+    // (registry sources are pinned by digest).
+    "XDG_RUNTIME_DIR",
+    "REGISTRY_AUTH_FILE",
+    "DOCKER_CONFIG",
 ];
 
 /// Run a command to completion with stdin closed, `LANG=C.UTF-8`, in its own
