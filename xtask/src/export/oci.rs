@@ -342,6 +342,25 @@ fn collect(
     Ok(())
 }
 
+/// The config's `rootfs.diff_ids`, one per layer of the manifest (`what`
+/// names the manifest in the error).
+fn diff_ids(cfg: &serde_json::Value, layers: usize, what: &str) -> Result<Vec<String>> {
+    let ids: Vec<String> = cfg["rootfs"]["diff_ids"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|d| d.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    anyhow::ensure!(
+        layers == ids.len(),
+        "{what}: {layers} layers but its config lists {} diff_ids",
+        ids.len()
+    );
+    Ok(ids)
+}
+
 fn load(layout: &Utf8Path, media_type: &str, digest: &str, size: u64) -> Result<Image> {
     let manifest = read_blob(layout, digest, size)?;
     let what = format!("manifest {digest}");
@@ -354,23 +373,10 @@ fn load(layout: &Utf8Path, media_type: &str, digest: &str, size: u64) -> Result<
     let (cmt, cd, cs) = desc(&man["config"], &what)?;
     let config = read_blob(layout, &cd, cs)?;
     let cfg = parse_json(&config, &format!("config {cd}"))?;
-    let diff_ids: Vec<String> = cfg["rootfs"]["diff_ids"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|d| d.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
     let ls = man["layers"]
         .as_array()
         .with_context(|| format!("{what}: no `layers` list"))?;
-    anyhow::ensure!(
-        ls.len() == diff_ids.len(),
-        "{what}: {} layers but its config lists {} diff_ids",
-        ls.len(),
-        diff_ids.len()
-    );
+    let diff_ids = diff_ids(&cfg, ls.len(), &what)?;
     let mut layers = Vec::new();
     for (l, diff_id) in ls.iter().zip(diff_ids) {
         let (lmt, ld, lsz) = desc(l, &what)?;
@@ -671,23 +677,10 @@ fn read_docker_archive(dir: &Utf8Path, file: &Utf8Path, want: &str) -> Result<Im
         platform_matches(&plat, want),
         "{file} has no {want} image; it has {plat} (a docker-archive holds one platform)"
     );
-    let diff_ids: Vec<String> = cfg["rootfs"]["diff_ids"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|d| d.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
     let lnames = e["Layers"]
         .as_array()
         .with_context(|| format!("{file}: manifest.json entry without Layers"))?;
-    anyhow::ensure!(
-        lnames.len() == diff_ids.len(),
-        "{file}: manifest.json lists {} layers, the config {} diff_ids",
-        lnames.len(),
-        diff_ids.len()
-    );
+    let diff_ids = diff_ids(&cfg, lnames.len(), &format!("{file}: manifest.json"))?;
     let mut layers = Vec::new();
     let mut descs = Vec::new();
     for (ln, diff_id) in lnames.iter().zip(diff_ids) {
