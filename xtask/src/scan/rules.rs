@@ -186,6 +186,23 @@ impl Hit {
     }
 }
 
+impl Hit {
+    /// A hit covering line `no` (1-based) that starts at byte `start` and is
+    /// `len` bytes long.
+    pub fn on_line(
+        rule: &'static str,
+        excerpt: String,
+        secret: &[u8],
+        no: u64,
+        start: usize,
+        len: usize,
+    ) -> Hit {
+        let mut h = Hit::new(rule, excerpt, secret, start as u64, (start + len) as u64);
+        h.line = Some(no);
+        h
+    }
+}
+
 /// What the readers say about a path besides its content.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -668,15 +685,14 @@ impl Engine {
                     format!("{user}:{id}[redacted hash]:…")
                 };
                 let secret = if empty { line } else { pw };
-                let mut h = Hit::new(
+                hits.push(Hit::on_line(
                     "shadow-password",
                     what,
                     secret,
-                    start as u64,
-                    (start + line.len()) as u64,
-                );
-                h.line = Some(no);
-                hits.push(h);
+                    no,
+                    start,
+                    line.len(),
+                ));
             }
         }
     }
@@ -694,7 +710,7 @@ impl Engine {
             if is_placeholder(value) {
                 continue;
             }
-            let mut h = Hit::new(
+            hits.push(Hit::on_line(
                 "env-secret",
                 format!(
                     "{}=[redacted, {} chars]",
@@ -702,11 +718,10 @@ impl Engine {
                     value.len()
                 ),
                 value,
-                start as u64,
-                (start + line.len()) as u64,
-            );
-            h.line = Some(no);
-            hits.push(h);
+                no,
+                start,
+                line.len(),
+            ));
         }
     }
 
@@ -748,7 +763,7 @@ impl Engine {
             {
                 continue;
             }
-            let mut h = Hit::new(
+            hits.push(Hit::on_line(
                 rule,
                 format!(
                     "{}: [redacted, {} chars]",
@@ -756,11 +771,10 @@ impl Engine {
                     v.len()
                 ),
                 v,
-                start as u64,
-                (start + line.len()) as u64,
-            );
-            h.line = Some(no);
-            hits.push(h);
+                no,
+                start,
+                line.len(),
+            ));
         }
     }
 
@@ -790,7 +804,7 @@ impl Engine {
         }
         for (no, start, line) in lines(data) {
             for c in self.docker_fallback.captures_iter(line) {
-                let mut h = Hit::new(
+                hits.push(Hit::on_line(
                     "docker-auth",
                     format!(
                         "\"{}\": [redacted, {} chars]",
@@ -798,11 +812,10 @@ impl Engine {
                         c[2].len()
                     ),
                     &c[2],
-                    start as u64,
-                    (start + line.len()) as u64,
-                );
-                h.line = Some(no);
-                hits.push(h);
+                    no,
+                    start,
+                    line.len(),
+                ));
             }
         }
     }
@@ -816,7 +829,7 @@ impl Engine {
             if is_placeholder(v) {
                 continue;
             }
-            let mut h = Hit::new(
+            hits.push(Hit::on_line(
                 "kubeconfig-credentials",
                 format!(
                     "{}: [redacted, {} chars]",
@@ -824,11 +837,10 @@ impl Engine {
                     v.len()
                 ),
                 v,
-                start as u64,
-                (start + line.len()) as u64,
-            );
-            h.line = Some(no);
-            hits.push(h);
+                no,
+                start,
+                line.len(),
+            ));
         }
     }
 
@@ -839,15 +851,14 @@ impl Engine {
                 continue;
             }
             let mut push = |what: String, secret: &[u8]| {
-                let mut h = Hit::new(
+                hits.push(Hit::on_line(
                     "apt-proxy-credentials",
                     what,
                     secret,
-                    start as u64,
-                    (start + line.len()) as u64,
-                );
-                h.line = Some(no);
-                hits.push(h);
+                    no,
+                    start,
+                    line.len(),
+                ));
             };
             if let Some(c) = self.apt_proxy.captures(line) {
                 if !is_placeholder(&c[2]) {
