@@ -78,6 +78,17 @@ fn extract(ova: &Utf8Path, dir: &Utf8Path) {
     sh("tar", &["-xf", ova.as_str(), "-C", dir.as_str()]);
 }
 
+/// A field of the descriptor's hardware `Item` of one CIM resource type
+/// (3 CPU, 4 memory, 6 SCSI controller, 10 NIC, ...).
+fn item(ovf: &Utf8Path, resource_type: u32, field: &str) -> String {
+    xpath(
+        ovf,
+        &format!(
+            "string(//*[local-name()='Item'][*[local-name()='ResourceType']='{resource_type}']/*[local-name()='{field}'])"
+        ),
+    )
+}
+
 fn xpath(file: &Utf8Path, expr: &str) -> String {
     sh("xmllint", &["--xpath", expr, file.as_str()])
         .trim()
@@ -201,22 +212,10 @@ fn builds_an_ova_that_reads_back_with_system_tools() {
         xpath(&ovf, "string(//*[local-name()='VirtualSystemType'])"),
         "vmx-14"
     );
-    assert_eq!(
-        xpath(&ovf, "string(//*[local-name()='Item'][*[local-name()='ResourceType']='3']/*[local-name()='VirtualQuantity'])"),
-        "2"
-    );
-    assert_eq!(
-        xpath(&ovf, "string(//*[local-name()='Item'][*[local-name()='ResourceType']='4']/*[local-name()='VirtualQuantity'])"),
-        "4096"
-    );
-    assert_eq!(
-        xpath(&ovf, "string(//*[local-name()='Item'][*[local-name()='ResourceType']='10']/*[local-name()='ResourceSubType'])"),
-        "E1000"
-    );
-    assert_eq!(
-        xpath(&ovf, "string(//*[local-name()='Item'][*[local-name()='ResourceType']='6']/*[local-name()='ResourceSubType'])"),
-        "lsilogic"
-    );
+    assert_eq!(item(&ovf, 3, "VirtualQuantity"), "2");
+    assert_eq!(item(&ovf, 4, "VirtualQuantity"), "4096");
+    assert_eq!(item(&ovf, 10, "ResourceSubType"), "E1000");
+    assert_eq!(item(&ovf, 6, "ResourceSubType"), "lsilogic");
     // The disk is UEFI-only (GPT + ESP, no BIOS boot partition): EFI firmware.
     assert_eq!(attr(&ovf, "Config", "value"), "efi");
     assert_eq!(
@@ -502,18 +501,9 @@ fn recipe_options_reach_the_descriptor() {
         xpath(&ovf, "string(//*[local-name()='VirtualSystemType'])"),
         "vmx-19"
     );
-    assert_eq!(
-        xpath(&ovf, "string(//*[local-name()='Item'][*[local-name()='ResourceType']='10']/*[local-name()='ResourceSubType'])"),
-        "VmxNet3"
-    );
-    assert_eq!(
-        xpath(&ovf, "string(//*[local-name()='Item'][*[local-name()='ResourceType']='3']/*[local-name()='VirtualQuantity'])"),
-        "4"
-    );
-    assert_eq!(
-        xpath(&ovf, "string(//*[local-name()='Item'][*[local-name()='ResourceType']='4']/*[local-name()='VirtualQuantity'])"),
-        "2048"
-    );
+    assert_eq!(item(&ovf, 10, "ResourceSubType"), "VmxNet3");
+    assert_eq!(item(&ovf, 3, "VirtualQuantity"), "4");
+    assert_eq!(item(&ovf, 4, "VirtualQuantity"), "2048");
     assert_eq!(
         attr(&ovf, "Config", "value"),
         "",
