@@ -41,6 +41,8 @@ const MAX_DEPTH: u32 = 16;
 const CHUNK: usize = 8 << 20;
 /// …overlapping by this much, so a key that straddles two chunks is whole in one.
 const OVERLAP: usize = 128 << 10;
+/// Threads that scan one file system's files.
+const MAX_WORKERS: usize = 8;
 
 /// What to accept, and where temporary files go.
 #[derive(Debug, Clone, Default)]
@@ -972,8 +974,11 @@ impl Walker {
         items: &[T],
         f: impl Fn(&mut Walker, &T) -> Result<()> + Sync,
     ) -> Result<()> {
+        // Each worker holds up to TEXT_LIMIT (16 MiB) of one file: cap the
+        // count so a many-core host does not turn that into gigabytes.
         let workers = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
+            .min(MAX_WORKERS)
             .min(items.len());
         if !self.fork_ok || workers < 2 {
             return items.iter().try_for_each(|it| f(self, it));
