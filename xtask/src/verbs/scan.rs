@@ -19,7 +19,10 @@ use crate::cx::Cx;
 ///
 /// Exits non-zero if any finding is not allowed by the recipe's
 /// `scan.allow` list, or if any part of an artifact could not be read (a
-/// partial scan is not a pass). Every build verb runs the same scan before
+/// partial scan is not a pass). Findings in files under /usr that are
+/// byte-identical to what their Debian package installed (dpkg's md5sums,
+/// e.g. libgnutls' self-test keys) are accepted and reported as allowed,
+/// with the package named. Every build verb runs the same scan before
 /// publishing into output/.
 #[derive(Debug, clap::Args)]
 pub struct Args {
