@@ -208,10 +208,10 @@ pub fn install_missing(reqs: &[&Requirement]) -> Result<()> {
     crate::tools::run(&crate::tools::apt::update())?;
     let plain: Vec<&str> = plain.into_iter().collect();
     let bpo: Vec<&str> = bpo.into_iter().collect();
-    if !plain.is_empty() {
-        ui::info(&format!("apt-get install {}", plain.join(" ")));
-        crate::tools::run(&crate::tools::apt::install(&plain, None))?;
-    }
+    // Backports first: with qemu-system-x86 from backports installed, the
+    // plain set (libguestfs-tools needs a qemu-system) resolves against it.
+    // The other order makes apt pick bookworm's qemu-system-common, which the
+    // backports qemu-utils breaks, and the install fails as "held broken".
     if !bpo.is_empty() {
         ui::info(&format!(
             "apt-get install -t bookworm-backports {}",
@@ -221,6 +221,10 @@ pub fn install_missing(reqs: &[&Requirement]) -> Result<()> {
             &bpo,
             Some("bookworm-backports"),
         ))?;
+    }
+    if !plain.is_empty() {
+        ui::info(&format!("apt-get install {}", plain.join(" ")));
+        crate::tools::run(&crate::tools::apt::install(&plain, None))?;
     }
     Ok(())
 }
