@@ -56,12 +56,46 @@ fn probe(program: &str) -> String {
         .collect()
 }
 
-/// Missing requirements of a target.
+/// The version line of a program older than the requirement's minimum
+/// (`None` when it is new enough, absent, or its version can't be read).
+pub fn too_old(r: &Requirement) -> Option<String> {
+    let (min, _) = r.min_version?;
+    if !matches!(r.kind, Kind::Program) || !r.present() {
+        return None;
+    }
+    let line = version(r.name);
+    let found = registry::parse_version(&line)?;
+    registry::older_than(&found, min).then_some(line)
+}
+
+/// Requirements of a target that are absent or too old.
 pub fn missing(target: Target) -> Vec<&'static Requirement> {
     registry::for_target(target)
         .into_iter()
-        .filter(|r| !r.present())
+        .filter(|r| !r.present() || too_old(r).is_some())
         .collect()
+}
+
+/// `  - name (purpose): package P` plus, for a too-old program, what was
+/// found and what is needed.
+fn missing_line(r: &Requirement) -> String {
+    let old = match (too_old(r), r.min_version) {
+        (Some(found), Some((min, why))) => {
+            format!(" [found `{found}`; {why} needs {min} or newer]")
+        }
+        _ => String::new(),
+    };
+    format!(
+        "  - {} ({}){old}: package {}{}",
+        r.name,
+        r.purpose,
+        r.package,
+        if r.backports {
+            " (bookworm-backports)"
+        } else {
+            ""
+        }
+    )
 }
 
 /// Fail before any work when a target's tools are missing (all listed at once).
@@ -70,24 +104,9 @@ pub fn require(target: Target) -> Result<()> {
     if m.is_empty() {
         return Ok(());
     }
-    let lines: Vec<String> = m
-        .iter()
-        .map(|r| {
-            format!(
-                "  - {} ({}): package {}{}",
-                r.name,
-                r.purpose,
-                r.package,
-                if r.backports {
-                    " (bookworm-backports)"
-                } else {
-                    ""
-                }
-            )
-        })
-        .collect();
+    let lines: Vec<String> = m.iter().map(|r| missing_line(r)).collect();
     bail!(
-        "missing tools for `{}`:\n{}\ninstall them with `cargo xtask doctor --target {} --install` (as root)",
+        "missing or too old tools for `{}`:\n{}\ninstall them with `cargo xtask doctor --target {} --install` (as root)",
         target_name(target),
         lines.join("\n"),
         target_name(target)
@@ -117,6 +136,7 @@ pub fn run(target: Target, install: bool, json_out: bool) -> Result<()> {
                 json!({
                     "name": r.name, "kind": r.kind, "package": r.package, "backports": r.backports,
                     "purpose": r.purpose, "found": r.present(),
+                    "min_version": r.min_version.map(|(v, _)| v), "too_old": too_old(r).is_some(),
                     "version": match r.kind { Kind::Program => version(r.name), Kind::File => String::new() },
                 })
             })
@@ -126,6 +146,7 @@ pub fn run(target: Target, install: bool, json_out: bool) -> Result<()> {
         println!("{:<48} {:<8} {:<44} package", "tool", "status", "version");
         for r in &reqs {
             let (status, ver) = match (r.present(), r.kind) {
+                (true, Kind::Program) if too_old(r).is_some() => ("TOO OLD", version(r.name)),
                 (true, Kind::Program) => ("ok", version(r.name)),
                 (true, Kind::File) => ("ok", String::new()),
                 (false, _) => ("MISSING", String::new()),
@@ -154,18 +175,26 @@ pub fn run(target: Target, install: bool, json_out: bool) -> Result<()> {
     }
     if !install {
         bail!(
-            "{} missing for `{}`; run `cargo xtask doctor --target {} --install` as root",
+            "{} missing or too old for `{}`; run `cargo xtask doctor --target {} --install` as root",
             miss.len(),
             target_name(target),
             target_name(target)
         );
     }
-    install_missing(&miss)?;
+    self::install(target)
+}
+
+/// Install what `target` lacks (or has too old), then check again.
+pub fn install(target: Target) -> Result<()> {
+    install_missing(&missing(target))?;
+    // The versions probed before the install are stale now.
+    VERSIONS.lock().unwrap().clear();
     let still = missing(target);
     if !still.is_empty() {
+        let lines: Vec<String> = still.iter().map(|r| missing_line(r)).collect();
         bail!(
-            "still missing after install: {}",
-            still.iter().map(|r| r.name).collect::<Vec<_>>().join(", ")
+            "still missing or too old after install:\n{}",
+            lines.join("\n")
         );
     }
     ui::info("all tools installed");

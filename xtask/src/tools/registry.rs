@@ -42,6 +42,9 @@ pub struct Requirement {
     pub purpose: &'static str,
     /// Arguments that print a version (first line is kept); empty: no probe.
     pub version_args: &'static [&'static str],
+    /// The oldest version kiln works with, and why (an older one counts as
+    /// missing: `doctor --install` upgrades it).
+    pub min_version: Option<(&'static str, &'static str)>,
     pub targets: &'static [Target],
 }
 
@@ -62,12 +65,19 @@ const fn prog(
         backports: false,
         purpose,
         version_args,
+        min_version: None,
         targets,
     }
 }
 
 const fn backport(mut r: Requirement) -> Requirement {
     r.backports = true;
+    r
+}
+
+/// Needs at least `version` of the program, for `why`.
+const fn at_least(mut r: Requirement, version: &'static str, why: &'static str) -> Requirement {
+    r.min_version = Some((version, why));
     r
 }
 
@@ -84,6 +94,7 @@ const fn file(
         backports: false,
         purpose,
         version_args: &[],
+        min_version: None,
         targets,
     }
 }
@@ -95,7 +106,7 @@ pub const REQUIREMENTS: &[Requirement] = &[
     prog("mformat", "mtools", "FAT images without mounting", &["--version"], &[Seed, Qcow2, Pi, Scan, Test]),
     prog("mcopy", "mtools", "copy files into/out of FAT images", &["--version"], &[Seed, Qcow2, Pi, Scan, Test]),
     prog("mkfs.vfat", "dosfstools", "create FAT file systems", &[], &[Seed, Qcow2, Pi, Test]),
-    backport(prog("mkfs.ext4", "e2fsprogs", "ext4 root file systems from a directory (1.47.2+ honours SOURCE_DATE_EPOCH)", &["-V"], &[Qcow2, Pi, Test])),
+    at_least(backport(prog("mkfs.ext4", "e2fsprogs", "ext4 root file systems from a tar, without mounting", &["-V"], &[Qcow2, Pi, Test])), "1.47.1", "`mkfs.ext4 -d` from a tar archive"),
     backport(prog("debugfs", "e2fsprogs", "read ext4 file systems without mounting", &["-V"], &[Scan, Test])),
     backport(prog("qemu-img", "qemu-utils", "convert and inspect disk images", &["--version"], &[Qcow2, Ova, Pi, Scan, Test])),
     backport(prog("mmdebstrap", "mmdebstrap", "Debian root file systems without root tricks", &["--version"], &[Qcow2, Pi, Test])),
@@ -164,11 +175,85 @@ fn is_executable(p: &Utf8Path) -> bool {
         .unwrap_or(false)
 }
 
+/// The first dotted number in a version line: `mke2fs 1.47.0 (5-Feb-2023)`
+/// gives `[1, 47, 0]`, `qemu-img version 10.0.2 (Debian …)` gives `[10, 0, 2]`.
+pub fn parse_version(line: &str) -> Option<Vec<u64>> {
+    line.split(|c: char| c.is_whitespace() || c == '(' || c == ',')
+        .map(|w| w.trim_start_matches('v'))
+        .filter(|w| w.starts_with(|c: char| c.is_ascii_digit()) && w.contains('.'))
+        .find_map(|w| {
+            let num: String = w
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '.')
+                .collect();
+            let parts: Option<Vec<u64>> = num
+                .split('.')
+                .filter(|p| !p.is_empty())
+                .map(|p| p.parse().ok())
+                .collect();
+            parts.filter(|p| p.len() >= 2)
+        })
+}
+
+/// `found` < `min`, comparing dotted numbers component by component.
+pub fn older_than(found: &[u64], min: &str) -> bool {
+    let min: Vec<u64> = min.split('.').map(|p| p.parse().unwrap_or(0)).collect();
+    let n = found.len().max(min.len());
+    let at = |v: &[u64], i: usize| v.get(i).copied().unwrap_or(0);
+    (0..n)
+        .map(|i| at(found, i).cmp(&at(&min, i)))
+        .find(|o| o.is_ne())
+        .is_some_and(|o| o.is_lt())
+}
+
 impl Requirement {
     pub fn present(&self) -> bool {
         match self.kind {
             Program => which(self.name).is_some(),
             File => Utf8Path::new(self.name).exists(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_read_from_probe_lines_and_compared_numerically() {
+        assert_eq!(
+            parse_version("mke2fs 1.47.0 (5-Feb-2023)"),
+            Some(vec![1, 47, 0])
+        );
+        assert_eq!(
+            parse_version("qemu-img version 10.0.2 (Debian 1:10.0.2+ds-2)"),
+            Some(vec![10, 0, 2])
+        );
+        assert_eq!(parse_version("mmdebstrap 1.5.7"), Some(vec![1, 5, 7]));
+        assert_eq!(parse_version("unknown"), None);
+        assert!(older_than(&[1, 47, 0], "1.47.1"));
+        assert!(!older_than(&[1, 47, 2], "1.47.1"));
+        assert!(!older_than(&[1, 47, 1], "1.47.1"));
+        assert!(!older_than(&[1, 48], "1.47.1"));
+        assert!(older_than(&[1, 9, 9], "1.47"));
+    }
+
+    #[test]
+    fn every_minimum_version_parses_and_has_a_probe() {
+        for r in REQUIREMENTS {
+            if let Some((v, why)) = r.min_version {
+                assert!(!why.is_empty(), "{}: say why {v} is needed", r.name);
+                assert!(
+                    !r.version_args.is_empty(),
+                    "{}: a minimum needs a version probe",
+                    r.name
+                );
+                assert!(
+                    v.split('.').all(|p| p.parse::<u64>().is_ok()),
+                    "{}: {v}",
+                    r.name
+                );
+            }
         }
     }
 }

@@ -6,13 +6,12 @@ use crate::tools::Target;
 
 /// Ensure the tools, then `cargo test --workspace`.
 pub fn run(_cx: &Cx, t: Test) -> Result<()> {
-    let missing = crate::doctor::missing(Target::Test);
-    if !missing.is_empty() {
+    if !crate::doctor::missing(Target::Test).is_empty() {
         if t.no_install {
             crate::doctor::require(Target::Test)?;
         }
-        crate::ui::info("installing missing test tools (doctor --install)");
-        crate::doctor::install_missing(&missing)?;
+        crate::ui::info("installing missing or too old test tools (doctor --install)");
+        crate::doctor::install(Target::Test)?;
     }
     crate::tools::run(&crate::tools::cargo::test(&t.cargo_args))?;
     Ok(())
