@@ -64,15 +64,11 @@ pub fn execute(plan: &Plan, opts: &Options) -> Result<Report> {
             .with_context(|| format!("creating the output directory {}", plan.output))?;
     }
     for p in &plan.publish {
-        if p.scan {
-            if let Some(gate) = opts.gate {
-                gate(&p.from, &p.name)?;
-            }
-        }
+        let gate = opts.gate.filter(|_| p.scan);
+        let digest = gate_and_digest(&p.from, &p.name, gate, p.sha256)?;
         let dest = plan.output.join(&p.name);
         publish_file(&p.from, &dest)?;
-        if p.sha256 {
-            let hex = cached_digest(&p.from)?;
+        if let Some(hex) = digest {
             let line = crate::digest::sha256sum_line(&hex, &p.name);
             write_atomic(
                 &plan.output.join(format!("{}.sha256", p.name)),
@@ -295,6 +291,48 @@ fn copy_with_progress(from: &Utf8Path, to: &Utf8Path) -> Result<()> {
     Ok(())
 }
 
+/// Run the secret-scan `gate` on an artifact and take its sha256 (when
+/// `digest`) at the same time, on two threads: both read the whole file and
+/// neither needs the other, so a multi-GiB image costs one read's time, not
+/// two. The gate's refusal wins over the digest.
+pub fn gate_and_digest(
+    from: &Utf8Path,
+    name: &str,
+    gate: Option<Gate>,
+    digest: bool,
+) -> Result<Option<String>> {
+    std::thread::scope(|s| {
+        let hashing = digest.then(|| s.spawn(|| cached_digest(from)));
+        if let Some(g) = gate {
+            g(from, name)?;
+        }
+        hashing
+            .map(|h| {
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("the sha256 thread for {from} panicked"))?
+            })
+            .transpose()
+    })
+}
+
+/// fsync a freshly written artifact and, at the same time, take its sha256
+/// into the memo [`cached_digest`] reads: for a tool that writes a large
+/// image without flushing it, the hash then costs no extra wall time.
+pub fn flush_and_digest(file: &Utf8Path) -> Result<String> {
+    std::thread::scope(|s| {
+        let flush = s.spawn(|| {
+            std::fs::File::open(file)
+                .and_then(|f| f.sync_all())
+                .with_context(|| format!("flushing {file} to disk"))
+        });
+        let hex = cached_digest(file);
+        flush
+            .join()
+            .map_err(|_| anyhow::anyhow!("the flush thread for {file} panicked"))??;
+        hex
+    })
+}
+
 /// sha256 of a cached artifact, remembered beside it (`.<name>.sha256`) so a
 /// no-op rebuild does not re-read multi-GiB files.
 pub fn cached_digest(file: &Utf8Path) -> Result<String> {
@@ -308,4 +346,56 @@ pub fn cached_digest(file: &Utf8Path) -> Result<String> {
     let hex = crate::digest::file_sha256(file)?;
     let _ = std::fs::write(&memo, &hex);
     Ok(hex)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file_with(dir: &Utf8Path, name: &str, bytes: &[u8]) -> Utf8PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    #[test]
+    fn the_gate_and_the_digest_run_together_and_a_refusal_wins() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = Utf8Path::from_path(d.path()).unwrap();
+        let data = vec![42u8; 3 << 20];
+        let want = crate::digest::file_sha256(&file_with(dir, "ref", &data)).unwrap();
+
+        let a = file_with(dir, "a.img", &data);
+        let seen = std::sync::Mutex::new(Vec::new());
+        let pass = |p: &Utf8Path, name: &str| {
+            seen.lock().unwrap().push(format!("{p} as {name}"));
+            Ok(())
+        };
+        let got = gate_and_digest(&a, "a.img", Some(&pass), true).unwrap();
+        assert_eq!(got.as_deref(), Some(want.as_str()));
+        assert_eq!(*seen.lock().unwrap(), vec![format!("{a} as a.img")]);
+        // Remembered beside the artifact for the next publish.
+        assert_eq!(
+            std::fs::read_to_string(dir.join(".a.img.sha256")).unwrap(),
+            want
+        );
+        assert_eq!(gate_and_digest(&a, "a.img", None, false).unwrap(), None);
+
+        let b = file_with(dir, "b.img", &data);
+        let refuse = |_: &Utf8Path, name: &str| anyhow::bail!("the scan refused {name}");
+        let err = gate_and_digest(&b, "b.img", Some(&refuse), true).unwrap_err();
+        assert_eq!(err.to_string(), "the scan refused b.img");
+    }
+
+    #[test]
+    fn flush_and_digest_remembers_the_sha256_of_what_was_written() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = Utf8Path::from_path(d.path()).unwrap();
+        let p = file_with(dir, "x.iso", b"an image");
+        let hex = flush_and_digest(&p).unwrap();
+        assert_eq!(hex, crate::digest::file_sha256(&p).unwrap());
+        assert_eq!(cached_digest(&p).unwrap(), hex);
+        let missing = flush_and_digest(&dir.join("absent.iso")).unwrap_err();
+        assert!(format!("{missing:#}").contains("absent.iso"), "{missing:#}");
+    }
 }

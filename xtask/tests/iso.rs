@@ -387,7 +387,7 @@ fn dry_run_prints_grub_diff_and_xorriso_command() {
         "{out}"
     );
     assert!(
-        out.contains("$ SOURCE_DATE_EPOCH=1700000000 xorriso -no_rc -stdio_sync end -indev"),
+        out.contains("$ SOURCE_DATE_EPOCH=1700000000 xorriso -no_rc -stdio_sync off -indev"),
         "{out}"
     );
     assert!(out.contains("-boot_image any replay"), "{out}");

@@ -100,6 +100,33 @@ pub fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, Duration)> {
     Ok((v, t.elapsed()))
 }
 
+/// The median of a few timings.
+pub fn median(mut ts: Vec<Duration>) -> Duration {
+    ts.sort();
+    ts[ts.len() / 2]
+}
+
+/// Run `baseline` and `kiln` alternately, `rounds` times each; each returns
+/// the time of its measured part (set-up and clean-up left out). Returns
+/// kiln's last value with the median time of each side. On a machine whose
+/// disk speed swings from run to run, alternating spreads the slow and fast
+/// moments over both sides, and the median drops the outliers.
+pub fn alternating<T>(
+    rounds: usize,
+    mut baseline: impl FnMut() -> Result<Duration>,
+    mut kiln: impl FnMut() -> Result<(T, Duration)>,
+) -> Result<(T, Duration, Duration)> {
+    let (mut tb, mut tk, mut last) = (Vec::new(), Vec::new(), None);
+    for _ in 0..rounds.max(1) {
+        tb.push(baseline()?);
+        let (v, t) = kiln()?;
+        tk.push(t);
+        last = Some(v);
+    }
+    let last = last.expect("at least one round");
+    Ok((last, median(tk), median(tb)))
+}
+
 /// Context for a case: a scratch directory on the same file system as the
 /// cache, and a size scale (1.0 = the sizes the issues name; tests use less).
 pub struct BenchCx<'a> {

@@ -542,6 +542,10 @@ impl Remaster {
         let r = tools::run(&cmd);
         progress.stop();
         r?;
+        // xorriso leaves the flush to kiln (`-stdio_sync off`): flush the image
+        // and take its sha256 for `.sha256` at the same time, the hash reading
+        // from the page cache while the disk writes.
+        crate::exec::flush_and_digest(&iso)?;
         Ok(())
     }
 }

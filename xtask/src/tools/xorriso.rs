@@ -55,9 +55,9 @@ pub fn remaster(base: &Utf8Path, out: &Utf8Path, maps: &[(String, String)], epoc
     .env("SOURCE_DATE_EPOCH", epoch.to_string())
     .arg("-no_rc")
     // xorriso's default fsyncs the output every 16 MiB, which more than
-    // doubles the time of a multi-GiB remaster; one sync at the end keeps the
-    // result as durable (the bytes are identical either way).
-    .args(["-stdio_sync", "end"])
+    // doubles the time of a multi-GiB remaster. kiln flushes the image itself
+    // afterwards, while it hashes it (the bytes are identical either way).
+    .args(["-stdio_sync", "off"])
     .args(["-indev", base.as_str(), "-outdev", out.as_str()]);
     for (local, iso) in maps {
         c = c.args(["-map", local.as_str(), iso.as_str()]);
