@@ -5,7 +5,6 @@
 //! Goal: <= 1.15x.
 
 use std::io::{Seek, SeekFrom, Write};
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 
@@ -73,23 +72,25 @@ pub fn ova_build(bcx: &BenchCx) -> Result<Vec<Measurement>> {
         efi: true,
         disk_file: members.vmdk.clone(),
     };
-    // Two alternating rounds, best of each: the machines are shared and noisy.
-    let (mut base, mut kiln) = (Duration::MAX, Duration::MAX);
-    let mut vmdk_size = 0;
-    for _ in 0..2 {
-        let (_, b) = timed(|| {
-            tools::run(&qemu_img::convert_stream_vmdk(&disk, "raw", &bare))?;
-            Ok(())
-        })?;
-        let (built, k) = timed(|| {
-            tools::run(&qemu_img::convert_stream_vmdk(&disk, "raw", &vmdk))?;
-            ova::vmdk::set_cid(&vmdk, ova::vmdk::cid_from("bench"))?;
-            ova::write_ova(&vmdk, &dest, &members, &params, DigestAlgo::Sha256, 0)
-        })?;
-        base = base.min(b);
-        kiln = kiln.min(k);
-        vmdk_size = built.vmdk_size;
-    }
+    // Alternating rounds, medians: the machines are shared and noisy.
+    let (vmdk_size, kiln, base) = crate::bench::alternating(
+        3,
+        || {
+            let _ = std::fs::remove_file(&bare);
+            let (_, t) = timed(|| tools::run(&qemu_img::convert_stream_vmdk(&disk, "raw", &bare)))?;
+            Ok(t)
+        },
+        || {
+            let _ = std::fs::remove_file(&vmdk);
+            let _ = std::fs::remove_file(&dest);
+            let (built, t) = timed(|| {
+                tools::run(&qemu_img::convert_stream_vmdk(&disk, "raw", &vmdk))?;
+                ova::vmdk::set_cid(&vmdk, ova::vmdk::cid_from("bench"))?;
+                ova::write_ova(&vmdk, &dest, &members, &params, DigestAlgo::Sha256, 0)
+            })?;
+            Ok((built.vmdk_size, t))
+        },
+    )?;
     let _ = std::fs::remove_file(&disk);
     let _ = std::fs::remove_file(&bare);
     let _ = std::fs::remove_dir_all(&dir);
