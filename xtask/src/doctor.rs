@@ -189,7 +189,10 @@ pub fn install(target: Target) -> Result<()> {
     install_missing(&missing(target))?;
     // The versions probed before the install are stale now.
     VERSIONS.lock().unwrap().clear();
-    let still = missing(target);
+    let still: Vec<_> = missing(target)
+        .into_iter()
+        .filter(|r| r.manual.is_none())
+        .collect();
     if !still.is_empty() {
         let lines: Vec<String> = still.iter().map(|r| missing_line(r)).collect();
         bail!(
@@ -225,6 +228,10 @@ pub fn install_missing(reqs: &[&Requirement]) -> Result<()> {
     let mut plain: BTreeSet<&str> = BTreeSet::new();
     let mut bpo: BTreeSet<&str> = BTreeSet::new();
     for r in reqs {
+        if let Some(how) = r.manual {
+            ui::warn(&format!("{}: not installed with apt here; {how}", r.name));
+            continue;
+        }
         if r.backports && bookworm {
             bpo.insert(r.package);
         } else {

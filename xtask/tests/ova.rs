@@ -682,3 +682,132 @@ fn cid_rewrite_does_not_depend_on_the_random_cid_length() {
     assert!(String::from_utf8_lossy(&ra[..4096]).contains("\nCID=0123abcd\n"));
     sh("qemu-img", &["check", "-f", "vmdk", a.as_str()]);
 }
+
+/// `ova.converter: vmdk-convert`: VMware's converter writes the VMDK (from a
+/// raw disk directly, from a qcow2 through a raw copy that is not kept); its
+/// random content ids are set from the disk, so builds are identical; the
+/// OVA lints and its VMDK reads back, with qemu-img and with libvmdk, to the
+/// source disk's bytes.
+#[test]
+fn vmware_converter_writes_a_reproducible_vmdk() {
+    if !support::require(&[TOOLS, &["curl", "make", "gcc", "xz", "vmdkinfo"]].concat()) {
+        return;
+    }
+    let bin = support::vmdk_convert_dir();
+    let run = |p: &Project, args: &[&str]| {
+        let out = p
+            .kiln()
+            .env("PATH", support::path_with(&bin))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kiln {args:?}:\n{}",
+            support::stderr(&out)
+        );
+        support::stdout(&out)
+    };
+    let projects = [Project::demo(), Project::demo(), Project::demo()];
+    for p in &projects {
+        let recipe = std::fs::read_to_string(p.path("recipes/demo.yaml")).unwrap();
+        p.write(
+            "recipes/demo.yaml",
+            &format!("{recipe}\nova:\n  converter: vmdk-convert\n"),
+        );
+    }
+    let [a, b, c] = &projects;
+    let disk = make_disk(&a.root, "disk.raw", None);
+    let plan = run(a, &["--dry-run", "ova", "--disk", disk.as_str()]);
+    assert!(
+        plan.contains(&format!("$ vmdk-convert {disk} ")),
+        "the plan names VMware's converter:\n{plan}"
+    );
+    assert!(!plan.contains("subformat=streamOptimized"), "{plan}");
+
+    run(a, &["ova", "--disk", disk.as_str()]);
+    run(b, &["--force", "ova", "--disk", disk.as_str()]);
+    let (oa, ob) = (the_ova(a), the_ova(b));
+    assert!(
+        std::fs::read(&oa).unwrap() == std::fs::read(&ob).unwrap(),
+        "{oa} and {ob} differ"
+    );
+    a.run(&["ova", "lint", oa.as_str()]);
+
+    let x = a.path("x");
+    extract(&oa, &x);
+    let vmdk = x.join("demo-disk1.vmdk");
+    let info = sh("vmdkinfo", &[vmdk.as_str()]);
+    assert!(info.contains("Stream optimized"), "{info}");
+    let desc = sh(
+        bin.join("vmdk-convert").as_str(),
+        &["--get-descriptor", vmdk.as_str()],
+    );
+    let cid = desc
+        .lines()
+        .find_map(|l| l.strip_prefix("CID="))
+        .unwrap_or_else(|| panic!("no CID in\n{desc}"));
+    assert!(
+        desc.contains("ddb.longContentID = \"") && desc.contains(&format!("{cid}\"")),
+        "the long content id ends in the CID:\n{desc}"
+    );
+    let back = x.join("back.raw");
+    sh(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "vmdk",
+            "-O",
+            "raw",
+            vmdk.as_str(),
+            back.as_str(),
+        ],
+    );
+    assert!(
+        std::fs::read(&back).unwrap() == std::fs::read(&disk).unwrap(),
+        "the VMDK does not read back to the source disk"
+    );
+
+    // A qcow2 source goes through a raw copy, which the step does not keep.
+    let q = c.path("disk.qcow2");
+    sh(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "qcow2",
+            disk.as_str(),
+            q.as_str(),
+        ],
+    );
+    run(c, &["ova", "--disk", q.as_str()]);
+    let y = c.path("y");
+    extract(&the_ova(c), &y);
+    let back = y.join("back.raw");
+    sh(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "vmdk",
+            "-O",
+            "raw",
+            y.join("demo-disk1.vmdk").as_str(),
+            back.as_str(),
+        ],
+    );
+    assert!(std::fs::read(&back).unwrap() == std::fs::read(&disk).unwrap());
+    let leftovers: Vec<_> = walkdir::WalkDir::new(c.cache_dir())
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name() == "disk.raw")
+        .map(|e| e.path().display().to_string())
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "raw copies left in the cache: {leftovers:?}"
+    );
+}

@@ -20,8 +20,9 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::plan::{Input, Op, OpCx, Plan, StepBuilder};
+use crate::recipe::ova::Converter;
 use crate::recipe::{Arch, Resolved};
-use crate::tools::qemu_img;
+use crate::tools::{qemu_img, vmdk_convert};
 
 pub mod lint;
 pub mod manifest;
@@ -225,6 +226,15 @@ pub fn params(r: &Resolved, uefi: bool, disk_file: &str) -> ovf::Params {
     }
 }
 
+/// Fail before any work when the recipe's VMDK converter is not installed
+/// (qemu-img is checked with the `ova` target's tools).
+pub fn require_converter(r: &Resolved) -> Result<()> {
+    match r.recipe.ova.converter {
+        Converter::QemuImg => Ok(()),
+        Converter::VmdkConvert => crate::tools::require(&["vmdk-convert"]),
+    }
+}
+
 /// Add the VMDK and OVA steps and publish the OVA (after the secret scan).
 pub fn plan(r: &Resolved, plan: &mut Plan, arch: Arch, disk: DiskSource) -> Result<Planned> {
     ensure!(
@@ -239,20 +249,49 @@ pub fn plan(r: &Resolved, plan: &mut Plan, arch: Arch, disk: DiskSource) -> Resu
     };
     let cid = vmdk::cid_from(&format!("{fingerprint}\0{}", members.vmdk));
     let vmdk_out = format!("{}/{}", crate::plan::OUT, members.vmdk);
+    let converter = r.recipe.ova.converter;
+    let mut b = StepBuilder::new(
+        format!("ova-vmdk-{arch}"),
+        "convert the disk to a streamOptimized VMDK",
+    )
+    .input(disk.input.clone())
+    .input(Input::value("disk-format", disk.format.qemu()));
+    b = match converter {
+        Converter::QemuImg => b
+            .input(Input::tool("qemu-img"))
+            .cmd(qemu_img::convert_stream_vmdk(
+                &disk.path,
+                disk.format.qemu(),
+                Utf8Path::new(&vmdk_out),
+            )),
+        Converter::VmdkConvert => {
+            b = b
+                .input(Input::value("converter", "vmdk-convert"))
+                .input(Input::tool("vmdk-convert"));
+            if disk.format == DiskFormat::Raw {
+                b.cmd(vmdk_convert::convert(&disk.path, Utf8Path::new(&vmdk_out)))
+            } else {
+                // vmdk-convert reads raw disks only: a raw copy in the step's
+                // directory, removed once the VMDK is written.
+                let raw = format!("{}/disk.raw", crate::plan::OUT);
+                b.input(Input::tool("qemu-img"))
+                    .cmd(qemu_img::convert_to_raw(
+                        &disk.path,
+                        disk.format.qemu(),
+                        Utf8Path::new(&raw),
+                    ))
+                    .cmd(vmdk_convert::convert(
+                        Utf8Path::new(&raw),
+                        Utf8Path::new(&vmdk_out),
+                    ))
+                    .op(RemoveFile {
+                        file: "disk.raw".into(),
+                    })
+            }
+        }
+    };
     let vmdk_step = plan.add(
-        StepBuilder::new(
-            format!("ova-vmdk-{arch}"),
-            "convert the disk to a streamOptimized VMDK",
-        )
-        .input(disk.input.clone())
-        .input(Input::value("disk-format", disk.format.qemu()))
-        .input(Input::tool("qemu-img"))
-        .cmd(qemu_img::convert_stream_vmdk(
-            &disk.path,
-            disk.format.qemu(),
-            Utf8Path::new(&vmdk_out),
-        ))
-        .op(SetCid {
+        b.op(SetCid {
             file: members.vmdk.clone(),
             cid,
         })
@@ -285,6 +324,21 @@ pub fn plan(r: &Resolved, plan: &mut Plan, arch: Arch, disk: DiskSource) -> Resu
         ova_step,
         file_name,
     })
+}
+
+/// Remove an intermediate file from the step's directory.
+struct RemoveFile {
+    file: String,
+}
+
+impl Op for RemoveFile {
+    fn describe(&self) -> serde_json::Value {
+        json!({ "remove": self.file })
+    }
+    fn run(&self, cx: &OpCx) -> Result<()> {
+        let p = cx.out.join(&self.file);
+        std::fs::remove_file(&p).with_context(|| format!("removing {p}"))
+    }
 }
 
 struct SetCid {

@@ -192,6 +192,25 @@ fn cid_range(descriptor: &str) -> Result<std::ops::Range<usize>> {
     found.context("the VMDK descriptor has no CID= line")
 }
 
+/// Byte range of the 32 hex digits of `ddb.longContentID = "…"`, if present.
+fn long_content_id_range(descriptor: &str) -> Option<std::ops::Range<usize>> {
+    let key = "ddb.longContentID = \"";
+    let start = descriptor.find(key)? + key.len();
+    let hex = descriptor[start..].split('"').next()?;
+    (hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| start..start + 32)
+}
+
+/// The 128-bit long content id for `cid`: 24 hex digits derived from it,
+/// then the CID itself (the shape VMware writes).
+fn long_content_id(cid: u32) -> String {
+    use sha2::{Digest, Sha256};
+    let h = Sha256::new()
+        .chain_update(b"kiln-vmdk-long-content-id\0")
+        .chain_update(cid.to_be_bytes())
+        .finalize();
+    format!("{}{cid:08x}", hex::encode(&h[..12]))
+}
+
 /// A content id derived from `seed` (never the "no parent" value ffffffff).
 pub fn cid_from(seed: &str) -> u32 {
     use sha2::{Digest, Sha256};
@@ -236,7 +255,12 @@ pub fn set_cid(path: &Utf8Path, cid: u32) -> Result<()> {
         "{path}: the descriptor region holds data after the descriptor's NUL padding"
     );
     let r = cid_range(&desc).with_context(|| format!("{path}: finding the content id"))?;
-    let text = format!("{}{cid:08x}{}", &desc[..r.start], &desc[r.end..]);
+    let mut text = format!("{}{cid:08x}{}", &desc[..r.start], &desc[r.end..]);
+    // VMware's vmdk-convert also writes a random 128-bit `ddb.longContentID`
+    // (ending in the CID); derive it from the CID too.
+    if let Some(l) = long_content_id_range(&text) {
+        text.replace_range(l, &long_content_id(cid));
+    }
     ensure!(
         text.len() < region.len(),
         "{path}: no room in the descriptor region for an 8-digit CID"
@@ -262,6 +286,19 @@ mod tests {
 
     const DESC: &str = "# Disk DescriptorFile\nversion=1\nCID=b33d6829\nparentCID=ffffffff\n\
                         createType=\"streamOptimized\"\n\nRW 131072 SPARSE \"x.vmdk\"\n";
+
+    #[test]
+    fn long_content_id_follows_the_cid() {
+        let d = "CID=c23a45cd\nddb.longContentID = \"36b7c78755f44eee0810ba1ec23a45cd\"\n";
+        let r = long_content_id_range(d).unwrap();
+        assert_eq!(&d[r], "36b7c78755f44eee0810ba1ec23a45cd");
+        let l = long_content_id(0x1234abcd);
+        assert_eq!(l.len(), 32);
+        assert!(l.ends_with("1234abcd"));
+        assert_eq!(l, long_content_id(0x1234abcd));
+        assert_ne!(l, long_content_id(0x1234abce));
+        assert!(long_content_id_range(DESC).is_none());
+    }
 
     #[test]
     fn finds_cid_and_create_type() {

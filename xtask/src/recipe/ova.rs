@@ -8,6 +8,7 @@
 //!   os_type: debian12_64Guest        # VMware guest id (vmw:osType)
 //!   virtual_system_type: vmx-14      # VMware hardware version (older ESXi refuse newer)
 //!   digest: sha256                   # manifest digest: sha256 | sha1 (old VMware products only)
+//!   converter: qemu-img              # VMDK writer: qemu-img | vmdk-convert (VMware's open-vmdk)
 //! ```
 
 use anyhow::{bail, Result};
@@ -38,6 +39,23 @@ pub struct OvaOptions {
     /// checksum algorithm" for SHA1); SHA1 only for old VMware products.
     #[serde(default)]
     pub digest: DigestAlgo,
+    /// What writes the streamOptimized VMDK.
+    #[serde(default)]
+    pub converter: Converter,
+}
+
+/// The program that writes the streamOptimized VMDK. Either way kiln sets
+/// its content ids from the disk's content and lints the result.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Converter {
+    /// `qemu-img convert -O vmdk -o subformat=streamOptimized` (qemu-utils).
+    #[default]
+    QemuImg,
+    /// VMware's `vmdk-convert` (open-vmdk), for teams that want the VMDK
+    /// written by VMware's own code. It reads raw disks: another format is
+    /// converted to raw first.
+    VmdkConvert,
 }
 
 impl Default for OvaOptions {
@@ -49,6 +67,7 @@ impl Default for OvaOptions {
             os_type: default_os_type(),
             virtual_system_type: default_vsys(),
             digest: DigestAlgo::default(),
+            converter: Converter::default(),
         }
     }
 }

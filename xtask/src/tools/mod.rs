@@ -35,6 +35,7 @@ pub mod sha256sum;
 pub mod shellcheck;
 pub mod skopeo;
 pub mod virt_customize;
+pub mod vmdk_convert;
 pub mod xorriso;
 pub mod zstd;
 
@@ -386,6 +387,11 @@ fn spawn_reader<R: Read + Send + 'static>(
 /// The error for a program that is not installed: names the package.
 pub fn missing_tool(program: &str) -> anyhow::Error {
     match registry::requirement(program) {
+        Some(r) if r.manual.is_some() => anyhow::anyhow!(
+            "`{program}` is not installed ({}); {}",
+            r.purpose,
+            r.manual.unwrap_or_default()
+        ),
         Some(r) => anyhow::anyhow!(
             "`{program}` is not installed ({}); install the Debian/Ubuntu package `{}`{} \
              or run `cargo xtask doctor --install`",
@@ -590,6 +596,8 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("xorriso-does-not-exist"), "{e}");
+        let v = missing_tool("vmdk-convert").to_string();
+        assert!(v.contains("open-vmdk") && v.contains("sid"), "{v}");
         let m = missing_tool("mmdebstrap").to_string();
         assert!(
             m.contains("package `mmdebstrap`") && m.contains("bookworm-backports"),

@@ -42,6 +42,9 @@ pub struct Requirement {
     pub purpose: &'static str,
     /// Arguments that print a version (first line is kept); empty: no probe.
     pub version_args: &'static [&'static str],
+    /// Not installable with apt on the hosts kiln runs on: how to get it
+    /// instead (`doctor --install` says this and goes on).
+    pub manual: Option<&'static str>,
     /// The oldest version kiln works with, and why (an older one counts as
     /// missing: `doctor --install` upgrades it).
     pub min_version: Option<(&'static str, &'static str)>,
@@ -66,6 +69,7 @@ const fn prog(
         purpose,
         version_args,
         min_version: None,
+        manual: None,
         targets,
     }
 }
@@ -78,6 +82,12 @@ const fn backport(mut r: Requirement) -> Requirement {
 /// Needs at least `version` of the program, for `why`.
 const fn at_least(mut r: Requirement, version: &'static str, why: &'static str) -> Requirement {
     r.min_version = Some((version, why));
+    r
+}
+
+/// Not in apt on Debian 12: `how` says where it comes from.
+const fn manual(mut r: Requirement, how: &'static str) -> Requirement {
+    r.manual = Some(how);
     r
 }
 
@@ -95,6 +105,7 @@ const fn file(
         purpose,
         version_args: &[],
         min_version: None,
+        manual: None,
         targets,
     }
 }
@@ -136,6 +147,12 @@ pub const REQUIREMENTS: &[Requirement] = &[
     prog("ssh-keygen", "openssh-client", "generate throw-away keys for the secret-scan tests", &[], &[Test]),
     prog("openssl", "openssl", "generate throw-away keys and password hashes for the secret-scan tests", &["version"], &[Test]),
     prog("sgdisk", "gdisk", "read back GPT partition tables in tests", &["--version"], &[Test]),
+    manual(prog("vmdk-convert", "open-vmdk", "VMware's VMDK writer, for `ova.converter: vmdk-convert`", &[], &[]),
+        "open-vmdk is packaged in Debian sid only: build its vmdk/ directory from the source package (`make -C vmdk`, needs zlib1g-dev) or from github.com/vmware/open-vmdk, and put vmdk-convert on PATH"),
+    prog("make", "make", "build vmdk-convert from Debian's open-vmdk source package for the converter test", &["--version"], &[Test]),
+    prog("gcc", "gcc", "build vmdk-convert from Debian's open-vmdk source package for the converter test", &["--version"], &[Test]),
+    file("/usr/include/zlib.h", "zlib1g-dev", "build vmdk-convert (it links zlib) for the converter test", &[Test]),
+    prog("xz", "xz-utils", "unpack Debian's open-vmdk source tarball for the converter test", &["--version"], &[Test]),
     prog("sfdisk", "fdisk", "write MBR partition tables (Raspberry Pi style images) in tests", &["--version"], &[Test]),
 ];
 

@@ -40,6 +40,9 @@ pub fn run(cx: &Cx, a: Args) -> Result<()> {
         for t in targets {
             crate::doctor::require(t)?;
         }
+        if with_disks {
+            crate::ova::require_converter(&r)?;
+        }
     }
     let mut plan = cx.plan("build");
     for &arch in &r.recipe.architectures {

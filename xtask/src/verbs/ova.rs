@@ -60,6 +60,7 @@ pub fn run(cx: &Cx, a: Args) -> Result<()> {
     let r = cx.recipe()?;
     if !cx.dry_run {
         crate::doctor::require(crate::tools::Target::Ova)?;
+        crate::ova::require_converter(&r)?;
         if a.disk.is_none() {
             crate::doctor::require(crate::tools::Target::Qcow2)?;
         }

@@ -225,3 +225,55 @@ pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// Debian's open-vmdk source package: VMware's `vmdk-convert` is packaged in
+/// Debian sid only, so the converter test builds it from this (sha256 pinned).
+const OPEN_VMDK_ORIG: &str = "pool/main/o/open-vmdk/open-vmdk_0.3.13+dfsg.orig.tar.xz";
+const OPEN_VMDK_SHA256: &str = "e880fc378f63b3abb5143b13282a8216724f0d817fabdfdf74b06d44b2156c03";
+
+/// A directory holding VMware's `vmdk-convert`: the one on PATH, else one
+/// built once per suite cache from Debian's source package, fetched from the
+/// host's own Debian mirror.
+pub fn vmdk_convert_dir() -> Utf8PathBuf {
+    if let Some(p) = xtask::tools::find("vmdk-convert") {
+        return p.parent().unwrap().to_owned();
+    }
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _g = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = workspace().join("target/kiln-test-cache/open-vmdk-0.3.13");
+    if dir.join("vmdk-convert").is_file() {
+        return dir;
+    }
+    let sources = xtask::hostapt::sources(Utf8Path::new("/etc/apt")).unwrap();
+    let suite = xtask::hostapt::host_codename().unwrap_or_else(|| "bookworm".into());
+    let mirror = xtask::hostapt::debian_mirror(&sources, &suite).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let work = Utf8Path::from_path(work.path()).unwrap().to_owned();
+    let tarball = work.join("open-vmdk.orig.tar.xz");
+    let url = format!("{}/{OPEN_VMDK_ORIG}", mirror.trim_end_matches('/'));
+    sh(
+        "curl",
+        &["-fsSL", "--retry", "3", "-o", tarball.as_str(), &url],
+    );
+    assert_eq!(
+        xtask::digest::file_sha256(&tarball).unwrap(),
+        OPEN_VMDK_SHA256,
+        "{url}: not the pinned source"
+    );
+    sh("tar", &["-xJf", tarball.as_str(), "-C", work.as_str()]);
+    let src = work.join("open-vmdk-0.3.13");
+    sh("make", &["-s", "-C", src.join("vmdk").as_str()]);
+    let built = src.join("build/vmdk/vmdk-convert");
+    let tmp = workspace().join("target/kiln-test-cache/open-vmdk-0.3.13.tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    std::fs::copy(&built, tmp.join("vmdk-convert")).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&tmp, &dir).unwrap();
+    dir
+}
+
+/// PATH with `dir` in front.
+pub fn path_with(dir: &Utf8Path) -> String {
+    format!("{dir}:{}", std::env::var("PATH").unwrap_or_default())
+}
