@@ -492,6 +492,16 @@ struct LocalRegistry {
 
 impl LocalRegistry {
     fn start() -> LocalRegistry {
+        LocalRegistry::start_with(None)
+    }
+
+    /// Serving HTTPS with `cert`/`key` (a server certificate for 127.0.0.1);
+    /// `ca` is what the readiness probe trusts.
+    fn start_tls(cert: &Utf8Path, key: &Utf8Path, ca: &Utf8Path) -> LocalRegistry {
+        LocalRegistry::start_with(Some((cert.to_owned(), key.to_owned(), ca.to_owned())))
+    }
+
+    fn start_with(tls: Option<(Utf8PathBuf, Utf8PathBuf, Utf8PathBuf)>) -> LocalRegistry {
         // The registry cannot bind port 0; take a free port from the kernel
         // and hand it over. Another process may grab it in between: retry.
         for _ in 0..3 {
@@ -506,12 +516,18 @@ impl LocalRegistry {
                 .unwrap();
             let base = Utf8Path::from_path(dir.path()).unwrap();
             let config = base.join("config.yml");
+            let tls_config = match &tls {
+                Some((cert, key, _)) => {
+                    format!("  tls:\n    certificate: {cert}\n    key: {key}\n")
+                }
+                None => String::new(),
+            };
             std::fs::write(
                 &config,
                 format!(
                     "version: 0.1\nlog:\n  level: warn\n\
                      storage:\n  filesystem:\n    rootdirectory: {base}/storage\n\
-                     http:\n  addr: 127.0.0.1:{port}\n  secret: kiln-test\n"
+                     http:\n  addr: 127.0.0.1:{port}\n  secret: kiln-test\n{tls_config}"
                 ),
             )
             .unwrap();
@@ -523,8 +539,9 @@ impl LocalRegistry {
                 .stderr(log)
                 .spawn()
                 .expect("starting docker-registry");
+            let ca = tls.as_ref().map(|t| t.2.clone());
             let mut r = LocalRegistry { child, port, dir };
-            if r.wait_ready() {
+            if r.wait_ready(ca.as_deref()) {
                 return r;
             }
             // `r` is dropped here: the process is killed before the next try.
@@ -537,12 +554,27 @@ impl LocalRegistry {
     }
 
     /// Poll `GET /v2/` (bounded: 200 tries, 50 ms apart); false when the
-    /// process exits or never answers 200.
-    fn wait_ready(&mut self) -> bool {
+    /// process exits or never answers 200. Over HTTPS (`ca` given) curl asks,
+    /// trusting `ca`.
+    fn wait_ready(&mut self, ca: Option<&Utf8Path>) -> bool {
         use std::io::Read;
         for _ in 0..200 {
             if self.child.try_wait().unwrap().is_some() {
                 return false;
+            }
+            if let Some(ca) = ca {
+                let ok = std::process::Command::new("curl")
+                    .args(["-fsS", "-m", "2", "--cacert", ca.as_str()])
+                    .arg(format!("https://127.0.0.1:{}/v2/", self.port))
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if ok {
+                    return true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                continue;
             }
             let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
             if let Ok(mut s) =
@@ -1094,4 +1126,191 @@ fn the_model_export_bench_runs_at_a_small_scale() {
         .all(|m| m.kiln_secs > 0.0 && m.baseline_secs > 0.0 && m.ratio.is_finite()));
     // Generated inputs and outputs are cleaned up.
     assert_eq!(std::fs::read_dir(scratch).unwrap().count(), 0);
+}
+
+/// A throw-away CA and a server certificate for 127.0.0.1 signed by it, in
+/// `dir`: (ca.crt, server.crt, server.key).
+fn private_ca(dir: &Utf8Path) -> (Utf8PathBuf, Utf8PathBuf, Utf8PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    let f = |n: &str| dir.join(n);
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    sh(
+        "openssl",
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                f("ca.key").as_str(),
+                "-out",
+                f("ca.crt").as_str(),
+                "-days",
+                "2",
+                "-subj",
+                "/CN=kiln test CA",
+            ],
+        ]
+        .concat(),
+    );
+    sh(
+        "openssl",
+        &[
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                f("server.key").as_str(),
+                "-out",
+                f("server.csr").as_str(),
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(f("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    sh(
+        "openssl",
+        &[
+            "x509",
+            "-req",
+            "-in",
+            f("server.csr").as_str(),
+            "-CA",
+            f("ca.crt").as_str(),
+            "-CAkey",
+            f("ca.key").as_str(),
+            "-CAcreateserial",
+            "-out",
+            f("server.crt").as_str(),
+            "-days",
+            "2",
+            "-extfile",
+            f("san.ext").as_str(),
+        ],
+    );
+    (f("ca.crt"), f("server.crt"), f("server.key"))
+}
+
+/// A registry behind a private CA: skopeo refuses it until the recipe names
+/// a `cert_dir` holding the CA; then the image is exported, and nothing of
+/// the directory reaches the staged tree.
+#[test]
+fn a_registry_behind_a_private_ca_is_reached_through_cert_dir() {
+    if !support::require(&["skopeo", "docker-registry", "openssl", "curl"]) {
+        return;
+    }
+    let p = Project::empty();
+    let (ca, cert, key) = private_ca(&p.path("pki"));
+    let certs = p.path("certs/registry");
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::copy(&ca, certs.join("ca.crt")).unwrap();
+    let reg = LocalRegistry::start_tls(&cert, &key, &ca);
+    let host = reg.host();
+    let layout = p.path("src/web");
+    let digests = oci_layout(&layout, &[("linux", "amd64")]);
+    nest_as_one_image(&layout, "1");
+    let cert_dir = format!("--dest-cert-dir={certs}");
+    sh(
+        "skopeo",
+        &[
+            "copy",
+            "--all",
+            &cert_dir,
+            &format!("oci:{layout}:1"),
+            &format!("docker://{host}/demo/web:1"),
+        ],
+    );
+    let raw = sh(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            &format!("--cert-dir={certs}"),
+            &format!("docker://{host}/demo/web:1"),
+        ],
+    );
+    let pinned = format!("{host}/demo/web@sha256:{}", sha(raw.as_bytes()));
+    let (amd64_manifest, _) = &digests["linux/amd64"];
+
+    // Verification on, no CA: skopeo's refusal, named.
+    recipe(
+        &p,
+        "amd64",
+        &format!("  images:\n    - name: web\n      source: {{ registry: {pinned} }}\n      dest: /opt/img\n"),
+    );
+    let err = p.fail(&["stage"]);
+    assert!(
+        err.contains(&format!("image `web` (registry {pinned})")),
+        "{err}"
+    );
+    assert!(
+        err.contains("certificate signed by unknown authority"),
+        "{err}"
+    );
+    assert_nothing_left(&p);
+
+    // With the CA directory: exported, the registry's manifest byte for byte.
+    recipe(
+        &p,
+        "amd64",
+        &format!("  images:\n    - name: web\n      source: {{ registry: {pinned} }}\n      cert_dir: certs/registry\n      format: oci-archive\n      dest: /opt/img\n"),
+    );
+    let out = p.run(&["stage", "--json"]);
+    assert_eq!(outcomes(&out)["image-web-amd64"], "ran");
+    let dir = stage_tree(&p, "amd64").join("opt/img");
+    let index = json_file(&dir.join("images.json"));
+    assert_eq!(
+        &index["images"][0]["manifest_digest"],
+        amd64_manifest.as_str(),
+        "{index:#}"
+    );
+    let tree = stage_tree(&p, "amd64");
+    let pem: Vec<_> = walkdir::WalkDir::new(&tree)
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".crt"))
+        .collect();
+    assert!(
+        pem.is_empty(),
+        "the CA directory leaked into the image: {pem:?}"
+    );
+
+    // Bad combinations are refused when the recipe is read.
+    recipe(
+        &p,
+        "amd64",
+        &format!("  images:\n    - name: web\n      source: {{ registry: {pinned} }}\n      cert_dir: certs/registry\n      tls_verify: false\n      dest: /opt/img\n"),
+    );
+    let err = p.fail(&["stage"]);
+    assert!(
+        err.contains("`cert_dir` names CAs") && err.contains("tls_verify: false"),
+        "{err}"
+    );
+    recipe(
+        &p,
+        "amd64",
+        &format!("  images:\n    - name: web\n      source: {{ registry: {pinned} }}\n      cert_dir: certs/absent\n      dest: /opt/img\n"),
+    );
+    let err = p.fail(&["stage"]);
+    assert!(
+        err.contains("cert_dir") && err.contains("certs/absent") && err.contains("not a directory"),
+        "{err}"
+    );
+    recipe(
+        &p,
+        "amd64",
+        "  images:\n    - name: local\n      source: { oci-layout: src/web }\n      cert_dir: certs/registry\n      dest: /opt/img\n",
+    );
+    let err = p.fail(&["stage"]);
+    assert!(
+        err.contains("`cert_dir` is only for a `registry` source"),
+        "{err}"
+    );
 }

@@ -167,9 +167,24 @@ fn image_step(
         }
         ImageSource::Registry(reference) => {
             b = b.input(Input::tool("skopeo"));
+            let cert_dir = match &img.cert_dir {
+                Some(d) => {
+                    let abs = r.path(d);
+                    anyhow::ensure!(
+                        abs.is_dir(),
+                        "{what}: cert_dir {abs} is not a directory (it holds the registry's CA \
+                         certificates as *.crt files)"
+                    );
+                    Some(abs)
+                }
+                None => None,
+            };
             oci::Source::Registry {
                 reference: reference.clone(),
-                tls_verify: img.tls_verify,
+                tls: crate::tools::skopeo::Tls {
+                    verify: img.tls_verify,
+                    cert_dir,
+                },
             }
         }
     };

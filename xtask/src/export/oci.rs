@@ -34,11 +34,10 @@ pub enum Source {
     Layout(Utf8PathBuf),
     OciArchive(Utf8PathBuf),
     DockerArchive(Utf8PathBuf),
-    /// A digest-pinned reference; `tls_verify: false` lets skopeo use plain
-    /// HTTP or skip certificate checks.
+    /// A digest-pinned reference, and how skopeo talks TLS to its registry.
     Registry {
         reference: String,
-        tls_verify: bool,
+        tls: crate::tools::skopeo::Tls,
     },
     RootfsDir(Utf8PathBuf),
 }
@@ -73,8 +72,10 @@ impl Op for ImageOp {
             "epoch": self.epoch,
         }});
         // Part of the skopeo commands, so part of the key (registry sources only).
-        if let Source::Registry { tls_verify, .. } = &self.source {
-            d["export_image"]["tls_verify"] = json!(tls_verify);
+        // (The CA directory is not: it decides whether the copy is trusted,
+        // not what it holds, which the digest pin fixes.)
+        if let Source::Registry { tls, .. } = &self.source {
+            d["export_image"]["tls_verify"] = json!(tls.verify);
         }
         d
     }
@@ -107,12 +108,9 @@ impl ImageOp {
                 build_layout(root, &dir, self.arch, &self.cmd, self.epoch)?;
                 select(&dir, &want)?
             }
-            Source::Registry {
-                reference,
-                tls_verify,
-            } => {
+            Source::Registry { reference, tls } => {
                 let dir = work.path.join("layout");
-                copy_from_registry(reference, *tls_verify, &dir, self.arch)?;
+                copy_from_registry(reference, tls, &dir, self.arch)?;
                 select(&dir, &want)?
             }
         };
@@ -808,12 +806,17 @@ pub fn build_layout(
 }
 
 /// Copy one platform of a digest-pinned registry image into an OCI layout.
-fn copy_from_registry(reference: &str, tls_verify: bool, dir: &Utf8Path, arch: Arch) -> Result<()> {
+fn copy_from_registry(
+    reference: &str,
+    tls: &crate::tools::skopeo::Tls,
+    dir: &Utf8Path,
+    arch: Arch,
+) -> Result<()> {
     if crate::tools::find("skopeo").is_none() {
         return Err(crate::tools::missing_tool("skopeo"));
     }
     let want = platform(arch);
-    let raw = crate::tools::run(&crate::tools::skopeo::inspect_raw(reference, tls_verify))?;
+    let raw = crate::tools::run(&crate::tools::skopeo::inspect_raw(reference, tls))?;
     let top = parse_json(&raw.stdout, &format!("the manifest of {reference}"))?;
     let mt = top["mediaType"].as_str().unwrap_or_default();
     if mt == OCI_INDEX || mt == DOCKER_LIST || top["manifests"].is_array() {
@@ -832,7 +835,7 @@ fn copy_from_registry(reference: &str, tls_verify: bool, dir: &Utf8Path, arch: A
         );
     }
     crate::tools::run(&crate::tools::skopeo::copy_to_oci(
-        reference, dir, arch, tls_verify,
+        reference, dir, arch, tls,
     ))?;
     Ok(())
 }

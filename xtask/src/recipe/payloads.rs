@@ -38,6 +38,13 @@ pub struct ImagePayload {
     /// still fixes the bytes. Default `true`.
     #[serde(default = "default_tls_verify", skip_serializing_if = "is_true")]
     pub tls_verify: bool,
+    /// Only for a `registry` source behind a private CA: a directory
+    /// (relative to the project root) holding the CA certificates as `*.crt`
+    /// files, and optionally a client certificate as `*.cert` + `*.key`, the
+    /// layout of containers' `certs.d` (skopeo `--cert-dir`). Read on the
+    /// build host only; nothing from it goes into the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_dir: Option<Utf8PathBuf>,
 }
 
 fn default_tls_verify() -> bool {
@@ -235,6 +242,15 @@ impl Payloads {
             anyhow::ensure!(
                 i.tls_verify || matches!(i.source, ImageSource::Registry(_)),
                 "{file}: image `{n}`: `tls_verify` is only for a `registry` source (the others are local files)"
+            );
+            anyhow::ensure!(
+                i.cert_dir.is_none() || matches!(i.source, ImageSource::Registry(_)),
+                "{file}: image `{n}`: `cert_dir` is only for a `registry` source (the others are local files)"
+            );
+            anyhow::ensure!(
+                i.cert_dir.is_none() || i.tls_verify,
+                "{file}: image `{n}`: `cert_dir` names CAs to verify the registry with, but \
+                 `tls_verify: false` turns verification off; drop one of them"
             );
             let reference = i.reference();
             anyhow::ensure!(
