@@ -687,7 +687,7 @@ fn cid_rewrite_does_not_depend_on_the_random_cid_length() {
 /// raw disk directly, from a qcow2 through a raw copy that is not kept); its
 /// random content ids are set from the disk, so builds are identical; the
 /// OVA lints and its VMDK reads back, with qemu-img and with libvmdk, to the
-/// source disk's bytes.
+/// source disk's bytes; VMware's parser reads the default (qemu-img) VMDK too.
 #[test]
 fn vmware_converter_writes_a_reproducible_vmdk() {
     if !support::require(&[TOOLS, &["curl", "make", "gcc", "xz", "vmdkinfo"]].concat()) {
@@ -768,6 +768,19 @@ fn vmware_converter_writes_a_reproducible_vmdk() {
         std::fs::read(&back).unwrap() == std::fs::read(&disk).unwrap(),
         "the VMDK does not read back to the source disk"
     );
+
+    // VMware's parser also reads the VMDK qemu-img writes (the default).
+    let d = Project::demo();
+    d.run(&["ova", "--disk", disk.as_str()]);
+    let z = d.path("z");
+    extract(&the_ova(&d), &z);
+    let info = sh(
+        bin.join("vmdk-convert").as_str(),
+        &["-i", z.join("demo-disk1.vmdk").as_str()],
+    );
+    let info: serde_json::Value = serde_json::from_str(info.trim())
+        .unwrap_or_else(|e| panic!("vmdk-convert -i: {e}: {info}"));
+    assert_eq!(info["capacity"], DISK_BYTES, "{info}");
 
     // A qcow2 source goes through a raw copy, which the step does not keep.
     let q = c.path("disk.qcow2");
