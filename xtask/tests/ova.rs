@@ -180,18 +180,7 @@ fn builds_an_ova_that_reads_back_with_system_tools() {
 
     // The VMDK holds exactly the source disk.
     let back = p.path("back.raw");
-    sh(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "vmdk",
-            "-O",
-            "raw",
-            vmdk.as_str(),
-            back.as_str(),
-        ],
-    );
+    support::qemu_convert(&vmdk, "vmdk", &back, "raw");
     assert!(
         std::fs::read(&back).unwrap() == std::fs::read(&disk).unwrap(),
         "round trip differs"
@@ -752,18 +741,7 @@ fn vmware_converter_writes_a_reproducible_vmdk() {
         "the long content id ends in the CID:\n{desc}"
     );
     let back = x.join("back.raw");
-    sh(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "vmdk",
-            "-O",
-            "raw",
-            vmdk.as_str(),
-            back.as_str(),
-        ],
-    );
+    support::qemu_convert(&vmdk, "vmdk", &back, "raw");
     assert!(
         std::fs::read(&back).unwrap() == std::fs::read(&disk).unwrap(),
         "the VMDK does not read back to the source disk"
@@ -784,34 +762,12 @@ fn vmware_converter_writes_a_reproducible_vmdk() {
 
     // A qcow2 source goes through a raw copy, which the step does not keep.
     let q = c.path("disk.qcow2");
-    sh(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "qcow2",
-            disk.as_str(),
-            q.as_str(),
-        ],
-    );
+    support::qemu_convert(&disk, "raw", &q, "qcow2");
     run(c, &["ova", "--disk", q.as_str()]);
     let y = c.path("y");
     extract(&the_ova(c), &y);
     let back = y.join("back.raw");
-    sh(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "vmdk",
-            "-O",
-            "raw",
-            y.join("demo-disk1.vmdk").as_str(),
-            back.as_str(),
-        ],
-    );
+    support::qemu_convert(&y.join("demo-disk1.vmdk"), "vmdk", &back, "raw");
     assert!(std::fs::read(&back).unwrap() == std::fs::read(&disk).unwrap());
     let leftovers: Vec<_> = walkdir::WalkDir::new(c.cache_dir())
         .into_iter()

@@ -749,18 +749,7 @@ fn planted_in_disk_images_raw_qcow2_and_ova() {
 
     // qcow2 of the same disk.
     let qcow = p.path("disk.qcow2");
-    sh(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "qcow2",
-            disk.as_str(),
-            qcow.as_str(),
-        ],
-    );
+    support::qemu_convert(&disk, "raw", &qcow, "qcow2");
     let (v, out) = scan_json(&p, &[qcow.as_str()]);
     assert_all_found(&v, &c, "p2!");
     assert_redacted(&c, &out);
@@ -1140,18 +1129,7 @@ fn bad_input_fails_closed_with_a_clear_error() {
     // Corrupt ext4 metadata: break the root directory's extent header.
     // Truncated qcow2 (qemu would read the missing clusters as zeros).
     let qcow = p.path("d.qcow2");
-    sh(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "qcow2",
-            disk.as_str(),
-            qcow.as_str(),
-        ],
-    );
+    support::qemu_convert(&disk, "raw", &qcow, "qcow2");
     let qsize = std::fs::metadata(&qcow).unwrap().len();
     check(
         "truncated qcow2",

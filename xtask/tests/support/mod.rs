@@ -277,3 +277,11 @@ pub fn vmdk_convert_dir() -> Utf8PathBuf {
 pub fn path_with(dir: &Utf8Path) -> String {
     format!("{dir}:{}", std::env::var("PATH").unwrap_or_default())
 }
+
+/// `qemu-img convert -f FROM -O TO SRC DST` (reading images back in tests).
+pub fn qemu_convert(src: &Utf8Path, from: &str, dst: &Utf8Path, to: &str) {
+    sh(
+        "qemu-img",
+        &["convert", "-f", from, "-O", to, src.as_str(), dst.as_str()],
+    );
+}
