@@ -8,7 +8,7 @@ use std::collections::HashSet;
 
 use anyhow::{bail, Context, Result};
 
-use super::source::Window;
+use super::source::{Window, HOLE};
 
 const INCOMPAT_FILETYPE: u32 = 0x2;
 const INCOMPAT_RECOVER: u32 = 0x4;
@@ -53,7 +53,9 @@ pub struct Fs {
 /// What a directory entry is.
 pub enum Node {
     /// A regular file: its data as `(offset in the image window, length)` runs
-    /// in file order (holes skipped), and its size.
+    /// in file order, holes (sparse or unwritten blocks) as
+    /// `(`[`HOLE`]`, length)` runs of zeros, so the runs read back the file's
+    /// exact bytes; and its size.
     File {
         runs: Vec<(u64, u64)>,
         size: u64,
@@ -202,13 +204,21 @@ impl Fs {
         }
         runs.sort_by_key(|r| r.0);
         let mut out = Vec::new();
+        let mut at = 0u64; // bytes of the file covered so far
         for (lb, pb, n) in runs {
             let start = lb * self.bs;
-            if start >= size {
+            if start >= size || start < at {
                 continue;
+            }
+            if start > at {
+                out.push((HOLE, start - at));
             }
             let len = (n * self.bs).min(size - start);
             out.push((pb * self.bs, len));
+            at = start + len;
+        }
+        if at < size {
+            out.push((HOLE, size - at));
         }
         Ok(Node::File {
             runs: out,
@@ -242,6 +252,7 @@ impl Fs {
                 }
                 let pb = (u16_at(e + 6) << 32) | u32_at(e + 8);
                 self.block_ok(pb, len)?;
+                // Unwritten extents read as zeros: left to the hole runs.
                 if !uninit {
                     runs.push((lb, pb, len));
                 }
@@ -318,7 +329,11 @@ impl Fs {
                         None => {
                             let mut v = Vec::with_capacity(size as usize);
                             for (off, len) in runs {
-                                v.extend(self.w.bytes(off, len as usize)?);
+                                if off == HOLE {
+                                    v.resize(v.len() + len as usize, 0);
+                                } else {
+                                    v.extend(self.w.bytes(off, len as usize)?);
+                                }
                             }
                             v
                         }

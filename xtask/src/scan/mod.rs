@@ -33,7 +33,7 @@ use serde::Serialize;
 use crate::recipe::scan::AllowEntry;
 use crate::recipe::Resolved;
 use rules::{Engine, Hit, Kind};
-use source::{sniff, Format, Runs, Window, HEAD};
+use source::{sniff, Format, Runs, Window, HEAD, HOLE};
 
 /// Archives nested deeper than this are refused (decompression bombs, loops).
 const MAX_DEPTH: u32 = 16;
@@ -933,7 +933,7 @@ impl Walker {
                 ext4::Node::File { runs, size, inline } => {
                     let data = match inline {
                         Some(b) => Data::Stream(Box::new(Cursor::new(b))),
-                        None if runs.len() == 1 && runs[0].1 == size => {
+                        None if runs.len() == 1 && runs[0].1 == size && runs[0].0 != HOLE => {
                             Data::Win(w.sub(runs[0].0, size)?)
                         }
                         None => Data::Stream(Box::new(Runs::new(w.clone(), runs))),

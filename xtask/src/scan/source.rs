@@ -106,7 +106,12 @@ impl Window {
     }
 }
 
-/// Reads a list of `(offset, length)` runs of a window in order.
+/// The offset of a run that is a hole: `length` zero bytes, not read from
+/// the window (sparse files in file systems).
+pub const HOLE: u64 = u64::MAX;
+
+/// Reads a list of `(offset, length)` runs of a window in order; a run at
+/// [`HOLE`] reads as zeros.
 pub struct Runs {
     w: Window,
     runs: Vec<(u64, u64)>,
@@ -135,9 +140,13 @@ impl Read for Runs {
                 continue;
             }
             let n = ((len - self.pos) as usize).min(buf.len());
-            self.w.read_at(off + self.pos, &mut buf[..n]).map_err(|e| {
-                std::io::Error::new(std::io::ErrorKind::UnexpectedEof, format!("{e:#}"))
-            })?;
+            if off == HOLE {
+                buf[..n].fill(0);
+            } else {
+                self.w.read_at(off + self.pos, &mut buf[..n]).map_err(|e| {
+                    std::io::Error::new(std::io::ErrorKind::UnexpectedEof, format!("{e:#}"))
+                })?;
+            }
             self.pos += n as u64;
             return Ok(n);
         }
