@@ -165,7 +165,14 @@ pub fn run(target: Target, install: bool, json_out: bool) -> Result<()> {
         }
     }
     let miss = missing(target);
-    if miss.is_empty() {
+    let unregistered = needs_binfmt(target);
+    if unregistered {
+        println!(
+            "{:<48} {:<8} {:<44} (kernel state: `doctor --install` registers it)",
+            "binfmt_misc qemu-aarch64", "OFF", ""
+        );
+    }
+    if miss.is_empty() && !unregistered {
         ui::info(&format!(
             "all {} tools for `{}` are present",
             reqs.len(),
@@ -176,7 +183,7 @@ pub fn run(target: Target, install: bool, json_out: bool) -> Result<()> {
     if !install {
         bail!(
             "{} missing or too old for `{}`; run `cargo xtask doctor --target {} --install` as root",
-            miss.len(),
+            miss.len() + usize::from(unregistered),
             target_name(target),
             target_name(target)
         );
@@ -186,9 +193,16 @@ pub fn run(target: Target, install: bool, json_out: bool) -> Result<()> {
 
 /// Install what `target` lacks (or has too old), then check again.
 pub fn install(target: Target) -> Result<()> {
-    install_missing(&missing(target))?;
+    let miss = missing(target);
+    if !miss.is_empty() {
+        install_missing(&miss)?;
+    }
     // The versions probed before the install are stale now.
     VERSIONS.lock().unwrap().clear();
+    // Foreign root file systems also need the kernel to know the rule.
+    if needs_binfmt(target) {
+        crate::tools::binfmt::register(crate::recipe::Arch::Arm64)?;
+    }
     let still: Vec<_> = missing(target)
         .into_iter()
         .filter(|r| r.manual.is_none())
@@ -202,6 +216,15 @@ pub fn install(target: Target) -> Result<()> {
     }
     ui::info("all tools installed");
     Ok(())
+}
+
+/// `target` builds arm64 root file systems and this host cannot run arm64
+/// programs yet (no binfmt_misc rule registered).
+pub fn needs_binfmt(target: Target) -> bool {
+    let arm64 = crate::recipe::Arch::Arm64;
+    let rule = crate::tools::binfmt::rule_file(arm64);
+    registry::for_target(target).iter().any(|r| r.name == rule)
+        && !crate::tools::binfmt::can_run(arm64)
 }
 
 fn truncate(s: &str, n: usize) -> String {

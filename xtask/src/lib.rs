@@ -14,6 +14,7 @@ pub mod export;
 pub mod flags;
 pub mod fsutil;
 pub mod hostapt;
+pub mod initrd;
 pub mod iso;
 pub mod ova;
 pub mod plan;

@@ -623,3 +623,213 @@ fn builder2_customizes_a_vendor_image_and_it_boots() {
         assert!(q.outputs().is_empty());
     }
 }
+
+/// The demo recipe built for arm64 only, with a small disk.
+fn arm64_recipe(p: &Project) -> String {
+    let demo = std::fs::read_to_string(p.path("recipes/demo.yaml")).unwrap();
+    assert!(demo.contains("architectures: [amd64]"));
+    p.write(
+        "recipes/arm64.yaml",
+        &format!(
+            "{}\nqcow2:\n  size: 2G\n",
+            demo.replace("architectures: [amd64]", "architectures: [arm64]")
+        ),
+    );
+    "recipes/arm64.yaml".into()
+}
+
+/// This host runs arm64 package scripts (natively or through a registered
+/// qemu-user); in CI it must.
+fn arm64_programs_run() -> bool {
+    use xtask::recipe::Arch;
+    if xtask::tools::binfmt::can_run(Arch::Arm64) {
+        return true;
+    }
+    if support::in_ci() {
+        panic!("CI=true but arm64 programs do not run here: run `cargo xtask doctor --install` as root (registers qemu-user with binfmt_misc)");
+    }
+    eprintln!("SKIPPED: arm64 programs do not run here (`cargo xtask doctor --install`)");
+    false
+}
+
+/// arm64 from packages on this (x86-64) host: Debian's arm64 root under
+/// qemu-user, kiln's own initrd, systemd-boot on the ESP, no BIOS partition.
+/// Read back, then booted twice under qemu-system-aarch64 with AAVMF: the
+/// first boot runs the appliance's first-boot unit, the second does not.
+/// A second assembly from the same root is byte-identical.
+#[test]
+fn builder1_arm64_disk_boots_uefi_with_kiln_initrd() {
+    const ARM64_TOOLS: &[&str] = &[
+        "mmdebstrap",
+        "mkfs.ext4",
+        "mkfs.vfat",
+        "mcopy",
+        "mtype",
+        "qemu-img",
+        "sgdisk",
+        "gzip",
+        "qemu-system-aarch64",
+        "/usr/share/AAVMF/AAVMF_CODE.fd",
+        "/usr/lib/binfmt.d/qemu-aarch64.conf",
+        "arch-test",
+    ];
+    if !support::require(ARM64_TOOLS) || !arm64_programs_run() {
+        return;
+    }
+    let _g = support::heavy();
+    let p = Project::demo().share_cache();
+    let recipe = arm64_recipe(&p);
+    // The plan: an arm64 root without Debian's initramfs run, no GRUB.
+    let plan = p.run(&["--recipe", &recipe, "--dry-run", "qcow2"]);
+    let plan = String::from_utf8_lossy(&plan.stdout).into_owned();
+    assert!(
+        plan.contains("--arch=arm64") && plan.contains("dpkg-divert"),
+        "{plan}"
+    );
+    assert!(plan.contains("ESP+systemd-boot, kiln initrd"), "{plan}");
+    p.run(&["--recipe", &recipe, "qcow2"]);
+    let name = p
+        .outputs()
+        .into_iter()
+        .find(|n| n.ends_with("-arm64.qcow2"))
+        .unwrap_or_else(|| panic!("no arm64 qcow2 in output/: {:?}", p.outputs()));
+    let q = p.path("output").join(&name);
+    let check = sh("qemu-img", &["check", "-f", "qcow2", q.as_str()]);
+    assert!(check.contains("No errors were found"), "{check}");
+
+    // GPT: ESP and a root-arm64 partition (sgdisk code 8305), no BIOS boot.
+    let (_d, dir) = tempdir();
+    let raw = dir.join("disk.raw");
+    support::qemu_convert(&q, "qcow2", &raw, "raw");
+    let gpt = sh("sgdisk", &["-p", raw.as_str()]);
+    assert!(
+        gpt.contains("EF00") && gpt.contains("8305") && !gpt.contains("EF02"),
+        "{gpt}"
+    );
+    let esp_start: u64 = sh("sgdisk", &["-i", "1", raw.as_str()])
+        .lines()
+        .find_map(|l| l.strip_prefix("First sector: "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let esp = format!("{raw}@@{}", esp_start * 512);
+    let mtype = |f: &str| sh("mtype", &["-i", &esp, &format!("::{f}")]);
+    let entry = mtype("/loader/entries/demo.conf");
+    assert!(
+        entry.contains("linux /demo/linux")
+            && entry.contains("initrd /demo/initrd")
+            && entry.contains("root=UUID=")
+            && entry.contains("console=ttyAMA0"),
+        "{entry}"
+    );
+    assert!(mtype("/loader/loader.conf").contains("editor no"));
+    // The loader is systemd-boot for arm64 (PE32+, machine 0xaa64).
+    let loader = dir.join("BOOTAA64.EFI");
+    sh(
+        "mcopy",
+        &["-i", &esp, "::/EFI/BOOT/BOOTAA64.EFI", loader.as_str()],
+    );
+    let pe = std::fs::read(&loader).unwrap();
+    let off = u32::from_le_bytes(pe[0x3c..0x40].try_into().unwrap()) as usize;
+    assert_eq!(&pe[off..off + 4], b"PE\0\0");
+    assert_eq!(u16::from_le_bytes([pe[off + 4], pe[off + 5]]), 0xaa64);
+    // kiln's initrd: gzip'd newc with busybox, init and the root disk's modules.
+    let initrd = dir.join("initrd");
+    sh("mcopy", &["-i", &esp, "::/demo/initrd", initrd.as_str()]);
+    let cpio = std::process::Command::new("gzip")
+        .args(["-dc", initrd.as_str()])
+        .output()
+        .unwrap();
+    assert!(cpio.status.success());
+    let mut r = cpio.stdout.as_slice();
+    let mut pos = 0;
+    let mut names = Vec::new();
+    while let Some(h) = xtask::scan::cpio::next(&mut r, &mut pos).unwrap() {
+        r = &r[h.size as usize..];
+        pos += h.size;
+        xtask::scan::cpio::skip_pad(&mut r, &mut pos).unwrap();
+        names.push(h.name);
+    }
+    for want in ["init", "bin/busybox", "dev/console"] {
+        assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
+    }
+    assert!(
+        names
+            .iter()
+            .any(|n| n.starts_with("lib/modules/virtio_blk.ko"))
+            || names.iter().any(|n| n.starts_with("lib/modules/ext4.ko")),
+        "no root-disk modules in {names:?}"
+    );
+
+    // Boot twice on a real copy.
+    let disk = dir.join("disk.qcow2");
+    std::fs::copy(&q, &disk).unwrap();
+    let v = dir.join("AAVMF_VARS.fd");
+    std::fs::copy(xtask::tools::qemu_system::AAVMF_VARS, &v).unwrap();
+    let first = boot_and_linger(
+        &Boot::new(Firmware::Uefi)
+            .arm64()
+            .disk(&disk, "qcow2")
+            .vars(&v),
+        &[
+            "kernel command line:",
+            "demo: first boot complete",
+            "demo: bootstrap ok",
+        ],
+        Duration::from_secs(15),
+    );
+    assert!(
+        !first.contains("initrd: "),
+        "kiln's initrd complained:\n{}",
+        tail(&first)
+    );
+    assert!(
+        !first.contains("Failed to start"),
+        "a unit failed:\n{}",
+        tail(&first)
+    );
+    let second = boot(
+        &Boot::new(Firmware::Uefi)
+            .arm64()
+            .disk(&disk, "qcow2")
+            .vars(&v),
+        &["demo: bootstrap ok"],
+    );
+    assert!(
+        !second.contains("first boot complete"),
+        "first boot ran again:\n{}",
+        tail(&second)
+    );
+
+    // Reproducible: a second project, same cached root, same bytes.
+    let p2 = Project::demo();
+    let recipe2 = arm64_recipe(&p2);
+    support::copy_tree(
+        &p.cache_dir().join("qcow2-rootfs-arm64"),
+        &p2.path("cache/qcow2-rootfs-arm64"),
+    );
+    p2.run(&["--recipe", &recipe2, "qcow2"]);
+    let a = std::fs::read_to_string(format!("{q}.sha256")).unwrap();
+    let b = std::fs::read_to_string(p2.path("output").join(format!("{name}.sha256"))).unwrap();
+    assert_eq!(a, b, "two arm64 builds of the same inputs differ");
+}
+
+#[test]
+fn arm64_with_bios_only_firmware_is_refused_before_work() {
+    let p = Project::demo();
+    let demo = std::fs::read_to_string(p.path("recipes/demo.yaml")).unwrap();
+    p.write(
+        "recipes/bios.yaml",
+        &format!(
+            "{}\nqcow2:\n  firmware: bios\n",
+            demo.replace("architectures: [amd64]", "architectures: [arm64]")
+        ),
+    );
+    let e = p.fail(&["--recipe", "recipes/bios.yaml", "--dry-run", "qcow2"]);
+    assert!(
+        e.contains("cannot boot arm64") && e.contains("firmware: uefi"),
+        "{e}"
+    );
+    assert!(p.outputs().is_empty());
+}

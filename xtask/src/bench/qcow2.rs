@@ -67,7 +67,7 @@ pub fn qcow2_builds(bcx: &BenchCx) -> Result<Vec<Measurement>> {
     let mirrors = crate::qcow2::rootfs::mirror_lines(&r, Utf8Path::new("/etc/apt"))?;
     let bare_out = bcx.scratch.join("bare-mmdebstrap.tar");
     let bare = crate::tools::mmdebstrap::rootfs_tar(
-        "amd64", &q.suite, &packages, &mirrors, &bare_out, r.epoch,
+        "amd64", &q.suite, &packages, &mirrors, &bare_out, r.epoch, false,
     );
     let (_, base) = timed(|| crate::tools::run(&bare))?;
     let _ = std::fs::remove_file(&bare_out);

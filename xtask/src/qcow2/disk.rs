@@ -5,8 +5,11 @@
 //!    files (identity reset, fstab, network, growth) into one tarball, in
 //!    process, so every file is owned as in the tarballs without root;
 //! 2. `mkfs.ext4 -d` that tarball into a root file system image;
-//! 3. UEFI: a unified kernel image (systemd's EFI stub + os-release + command
-//!    line + kernel + initrd, via objcopy) on a FAT ESP (mkfs.vfat + mtools);
+//! 3. UEFI: on amd64 a unified kernel image (systemd's EFI stub, os-release,
+//!    command line, kernel and Debian's initrd, via objcopy); on arm64
+//!    systemd-boot with one loader entry, the kernel and kiln's own initrd
+//!    ([`crate::initrd`]), all read from the image's packages; either on a
+//!    FAT ESP (mkfs.vfat + mtools);
 //! 4. BIOS: a GRUB core image in a BIOS-boot partition, GRUB's boot.img in
 //!    the MBR, both patched in process;
 //! 5. a sparse raw disk with a GPT (protective MBR) written in process and
@@ -84,8 +87,14 @@ pub struct DiskSpec {
 }
 
 impl DiskSpec {
-    pub fn kernel_cmdline(ids: &Ids, extra: &[String]) -> String {
-        let mut c = format!("root=UUID={} ro console=ttyS0,115200n8", ids.root_fs);
+    /// The serial console is `ttyS0` on amd64 (16550) and `ttyAMA0` on
+    /// arm64 (PL011 of qemu's `virt` and of Arm servers).
+    pub fn kernel_cmdline(ids: &Ids, arch: Arch, extra: &[String]) -> String {
+        let console = match arch {
+            Arch::Amd64 => "ttyS0",
+            Arch::Arm64 => "ttyAMA0",
+        };
+        let mut c = format!("root=UUID={} ro console={console},115200n8", ids.root_fs);
         for e in extra {
             c.push(' ');
             c.push_str(e);
@@ -618,6 +627,170 @@ pub fn pin_pe_timestamp(pe: &mut [u8], epoch: i64) -> Result<()> {
     Ok(())
 }
 
+/// What goes onto the EFI system partition: directories (parents first)
+/// and files (source, path on the ESP).
+struct Esp {
+    dirs: Vec<String>,
+    files: Vec<(Utf8PathBuf, String)>,
+}
+
+/// Files of the root tarball whose path (without `./`, with a merged-/usr
+/// `usr/` prefix dropped for `lib/`, `bin/` and `sbin/`) passes `want`.
+fn read_from_rootfs(
+    tar: &Utf8Path,
+    want: impl Fn(&str) -> bool,
+) -> Result<BTreeMap<String, Vec<u8>>> {
+    let mut found = BTreeMap::new();
+    let mut ar = crate::archive::open_tar(tar)?;
+    for entry in ar.entries().with_context(|| format!("reading {tar}"))? {
+        crate::signals::check()?;
+        let mut entry = entry.with_context(|| format!("reading {tar}"))?;
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let raw = entry.path()?.to_string_lossy().into_owned();
+        let rel = raw.trim_start_matches("./");
+        let rel = match rel.strip_prefix("usr/") {
+            Some(r) if ["lib/", "bin/", "sbin/"].iter().any(|p| r.starts_with(p)) => r,
+            _ => rel,
+        };
+        if want(rel) {
+            let mut data = Vec::with_capacity(entry.size() as usize);
+            entry
+                .read_to_end(&mut data)
+                .with_context(|| format!("reading /{rel} from {tar}"))?;
+            found.insert(rel.to_string(), data);
+        }
+    }
+    Ok(found)
+}
+
+const SYSTEMD_BOOT_AA64: &str = "lib/systemd/boot/efi/systemd-bootaa64.efi";
+const BUSYBOX: &str = "bin/busybox";
+
+/// kiln's initrd for the image's newest kernel, and systemd-boot, both
+/// from the root tarball (arm64).
+struct OwnBoot {
+    release: String,
+    initrd: Vec<u8>,
+    loader: Vec<u8>,
+}
+
+/// Build the initrd from the image's static busybox and the root disk's
+/// modules ([`crate::initrd`]); read systemd-boot for the ESP.
+fn own_boot(spec: &DiskSpec) -> Result<OwnBoot> {
+    let is_moddata = |p: &str| {
+        p.strip_prefix("lib/modules/").is_some_and(|r| {
+            r.split_once('/')
+                .is_some_and(|(_, f)| f == "modules.dep" || f == "modules.builtin")
+        })
+    };
+    let first = read_from_rootfs(&spec.rootfs_tar, |p| {
+        is_moddata(p) || p == BUSYBOX || p == SYSTEMD_BOOT_AA64
+    })?;
+    let release = first
+        .keys()
+        .filter_map(|p| p.strip_prefix("lib/modules/")?.strip_suffix("/modules.dep"))
+        .max()
+        .context(
+            "the root file system has no /usr/lib/modules/*/modules.dep: is a linux-image \
+             package installed?",
+        )?
+        .to_string();
+    let moddir = format!("lib/modules/{release}/");
+    let text = |f: &str| {
+        String::from_utf8_lossy(first.get(&format!("{moddir}{f}")).map_or(&[][..], |v| v))
+            .into_owned()
+    };
+    let loader = first.get(SYSTEMD_BOOT_AA64).with_context(|| {
+        format!(
+            "the root file system has no /usr/{SYSTEMD_BOOT_AA64}: add the systemd-boot-efi package"
+        )
+    })?;
+    let busybox = first.get(BUSYBOX).with_context(|| {
+        format!(
+            "the root file system has no /usr/{BUSYBOX} for kiln's initrd: add the \
+             busybox-static package"
+        )
+    })?;
+    let deps = crate::initrd::ModuleDeps::parse(&text("modules.dep"), &text("modules.builtin"))
+        .with_context(|| format!("reading /usr/{moddir}modules.dep"))?;
+    let order = deps
+        .closure(crate::initrd::ROOT_MODULES, crate::initrd::OPTIONAL_MODULES)
+        .with_context(|| format!("kernel {release}"))?;
+    let wanted: BTreeSet<String> = order.iter().map(|m| format!("{moddir}{m}")).collect();
+    let modules: BTreeMap<String, Vec<u8>> =
+        read_from_rootfs(&spec.rootfs_tar, |p| wanted.contains(p))?
+            .into_iter()
+            .map(|(p, d)| (p[moddir.len()..].to_string(), d))
+            .collect();
+    let initrd = crate::initrd::build(
+        &crate::initrd::Sources {
+            busybox,
+            modules: &modules,
+            order: &order,
+        },
+        spec.epoch,
+    )?;
+    crate::ui::info(&format!(
+        "  kiln initrd for {release}: {} modules, {} KiB",
+        order.len(),
+        initrd.len() >> 10
+    ));
+    Ok(OwnBoot {
+        release,
+        initrd,
+        loader: loader.clone(),
+    })
+}
+
+/// arm64's ESP: systemd-boot as the removable-media loader, one Boot Loader
+/// Specification entry (no timeout, no editor), the kernel and kiln's initrd.
+fn systemd_boot_esp(spec: &DiskSpec, boot: &Boot, own: &OwnBoot, work: &Utf8Path) -> Result<Esp> {
+    let (release, kernel) = boot.kernel.as_ref().context(
+        "the root file system has no /boot/vmlinuz-*: is a linux-image package installed?",
+    )?;
+    ensure!(
+        *release == own.release,
+        "the newest kernel is /boot/vmlinuz-{release} but the newest modules are for {}",
+        own.release
+    );
+    let initrd = work.join("initrd.img");
+    std::fs::write(&initrd, &own.initrd).with_context(|| format!("writing {initrd}"))?;
+    let loader = work.join("BOOTAA64.EFI");
+    std::fs::write(&loader, &own.loader).with_context(|| format!("writing {loader}"))?;
+    let n = &spec.name;
+    let conf = work.join("loader.conf");
+    std::fs::write(
+        &conf,
+        format!("# Written by kiln.\ntimeout 0\ndefault {n}.conf\neditor no\n"),
+    )?;
+    let entry = work.join("entry.conf");
+    std::fs::write(
+        &entry,
+        format!(
+            "title {n}\nversion {release}\nlinux /{n}/linux\ninitrd /{n}/initrd\noptions {}\n",
+            spec.cmdline
+        ),
+    )?;
+    Ok(Esp {
+        dirs: vec![
+            "/EFI".into(),
+            "/EFI/BOOT".into(),
+            "/loader".into(),
+            "/loader/entries".into(),
+            format!("/{n}"),
+        ],
+        files: vec![
+            (loader, "/EFI/BOOT/BOOTAA64.EFI".into()),
+            (conf, "/loader/loader.conf".into()),
+            (entry, format!("/loader/entries/{n}.conf")),
+            (kernel.clone(), format!("/{n}/linux")),
+            (initrd, format!("/{n}/initrd")),
+        ],
+    })
+}
+
 /// Copy `src` into `disk` at `offset`, skipping all-zero blocks so the disk
 /// stays sparse.
 fn copy_at(disk: &File, offset: u64, src: &Utf8Path, label: &str) -> Result<()> {
@@ -701,21 +874,50 @@ pub fn assemble(spec: &DiskSpec, out: &Utf8Path) -> Result<()> {
             }
         }
     }
+    // arm64: kiln's initrd, also in /boot where Debian's links point.
+    let own = match (spec.uefi, spec.arch) {
+        (true, Arch::Arm64) => {
+            let own = own_boot(spec)?;
+            news.insert(
+                format!("boot/initrd.img-{}", own.release),
+                New::Bytes {
+                    data: own.initrd.clone(),
+                    mode: 0o644,
+                },
+            );
+            Some(own)
+        }
+        _ => None,
+    };
     let root_tar = work.join("root.tar");
     let boot = merge(spec, &news, &root_tar, &boot_dir)?;
 
     // 2. Layout.
     let fs_bytes = root_fs_bytes(&boot);
-    let uki = if spec.uefi {
-        Some(build_uki(&work, &boot, &spec.cmdline, spec.epoch)?)
-    } else {
-        None
+    let esp = match (spec.uefi, spec.arch) {
+        (false, _) => None,
+        (true, Arch::Amd64) => Some(Esp {
+            dirs: vec!["/EFI".into(), "/EFI/BOOT".into()],
+            files: vec![(
+                build_uki(&work, &boot, &spec.cmdline, spec.epoch)?,
+                "/EFI/BOOT/BOOTX64.EFI".into(),
+            )],
+        }),
+        (true, Arch::Arm64) => Some(systemd_boot_esp(
+            spec,
+            &boot,
+            own.as_ref().context("arm64 boot files")?,
+            &work,
+        )?),
     };
-    let esp_bytes = match &uki {
-        Some(u) => align(
-            (std::fs::metadata(u)?.len() * 3 / 2 + 8 * MIB).max(128 * MIB),
-            MIB,
-        ),
+    let esp_bytes = match &esp {
+        Some(e) => {
+            let mut sum = 0;
+            for (f, _) in &e.files {
+                sum += std::fs::metadata(f)?.len();
+            }
+            align((sum * 3 / 2 + 8 * MIB).max(128 * MIB), MIB)
+        }
         None => 0,
     };
     let sectors = spec.size / SECTOR;
@@ -793,23 +995,17 @@ pub fn assemble(spec: &DiskSpec, out: &Utf8Path) -> Result<()> {
 
     // 4. ESP.
     let esp_img = work.join("esp.img");
-    if let Some(uki) = &uki {
+    if let Some(esp) = &esp {
         File::create(&esp_img)?.set_len(esp_bytes)?;
-        crate::fsutil::set_mtime(uki, spec.epoch)?;
         tools::run(&tools::dosfstools::mkfs_vfat_invariant(
             &esp_img, "ESP", spec.epoch,
         ))?;
-        tools::run(&tools::mtools::mmd(
-            &esp_img,
-            &["/EFI", "/EFI/BOOT"],
-            spec.epoch,
-        ))?;
-        tools::run(&tools::mtools::mcopy_in(
-            &esp_img,
-            uki,
-            "/EFI/BOOT/BOOTX64.EFI",
-            spec.epoch,
-        ))?;
+        let dirs: Vec<&str> = esp.dirs.iter().map(String::as_str).collect();
+        tools::run(&tools::mtools::mmd(&esp_img, &dirs, spec.epoch))?;
+        for (file, dest) in &esp.files {
+            crate::fsutil::set_mtime(file, spec.epoch)?;
+            tools::run(&tools::mtools::mcopy_in(&esp_img, file, dest, spec.epoch))?;
+        }
     }
 
     // 5. GRUB core for BIOS.
@@ -972,11 +1168,13 @@ mod tests {
         let ids = Ids::derive(1, "demo", Arch::Amd64);
         assert_eq!(ids.root_fs, Ids::derive(1, "demo", Arch::Amd64).root_fs);
         assert_ne!(ids.root_fs, Ids::derive(2, "demo", Arch::Amd64).root_fs);
-        let c = DiskSpec::kernel_cmdline(&ids, &["quiet".into()]);
+        let c = DiskSpec::kernel_cmdline(&ids, Arch::Amd64, &["quiet".into()]);
         assert!(
             c.starts_with(&format!("root=UUID={} ro console=ttyS0", ids.root_fs))
                 && c.ends_with(" quiet")
         );
+        let c = DiskSpec::kernel_cmdline(&ids, Arch::Arm64, &[]);
+        assert!(c.ends_with(" ro console=ttyAMA0,115200n8"), "{c}");
         let b = Boot {
             data_bytes: 600 * MIB,
             entries: 30000,

@@ -47,6 +47,28 @@ pub struct DiskInfo {
     pub uefi_only: bool,
 }
 
+/// arm64 disks boot kiln's own initrd ([`crate::initrd`]): Debian's
+/// mkinitramfs would run under qemu-user on an x86-64 host.
+pub fn kiln_initrd(arch: Arch) -> bool {
+    arch == Arch::Arm64
+}
+
+/// Check, before any work, that this host can build `arch`'s disk: builder
+/// 1 runs the packages' scripts, so a foreign architecture needs qemu-user
+/// registered with binfmt_misc.
+pub fn require_host(r: &Resolved, arch: Arch) -> Result<()> {
+    match r.recipe.qcow2.base {
+        Base::Packages => crate::tools::binfmt::require(arch),
+        Base::Image(_) => Ok(()),
+    }
+}
+
+/// A BIOS-boot partition with GRUB: amd64 only (`firmware: both` means
+/// UEFI alone on arm64).
+fn bios(q: &crate::recipe::qcow2::Qcow2Options, arch: Arch) -> bool {
+    q.firmware.bios() && arch == Arch::Amd64
+}
+
 fn disk_step_name(arch: Arch) -> String {
     format!("qcow2-disk-{arch}")
 }
@@ -68,8 +90,8 @@ pub fn plan_disk(r: &Resolved, plan: &mut Plan, arch: Arch) -> Result<DiskInfo> 
             format,
             virtual_size: q.size_bytes,
             uefi: q.firmware.uefi(),
-            bios: q.firmware.bios(),
-            uefi_only: q.firmware.uefi() && !q.firmware.bios(),
+            bios: bios(q, arch),
+            uefi_only: q.firmware.uefi() && !bios(q, arch),
         }
     };
     if let Some(i) = plan.steps.iter().position(|s| s.name == name) {
@@ -85,10 +107,10 @@ pub fn plan_disk(r: &Resolved, plan: &mut Plan, arch: Arch) -> Result<DiskInfo> 
     };
     let step = match &q.base {
         Base::Packages => {
-            if arch != Arch::Amd64 {
+            if arch == Arch::Arm64 && !q.firmware.uefi() {
                 bail!(
-                    "{}: qcow2 from packages is built for amd64 only (the UKI needs systemd's \
-                     x86-64 EFI stub); build arm64 with the `pi` target or `qcow2.base: {{image: …}}`",
+                    "{}: qcow2.firmware: bios cannot boot arm64 (there is no BIOS on Arm); \
+                     use `firmware: uefi` or `both` (arm64 disks boot with UEFI only)",
                     r.file
                 );
             }
@@ -102,8 +124,8 @@ pub fn plan_disk(r: &Resolved, plan: &mut Plan, arch: Arch) -> Result<DiskInfo> 
                 overlay_tree: plan.step(stage).output(crate::stage::TREE),
                 size: q.size_bytes,
                 uefi: q.firmware.uefi(),
-                bios: q.firmware.bios(),
-                cmdline: disk::DiskSpec::kernel_cmdline(&ids, &q.cmdline),
+                bios: bios(q, arch),
+                cmdline: disk::DiskSpec::kernel_cmdline(&ids, arch, &q.cmdline),
                 ssh: q.packages_for(arch).iter().any(|p| p == "openssh-server"),
                 // bullseye ships resolved inside `systemd`.
                 resolved: q
@@ -113,20 +135,27 @@ pub fn plan_disk(r: &Resolved, plan: &mut Plan, arch: Arch) -> Result<DiskInfo> 
                 epoch: r.epoch,
                 ids,
             };
+            let boot = match arch {
+                Arch::Amd64 => "ESP+UKI, GRUB",
+                Arch::Arm64 => "ESP+systemd-boot, kiln initrd",
+            };
             let mut b = StepBuilder::new(
                 name,
                 format!(
-                    "assemble the {} MiB raw disk (GPT, ESP+UKI, GRUB, ext4 root)",
+                    "assemble the {} MiB raw disk (GPT, {boot}, ext4 root)",
                     q.size_bytes >> 20
                 ),
             )
             .after(plan.step(rootfs))
             .after(plan.step(stage))
             .input(Input::tool("mkfs.ext4"))
-            .input(Input::tool("objcopy"))
             .input(Input::tool("mkfs.vfat"))
-            .input(Input::tool("mcopy"))
-            .input(Input::tool("grub-mkimage"));
+            .input(Input::tool("mcopy"));
+            if arch == Arch::Amd64 {
+                b = b
+                    .input(Input::tool("objcopy"))
+                    .input(Input::tool("grub-mkimage"));
+            }
             for f in [
                 crate::tools::objcopy::EFI_STUB_X64,
                 crate::tools::grub::BOOT_IMG,

@@ -58,6 +58,7 @@ pub fn plan(r: &Resolved, plan: &mut Plan, arch: Arch) -> Result<usize> {
         &mirrors,
         &out,
         r.epoch,
+        super::kiln_initrd(arch),
     );
     let b = StepBuilder::new(
         format!("qcow2-rootfs-{arch}"),
@@ -72,6 +73,14 @@ pub fn plan(r: &Resolved, plan: &mut Plan, arch: Arch) -> Result<usize> {
     .input(Input::value("packages", packages.join(",")))
     .input(Input::value("mirrors", mirrors.join(" | ")))
     .input(Input::value("SOURCE_DATE_EPOCH", r.epoch))
+    .input(Input::value(
+        "initramfs",
+        if super::kiln_initrd(arch) {
+            "kiln"
+        } else {
+            "debian"
+        },
+    ))
     .input(Input::tool("mmdebstrap"))
     .cmd(cmd)
     .long();

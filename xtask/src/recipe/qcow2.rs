@@ -238,6 +238,15 @@ impl Qcow2Options {
         if !p.iter().any(|x| x.starts_with("linux-image-")) {
             p.push(format!("linux-image-{}", arch.debian()));
         }
+        if arch == super::Arch::Arm64 {
+            // arm64 boots systemd-boot from the ESP and kiln's own initrd,
+            // built from the image's static busybox (`crate::initrd`).
+            for extra in ["systemd-boot-efi", "busybox-static"] {
+                if !p.iter().any(|x| x == extra) {
+                    p.push(extra.to_string());
+                }
+            }
+        }
         p
     }
 }
@@ -332,5 +341,9 @@ mod tests {
         let p = o.packages_for(super::super::Arch::Arm64);
         assert!(!p.iter().any(|x| x == "systemd-resolved"), "{p:?}");
         assert!(p.contains(&"linux-image-arm64".to_string()), "{p:?}");
+        assert!(p.contains(&"systemd-boot-efi".to_string()), "{p:?}");
+        assert!(p.contains(&"busybox-static".to_string()), "{p:?}");
+        let amd = o.packages_for(super::super::Arch::Amd64);
+        assert!(!amd.iter().any(|x| x == "busybox-static"), "{amd:?}");
     }
 }

@@ -5,10 +5,19 @@ use camino::Utf8Path;
 
 use super::Cmd;
 
+/// Where Debian's initramfs-tools installs its entry point (bookworm on).
+const UPDATE_INITRAMFS: &str = "/usr/sbin/update-initramfs";
+
 /// `mmdebstrap --variant=apt --arch=ARCH --include=PKGS SUITE OUT MIRRORS...`
 /// with `SOURCE_DATE_EPOCH` (byte-identical output for the same inputs).
 /// `mirrors` are full `deb …` lines: mmdebstrap does not read the host's apt
 /// sources by itself.
+///
+/// `no_initramfs`: keep initramfs-tools from building an initrd while the
+/// packages install (`update-initramfs` diverted to `true`, the diversion
+/// removed at the end, so the image's own tool is intact). For a foreign
+/// architecture, where mkinitramfs under qemu-user takes ten minutes and
+/// more; kiln builds that initrd itself ([`crate::initrd`]).
 pub fn rootfs_tar(
     arch: &str,
     suite: &str,
@@ -16,6 +25,7 @@ pub fn rootfs_tar(
     mirrors: &[String],
     out: &Utf8Path,
     epoch: i64,
+    no_initramfs: bool,
 ) -> Cmd {
     let mut c = Cmd::new(
         "mmdebstrap",
@@ -25,9 +35,15 @@ pub fn rootfs_tar(
     .arg(format!("--arch={arch}"))
     .arg(format!("--include={}", packages.join(",")))
     // Keep the apt cache and lists out of the image.
-    .arg("--skip=output/dev")
-    .args([suite, out.as_str()])
-    .env("SOURCE_DATE_EPOCH", epoch.to_string());
+    .arg("--skip=output/dev");
+    if no_initramfs {
+        c = c
+            .arg(format!("--essential-hook=chroot \"$1\" dpkg-divert --quiet --local --rename --add {UPDATE_INITRAMFS} && ln -s /bin/true \"$1{UPDATE_INITRAMFS}\""))
+            .arg(format!("--customize-hook=rm \"$1{UPDATE_INITRAMFS}\" && chroot \"$1\" dpkg-divert --quiet --local --rename --remove {UPDATE_INITRAMFS}"));
+    }
+    c = c
+        .args([suite, out.as_str()])
+        .env("SOURCE_DATE_EPOCH", epoch.to_string());
     for m in mirrors {
         c = c.arg(m);
     }

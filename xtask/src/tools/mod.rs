@@ -15,6 +15,7 @@ use camino::{Utf8Path, Utf8PathBuf};
 use serde::Serialize;
 
 pub mod apt;
+pub mod binfmt;
 pub mod cargo;
 pub mod cloud_init;
 pub mod coreutils;

@@ -4,10 +4,14 @@
 use camino::{Utf8Path, Utf8PathBuf};
 
 use super::Cmd;
+use crate::recipe::Arch;
 
 /// UEFI firmware for amd64 guests (package `ovmf`).
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// UEFI firmware for arm64 guests (package `qemu-efi-aarch64`).
+pub const AAVMF_CODE: &str = "/usr/share/AAVMF/AAVMF_CODE.fd";
+pub const AAVMF_VARS: &str = "/usr/share/AAVMF/AAVMF_VARS.fd";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Firmware {
@@ -25,9 +29,11 @@ pub enum Media {
     Disk { path: Utf8PathBuf, format: String },
 }
 
-/// One amd64 boot with the serial console on stdout.
+/// One boot with the serial console on stdout: amd64 (`q35` with OVMF, or
+/// `pc` with SeaBIOS) or arm64 (`virt` with AAVMF; UEFI only).
 #[derive(Debug, Clone)]
 pub struct Boot {
+    pub arch: Arch,
     pub firmware: Firmware,
     pub media: Vec<Media>,
     pub memory_mib: u32,
@@ -44,6 +50,7 @@ pub struct Boot {
 impl Boot {
     pub fn new(firmware: Firmware) -> Boot {
         Boot {
+            arch: Arch::Amd64,
             firmware,
             media: Vec::new(),
             memory_mib: 1024,
@@ -68,18 +75,35 @@ impl Boot {
         self.vars = Some(p.to_owned());
         self
     }
+    /// Boot an arm64 guest (firmware must be UEFI).
+    pub fn arm64(mut self) -> Boot {
+        self.arch = Arch::Arm64;
+        self
+    }
 
     pub fn cmd(&self) -> Cmd {
-        let mut c = Cmd::new("qemu-system-x86_64", "smoke-boot the image under qemu")
+        let program = format!("qemu-system-{}", self.arch.uname());
+        let mut c = Cmd::new(&program, "smoke-boot the image under qemu")
             .args(["-accel", &self.accel, "-m", &self.memory_mib.to_string()])
             .args([
                 "-smp", "2", "-display", "none", "-serial", "stdio", "-monitor", "none",
             ])
             .args(["-no-reboot", "-nic", "user,model=virtio-net-pci"]);
+        let code = match self.arch {
+            Arch::Amd64 => OVMF_CODE,
+            Arch::Arm64 => AAVMF_CODE,
+        };
+        if self.arch == Arch::Arm64 {
+            // TCG runs cortex-a72 faster than `max` (no pointer
+            // authentication to emulate).
+            c = c.args(["-M", "virt", "-cpu", "cortex-a72"]);
+        } else if self.firmware == Firmware::Uefi {
+            c = c.args(["-M", "q35"]);
+        }
         if self.firmware == Firmware::Uefi {
-            c = c.args(["-M", "q35"]).args([
+            c = c.args([
                 "-drive".to_string(),
-                format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"),
+                format!("if=pflash,format=raw,readonly=on,file={code}"),
             ]);
             if let Some(v) = &self.vars {
                 c = c.args([
@@ -120,5 +144,35 @@ impl Boot {
             c = c.args(["-append", append]);
         }
         c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arm64_boots_virt_with_aavmf_and_amd64_keeps_q35_with_ovmf() {
+        let disk = Utf8Path::new("/w/d.qcow2");
+        let vars = Utf8Path::new("/w/vars.fd");
+        let a = Boot::new(Firmware::Uefi)
+            .arm64()
+            .disk(disk, "qcow2")
+            .vars(vars)
+            .cmd()
+            .to_string();
+        assert!(a.starts_with("qemu-system-aarch64 -accel tcg"), "{a}");
+        assert!(a.contains("-M virt -cpu cortex-a72"), "{a}");
+        assert!(a.contains(&format!("readonly=on,file={AAVMF_CODE}")), "{a}");
+        assert!(a.contains("if=pflash,format=raw,file=/w/vars.fd"), "{a}");
+        let x = Boot::new(Firmware::Uefi)
+            .disk(disk, "qcow2")
+            .cmd()
+            .to_string();
+        assert!(
+            x.starts_with("qemu-system-x86_64 ") && x.contains("-M q35"),
+            "{x}"
+        );
+        assert!(x.contains(OVMF_CODE), "{x}");
     }
 }

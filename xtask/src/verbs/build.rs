@@ -42,6 +42,9 @@ pub fn run(cx: &Cx, a: Args) -> Result<()> {
         }
         if with_disks {
             crate::ova::require_converter(&r)?;
+            for &arch in &r.recipe.architectures {
+                crate::qcow2::require_host(&r, arch)?;
+            }
         }
     }
     let mut plan = cx.plan("build");

@@ -15,7 +15,10 @@ use crate::tools::Target;
 /// `qcow2.mirror` is set) and the disk is assembled without root tricks,
 /// mounts, loop devices or a VM: GPT, an EFI system partition with a unified
 /// kernel image (UEFI), GRUB in a BIOS-boot partition (BIOS), ext4 root that
-/// grows to fill the disk at first boot. Two builds with the same inputs are
+/// grows to fill the disk at first boot. arm64 disks (UEFI only) boot
+/// systemd-boot and an initrd kiln writes itself; on an x86-64 host their
+/// package scripts run under qemu-user (`doctor --target pi --install`
+/// installs and registers it). Two builds with the same inputs are
 /// byte-identical. The Debian root is a cached step: changing only the
 /// overlay re-runs the assembly, not mmdebstrap.
 ///
@@ -52,6 +55,9 @@ pub fn run(cx: &Cx, a: Args) -> Result<()> {
         None => r.recipe.architectures.clone(),
     };
     for arch in arches {
+        if !cx.dry_run {
+            crate::qcow2::require_host(&r, arch)?;
+        }
         crate::qcow2::plan(&r, &mut plan, arch)?;
     }
     let gate = crate::scan::gate(&r);

@@ -6,7 +6,8 @@ use crate::tools::Target;
 
 /// Ensure the tools, then `cargo test --workspace`.
 pub fn run(_cx: &Cx, t: Test) -> Result<()> {
-    if !crate::doctor::missing(Target::Test).is_empty() {
+    if !crate::doctor::missing(Target::Test).is_empty() || crate::doctor::needs_binfmt(Target::Test)
+    {
         if t.no_install {
             crate::doctor::require(Target::Test)?;
         }
