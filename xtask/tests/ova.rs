@@ -652,17 +652,25 @@ fn cid_rewrite_does_not_depend_on_the_random_cid_length() {
     let b = p.path("b/d.vmdk");
     std::fs::create_dir_all(b.parent().unwrap()).unwrap();
     std::fs::copy(&a, &b).unwrap();
-    // Make b's CID 3 digits long, as qemu-img does for a small random value.
+    // Make b's CID 1 digit long, as qemu-img does for a small random value,
+    // the way qemu rewrites it (vmdk_write_cid): the shorter text, its NUL,
+    // then the old text's last bytes left behind in the region.
     let mut bytes = std::fs::read(&b).unwrap();
     let at = bytes.windows(5).position(|w| w == b"\nCID=").unwrap() + 5;
     let end = at + bytes[at..].iter().position(|&c| c == b'\n').unwrap();
     let region_end = at + bytes[at..].iter().position(|&c| c == 0).unwrap();
-    let mut desc = bytes[..region_end].to_vec();
-    desc.splice(at..end, b"abc".iter().copied());
-    desc.resize(region_end, 0);
+    let old = bytes[..region_end].to_vec();
+    let mut desc = old.clone();
+    desc.splice(at..end, b"a".iter().copied());
+    let n = desc.len();
+    assert!(end - at >= 2, "qemu-img wrote a 1-digit CID (odds 2^-28)");
+    desc.push(0);
+    desc.extend_from_slice(&old[n + 1..]);
+    assert_eq!(desc.len(), region_end);
+    assert_ne!(desc[n + 1..].iter().filter(|&&c| c != 0).count(), 0);
     bytes[..region_end].copy_from_slice(&desc);
     std::fs::write(&b, &bytes).unwrap();
-    assert!(String::from_utf8_lossy(&bytes[..4096]).contains("\nCID=abc\n"));
+    assert!(String::from_utf8_lossy(&bytes[..4096]).contains("\nCID=a\n"));
     for f in [&a, &b] {
         xtask::ova::vmdk::set_cid(f, 0x0123abcd).unwrap();
     }

@@ -6,7 +6,8 @@
 //! `descriptorOffset` sectors (NUL padded, `descriptorSize` sectors), all
 //! before `overHead` sectors where the grains start. qemu-img writes a random
 //! `CID=xxxxxxxx` into that descriptor; [`set_cid`] replaces it in place
-//! with a value derived from the content, same length, nothing else touched.
+//! with a value derived from the content, rewriting only the descriptor
+//! region.
 
 use std::io::{Read, Seek, SeekFrom, Write};
 
@@ -250,10 +251,11 @@ pub fn set_cid(path: &Utf8Path, cid: u32) -> Result<()> {
     let mut region = vec![0u8; len as usize];
     f.seek(SeekFrom::Start(start))?;
     f.read_exact(&mut region)?;
-    ensure!(
-        region[desc.len()..].iter().all(|&b| b == 0),
-        "{path}: the descriptor region holds data after the descriptor's NUL padding"
-    );
+    // After the text's NUL the region may hold the tail of an older, longer
+    // descriptor: qemu rewrites the CID in place (vmdk_write_cid) and a new
+    // random value with fewer hex digits leaves the old last bytes behind.
+    // The region is inside the metadata (checked above) and is rewritten
+    // whole below, so they are cleared.
     let r = cid_range(&desc).with_context(|| format!("{path}: finding the content id"))?;
     let mut text = format!("{}{cid:08x}{}", &desc[..r.start], &desc[r.end..]);
     // VMware's vmdk-convert also writes a random 128-bit `ddb.longContentID`
