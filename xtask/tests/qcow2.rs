@@ -127,6 +127,52 @@ fn boot_and_linger(b: &Boot, patterns: &[&str], linger: Duration) -> String {
     output
 }
 
+/// Byte offset of GPT partition `n` of a raw disk, as sgdisk reads it.
+fn partition_offset(raw: &Utf8Path, n: u32) -> u64 {
+    let first: u64 = sh("sgdisk", &["-i", &n.to_string(), raw.as_str()])
+        .lines()
+        .find_map(|l| l.strip_prefix("First sector: "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("sgdisk names no first sector of partition {n} of {raw}"))
+        .parse()
+        .unwrap();
+    first * 512
+}
+
+/// Boot a real copy of the demo disk twice: the first boot runs the
+/// appliance's first-boot unit with every unit started (DNS, growing root,
+/// no firstboot prompt), the second does not run it again. Returns the first
+/// boot's console.
+fn boots_twice(b: &Boot) -> String {
+    let first = boot_and_linger(
+        b,
+        &["demo: first boot complete", "demo: bootstrap ok"],
+        Duration::from_secs(15),
+    );
+    assert!(
+        !first.contains("First Boot Wizard"),
+        "systemd-firstboot prompted"
+    );
+    for (want, why) in [
+        ("Network Name Resolution", "systemd-resolved did not start"),
+        ("Grow File System on /", "the root file system did not grow"),
+    ] {
+        assert!(first.contains(want), "{why}:\n{}", tail(&first));
+    }
+    assert!(
+        !first.contains("Failed to start"),
+        "a unit failed:\n{}",
+        tail(&first)
+    );
+    let second = boot(b, &["demo: bootstrap ok"]);
+    assert!(
+        !second.contains("first boot complete"),
+        "first boot ran again:\n{}",
+        tail(&second)
+    );
+    first
+}
+
 fn tail(s: &str) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(60)..].join("\n")
@@ -290,14 +336,7 @@ fn builder1_image_is_clean_and_laid_out() {
     );
     let verify = sh("sgdisk", &["-v", raw.as_str()]);
     assert!(verify.contains("No problems found"), "{verify}");
-    let start: u64 = sh("sgdisk", &["-i", "3", raw.as_str()])
-        .lines()
-        .find_map(|l| l.strip_prefix("First sector: "))
-        .and_then(|l| l.split_whitespace().next())
-        .unwrap()
-        .parse()
-        .unwrap();
-    let fs = format!("{raw}?offset={}", start * 512);
+    let fs = format!("{raw}?offset={}", partition_offset(&raw, 3));
     let dbg = |req: &str| sh("debugfs", &["-R", req, &fs]);
     // Identity reset.
     assert_eq!(dbg("cat /etc/machine-id"), "");
@@ -376,39 +415,7 @@ fn builder1_boots_uefi_then_first_boot_does_not_rerun() {
     let disk = dir.join("disk.qcow2");
     std::fs::copy(&b.qcow2, &disk).unwrap();
     let v = vars(&dir);
-    let first = boot_and_linger(
-        &Boot::new(Firmware::Uefi).disk(&disk, "qcow2").vars(&v),
-        &["demo: first boot complete", "demo: bootstrap ok"],
-        Duration::from_secs(15),
-    );
-    assert!(
-        !first.contains("First Boot Wizard"),
-        "systemd-firstboot prompted"
-    );
-    assert!(
-        first.contains("Network Name Resolution"),
-        "systemd-resolved did not start:\n{}",
-        tail(&first)
-    );
-    assert!(
-        first.contains("Grow File System on /"),
-        "the root file system did not grow:\n{}",
-        tail(&first)
-    );
-    assert!(
-        !first.contains("Failed to start"),
-        "a unit failed:\n{}",
-        tail(&first)
-    );
-    let second = boot(
-        &Boot::new(Firmware::Uefi).disk(&disk, "qcow2").vars(&v),
-        &["demo: bootstrap ok"],
-    );
-    assert!(
-        !second.contains("first boot complete"),
-        "first boot ran again:\n{}",
-        tail(&second)
-    );
+    boots_twice(&Boot::new(Firmware::Uefi).disk(&disk, "qcow2").vars(&v));
     let check = sh("qemu-img", &["check", "-f", "qcow2", disk.as_str()]);
     assert!(check.contains("No errors were found"), "{check}");
 }
@@ -706,14 +713,7 @@ fn builder1_arm64_disk_boots_uefi_with_kiln_initrd() {
         gpt.contains("EF00") && gpt.contains("8305") && !gpt.contains("EF02"),
         "{gpt}"
     );
-    let esp_start: u64 = sh("sgdisk", &["-i", "1", raw.as_str()])
-        .lines()
-        .find_map(|l| l.strip_prefix("First sector: "))
-        .and_then(|l| l.split_whitespace().next())
-        .unwrap()
-        .parse()
-        .unwrap();
-    let esp = format!("{raw}@@{}", esp_start * 512);
+    let esp = format!("{raw}@@{}", partition_offset(&raw, 1));
     let mtype = |f: &str| sh("mtype", &["-i", &esp, &format!("::{f}")]);
     let entry = mtype("/loader/entries/demo.conf");
     assert!(
@@ -767,39 +767,16 @@ fn builder1_arm64_disk_boots_uefi_with_kiln_initrd() {
     std::fs::copy(&q, &disk).unwrap();
     let v = dir.join("AAVMF_VARS.fd");
     std::fs::copy(xtask::tools::qemu_system::AAVMF_VARS, &v).unwrap();
-    let first = boot_and_linger(
+    let first = boots_twice(
         &Boot::new(Firmware::Uefi)
             .arm64()
             .disk(&disk, "qcow2")
             .vars(&v),
-        &[
-            "kernel command line:",
-            "demo: first boot complete",
-            "demo: bootstrap ok",
-        ],
-        Duration::from_secs(15),
     );
     assert!(
-        !first.contains("initrd: "),
+        first.contains("Kernel command line:") && !first.contains("initrd: "),
         "kiln's initrd complained:\n{}",
         tail(&first)
-    );
-    assert!(
-        !first.contains("Failed to start"),
-        "a unit failed:\n{}",
-        tail(&first)
-    );
-    let second = boot(
-        &Boot::new(Firmware::Uefi)
-            .arm64()
-            .disk(&disk, "qcow2")
-            .vars(&v),
-        &["demo: bootstrap ok"],
-    );
-    assert!(
-        !second.contains("first boot complete"),
-        "first boot ran again:\n{}",
-        tail(&second)
     );
 
     // Reproducible: a second project, same cached root, same bytes.

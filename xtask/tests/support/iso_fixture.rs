@@ -8,8 +8,6 @@
 
 #![allow(dead_code)]
 
-use std::io::Write;
-
 use camino::{Utf8Path, Utf8PathBuf};
 
 use super::sh;
@@ -261,48 +259,15 @@ pub fn kernel_release() -> String {
         .to_string()
 }
 
-/// Modules (paths relative to /lib/modules/<rel>) to load for `want`, dependencies first.
+/// Modules (paths relative to /lib/modules/<rel>) to load for `want`,
+/// dependencies first; those the kernel builds in are left out.
 fn modules(rel: &str, want: &[&str]) -> Vec<String> {
-    let dep = std::fs::read_to_string(format!("/lib/modules/{rel}/modules.dep")).unwrap();
-    let mut map = std::collections::BTreeMap::new();
-    for l in dep.lines() {
-        let (m, ds) = l.split_once(':').unwrap();
-        map.insert(
-            m.to_string(),
-            ds.split_whitespace()
-                .map(str::to_string)
-                .collect::<Vec<_>>(),
-        );
-    }
-    let find = |name: &str| {
-        map.keys()
-            .find(|k| {
-                let f = k.rsplit('/').next().unwrap();
-                f.split('.').next() == Some(name)
-            })
-            .cloned()
-    };
-    fn visit(
-        m: &str,
-        map: &std::collections::BTreeMap<String, Vec<String>>,
-        out: &mut Vec<String>,
-    ) {
-        if out.iter().any(|x| x == m) {
-            return;
-        }
-        for d in map.get(m).into_iter().flatten().rev() {
-            visit(d, map, out);
-        }
-        out.push(m.to_string());
-    }
-    let mut out = Vec::new();
-    for w in want {
-        match find(w) {
-            Some(m) => visit(&m, &map, &mut out),
-            None => eprintln!("module {w} not in modules.dep (built in?)"),
-        }
-    }
-    out
+    let read =
+        |f: &str| std::fs::read_to_string(format!("/lib/modules/{rel}/{f}")).unwrap_or_default();
+    xtask::initrd::ModuleDeps::parse(&read("modules.dep"), &read("modules.builtin"))
+        .unwrap()
+        .closure(&[], want)
+        .unwrap()
 }
 
 /// A busybox initrd: prints the kernel command line, mounts the CD and
@@ -325,11 +290,11 @@ pub fn busybox_initrd(dest: &Utf8Path) {
            echo KILN-USERDATA-BEGIN; cat /cdrom/nocloud/user-data; echo KILN-USERDATA-END\n\
          else\n  echo KILN-NO-CDROM; ls /dev\nfi\npoweroff -f\n",
     );
-    let mut c = Cpio::default();
+    let mut c = xtask::initrd::Cpio::new(0);
     for d in ["bin", "dev", "proc", "sys", "cdrom", "lib", "lib/modules"] {
         c.dir(d);
     }
-    c.node("dev/console", 5, 1);
+    c.char_node("dev/console", 5, 1);
     c.file(
         "bin/busybox",
         0o755,
@@ -345,57 +310,4 @@ pub fn busybox_initrd(dest: &Utf8Path) {
         );
     }
     std::fs::write(dest, c.finish()).unwrap();
-}
-
-/// A newc cpio archive (what the kernel unpacks as initramfs).
-#[derive(Default)]
-struct Cpio {
-    buf: Vec<u8>,
-    ino: u32,
-}
-
-impl Cpio {
-    fn entry(&mut self, name: &str, mode: u32, data: &[u8], rdev: (u32, u32)) {
-        self.ino += 1;
-        let namez = format!("{name}\0");
-        write!(
-            self.buf,
-            "070701{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
-            self.ino,
-            mode,
-            0,
-            0,
-            1,
-            0,
-            data.len(),
-            0,
-            0,
-            rdev.0,
-            rdev.1,
-            namez.len(),
-            0
-        )
-        .unwrap();
-        self.buf.extend_from_slice(namez.as_bytes());
-        while !self.buf.len().is_multiple_of(4) {
-            self.buf.push(0);
-        }
-        self.buf.extend_from_slice(data);
-        while !self.buf.len().is_multiple_of(4) {
-            self.buf.push(0);
-        }
-    }
-    fn dir(&mut self, name: &str) {
-        self.entry(name, 0o040755, &[], (0, 0));
-    }
-    fn file(&mut self, name: &str, perm: u32, data: &[u8]) {
-        self.entry(name, 0o100000 | perm, data, (0, 0));
-    }
-    fn node(&mut self, name: &str, major: u32, minor: u32) {
-        self.entry(name, 0o020600, &[], (major, minor));
-    }
-    fn finish(mut self) -> Vec<u8> {
-        self.entry("TRAILER!!!", 0, &[], (0, 0));
-        self.buf
-    }
 }
