@@ -645,25 +645,12 @@ fn a_digest_pinned_image_is_copied_from_a_local_registry() {
     let layout = p.path("src/web");
     let digests = oci_layout(&layout, &[("linux", "amd64"), ("linux", "arm64")]);
     let index_digest = nest_as_one_image(&layout, "1");
-    sh(
-        "skopeo",
-        &[
-            "copy",
-            "--all",
-            "--dest-tls-verify=false",
-            &format!("oci:{layout}:1"),
-            &format!("docker://{host}/demo/web:1"),
-        ],
-    );
     // The registry serves the index under the digest of its raw bytes.
-    let raw = sh(
-        "skopeo",
-        &[
-            "inspect",
-            "--raw",
-            "--tls-verify=false",
-            &format!("docker://{host}/demo/web:1"),
-        ],
+    let raw = push_web(
+        &layout,
+        &host,
+        "--dest-tls-verify=false",
+        "--tls-verify=false",
     );
     let pushed = format!("sha256:{}", sha(raw.as_bytes()));
     assert_eq!(pushed, index_digest, "the push rewrote the index: {raw}");
@@ -1216,25 +1203,11 @@ fn a_registry_behind_a_private_ca_is_reached_through_cert_dir() {
     let layout = p.path("src/web");
     let digests = oci_layout(&layout, &[("linux", "amd64")]);
     nest_as_one_image(&layout, "1");
-    let cert_dir = format!("--dest-cert-dir={certs}");
-    sh(
-        "skopeo",
-        &[
-            "copy",
-            "--all",
-            &cert_dir,
-            &format!("oci:{layout}:1"),
-            &format!("docker://{host}/demo/web:1"),
-        ],
-    );
-    let raw = sh(
-        "skopeo",
-        &[
-            "inspect",
-            "--raw",
-            &format!("--cert-dir={certs}"),
-            &format!("docker://{host}/demo/web:1"),
-        ],
+    let raw = push_web(
+        &layout,
+        &host,
+        &format!("--dest-cert-dir={certs}"),
+        &format!("--cert-dir={certs}"),
     );
     let pinned = format!("{host}/demo/web@sha256:{}", sha(raw.as_bytes()));
     let (amd64_manifest, _) = &digests["linux/amd64"];
@@ -1313,4 +1286,29 @@ fn a_registry_behind_a_private_ca_is_reached_through_cert_dir() {
         err.contains("`cert_dir` is only for a `registry` source"),
         "{err}"
     );
+}
+
+/// Push tag `1` of the OCI layout, every platform, to `{host}/demo/web:1`
+/// with skopeo (`push_tls`: its destination TLS flag), and return the raw
+/// manifest the registry then serves for the tag (`inspect_tls`).
+fn push_web(layout: &Utf8Path, host: &str, push_tls: &str, inspect_tls: &str) -> String {
+    sh(
+        "skopeo",
+        &[
+            "copy",
+            "--all",
+            push_tls,
+            &format!("oci:{layout}:1"),
+            &format!("docker://{host}/demo/web:1"),
+        ],
+    );
+    sh(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            inspect_tls,
+            &format!("docker://{host}/demo/web:1"),
+        ],
+    )
 }

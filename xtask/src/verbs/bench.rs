@@ -26,6 +26,7 @@ fn cases() -> Vec<(&'static str, Case)> {
         ("scan", bench::scan::scan_disk),
         ("ova", bench::ova::ova_build),
         ("qcow2", bench::qcow2::qcow2_builds),
+        ("arm64", bench::qcow2::qcow2_arm64_cold),
     ]
 }
 
