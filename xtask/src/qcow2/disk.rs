@@ -924,27 +924,34 @@ pub fn assemble(spec: &DiskSpec, out: &Utf8Path) -> Result<()> {
     let mut next = MIB / SECTOR;
     let mut parts = Vec::new();
     let guid = |s: &str| Guid::parse(s);
-    if spec.bios {
-        parts.push(Partition {
-            type_guid: guid(gpt::TYPE_BIOS_BOOT)?,
-            guid: guid(&spec.ids.bios_part)?,
-            first_lba: next,
-            last_lba: next + MIB / SECTOR - 1,
-            name: "bios".into(),
-            attributes: 0,
-        });
-        next += MIB / SECTOR;
-    }
-    if spec.uefi {
-        parts.push(Partition {
-            type_guid: guid(gpt::TYPE_ESP)?,
-            guid: guid(&spec.ids.esp_part)?,
-            first_lba: next,
-            last_lba: next + esp_bytes / SECTOR - 1,
-            name: "esp".into(),
-            attributes: 0,
-        });
-        next += esp_bytes / SECTOR;
+    // The boot partitions, in order, from the first MiB.
+    for (wanted, type_guid, id, bytes, name) in [
+        (
+            spec.bios,
+            gpt::TYPE_BIOS_BOOT,
+            &spec.ids.bios_part,
+            MIB,
+            "bios",
+        ),
+        (
+            spec.uefi,
+            gpt::TYPE_ESP,
+            &spec.ids.esp_part,
+            esp_bytes,
+            "esp",
+        ),
+    ] {
+        if wanted {
+            parts.push(Partition {
+                type_guid: guid(type_guid)?,
+                guid: guid(id)?,
+                first_lba: next,
+                last_lba: next + bytes / SECTOR - 1,
+                name: name.into(),
+                attributes: 0,
+            });
+            next += bytes / SECTOR;
+        }
     }
     // Root to the end, 4 KiB aligned, so systemd-repart finds nothing to grow.
     let root_last = (gpt::last_usable(sectors) + 1) / 8 * 8 - 1;
