@@ -875,40 +875,35 @@ pub fn assemble(spec: &DiskSpec, out: &Utf8Path) -> Result<()> {
         }
     }
     // arm64: kiln's initrd, also in /boot where Debian's links point.
-    let own = match (spec.uefi, spec.arch) {
-        (true, Arch::Arm64) => {
-            let own = own_boot(spec)?;
-            news.insert(
-                format!("boot/initrd.img-{}", own.release),
-                New::Bytes {
-                    data: own.initrd.clone(),
-                    mode: 0o644,
-                },
-            );
-            Some(own)
-        }
-        _ => None,
+    let own = if super::kiln_initrd(spec.arch) {
+        let own = own_boot(spec)?;
+        news.insert(
+            format!("boot/initrd.img-{}", own.release),
+            New::Bytes {
+                data: own.initrd.clone(),
+                mode: 0o644,
+            },
+        );
+        Some(own)
+    } else {
+        None
     };
     let root_tar = work.join("root.tar");
     let boot = merge(spec, &news, &root_tar, &boot_dir)?;
 
     // 2. Layout.
     let fs_bytes = root_fs_bytes(&boot);
-    let esp = match (spec.uefi, spec.arch) {
+    // With kiln's initrd, systemd-boot loads it; else the UKI carries Debian's.
+    let esp = match (spec.uefi, &own) {
         (false, _) => None,
-        (true, Arch::Amd64) => Some(Esp {
+        (true, Some(own)) => Some(systemd_boot_esp(spec, &boot, own, &work)?),
+        (true, None) => Some(Esp {
             dirs: vec!["/EFI".into(), "/EFI/BOOT".into()],
             files: vec![(
                 build_uki(&work, &boot, &spec.cmdline, spec.epoch)?,
                 "/EFI/BOOT/BOOTX64.EFI".into(),
             )],
         }),
-        (true, Arch::Arm64) => Some(systemd_boot_esp(
-            spec,
-            &boot,
-            own.as_ref().context("arm64 boot files")?,
-            &work,
-        )?),
     };
     let esp_bytes = match &esp {
         Some(e) => {
