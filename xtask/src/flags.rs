@@ -55,6 +55,11 @@ pub struct Global {
     /// Re-run every step, ignoring the cache.
     #[arg(long, global = true)]
     pub force: bool,
+    /// Never install missing tools. By default a verb that builds, run as
+    /// root on Debian/Ubuntu, first installs every tool its plan needs with
+    /// apt (as `doctor --install` does); without root it lists them all.
+    #[arg(long, global = true)]
+    pub no_install: bool,
     /// Show every command as it runs.
     #[arg(long, short, global = true)]
     pub verbose: bool,
@@ -119,9 +124,6 @@ pub struct Stage {
 
 #[derive(Debug, Args)]
 pub struct Test {
-    /// Do not try to install missing tools first.
-    #[arg(long)]
-    pub no_install: bool,
     /// Extra arguments for `cargo test` (e.g. a filter, or `-- --nocapture`).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub cargo_args: Vec<String>,

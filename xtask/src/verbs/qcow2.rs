@@ -3,9 +3,7 @@
 use anyhow::Result;
 
 use crate::cx::Cx;
-use crate::recipe::qcow2::Base;
 use crate::recipe::Arch;
-use crate::tools::Target;
 
 /// Build the appliance disk as `output/<name>-<version>-<arch>.qcow2`
 /// (+ `.sha256`), after the secret scan passed it.
@@ -37,30 +35,18 @@ pub struct Args {
 
 pub fn run(cx: &Cx, a: Args) -> Result<()> {
     let r = cx.recipe()?;
-    if !cx.dry_run {
-        match &r.recipe.qcow2.base {
-            Base::Packages => crate::doctor::require(Target::Qcow2)?,
-            Base::Image(src) => {
-                let mut need = vec!["qemu-img", "virt-customize", "virt-sparsify"];
-                if src.url.is_some() {
-                    need.push("curl");
-                }
-                crate::tools::require(&need)?;
-            }
-        }
-    }
-    let mut plan = cx.plan("qcow2");
     let arches = match a.arch {
         Some(a) => vec![a],
         None => r.recipe.architectures.clone(),
     };
-    for arch in arches {
-        if !cx.dry_run {
-            crate::qcow2::require_host(&r, arch)?;
+    let make = || {
+        let mut plan = cx.plan("qcow2");
+        for &arch in &arches {
+            crate::qcow2::plan(&r, &mut plan, arch)?;
         }
-        crate::qcow2::plan(&r, &mut plan, arch)?;
-    }
+        Ok(plan)
+    };
     let gate = crate::scan::gate(&r);
-    cx.run_plan(&plan, Some(&gate))?;
+    cx.execute(make, Some(&gate))?;
     Ok(())
 }
