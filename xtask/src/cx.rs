@@ -78,13 +78,15 @@ impl Cx {
     }
 
     pub fn plan(&self, verb: &str) -> Plan {
-        Plan::new(
+        let mut p = Plan::new(
             verb,
             &self.recipe_file,
             &self.root,
             &self.cache,
             &self.output,
-        )
+        );
+        p.remember_digests = !self.dry_run;
+        p
     }
 
     /// Make the plan with `make`, then print it (`--dry-run`) or run it.

@@ -89,7 +89,10 @@ pub fn tree_content_digest(root: &Utf8Path) -> Result<(String, u64)> {
 /// unchanged multi-GiB file is not read again on the next plan — as git's
 /// index does. Any change to the file changes its change time, so a stale
 /// digest is never used; the digest itself is of the bytes alone.
-pub fn file_sha256_memo(path: &Utf8Path, memo: &Utf8Path) -> Result<String> {
+pub fn file_sha256_memo(path: &Utf8Path, memo: Option<&Utf8Path>) -> Result<String> {
+    let Some(memo) = memo else {
+        return file_sha256(path);
+    };
     let md = std::fs::metadata(path).with_context(|| format!("reading metadata of {path}"))?;
     let id = format!(
         "{}:{}:{}:{}.{}:{}.{}",
@@ -121,7 +124,7 @@ pub fn file_sha256_memo(path: &Utf8Path, memo: &Utf8Path) -> Result<String> {
 /// [`tree_content_digest`] with each file's digest taken through
 /// [`file_sha256_memo`]: for large trees (models, image layouts) that are
 /// fingerprinted on every plan. Returns (hex sha256, entries, file bytes).
-pub fn tree_digest_memo(root: &Utf8Path, memo: &Utf8Path) -> Result<(String, u64, u64)> {
+pub fn tree_digest_memo(root: &Utf8Path, memo: Option<&Utf8Path>) -> Result<(String, u64, u64)> {
     let mut h = Sha256::new();
     let (mut n, mut bytes) = (0, 0);
     if !root.exists() {

@@ -161,7 +161,7 @@ impl Input {
     }
     /// A large tree (a model, an image layout), by content, with each file's
     /// digest remembered in `memo` (see [`crate::digest::file_sha256_memo`]).
-    pub fn tree_memo(path: &Utf8Path, memo: &Utf8Path) -> Result<Input> {
+    pub fn tree_memo(path: &Utf8Path, memo: Option<&Utf8Path>) -> Result<Input> {
         let (sha256, files, _) = crate::digest::tree_digest_memo(path, memo)?;
         Ok(Input::Tree {
             path: path.to_owned(),
@@ -441,6 +441,8 @@ pub struct Plan {
     pub output: Utf8PathBuf,
     pub steps: Vec<Step>,
     pub publish: Vec<Publish>,
+    /// See [`Plan::digest_memo`].
+    pub remember_digests: bool,
     /// Extra text for `--dry-run` (e.g. a grub.cfg diff).
     pub notes: Vec<String>,
 }
@@ -461,6 +463,7 @@ impl Plan {
             output: output.to_owned(),
             steps: Vec::new(),
             publish: Vec::new(),
+            remember_digests: true,
             notes: Vec::new(),
         }
     }
@@ -485,9 +488,11 @@ impl Plan {
         self.steps.iter().find(|s| s.name == name)
     }
 
-    /// Where large inputs' file digests are remembered between plans.
-    pub fn digest_memo(&self) -> Utf8PathBuf {
-        self.cache.join("digests")
+    /// Where large inputs' file digests are remembered between plans
+    /// (`None`: hash without remembering, e.g. for `--dry-run`, which writes
+    /// nothing).
+    pub fn digest_memo(&self) -> Option<Utf8PathBuf> {
+        self.remember_digests.then(|| self.cache.join("digests"))
     }
 
     /// Every program and host file the plan's steps need, each once.
@@ -570,4 +575,102 @@ pub fn write_json(path: &Utf8Path, v: &impl Serialize) -> Result<()> {
     let mut text = serde_json::to_string_pretty(v)?;
     text.push('\n');
     std::fs::write(path, text).with_context(|| format!("writing {path}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Noop(Utf8PathBuf);
+    impl Op for Noop {
+        fn describe(&self) -> serde_json::Value {
+            json!({ "reads": self.0 })
+        }
+        fn commands(&self) -> Vec<Cmd> {
+            vec![Cmd::new("mcopy", "copy").args(["-i", self.0.as_str(), "<file>"])]
+        }
+        fn run(&self, _: &OpCx) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The same step planned for a project and cache at `base`.
+    fn step_at(base: &str, file: &Utf8Path) -> Step {
+        let root = Utf8PathBuf::from(format!("{base}/project"));
+        let cache = Utf8PathBuf::from(format!("{base}/cache"));
+        let earlier = cache.join("stage-amd64/abc");
+        StepBuilder::new("disk", "assemble")
+            .input(Input::file(file).unwrap())
+            .input(Input::value("overlay", root.join("overlay")))
+            .cmd(Cmd::new("qemu-img", "convert").args([
+                earlier.join("disk.raw").as_str(),
+                &format!("--opt={root}/x"),
+                &format!("{OUT}/out.qcow2"),
+            ]))
+            .op(Noop(earlier))
+            .finish(&root, &cache)
+    }
+
+    #[test]
+    fn keys_depend_on_content_not_on_where_the_project_cache_or_inputs_live() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = Utf8Path::from_path(d.path()).unwrap();
+        let (a, b) = (dir.join("a.iso"), dir.join("elsewhere.iso"));
+        std::fs::write(&a, "base").unwrap();
+        std::fs::write(&b, "base").unwrap();
+        let here = step_at("/home/u/kiln", &a);
+        let there = step_at("/ci/runner/w", &b);
+        assert_eq!(here.key, there.key);
+        assert!(here.out.starts_with("/home/u/kiln/cache/disk"));
+        std::fs::write(&b, "other base").unwrap();
+        assert_ne!(step_at("/ci/runner/w", &b).key, here.key);
+    }
+
+    #[test]
+    fn a_step_keys_on_its_commands_tools_and_on_kilns_code_when_it_runs_kiln() {
+        let d = tempfile::tempdir().unwrap();
+        let f = Utf8Path::from_path(d.path()).unwrap().join("f");
+        std::fs::write(&f, "x").unwrap();
+        let s = step_at("/p", &f);
+        assert_eq!(s.needs, ["mcopy", "qemu-img"]);
+        let tools: Vec<&str> = s
+            .inputs
+            .iter()
+            .filter_map(|i| match i {
+                Input::Tool { name, .. } => Some(name.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(tools, ["mcopy", "qemu-img"]);
+        assert!(s.inputs.contains(&Input::Code {
+            fingerprint: code_fingerprint()
+        }));
+        let external = StepBuilder::new("rootfs", "mmdebstrap")
+            .cmd(Cmd::new("mmdebstrap", "root"))
+            .finish(Utf8Path::new("/p"), Utf8Path::new("/c"));
+        assert!(!external
+            .inputs
+            .iter()
+            .any(|i| matches!(i, Input::Code { .. })));
+        assert_eq!(external.needs, ["mmdebstrap"]);
+    }
+
+    #[test]
+    fn locations_are_replaced_only_as_whole_path_prefixes() {
+        let marks = [
+            ("/c".to_string(), CACHE_MARK.to_string()),
+            ("/p".to_string(), ROOT_MARK.to_string()),
+        ];
+        let r = |s: &str| relocate_str(s, &marks);
+        assert_eq!(r("/p"), "@ROOT@");
+        assert_eq!(
+            r("/p/overlay x=/c/step/1"),
+            "@ROOT@/overlay x=@CACHE@/step/1"
+        );
+        assert_eq!(r("--dir=/p/a"), "--dir=@ROOT@/a");
+        assert_eq!(
+            r("/p2/a /cache /x/p /etc/cloud"),
+            "/p2/a /cache /x/p /etc/cloud"
+        );
+    }
 }

@@ -146,7 +146,7 @@ fn image_step(
                 "{what}: OCI layout directory {abs} does not exist"
             );
             b = b.input(
-                Input::tree_memo(&abs, &plan.digest_memo())
+                Input::tree_memo(&abs, plan.digest_memo().as_deref())
                     .with_context(|| format!("{what}: reading {abs}"))?,
             );
             oci::Source::Layout(abs)

@@ -111,7 +111,11 @@ pub fn scan(name: &str, source: &Utf8Path) -> Result<Vec<ModelFile>> {
 /// The cache input for a model: its files' paths in the model, modes and
 /// content digests (remembered in `memo`, so an unchanged model is not read
 /// again); nothing of where the model lives or when it was copied there.
-pub fn content_input(source: &Utf8Path, files: &[ModelFile], memo: &Utf8Path) -> Result<Input> {
+pub fn content_input(
+    source: &Utf8Path,
+    files: &[ModelFile],
+    memo: Option<&Utf8Path>,
+) -> Result<Input> {
     let mut h = Sha256::new();
     for f in files {
         h.update(f.rel.as_bytes());
@@ -131,7 +135,7 @@ pub fn step(r: &Resolved, plan: &Plan, m: &ModelPayload) -> Result<StepBuilder> 
     let source = r.path(&m.source);
     let files = scan(&m.name, &source)
         .with_context(|| format!("{}: payload model `{}`", r.file, m.name))?;
-    let input = content_input(&source, &files, &plan.digest_memo())?;
+    let input = content_input(&source, &files, plan.digest_memo().as_deref())?;
     let op = ModelOp {
         params: Params {
             name: m.name.clone(),

@@ -86,7 +86,7 @@ struct Remaster {
 pub fn plan(r: &Resolved, plan: &mut Plan, o: &Overrides) -> Result<usize> {
     let io = &r.recipe.iso;
     let seed = crate::seed::plan(r, plan, crate::seed::SeedTarget::Iso)?;
-    let stage = crate::stage::plan(r, plan, Arch::Amd64)?;
+    let stage = crate::stage::plan_or_reuse(r, plan, Arch::Amd64)?;
     let mut b = StepBuilder::new(
         "iso-amd64",
         "remaster the Ubuntu ISO into the appliance installer",
