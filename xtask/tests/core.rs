@@ -123,7 +123,10 @@ fn dry_run_lists_every_command_and_the_code_fingerprint() {
     assert_eq!(code(step("qcow2-rootfs-amd64")), None);
     let human = stdout(&p.run(&["--dry-run", "build"]));
     assert!(human.contains("kiln code "), "{human}");
-    assert!(human.contains(" mkfs.ext4 -q -F -t ext4 -L root "), "{human}");
+    assert!(
+        human.contains(" mkfs.ext4 -q -F -t ext4 -L root "),
+        "{human}"
+    );
 }
 
 /// `--dry-run --json` of `build`: step name to (key, output directory, has an op).

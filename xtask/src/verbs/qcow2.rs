@@ -15,10 +15,11 @@ use crate::recipe::Arch;
 /// kernel image (UEFI), GRUB in a BIOS-boot partition (BIOS), ext4 root that
 /// grows to fill the disk at first boot. arm64 disks (UEFI only) boot
 /// systemd-boot and an initrd kiln writes itself; on an x86-64 host their
-/// package scripts run under qemu-user (`doctor --target pi --install`
-/// installs and registers it). Two builds with the same inputs are
-/// byte-identical. The Debian root is a cached step: changing only the
-/// overlay re-runs the assembly, not mmdebstrap.
+/// package scripts run under qemu-user (run as root, kiln installs it and
+/// registers it with binfmt_misc first, as it installs every tool a plan
+/// needs). Two builds with the same inputs are byte-identical. The Debian
+/// root is a cached step: changing only the overlay re-runs the assembly,
+/// not mmdebstrap.
 ///
 /// With `qcow2.base: {image: {path|url, sha256}}` a vendor cloud image is
 /// verified, resized and customized in one virt-customize run.
