@@ -210,7 +210,7 @@ fn the_same_commit_built_anywhere_gives_the_same_keys_and_bytes() {
     let a = Project::demo().share_cache();
     let recipe = small_recipe(&a);
     let plan_a = plan_of(&a, &recipe, &[]);
-    build(&a, &recipe, &[], &[]);
+    run(&a, "build", &recipe, &[], &[]);
 
     // Checkout B lives elsewhere and has a cache of its own. Only the
     // Debian root is carried over (hard links), under the key B computes
@@ -230,7 +230,7 @@ fn the_same_commit_built_anywhere_gives_the_same_keys_and_bytes() {
     let (from, to) = (&plan_a[rootfs].1, Utf8PathBuf::from(&plan_b[rootfs].1));
     std::fs::create_dir_all(to.parent().unwrap()).unwrap();
     support::sh("cp", &["-al", from, to.as_str()]);
-    let ran = build(&b, &recipe, &[], &[]);
+    let ran = run(&b, "build", &recipe, &[], &[]);
     assert_eq!(ran[rootfs], "cached");
     assert!(
         ran.iter()
@@ -249,12 +249,14 @@ fn the_same_commit_built_anywhere_gives_the_same_keys_and_bytes() {
     std::fs::create_dir_all(moved.parent().unwrap()).unwrap();
     std::fs::rename(b.cache_dir(), &moved).unwrap();
     let flag = ["--cache-dir", moved.as_str()];
-    let again = build(&b, &recipe, &flag, &[]);
+    let again = run(&b, "build", &recipe, &flag, &[]);
     assert!(again.values().all(|o| o == "cached"), "{again:?}");
     assert_eq!(outputs(&b), out_a);
 
     // A changed kiln: every step that runs kiln's code runs again (and what
     // reads it); the Debian root file system, an external command, is reused.
+    // (The qcow2 verb: the same steps but the OVA's, which the first part
+    // covered.)
     let changed = [("KILN_CODE_FINGERPRINT", "a-changed-kiln")];
     let plan_c = {
         let mut c = b.kiln();
@@ -276,10 +278,10 @@ fn the_same_commit_built_anywhere_gives_the_same_keys_and_bytes() {
         .unwrap()
         .iter()
         .any(|i| i["kind"] == "code" && i["fingerprint"] == "a-changed-kiln"));
-    let rerun = build(&b, &recipe, &flag, &changed);
+    let rerun = run(&b, "qcow2", &recipe, &flag, &changed);
     assert_eq!(rerun[rootfs], "cached");
     for (name, (_, _, op)) in &plan_b {
-        if *op {
+        if *op && !name.starts_with("ova-") {
             assert_eq!(rerun[name], "ran", "{name} runs kiln's code: {rerun:?}");
         }
     }

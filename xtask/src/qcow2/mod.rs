@@ -131,7 +131,9 @@ pub fn plan_disk(r: &Resolved, plan: &mut Plan, arch: Arch) -> Result<DiskInfo> 
             )
             .after(plan.step(rootfs))
             .after(plan.step(stage));
-            // Read by the assembly itself (the stub through objcopy too).
+            // Read by the assembly itself (the stub through objcopy too), and
+            // by mkfs.ext4 for its tar input.
+            b = b.requires(crate::tools::mke2fs::LIBARCHIVE);
             if spec.uefi && !kiln_initrd(arch) {
                 b = b.requires(crate::tools::objcopy::EFI_STUB_X64);
             }

@@ -21,6 +21,11 @@ pub const MKE2FS_CONF: &str = "[defaults]\n\
 \t\tfeatures = has_journal,extent,huge_file,flex_bg,metadata_csum,64bit,dir_nlink,extra_isize\n\
 \t}\n";
 
+/// e2fsprogs loads libarchive at run time to read `-d` tar archives, and
+/// does not depend on its package: without it `mkfs.ext4 -d root.tar` fails
+/// with "Operation not permitted while populating file system".
+pub const LIBARCHIVE: &str = "/usr/lib/x86_64-linux-gnu/libarchive.so.13";
+
 /// `mkfs.ext4 -d SRC IMG` on an existing (sized, sparse) image file.
 pub fn mkfs_ext4_from(
     image: &Utf8Path,

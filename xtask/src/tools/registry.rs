@@ -141,7 +141,7 @@ pub const REQUIREMENTS: &[Requirement] = &[
     prog("shellcheck", "shellcheck", "lint the appliance's shell scripts", &["--version"], &[Test]),
     file("/bin/busybox", "busybox-static", "tiny initrds for boot tests", &[Test]),
     file("/vmlinuz", "linux-image-amd64", "an amd64 kernel for boot-test fixtures", &[Test]),
-    file("/usr/lib/x86_64-linux-gnu/libarchive.so.13", "libarchive13", "bsdtar-compatible readers used by tests", &[]),
+    file(super::mke2fs::LIBARCHIVE, "libarchive13", "`mkfs.ext4 -d` reads tar archives through it (loaded at run time, not a package dependency)", &[Qcow2, Pi, Test]),
     prog("zstd", "zstd", "reference pipeline for benchmarks; tests decompress with it", &["--version"], &[Test]),
     prog("cat", "coreutils", "baseline for the secret-scan benchmark", &["--version"], &[Test]),
     prog("sha256sum", "coreutils", "reference for benchmarks and `sha256sum -c` in tests", &["--version"], &[Test]),

@@ -37,6 +37,7 @@ pub const QCOW2_BUILD_TOOLS: &[&str] = &[
     "qemu-img",
     "/usr/lib/systemd/boot/efi/linuxx64.efi.stub",
     "/usr/lib/grub/i386-pc/boot.img",
+    xtask::tools::mke2fs::LIBARCHIVE,
 ];
 
 pub fn require(what: &[&str]) -> bool {
