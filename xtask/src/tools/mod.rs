@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use camino::{Utf8Path, Utf8PathBuf};
+use camino::Utf8PathBuf;
 use serde::Serialize;
 
 pub mod apt;
@@ -210,13 +210,13 @@ const PASS_ENV: &[&str] = &[
 /// A non-zero exit is an error carrying the quoted command line, the exit
 /// status and the tail of stderr.
 pub fn run(cmd: &Cmd) -> Result<Output> {
-    run_inner(cmd, true)
+    run_inner(cmd)
 }
 
 /// Like [`run`], but a non-zero exit is returned as `Ok(Err(report))` so
 /// callers can inspect the status (e.g. `qemu-img check` exit codes).
 pub fn run_unchecked(cmd: &Cmd) -> Result<std::result::Result<Output, Failure>> {
-    match run_inner(cmd, false) {
+    match run_inner(cmd) {
         Ok(o) => Ok(Ok(o)),
         Err(e) => match e.downcast::<Failure>() {
             Ok(f) => Ok(Err(f)),
@@ -255,7 +255,7 @@ impl fmt::Display for Failure {
 
 impl std::error::Error for Failure {}
 
-fn run_inner(cmd: &Cmd, check: bool) -> Result<Output> {
+fn run_inner(cmd: &Cmd) -> Result<Output> {
     crate::signals::check()?;
     let program = registry::which(&cmd.program).ok_or_else(|| missing_tool(&cmd.program))?;
     let mut c = Command::new(program.as_std_path());
@@ -339,7 +339,6 @@ fn run_inner(cmd: &Cmd, check: bool) -> Result<Output> {
     let stdout = std::mem::take(&mut *stdout_buf.lock().unwrap());
     let stderr = std::mem::take(&mut *stderr_buf.lock().unwrap());
     if !status.success() {
-        let _ = check;
         let status_text = match (status.code(), status.signal()) {
             (Some(c), _) => format!("exit status {c}"),
             (None, Some(s)) => format!("killed by signal {s}"),
@@ -430,11 +429,6 @@ pub fn require(programs: &[&str]) -> Result<()> {
 /// A program's path, or `None` when it is not installed.
 pub fn find(program: &str) -> Option<Utf8PathBuf> {
     registry::which(program)
-}
-
-/// Is `path` (a file a tool needs, e.g. OVMF firmware) present?
-pub fn file_present(path: &Utf8Path) -> bool {
-    path.exists()
 }
 
 /// How a watched run ended.
