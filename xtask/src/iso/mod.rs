@@ -94,7 +94,7 @@ pub fn plan(r: &Resolved, plan: &mut Plan, o: &Overrides) -> Result<usize> {
     .long();
     let base = match (&o.base_iso, &io.base) {
         (Some(p), _) => {
-            let p = absolute(p)?;
+            let p = crate::fsutil::absolute(p)?;
             check_readable(&p)?;
             if let Some(s) = &o.base_sha256 {
                 anyhow::ensure!(
@@ -185,16 +185,6 @@ pub fn plan(r: &Resolved, plan: &mut Plan, o: &Overrides) -> Result<usize> {
         preview(&op_copy, plan, &out)?;
     }
     Ok(i)
-}
-
-fn absolute(p: &Utf8Path) -> Result<Utf8PathBuf> {
-    if p.is_absolute() {
-        return Ok(p.to_owned());
-    }
-    let cwd = std::env::current_dir().context("reading the current directory")?;
-    Ok(Utf8PathBuf::from_path_buf(cwd)
-        .map_err(|_| anyhow::anyhow!("current directory is not UTF-8"))?
-        .join(p))
 }
 
 fn check_readable(p: &Utf8Path) -> Result<()> {

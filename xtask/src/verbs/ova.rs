@@ -67,16 +67,7 @@ pub fn run(cx: &Cx, a: Args) -> Result<()> {
     }
     let mut plan = cx.plan("ova");
     let disk = match &a.disk {
-        Some(p) => {
-            let p = if p.is_absolute() {
-                p.clone()
-            } else {
-                Utf8PathBuf::from_path_buf(std::env::current_dir()?)
-                    .map_err(|_| anyhow::anyhow!("current directory is not UTF-8"))?
-                    .join(p)
-            };
-            DiskSource::from_file(&p, a.firmware)?
-        }
+        Some(p) => DiskSource::from_file(&crate::fsutil::absolute(p)?, a.firmware)?,
         None => recipe_disk(&r, &mut plan, a.firmware)?,
     };
     let planned = crate::ova::plan(&r, &mut plan, Arch::Amd64, disk)?;
