@@ -118,6 +118,30 @@ impl DiskSource {
             input: Input::step(step),
         }
     }
+
+    /// The recipe's own disk, the one the qcow2 builder makes: its steps join
+    /// `plan` (once, however many formats wrap it).
+    pub fn from_recipe(r: &Resolved, plan: &mut Plan, firmware: Firmware) -> Result<DiskSource> {
+        let d = crate::qcow2::plan_disk(r, plan, Arch::Amd64)?;
+        let format = match d.format {
+            "raw" => DiskFormat::Raw,
+            "qcow2" => DiskFormat::Qcow2,
+            other => {
+                bail!("the qcow2 builder made a `{other}` disk, which the OVA step cannot read")
+            }
+        };
+        let uefi_only = match firmware {
+            Firmware::Auto => d.uefi_only,
+            Firmware::Efi => true,
+            Firmware::Bios => false,
+        };
+        Ok(DiskSource::from_step(
+            plan.step(d.step),
+            d.path,
+            format,
+            uefi_only,
+        ))
+    }
 }
 
 /// The disk format by content.
