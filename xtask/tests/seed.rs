@@ -153,7 +153,7 @@ fn generated_files_mean_what_the_recipe_says_for_cloud_init() {
         mask.join(" ")
     ));
     let keys = pos("ssh-keygen -A");
-    let marker = pos(&format!(">/target{}", seed::installed_marker(&r)));
+    let marker = pos(&format!(">/target{}", seed::installed_marker(r.name())));
     assert!(
         lay < extract && extract < chown && chown < en && en < ma && ma < keys && keys < marker,
         "{cmds:#?}"

@@ -276,7 +276,7 @@ pub fn late_commands(r: &Resolved) -> Result<Vec<String>> {
     );
     // 5. The marker a still-attached ISO's boot menu looks for (last: only a
     //    complete install has it).
-    let marker = super::installed_marker(r);
+    let marker = super::installed_marker(r.name());
     let dir = Utf8Path::new(&marker)
         .parent()
         .expect("marker has a directory");
