@@ -903,7 +903,7 @@ impl Walker {
             )
         };
         match fmt {
-            Format::Leaf if p.kind == disk::BIOS_BOOT || swap || empty => {
+            Format::Leaf if p.kind == crate::qcow2::gpt::TYPE_BIOS_BOOT || swap || empty => {
                 // No file system: every byte is scanned for key markers.
                 self.leaf(&here, &label, head, Data::Win(pw))
                     .with_context(ctx)
