@@ -68,6 +68,69 @@ fn recipe_show_fills_defaults() {
     );
 }
 
+/// The values `recipe show` prints for settings whose defaults come from
+/// elsewhere (git, the appliance name, the build host's apt sources) are the
+/// ones the plan uses.
+#[test]
+fn recipe_show_prints_the_values_the_plan_uses() {
+    let p = Project::demo();
+    let shown: serde_json::Value =
+        serde_json::from_slice(&p.run(&["recipe", "show", "--json"]).stdout).unwrap();
+    let recipe = &shown["recipe"];
+    let plan: serde_json::Value =
+        serde_json::from_slice(&p.run(&["--dry-run", "--json", "qcow2"]).stdout).unwrap();
+    let steps = plan["steps"].as_array().unwrap();
+    let step = |name: &str| {
+        steps
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("no step {name}"))
+    };
+
+    // Version: from git, else the fallback; the same in build-info and file names.
+    let version = recipe["appliance"]["version"].as_str().expect("a version");
+    assert_eq!(version, shown["version"]);
+    assert_eq!(
+        step("stage-amd64")["actions"][0]["op"]["stage"]["build_info"]["version"],
+        version
+    );
+    assert_eq!(
+        plan["publish"][0]["name"],
+        format!("demo-{version}-amd64.qcow2")
+    );
+
+    // Host name: the appliance name, written into the disk and the seed.
+    let hostname = recipe["qcow2"]["hostname"].as_str().expect("a hostname");
+    assert_eq!(hostname, "demo");
+    assert_eq!(
+        step("qcow2-disk-amd64")["actions"][0]["op"]["qcow2-disk"]["hostname"],
+        hostname
+    );
+    let seed_host = recipe["seed"]["cloud_init"]["hostname"]
+        .as_str()
+        .expect("a seed hostname");
+    let r = xtask::recipe::load_resolved(&p.path("recipes/demo.yaml"), &p.root).unwrap();
+    let seed = xtask::seed::generate(&r, xtask::seed::SeedTarget::Qcow2).unwrap();
+    let meta: serde_json::Value = yaml_serde::from_str(&seed.meta_data).unwrap();
+    assert_eq!(meta["local-hostname"], seed_host);
+
+    // Mirror: the build host's apt source, in mmdebstrap's source lines.
+    let mirror = recipe["qcow2"]["mirror"].as_str().expect("a mirror");
+    let args: Vec<String> =
+        serde_json::from_value(step("qcow2-rootfs-amd64")["actions"][0]["cmd"]["args"].clone())
+            .unwrap();
+    assert!(
+        args.contains(&format!("deb {mirror} bookworm main")),
+        "{args:?}"
+    );
+    if let Some(security) = recipe["qcow2"]["security_mirror"].as_str() {
+        assert!(
+            args.contains(&format!("deb {security} bookworm-security main")),
+            "{args:?}"
+        );
+    }
+}
+
 #[test]
 fn recipe_errors_name_file_line_and_column() {
     let p = Project::demo();

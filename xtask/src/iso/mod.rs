@@ -130,12 +130,7 @@ pub fn plan(r: &Resolved, plan: &mut Plan, o: &Overrides) -> Result<usize> {
         (None, false) => b, // downloaded: the download step's key carries the sha256
     };
     let name = r.name();
-    let product = r
-        .recipe
-        .appliance
-        .product
-        .clone()
-        .unwrap_or_else(|| name.to_string());
+    let product = r.recipe.appliance.product();
     // The arguments go into GRUB: refuse the `;` trap and friends before any work.
     crate::seed::check_kernel_args(&crate::seed::autoinstall_kernel_args())?;
     let patch = grub::Patch {

@@ -230,7 +230,7 @@ pub fn params(r: &Resolved, uefi: bool, disk_file: &str) -> ovf::Params {
     let o = &r.recipe.ova;
     ovf::Params {
         name: a.name.clone(),
-        product: a.product.clone().unwrap_or_else(|| a.name.clone()),
+        product: a.product().to_string(),
         vendor: a.vendor.clone(),
         version: r.version.clone(),
         url: a.url.clone(),

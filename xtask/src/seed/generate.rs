@@ -120,12 +120,10 @@ pub fn generate(r: &Resolved, target: SeedTarget) -> Result<Seed> {
     )];
     let mut network_config = None;
     if target != SeedTarget::Iso {
-        let host = s
-            .cloud_init
-            .hostname
-            .clone()
-            .unwrap_or_else(|| r.name().to_string());
-        meta.push(("local-hostname".into(), Out::s(host)));
+        meta.push((
+            "local-hostname".into(),
+            Out::s(s.cloud_init.hostname().to_string()),
+        ));
         if let Some(n) = &s.cloud_init.network_config {
             let p = r.path(n);
             let bytes = read(&p, "seed.cloud_init.network_config")?;
