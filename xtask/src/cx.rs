@@ -17,6 +17,7 @@ pub struct Cx {
     pub dry_run: bool,
     pub json: bool,
     pub force: bool,
+    pub no_install: bool,
 }
 
 /// The kiln workspace (parent of `xtask/`), fixed at compile time.
@@ -50,6 +51,7 @@ impl Cx {
             dry_run: g.dry_run,
             json: g.json,
             force: g.force,
+            no_install: g.no_install,
         })
     }
 
@@ -67,11 +69,41 @@ impl Cx {
     }
 
     pub fn plan(&self, verb: &str) -> Plan {
-        Plan::new(verb, &self.recipe_file, &self.cache, &self.output)
+        let mut p = Plan::new(
+            verb,
+            &self.recipe_file,
+            &self.root,
+            &self.cache,
+            &self.output,
+        );
+        p.remember_digests = !self.dry_run;
+        p
     }
 
-    /// Print the plan (`--dry-run`) or run it.
-    pub fn run_plan(
+    /// Make the plan with `make`, then print it (`--dry-run`) or run it.
+    /// Before any work every tool the whole plan needs is checked, and
+    /// installed when kiln may (see [`crate::doctor::ensure`]); the plan is
+    /// then made again, since its keys hold the tools' versions. Returns the
+    /// plan that ran and what happened to its steps.
+    pub fn execute(
+        &self,
+        make: impl Fn() -> Result<Plan>,
+        gate: Option<crate::exec::Gate>,
+    ) -> Result<(Plan, Option<crate::exec::Report>)> {
+        let mut plan = make()?;
+        if !self.dry_run {
+            let what = format!("`cargo xtask {}`", plan.verb);
+            if crate::doctor::ensure(&plan.needs(), &what, self.no_install)? {
+                plan = make()?;
+            }
+        }
+        let report = self.run_plan(&plan, gate)?;
+        Ok((plan, report))
+    }
+
+    /// Print the plan (`--dry-run`) or run it (its tools are checked by
+    /// [`Cx::execute`]).
+    fn run_plan(
         &self,
         plan: &Plan,
         gate: Option<crate::exec::Gate>,

@@ -84,37 +84,74 @@ pub fn tree_content_digest(root: &Utf8Path) -> Result<(String, u64)> {
     Ok((hex::encode(h.finalize()), n))
 }
 
-pub struct MetaDigest {
-    pub sha256: String,
-    pub files: u64,
-    pub bytes: u64,
+/// sha256 of a file's content, remembered in `memo` under the file's
+/// identity (device, inode, size, modification and change times), so an
+/// unchanged multi-GiB file is not read again on the next plan — as git's
+/// index does. Any change to the file changes its change time, so a stale
+/// digest is never used; the digest itself is of the bytes alone.
+pub fn file_sha256_memo(path: &Utf8Path, memo: Option<&Utf8Path>) -> Result<String> {
+    let Some(memo) = memo else {
+        return file_sha256(path);
+    };
+    let md = std::fs::metadata(path).with_context(|| format!("reading metadata of {path}"))?;
+    let id = format!(
+        "{}:{}:{}:{}.{}:{}.{}",
+        md.dev(),
+        md.ino(),
+        md.size(),
+        md.mtime(),
+        md.mtime_nsec(),
+        md.ctime(),
+        md.ctime_nsec()
+    );
+    let entry = memo.join(&bytes_sha256(id.as_bytes())[..32]);
+    if let Ok(s) = std::fs::read_to_string(&entry) {
+        if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(s);
+        }
+    }
+    let hex = file_sha256(path)?;
+    // Best effort: a memo that cannot be written only costs a re-read.
+    if std::fs::create_dir_all(memo).is_ok() {
+        let tmp = entry.with_extension(format!("tmp-{}", std::process::id()));
+        if std::fs::write(&tmp, &hex).is_ok() {
+            let _ = std::fs::rename(&tmp, &entry);
+        }
+    }
+    Ok(hex)
 }
 
-/// Cheap manifest digest of a tree (paths, sizes, mtimes, modes): never reads
-/// file contents, so a multi-GiB model directory is fingerprinted in milliseconds.
-pub fn tree_meta_digest(root: &Utf8Path) -> Result<MetaDigest> {
+/// [`tree_content_digest`] with each file's digest taken through
+/// [`file_sha256_memo`]: for large trees (models, image layouts) that are
+/// fingerprinted on every plan. Returns (hex sha256, entries, file bytes).
+pub fn tree_digest_memo(root: &Utf8Path, memo: Option<&Utf8Path>) -> Result<(String, u64, u64)> {
     let mut h = Sha256::new();
-    let (mut files, mut bytes) = (0, 0);
+    let (mut n, mut bytes) = (0, 0);
     if !root.exists() {
         anyhow::bail!("{root} does not exist");
     }
     for (rel, md) in walk_sorted(root)? {
+        n += 1;
+        let ft = md.file_type();
         h.update(rel.as_str().as_bytes());
         h.update([0]);
-        h.update(md.size().to_le_bytes());
-        h.update(md.mtime().to_le_bytes());
-        h.update(md.mtime_nsec().to_le_bytes());
-        h.update(md.mode().to_le_bytes());
-        if md.is_file() {
-            files += 1;
+        h.update((md.permissions().mode() & 0o7777).to_le_bytes());
+        if ft.is_symlink() {
+            let t = std::fs::read_link(root.join(&rel))?;
+            h.update(b"L");
+            h.update(t.as_os_str().as_encoded_bytes());
+        } else if ft.is_file() {
+            h.update(b"F");
+            h.update(file_sha256_memo(&root.join(&rel), memo)?.as_bytes());
             bytes += md.size();
+        } else if ft.is_dir() {
+            h.update(b"D");
+        } else {
+            h.update(b"?");
         }
+        h.update([0]);
     }
-    Ok(MetaDigest {
-        sha256: hex::encode(h.finalize()),
-        files,
-        bytes,
-    })
+    Ok((hex::encode(h.finalize()), n, bytes))
 }
 
 /// A writer that hashes what passes through it and counts bytes.

@@ -100,17 +100,132 @@ fn missing_line(r: &Requirement) -> String {
 
 /// Fail before any work when a target's tools are missing (all listed at once).
 pub fn require(target: Target) -> Result<()> {
-    let m = missing(target);
-    if m.is_empty() {
-        return Ok(());
+    let names: Vec<String> = registry::for_target(target)
+        .iter()
+        .map(|r| r.name.to_string())
+        .collect();
+    ensure(&names, target_name(target), false).map(|_| ())
+}
+
+/// What a host lacks of a list of needed programs and files.
+#[derive(Debug, Default)]
+pub struct Lacking {
+    /// Known to the tool table: absent, or older than its minimum.
+    pub tools: Vec<&'static Requirement>,
+    /// Absent and not in the tool table (a kiln bug: every tool has a row).
+    pub unknown: Vec<String>,
+    /// Foreign architectures whose programs need qemu-user registered with
+    /// binfmt_misc (kernel state, not a package).
+    pub binfmt: Vec<crate::recipe::Arch>,
+}
+
+impl Lacking {
+    pub fn is_empty(&self) -> bool {
+        self.tools.is_empty() && self.unknown.is_empty() && self.binfmt.is_empty()
     }
-    let lines: Vec<String> = m.iter().map(|r| missing_line(r)).collect();
-    bail!(
-        "missing or too old tools for `{}`:\n{}\ninstall them with `cargo xtask doctor --target {} --install` (as root)",
-        target_name(target),
-        lines.join("\n"),
-        target_name(target)
-    )
+    fn lines(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.tools.iter().map(|r| missing_line(r)).collect();
+        v.extend(self.unknown.iter().map(|u| {
+            format!("  - {u}: not installed, and kiln's tool table has no package for it")
+        }));
+        v.extend(self.binfmt.iter().map(|a| {
+            format!(
+                "  - qemu-user for {a} registered with binfmt_misc (kernel state; \
+                 `doctor --install` registers {})",
+                crate::tools::binfmt::rule_file(*a)
+            )
+        }));
+        v
+    }
+}
+
+/// What of `needs` (program names and host file paths, as a plan lists
+/// them) this host lacks.
+pub fn lacking(needs: &[String]) -> Lacking {
+    use crate::recipe::Arch;
+    let mut l = Lacking::default();
+    for n in needs {
+        match registry::requirement(n) {
+            Some(r) if !r.present() || too_old(r).is_some() => l.tools.push(r),
+            Some(_) => {}
+            None if crate::tools::find(n).is_none() => l.unknown.push(n.clone()),
+            None => {}
+        }
+    }
+    for arch in [Arch::Amd64, Arch::Arm64] {
+        let rule = crate::tools::binfmt::rule_file(arch);
+        if needs.contains(&rule) && !crate::tools::binfmt::can_run(arch) {
+            l.binfmt.push(arch);
+        }
+    }
+    l
+}
+
+/// Before any work: everything `needs` names is on this host, or is
+/// installed now. As root on a host with apt, unless `no_install`, the
+/// missing tools are installed exactly as `cargo xtask test` installs its
+/// own (backports first, then binfmt registration); otherwise one error
+/// lists everything missing, with the command that installs it. `what`
+/// names the work in messages. Returns whether anything was installed (tool
+/// versions changed: a plan keyed on them must be made again).
+pub fn ensure(needs: &[String], what: &str, no_install: bool) -> Result<bool> {
+    let l = lacking(needs);
+    if l.is_empty() {
+        return Ok(false);
+    }
+    let can_install = !no_install && is_root() && crate::tools::find("apt-get").is_some();
+    if !can_install || !l.unknown.is_empty() {
+        let how = if !l.unknown.is_empty() {
+            "install them by hand (kiln cannot tell their package)".to_string()
+        } else if no_install {
+            "run `cargo xtask doctor --install` as root, or this command again without \
+             `--no-install` as root"
+                .to_string()
+        } else if crate::tools::find("apt-get").is_none() {
+            "install the packages named above (this host has no apt-get)".to_string()
+        } else {
+            "run `cargo xtask doctor --install` as root (or this command as root: it installs \
+             what it needs first)"
+                .to_string()
+        };
+        bail!(
+            "{what} needs tools this host lacks:\n{}\n{how}",
+            l.lines().join("\n")
+        );
+    }
+    ui::info(&format!(
+        "{what}: installing what this host lacks first (`--no-install` turns this off):\n{}",
+        l.lines().join("\n")
+    ));
+    if !l.tools.is_empty() {
+        install_missing(&l.tools)?;
+    }
+    // The versions probed before the install are stale now.
+    VERSIONS.lock().unwrap().clear();
+    for arch in &l.binfmt {
+        crate::tools::binfmt::register(*arch)?;
+    }
+    let still = lacking(needs);
+    let still_tools: Vec<_> = still.tools.iter().filter(|r| r.manual.is_none()).collect();
+    if !still_tools.is_empty() || !still.binfmt.is_empty() {
+        bail!(
+            "still missing after the install:\n{}",
+            still.lines().join("\n")
+        );
+    }
+    if !still.tools.is_empty() {
+        bail!(
+            "{what} needs tools apt cannot install here:\n{}",
+            still.lines().join("\n")
+        );
+    }
+    ui::info("all tools installed");
+    Ok(true)
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
 }
 
 pub fn target_name(t: Target) -> &'static str {
@@ -191,30 +306,17 @@ pub fn run(target: Target, install: bool, json_out: bool) -> Result<()> {
     self::install(target)
 }
 
-/// Install what `target` lacks (or has too old), then check again.
+/// Install what `target` lacks (or has too old), then check again. Tools
+/// apt cannot install are only reported (the table says how to get them).
 pub fn install(target: Target) -> Result<()> {
-    let miss = missing(target);
-    if !miss.is_empty() {
-        install_missing(&miss)?;
-    }
-    // The versions probed before the install are stale now.
-    VERSIONS.lock().unwrap().clear();
-    // Foreign root file systems also need the kernel to know the rule.
-    if needs_binfmt(target) {
-        crate::tools::binfmt::register(crate::recipe::Arch::Arm64)?;
-    }
-    let still: Vec<_> = missing(target)
-        .into_iter()
+    let names: Vec<String> = registry::for_target(target)
+        .iter()
         .filter(|r| r.manual.is_none())
+        .map(|r| r.name.to_string())
         .collect();
-    if !still.is_empty() {
-        let lines: Vec<String> = still.iter().map(|r| missing_line(r)).collect();
-        bail!(
-            "still missing or too old after install:\n{}",
-            lines.join("\n")
-        );
+    if !ensure(&names, &format!("`{}`", target_name(target)), false)? {
+        ui::info("all tools installed");
     }
-    ui::info("all tools installed");
     Ok(())
 }
 
@@ -238,8 +340,7 @@ fn truncate(s: &str, n: usize) -> String {
 /// apt-get install the packages providing `reqs`; on Debian bookworm first
 /// add bookworm-backports (and non-free-firmware) using the host's own mirror.
 pub fn install_missing(reqs: &[&Requirement]) -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !is_root() {
         let pkgs: BTreeSet<_> = reqs.iter().map(|r| r.package).collect();
         bail!(
             "installing needs root; run as root, or install by hand: apt-get install {}",

@@ -177,6 +177,17 @@ impl Op for Download {
     fn describe(&self) -> serde_json::Value {
         json!({ "download": self })
     }
+    fn commands(&self) -> Vec<tools::Cmd> {
+        let part = Utf8PathBuf::from(format!(
+            "{}.part",
+            cached_path(&self.dir, &self.url, &self.sha256)
+        ));
+        vec![
+            curl::head(&self.url),
+            curl::get(&self.url, &part, false),
+            curl::get(&self.url, &part, true),
+        ]
+    }
     fn run(&self, cx: &OpCx) -> Result<()> {
         let src = fetch(&self.url, &self.sha256, &self.dir)?;
         let dest = cx.out.join(&self.file);

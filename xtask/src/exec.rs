@@ -124,10 +124,18 @@ fn run_step(step: &Step, force: bool) -> Result<Outcome> {
                 }
                 r?;
             }
-            Action::Op(o) => o.run(&OpCx {
-                out: &tmp.path,
-                step,
-            })?,
+            Action::Op(o) => {
+                let declared = o
+                    .commands()
+                    .iter()
+                    .map(|c| c.substitute(OUT, tmp.path.as_str()))
+                    .collect();
+                let _only = crate::tools::declare(declared);
+                o.run(&OpCx {
+                    out: &tmp.path,
+                    step,
+                })?
+            }
         }
     }
     let inputs = serde_json::to_value(&step.inputs)?;

@@ -7,12 +7,14 @@ use crate::recipe::Arch;
 use crate::tools::Target;
 
 /// kiln builds bootable appliance images — a remastered Ubuntu installer ISO,
-/// a qcow2, an OVA and a Raspberry Pi image — from one recipe, reproducibly,
+/// a qcow2 (amd64, arm64) and an OVA — from one recipe, reproducibly,
 /// without root tricks, with no secrets baked in.
 ///
 /// Every verb resolves the recipe into a plan of steps, prints it with
-/// `--dry-run` (`--json` for machines), then runs it, reusing cached steps
-/// whose inputs did not change. Finished artifacts land in `output/`.
+/// `--dry-run` (`--json` for machines), then checks every tool the plan
+/// needs (run as root on Debian/Ubuntu it installs the missing ones first;
+/// `--no-install` turns that off) and runs it, reusing cached steps whose
+/// inputs did not change. Finished artifacts land in `output/`.
 #[derive(Debug, Parser)]
 #[command(
     name = "cargo xtask",
@@ -55,6 +57,11 @@ pub struct Global {
     /// Re-run every step, ignoring the cache.
     #[arg(long, global = true)]
     pub force: bool,
+    /// Never install missing tools. By default a verb that builds, run as
+    /// root on Debian/Ubuntu, first installs every tool its plan needs with
+    /// apt (as `doctor --install` does); without root it lists them all.
+    #[arg(long, global = true)]
+    pub no_install: bool,
     /// Show every command as it runs.
     #[arg(long, short, global = true)]
     pub verbose: bool,
@@ -84,7 +91,7 @@ pub enum Verb {
     Scan(crate::verbs::scan::Args),
     /// Measure kiln against baseline tools in the same run and print ratios.
     Bench(crate::verbs::bench::Args),
-    /// Build every image format the recipe enables (what exists today: see README).
+    /// Build every format the recipe asks for in one plan: overlay archive, qcow2 per architecture, OVA, and the installer ISO when a base ISO is set.
     Build(crate::verbs::build::Args),
     /// Ensure the test tools are installed (as root: `doctor --install`), then run the whole test suite.
     Test(Test),
@@ -119,9 +126,6 @@ pub struct Stage {
 
 #[derive(Debug, Args)]
 pub struct Test {
-    /// Do not try to install missing tools first.
-    #[arg(long)]
-    pub no_install: bool,
     /// Extra arguments for `cargo test` (e.g. a filter, or `-- --nocapture`).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub cargo_args: Vec<String>,

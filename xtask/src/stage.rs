@@ -493,6 +493,28 @@ impl Op for StageOp {
     }
 }
 
+/// Plan the stage for `arch` and publish its overlay archive
+/// (`<name>-<version>-<arch>.overlay.tar.zst`).
+pub fn plan_published(r: &Resolved, plan: &mut Plan, arch: Arch) -> Result<usize> {
+    let i = plan_or_reuse(r, plan, arch)?;
+    let from = plan.step(i).output(TARBALL);
+    plan.publish(from, r.artifact_name(arch, "overlay.tar.zst"), true);
+    Ok(i)
+}
+
+/// The stage step for `arch`: the plan's own when it has one, else a new one.
+pub fn plan_or_reuse(r: &Resolved, plan: &mut Plan, arch: Arch) -> Result<usize> {
+    match plan.steps.iter().position(|s| s.name == step_name(arch)) {
+        Some(i) => Ok(i),
+        None => self::plan(r, plan, arch),
+    }
+}
+
+/// The name of `arch`'s stage step.
+pub fn step_name(arch: Arch) -> String {
+    format!("stage-{arch}")
+}
+
 /// Add the stage step (and the payload export steps it needs) for `arch`;
 /// returns the stage step's index.
 pub fn plan(r: &Resolved, plan: &mut Plan, arch: Arch) -> Result<usize> {
@@ -503,7 +525,7 @@ pub fn plan(r: &Resolved, plan: &mut Plan, arch: Arch) -> Result<usize> {
         .collect();
     let spec = StageSpec::from_recipe(r, arch, payload_trees)?;
     let mut b = StepBuilder::new(
-        format!("stage-{arch}"),
+        step_name(arch),
         format!("stage the overlay tree for {arch}"),
     );
     for (dir, _) in &spec.overlays {

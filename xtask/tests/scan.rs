@@ -1010,7 +1010,7 @@ fn exec_with_gate_publishes_nothing_when_the_scan_fails() {
     let p = Project::demo();
     let r = xtask::recipe::load_resolved(&p.path("recipes/demo.yaml"), &p.root).unwrap();
     let output = p.path("output");
-    let mut plan = xtask::plan::Plan::new("test", &r.file, &p.path("cache"), &output);
+    let mut plan = xtask::plan::Plan::new("test", &r.file, &p.root, &p.path("cache"), &output);
     let secret = random_str(ALNUM, 32);
     let i = plan.add(
         xtask::plan::StepBuilder::new("artifact", "write an artifact").op(WriteArtifact(
@@ -1039,7 +1039,7 @@ fn exec_with_gate_publishes_nothing_when_the_scan_fails() {
     assert!(p.outputs().is_empty(), "output/ holds {:?}", p.outputs());
 
     // Same plan shape with a placeholder: published with its checksum.
-    let mut plan = xtask::plan::Plan::new("test", &r.file, &p.path("cache"), &output);
+    let mut plan = xtask::plan::Plan::new("test", &r.file, &p.root, &p.path("cache"), &output);
     let i = plan.add(
         xtask::plan::StepBuilder::new("artifact", "write an artifact").op(WriteArtifact(
             "a.tar.zst",

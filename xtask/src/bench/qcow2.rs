@@ -58,6 +58,7 @@ fn build(p: &Project, arch: Arch) -> Result<Plan> {
     let mut plan = Plan::new(
         "qcow2",
         &p.recipe,
+        &p.root,
         &p.root.join("cache"),
         &p.root.join("output"),
     );

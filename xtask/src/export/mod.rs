@@ -73,7 +73,9 @@ pub fn plan(r: &Resolved, plan: &mut Plan, arch: Arch) -> Result<Vec<usize>> {
     }
     let mut by_dest: BTreeMap<Utf8PathBuf, Vec<usize>> = BTreeMap::new();
     for m in &p.models {
-        let i = add_once(plan, &format!("model-{}", m.name), |_| models::step(r, m))?;
+        let i = add_once(plan, &format!("model-{}", m.name), |plan| {
+            models::step(r, plan, m)
+        })?;
         by_dest.entry(m.dest.clone()).or_default().push(i);
         out.push(i);
     }
@@ -123,7 +125,7 @@ pub fn tree_dir(out: &Utf8Path, dest: &Utf8Path) -> Utf8PathBuf {
 
 fn image_step(
     r: &Resolved,
-    _plan: &Plan,
+    plan: &Plan,
     img: &crate::recipe::payloads::ImagePayload,
     arch: Arch,
 ) -> Result<StepBuilder> {
@@ -143,7 +145,10 @@ fn image_step(
                 abs.is_dir(),
                 "{what}: OCI layout directory {abs} does not exist"
             );
-            b = b.input(Input::tree_meta(&abs).with_context(|| format!("{what}: reading {abs}"))?);
+            b = b.input(
+                Input::tree_memo(&abs, plan.digest_memo().as_deref())
+                    .with_context(|| format!("{what}: reading {abs}"))?,
+            );
             oci::Source::Layout(abs)
         }
         ImageSource::OciArchive(p) | ImageSource::DockerArchive(p) => {
@@ -166,7 +171,6 @@ fn image_step(
             oci::Source::RootfsDir(abs)
         }
         ImageSource::Registry(reference) => {
-            b = b.input(Input::tool("skopeo"));
             let cert_dir = match &img.cert_dir {
                 Some(d) => {
                     let abs = r.path(d);

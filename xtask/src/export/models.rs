@@ -24,7 +24,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::{append_bytes, append_dir, append_exact, tree_dir, Exact, Sink, MODEL_RECORD, SUMS};
-use crate::plan::{Input, Op, OpCx, StepBuilder};
+use crate::plan::{Input, Op, OpCx, Plan, StepBuilder};
 use crate::recipe::payloads::{Compression, ModelPackaging, ModelPayload};
 use crate::recipe::Resolved;
 
@@ -108,33 +108,34 @@ pub fn scan(name: &str, source: &Utf8Path) -> Result<Vec<ModelFile>> {
     Ok(files)
 }
 
-/// The cache input for a model: a manifest of paths, sizes, mtimes, modes
-/// and link targets; never reads file contents.
-pub fn meta_input(source: &Utf8Path, files: &[ModelFile]) -> Input {
+/// The cache input for a model: its files' paths in the model, modes and
+/// content digests (remembered in `memo`, so an unchanged model is not read
+/// again); nothing of where the model lives or when it was copied there.
+pub fn content_input(
+    source: &Utf8Path,
+    files: &[ModelFile],
+    memo: Option<&Utf8Path>,
+) -> Result<Input> {
     let mut h = Sha256::new();
     for f in files {
         h.update(f.rel.as_bytes());
         h.update([0]);
-        h.update(f.src.as_str().as_bytes());
-        h.update([0]);
-        h.update(f.size.to_le_bytes());
-        h.update(f.mtime.to_le_bytes());
-        h.update(f.mtime_nsec.to_le_bytes());
         h.update(f.mode.to_le_bytes());
+        h.update(crate::digest::file_sha256_memo(&f.src, memo)?.as_bytes());
+        h.update([0]);
     }
-    Input::TreeMeta {
+    Ok(Input::Tree {
         path: source.to_owned(),
         sha256: hex::encode(h.finalize()),
         files: files.len() as u64,
-        bytes: files.iter().map(|f| f.size).sum(),
-    }
+    })
 }
 
-pub fn step(r: &Resolved, m: &ModelPayload) -> Result<StepBuilder> {
+pub fn step(r: &Resolved, plan: &Plan, m: &ModelPayload) -> Result<StepBuilder> {
     let source = r.path(&m.source);
     let files = scan(&m.name, &source)
         .with_context(|| format!("{}: payload model `{}`", r.file, m.name))?;
-    let input = meta_input(&source, &files);
+    let input = content_input(&source, &files, plan.digest_memo().as_deref())?;
     let op = ModelOp {
         params: Params {
             name: m.name.clone(),

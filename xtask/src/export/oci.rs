@@ -79,6 +79,16 @@ impl Op for ImageOp {
         }
         d
     }
+    fn commands(&self) -> Vec<crate::tools::Cmd> {
+        use crate::tools::skopeo;
+        match &self.source {
+            Source::Registry { reference, tls } => vec![
+                skopeo::inspect_raw(reference, tls),
+                skopeo::copy_to_oci(reference, Utf8Path::new("<layout>"), self.arch, tls),
+            ],
+            _ => Vec::new(),
+        }
+    }
     fn run(&self, cx: &OpCx) -> Result<()> {
         let what = format!("image `{}` ({})", self.name, self.source_label);
         self.export(cx.out).with_context(|| what)
@@ -812,9 +822,6 @@ fn copy_from_registry(
     dir: &Utf8Path,
     arch: Arch,
 ) -> Result<()> {
-    if crate::tools::find("skopeo").is_none() {
-        return Err(crate::tools::missing_tool("skopeo"));
-    }
     let want = platform(arch);
     let raw = crate::tools::run(&crate::tools::skopeo::inspect_raw(reference, tls))?;
     let top = parse_json(&raw.stdout, &format!("the manifest of {reference}"))?;

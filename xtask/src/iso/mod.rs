@@ -75,7 +75,7 @@ struct Remaster {
 pub fn plan(r: &Resolved, plan: &mut Plan, o: &Overrides) -> Result<usize> {
     let io = &r.recipe.iso;
     let seed = crate::seed::plan(r, plan, crate::seed::SeedTarget::Iso)?;
-    let stage = crate::stage::plan(r, plan, Arch::Amd64)?;
+    let stage = crate::stage::plan_or_reuse(r, plan, Arch::Amd64)?;
     let mut b = StepBuilder::new(
         "iso-amd64",
         "remaster the Ubuntu ISO into the appliance installer",
@@ -156,7 +156,6 @@ pub fn plan(r: &Resolved, plan: &mut Plan, o: &Overrides) -> Result<usize> {
     b = b
         .after(plan.step(seed))
         .after(plan.step(stage))
-        .input(Input::tool("xorriso"))
         .input(Input::value("SOURCE_DATE_EPOCH", r.epoch))
         .op(op);
     let i = plan.add(b);
@@ -417,6 +416,18 @@ fn mapped_files(maps: &[(String, String)]) -> Result<BTreeMap<String, Utf8PathBu
 impl Op for Remaster {
     fn describe(&self) -> serde_json::Value {
         json!({ "iso_remaster": self })
+    }
+    /// `<...>` stands for the files found in the base (extracted, then
+    /// patched and mapped back) and the date and owner fixes for each.
+    fn commands(&self) -> Vec<tools::Cmd> {
+        use tools::MORE;
+        let more = || vec![(MORE.to_string(), MORE.to_string())];
+        let iso = Utf8Path::new(crate::plan::OUT).join(&self.artifact);
+        vec![
+            xorriso::inspect(&self.base.path),
+            xorriso::extract(&self.base.path, &more()),
+            xorriso::remaster(&self.base.path, &iso, &more(), self.epoch).arg(MORE),
+        ]
     }
     fn run(&self, cx: &OpCx) -> Result<()> {
         self.run_in(cx.out)

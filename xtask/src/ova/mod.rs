@@ -248,15 +248,6 @@ pub fn params(r: &Resolved, uefi: bool, disk_file: &str) -> ovf::Params {
     }
 }
 
-/// Fail before any work when the recipe's VMDK converter is not installed
-/// (qemu-img is checked with the `ova` target's tools).
-pub fn require_converter(r: &Resolved) -> Result<()> {
-    match r.recipe.ova.converter {
-        Converter::QemuImg => Ok(()),
-        Converter::VmdkConvert => crate::tools::require(&["vmdk-convert"]),
-    }
-}
-
 /// Add the VMDK and OVA steps and publish the OVA (after the secret scan).
 pub fn plan(r: &Resolved, plan: &mut Plan, arch: Arch, disk: DiskSource) -> Result<Planned> {
     ensure!(
@@ -279,36 +270,31 @@ pub fn plan(r: &Resolved, plan: &mut Plan, arch: Arch, disk: DiskSource) -> Resu
     .input(disk.input.clone())
     .input(Input::value("disk-format", disk.format.qemu()));
     b = match converter {
-        Converter::QemuImg => b
-            .input(Input::tool("qemu-img"))
-            .cmd(qemu_img::convert_stream_vmdk(
-                &disk.path,
-                disk.format.qemu(),
-                Utf8Path::new(&vmdk_out),
-            )),
+        Converter::QemuImg => b.cmd(qemu_img::convert_stream_vmdk(
+            &disk.path,
+            disk.format.qemu(),
+            Utf8Path::new(&vmdk_out),
+        )),
         Converter::VmdkConvert => {
-            b = b
-                .input(Input::value("converter", "vmdk-convert"))
-                .input(Input::tool("vmdk-convert"));
+            b = b.input(Input::value("converter", "vmdk-convert"));
             if disk.format == DiskFormat::Raw {
                 b.cmd(vmdk_convert::convert(&disk.path, Utf8Path::new(&vmdk_out)))
             } else {
                 // vmdk-convert reads raw disks only: a raw copy in the step's
                 // directory, removed once the VMDK is written.
                 let raw = format!("{}/disk.raw", crate::plan::OUT);
-                b.input(Input::tool("qemu-img"))
-                    .cmd(qemu_img::convert_to_raw(
-                        &disk.path,
-                        disk.format.qemu(),
-                        Utf8Path::new(&raw),
-                    ))
-                    .cmd(vmdk_convert::convert(
-                        Utf8Path::new(&raw),
-                        Utf8Path::new(&vmdk_out),
-                    ))
-                    .op(RemoveFile {
-                        file: "disk.raw".into(),
-                    })
+                b.cmd(qemu_img::convert_to_raw(
+                    &disk.path,
+                    disk.format.qemu(),
+                    Utf8Path::new(&raw),
+                ))
+                .cmd(vmdk_convert::convert(
+                    Utf8Path::new(&raw),
+                    Utf8Path::new(&vmdk_out),
+                ))
+                .op(RemoveFile {
+                    file: "disk.raw".into(),
+                })
             }
         }
     };

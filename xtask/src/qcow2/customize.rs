@@ -82,8 +82,6 @@ pub fn plan(
     let b = StepBuilder::new(name, "customize the vendor image with virt-customize")
         .input(base_input)
         .after(plan.step(stage))
-        .input(Input::tool("virt-customize"))
-        .input(Input::tool("qemu-img"))
         .op(CustomizeOp(spec))
         .long();
     let _ = arch;
@@ -148,6 +146,27 @@ fn commands(spec: &CustomizeSpec, top_level: &[String]) -> String {
 impl Op for CustomizeOp {
     fn describe(&self) -> serde_json::Value {
         json!({ "qcow2-customize": self.0 })
+    }
+    fn commands(&self) -> Vec<Cmd> {
+        let spec = &self.0;
+        let out = Utf8Path::new(OUT).join(CUSTOMIZED);
+        let cmds = Utf8Path::new(OUT).join("customize.cmds");
+        let network = !spec.packages.is_empty();
+        let mut v = vec![
+            tools::qemu_img::info_json(&spec.base),
+            tools::qemu_img::check(&spec.base, "<format>"),
+            tools::qemu_img::convert_to_qcow2(&spec.base, "<format>", &out, None),
+            tools::qemu_img::info_json(&out),
+            tools::qemu_img::resize(&out, "qcow2", spec.size),
+        ];
+        if Utf8Path::new("/dev/kvm").exists() {
+            v.push(tools::virt_customize::kvm_probe(Utf8Path::new("<kernel>")));
+        }
+        for tcg in [true, false] {
+            v.push(tools::virt_customize::customize(&out, &cmds, network, tcg));
+            v.push(tools::virt_customize::sparsify_in_place(&out, tcg));
+        }
+        v
     }
     fn run(&self, cx: &OpCx) -> Result<()> {
         let spec = &self.0;

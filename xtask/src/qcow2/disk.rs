@@ -34,8 +34,6 @@ use crate::tools;
 pub const DISK_RAW: &str = "disk.raw";
 pub const LAYOUT_JSON: &str = "layout.json";
 const MIB: u64 = 1 << 20;
-/// Bump when the assembly changes what it writes.
-const ASSEMBLY_VERSION: u32 = 3;
 
 /// Ids of the disk, derived from the epoch and the appliance name.
 #[derive(Debug, Clone, Serialize)]
@@ -107,18 +105,73 @@ pub struct DiskOp(pub DiskSpec);
 
 impl Op for DiskOp {
     fn describe(&self) -> serde_json::Value {
-        // The assembly's own version and fixed inputs: changing them must
-        // invalidate cached disks.
-        json!({
-            "qcow2-disk": self.0,
-            "assembly": ASSEMBLY_VERSION,
-            "grub_modules": tools::grub::BIOS_MODULES,
-            "mke2fs_conf": tools::mke2fs::MKE2FS_CONF,
-        })
+        json!({ "qcow2-disk": self.0 })
+    }
+    fn commands(&self) -> Vec<tools::Cmd> {
+        commands(&self.0, Utf8Path::new(crate::plan::OUT))
     }
     fn run(&self, cx: &OpCx) -> Result<()> {
         assemble(&self.0, cx.out)
     }
+}
+
+/// The commands [`assemble`] runs for `spec` into `out`, in order; `<…>`
+/// stands for what is only known from the root file system's contents.
+pub fn commands(spec: &DiskSpec, out: &Utf8Path) -> Vec<tools::Cmd> {
+    let work = out.join("work");
+    let esp_img = work.join("esp.img");
+    let mut v = vec![tools::mke2fs::mkfs_ext4_from(
+        &work.join("root.img"),
+        &work.join("root.tar"),
+        "root",
+        &spec.ids.root_fs,
+        &spec.ids.hash_seed,
+        &work.join("mke2fs.conf"),
+        spec.epoch,
+    )];
+    if spec.uefi {
+        if !super::kiln_initrd(spec.arch) {
+            let hole = |what: &str| Utf8PathBuf::from(format!("<{what}>"));
+            let (osrel, kernel, initrd) = (hole("os-release"), hole("kernel"), hole("initrd"));
+            let cmdline = work.join("cmdline");
+            let sections: Vec<tools::objcopy::Section> = [
+                (".osrel", &osrel),
+                (".cmdline", &cmdline),
+                (".linux", &kernel),
+                (".initrd", &initrd),
+            ]
+            .into_iter()
+            .map(|(name, file)| tools::objcopy::Section {
+                name,
+                file,
+                vma: None,
+            })
+            .collect();
+            v.push(tools::objcopy::add_sections(
+                Utf8Path::new(tools::objcopy::EFI_STUB_X64),
+                &sections,
+                &work.join("BOOTX64.EFI"),
+                spec.epoch,
+            ));
+        }
+        let layout = esp_layout(spec, &work, Utf8Path::new("<kernel>"));
+        v.push(tools::dosfstools::mkfs_vfat_invariant(
+            &esp_img, "ESP", spec.epoch,
+        ));
+        let dirs: Vec<&str> = layout.dirs.iter().map(String::as_str).collect();
+        v.push(tools::mtools::mmd(&esp_img, &dirs, spec.epoch));
+        for (file, dest) in &layout.files {
+            v.push(tools::mtools::mcopy_in(&esp_img, file, dest, spec.epoch));
+        }
+    }
+    if spec.bios {
+        v.push(tools::grub::mkimage_i386_pc(
+            &work.join("grub-early.cfg"),
+            "/boot/grub",
+            &work.join("core.img"),
+        ));
+    }
+    v
 }
 
 /// What the merge found in the root file system.
@@ -552,7 +605,7 @@ fn align(n: u64, a: u64) -> u64 {
 
 /// Build the UKI with objcopy: `.osrel`, `.cmdline`, `.linux`, `.initrd`
 /// after the stub's own sections, 4 KiB aligned.
-fn build_uki(work: &Utf8Path, boot: &Boot, cmdline: &str, epoch: i64) -> Result<Utf8PathBuf> {
+fn build_uki(work: &Utf8Path, boot: &Boot, cmdline: &str, epoch: i64) -> Result<()> {
     let stub = Utf8Path::new(tools::objcopy::EFI_STUB_X64);
     if !stub.is_file() {
         return Err(tools::missing_tool(stub.as_str()));
@@ -583,7 +636,11 @@ fn build_uki(work: &Utf8Path, boot: &Boot, cmdline: &str, epoch: i64) -> Result<
     );
     let mut sections = Vec::new();
     for (name, file) in files {
-        sections.push(tools::objcopy::Section { name, file, vma });
+        sections.push(tools::objcopy::Section {
+            name,
+            file,
+            vma: Some(vma),
+        });
         vma = align(vma + std::fs::metadata(file)?.len(), 4096);
     }
     let out = work.join("BOOTX64.EFI");
@@ -592,7 +649,7 @@ fn build_uki(work: &Utf8Path, boot: &Boot, cmdline: &str, epoch: i64) -> Result<
     let mut pe = std::fs::read(&out)?;
     pin_pe_timestamp(&mut pe, epoch)?;
     std::fs::write(&out, pe)?;
-    Ok(out)
+    Ok(())
 }
 
 /// Set a PE image's COFF time stamp to `epoch` and recompute its checksum.
@@ -632,6 +689,35 @@ pub fn pin_pe_timestamp(pe: &mut [u8], epoch: i64) -> Result<()> {
 struct Esp {
     dirs: Vec<String>,
     files: Vec<(Utf8PathBuf, String)>,
+}
+
+/// What goes on the ESP: on amd64 the UKI (`work/BOOTX64.EFI`) as the
+/// removable-media loader; on arm64 systemd-boot, its loader.conf, one
+/// entry, `kernel` and kiln's initrd (all but the kernel written to `work`).
+fn esp_layout(spec: &DiskSpec, work: &Utf8Path, kernel: &Utf8Path) -> Esp {
+    if !super::kiln_initrd(spec.arch) {
+        return Esp {
+            dirs: vec!["/EFI".into(), "/EFI/BOOT".into()],
+            files: vec![(work.join("BOOTX64.EFI"), "/EFI/BOOT/BOOTX64.EFI".into())],
+        };
+    }
+    let n = &spec.name;
+    Esp {
+        dirs: vec![
+            "/EFI".into(),
+            "/EFI/BOOT".into(),
+            "/loader".into(),
+            "/loader/entries".into(),
+            format!("/{n}"),
+        ],
+        files: vec![
+            (work.join("BOOTAA64.EFI"), "/EFI/BOOT/BOOTAA64.EFI".into()),
+            (work.join("loader.conf"), "/loader/loader.conf".into()),
+            (work.join("entry.conf"), format!("/loader/entries/{n}.conf")),
+            (kernel.to_owned(), format!("/{n}/linux")),
+            (work.join("initrd.img"), format!("/{n}/initrd")),
+        ],
+    }
 }
 
 /// Files of the root tarball whose path (without `./`, with a merged-/usr
@@ -773,22 +859,7 @@ fn systemd_boot_esp(spec: &DiskSpec, boot: &Boot, own: &OwnBoot, work: &Utf8Path
             spec.cmdline
         ),
     )?;
-    Ok(Esp {
-        dirs: vec![
-            "/EFI".into(),
-            "/EFI/BOOT".into(),
-            "/loader".into(),
-            "/loader/entries".into(),
-            format!("/{n}"),
-        ],
-        files: vec![
-            (loader, "/EFI/BOOT/BOOTAA64.EFI".into()),
-            (conf, "/loader/loader.conf".into()),
-            (entry, format!("/loader/entries/{n}.conf")),
-            (kernel.clone(), format!("/{n}/linux")),
-            (initrd, format!("/{n}/initrd")),
-        ],
-    })
+    Ok(esp_layout(spec, work, kernel))
 }
 
 /// Copy `src` into `disk` at `offset`, skipping all-zero blocks so the disk
@@ -897,13 +968,10 @@ pub fn assemble(spec: &DiskSpec, out: &Utf8Path) -> Result<()> {
     let esp = match (spec.uefi, &own) {
         (false, _) => None,
         (true, Some(own)) => Some(systemd_boot_esp(spec, &boot, own, &work)?),
-        (true, None) => Some(Esp {
-            dirs: vec!["/EFI".into(), "/EFI/BOOT".into()],
-            files: vec![(
-                build_uki(&work, &boot, &spec.cmdline, spec.epoch)?,
-                "/EFI/BOOT/BOOTX64.EFI".into(),
-            )],
-        }),
+        (true, None) => {
+            build_uki(&work, &boot, &spec.cmdline, spec.epoch)?;
+            Some(esp_layout(spec, &work, Utf8Path::new("")))
+        }
     };
     let esp_bytes = match &esp {
         Some(e) => {

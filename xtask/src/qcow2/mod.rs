@@ -53,16 +53,6 @@ pub fn kiln_initrd(arch: Arch) -> bool {
     arch == Arch::Arm64
 }
 
-/// Check, before any work, that this host can build `arch`'s disk: builder
-/// 1 runs the packages' scripts, so a foreign architecture needs qemu-user
-/// registered with binfmt_misc.
-pub fn require_host(r: &Resolved, arch: Arch) -> Result<()> {
-    match r.recipe.qcow2.base {
-        Base::Packages => crate::tools::binfmt::require(arch),
-        Base::Image(_) => Ok(()),
-    }
-}
-
 /// A BIOS-boot partition with GRUB: amd64 only (`firmware: both` means
 /// UEFI alone on arm64).
 fn bios(q: &crate::recipe::qcow2::Qcow2Options, arch: Arch) -> bool {
@@ -97,14 +87,7 @@ pub fn plan_disk(r: &Resolved, plan: &mut Plan, arch: Arch) -> Result<DiskInfo> 
     if let Some(i) = plan.steps.iter().position(|s| s.name == name) {
         return Ok(info(i, plan));
     }
-    let stage = match plan
-        .steps
-        .iter()
-        .position(|s| s.name == format!("stage-{arch}"))
-    {
-        Some(i) => i,
-        None => crate::stage::plan(r, plan, arch)?,
-    };
+    let stage = crate::stage::plan_or_reuse(r, plan, arch)?;
     let step = match &q.base {
         Base::Packages => {
             if arch == Arch::Arm64 && !q.firmware.uefi() {
@@ -147,22 +130,13 @@ pub fn plan_disk(r: &Resolved, plan: &mut Plan, arch: Arch) -> Result<DiskInfo> 
                 ),
             )
             .after(plan.step(rootfs))
-            .after(plan.step(stage))
-            .input(Input::tool("mkfs.ext4"))
-            .input(Input::tool("mkfs.vfat"))
-            .input(Input::tool("mcopy"));
-            if arch == Arch::Amd64 {
-                b = b
-                    .input(Input::tool("objcopy"))
-                    .input(Input::tool("grub-mkimage"));
+            .after(plan.step(stage));
+            // Read by the assembly itself (the stub through objcopy too).
+            if spec.uefi && !kiln_initrd(arch) {
+                b = b.requires(crate::tools::objcopy::EFI_STUB_X64);
             }
-            for f in [
-                crate::tools::objcopy::EFI_STUB_X64,
-                crate::tools::grub::BOOT_IMG,
-            ] {
-                if Utf8Path::new(f).is_file() {
-                    b = b.input(Input::file(Utf8Path::new(f))?);
-                }
+            if spec.bios {
+                b = b.requires(crate::tools::grub::BOOT_IMG);
             }
             plan.add(b.op(disk::DiskOp(spec)).long())
         }
@@ -192,7 +166,6 @@ pub fn plan(r: &Resolved, plan: &mut Plan, arch: Arch) -> Result<usize> {
         "compression",
         format!("{:?}", q.compression).to_lowercase(),
     ))
-    .input(Input::tool("qemu-img"))
     .cmd(crate::tools::qemu_img::convert_to_qcow2(
         &disk.path,
         disk.format,

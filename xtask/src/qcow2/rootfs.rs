@@ -43,7 +43,7 @@ pub fn plan(r: &Resolved, plan: &mut Plan, arch: Arch) -> Result<usize> {
         r.epoch,
         super::kiln_initrd(arch),
     );
-    let b = StepBuilder::new(
+    let mut b = StepBuilder::new(
         format!("qcow2-rootfs-{arch}"),
         format!(
             "Debian {} root file system ({} packages) with mmdebstrap",
@@ -64,8 +64,13 @@ pub fn plan(r: &Resolved, plan: &mut Plan, arch: Arch) -> Result<usize> {
             "debian"
         },
     ))
-    .input(Input::tool("mmdebstrap"))
     .cmd(cmd)
     .long();
+    if !crate::tools::binfmt::native(arch) {
+        // Package scripts of another architecture run under qemu-user.
+        b = b
+            .requires(&crate::tools::binfmt::rule_file(arch))
+            .requires("arch-test");
+    }
     Ok(plan.add(b))
 }

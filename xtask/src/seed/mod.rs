@@ -170,6 +170,11 @@ impl Op for WriteSeed {
     }
 }
 
+/// The name of `target`'s seed step.
+pub fn step_name(target: SeedTarget) -> String {
+    format!("seed-{target}")
+}
+
 /// Add the seed step for `target`; returns its index. Generates and
 /// validates now (errors name file, line and column); warnings are printed.
 pub fn plan(r: &Resolved, plan: &mut Plan, target: SeedTarget) -> Result<usize> {
@@ -185,7 +190,7 @@ pub fn plan(r: &Resolved, plan: &mut Plan, target: SeedTarget) -> Result<usize> 
         files.push((NETWORK_CONFIG.to_string(), n.clone()));
     }
     let mut b = StepBuilder::new(
-        format!("seed-{target}"),
+        step_name(target),
         match target {
             SeedTarget::Iso => "write and validate the autoinstall NoCloud seed".to_string(),
             _ => format!("write and validate the cloud-init NoCloud seed for {target}, with cidata ISO and FAT images"),
@@ -203,9 +208,7 @@ pub fn plan(r: &Resolved, plan: &mut Plan, target: SeedTarget) -> Result<usize> 
         });
     let user_data = format!("{OUT}/{USER_DATA}");
     if tools::find("cloud-init").is_some() {
-        b = b
-            .input(Input::tool("cloud-init"))
-            .cmd(tools::cloud_init::schema(user_data.as_str().into()));
+        b = b.cmd(tools::cloud_init::schema(user_data.as_str().into()));
     } else {
         crate::ui::warn(
             "cloud-init is not installed: the seed's cloud-config keys are not checked against \
@@ -220,9 +223,6 @@ pub fn plan(r: &Resolved, plan: &mut Plan, target: SeedTarget) -> Result<usize> 
             .collect();
         let img = Utf8PathBuf::from(format!("{OUT}/{CIDATA_IMG}"));
         b = b
-            .input(Input::tool("xorriso"))
-            .input(Input::tool("mkfs.vfat"))
-            .input(Input::tool("mcopy"))
             .cmd(tools::xorriso::cidata_iso(
                 &Utf8PathBuf::from(format!("{OUT}/{CIDATA_ISO}")),
                 CIDATA_ISO_LABEL,

@@ -133,6 +133,86 @@ impl Cmd {
     }
 }
 
+/// In a planned command, an argument that stands for any number of
+/// arguments (e.g. one `-map` per file, known when the op runs).
+pub const MORE: &str = "<...>";
+
+impl Cmd {
+    /// Does this command fit `template`: the same program, the template's
+    /// arguments in order, each equal except where it holds a `<what>` hole
+    /// (which matches any text) or is [`MORE`] (any run of arguments), and
+    /// the same environment?
+    pub fn fits(&self, template: &Cmd) -> bool {
+        fn one(value: &str, t: &str) -> bool {
+            if !t.contains('<') {
+                return value == t;
+            }
+            let hole = regex::Regex::new(r"<[^<>]*>").expect("static regex");
+            let mut pattern = String::from("^");
+            let mut last = 0;
+            for m in hole.find_iter(t) {
+                pattern.push_str(&regex::escape(&t[last..m.start()]));
+                pattern.push_str("(?s:.*)");
+                last = m.end();
+            }
+            pattern.push_str(&regex::escape(&t[last..]));
+            pattern.push('$');
+            regex::Regex::new(&pattern).is_ok_and(|r| r.is_match(value))
+        }
+        fn args(a: &[String], t: &[String]) -> bool {
+            match t.split_first() {
+                None => a.is_empty(),
+                Some((m, rest)) if m == MORE => (0..=a.len()).any(|k| args(&a[k..], rest)),
+                Some((x, rest)) => a
+                    .split_first()
+                    .is_some_and(|(y, more)| one(y, x) && args(more, rest)),
+            }
+        }
+        self.program == template.program
+            && args(&self.args, &template.args)
+            && self.env.len() == template.env.len()
+            && self
+                .env
+                .iter()
+                .all(|(k, v)| template.env.get(k).is_some_and(|t| one(v, t)))
+    }
+}
+
+thread_local! {
+    /// The commands the in-process op running on this thread declared.
+    static DECLARED: std::cell::RefCell<Option<Vec<Cmd>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// While the guard lives, this thread may run only commands that fit one of
+/// `cmds` (what an op declared in `Op::commands`, with its output directory
+/// filled in): a plan's account of what it runs is then complete.
+pub fn declare(cmds: Vec<Cmd>) -> Declared {
+    DECLARED.with(|d| *d.borrow_mut() = Some(cmds));
+    Declared(())
+}
+
+pub struct Declared(());
+
+impl Drop for Declared {
+    fn drop(&mut self) {
+        DECLARED.with(|d| *d.borrow_mut() = None);
+    }
+}
+
+fn check_declared(cmd: &Cmd) -> Result<()> {
+    DECLARED.with(|d| match &*d.borrow() {
+        Some(cmds) if !cmds.iter().any(|t| cmd.fits(t)) => bail!(
+            "kiln bug: a step ran a command its op does not declare, so `--dry-run` and the \
+             tool check did not show it:\n  {cmd}\ndeclared:\n{}",
+            cmds.iter()
+                .map(|c| format!("  {c}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        ),
+        _ => Ok(()),
+    })
+}
+
 impl fmt::Display for Cmd {
     /// The command as a shell line a person can paste.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -257,6 +337,7 @@ impl std::error::Error for Failure {}
 
 fn run_inner(cmd: &Cmd) -> Result<Output> {
     crate::signals::check()?;
+    check_declared(cmd)?;
     let program = registry::which(&cmd.program).ok_or_else(|| missing_tool(&cmd.program))?;
     let mut c = Command::new(program.as_std_path());
     c.args(&cmd.args);
@@ -447,6 +528,7 @@ pub enum Watch {
 /// as soon as the last one appears, when it exits, or after `limit`.
 pub fn run_until(cmd: &Cmd, patterns: &[&str], limit: Duration) -> Result<Watch> {
     crate::signals::check()?;
+    check_declared(cmd)?;
     let program = registry::which(&cmd.program).ok_or_else(|| missing_tool(&cmd.program))?;
     let mut c = Command::new(program.as_std_path());
     c.args(&cmd.args).env_clear();
@@ -540,6 +622,64 @@ pub fn run_until(cmd: &Cmd, patterns: &[&str], limit: Duration) -> Result<Watch>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_command_fits_its_template_holes_and_all() {
+        let t = Cmd::new("mcopy", "x")
+            .args(["-i", "/o/esp.img", "<kernel>", "::/<dest>.efi"])
+            .env("SOURCE_DATE_EPOCH", "1");
+        let c = Cmd::new("mcopy", "y")
+            .args(["-i", "/o/esp.img", "/o/vmlinuz-6.1", "::/EFI/a.efi"])
+            .env("SOURCE_DATE_EPOCH", "1");
+        assert!(c.fits(&t));
+        let other_file = Cmd {
+            args: vec![
+                "-i".into(),
+                "/o/x.img".into(),
+                "k".into(),
+                "::/a.efi".into(),
+            ],
+            ..c.clone()
+        };
+        assert!(!other_file.fits(&t));
+        let wrong_suffix = Cmd {
+            args: vec![
+                "-i".into(),
+                "/o/esp.img".into(),
+                "k".into(),
+                "::/a.img".into(),
+            ],
+            ..c.clone()
+        };
+        assert!(!wrong_suffix.fits(&t));
+        assert!(!c.clone().arg("extra").fits(&t));
+        assert!(!c.clone().env("X", "1").fits(&t));
+        assert!(!Cmd {
+            program: "mmd".into(),
+            ..c.clone()
+        }
+        .fits(&t));
+        // `<...>` takes any run of arguments, none included.
+        let more = Cmd::new("xorriso", "t").args(["-map", MORE, "-boot", MORE]);
+        let run = |a: &[&str]| Cmd::new("xorriso", "r").args(a).fits(&more);
+        assert!(run(&["-map", "a", "/a", "-map", "b", "/b", "-boot"]));
+        assert!(run(&["-map", "-boot", "x", "y"]));
+        assert!(!run(&["-map", "a", "/a"]));
+        assert!(!run(&["-boot", "-map"]));
+    }
+
+    #[test]
+    fn an_undeclared_command_is_refused_while_an_op_runs() {
+        let ok = Cmd::new("sh", "declared").args(["-c", "<script>"]);
+        {
+            let _d = declare(vec![ok]);
+            run(&Cmd::new("sh", "fits").args(["-c", "true"])).unwrap();
+            let e = run(&Cmd::new("true", "not declared")).unwrap_err();
+            assert!(format!("{e:#}").contains("does not declare"), "{e:#}");
+        }
+        // Outside an op nothing is checked.
+        run(&Cmd::new("true", "free")).unwrap();
+    }
 
     #[test]
     fn display_quotes_for_a_shell() {

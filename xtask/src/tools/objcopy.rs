@@ -12,7 +12,9 @@ pub const EFI_STUB_X64: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
 pub struct Section<'a> {
     pub name: &'a str,
     pub file: &'a Utf8Path,
-    pub vma: u64,
+    /// Where the section loads; `None` in a planned command, where it is not
+    /// known until the files are (written `<vma>`).
+    pub vma: Option<u64>,
 }
 
 /// `objcopy --add-section NAME=FILE --change-section-vma NAME=VMA … STUB OUT`.
@@ -24,7 +26,10 @@ pub fn add_sections(stub: &Utf8Path, sections: &[Section], out: &Utf8Path, epoch
             .arg("--add-section")
             .arg(format!("{}={}", s.name, s.file))
             .arg("--change-section-vma")
-            .arg(format!("{}={:#x}", s.name, s.vma));
+            .arg(match s.vma {
+                Some(v) => format!("{}={v:#x}", s.name),
+                None => format!("{}=<vma>", s.name),
+            });
     }
     c.args([stub.as_str(), out.as_str()])
         .env("SOURCE_DATE_EPOCH", epoch.to_string())

@@ -29,22 +29,22 @@ pub struct Args {
 }
 
 pub fn run(cx: &Cx, a: Args) -> Result<()> {
-    if !cx.dry_run {
-        crate::doctor::require(crate::tools::Target::Iso)?;
-    }
     let r = cx.recipe()?;
     if !cx.dry_run {
         check_output_writable(&cx.output)?;
     }
-    let mut plan = cx.plan("iso");
     let o = crate::iso::Overrides {
         base_iso: a.base_iso,
         base_sha256: a.base_sha256,
         preview: cx.dry_run,
     };
-    crate::iso::plan(&r, &mut plan, &o)?;
+    let make = || {
+        let mut plan = cx.plan("iso");
+        crate::iso::plan(&r, &mut plan, &o)?;
+        Ok(plan)
+    };
     let gate = crate::scan::gate(&r);
-    cx.run_plan(&plan, Some(&gate))?;
+    cx.execute(make, Some(&gate))?;
     Ok(())
 }
 

@@ -58,24 +58,25 @@ pub fn run(cx: &Cx, a: Args) -> Result<()> {
         return lint(cx, l);
     }
     let r = cx.recipe()?;
-    if !cx.dry_run {
-        crate::doctor::require(crate::tools::Target::Ova)?;
-        crate::ova::require_converter(&r)?;
-        if a.disk.is_none() {
-            crate::doctor::require(crate::tools::Target::Qcow2)?;
-        }
+    let make = || {
+        let mut plan = cx.plan("ova");
+        plan_ova(&r, &mut plan, &a)?;
+        Ok(plan)
+    };
+    let gate = crate::scan::gate(&r);
+    cx.execute(make, Some(&gate))?;
+    if !cx.dry_run && !cx.json {
+        println!("{}", cx.output.join(r.artifact_name(Arch::Amd64, "ova")));
     }
-    let mut plan = cx.plan("ova");
+    Ok(())
+}
+
+fn plan_ova(r: &crate::recipe::Resolved, plan: &mut crate::plan::Plan, a: &Args) -> Result<()> {
     let disk = match &a.disk {
         Some(p) => DiskSource::from_file(&crate::fsutil::absolute(p)?, a.firmware)?,
-        None => DiskSource::from_recipe(&r, &mut plan, a.firmware)?,
+        None => DiskSource::from_recipe(r, plan, a.firmware)?,
     };
-    let planned = crate::ova::plan(&r, &mut plan, Arch::Amd64, disk)?;
-    let gate = crate::scan::gate(&r);
-    cx.run_plan(&plan, Some(&gate))?;
-    if !cx.dry_run && !cx.json {
-        println!("{}", cx.output.join(&planned.file_name));
-    }
+    crate::ova::plan(r, plan, Arch::Amd64, disk)?;
     Ok(())
 }
 

@@ -3,9 +3,7 @@
 use anyhow::Result;
 
 use crate::cx::Cx;
-use crate::recipe::qcow2::Base;
 use crate::recipe::Arch;
-use crate::tools::Target;
 
 /// Build the appliance disk as `output/<name>-<version>-<arch>.qcow2`
 /// (+ `.sha256`), after the secret scan passed it.
@@ -17,10 +15,11 @@ use crate::tools::Target;
 /// kernel image (UEFI), GRUB in a BIOS-boot partition (BIOS), ext4 root that
 /// grows to fill the disk at first boot. arm64 disks (UEFI only) boot
 /// systemd-boot and an initrd kiln writes itself; on an x86-64 host their
-/// package scripts run under qemu-user (`doctor --target pi --install`
-/// installs and registers it). Two builds with the same inputs are
-/// byte-identical. The Debian root is a cached step: changing only the
-/// overlay re-runs the assembly, not mmdebstrap.
+/// package scripts run under qemu-user (run as root, kiln installs it and
+/// registers it with binfmt_misc first, as it installs every tool a plan
+/// needs). Two builds with the same inputs are byte-identical. The Debian
+/// root is a cached step: changing only the overlay re-runs the assembly,
+/// not mmdebstrap.
 ///
 /// With `qcow2.base: {image: {path|url, sha256}}` a vendor cloud image is
 /// verified, resized and customized in one virt-customize run.
@@ -37,30 +36,18 @@ pub struct Args {
 
 pub fn run(cx: &Cx, a: Args) -> Result<()> {
     let r = cx.recipe()?;
-    if !cx.dry_run {
-        match &r.recipe.qcow2.base {
-            Base::Packages => crate::doctor::require(Target::Qcow2)?,
-            Base::Image(src) => {
-                let mut need = vec!["qemu-img", "virt-customize", "virt-sparsify"];
-                if src.url.is_some() {
-                    need.push("curl");
-                }
-                crate::tools::require(&need)?;
-            }
-        }
-    }
-    let mut plan = cx.plan("qcow2");
     let arches = match a.arch {
         Some(a) => vec![a],
         None => r.recipe.architectures.clone(),
     };
-    for arch in arches {
-        if !cx.dry_run {
-            crate::qcow2::require_host(&r, arch)?;
+    let make = || {
+        let mut plan = cx.plan("qcow2");
+        for &arch in &arches {
+            crate::qcow2::plan(&r, &mut plan, arch)?;
         }
-        crate::qcow2::plan(&r, &mut plan, arch)?;
-    }
+        Ok(plan)
+    };
     let gate = crate::scan::gate(&r);
-    cx.run_plan(&plan, Some(&gate))?;
+    cx.execute(make, Some(&gate))?;
     Ok(())
 }

@@ -32,21 +32,22 @@ pub fn run(cx: &Cx, a: Args) -> Result<()> {
         Some(t) => vec![t],
         None => vec![SeedTarget::Iso, SeedTarget::Qcow2, SeedTarget::Pi],
     };
-    if !cx.dry_run && targets.iter().any(|t| *t != SeedTarget::Iso) {
-        crate::tools::require(&["xorriso", "mkfs.vfat", "mcopy"])?;
-    }
-    let mut plan = cx.plan("seed");
-    let mut steps = Vec::new();
-    for t in &targets {
-        steps.push((*t, seed::plan(&r, &mut plan, *t)?));
-    }
-    cx.run_plan(&plan, None)?;
+    let make = || {
+        let mut plan = cx.plan("seed");
+        for t in &targets {
+            seed::plan(&r, &mut plan, *t)?;
+        }
+        Ok(plan)
+    };
+    let (plan, _) = cx.execute(make, None)?;
     if cx.dry_run {
         return Ok(());
     }
     let mut report = Vec::new();
-    for (t, i) in steps {
-        let st = plan.step(i);
+    for &t in &targets {
+        let st = plan
+            .find(&seed::step_name(t))
+            .expect("the seed plan has a step per target");
         let mut files: Vec<String> = std::fs::read_dir(&st.out)?
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
             .filter(|n| !n.starts_with('.'))

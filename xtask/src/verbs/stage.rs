@@ -7,17 +7,18 @@ use crate::flags::Stage;
 /// the output directory; the tree itself stays in the step cache.
 pub fn run(cx: &Cx, s: Stage) -> Result<()> {
     let r = cx.recipe()?;
-    let mut plan = cx.plan("stage");
     let arches = match s.arch {
         Some(a) => vec![a],
         None => r.recipe.architectures.clone(),
     };
-    for a in arches {
-        let i = crate::stage::plan(&r, &mut plan, a)?;
-        let from = plan.step(i).output(crate::stage::TARBALL);
-        plan.publish(from, r.artifact_name(a, "overlay.tar.zst"), true);
-    }
+    let make = || {
+        let mut plan = cx.plan("stage");
+        for &a in &arches {
+            crate::stage::plan_published(&r, &mut plan, a)?;
+        }
+        Ok(plan)
+    };
     let gate = crate::scan::gate(&r);
-    cx.run_plan(&plan, Some(&gate))?;
+    cx.execute(make, Some(&gate))?;
     Ok(())
 }

@@ -2,18 +2,17 @@ use anyhow::Result;
 
 use crate::cx::Cx;
 use crate::flags::Test;
-use crate::tools::Target;
+use crate::tools::registry::{self, Target};
 
-/// Ensure the tools, then `cargo test --workspace`.
-pub fn run(_cx: &Cx, t: Test) -> Result<()> {
-    if !crate::doctor::missing(Target::Test).is_empty() || crate::doctor::needs_binfmt(Target::Test)
-    {
-        if t.no_install {
-            crate::doctor::require(Target::Test)?;
-        }
-        crate::ui::info("installing missing or too old test tools (doctor --install)");
-        crate::doctor::install(Target::Test)?;
-    }
+/// Ensure the test tools (installing them as root unless `--no-install`),
+/// then `cargo test --workspace`.
+pub fn run(cx: &Cx, t: Test) -> Result<()> {
+    let needs: Vec<String> = registry::for_target(Target::Test)
+        .iter()
+        .filter(|r| r.manual.is_none())
+        .map(|r| r.name.to_string())
+        .collect();
+    crate::doctor::ensure(&needs, "`cargo xtask test`", cx.no_install)?;
     crate::tools::run(&crate::tools::cargo::test(&t.cargo_args))?;
     Ok(())
 }
