@@ -4,6 +4,7 @@
 //! Tool tests call [`require`] first: when a tool is missing they are skipped
 //! with a message, except under `CI=true`, where a missing tool fails the test
 //! (CI installs everything; a silent skip would hide a broken install).
+//! [`in_ci`] and [`require`] are `xtask::testing`'s, which unit tests use too.
 
 #![allow(dead_code)]
 
@@ -13,6 +14,10 @@ use camino::{Utf8Path, Utf8PathBuf};
 
 pub mod iso_fixture;
 
+// Not every test binary calls both.
+#[allow(unused_imports)]
+pub use xtask::testing::{in_ci, require};
+
 /// The kiln workspace.
 pub fn workspace() -> Utf8PathBuf {
     Utf8Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -21,11 +26,6 @@ pub fn workspace() -> Utf8PathBuf {
         .to_owned()
 }
 
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-/// `true` when every program/file is present. Otherwise: panic in CI, skip elsewhere.
 /// What the qcow2 builder (packages) needs; the OVA of the demo disk too.
 pub const QCOW2_BUILD_TOOLS: &[&str] = &[
     "mmdebstrap",
@@ -38,28 +38,6 @@ pub const QCOW2_BUILD_TOOLS: &[&str] = &[
     "/usr/lib/systemd/boot/efi/linuxx64.efi.stub",
     "/usr/lib/grub/i386-pc/boot.img",
 ];
-
-pub fn require(what: &[&str]) -> bool {
-    let missing: Vec<&str> = what
-        .iter()
-        .copied()
-        .filter(|w| {
-            if w.starts_with('/') {
-                !Utf8Path::new(w).exists()
-            } else {
-                xtask::tools::find(w).is_none()
-            }
-        })
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    if in_ci() {
-        panic!("CI=true but required tools are missing: {missing:?} (run `cargo xtask doctor --install`)");
-    }
-    eprintln!("SKIPPED: missing tools {missing:?} (install with `cargo xtask doctor --install`)");
-    false
-}
 
 /// A copy of the demo project (overlay, systemd, nocloud, recipes, payloads) in a
 /// temporary directory, with its own cache and output.
@@ -176,6 +154,8 @@ impl Project {
         v
     }
 }
+
+// ---- files and programs ----------------------------------------------------
 
 pub fn copy_tree(from: &Utf8Path, to: &Utf8Path) {
     if !from.exists() {
