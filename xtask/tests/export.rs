@@ -1108,9 +1108,12 @@ fn the_model_export_bench_runs_at_a_small_scale() {
         ms.iter().map(|m| m.case.as_str()).collect::<Vec<_>>(),
         ["model-export", "model-hash"]
     );
-    assert!(ms
-        .iter()
-        .all(|m| m.kiln_secs > 0.0 && m.baseline_secs > 0.0 && m.ratio.is_finite()));
+    let report = xtask::bench::render(&ms);
+    assert!(
+        ms.iter()
+            .all(|m| report.contains(&m.baseline) && report.contains(&m.goal)),
+        "{report}"
+    );
     // Generated inputs and outputs are cleaned up.
     assert_eq!(std::fs::read_dir(scratch).unwrap().count(), 0);
 }
