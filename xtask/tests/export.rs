@@ -124,6 +124,7 @@ fn skopeo_json(args: &[&str]) -> Value {
 /// no staged tree, nothing in output/.
 fn assert_nothing_left(p: &Project) {
     assert!(p.outputs().is_empty(), "output/ holds {:?}", p.outputs());
+    p.assert_no_leftovers();
     let cache = p.path("cache");
     if !cache.exists() {
         return;

@@ -434,6 +434,7 @@ fn staging_refuses_bad_input() {
         let err = p.fail(&["stage"]);
         assert!(err.contains(want), "{what}: expected `{want}` in:\n{err}");
         assert!(p.outputs().is_empty(), "{what}: output/ must stay empty");
+        p.assert_no_leftovers();
     }
     // With `wins`, the later overlay's file is taken.
     let p = Project::demo();
@@ -458,7 +459,7 @@ extern "C" {
 
 #[test]
 fn interrupt_leaves_output_and_cache_clean() {
-    let p = Project::demo();
+    let p = Project::demo().private_tmp();
     // A large sparse file keeps the staging step busy for a few seconds.
     let f = std::fs::File::create(p.path("overlay/opt/demo/big.img")).unwrap();
     f.set_len(4 << 30).unwrap();
@@ -499,16 +500,9 @@ fn interrupt_leaves_output_and_cache_clean() {
         "output/ must hold nothing: {:?}",
         p.outputs()
     );
-    // No temporary or partial cache entry is left behind.
-    for e in walkdir::WalkDir::new(p.path("cache")) {
-        let e = e.unwrap();
-        let n = e.file_name().to_string_lossy();
-        assert!(
-            !n.contains(".tmp") && !n.contains("partial"),
-            "left behind: {}",
-            e.path().display()
-        );
-    }
+    // No temporary step directory or partial file is left behind, in the
+    // cache, output/ or kiln's temporary directory.
+    p.assert_no_leftovers();
 }
 
 extern "C" {
@@ -586,7 +580,7 @@ fn scripts_are_executable_in_the_repository() {
 
 #[test]
 fn a_baked_secret_fails_the_build_and_publishes_nothing() {
-    let p = Project::demo();
+    let p = Project::demo().private_tmp();
     // A real-looking value, made at test time.
     let value: String = std::fs::read("/proc/sys/kernel/random/uuid")
         .map(|b| String::from_utf8_lossy(&b).trim().replace('-', ""))
@@ -602,4 +596,63 @@ fn a_baked_secret_fails_the_build_and_publishes_nothing() {
         "the secret itself must never be printed:\n{err}"
     );
     assert!(p.outputs().is_empty(), "{:?}", p.outputs());
+    p.assert_no_leftovers();
+}
+
+/// The leftover check knows the executor's real temporary names: while a
+/// step runs, its directory is one, and so is a file written beside its
+/// destination; once the step has failed, neither remains.
+#[test]
+fn leftover_check_sees_the_executors_temporary_names() {
+    use camino::Utf8PathBuf;
+    use std::sync::{Arc, Mutex};
+    use xtask::plan::{Op, OpCx, Plan, StepBuilder};
+
+    type Seen = Arc<Mutex<Option<(Utf8PathBuf, Utf8PathBuf, Vec<Utf8PathBuf>)>>>;
+    struct Probe {
+        cache: Utf8PathBuf,
+        output: Utf8PathBuf,
+        seen: Seen,
+    }
+    impl Op for Probe {
+        fn describe(&self) -> serde_json::Value {
+            serde_json::json!({ "probe": "leftovers" })
+        }
+        fn run(&self, cx: &OpCx) -> anyhow::Result<()> {
+            std::fs::create_dir_all(&self.output)?;
+            let partial = xtask::exec::TempFile::beside(&self.output.join("demo.img"));
+            std::fs::write(&partial.path, b"half an image")?;
+            let found = support::leftovers(&[&self.cache, &self.output]);
+            *self.seen.lock().unwrap() = Some((cx.out.to_owned(), partial.path.clone(), found));
+            anyhow::bail!("the probe fails on purpose")
+        }
+    }
+
+    let p = Project::demo();
+    let seen: Seen = Arc::default();
+    let mut plan = Plan::new(
+        "test",
+        &p.path("recipes/demo.yaml"),
+        &p.cache_dir(),
+        &p.path("output"),
+    );
+    plan.add(
+        StepBuilder::new("probe", "list leftovers while it runs").op(Probe {
+            cache: p.cache_dir(),
+            output: p.path("output"),
+            seen: seen.clone(),
+        }),
+    );
+    let err = xtask::exec::execute(&plan, &xtask::exec::Options::default())
+        .err()
+        .expect("the probe fails");
+    assert!(
+        format!("{err:#}").contains("the probe fails on purpose"),
+        "{err:#}"
+    );
+    let (step_dir, partial, found) = seen.lock().unwrap().take().expect("the probe ran");
+    let mut want = vec![step_dir, partial];
+    want.sort();
+    assert_eq!(found, want, "the running step's temporary names");
+    p.assert_no_leftovers();
 }

@@ -463,6 +463,7 @@ fn bad_inputs_are_clear_errors() {
         "{err}"
     );
     assert!(p.outputs().is_empty(), "{:?}", p.outputs());
+    p.assert_no_leftovers();
 }
 
 #[test]
@@ -787,4 +788,5 @@ fn vmware_converter_writes_a_reproducible_vmdk() {
         leftovers.is_empty(),
         "raw copies left in the cache: {leftovers:?}"
     );
+    c.assert_no_leftovers();
 }

@@ -521,6 +521,7 @@ fn builder1_unknown_package_and_unreachable_mirror() {
         "{err}"
     );
     assert!(p.outputs().is_empty());
+    p.assert_no_leftovers();
     // Nothing partial in the cache either.
     let cache = p.path("cache/qcow2-rootfs-amd64");
     if cache.exists() {
@@ -628,6 +629,7 @@ fn builder2_customizes_a_vendor_image_and_it_boots() {
     );
     for q in [&p2, &p3, &p4] {
         assert!(q.outputs().is_empty());
+        q.assert_no_leftovers();
     }
 }
 

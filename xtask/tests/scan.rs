@@ -1037,6 +1037,7 @@ fn exec_with_gate_publishes_nothing_when_the_scan_fails() {
     );
     assert!(!err.contains(&secret));
     assert!(p.outputs().is_empty(), "output/ holds {:?}", p.outputs());
+    p.assert_no_leftovers();
 
     // Same plan shape with a placeholder: published with its checksum.
     let mut plan = xtask::plan::Plan::new("test", &r.file, &p.path("cache"), &output);

@@ -1,5 +1,6 @@
-//! Shared test helpers: the three tiers (unit, tool, boot) and a throw-away
-//! copy of the demo project to build in.
+//! Shared test helpers: the tiers (unit, tool, boot), a throw-away copy of the
+//! demo project to build in, and the checks several test files make the same
+//! way: nothing left behind.
 //!
 //! Tool tests call [`require`] first: when a tool is missing they are skipped
 //! with a message, except under `CI=true`, where a missing tool fails the test
@@ -46,6 +47,8 @@ pub struct Project {
     pub root: Utf8PathBuf,
     /// Use the suite-wide step cache (see [`Project::share_cache`]).
     pub shared_cache: bool,
+    /// Give kiln `TMPDIR=<root>/tmp` (see [`Project::private_tmp`]).
+    pub private_tmp: bool,
 }
 
 impl Project {
@@ -62,6 +65,7 @@ impl Project {
             dir,
             root,
             shared_cache: false,
+            private_tmp: false,
         }
     }
 
@@ -75,6 +79,7 @@ impl Project {
             dir,
             root,
             shared_cache: false,
+            private_tmp: false,
         }
     }
 
@@ -83,6 +88,17 @@ impl Project {
     /// once per test. Cache entries are content-addressed, so sharing is safe.
     pub fn share_cache(mut self) -> Project {
         self.shared_cache = true;
+        self
+    }
+
+    /// Run kiln with `TMPDIR=<root>/tmp`, so that [`Project::assert_no_leftovers`]
+    /// also sees what kiln (and the tools it runs) left in its temporary
+    /// directory. Kept to builds without mmdebstrap, whose unshare mode needs
+    /// a temporary directory its unprivileged user can enter (this one is
+    /// inside a mode 0700 directory).
+    pub fn private_tmp(mut self) -> Project {
+        std::fs::create_dir_all(self.root.join("tmp")).unwrap();
+        self.private_tmp = true;
         self
     }
 
@@ -114,6 +130,9 @@ impl Project {
             .env("SOURCE_DATE_EPOCH", "1700000000")
             .env_remove("KILN_RECIPE")
             .current_dir(&self.root);
+        if self.private_tmp {
+            c.env("TMPDIR", self.root.join("tmp"));
+        }
         c
     }
 
@@ -141,7 +160,7 @@ impl Project {
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
-    /// Files in output/ (names), sorted.
+    /// Files in output/ (names, hidden ones included), sorted.
     pub fn outputs(&self) -> Vec<String> {
         let d = self.root.join("output");
         let mut v: Vec<String> = match std::fs::read_dir(&d) {
@@ -153,6 +172,73 @@ impl Project {
         v.sort();
         v
     }
+
+    /// kiln left no temporary state in this project: no [`leftovers`] in its
+    /// cache or output, and (with [`Project::private_tmp`]) nothing in its
+    /// temporary directory. Not for a shared cache, where other tests' steps
+    /// may be running.
+    pub fn assert_no_leftovers(&self) {
+        assert!(
+            !self.shared_cache,
+            "a shared cache holds other tests' running steps: check a project with its own cache"
+        );
+        let found = leftovers(&[&self.cache_dir(), &self.root.join("output")]);
+        assert!(
+            found.is_empty(),
+            "kiln left temporary state behind: {found:#?}"
+        );
+        if self.private_tmp {
+            let left: Vec<_> = std::fs::read_dir(self.root.join("tmp"))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            assert!(left.is_empty(), "kiln left files in its TMPDIR: {left:#?}");
+        }
+    }
+}
+
+// ---- leftovers -------------------------------------------------------------
+
+/// Is `name` one of the executor's temporary names? A step runs into
+/// `<key>.tmp-<pid>` beside its cache entry (`exec::run_step`), and files are
+/// written as `.<name>.kiln-partial` beside their destination
+/// (`exec::TempFile::beside`); both are renamed into place or removed, so one
+/// that remains is a leak. (A download's `<name>.part` is kept on purpose
+/// after a failed transfer, for a resume: not a leftover.)
+pub fn is_temporary(name: &str) -> bool {
+    if name.starts_with('.') && name.ends_with(".kiln-partial") {
+        return true;
+    }
+    match name.rsplit_once(".tmp-") {
+        Some((key, pid)) => {
+            !key.is_empty() && !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit())
+        }
+        None => false,
+    }
+}
+
+/// Every file or directory with a temporary name ([`is_temporary`]) under
+/// `dirs` (recursively; the inside of a temporary directory is not listed),
+/// sorted. A directory that does not exist holds none.
+pub fn leftovers(dirs: &[&Utf8Path]) -> Vec<Utf8PathBuf> {
+    let mut found = Vec::new();
+    for dir in dirs {
+        if !dir.exists() {
+            continue;
+        }
+        let mut it = walkdir::WalkDir::new(dir).min_depth(1).into_iter();
+        while let Some(e) = it.next() {
+            let e = e.unwrap_or_else(|e| panic!("walking {dir}: {e}"));
+            if is_temporary(&e.file_name().to_string_lossy()) {
+                found.push(Utf8PathBuf::from_path_buf(e.path().to_path_buf()).unwrap());
+                if e.file_type().is_dir() {
+                    it.skip_current_dir();
+                }
+            }
+        }
+    }
+    found.sort();
+    found
 }
 
 // ---- files and programs ----------------------------------------------------
