@@ -228,10 +228,7 @@ fn stage_is_deterministic_and_cached() {
         sum1.ends_with(&format!("  {name}\n")),
         "basename in sha256 file: {sum1}"
     );
-    assert_eq!(
-        xtask::digest::file_sha256(&p.path(&format!("output/{name}"))).unwrap(),
-        sum1[..64]
-    );
+    support::assert_published_sha256(&p.path(&format!("output/{name}")));
 
     let second = p.run(&["stage"]);
     assert!(
@@ -655,4 +652,37 @@ fn leftover_check_sees_the_executors_temporary_names() {
     want.sort();
     assert_eq!(found, want, "the running step's temporary names");
     p.assert_no_leftovers();
+}
+
+/// The console helpers (qemu boots) stop the watched program at the
+/// markers, and on request only after it ran on for a while: a fake console
+/// prints the markers, a line shortly after them and one much later.
+#[test]
+fn console_helpers_stop_at_the_markers_and_linger_on_request() {
+    use std::time::Duration;
+    let console = xtask::tools::Cmd::new("sh", "a fake serial console").args([
+        "-c",
+        "echo Booting; echo 'demo: ready'; sleep 0.5; echo settled; sleep 600; echo too-late",
+    ]);
+    let limit = Duration::from_secs(300);
+    let out = support::boot(&console, &["booting", "DEMO: READY"], limit);
+    assert!(out.contains("demo: ready"), "{out}");
+    assert!(
+        !out.contains("too-late"),
+        "not stopped at the markers: {out}"
+    );
+    let out = support::boot_and_linger(
+        &console,
+        &["booting", "Demo: READY"],
+        limit,
+        Duration::from_secs(5),
+    );
+    assert!(
+        out.contains("settled"),
+        "the console was not watched on after the markers: {out}"
+    );
+    assert!(
+        !out.contains("too-late"),
+        "not stopped after lingering: {out}"
+    );
 }

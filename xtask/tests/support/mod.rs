@@ -1,6 +1,6 @@
 //! Shared test helpers: the tiers (unit, tool, boot), a throw-away copy of the
 //! demo project to build in, and the checks several test files make the same
-//! way: nothing left behind.
+//! way: nothing left behind, checksums, qemu boots.
 //!
 //! Tool tests call [`require`] first: when a tool is missing they are skipped
 //! with a message, except under `CI=true`, where a missing tool fails the test
@@ -10,8 +10,11 @@
 #![allow(dead_code)]
 
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use camino::{Utf8Path, Utf8PathBuf};
+use xtask::recipe::Arch;
+use xtask::tools::{Cmd, Watch};
 
 pub mod iso_fixture;
 
@@ -241,6 +244,139 @@ pub fn leftovers(dirs: &[&Utf8Path]) -> Vec<Utf8PathBuf> {
     found
 }
 
+// ---- checksums -------------------------------------------------------------
+
+/// sha256 (lowercase hex) of a file.
+pub fn sha256(path: &Utf8Path) -> String {
+    xtask::digest::file_sha256(path).unwrap_or_else(|e| panic!("sha256 of {path}: {e:#}"))
+}
+
+/// `sha256sum --strict -c SUMS`, run in the directory of `sums` (the names in
+/// it are relative): every file listed is there and verifies.
+pub fn sha256sum_check(sums: &Utf8Path) {
+    let dir = sums.parent().unwrap();
+    let out = Command::new("sha256sum")
+        .args(["--strict", "-c", sums.file_name().unwrap()])
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("sha256sum: {e}"));
+    assert!(
+        out.status.success(),
+        "sha256sum -c {sums} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A published artifact's `<artifact>.sha256`: exactly one `sha256sum` line
+/// with the artifact's digest and its basename (so the pair verifies
+/// wherever it is copied), which `sha256sum -c` accepts.
+pub fn assert_published_sha256(artifact: &Utf8Path) {
+    let name = artifact.file_name().unwrap();
+    let sums = artifact.with_file_name(format!("{name}.sha256"));
+    let text = std::fs::read_to_string(&sums).unwrap_or_else(|e| panic!("{sums}: {e}"));
+    assert_eq!(
+        text,
+        format!("{}  {name}\n", sha256(artifact)),
+        "{sums}: not the digest and basename of {artifact}"
+    );
+    sha256sum_check(&sums);
+}
+
+// ---- qemu boots ------------------------------------------------------------
+
+/// A writable copy of the UEFI variable store for `arch` (OVMF for amd64,
+/// AAVMF for arm64) in `dir`, for `Boot::vars`.
+pub fn uefi_vars(dir: &Utf8Path, arch: Arch) -> Utf8PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    use xtask::tools::qemu_system::{AAVMF_VARS, OVMF_VARS};
+    let (from, name) = match arch {
+        Arch::Amd64 => (OVMF_VARS, "OVMF_VARS.fd"),
+        Arch::Arm64 => (AAVMF_VARS, "AAVMF_VARS.fd"),
+    };
+    let to = dir.join(name);
+    std::fs::copy(from, &to).unwrap_or_else(|e| panic!("copying {from} to {to}: {e}"));
+    std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o644)).unwrap();
+    to
+}
+
+/// Run `cmd` (a qemu boot, its serial console on stdout) until the console
+/// has shown `patterns` in order, case-insensitively, then stop it
+/// (`xtask::tools::run_until`); returns the console. Panics with the
+/// console's tail when qemu exits first or `limit` passes.
+pub fn boot(cmd: &Cmd, patterns: &[&str], limit: Duration) -> String {
+    match xtask::tools::run_until(cmd, patterns, limit).unwrap() {
+        Watch::Matched { output } => output,
+        Watch::Exited { output, status } => panic!(
+            "`{cmd}` exited ({status}) before {patterns:?}:\n{}",
+            tail(&output)
+        ),
+        Watch::TimedOut { output } => panic!(
+            "`{cmd}`: no {patterns:?} within {limit:?}:\n{}",
+            tail(&output)
+        ),
+    }
+}
+
+/// Printed by [`boot_and_linger`]'s timer; the last pattern it waits for.
+const LINGERED: &str = "kiln-test-console-lingered";
+
+/// Like [`boot`], but the guest keeps running `linger` after the last of
+/// `patterns` appeared, so its file systems commit what the boot wrote
+/// (ext4 commits every 5 s) and later units get to start, before qemu is
+/// stopped. The console passes through a shell loop that copies it line by
+/// line and, at the first line holding the last pattern, starts a timer that
+/// prints a marker after `linger`; `run_until` waits for that marker after
+/// the patterns and then stops the whole process group as usual.
+pub fn boot_and_linger(cmd: &Cmd, patterns: &[&str], limit: Duration, linger: Duration) -> String {
+    let last = patterns.last().expect("at least one pattern");
+    const FILTER: &str = r#"pat=$1 secs=$2 mark=$3; shift 3
+"$@" | {
+  armed=
+  while IFS= read -r line || [ -n "$line" ]; do
+    printf '%s\n' "$line"
+    if [ -z "$armed" ]; then
+      case $line in *$pat*) armed=1; (sleep "$secs"; echo "$mark") & ;; esac
+    fi
+  done
+}"#;
+    let mut wrapped = Cmd::new("sh", format!("{} (lingering {linger:?})", cmd.summary))
+        .args(["-c", FILTER, "sh"])
+        .arg(case_insensitive_glob(last))
+        .arg(format!("{:.1}", linger.as_secs_f64()))
+        .arg(LINGERED)
+        .arg(&cmd.program)
+        .args(&cmd.args);
+    for (k, v) in &cmd.env {
+        wrapped = wrapped.env(k, v);
+    }
+    wrapped.cwd = cmd.cwd.clone();
+    let mut all = patterns.to_vec();
+    all.push(LINGERED);
+    boot(&wrapped, &all, limit + linger)
+}
+
+/// A shell `case` pattern for `s` that ignores ASCII case, as `run_until`
+/// does (`[dD][eE]…`); pattern characters in `s` match any character.
+fn case_insensitive_glob(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            c if c.is_ascii_alphabetic() => {
+                format!("[{}{}]", c.to_ascii_lowercase(), c.to_ascii_uppercase())
+            }
+            '*' | '?' | '[' | ']' | '\\' => "?".to_string(),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
+/// The last 60 lines of a console.
+pub fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(60)..].join("\n")
+}
+
 // ---- files and programs ----------------------------------------------------
 
 pub fn copy_tree(from: &Utf8Path, to: &Utf8Path) {
@@ -322,7 +458,7 @@ pub fn vmdk_convert_dir() -> Utf8PathBuf {
         &["-fsSL", "--retry", "3", "-o", tarball.as_str(), &url],
     );
     assert_eq!(
-        xtask::digest::file_sha256(&tarball).unwrap(),
+        sha256(&tarball),
         OPEN_VMDK_SHA256,
         "{url}: not the pinned source"
     );
