@@ -156,17 +156,8 @@ fn stage_plan_snapshot() {
     let p = Project::demo();
     let out = p.run(&["stage", "--dry-run", "--json"]);
     let got = normalize_plan(&p, &stdout(&out));
-    let golden = support::workspace().join("xtask/tests/golden/stage-plan.json");
     let text = serde_json::to_string_pretty(&got).unwrap() + "\n";
-    if std::env::var("KILN_BLESS").is_ok() {
-        std::fs::write(&golden, &text).unwrap();
-    }
-    let want =
-        std::fs::read_to_string(&golden).expect("golden file (regenerate with KILN_BLESS=1)");
-    assert_eq!(
-        text, want,
-        "stage plan changed; if intended, regenerate with KILN_BLESS=1"
-    );
+    support::golden("stage-plan.json", &text);
     // The human-readable plan names the step and where the artifact goes.
     let human = stdout(&p.run(&["stage", "--dry-run"]));
     assert!(

@@ -1,6 +1,6 @@
 //! Shared test helpers: the tiers (unit, tool, boot), a throw-away copy of the
 //! demo project to build in, and the checks several test files make the same
-//! way: nothing left behind, checksums, qemu boots.
+//! way: nothing left behind, checksums, golden files, qemu boots.
 //!
 //! Tool tests call [`require`] first: when a tool is missing they are skipped
 //! with a message, except under `CI=true`, where a missing tool fails the test
@@ -282,6 +282,39 @@ pub fn assert_published_sha256(artifact: &Utf8Path) {
         "{sums}: not the digest and basename of {artifact}"
     );
     sha256sum_check(&sums);
+}
+
+// ---- golden files ----------------------------------------------------------
+
+/// `KILN_BLESS=1`: golden files are written from what the tests produce
+/// instead of compared with it (review the diff before committing). Unset or
+/// any other value: compared. Refused in CI, where it would pass anything.
+pub fn bless() -> bool {
+    let bless = std::env::var("KILN_BLESS").is_ok_and(|v| v == "1");
+    assert!(
+        !(bless && in_ci()),
+        "KILN_BLESS=1 under CI=true: golden files are blessed by hand and reviewed, never in CI"
+    );
+    bless
+}
+
+/// `actual` is the golden file `xtask/tests/golden/NAME` (with
+/// `KILN_BLESS=1`: becomes it).
+pub fn golden(name: &str, actual: &str) {
+    let p = workspace().join("xtask/tests/golden").join(name);
+    if bless() {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&p).unwrap_or_else(|_| {
+        panic!("{p} is missing: run with KILN_BLESS=1 to write it, then review it")
+    });
+    assert!(
+        actual == expected,
+        "{name} differs from the golden file {p} (if the change is intended, re-run with KILN_BLESS=1 \
+         and review the diff)\n--- expected\n{expected}\n--- actual\n{actual}"
+    );
 }
 
 // ---- qemu boots ------------------------------------------------------------
