@@ -677,3 +677,50 @@ fn console_helpers_stop_at_the_markers_and_linger_on_request() {
         "not stopped after lingering: {out}"
     );
 }
+
+/// Run by [`a_process_wide_project_is_removed_when_the_process_exits`] in
+/// a child process: makes a process-wide project and prints where it is.
+#[test]
+#[ignore = "a helper process of a_process_wide_project_is_removed_when_the_process_exits"]
+fn process_wide_project_child() {
+    let p = Project::demo_for_process();
+    assert!(p.path("recipes/demo.yaml").is_file());
+    println!("KILN-PROJECT={}", p.root);
+}
+
+/// A project shared through a static is never dropped; it is removed when
+/// its test process exits, and one left by a killed process (its pid no
+/// longer runs) is removed by the next process that makes one.
+#[test]
+fn a_process_wide_project_is_removed_when_the_process_exits() {
+    // A directory as a killed test process would leave it.
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let dead = gone.id();
+    gone.wait().unwrap();
+    let stale = std::env::temp_dir().join(format!("kiln-test-shared-{dead}-stale"));
+    std::fs::create_dir_all(stale.join("output")).unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "process_wide_project_child",
+            "--nocapture",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let text = stdout(&out);
+    let root = text
+        .lines()
+        .find_map(|l| l.strip_prefix("KILN-PROJECT="))
+        .unwrap_or_else(|| panic!("the child made no project: {text}"));
+    assert!(
+        !std::path::Path::new(root).exists(),
+        "{root} outlived its process"
+    );
+    assert!(
+        !stale.exists(),
+        "{} (its process is gone) was not removed",
+        stale.display()
+    );
+}

@@ -34,12 +34,14 @@ struct Built {
 }
 
 /// Build the demo qcow2 once (mmdebstrap + assembly), shared by the tests.
+/// The project lives in a static, which is never dropped, so it is one the
+/// test process removes when it exits ([`Project::demo_for_process`]).
 fn built() -> &'static Built {
     static B: OnceLock<Built> = OnceLock::new();
     B.get_or_init(|| {
         // The suite-wide cache: the OVA tests' demo disk has the same Debian
         // root, so mmdebstrap runs once per suite.
-        let p = Project::demo().share_cache();
+        let p = Project::demo_for_process().share_cache();
         let recipe = small_recipe(&p, "");
         p.run(&["--recipe", &recipe, "qcow2"]);
         let name = p

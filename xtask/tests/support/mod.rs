@@ -9,7 +9,9 @@
 
 #![allow(dead_code)]
 
+use std::path::PathBuf;
 use std::process::{Command, Output};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use camino::{Utf8Path, Utf8PathBuf};
@@ -46,7 +48,8 @@ pub const QCOW2_BUILD_TOOLS: &[&str] = &[
 /// A copy of the demo project (overlay, systemd, nocloud, recipes, payloads) in a
 /// temporary directory, with its own cache and output.
 pub struct Project {
-    pub dir: tempfile::TempDir,
+    /// Removes the project on drop; `None` for [`Project::demo_for_process`].
+    dir: Option<tempfile::TempDir>,
     pub root: Utf8PathBuf,
     /// Use the suite-wide step cache (see [`Project::share_cache`]).
     pub shared_cache: bool,
@@ -54,22 +57,14 @@ pub struct Project {
     pub private_tmp: bool,
 }
 
+/// Name prefix of the directories of [`Project::demo_for_process`].
+const SHARED_PREFIX: &str = "kiln-test-shared-";
+
 impl Project {
     pub fn demo() -> Project {
-        let dir = tempfile::Builder::new()
-            .prefix("kiln-test-")
-            .tempdir()
-            .unwrap();
-        let root = Utf8PathBuf::from_path_buf(dir.path().to_path_buf()).unwrap();
-        for d in ["overlay", "systemd", "nocloud", "recipes", "payloads"] {
-            copy_tree(&workspace().join(d), &root.join(d));
-        }
-        Project {
-            dir,
-            root,
-            shared_cache: false,
-            private_tmp: false,
-        }
+        let p = Project::empty();
+        p.copy_demo();
+        p
     }
 
     pub fn empty() -> Project {
@@ -79,10 +74,42 @@ impl Project {
             .unwrap();
         let root = Utf8PathBuf::from_path_buf(dir.path().to_path_buf()).unwrap();
         Project {
-            dir,
+            dir: Some(dir),
             root,
             shared_cache: false,
             private_tmp: false,
+        }
+    }
+
+    /// A copy of the demo project that lives as long as the test process:
+    /// for a fixture several tests share through a `static` (a `OnceLock`).
+    /// Statics are never dropped, so a `TempDir` held there would stay in
+    /// the system temp directory after every run; this directory is removed
+    /// when the process exits instead ([`remove_at_exit`]). A process that
+    /// is killed runs no exit handlers: its directory (named after its pid)
+    /// is removed by the next test process that makes one.
+    pub fn demo_for_process() -> Project {
+        remove_dead_processes_dirs();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{SHARED_PREFIX}{}-", std::process::id()))
+            .tempdir()
+            .unwrap()
+            .keep();
+        let root = Utf8PathBuf::from_path_buf(dir).unwrap();
+        remove_at_exit(&root);
+        let p = Project {
+            dir: None,
+            root,
+            shared_cache: false,
+            private_tmp: false,
+        };
+        p.copy_demo();
+        p
+    }
+
+    fn copy_demo(&self) {
+        for d in ["overlay", "systemd", "nocloud", "recipes", "payloads"] {
+            copy_tree(&workspace().join(d), &self.root.join(d));
         }
     }
 
@@ -242,6 +269,69 @@ pub fn leftovers(dirs: &[&Utf8Path]) -> Vec<Utf8PathBuf> {
     }
     found.sort();
     found
+}
+
+// ---- process-wide fixtures -------------------------------------------------
+
+/// Directories removed when the test process exits.
+static AT_EXIT: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+extern "C" fn remove_registered_dirs() {
+    // Every test has finished when the process exits; `try_lock` only makes
+    // sure exiting can never wait on a lock.
+    if let Ok(mut dirs) = AT_EXIT.try_lock() {
+        for d in dirs.drain(..) {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// Remove `dir` when the process exits: `exit(3)` runs `atexit` handlers
+/// both when the test harness returns from `main` and when it calls
+/// `process::exit` after a failure (statics' destructors never run).
+pub fn remove_at_exit(dir: &Utf8Path) {
+    static REGISTER: std::sync::Once = std::sync::Once::new();
+    REGISTER.call_once(|| {
+        let rc = unsafe { libc::atexit(remove_registered_dirs) };
+        assert_eq!(rc, 0, "atexit failed");
+    });
+    AT_EXIT
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(dir.as_std_path().to_owned());
+}
+
+/// Remove the [`Project::demo_for_process`] directories (ours: same user) of
+/// test processes that no longer run: they were killed before exiting.
+fn remove_dead_processes_dirs() {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    let me = unsafe { libc::getuid() };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(SHARED_PREFIX))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let ours = e.metadata().is_ok_and(|m| m.uid() == me);
+        if ours && pid > 0 && !process_runs(pid) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// Does process `pid` exist (`kill(pid, 0)`; EPERM: it exists, another user's)?
+pub fn process_runs(pid: i32) -> bool {
+    if unsafe { libc::kill(pid, 0) } == 0 {
+        return true;
+    }
+    std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 // ---- checksums -------------------------------------------------------------
