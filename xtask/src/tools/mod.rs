@@ -740,21 +740,41 @@ mod tests {
         );
     }
 
+    /// `/proc/PID` is gone or a zombie (stopped, not yet reaped by init).
+    fn stopped(pid: u32) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(stat) => stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+        }
+    }
+
     #[test]
     fn watched_run_stops_at_the_pattern() {
+        // The shell starts a long sleep in its process group, prints the
+        // patterns and waits; it would print `too late` only if left running.
         let c = Cmd::new("sh", "slow printer").args([
             "-c",
-            "echo booting; echo 'Kernel Command line: x'; sleep 30",
+            "sleep 600 & echo sleeper=$!; echo shell=$$; echo booting; \
+             echo 'Kernel Command line: x'; wait; echo too late",
         ]);
-        let t = std::time::Instant::now();
-        match run_until(&c, &["booting", "command line:"], Duration::from_secs(20)).unwrap() {
-            Watch::Matched { output } => assert!(output.contains("Kernel Command line")),
-            other => panic!("{other:?}"),
+        let output =
+            match run_until(&c, &["booting", "command line:"], Duration::from_secs(300)).unwrap() {
+                Watch::Matched { output } => output,
+                other => panic!("{other:?}"),
+            };
+        assert!(output.contains("Kernel Command line"), "{output}");
+        assert!(!output.contains("too late"), "{output}");
+        // The shell and its child were stopped, not waited for.
+        for name in ["shell", "sleeper"] {
+            let pid: u32 = output
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}=")))
+                .and_then(|p| p.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no {name} pid in {output}"));
+            assert!(stopped(pid), "the {name} ({pid}) still runs");
         }
-        assert!(
-            t.elapsed() < Duration::from_secs(15),
-            "stopped the child instead of waiting"
-        );
         match run_until(
             &Cmd::new("sh", "exits").args(["-c", "echo no"]),
             &["yes"],
