@@ -684,6 +684,7 @@ fn leftover_check_sees_the_executors_temporary_names() {
     let mut plan = Plan::new(
         "test",
         &p.path("recipes/demo.yaml"),
+        &p.root,
         &p.cache_dir(),
         &p.path("output"),
     );

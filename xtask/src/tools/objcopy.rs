@@ -47,7 +47,7 @@ mod tests {
             &[Section {
                 name: ".linux",
                 file: Utf8Path::new("/w/vmlinuz"),
-                vma: 0x2000000,
+                vma: Some(0x2000000),
             }],
             Utf8Path::new("/w/demo.efi"),
             1_700_000_000,
