@@ -1,10 +1,11 @@
 //! The context every verb gets: where the project, recipe, cache and output
 //! are, and the global flags.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use camino::{Utf8Path, Utf8PathBuf};
 
 use crate::flags::Global;
+use crate::fsutil::absolute;
 use crate::plan::Plan;
 use crate::recipe::Resolved;
 
@@ -25,16 +26,6 @@ pub fn workspace_root() -> Utf8PathBuf {
         .parent()
         .expect("xtask has a parent")
         .to_owned()
-}
-
-fn absolute(p: &Utf8Path) -> Result<Utf8PathBuf> {
-    if p.is_absolute() {
-        return Ok(p.to_owned());
-    }
-    let cwd = std::env::current_dir().context("reading the current directory")?;
-    let cwd = Utf8PathBuf::from_path_buf(cwd)
-        .map_err(|_| anyhow::anyhow!("current directory is not UTF-8"))?;
-    Ok(cwd.join(p))
 }
 
 impl Cx {

@@ -1,9 +1,21 @@
-//! Small file-system helpers used by several steps.
+//! Small file-system helpers used by several steps and verbs.
 
 use std::ffi::CString;
 
 use anyhow::{Context, Result};
-use camino::Utf8Path;
+use camino::{Utf8Path, Utf8PathBuf};
+
+/// `p` made absolute against the current directory (unchanged when it is
+/// absolute already). Paths given on the command line go through this.
+pub fn absolute(p: &Utf8Path) -> Result<Utf8PathBuf> {
+    if p.is_absolute() {
+        return Ok(p.to_owned());
+    }
+    let cwd = std::env::current_dir().context("reading the current directory")?;
+    let cwd = Utf8PathBuf::from_path_buf(cwd)
+        .map_err(|_| anyhow::anyhow!("current directory is not UTF-8"))?;
+    Ok(cwd.join(p))
+}
 
 /// Set the mtime and atime of `path` (not following a symlink) to `epoch`.
 pub fn set_mtime(path: &Utf8Path, epoch: i64) -> Result<()> {

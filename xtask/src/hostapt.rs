@@ -5,6 +5,9 @@
 use anyhow::{bail, Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
 
+/// Where the build host's apt configuration lives.
+pub const ETC_APT: &str = "/etc/apt";
+
 /// One apt source entry, as the host declares it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Source {

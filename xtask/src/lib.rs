@@ -24,6 +24,7 @@ pub mod scan;
 pub mod seed;
 pub mod signals;
 pub mod stage;
+pub mod testing;
 pub mod tools;
 pub mod ui;
 pub mod verbs;

@@ -124,6 +124,7 @@ fn skopeo_json(args: &[&str]) -> Value {
 /// no staged tree, nothing in output/.
 fn assert_nothing_left(p: &Project) {
     assert!(p.outputs().is_empty(), "output/ holds {:?}", p.outputs());
+    p.assert_no_leftovers();
     let cache = p.path("cache");
     if !cache.exists() {
         return;
@@ -187,13 +188,7 @@ fn oci_layout_with_two_platforms_exports_to_both_archive_formats() {
         let index = json_file(&dir.join("images.json"));
         let images = index["images"].as_array().unwrap();
         assert_eq!(images.len(), 2, "{index:#}");
-        sh(
-            "sh",
-            &[
-                "-c",
-                &format!("cd {dir} && sha256sum --quiet --strict -c SHA256SUMS"),
-            ],
-        );
+        support::sha256sum_check(&dir.join("SHA256SUMS"));
         let sums = std::fs::read_to_string(dir.join("SHA256SUMS")).unwrap();
         for img in images {
             let archive = img["archive"].as_str().unwrap();
@@ -726,13 +721,7 @@ fn a_digest_pinned_image_is_copied_from_a_local_registry() {
         assert_eq!(&img["config_digest"], amd64_config.as_str(), "{img:#}");
         assert_eq!(img["source"], format!("registry {pinned}"));
     }
-    sh(
-        "sh",
-        &[
-            "-c",
-            &format!("cd {dir} && sha256sum --quiet --strict -c SHA256SUMS"),
-        ],
-    );
+    support::sha256sum_check(&dir.join("SHA256SUMS"));
     // docker-archive: skopeo reads the amd64 config back, and the layer
     // holds the amd64 image's file.
     let docker = dir.join("web-amd64.tar");
@@ -862,13 +851,7 @@ fn assert_same_files(model: &Utf8Path, unpacked: &Utf8Path, entries: &Value) {
         assert_eq!(f["sha256"], sha(&want));
         assert_eq!(f["size"], want.len() as u64);
     }
-    sh(
-        "sh",
-        &[
-            "-c",
-            &format!("cd {unpacked} && sha256sum --quiet --strict -c SHA256SUMS"),
-        ],
-    );
+    support::sha256sum_check(&unpacked.join("SHA256SUMS"));
 }
 
 #[test]
@@ -1108,9 +1091,12 @@ fn the_model_export_bench_runs_at_a_small_scale() {
         ms.iter().map(|m| m.case.as_str()).collect::<Vec<_>>(),
         ["model-export", "model-hash"]
     );
-    assert!(ms
-        .iter()
-        .all(|m| m.kiln_secs > 0.0 && m.baseline_secs > 0.0 && m.ratio.is_finite()));
+    let report = xtask::bench::render(&ms);
+    assert!(
+        ms.iter()
+            .all(|m| report.contains(&m.baseline) && report.contains(&m.goal)),
+        "{report}"
+    );
     // Generated inputs and outputs are cleaned up.
     assert_eq!(std::fs::read_dir(scratch).unwrap().count(), 0);
 }

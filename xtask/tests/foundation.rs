@@ -68,6 +68,69 @@ fn recipe_show_fills_defaults() {
     );
 }
 
+/// The values `recipe show` prints for settings whose defaults come from
+/// elsewhere (git, the appliance name, the build host's apt sources) are the
+/// ones the plan uses.
+#[test]
+fn recipe_show_prints_the_values_the_plan_uses() {
+    let p = Project::demo();
+    let shown: serde_json::Value =
+        serde_json::from_slice(&p.run(&["recipe", "show", "--json"]).stdout).unwrap();
+    let recipe = &shown["recipe"];
+    let plan: serde_json::Value =
+        serde_json::from_slice(&p.run(&["--dry-run", "--json", "qcow2"]).stdout).unwrap();
+    let steps = plan["steps"].as_array().unwrap();
+    let step = |name: &str| {
+        steps
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("no step {name}"))
+    };
+
+    // Version: from git, else the fallback; the same in build-info and file names.
+    let version = recipe["appliance"]["version"].as_str().expect("a version");
+    assert_eq!(version, shown["version"]);
+    assert_eq!(
+        step("stage-amd64")["actions"][0]["op"]["stage"]["build_info"]["version"],
+        version
+    );
+    assert_eq!(
+        plan["publish"][0]["name"],
+        format!("demo-{version}-amd64.qcow2")
+    );
+
+    // Host name: the appliance name, written into the disk and the seed.
+    let hostname = recipe["qcow2"]["hostname"].as_str().expect("a hostname");
+    assert_eq!(hostname, "demo");
+    assert_eq!(
+        step("qcow2-disk-amd64")["actions"][0]["op"]["qcow2-disk"]["hostname"],
+        hostname
+    );
+    let seed_host = recipe["seed"]["cloud_init"]["hostname"]
+        .as_str()
+        .expect("a seed hostname");
+    let r = xtask::recipe::load_resolved(&p.path("recipes/demo.yaml"), &p.root).unwrap();
+    let seed = xtask::seed::generate(&r, xtask::seed::SeedTarget::Qcow2).unwrap();
+    let meta: serde_json::Value = yaml_serde::from_str(&seed.meta_data).unwrap();
+    assert_eq!(meta["local-hostname"], seed_host);
+
+    // Mirror: the build host's apt source, in mmdebstrap's source lines.
+    let mirror = recipe["qcow2"]["mirror"].as_str().expect("a mirror");
+    let args: Vec<String> =
+        serde_json::from_value(step("qcow2-rootfs-amd64")["actions"][0]["cmd"]["args"].clone())
+            .unwrap();
+    assert!(
+        args.contains(&format!("deb {mirror} bookworm main")),
+        "{args:?}"
+    );
+    if let Some(security) = recipe["qcow2"]["security_mirror"].as_str() {
+        assert!(
+            args.contains(&format!("deb {security} bookworm-security main")),
+            "{args:?}"
+        );
+    }
+}
+
 #[test]
 fn recipe_errors_name_file_line_and_column() {
     let p = Project::demo();
@@ -156,17 +219,8 @@ fn stage_plan_snapshot() {
     let p = Project::demo();
     let out = p.run(&["stage", "--dry-run", "--json"]);
     let got = normalize_plan(&p, &stdout(&out));
-    let golden = support::workspace().join("xtask/tests/golden/stage-plan.json");
     let text = serde_json::to_string_pretty(&got).unwrap() + "\n";
-    if std::env::var("KILN_BLESS").is_ok() {
-        std::fs::write(&golden, &text).unwrap();
-    }
-    let want =
-        std::fs::read_to_string(&golden).expect("golden file (regenerate with KILN_BLESS=1)");
-    assert_eq!(
-        text, want,
-        "stage plan changed; if intended, regenerate with KILN_BLESS=1"
-    );
+    support::golden("stage-plan.json", &text);
     // The human-readable plan names the step and where the artifact goes.
     let human = stdout(&p.run(&["stage", "--dry-run"]));
     assert!(
@@ -228,10 +282,7 @@ fn stage_is_deterministic_and_cached() {
         sum1.ends_with(&format!("  {name}\n")),
         "basename in sha256 file: {sum1}"
     );
-    assert_eq!(
-        xtask::digest::file_sha256(&p.path(&format!("output/{name}"))).unwrap(),
-        sum1[..64]
-    );
+    support::assert_published_sha256(&p.path(&format!("output/{name}")));
 
     let second = p.run(&["stage"]);
     assert!(
@@ -434,6 +485,7 @@ fn staging_refuses_bad_input() {
         let err = p.fail(&["stage"]);
         assert!(err.contains(want), "{what}: expected `{want}` in:\n{err}");
         assert!(p.outputs().is_empty(), "{what}: output/ must stay empty");
+        p.assert_no_leftovers();
     }
     // With `wins`, the later overlay's file is taken.
     let p = Project::demo();
@@ -458,7 +510,7 @@ extern "C" {
 
 #[test]
 fn interrupt_leaves_output_and_cache_clean() {
-    let p = Project::demo();
+    let p = Project::demo().private_tmp();
     // A large sparse file keeps the staging step busy for a few seconds.
     let f = std::fs::File::create(p.path("overlay/opt/demo/big.img")).unwrap();
     f.set_len(4 << 30).unwrap();
@@ -499,16 +551,9 @@ fn interrupt_leaves_output_and_cache_clean() {
         "output/ must hold nothing: {:?}",
         p.outputs()
     );
-    // No temporary or partial cache entry is left behind.
-    for e in walkdir::WalkDir::new(p.path("cache")) {
-        let e = e.unwrap();
-        let n = e.file_name().to_string_lossy();
-        assert!(
-            !n.contains(".tmp") && !n.contains("partial"),
-            "left behind: {}",
-            e.path().display()
-        );
-    }
+    // No temporary step directory or partial file is left behind, in the
+    // cache, output/ or kiln's temporary directory.
+    p.assert_no_leftovers();
 }
 
 extern "C" {
@@ -586,7 +631,7 @@ fn scripts_are_executable_in_the_repository() {
 
 #[test]
 fn a_baked_secret_fails_the_build_and_publishes_nothing() {
-    let p = Project::demo();
+    let p = Project::demo().private_tmp();
     // A real-looking value, made at test time.
     let value: String = std::fs::read("/proc/sys/kernel/random/uuid")
         .map(|b| String::from_utf8_lossy(&b).trim().replace('-', ""))
@@ -602,4 +647,144 @@ fn a_baked_secret_fails_the_build_and_publishes_nothing() {
         "the secret itself must never be printed:\n{err}"
     );
     assert!(p.outputs().is_empty(), "{:?}", p.outputs());
+    p.assert_no_leftovers();
+}
+
+/// The leftover check knows the executor's real temporary names: while a
+/// step runs, its directory is one, and so is a file written beside its
+/// destination; once the step has failed, neither remains.
+#[test]
+fn leftover_check_sees_the_executors_temporary_names() {
+    use camino::Utf8PathBuf;
+    use std::sync::{Arc, Mutex};
+    use xtask::plan::{Op, OpCx, Plan, StepBuilder};
+
+    type Seen = Arc<Mutex<Option<(Utf8PathBuf, Utf8PathBuf, Vec<Utf8PathBuf>)>>>;
+    struct Probe {
+        cache: Utf8PathBuf,
+        output: Utf8PathBuf,
+        seen: Seen,
+    }
+    impl Op for Probe {
+        fn describe(&self) -> serde_json::Value {
+            serde_json::json!({ "probe": "leftovers" })
+        }
+        fn run(&self, cx: &OpCx) -> anyhow::Result<()> {
+            std::fs::create_dir_all(&self.output)?;
+            let partial = xtask::exec::TempFile::beside(&self.output.join("demo.img"));
+            std::fs::write(&partial.path, b"half an image")?;
+            let found = support::leftovers(&[&self.cache, &self.output]);
+            *self.seen.lock().unwrap() = Some((cx.out.to_owned(), partial.path.clone(), found));
+            anyhow::bail!("the probe fails on purpose")
+        }
+    }
+
+    let p = Project::demo();
+    let seen: Seen = Arc::default();
+    let mut plan = Plan::new(
+        "test",
+        &p.path("recipes/demo.yaml"),
+        &p.root,
+        &p.cache_dir(),
+        &p.path("output"),
+    );
+    plan.add(
+        StepBuilder::new("probe", "list leftovers while it runs").op(Probe {
+            cache: p.cache_dir(),
+            output: p.path("output"),
+            seen: seen.clone(),
+        }),
+    );
+    let err = xtask::exec::execute(&plan, &xtask::exec::Options::default())
+        .err()
+        .expect("the probe fails");
+    assert!(
+        format!("{err:#}").contains("the probe fails on purpose"),
+        "{err:#}"
+    );
+    let (step_dir, partial, found) = seen.lock().unwrap().take().expect("the probe ran");
+    let mut want = vec![step_dir, partial];
+    want.sort();
+    assert_eq!(found, want, "the running step's temporary names");
+    p.assert_no_leftovers();
+}
+
+/// The console helpers (qemu boots) stop the watched program at the
+/// markers, and on request only after it ran on for a while: a fake console
+/// prints the markers, a line shortly after them and one much later.
+#[test]
+fn console_helpers_stop_at_the_markers_and_linger_on_request() {
+    use std::time::Duration;
+    let console = xtask::tools::Cmd::new("sh", "a fake serial console").args([
+        "-c",
+        "echo Booting; echo 'demo: ready'; sleep 0.5; echo settled; sleep 600; echo too-late",
+    ]);
+    let limit = Duration::from_secs(300);
+    let out = support::boot(&console, &["booting", "DEMO: READY"], limit);
+    assert!(out.contains("demo: ready"), "{out}");
+    assert!(
+        !out.contains("too-late"),
+        "not stopped at the markers: {out}"
+    );
+    let out = support::boot_and_linger(
+        &console,
+        &["booting", "Demo: READY"],
+        limit,
+        Duration::from_secs(5),
+    );
+    assert!(
+        out.contains("settled"),
+        "the console was not watched on after the markers: {out}"
+    );
+    assert!(
+        !out.contains("too-late"),
+        "not stopped after lingering: {out}"
+    );
+}
+
+/// Run by [`a_process_wide_project_is_removed_when_the_process_exits`] in
+/// a child process: makes a process-wide project and prints where it is.
+#[test]
+#[ignore = "a helper process of a_process_wide_project_is_removed_when_the_process_exits"]
+fn process_wide_project_child() {
+    let p = Project::demo_for_process();
+    assert!(p.path("recipes/demo.yaml").is_file());
+    println!("KILN-PROJECT={}", p.root);
+}
+
+/// A project shared through a static is never dropped; it is removed when
+/// its test process exits, and one left by a killed process (its pid no
+/// longer runs) is removed by the next process that makes one.
+#[test]
+fn a_process_wide_project_is_removed_when_the_process_exits() {
+    // A directory as a killed test process would leave it.
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let dead = gone.id();
+    gone.wait().unwrap();
+    let stale = std::env::temp_dir().join(format!("kiln-test-shared-{dead}-stale"));
+    std::fs::create_dir_all(stale.join("output")).unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "process_wide_project_child",
+            "--nocapture",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let text = stdout(&out);
+    let root = text
+        .lines()
+        .find_map(|l| l.strip_prefix("KILN-PROJECT="))
+        .unwrap_or_else(|| panic!("the child made no project: {text}"));
+    assert!(
+        !std::path::Path::new(root).exists(),
+        "{root} outlived its process"
+    );
+    assert!(
+        !stale.exists(),
+        "{} (its process is gone) was not removed",
+        stale.display()
+    );
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use camino::{Utf8Path, Utf8PathBuf};
 use support::iso_fixture::{self, Fixture, Options};
-use support::{sh, Project};
+use support::{sh, sha256, Project};
 
 const ARGS: &str = r"autoinstall ds=nocloud\;s=/cdrom/nocloud/";
 
@@ -184,10 +184,6 @@ fn step_out(p: &Project, step: &str) -> Utf8PathBuf {
     e[0].clone()
 }
 
-fn sha256(p: &Utf8Path) -> String {
-    sh("sha256sum", &[p.as_str()])[..64].to_string()
-}
-
 #[test]
 fn remaster_keeps_boot_records_and_adds_files() {
     if !tools() {
@@ -202,14 +198,7 @@ fn remaster_keeps_boot_records_and_adds_files() {
         "{name}"
     );
     // sha256sum -c with the basename.
-    let sums = std::fs::read_to_string(format!("{out}.sha256")).unwrap();
-    assert_eq!(sums, format!("{}  {name}\n", sha256(&out)));
-    let c = std::process::Command::new("sha256sum")
-        .args(["-c", &format!("{name}.sha256")])
-        .current_dir(p.path("output"))
-        .output()
-        .unwrap();
-    assert!(c.status.success());
+    support::assert_published_sha256(&out);
 
     // Boot records: BIOS + UEFI El Torito entries, MBR type, partition offset,
     // GPT partition types all as in the base.
@@ -394,15 +383,16 @@ fn dry_run_prints_grub_diff_and_xorriso_command() {
     assert!(p.outputs().is_empty());
 }
 
-/// No ISO, .sha256 or partial file in output/, no temporary step directory in the cache.
+/// No ISO, .sha256 or partial file in output/, no temporary step directory
+/// or file anywhere in the cache, no complete ISO entry.
 fn nothing_written(p: &Project) {
     let outs = p.outputs();
     assert!(outs.iter().all(|f| !f.contains(".iso")), "{outs:?}");
+    p.assert_no_leftovers();
     let d = p.path("cache/iso-amd64");
     if d.exists() {
         for e in std::fs::read_dir(&d).unwrap() {
             let e = e.unwrap().path();
-            assert!(!e.to_string_lossy().ends_with(".tmp"), "left behind: {e:?}");
             assert!(
                 !e.join(".kiln-step.json").exists(),
                 "a failed step left a complete entry: {e:?}"
@@ -711,25 +701,20 @@ fn url_base_is_downloaded_once_resumed_and_verified() {
 }
 
 fn boot(iso: &Utf8Path, fw: xtask::tools::qemu_system::Firmware, user_data: &str) {
-    use xtask::tools::qemu_system::{Boot, Firmware, OVMF_VARS};
+    use xtask::tools::qemu_system::{Boot, Firmware};
     let tmp = tempfile::tempdir().unwrap();
     let mut b = Boot::new(fw).cdrom(iso);
     b.memory_mib = 512;
     if fw == Firmware::Uefi {
-        let vars = Utf8PathBuf::from_path_buf(tmp.path().join("vars.fd")).unwrap();
-        std::fs::copy(OVMF_VARS, &vars).unwrap();
-        b = b.vars(&vars);
+        let dir = Utf8Path::from_path(tmp.path()).unwrap();
+        b = b.vars(&support::uefi_vars(dir, xtask::recipe::Arch::Amd64));
     }
     let patterns = [
         "Command line:",
         "autoinstall ds=nocloud;s=/cdrom/nocloud/",
         "KILN-USERDATA-END",
     ];
-    let w = xtask::tools::run_until(&b.cmd(), &patterns, Duration::from_secs(300)).unwrap();
-    let out = match w {
-        xtask::tools::Watch::Matched { output } => output,
-        other => panic!("{fw:?} boot did not reach the markers: {other:?}"),
-    };
+    let out = support::boot(&b.cmd(), &patterns, Duration::from_secs(300));
     let cmdline = out.lines().find(|l| l.contains("Command line:")).unwrap();
     assert!(
         cmdline.contains("console=ttyS0,115200 autoinstall ds=nocloud;s=/cdrom/nocloud/ ---"),
@@ -784,9 +769,15 @@ fn bench_case_runs() {
     })
     .unwrap();
     eprintln!("{}", xtask::bench::render(&ms));
-    assert_eq!(ms.len(), 2);
-    assert!(ms
-        .iter()
-        .all(|m| m.kiln_secs > 0.0 && m.baseline_secs > 0.0 && m.ratio.is_finite()));
+    assert_eq!(
+        ms.iter().map(|m| m.case.as_str()).collect::<Vec<_>>(),
+        ["iso_remaster_2.5g", "iso_full_verb"]
+    );
+    let report = xtask::bench::render(&ms);
+    assert!(
+        ms.iter()
+            .all(|m| report.contains(&m.baseline) && report.contains(&m.goal)),
+        "{report}"
+    );
     assert!(!scratch.join("iso-bench").exists(), "bench scratch removed");
 }

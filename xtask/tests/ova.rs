@@ -117,12 +117,7 @@ fn builds_an_ova_that_reads_back_with_system_tools() {
         "{name}"
     );
     assert_eq!(p.outputs(), [name.clone(), format!("{name}.sha256")]);
-    let check = std::process::Command::new("sha256sum")
-        .args(["-c", &format!("{name}.sha256")])
-        .current_dir(p.path("output"))
-        .output()
-        .unwrap();
-    assert!(check.status.success(), "{}", support::stderr(&check));
+    support::assert_published_sha256(&ova);
 
     // Member order, ownership, modes, no directories: as GNU tar lists them.
     let listing = sh("tar", &["--numeric-owner", "-tvf", ova.as_str()]);
@@ -230,14 +225,8 @@ fn builds_an_ova_that_reads_back_with_system_tools() {
     let mf = std::fs::read_to_string(x.join("demo.mf")).unwrap();
     let want = format!(
         "SHA256(demo.ovf)= {}\nSHA256(demo-disk1.vmdk)= {}\n",
-        sh("sha256sum", &[ovf.as_str()])
-            .split_whitespace()
-            .next()
-            .unwrap(),
-        sh("sha256sum", &[vmdk.as_str()])
-            .split_whitespace()
-            .next()
-            .unwrap()
+        support::sha256(&ovf),
+        support::sha256(&vmdk)
     );
     assert_eq!(mf, want);
 
@@ -291,14 +280,6 @@ fn retar(dir: &Utf8Path, out: &Utf8Path, members: &[&str]) {
     ];
     args.extend(members);
     sh("tar", &args);
-}
-
-fn sha256_of(path: &Utf8Path) -> String {
-    sh("sha256sum", &[path.as_str()])
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
 }
 
 #[test]
@@ -378,7 +359,7 @@ fn lint_rejects_hand_broken_ovas() {
     let first = mft.lines().next().unwrap().to_string();
     let mft = mft.replace(
         &first,
-        &format!("SHA256(demo.ovf)= {}", sha256_of(&sized.join(ovf))),
+        &format!("SHA256(demo.ovf)= {}", support::sha256(&sized.join(ovf))),
     );
     std::fs::write(sized.join(mf), mft).unwrap();
     let wrong_size = p.path("wrong-size.ova");
@@ -463,6 +444,7 @@ fn bad_inputs_are_clear_errors() {
         "{err}"
     );
     assert!(p.outputs().is_empty(), "{:?}", p.outputs());
+    p.assert_no_leftovers();
 }
 
 #[test]
@@ -550,17 +532,13 @@ fn extracted_vmdk_boots_under_ovmf() {
     p.run(&["ova", "--disk", disk.as_str()]);
     let x = p.path("x");
     extract(&the_ova(&p), &x);
-    let vars = p.path("vars.fd");
-    std::fs::copy(xtask::tools::qemu_system::OVMF_VARS, &vars).unwrap();
+    let vars = support::uefi_vars(&p.root, xtask::recipe::Arch::Amd64);
     let mut boot = xtask::tools::qemu_system::Boot::new(xtask::tools::qemu_system::Firmware::Uefi)
         .disk(&x.join("demo-disk1.vmdk"), "vmdk")
         .vars(&vars);
     boot.memory_mib = 512;
     boot.snapshot = true;
-    match xtask::tools::run_until(&boot.cmd(), &[marker], Duration::from_secs(240)).unwrap() {
-        xtask::tools::Watch::Matched { .. } => {}
-        other => panic!("the VMDK did not boot to `{marker}`: {other:?}"),
-    }
+    support::boot(&boot.cmd(), &[marker], Duration::from_secs(240));
 }
 
 /// The demo appliance end to end: the qcow2 builder's UEFI-only disk, wrapped
@@ -595,33 +573,16 @@ fn demo_ova_boots_to_first_boot() {
     );
     assert_eq!(attr(&ovf, "Disk", "capacity"), (2u64 << 30).to_string());
     let vmdk = x.join("demo-disk1.vmdk");
-    let vars = p.path("vars.fd");
-    std::fs::copy(xtask::tools::qemu_system::OVMF_VARS, &vars).unwrap();
+    let vars = support::uefi_vars(&p.root, xtask::recipe::Arch::Amd64);
     let mut boot = xtask::tools::qemu_system::Boot::new(xtask::tools::qemu_system::Firmware::Uefi)
         .disk(&vmdk, "vmdk")
         .vars(&vars);
     boot.snapshot = true;
-    match xtask::tools::run_until(
+    support::boot(
         &boot.cmd(),
         &["demo: first boot complete"],
         Duration::from_secs(420),
-    )
-    .unwrap()
-    {
-        xtask::tools::Watch::Matched { .. } => {}
-        other => {
-            let text = format!("{other:?}");
-            let tail: String = text
-                .chars()
-                .rev()
-                .take(4000)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
-            panic!("the demo VMDK did not reach `demo: first boot complete`: {tail}");
-        }
-    }
+    );
 }
 
 /// qemu-img writes its random CID with `%x`, so it has 1 to 8 digits; the
@@ -787,4 +748,5 @@ fn vmware_converter_writes_a_reproducible_vmdk() {
         leftovers.is_empty(),
         "raw copies left in the cache: {leftovers:?}"
     );
+    c.assert_no_leftovers();
 }

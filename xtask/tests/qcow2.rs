@@ -10,9 +10,9 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use camino::{Utf8Path, Utf8PathBuf};
-use support::{sh, Project};
-use xtask::tools::qemu_system::{Boot, Firmware, OVMF_VARS};
-use xtask::tools::{run_until, Watch};
+use support::{sh, tail, Project};
+use xtask::recipe::Arch;
+use xtask::tools::qemu_system::{Boot, Firmware};
 
 use support::QCOW2_BUILD_TOOLS as BUILD_TOOLS;
 const BOOT_TOOLS: &[&str] = &["qemu-system-x86_64", "/usr/share/OVMF/OVMF_CODE_4M.fd"];
@@ -34,12 +34,14 @@ struct Built {
 }
 
 /// Build the demo qcow2 once (mmdebstrap + assembly), shared by the tests.
+/// The project lives in a static, which is never dropped, so it is one the
+/// test process removes when it exits ([`Project::demo_for_process`]).
 fn built() -> &'static Built {
     static B: OnceLock<Built> = OnceLock::new();
     B.get_or_init(|| {
         // The suite-wide cache: the OVA tests' demo disk has the same Debian
         // root, so mmdebstrap runs once per suite.
-        let p = Project::demo().share_cache();
+        let p = Project::demo_for_process().share_cache();
         let recipe = small_recipe(&p, "");
         p.run(&["--recipe", &recipe, "qcow2"]);
         let name = p
@@ -53,78 +55,7 @@ fn built() -> &'static Built {
 }
 
 fn boot(b: &Boot, patterns: &[&str]) -> String {
-    match run_until(&b.cmd(), patterns, BOOT_LIMIT).unwrap() {
-        Watch::Matched { output } => output,
-        Watch::Exited { output, status } => panic!(
-            "qemu exited ({status}) before {patterns:?}:\n{}",
-            tail(&output)
-        ),
-        Watch::TimedOut { output } => {
-            panic!("no {patterns:?} within {BOOT_LIMIT:?}:\n{}", tail(&output))
-        }
-    }
-}
-
-/// Like [`boot`], but keeps the guest running `linger` after the patterns
-/// appeared, so its file systems commit what the boot wrote (ext4 commits
-/// every 5 s) before qemu is stopped — a kill right at the marker is a power
-/// cut, after which a second boot may legitimately redo the first one.
-fn boot_and_linger(b: &Boot, patterns: &[&str], linger: Duration) -> String {
-    use std::io::Read;
-    use std::os::unix::process::CommandExt;
-    let c = b.cmd();
-    let mut child = std::process::Command::new(&c.program)
-        .args(&c.args)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let b2 = buf.clone();
-    let reader = std::thread::spawn(move || {
-        let mut chunk = [0u8; 8192];
-        while let Ok(n) = out.read(&mut chunk) {
-            if n == 0 {
-                break;
-            }
-            b2.lock().unwrap().extend_from_slice(&chunk[..n]);
-        }
-    });
-    let start = std::time::Instant::now();
-    let text = || String::from_utf8_lossy(&buf.lock().unwrap()).to_lowercase();
-    let found = loop {
-        let t = text();
-        let mut at = 0;
-        let all = patterns
-            .iter()
-            .all(|p| match t[at..].find(&p.to_lowercase()) {
-                Some(i) => {
-                    at += i + p.len();
-                    true
-                }
-                None => false,
-            });
-        if all || start.elapsed() > BOOT_LIMIT || child.try_wait().unwrap().is_some() {
-            break all;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    if found {
-        std::thread::sleep(linger);
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = reader.join();
-    let output = String::from_utf8_lossy(&buf.lock().unwrap()).into_owned();
-    assert!(
-        found,
-        "no {patterns:?} within {BOOT_LIMIT:?}:\n{}",
-        tail(&output)
-    );
-    output
+    support::boot(&b.cmd(), patterns, BOOT_LIMIT)
 }
 
 /// Byte offset of GPT partition `n` of a raw disk, as sgdisk reads it.
@@ -144,9 +75,13 @@ fn partition_offset(raw: &Utf8Path, n: u32) -> u64 {
 /// no firstboot prompt), the second does not run it again. Returns the first
 /// boot's console.
 fn boots_twice(b: &Boot) -> String {
-    let first = boot_and_linger(
-        b,
+    // The guest keeps running a while after the markers, so that what the
+    // first boot wrote is committed before qemu is stopped (a stop right at
+    // the marker is a power cut) and units started after it show up too.
+    let first = support::boot_and_linger(
+        &b.cmd(),
         &["demo: first boot complete", "demo: bootstrap ok"],
+        BOOT_LIMIT,
         Duration::from_secs(15),
     );
     assert!(
@@ -171,17 +106,6 @@ fn boots_twice(b: &Boot) -> String {
         tail(&second)
     );
     first
-}
-
-fn tail(s: &str) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(60)..].join("\n")
-}
-
-fn vars(dir: &Utf8Path) -> Utf8PathBuf {
-    let v = dir.join("OVMF_VARS.fd");
-    std::fs::copy(OVMF_VARS, &v).unwrap();
-    v
 }
 
 fn tempdir() -> (tempfile::TempDir, Utf8PathBuf) {
@@ -300,19 +224,7 @@ fn builder1_image_is_clean_and_laid_out() {
     assert_eq!(info["virtual-size"], 2u64 << 30);
     assert_eq!(info["format-specific"]["data"]["compression-type"], "zstd");
     // The .sha256 names the basename and verifies.
-    let out = b.project.path("output");
-    let sums = std::fs::read_to_string(format!("{q}.sha256")).unwrap();
-    assert!(
-        sums.trim_end()
-            .ends_with(&format!("  {}", q.file_name().unwrap())),
-        "{sums}"
-    );
-    let ok = std::process::Command::new("sha256sum")
-        .args(["-c", &format!("{}.sha256", q.file_name().unwrap())])
-        .current_dir(&out)
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    support::assert_published_sha256(q);
 
     // Read the disk back: GPT with BIOS boot, ESP and a root-x86-64 partition.
     let (_d, dir) = tempdir();
@@ -414,7 +326,7 @@ fn builder1_boots_uefi_then_first_boot_does_not_rerun() {
     // A real copy: the second boot must see what the first one wrote.
     let disk = dir.join("disk.qcow2");
     std::fs::copy(&b.qcow2, &disk).unwrap();
-    let v = vars(&dir);
+    let v = support::uefi_vars(&dir, Arch::Amd64);
     boots_twice(&Boot::new(Firmware::Uefi).disk(&disk, "qcow2").vars(&v));
     let check = sh("qemu-img", &["check", "-f", "qcow2", disk.as_str()]);
     assert!(check.contains("No errors were found"), "{check}");
@@ -521,6 +433,7 @@ fn builder1_unknown_package_and_unreachable_mirror() {
         "{err}"
     );
     assert!(p.outputs().is_empty());
+    p.assert_no_leftovers();
     // Nothing partial in the cache either.
     let cache = p.path("cache/qcow2-rootfs-amd64");
     if cache.exists() {
@@ -565,7 +478,7 @@ fn builder2_customizes_a_vendor_image_and_it_boots() {
     }
     let _g = support::heavy();
     let b = built();
-    let sha = xtask::digest::file_sha256(&b.qcow2).unwrap();
+    let sha = support::sha256(&b.qcow2);
     let (p, recipe) = customize_project(&b.qcow2, &sha);
     p.run(&["--recipe", &recipe, "qcow2"]);
     let name = p
@@ -578,7 +491,7 @@ fn builder2_customizes_a_vendor_image_and_it_boots() {
         serde_json::from_str(&sh("qemu-img", &["info", "--output=json", q.as_str()])).unwrap();
     assert_eq!(info["virtual-size"], 3u64 << 30);
     let (_d, dir) = tempdir();
-    let v = vars(&dir);
+    let v = support::uefi_vars(&dir, Arch::Amd64);
     let mut bt = Boot::new(Firmware::Uefi).disk(&q, "qcow2").vars(&v);
     bt.snapshot = true;
     let out = boot(
@@ -612,7 +525,7 @@ fn builder2_customizes_a_vendor_image_and_it_boots() {
         f.write_all_at(&0x7fff_0000_0000u64.to_be_bytes(), 48)
             .unwrap();
     }
-    let csha = xtask::digest::file_sha256(&corrupt).unwrap();
+    let csha = support::sha256(&corrupt);
     let (p3, r3) = customize_project(&corrupt, &csha);
     let err = p3.fail(&["--recipe", &r3, "qcow2"]);
     assert!(err.contains("corrupt") && err.contains("qemu-img"), "{err}");
@@ -628,6 +541,7 @@ fn builder2_customizes_a_vendor_image_and_it_boots() {
     );
     for q in [&p2, &p3, &p4] {
         assert!(q.outputs().is_empty());
+        q.assert_no_leftovers();
     }
 }
 
@@ -648,7 +562,6 @@ fn arm64_recipe(p: &Project) -> String {
 /// This host runs arm64 package scripts (natively or through a registered
 /// qemu-user); in CI it must.
 fn arm64_programs_run() -> bool {
-    use xtask::recipe::Arch;
     if xtask::tools::binfmt::can_run(Arch::Arm64) {
         return true;
     }
@@ -765,8 +678,7 @@ fn builder1_arm64_disk_boots_uefi_with_kiln_initrd() {
     // Boot twice on a real copy.
     let disk = dir.join("disk.qcow2");
     std::fs::copy(&q, &disk).unwrap();
-    let v = dir.join("AAVMF_VARS.fd");
-    std::fs::copy(xtask::tools::qemu_system::AAVMF_VARS, &v).unwrap();
+    let v = support::uefi_vars(&dir, Arch::Arm64);
     let first = boots_twice(
         &Boot::new(Firmware::Uefi)
             .arm64()

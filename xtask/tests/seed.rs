@@ -39,23 +39,6 @@ fn pyyaml(p: &Utf8Path) -> Value {
     serde_json::from_str(&out).unwrap()
 }
 
-fn golden(name: &str, actual: &str) {
-    let p = support::workspace().join("xtask/tests/golden").join(name);
-    if std::env::var("KILN_BLESS").is_ok_and(|v| v == "1") {
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, actual).unwrap();
-        return;
-    }
-    let expected = std::fs::read_to_string(&p).unwrap_or_else(|_| {
-        panic!("{p} is missing: run with KILN_BLESS=1 to write it, then review it")
-    });
-    assert!(
-        actual == expected,
-        "{name} differs from the golden file {p} (if the change is intended, re-run with KILN_BLESS=1 \
-         and review the diff)\n--- expected\n{expected}\n--- actual\n{actual}"
-    );
-}
-
 fn schema_ok(file: &Utf8Path) {
     let out = sh("cloud-init", &["schema", "--config-file", file.as_str()]);
     assert!(out.contains("Valid cloud-config"), "{file}: {out}");
@@ -72,13 +55,13 @@ fn demo_seeds_match_golden_files() {
         dirs.keys().cloned().collect::<Vec<_>>(),
         ["iso", "pi", "qcow2"]
     );
-    golden("demo-iso.user-data", &read(&dirs["iso"].join("user-data")));
-    golden("demo-iso.meta-data", &read(&dirs["iso"].join("meta-data")));
-    golden(
+    support::golden("demo-iso.user-data", &read(&dirs["iso"].join("user-data")));
+    support::golden("demo-iso.meta-data", &read(&dirs["iso"].join("meta-data")));
+    support::golden(
         "demo-cloud.user-data",
         &read(&dirs["qcow2"].join("user-data")),
     );
-    golden(
+    support::golden(
         "demo-cloud.meta-data",
         &read(&dirs["qcow2"].join("meta-data")),
     );
@@ -153,7 +136,7 @@ fn generated_files_mean_what_the_recipe_says_for_cloud_init() {
         mask.join(" ")
     ));
     let keys = pos("ssh-keygen -A");
-    let marker = pos(&format!(">/target{}", seed::installed_marker(&r)));
+    let marker = pos(&format!(">/target{}", seed::installed_marker(r.name())));
     assert!(
         lay < extract && extract < chown && chown < en && en < ma && ma < keys && keys < marker,
         "{cmds:#?}"

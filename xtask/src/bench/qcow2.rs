@@ -72,7 +72,7 @@ fn bare_mmdebstrap(bcx: &BenchCx, p: &Project, arch: Arch) -> Result<std::time::
     let r = crate::recipe::load_resolved(&p.recipe, &p.root)?;
     let q = &r.recipe.qcow2;
     let packages = q.packages_for(arch);
-    let mirrors = crate::qcow2::rootfs::mirror_lines(&r, Utf8Path::new("/etc/apt"))?;
+    let mirrors = crate::qcow2::rootfs::mirror_lines(&r)?;
     let bare_out = bcx.scratch.join("bare-mmdebstrap.tar");
     let bare = crate::tools::mmdebstrap::rootfs_tar(
         arch.debian(),

@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
 
 use super::{timed, BenchCx, Measurement};
+use crate::qcow2::gpt;
 
 const MIB: u64 = 1 << 20;
 
@@ -118,12 +119,10 @@ fn write_gpt(f: &mut std::fs::File, size: u64, parts: &[([u8; 16], u64, u64)]) -
     Ok(())
 }
 
-const ESP: [u8; 16] = [
-    0x28, 0x73, 0x2a, 0xc1, 0x1f, 0xf8, 0xd2, 0x11, 0xba, 0x4b, 0x00, 0xa0, 0xc9, 0x3e, 0xc9, 0x3b,
-];
-const LINUX: [u8; 16] = [
-    0xaf, 0x3d, 0xc6, 0x0f, 0x83, 0x84, 0x72, 0x47, 0x8e, 0x79, 0x3d, 0x69, 0xd8, 0x47, 0x7d, 0xe4,
-];
+/// A partition type GUID as stored on disk.
+fn type_guid(s: &str) -> Result<[u8; 16]> {
+    Ok(gpt::Guid::parse(s)?.to_disk())
+}
 
 /// Build the disk: returns its path.
 pub fn build_disk(dir: &Utf8Path, size: u64) -> Result<Utf8PathBuf> {
@@ -153,8 +152,16 @@ pub fn build_disk(dir: &Utf8Path, size: u64) -> Result<Utf8PathBuf> {
         &mut f,
         size,
         &[
-            (ESP, MIB / 512, (MIB + esp_size) / 512 - 1),
-            (LINUX, root_start / 512, (root_start + root_size) / 512 - 1),
+            (
+                type_guid(gpt::TYPE_ESP)?,
+                MIB / 512,
+                (MIB + esp_size) / 512 - 1,
+            ),
+            (
+                type_guid(gpt::TYPE_LINUX_DATA)?,
+                root_start / 512,
+                (root_start + root_size) / 512 - 1,
+            ),
         ],
     )?;
     for (img, at) in [(&esp, MIB), (&ext, root_start)] {

@@ -201,7 +201,7 @@ fn image_step(
         compression: img.compression,
         dest: img.dest.clone(),
         archive: img.archive_name(arch),
-        reference: img.reference(),
+        reference: img.reference().to_string(),
         cmd: img.cmd.clone(),
         epoch: r.epoch,
     };

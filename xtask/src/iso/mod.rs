@@ -28,25 +28,14 @@ use serde_json::json;
 use crate::plan::{Input, Op, OpCx, Plan, StepBuilder};
 use crate::recipe::iso::OverlayFormat;
 use crate::recipe::{Arch, Resolved};
+use crate::seed::NOCLOUD_DIR;
 use crate::tools::{self, xorriso};
 use crate::ui;
 
-/// Kernel arguments added to every `linux` line, as GRUB words: the `;` is
-/// escaped, otherwise GRUB silently cuts the command line there.
-pub const KERNEL_ARGS: [&str; 2] = ["autoinstall", r"ds=nocloud\;s=/cdrom/nocloud/"];
-/// Where the seed lands on the ISO.
-pub const NOCLOUD_DIR: &str = "nocloud";
 pub const GRUB_CFG: &str = "boot/grub/grub.cfg";
 pub const LOOPBACK_CFG: &str = "boot/grub/loopback.cfg";
 pub const MD5SUM_TXT: &str = "md5sum.txt";
 pub const DISK_INFO: &str = ".disk/info";
-
-/// The file whose presence on a disk means "the appliance is installed here";
-/// the ISO's default entry boots that disk instead of reinstalling. The
-/// installer's late-commands create it (seed).
-pub fn installed_marker(name: &str) -> String {
-    format!("/etc/{name}/installed")
-}
 
 /// Where the base ISO comes from.
 #[derive(Debug, Clone, Serialize)]
@@ -94,7 +83,7 @@ pub fn plan(r: &Resolved, plan: &mut Plan, o: &Overrides) -> Result<usize> {
     .long();
     let base = match (&o.base_iso, &io.base) {
         (Some(p), _) => {
-            let p = absolute(p)?;
+            let p = crate::fsutil::absolute(p)?;
             check_readable(&p)?;
             if let Some(s) = &o.base_sha256 {
                 anyhow::ensure!(
@@ -141,21 +130,14 @@ pub fn plan(r: &Resolved, plan: &mut Plan, o: &Overrides) -> Result<usize> {
         (None, false) => b, // downloaded: the download step's key carries the sha256
     };
     let name = r.name();
-    let product = r
-        .recipe
-        .appliance
-        .product
-        .clone()
-        .unwrap_or_else(|| name.to_string());
+    let product = r.recipe.appliance.product();
     // The arguments go into GRUB: refuse the `;` trap and friends before any work.
-    let args = KERNEL_ARGS.join(" ");
-    debug_assert_eq!(args, crate::seed::autoinstall_kernel_args());
-    crate::seed::check_kernel_args(&args)?;
+    crate::seed::check_kernel_args(&crate::seed::autoinstall_kernel_args())?;
     let patch = grub::Patch {
-        args: KERNEL_ARGS.iter().map(|s| s.to_string()).collect(),
+        args: crate::seed::autoinstall_kernel_words(),
         title: io.title().to_string(),
         id: format!("kiln-{name}"),
-        marker: installed_marker(name),
+        marker: crate::seed::installed_marker(name),
         timeout: io.timeout,
     };
     let op = Remaster {
@@ -184,16 +166,6 @@ pub fn plan(r: &Resolved, plan: &mut Plan, o: &Overrides) -> Result<usize> {
         preview(&op_copy, plan, &out)?;
     }
     Ok(i)
-}
-
-fn absolute(p: &Utf8Path) -> Result<Utf8PathBuf> {
-    if p.is_absolute() {
-        return Ok(p.to_owned());
-    }
-    let cwd = std::env::current_dir().context("reading the current directory")?;
-    Ok(Utf8PathBuf::from_path_buf(cwd)
-        .map_err(|_| anyhow::anyhow!("current directory is not UTF-8"))?
-        .join(p))
 }
 
 fn check_readable(p: &Utf8Path) -> Result<()> {
@@ -481,10 +453,10 @@ pub fn remaster_into(
         overlay_dir: "kiln".into(),
         overlay_format: OverlayFormat::Tar,
         patch: grub::Patch {
-            args: KERNEL_ARGS.iter().map(|s| s.to_string()).collect(),
+            args: crate::seed::autoinstall_kernel_words(),
             title: "Install bench".into(),
             id: "kiln-bench".into(),
-            marker: installed_marker("bench"),
+            marker: crate::seed::installed_marker("bench"),
             timeout: 5,
         },
         disk_info: "bench".into(),
@@ -657,10 +629,5 @@ mod tests {
             update_md5sums(old, &new),
             "111  ./boot/grub/grub.cfg\nbbb  ./casper/vmlinuz\n333  ./.disk/info\n222  ./nocloud/user-data\n"
         );
-    }
-
-    #[test]
-    fn marker_path() {
-        assert_eq!(installed_marker("demo"), "/etc/demo/installed");
     }
 }

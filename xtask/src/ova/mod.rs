@@ -20,6 +20,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::plan::{Input, Op, OpCx, Plan, StepBuilder};
+use crate::qcow2::gpt::{self, Guid};
 use crate::recipe::ova::Converter;
 use crate::recipe::{Arch, Resolved};
 use crate::tools::{qemu_img, vmdk_convert};
@@ -118,6 +119,30 @@ impl DiskSource {
             input: Input::step(step),
         }
     }
+
+    /// The recipe's own disk, the one the qcow2 builder makes: its steps join
+    /// `plan` (once, however many formats wrap it).
+    pub fn from_recipe(r: &Resolved, plan: &mut Plan, firmware: Firmware) -> Result<DiskSource> {
+        let d = crate::qcow2::plan_disk(r, plan, Arch::Amd64)?;
+        let format = match d.format {
+            "raw" => DiskFormat::Raw,
+            "qcow2" => DiskFormat::Qcow2,
+            other => {
+                bail!("the qcow2 builder made a `{other}` disk, which the OVA step cannot read")
+            }
+        };
+        let uefi_only = match firmware {
+            Firmware::Auto => d.uefi_only,
+            Firmware::Efi => true,
+            Firmware::Bios => false,
+        };
+        Ok(DiskSource::from_step(
+            plan.step(d.step),
+            d.path,
+            format,
+            uefi_only,
+        ))
+    }
 }
 
 /// The disk format by content.
@@ -142,12 +167,6 @@ pub fn sniff(path: &Utf8Path) -> Result<DiskFormat> {
     )
 }
 
-const ESP_GUID: [u8; 16] = [
-    0x28, 0x73, 0x2a, 0xc1, 0x1f, 0xf8, 0xd2, 0x11, 0xba, 0x4b, 0x00, 0xa0, 0xc9, 0x3e, 0xc9, 0x3b,
-];
-/// `21686148-6449-6E6F-744E-656564454649` ("Hah!IdontNeedEFI").
-const BIOS_BOOT_GUID: [u8; 16] = *b"Hah!IdontNeedEFI";
-
 /// A raw disk is UEFI-only when it has a GPT with an EFI system partition,
 /// no BIOS boot partition and no boot code in the MBR.
 pub fn detect_uefi_only(path: &Utf8Path) -> Result<bool> {
@@ -171,9 +190,12 @@ pub fn detect_uefi_only(path: &Utf8Path) -> Result<bool> {
     f.seek(SeekFrom::Start(lba * 512))?;
     f.read_exact(&mut entries)
         .with_context(|| format!("reading the GPT entries of {path}"))?;
-    let types: Vec<&[u8]> = entries.chunks(size).map(|e| &e[..16]).collect();
-    let esp = types.iter().any(|t| *t == ESP_GUID);
-    let bios = types.iter().any(|t| *t == BIOS_BOOT_GUID);
+    let types: Vec<String> = entries
+        .chunks(size)
+        .map(|e| Guid::from_disk(e[..16].try_into().expect("16 bytes")).to_string_lower())
+        .collect();
+    let esp = types.iter().any(|t| t == gpt::TYPE_ESP);
+    let bios = types.iter().any(|t| t == gpt::TYPE_BIOS_BOOT);
     Ok(esp && !bios && mbr_code_empty)
 }
 
@@ -208,7 +230,7 @@ pub fn params(r: &Resolved, uefi: bool, disk_file: &str) -> ovf::Params {
     let o = &r.recipe.ova;
     ovf::Params {
         name: a.name.clone(),
-        product: a.product.clone().unwrap_or_else(|| a.name.clone()),
+        product: a.product().to_string(),
         vendor: a.vendor.clone(),
         version: r.version.clone(),
         url: a.url.clone(),

@@ -76,7 +76,7 @@ pub fn plan(
         base,
         tree: plan.step(stage).output(crate::stage::TREE),
         size: q.size_bytes,
-        hostname: q.hostname.clone().unwrap_or_else(|| r.name().to_string()),
+        hostname: q.hostname().to_string(),
         packages: q.packages.clone(),
     };
     let b = StepBuilder::new(name, "customize the vendor image with virt-customize")

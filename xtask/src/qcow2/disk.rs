@@ -1219,8 +1219,7 @@ mod tests {
     #[test]
     fn stub_layout() {
         let stub = Utf8Path::new(tools::objcopy::EFI_STUB_X64);
-        if !stub.is_file() {
-            eprintln!("SKIPPED: {stub} missing");
+        if !crate::testing::require(&[stub.as_str()]) {
             return;
         }
         let end = pe_end(&std::fs::read(stub).unwrap()).unwrap();

@@ -1,6 +1,10 @@
 //! GPT partition tables (UEFI spec §5.3) with a protective MBR, written
 //! in-process with positioned writes into a disk image file: no sgdisk, no
 //! loop device. GUIDs come from the epoch, so the table is reproducible.
+//!
+//! The partition type GUIDs and the GUID codec live here only: the secret
+//! scan's partition reader and the OVA's firmware detection read disks with
+//! them too.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -13,13 +17,17 @@ const ENTRIES: u64 = 128;
 const ENTRY_SIZE: u64 = 128;
 const ENTRY_SECTORS: u64 = ENTRIES * ENTRY_SIZE / SECTOR;
 
-/// Partition type GUIDs.
+/// Partition type GUIDs (lower-case, dashed). BIOS boot partition: GRUB's
+/// core image, no file system (`Hah!IdontNeedEFI` on disk).
 pub const TYPE_BIOS_BOOT: &str = "21686148-6449-6e6f-744e-656564454649";
+/// EFI system partition.
 pub const TYPE_ESP: &str = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b";
 /// Discoverable Partitions Specification: root partition, x86-64. systemd-repart
 /// matches the root partition by this type to grow it.
 pub const TYPE_ROOT_X86_64: &str = "4f68bce3-e8cd-4db1-96e7-fbcaf984b709";
 pub const TYPE_ROOT_ARM64: &str = "b921b045-1df0-41c3-af44-4c6f280d3fae";
+/// Linux file-system data (any Linux partition that is not a root).
+pub const TYPE_LINUX_DATA: &str = "0fc63daf-8483-4772-8e79-3d69d8477de4";
 
 /// A GUID in its textual byte order (as in `xxxxxxxx-xxxx-…`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +49,11 @@ impl Guid {
         d[4..6].copy_from_slice(&[b[5], b[4]]);
         d[6..8].copy_from_slice(&[b[7], b[6]]);
         d
+    }
+    /// A GUID read from disk (the inverse of [`Guid::to_disk`]).
+    pub fn from_disk(d: [u8; 16]) -> Guid {
+        // Swapping the first three fields is its own inverse.
+        Guid(Guid(d).to_disk())
     }
     pub fn to_string_lower(self) -> String {
         let h = hex::encode(self.0);
@@ -222,6 +235,14 @@ mod tests {
         let g = Guid::parse(TYPE_ESP).unwrap();
         assert_eq!(hex::encode(g.to_disk()), "28732ac11ff8d211ba4b00a0c93ec93b");
         assert_eq!(g.to_string_lower(), TYPE_ESP);
+        assert_eq!(Guid::from_disk(g.to_disk()), g);
+        let bios = Guid::parse(TYPE_BIOS_BOOT).unwrap();
+        assert_eq!(&bios.to_disk(), b"Hah!IdontNeedEFI");
+        let linux = Guid::parse(TYPE_LINUX_DATA).unwrap();
+        assert_eq!(
+            hex::encode(linux.to_disk()),
+            "af3dc60f838472478e793d69d8477de4"
+        );
         assert!(Guid::parse("nope").is_err());
     }
 

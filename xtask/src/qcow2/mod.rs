@@ -102,7 +102,7 @@ pub fn plan_disk(r: &Resolved, plan: &mut Plan, arch: Arch) -> Result<DiskInfo> 
             let spec = disk::DiskSpec {
                 arch,
                 name: r.name().to_string(),
-                hostname: q.hostname.clone().unwrap_or_else(|| r.name().to_string()),
+                hostname: q.hostname().to_string(),
                 rootfs_tar: plan.step(rootfs).output(rootfs::ROOTFS_TAR),
                 overlay_tree: plan.step(stage).output(crate::stage::TREE),
                 size: q.size_bytes,

@@ -11,36 +11,19 @@ use crate::recipe::{Arch, Resolved};
 /// The tarball inside the rootfs step's output.
 pub const ROOTFS_TAR: &str = "rootfs.tar";
 
-/// `deb …` lines for mmdebstrap: the recipe's mirror, else the build host's
-/// apt sources (never a hard-coded host).
-pub fn mirror_lines(r: &Resolved, etc_apt: &Utf8Path) -> Result<Vec<String>> {
+/// `deb …` lines for mmdebstrap from the resolved mirrors (the recipe's, else
+/// the build host's apt sources; never a hard-coded host). Fails, naming
+/// why, when the build host gave no mirror and the recipe names none.
+pub fn mirror_lines(r: &Resolved) -> Result<Vec<String>> {
     let q = &r.recipe.qcow2;
     let suite = &q.suite;
-    let (main, security) = match &q.mirror {
-        Some(m) => (
-            m.trim_end_matches('/').to_string(),
-            q.security_mirror.clone(),
-        ),
-        None => {
-            let sources = crate::hostapt::sources(etc_apt)?;
-            let main = crate::hostapt::debian_mirror(&sources, suite)
-                .map_err(|e| anyhow::anyhow!("{}: qcow2.mirror is not set and {e:#}", r.file))?;
-            let security = q
-                .security_mirror
-                .clone()
-                .or_else(|| crate::hostapt::security_mirror(&sources, suite));
-            (main, security)
-        }
-    };
+    let main = q.mirror()?;
     let mut lines = vec![
         format!("deb {main} {suite} main"),
         format!("deb {main} {suite}-updates main"),
     ];
-    if let Some(s) = security {
-        lines.push(format!(
-            "deb {} {suite}-security main",
-            s.trim_end_matches('/')
-        ));
+    if let Some(s) = &q.security_mirror {
+        lines.push(format!("deb {s} {suite}-security main"));
     }
     Ok(lines)
 }
@@ -49,7 +32,7 @@ pub fn mirror_lines(r: &Resolved, etc_apt: &Utf8Path) -> Result<Vec<String>> {
 pub fn plan(r: &Resolved, plan: &mut Plan, arch: Arch) -> Result<usize> {
     let q = &r.recipe.qcow2;
     let packages = q.packages_for(arch);
-    let mirrors = mirror_lines(r, Utf8Path::new("/etc/apt"))?;
+    let mirrors = mirror_lines(r)?;
     let out = Utf8Path::new(OUT).join(ROOTFS_TAR);
     let cmd = crate::tools::mmdebstrap::rootfs_tar(
         arch.debian(),

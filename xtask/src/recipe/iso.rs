@@ -83,8 +83,7 @@ impl IsoOptions {
             }
         }
         if self.menu_title.is_none() {
-            let product = appliance.product.as_deref().unwrap_or(&appliance.name);
-            self.menu_title = Some(format!("Install {product}"));
+            self.menu_title = Some(format!("Install {}", appliance.product()));
         }
         let t = self.menu_title.as_deref().unwrap_or_default();
         if t.trim().is_empty() || t.contains(['\n', '\r']) {
@@ -116,7 +115,7 @@ impl IsoOptions {
 
     /// The menu title (filled by `resolve`).
     pub fn title(&self) -> &str {
-        self.menu_title.as_deref().unwrap_or("Install")
+        super::filled(&self.menu_title, "iso.menu_title")
     }
 }
 

@@ -3,6 +3,12 @@
 //! and column), then resolved once: every default is filled in
 //! [`Recipe::resolve`] and nowhere else.
 //!
+//! The types are the recipe as written, so a setting whose default depends
+//! on something else (the appliance name, git, the build host's apt
+//! sources) is an `Option` there; `resolve` fills it, `recipe show` prints
+//! the filled value, and consumers read it through an accessor that never
+//! supplies a default of its own.
+//!
 //! The per-target sections live in submodules, one per target, beside the
 //! code that consumes them.
 
@@ -54,10 +60,11 @@ pub struct Recipe {
 pub struct Appliance {
     /// Lower-case name: names output files, `/etc/<name>/`, the ISO label.
     pub name: String,
-    /// Release version; default `git describe --tags --always --dirty`, else `0.0.0-dev`.
+    /// Release version; default `git describe --tags --always --dirty`, else
+    /// `0.0.0-dev` (filled by `resolve`; also [`Resolved::version`]).
     #[serde(default)]
     pub version: Option<String>,
-    /// Human-readable product name (default: the name).
+    /// Human-readable product name (default: the name; filled by `resolve`).
     #[serde(default)]
     pub product: Option<String>,
     #[serde(default)]
@@ -145,6 +152,20 @@ pub struct Systemd {
     pub sysusers: Vec<Utf8PathBuf>,
 }
 
+impl Appliance {
+    /// The product name (filled by `resolve`).
+    pub fn product(&self) -> &str {
+        filled(&self.product, "appliance.product")
+    }
+}
+
+/// A setting [`Recipe::resolve`] fills; reading it from an unresolved recipe
+/// is a bug in kiln, not in the recipe.
+pub(crate) fn filled<'a>(v: &'a Option<String>, key: &str) -> &'a str {
+    v.as_deref()
+        .unwrap_or_else(|| panic!("{key} is read before Recipe::resolve filled it"))
+}
+
 /// A recipe with every default filled in, plus where it came from.
 #[derive(Debug, Clone, Serialize)]
 pub struct Resolved {
@@ -152,6 +173,7 @@ pub struct Resolved {
     pub file: Utf8PathBuf,
     /// The project root; relative paths in the recipe are relative to it.
     pub root: Utf8PathBuf,
+    /// `recipe.appliance.version`, filled.
     pub version: String,
     /// Git revision of the project, when it is a repository.
     pub revision: Option<String>,
@@ -208,9 +230,8 @@ impl Recipe {
         }
         self.architectures.sort();
         self.architectures.dedup();
-        if self.appliance.product.is_none() {
-            self.appliance.product = Some(self.appliance.name.clone());
-        }
+        let name = self.appliance.name.clone();
+        self.appliance.product.get_or_insert_with(|| name.clone());
         let version = match &self.appliance.version {
             Some(v) => v.clone(),
             None => crate::tools::git::describe(root).unwrap_or_else(|| "0.0.0-dev".into()),
@@ -218,12 +239,14 @@ impl Recipe {
         if version.is_empty() || version.contains(['/', ' ', '\n']) {
             bail!("{file}: version `{version}` must not be empty or contain `/` or spaces");
         }
+        self.appliance.version = Some(version.clone());
         let revision = crate::tools::git::revision(root);
         let (epoch, epoch_source) = crate::epoch::resolve(root)?;
-        self.seed.resolve(file)?;
+        self.seed.resolve(file, &name)?;
         self.payloads.resolve(file)?;
         self.iso.resolve(file, &self.appliance)?;
-        self.qcow2.resolve(file)?;
+        self.qcow2
+            .resolve(file, &name, Utf8Path::new(crate::hostapt::ETC_APT))?;
         self.ova.resolve(file)?;
         self.pi.resolve(file)?;
         self.scan.resolve(file)?;

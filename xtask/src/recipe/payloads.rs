@@ -26,7 +26,8 @@ pub struct ImagePayload {
     pub compression: Compression,
     /// Directory in the image that receives `<name>-<arch>.tar[.zst]` and `images.json`.
     pub dest: Utf8PathBuf,
-    /// Image reference recorded in the archive (`repo:tag`); default `<name>:latest`.
+    /// Image reference recorded in the archive (`repo:tag`); default
+    /// `<name>:latest` (filled by `resolve`).
     #[serde(default)]
     pub reference: Option<String>,
     /// Only for a `rootfs-dir` source: the image's default command.
@@ -56,11 +57,9 @@ fn is_true(b: &bool) -> bool {
 }
 
 impl ImagePayload {
-    /// `repo:tag` stored in the archive.
-    pub fn reference(&self) -> String {
-        self.reference
-            .clone()
-            .unwrap_or_else(|| format!("{}:latest", self.name))
+    /// `repo:tag` stored in the archive (filled by `resolve`).
+    pub fn reference(&self) -> &str {
+        super::filled(&self.reference, "payloads.images[].reference")
     }
     /// Stable archive file name: `<name>-<arch>.tar[.zst|.gz]`.
     pub fn archive_name(&self, arch: crate::recipe::Arch) -> String {
@@ -223,8 +222,9 @@ impl Payloads {
                 "{file}: two payloads are named `{n}`"
             );
         }
-        for i in &self.images {
+        for i in &mut self.images {
             let n = &i.name;
+            i.reference.get_or_insert_with(|| format!("{n}:latest"));
             if let ImageSource::Registry(r) = &i.source {
                 let pinned = r.split_once("@sha256:").is_some_and(|(_, h)| {
                     h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit())

@@ -45,11 +45,12 @@ pub struct Qcow2Options {
     #[serde(default = "default_packages")]
     pub packages: Vec<String>,
     /// Debian mirror URL (e.g. `http://deb.debian.org/debian`); default: the
-    /// build host's apt sources.
+    /// build host's apt source for `suite` (filled by `resolve`; left unset
+    /// when the host has none, and then a build from packages fails saying so).
     #[serde(default)]
     pub mirror: Option<String>,
-    /// Security archive URL; default: the host's `<suite>-security` source,
-    /// else none.
+    /// Security archive URL; default: with the host's mirror, the host's
+    /// `<suite>-security` source (filled by `resolve`); else none.
     #[serde(default)]
     pub security_mirror: Option<String>,
     /// Virtual disk size (`20G`, `1536M`); the root file system grows to fill
@@ -65,12 +66,16 @@ pub struct Qcow2Options {
     /// Extra kernel command-line arguments (after `root=… ro console=ttyS0,115200n8`).
     #[serde(default)]
     pub cmdline: Vec<String>,
-    /// Host name of the appliance (default: the appliance name).
+    /// Host name of the appliance (default: the appliance name; filled by `resolve`).
     #[serde(default)]
     pub hostname: Option<String>,
     /// Size in bytes, from `size` (filled by `resolve`).
     #[serde(default, skip_deserializing)]
     pub size_bytes: u64,
+    /// Why `resolve` found no mirror on the build host (reported when a
+    /// step needs the mirror, not before).
+    #[serde(skip)]
+    mirror_error: Option<String>,
 }
 
 impl Default for Qcow2Options {
@@ -87,6 +92,7 @@ impl Default for Qcow2Options {
             cmdline: Vec::new(),
             hostname: None,
             size_bytes: 0,
+            mirror_error: None,
         }
     }
 }
@@ -178,7 +184,12 @@ pub enum Compression {
 }
 
 impl Qcow2Options {
-    pub fn resolve(&mut self, file: &Utf8Path) -> Result<()> {
+    /// Check the section and fill its defaults: `hostname` from the appliance
+    /// `name`, `mirror` and `security_mirror` from the apt sources under
+    /// `etc_apt` (the build host's `/etc/apt`) unless the recipe names a
+    /// mirror. A host without a usable source is no error here: the mirror
+    /// stays empty and [`Qcow2Options::mirror`] says why when a step needs it.
+    pub fn resolve(&mut self, file: &Utf8Path, name: &str, etc_apt: &Utf8Path) -> Result<()> {
         if !SUITES.contains(&self.suite.as_str()) {
             bail!(
                 "{file}: qcow2.suite `{}` is not a Debian suite kiln knows (one of: {})",
@@ -196,8 +207,8 @@ impl Qcow2Options {
             }
         }
         for (key, m) in [
-            ("mirror", &self.mirror),
-            ("security_mirror", &self.security_mirror),
+            ("mirror", &mut self.mirror),
+            ("security_mirror", &mut self.security_mirror),
         ] {
             if let Some(m) = m {
                 if !(m.starts_with("http://")
@@ -206,6 +217,7 @@ impl Qcow2Options {
                 {
                     bail!("{file}: qcow2.{key} `{m}` must be an http://, https:// or file:/ URL");
                 }
+                m.truncate(m.trim_end_matches('/').len());
             }
         }
         self.size_bytes =
@@ -226,7 +238,39 @@ impl Qcow2Options {
         if let Base::Image(src) = &self.base {
             src.check(file, "qcow2.base.image")?;
         }
+        self.hostname.get_or_insert_with(|| name.to_string());
+        if self.mirror.is_none() {
+            let host = crate::hostapt::sources(etc_apt).and_then(|s| {
+                let main = crate::hostapt::debian_mirror(&s, &self.suite)?;
+                Ok((main, crate::hostapt::security_mirror(&s, &self.suite)))
+            });
+            match host {
+                Ok((main, security)) => {
+                    self.mirror = Some(main);
+                    if self.security_mirror.is_none() {
+                        self.security_mirror = security;
+                    }
+                }
+                Err(e) => {
+                    self.mirror_error = Some(format!("{file}: qcow2.mirror is not set and {e:#}"))
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// The host name of the appliance (filled by `resolve`).
+    pub fn hostname(&self) -> &str {
+        super::filled(&self.hostname, "qcow2.hostname")
+    }
+
+    /// The Debian mirror (filled by `resolve`), or why the build host gave none.
+    pub fn mirror(&self) -> Result<&str> {
+        match (&self.mirror, &self.mirror_error) {
+            (Some(m), _) => Ok(m),
+            (None, Some(e)) => bail!("{e}"),
+            (None, None) => panic!("qcow2.mirror is read before Recipe::resolve filled it"),
+        }
     }
 
     /// The packages with the kernel added when the list has none.
@@ -321,10 +365,53 @@ mod tests {
             ..Default::default()
         };
         assert!(o
-            .resolve(Utf8Path::new("r.yaml"))
+            .resolve(
+                Utf8Path::new("r.yaml"),
+                "demo",
+                Utf8Path::new("/nonexistent")
+            )
             .unwrap_err()
             .to_string()
             .contains("bookwrm"));
+    }
+
+    #[test]
+    fn hostname_and_mirror_are_filled_from_the_name_and_the_host() {
+        let f = Utf8Path::new("r.yaml");
+        let host = tempfile::tempdir().unwrap();
+        let etc = Utf8Path::from_path(host.path()).unwrap();
+        std::fs::write(
+            etc.join("sources.list"),
+            "deb http://m.example/debian/ bookworm main\n\
+             deb http://s.example/debian-security bookworm-security main\n",
+        )
+        .unwrap();
+        let mut o = Qcow2Options::default();
+        o.resolve(f, "demo", etc).unwrap();
+        assert_eq!(o.hostname(), "demo");
+        assert_eq!(o.mirror().unwrap(), "http://m.example/debian");
+        assert_eq!(
+            o.security_mirror.as_deref(),
+            Some("http://s.example/debian-security")
+        );
+        // The recipe's mirror wins, and brings its own security archive or none.
+        let mut o: Qcow2Options =
+            yaml_serde::from_str("mirror: http://x.example/debian/\nhostname: box\n").unwrap();
+        o.resolve(f, "demo", etc).unwrap();
+        assert_eq!(o.mirror().unwrap(), "http://x.example/debian");
+        assert_eq!(o.hostname(), "box");
+        assert_eq!(o.security_mirror, None);
+        // No host sources: resolving succeeds; a step asking for the mirror learns why there is none.
+        let bare = tempfile::tempdir().unwrap();
+        let mut o = Qcow2Options::default();
+        o.resolve(f, "demo", Utf8Path::from_path(bare.path()).unwrap())
+            .unwrap();
+        assert!(o.mirror.is_none());
+        let e = o.mirror().unwrap_err().to_string();
+        assert!(
+            e.contains("r.yaml: qcow2.mirror is not set") && e.contains("no apt sources"),
+            "{e}"
+        );
     }
 
     #[test]

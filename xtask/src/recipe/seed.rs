@@ -65,7 +65,7 @@ pub struct CloudInit {
     /// A user-supplied `#cloud-config` template for qcow2/Pi seeds.
     #[serde(default)]
     pub template: Option<Utf8PathBuf>,
-    /// `local-hostname` in meta-data (default: the appliance name).
+    /// `local-hostname` in meta-data (default: the appliance name; filled by `resolve`).
     #[serde(default)]
     pub hostname: Option<String>,
     /// A `network-config` file to ship in the seed (netplan v2 or v1).
@@ -80,8 +80,16 @@ pub struct CloudInit {
     pub ssh_authorized_keys: Vec<String>,
 }
 
+impl CloudInit {
+    /// `local-hostname` of the seed's meta-data (filled by `resolve`).
+    pub fn hostname(&self) -> &str {
+        super::filled(&self.hostname, "seed.cloud_init.hostname")
+    }
+}
+
 impl SeedOptions {
-    pub fn resolve(&mut self, file: &Utf8Path) -> Result<()> {
+    /// Check the section and fill its defaults (`name`: the appliance's).
+    pub fn resolve(&mut self, file: &Utf8Path, name: &str) -> Result<()> {
         let a = &mut self.autoinstall;
         for (key, list) in [
             ("late_commands", &a.late_commands),
@@ -113,6 +121,9 @@ impl SeedOptions {
                 bail!("{file}: seed.cloud_init.hostname `{h}` is not a valid host name (letters, digits, `-`)");
             }
         }
+        self.cloud_init
+            .hostname
+            .get_or_insert_with(|| name.to_string());
         if a.template.is_none() {
             a.interactive_sections
                 .get_or_insert_with(|| vec!["network".into(), "storage".into(), "identity".into()]);

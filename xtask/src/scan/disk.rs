@@ -5,6 +5,7 @@
 use anyhow::{bail, Context, Result};
 
 use super::source::Window;
+use crate::qcow2::gpt::Guid;
 
 const SECTOR: u64 = 512;
 
@@ -14,12 +15,10 @@ pub struct Partition {
     pub index: u32,
     pub start: u64,
     pub len: u64,
-    /// GPT type GUID (lower-case, dashed) or MBR type as `0xNN`.
+    /// GPT type GUID (lower-case, dashed, as `crate::qcow2::gpt::TYPE_*`) or
+    /// MBR type as `0xNN`.
     pub kind: String,
 }
-
-/// GUID of a BIOS boot partition (raw GRUB core image, no file system).
-pub const BIOS_BOOT: &str = "21686148-6449-6e6f-744e-656564454649";
 
 pub fn is_gpt(h: &[u8]) -> bool {
     h.len() >= 520 && &h[512..520] == b"EFI PART"
@@ -167,21 +166,10 @@ fn gpt_at(w: &Window, lba: u64) -> Result<Vec<Partition>> {
             index: i as u32 + 1,
             start: first * SECTOR,
             len: (last - first + 1) * SECTOR,
-            kind: guid(&e[..16]),
+            kind: Guid::from_disk(e[..16].try_into().expect("16 bytes")).to_string_lower(),
         });
     }
     Ok(parts)
-}
-
-fn guid(b: &[u8]) -> String {
-    format!(
-        "{:08x}-{:04x}-{:04x}-{}-{}",
-        u32::from_le_bytes(b[0..4].try_into().unwrap()),
-        u16::from_le_bytes(b[4..6].try_into().unwrap()),
-        u16::from_le_bytes(b[6..8].try_into().unwrap()),
-        hex::encode(&b[8..10]),
-        hex::encode(&b[10..16])
-    )
 }
 
 fn mbr_partitions(w: &Window, mbr: &[u8]) -> Result<Vec<Partition>> {
@@ -245,13 +233,6 @@ fn logical(w: &Window, ext_lba: u64, parts: &mut Vec<Partition>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn guid_formats_mixed_endian() {
-        // EFI system partition C12A7328-F81F-11D2-BA4B-00A0C93EC93B as stored on disk.
-        let b = hex::decode("28732ac11ff8d211ba4b00a0c93ec93b").unwrap();
-        assert_eq!(guid(&b), "c12a7328-f81f-11d2-ba4b-00a0c93ec93b");
-    }
 
     #[test]
     fn mbr_with_bad_flags_is_not_a_disk() {

@@ -120,12 +120,10 @@ pub fn generate(r: &Resolved, target: SeedTarget) -> Result<Seed> {
     )];
     let mut network_config = None;
     if target != SeedTarget::Iso {
-        let host = s
-            .cloud_init
-            .hostname
-            .clone()
-            .unwrap_or_else(|| r.name().to_string());
-        meta.push(("local-hostname".into(), Out::s(host)));
+        meta.push((
+            "local-hostname".into(),
+            Out::s(s.cloud_init.hostname().to_string()),
+        ));
         if let Some(n) = &s.cloud_init.network_config {
             let p = r.path(n);
             let bytes = read(&p, "seed.cloud_init.network_config")?;
@@ -276,7 +274,7 @@ pub fn late_commands(r: &Resolved) -> Result<Vec<String>> {
     );
     // 5. The marker a still-attached ISO's boot menu looks for (last: only a
     //    complete install has it).
-    let marker = super::installed_marker(r);
+    let marker = super::installed_marker(r.name());
     let dir = Utf8Path::new(&marker)
         .parent()
         .expect("marker has a directory");

@@ -6,9 +6,12 @@
 //! directory holds [`USER_DATA`] and [`META_DATA`]; for cloud-init targets
 //! also [`NETWORK_CONFIG`] (when the recipe has one), [`CIDATA_ISO`]
 //! (ISO 9660, volume label `cidata`) and [`CIDATA_IMG`] (FAT, label `CIDATA`).
-//! The ISO builder also uses [`iso_overlay`], [`installed_marker`],
-//! [`autoinstall_kernel_args`] and [`check_kernel_args`], so the ISO layout,
-//! the late-commands and the boot menu agree.
+//! The ISO contract is owned here, so the ISO layout, the late-commands and
+//! the boot menu agree: [`NOCLOUD_DIR`] (where the ISO carries the seed),
+//! [`autoinstall_kernel_words`] (the boot arguments pointing the installer at
+//! it), [`installed_marker`] (written last by the late-commands, searched by
+//! the boot menu) and [`iso_overlay`]; the ISO builder reads them and checks
+//! its arguments with [`check_kernel_args`].
 //!
 //! Generation and validation happen while planning (so `--dry-run` and every
 //! verb that embeds a seed refuse a bad one before any work); `cloud-init
@@ -111,10 +114,11 @@ pub fn iso_overlay(r: &Resolved) -> IsoOverlay {
 }
 
 /// The file the last late-command writes in the installed system
-/// (`/etc/<name>/installed`); the ISO's boot menu searches for it to boot the
-/// installed disk instead of reinstalling.
-pub fn installed_marker(r: &Resolved) -> String {
-    crate::iso::installed_marker(r.name())
+/// (`/etc/<name>/installed`): its presence on a disk means "the appliance is
+/// installed here", and the ISO's default boot entry then boots that disk
+/// instead of reinstalling.
+pub fn installed_marker(name: &str) -> String {
+    format!("/etc/{name}/installed")
 }
 
 /// Where the cloud-init seed writes the operator's provision.env.
@@ -123,9 +127,19 @@ pub fn provision_path(r: &Resolved) -> String {
 }
 
 /// Kernel arguments that make the Ubuntu installer run unattended from the
-/// ISO's NoCloud seed, with the `;` escaped for GRUB.
+/// ISO's NoCloud seed, added to every `linux` line of the ISO's boot menu.
+/// They are GRUB words: the `;` is escaped, otherwise GRUB silently cuts the
+/// command line there.
+pub fn autoinstall_kernel_words() -> Vec<String> {
+    vec![
+        "autoinstall".into(),
+        format!("ds=nocloud\\;s=/cdrom/{NOCLOUD_DIR}/"),
+    ]
+}
+
+/// [`autoinstall_kernel_words`] as one line.
 pub fn autoinstall_kernel_args() -> String {
-    format!("autoinstall ds=nocloud\\;s=/cdrom/{NOCLOUD_DIR}/")
+    autoinstall_kernel_words().join(" ")
 }
 
 /// Writes the seed files with the epoch as their time (xorriso and mtools
@@ -228,4 +242,19 @@ pub fn plan(r: &Resolved, plan: &mut Plan, target: SeedTarget) -> Result<usize> 
             ));
     }
     Ok(plan.add(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iso_contract() {
+        assert_eq!(installed_marker("demo"), "/etc/demo/installed");
+        assert_eq!(
+            autoinstall_kernel_words(),
+            ["autoinstall", r"ds=nocloud\;s=/cdrom/nocloud/"]
+        );
+        check_kernel_args(&autoinstall_kernel_args()).unwrap();
+    }
 }

@@ -34,3 +34,39 @@ pub fn mkfs_vfat_invariant(image: &Utf8Path, label: &str, epoch: i64) -> Cmd {
         .args(["--invariant", "-F", "32", "-n", label, image.as_str()])
         .env("SOURCE_DATE_EPOCH", epoch.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(c: &Cmd) -> Vec<(&str, &str)> {
+        c.env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
+    }
+
+    /// `--invariant` fixes the volume serial and every time stamp;
+    /// `SOURCE_DATE_EPOCH` is set too, for mkfs.vfat versions that read it.
+    #[test]
+    fn fat_images_are_invariant() {
+        let c = mkfs_vfat_image(
+            Utf8Path::new("/w/cidata.img"),
+            "CIDATA",
+            2048,
+            1_700_000_000,
+        );
+        assert_eq!(c.program, "mkfs.vfat");
+        assert_eq!(
+            c.args,
+            ["--invariant", "-n", "CIDATA", "-C", "/w/cidata.img", "2048"]
+        );
+        assert_eq!(env(&c), [("SOURCE_DATE_EPOCH", "1700000000")]);
+        let c = mkfs_vfat_invariant(Utf8Path::new("/w/esp.img"), "ESP", 1_700_000_000);
+        assert_eq!(
+            c.args,
+            ["--invariant", "-F", "32", "-n", "ESP", "/w/esp.img"]
+        );
+        assert_eq!(env(&c), [("SOURCE_DATE_EPOCH", "1700000000")]);
+    }
+}

@@ -50,3 +50,78 @@ pub fn mkfs_ext4_from(
     .env("SOURCE_DATE_EPOCH", epoch.to_string())
     .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Everything that would otherwise vary between two builds of the same
+    /// tree is pinned: UUID (`-U`), directory hash seed, owner of the root
+    /// directory, time stamps (`SOURCE_DATE_EPOCH`, `E2FSPROGS_FAKE_TIME`)
+    /// and the feature set (kiln's own `MKE2FS_CONFIG`, not the host's).
+    #[test]
+    fn the_file_system_is_pinned_by_uuid_hash_seed_owner_times_and_config() {
+        let c = mkfs_ext4_from(
+            Utf8Path::new("/w/root.img"),
+            Utf8Path::new("/w/tree"),
+            "root",
+            "0b6f4d1e-2c3a-4b5c-8d7e-9f0a1b2c3d4e",
+            "5a4b3c2d-1e0f-4a9b-8c7d-6e5f4a3b2c1d",
+            Utf8Path::new("/w/mke2fs.conf"),
+            1_700_000_000,
+        );
+        assert_eq!(c.program, "mkfs.ext4");
+        assert_eq!(
+            c.args,
+            [
+                "-q",
+                "-F",
+                "-t",
+                "ext4",
+                "-L",
+                "root",
+                "-U",
+                "0b6f4d1e-2c3a-4b5c-8d7e-9f0a1b2c3d4e",
+                "-E",
+                "hash_seed=5a4b3c2d-1e0f-4a9b-8c7d-6e5f4a3b2c1d,root_owner=0:0,\
+                 lazy_itable_init=1,nodiscard",
+                "-d",
+                "/w/tree",
+                "/w/root.img",
+            ]
+        );
+        let env: Vec<(&str, &str)> = c
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            env,
+            [
+                ("E2FSPROGS_FAKE_TIME", "1700000000"),
+                ("MKE2FS_CONFIG", "/w/mke2fs.conf"),
+                ("SOURCE_DATE_EPOCH", "1700000000"),
+            ]
+        );
+    }
+
+    /// The configuration names every default itself, so the host's
+    /// `/etc/mke2fs.conf` cannot change the file system.
+    #[test]
+    fn the_config_sets_every_default() {
+        for key in [
+            "base_features = ",
+            "default_mntopts = ",
+            "enable_periodic_fsck = 0",
+            "blocksize = 4096",
+            "inode_size = 256",
+            "inode_ratio = 16384",
+            "features = has_journal,",
+        ] {
+            assert!(MKE2FS_CONF.contains(key), "{key} missing:\n{MKE2FS_CONF}");
+        }
+        for unreadable in ["metadata_csum_seed", "orphan_file"] {
+            assert!(!MKE2FS_CONF.contains(unreadable), "{unreadable}");
+        }
+    }
+}

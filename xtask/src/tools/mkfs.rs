@@ -25,3 +25,32 @@ pub fn vfat(image: &Utf8Path, label: &str) -> Cmd {
         .args(["-n", label])
         .arg(image.as_str())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bench's ext4 image is owned by root whoever builds it.
+    #[test]
+    fn ext4_fixture_root_is_owned_by_root() {
+        let c = ext4_from_dir(
+            Utf8Path::new("/w/e.img"),
+            Utf8Path::new("/w/tree"),
+            64 << 20,
+        );
+        assert_eq!(c.program, "mkfs.ext4");
+        assert_eq!(
+            c.args,
+            [
+                "-q",
+                "-F",
+                "-E",
+                "root_owner=0:0",
+                "-d",
+                "/w/tree",
+                "/w/e.img",
+                "65536k"
+            ]
+        );
+    }
+}

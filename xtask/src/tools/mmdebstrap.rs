@@ -49,3 +49,44 @@ pub fn rootfs_tar(
     }
     c
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The root tarball is byte-identical for the same inputs through
+    /// `SOURCE_DATE_EPOCH`; mirrors come last, as full `deb` lines.
+    #[test]
+    fn the_root_tarball_is_pinned_by_the_epoch() {
+        let c = rootfs_tar(
+            "amd64",
+            "bookworm",
+            &["systemd".into(), "linux-image-amd64".into()],
+            &["deb http://deb.example/debian bookworm main".into()],
+            Utf8Path::new("/w/root.tar"),
+            1_700_000_000,
+            false,
+        );
+        assert_eq!(c.program, "mmdebstrap");
+        assert_eq!(
+            c.args,
+            [
+                "--variant=apt",
+                "--mode=auto",
+                "--format=tar",
+                "--arch=amd64",
+                "--include=systemd,linux-image-amd64",
+                "--skip=output/dev",
+                "bookworm",
+                "/w/root.tar",
+                "deb http://deb.example/debian bookworm main",
+            ]
+        );
+        let env: Vec<(&str, &str)> = c
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(env, [("SOURCE_DATE_EPOCH", "1700000000")]);
+    }
+}

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use camino::{Utf8Path, Utf8PathBuf};
+use camino::Utf8PathBuf;
 use serde::Serialize;
 
 pub mod apt;
@@ -290,13 +290,13 @@ const PASS_ENV: &[&str] = &[
 /// A non-zero exit is an error carrying the quoted command line, the exit
 /// status and the tail of stderr.
 pub fn run(cmd: &Cmd) -> Result<Output> {
-    run_inner(cmd, true)
+    run_inner(cmd)
 }
 
 /// Like [`run`], but a non-zero exit is returned as `Ok(Err(report))` so
 /// callers can inspect the status (e.g. `qemu-img check` exit codes).
 pub fn run_unchecked(cmd: &Cmd) -> Result<std::result::Result<Output, Failure>> {
-    match run_inner(cmd, false) {
+    match run_inner(cmd) {
         Ok(o) => Ok(Ok(o)),
         Err(e) => match e.downcast::<Failure>() {
             Ok(f) => Ok(Err(f)),
@@ -335,7 +335,7 @@ impl fmt::Display for Failure {
 
 impl std::error::Error for Failure {}
 
-fn run_inner(cmd: &Cmd, check: bool) -> Result<Output> {
+fn run_inner(cmd: &Cmd) -> Result<Output> {
     crate::signals::check()?;
     check_declared(cmd)?;
     let program = registry::which(&cmd.program).ok_or_else(|| missing_tool(&cmd.program))?;
@@ -420,7 +420,6 @@ fn run_inner(cmd: &Cmd, check: bool) -> Result<Output> {
     let stdout = std::mem::take(&mut *stdout_buf.lock().unwrap());
     let stderr = std::mem::take(&mut *stderr_buf.lock().unwrap());
     if !status.success() {
-        let _ = check;
         let status_text = match (status.code(), status.signal()) {
             (Some(c), _) => format!("exit status {c}"),
             (None, Some(s)) => format!("killed by signal {s}"),
@@ -511,11 +510,6 @@ pub fn require(programs: &[&str]) -> Result<()> {
 /// A program's path, or `None` when it is not installed.
 pub fn find(program: &str) -> Option<Utf8PathBuf> {
     registry::which(program)
-}
-
-/// Is `path` (a file a tool needs, e.g. OVMF firmware) present?
-pub fn file_present(path: &Utf8Path) -> bool {
-    path.exists()
 }
 
 /// How a watched run ended.
@@ -746,21 +740,41 @@ mod tests {
         );
     }
 
+    /// `/proc/PID` is gone or a zombie (stopped, not yet reaped by init).
+    fn stopped(pid: u32) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(stat) => stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+        }
+    }
+
     #[test]
     fn watched_run_stops_at_the_pattern() {
+        // The shell starts a long sleep in its process group, prints the
+        // patterns and waits; it would print `too late` only if left running.
         let c = Cmd::new("sh", "slow printer").args([
             "-c",
-            "echo booting; echo 'Kernel Command line: x'; sleep 30",
+            "sleep 600 & echo sleeper=$!; echo shell=$$; echo booting; \
+             echo 'Kernel Command line: x'; wait; echo too late",
         ]);
-        let t = std::time::Instant::now();
-        match run_until(&c, &["booting", "command line:"], Duration::from_secs(20)).unwrap() {
-            Watch::Matched { output } => assert!(output.contains("Kernel Command line")),
-            other => panic!("{other:?}"),
+        let output =
+            match run_until(&c, &["booting", "command line:"], Duration::from_secs(300)).unwrap() {
+                Watch::Matched { output } => output,
+                other => panic!("{other:?}"),
+            };
+        assert!(output.contains("Kernel Command line"), "{output}");
+        assert!(!output.contains("too late"), "{output}");
+        // The shell and its child were stopped, not waited for.
+        for name in ["shell", "sleeper"] {
+            let pid: u32 = output
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}=")))
+                .and_then(|p| p.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no {name} pid in {output}"));
+            assert!(stopped(pid), "the {name} ({pid}) still runs");
         }
-        assert!(
-            t.elapsed() < Duration::from_secs(15),
-            "stopped the child instead of waiting"
-        );
         match run_until(
             &Cmd::new("sh", "exits").args(["-c", "echo no"]),
             &["yes"],

@@ -104,3 +104,85 @@ pub fn mcopy_in(image: &Utf8Path, src: &Utf8Path, dest: &str, epoch: i64) -> Cmd
     .env("MTOOLS_SKIP_CHECK", "1")
     .env("SOURCE_DATE_EPOCH", epoch.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(c: &Cmd) -> Vec<(&str, &str)> {
+        c.env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
+    }
+
+    /// Files keep their (epoch) mtimes (`-m`), new directory entries are
+    /// stamped with `SOURCE_DATE_EPOCH`, and no rc file of the build host
+    /// is read.
+    #[test]
+    fn writes_keep_mtimes_and_stamp_the_epoch() {
+        let img = Utf8Path::new("/w/cidata.img");
+        let c = mcopy_into(
+            img,
+            &["/w/user-data".into(), "/w/meta-data".into()],
+            1_700_000_000,
+        );
+        assert_eq!(c.program, "mcopy");
+        assert_eq!(
+            c.args,
+            [
+                "-i",
+                "/w/cidata.img",
+                "-m",
+                "/w/user-data",
+                "/w/meta-data",
+                "::/"
+            ]
+        );
+        assert_eq!(
+            env(&c),
+            [
+                ("MTOOLSRC", "/dev/null"),
+                ("MTOOLS_SKIP_CHECK", "1"),
+                ("SOURCE_DATE_EPOCH", "1700000000"),
+            ]
+        );
+
+        let esp = Utf8Path::new("/w/esp.img");
+        let c = mmd(esp, &["/EFI", "/EFI/BOOT"], 1_700_000_000);
+        assert_eq!(c.program, "mmd");
+        assert_eq!(c.args, ["-i", "/w/esp.img", "::/EFI", "::/EFI/BOOT"]);
+        assert_eq!(
+            env(&c),
+            [
+                ("MTOOLS_SKIP_CHECK", "1"),
+                ("SOURCE_DATE_EPOCH", "1700000000")
+            ]
+        );
+
+        let c = mcopy_in(
+            esp,
+            Utf8Path::new("/w/BOOTX64.EFI"),
+            "/EFI/BOOT/BOOTX64.EFI",
+            1_700_000_000,
+        );
+        assert_eq!(
+            c.args,
+            [
+                "-m",
+                "-o",
+                "-i",
+                "/w/esp.img",
+                "/w/BOOTX64.EFI",
+                "::/EFI/BOOT/BOOTX64.EFI"
+            ]
+        );
+        assert_eq!(
+            env(&c),
+            [
+                ("MTOOLS_SKIP_CHECK", "1"),
+                ("SOURCE_DATE_EPOCH", "1700000000")
+            ]
+        );
+    }
+}

@@ -34,3 +34,41 @@ pub fn add_sections(stub: &Utf8Path, sections: &[Section], out: &Utf8Path, epoch
     c.args([stub.as_str(), out.as_str()])
         .env("SOURCE_DATE_EPOCH", epoch.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `SOURCE_DATE_EPOCH` pins the UKI's PE time stamp.
+    #[test]
+    fn the_uki_time_stamp_comes_from_the_epoch() {
+        let c = add_sections(
+            Utf8Path::new(EFI_STUB_X64),
+            &[Section {
+                name: ".linux",
+                file: Utf8Path::new("/w/vmlinuz"),
+                vma: Some(0x2000000),
+            }],
+            Utf8Path::new("/w/demo.efi"),
+            1_700_000_000,
+        );
+        assert_eq!(c.program, "objcopy");
+        assert_eq!(
+            c.args,
+            [
+                "--add-section",
+                ".linux=/w/vmlinuz",
+                "--change-section-vma",
+                ".linux=0x2000000",
+                EFI_STUB_X64,
+                "/w/demo.efi",
+            ]
+        );
+        let env: Vec<(&str, &str)> = c
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(env, [("SOURCE_DATE_EPOCH", "1700000000")]);
+    }
+}

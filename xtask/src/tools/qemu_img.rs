@@ -91,3 +91,77 @@ pub fn convert_stream_vmdk(src: &Utf8Path, src_format: &str, dst: &Utf8Path) -> 
 }
 
 // --- end OVA ----------------------------------------------------------------
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One coroutine (`-m 1`) and no out-of-order writes (no `-W`) keep the
+    /// cluster layout, so the same raw disk always gives the same qcow2.
+    #[test]
+    fn qcow2_conversion_writes_in_order() {
+        let (raw, out) = (Utf8Path::new("/w/disk.raw"), Utf8Path::new("/w/d.qcow2"));
+        let c = convert_to_qcow2(raw, "raw", out, Some("zstd"));
+        assert_eq!(c.program, "qemu-img");
+        assert_eq!(
+            c.args,
+            [
+                "convert",
+                "-q",
+                "-m",
+                "1",
+                "-f",
+                "raw",
+                "-O",
+                "qcow2",
+                "-c",
+                "-o",
+                "compression_type=zstd",
+                "/w/disk.raw",
+                "/w/d.qcow2",
+            ]
+        );
+        let c = convert_to_qcow2(raw, "raw", out, None);
+        assert_eq!(
+            c.args,
+            [
+                "convert",
+                "-q",
+                "-m",
+                "1",
+                "-f",
+                "raw",
+                "-O",
+                "qcow2",
+                "/w/disk.raw",
+                "/w/d.qcow2",
+            ]
+        );
+        assert!(c.env.is_empty(), "{:?}", c.env);
+    }
+
+    /// The VMDK flavour ESXi imports; its random `CID=` is replaced
+    /// afterwards (`ova::vmdk::set_cid`), not by a flag.
+    #[test]
+    fn stream_vmdk_conversion() {
+        let c = convert_stream_vmdk(
+            Utf8Path::new("/w/d.qcow2"),
+            "qcow2",
+            Utf8Path::new("/w/d.vmdk"),
+        );
+        assert_eq!(
+            c.args,
+            [
+                "convert",
+                "-f",
+                "qcow2",
+                "-O",
+                "vmdk",
+                "-o",
+                "subformat=streamOptimized,adapter_type=lsilogic",
+                "/w/d.qcow2",
+                "/w/d.vmdk",
+            ]
+        );
+    }
+}

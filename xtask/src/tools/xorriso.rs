@@ -165,3 +165,97 @@ pub fn extract_all(iso: &Utf8Path, dir: &Utf8Path) -> Cmd {
         .args(["-extract", "/"])
         .arg(dir.as_str())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(c: &Cmd) -> Vec<(&str, &str)> {
+        c.env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
+    }
+
+    /// A remaster is reproducible through `SOURCE_DATE_EPOCH` (volume and
+    /// file dates, GPT GUIDs) and `-no_rc` (no startup file of the build host
+    /// changes the result); the boot records are replayed from the base.
+    #[test]
+    fn remaster_takes_its_dates_from_the_epoch_and_no_startup_files() {
+        let maps = [("/w/grub.cfg".to_string(), "/boot/grub/grub.cfg".to_string())];
+        let c = remaster(
+            Utf8Path::new("/w/base.iso"),
+            Utf8Path::new("/w/out.iso"),
+            &maps,
+            1_700_000_000,
+        );
+        assert_eq!(c.program, "xorriso");
+        assert_eq!(env(&c), [("SOURCE_DATE_EPOCH", "1700000000")]);
+        assert_eq!(
+            c.args,
+            [
+                "-no_rc",
+                "-stdio_sync",
+                "off",
+                "-indev",
+                "/w/base.iso",
+                "-outdev",
+                "/w/out.iso",
+                "-map",
+                "/w/grub.cfg",
+                "/boot/grub/grub.cfg",
+                "-boot_image",
+                "any",
+                "replay",
+            ]
+        );
+    }
+
+    /// The NoCloud seed ISO: dates from `SOURCE_DATE_EPOCH`, no startup
+    /// files, the volume id cloud-init looks for, files mapped to the root.
+    #[test]
+    fn cidata_iso_takes_its_dates_from_the_epoch_and_no_startup_files() {
+        let c = cidata_iso(
+            Utf8Path::new("/w/cidata.iso"),
+            "cidata",
+            &[
+                (Utf8Path::new("/w/user-data"), "user-data"),
+                (Utf8Path::new("/w/meta-data"), "meta-data"),
+            ],
+            1_700_000_000,
+        );
+        assert_eq!(env(&c), [("SOURCE_DATE_EPOCH", "1700000000")]);
+        assert_eq!(
+            c.args,
+            [
+                "-no_rc",
+                "-outdev",
+                "/w/cidata.iso",
+                "-volid",
+                "cidata",
+                "-joliet",
+                "on",
+                "-rockridge",
+                "on",
+                "-map",
+                "/w/user-data",
+                "/user-data",
+                "-map",
+                "/w/meta-data",
+                "/meta-data",
+            ]
+        );
+    }
+
+    /// The benchmark's generated base is the same in every run.
+    #[test]
+    fn bench_base_has_a_fixed_epoch() {
+        let c = bench_base(
+            Utf8Path::new("/w/root"),
+            Utf8Path::new("/w/efi.img"),
+            Utf8Path::new("/w/base.iso"),
+        );
+        assert_eq!(env(&c), [("SOURCE_DATE_EPOCH", "1724716800")]);
+        assert_eq!(c.args[..3], ["-no_rc", "-as", "mkisofs"]);
+    }
+}

@@ -4,7 +4,7 @@ use anyhow::{bail, Result};
 use camino::Utf8PathBuf;
 
 use crate::cx::Cx;
-use crate::ova::{DigestAlgo, DiskFormat, DiskSource, Firmware};
+use crate::ova::{DigestAlgo, DiskSource, Firmware};
 use crate::recipe::Arch;
 
 /// Build `output/<name>-<version>-amd64.ova` (+ `.sha256`) for VMware and
@@ -73,17 +73,8 @@ pub fn run(cx: &Cx, a: Args) -> Result<()> {
 
 fn plan_ova(r: &crate::recipe::Resolved, plan: &mut crate::plan::Plan, a: &Args) -> Result<()> {
     let disk = match &a.disk {
-        Some(p) => {
-            let p = if p.is_absolute() {
-                p.clone()
-            } else {
-                Utf8PathBuf::from_path_buf(std::env::current_dir()?)
-                    .map_err(|_| anyhow::anyhow!("current directory is not UTF-8"))?
-                    .join(p)
-            };
-            DiskSource::from_file(&p, a.firmware)?
-        }
-        None => recipe_disk(r, plan, a.firmware)?,
+        Some(p) => DiskSource::from_file(&crate::fsutil::absolute(p)?, a.firmware)?,
+        None => DiskSource::from_recipe(r, plan, a.firmware)?,
     };
     crate::ova::plan(r, plan, Arch::Amd64, disk)?;
     Ok(())
@@ -112,32 +103,4 @@ fn lint(cx: &Cx, l: LintArgs) -> Result<()> {
         println!("{}: ok ({})", l.file, report.members.join(", "));
     }
     Ok(())
-}
-
-/// The recipe's own disk (the qcow2 builder's steps join `plan`) as the OVA's source.
-pub fn recipe_disk(
-    r: &crate::recipe::Resolved,
-    plan: &mut crate::plan::Plan,
-    firmware: Firmware,
-) -> Result<DiskSource> {
-    // The disk the qcow2 builder makes (its steps join this plan).
-    let d = crate::qcow2::plan_disk(r, plan, Arch::Amd64)?;
-    let format = match d.format {
-        "raw" => DiskFormat::Raw,
-        "qcow2" => DiskFormat::Qcow2,
-        other => {
-            bail!("the qcow2 builder made a `{other}` disk, which the OVA step cannot read")
-        }
-    };
-    let uefi_only = match firmware {
-        Firmware::Auto => d.uefi_only,
-        Firmware::Efi => true,
-        Firmware::Bios => false,
-    };
-    Ok(DiskSource::from_step(
-        plan.step(d.step),
-        d.path,
-        format,
-        uefi_only,
-    ))
 }

@@ -2,6 +2,7 @@ use anyhow::Result;
 
 use crate::cx::Cx;
 use crate::flags::RecipeCmd;
+use crate::recipe::qcow2::Base;
 
 pub fn run(cx: &Cx, c: RecipeCmd) -> Result<()> {
     match c {
@@ -11,6 +12,11 @@ pub fn run(cx: &Cx, c: RecipeCmd) -> Result<()> {
                 None => cx.recipe_file.clone(),
             };
             let r = crate::recipe::load_resolved(&file, &cx.root)?;
+            // No mirror is no error until a step needs one; say so anyway.
+            let q = &r.recipe.qcow2;
+            if let (Base::Packages, Err(e)) = (&q.base, q.mirror()) {
+                crate::ui::warn(&format!("{e:#}"));
+            }
             if cx.json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {

@@ -246,7 +246,7 @@ pub fn build(o: &Options) -> Fixture {
         "xorriso: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let sha256 = sh("sha256sum", &[iso.as_str()])[..64].to_string();
+    let sha256 = super::sha256(&iso);
     Fixture { dir, iso, sha256 }
 }
 

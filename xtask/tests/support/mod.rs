@@ -1,17 +1,28 @@
-//! Shared test helpers: the three tiers (unit, tool, boot) and a throw-away
-//! copy of the demo project to build in.
+//! Shared test helpers: the tiers (unit, tool, boot), a throw-away copy of the
+//! demo project to build in, and the checks several test files make the same
+//! way: nothing left behind, checksums, golden files, qemu boots.
 //!
 //! Tool tests call [`require`] first: when a tool is missing they are skipped
 //! with a message, except under `CI=true`, where a missing tool fails the test
 //! (CI installs everything; a silent skip would hide a broken install).
+//! [`in_ci`] and [`require`] are `xtask::testing`'s, which unit tests use too.
 
 #![allow(dead_code)]
 
+use std::path::PathBuf;
 use std::process::{Command, Output};
+use std::sync::Mutex;
+use std::time::Duration;
 
 use camino::{Utf8Path, Utf8PathBuf};
+use xtask::recipe::Arch;
+use xtask::tools::{Cmd, Watch};
 
 pub mod iso_fixture;
+
+// Not every test binary calls both.
+#[allow(unused_imports)]
+pub use xtask::testing::{in_ci, require};
 
 /// The kiln workspace.
 pub fn workspace() -> Utf8PathBuf {
@@ -21,11 +32,6 @@ pub fn workspace() -> Utf8PathBuf {
         .to_owned()
 }
 
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-/// `true` when every program/file is present. Otherwise: panic in CI, skip elsewhere.
 /// What the qcow2 builder (packages) needs; the OVA of the demo disk too.
 pub const QCOW2_BUILD_TOOLS: &[&str] = &[
     "mmdebstrap",
@@ -40,52 +46,26 @@ pub const QCOW2_BUILD_TOOLS: &[&str] = &[
     xtask::tools::mke2fs::LIBARCHIVE,
 ];
 
-pub fn require(what: &[&str]) -> bool {
-    let missing: Vec<&str> = what
-        .iter()
-        .copied()
-        .filter(|w| {
-            if w.starts_with('/') {
-                !Utf8Path::new(w).exists()
-            } else {
-                xtask::tools::find(w).is_none()
-            }
-        })
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    if in_ci() {
-        panic!("CI=true but required tools are missing: {missing:?} (run `cargo xtask doctor --install`)");
-    }
-    eprintln!("SKIPPED: missing tools {missing:?} (install with `cargo xtask doctor --install`)");
-    false
-}
-
 /// A copy of the demo project (overlay, systemd, nocloud, recipes, payloads) in a
 /// temporary directory, with its own cache and output.
 pub struct Project {
-    pub dir: tempfile::TempDir,
+    /// Removes the project on drop; `None` for [`Project::demo_for_process`].
+    dir: Option<tempfile::TempDir>,
     pub root: Utf8PathBuf,
     /// Use the suite-wide step cache (see [`Project::share_cache`]).
     pub shared_cache: bool,
+    /// Give kiln `TMPDIR=<root>/tmp` (see [`Project::private_tmp`]).
+    pub private_tmp: bool,
 }
+
+/// Name prefix of the directories of [`Project::demo_for_process`].
+const SHARED_PREFIX: &str = "kiln-test-shared-";
 
 impl Project {
     pub fn demo() -> Project {
-        let dir = tempfile::Builder::new()
-            .prefix("kiln-test-")
-            .tempdir()
-            .unwrap();
-        let root = Utf8PathBuf::from_path_buf(dir.path().to_path_buf()).unwrap();
-        for d in ["overlay", "systemd", "nocloud", "recipes", "payloads"] {
-            copy_tree(&workspace().join(d), &root.join(d));
-        }
-        Project {
-            dir,
-            root,
-            shared_cache: false,
-        }
+        let p = Project::empty();
+        p.copy_demo();
+        p
     }
 
     pub fn empty() -> Project {
@@ -95,9 +75,42 @@ impl Project {
             .unwrap();
         let root = Utf8PathBuf::from_path_buf(dir.path().to_path_buf()).unwrap();
         Project {
-            dir,
+            dir: Some(dir),
             root,
             shared_cache: false,
+            private_tmp: false,
+        }
+    }
+
+    /// A copy of the demo project that lives as long as the test process:
+    /// for a fixture several tests share through a `static` (a `OnceLock`).
+    /// Statics are never dropped, so a `TempDir` held there would stay in
+    /// the system temp directory after every run; this directory is removed
+    /// when the process exits instead ([`remove_at_exit`]). A process that
+    /// is killed runs no exit handlers: its directory (named after its pid)
+    /// is removed by the next test process that makes one.
+    pub fn demo_for_process() -> Project {
+        remove_dead_processes_dirs();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{SHARED_PREFIX}{}-", std::process::id()))
+            .tempdir()
+            .unwrap()
+            .keep();
+        let root = Utf8PathBuf::from_path_buf(dir).unwrap();
+        remove_at_exit(&root);
+        let p = Project {
+            dir: None,
+            root,
+            shared_cache: false,
+            private_tmp: false,
+        };
+        p.copy_demo();
+        p
+    }
+
+    fn copy_demo(&self) {
+        for d in ["overlay", "systemd", "nocloud", "recipes", "payloads"] {
+            copy_tree(&workspace().join(d), &self.root.join(d));
         }
     }
 
@@ -106,6 +119,17 @@ impl Project {
     /// once per test. Cache entries are content-addressed, so sharing is safe.
     pub fn share_cache(mut self) -> Project {
         self.shared_cache = true;
+        self
+    }
+
+    /// Run kiln with `TMPDIR=<root>/tmp`, so that [`Project::assert_no_leftovers`]
+    /// also sees what kiln (and the tools it runs) left in its temporary
+    /// directory. Kept to builds without mmdebstrap, whose unshare mode needs
+    /// a temporary directory its unprivileged user can enter (this one is
+    /// inside a mode 0700 directory).
+    pub fn private_tmp(mut self) -> Project {
+        std::fs::create_dir_all(self.root.join("tmp")).unwrap();
+        self.private_tmp = true;
         self
     }
 
@@ -137,6 +161,9 @@ impl Project {
             .env("SOURCE_DATE_EPOCH", "1700000000")
             .env_remove("KILN_RECIPE")
             .current_dir(&self.root);
+        if self.private_tmp {
+            c.env("TMPDIR", self.root.join("tmp"));
+        }
         c
     }
 
@@ -164,7 +191,7 @@ impl Project {
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
-    /// Files in output/ (names), sorted.
+    /// Files in output/ (names, hidden ones included), sorted.
     pub fn outputs(&self) -> Vec<String> {
         let d = self.root.join("output");
         let mut v: Vec<String> = match std::fs::read_dir(&d) {
@@ -176,7 +203,305 @@ impl Project {
         v.sort();
         v
     }
+
+    /// kiln left no temporary state in this project: no [`leftovers`] in its
+    /// cache or output, and (with [`Project::private_tmp`]) nothing in its
+    /// temporary directory. Not for a shared cache, where other tests' steps
+    /// may be running.
+    pub fn assert_no_leftovers(&self) {
+        assert!(
+            !self.shared_cache,
+            "a shared cache holds other tests' running steps: check a project with its own cache"
+        );
+        let found = leftovers(&[&self.cache_dir(), &self.root.join("output")]);
+        assert!(
+            found.is_empty(),
+            "kiln left temporary state behind: {found:#?}"
+        );
+        if self.private_tmp {
+            let left: Vec<_> = std::fs::read_dir(self.root.join("tmp"))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            assert!(left.is_empty(), "kiln left files in its TMPDIR: {left:#?}");
+        }
+    }
 }
+
+// ---- leftovers -------------------------------------------------------------
+
+/// Is `name` one of the executor's temporary names? A step runs into
+/// `<key>.tmp-<pid>` beside its cache entry (`exec::run_step`), and files are
+/// written as `.<name>.kiln-partial` beside their destination
+/// (`exec::TempFile::beside`); both are renamed into place or removed, so one
+/// that remains is a leak. (A download's `<name>.part` is kept on purpose
+/// after a failed transfer, for a resume: not a leftover.)
+pub fn is_temporary(name: &str) -> bool {
+    if name.starts_with('.') && name.ends_with(".kiln-partial") {
+        return true;
+    }
+    match name.rsplit_once(".tmp-") {
+        Some((key, pid)) => {
+            !key.is_empty() && !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit())
+        }
+        None => false,
+    }
+}
+
+/// Every file or directory with a temporary name ([`is_temporary`]) under
+/// `dirs` (recursively; the inside of a temporary directory is not listed),
+/// sorted. A directory that does not exist holds none.
+pub fn leftovers(dirs: &[&Utf8Path]) -> Vec<Utf8PathBuf> {
+    let mut found = Vec::new();
+    for dir in dirs {
+        if !dir.exists() {
+            continue;
+        }
+        let mut it = walkdir::WalkDir::new(dir).min_depth(1).into_iter();
+        while let Some(e) = it.next() {
+            let e = e.unwrap_or_else(|e| panic!("walking {dir}: {e}"));
+            if is_temporary(&e.file_name().to_string_lossy()) {
+                found.push(Utf8PathBuf::from_path_buf(e.path().to_path_buf()).unwrap());
+                if e.file_type().is_dir() {
+                    it.skip_current_dir();
+                }
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+// ---- process-wide fixtures -------------------------------------------------
+
+/// Directories removed when the test process exits.
+static AT_EXIT: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+extern "C" fn remove_registered_dirs() {
+    // Every test has finished when the process exits; `try_lock` only makes
+    // sure exiting can never wait on a lock.
+    if let Ok(mut dirs) = AT_EXIT.try_lock() {
+        for d in dirs.drain(..) {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// Remove `dir` when the process exits: `exit(3)` runs `atexit` handlers
+/// both when the test harness returns from `main` and when it calls
+/// `process::exit` after a failure (statics' destructors never run).
+pub fn remove_at_exit(dir: &Utf8Path) {
+    static REGISTER: std::sync::Once = std::sync::Once::new();
+    REGISTER.call_once(|| {
+        let rc = unsafe { libc::atexit(remove_registered_dirs) };
+        assert_eq!(rc, 0, "atexit failed");
+    });
+    AT_EXIT
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(dir.as_std_path().to_owned());
+}
+
+/// Remove the [`Project::demo_for_process`] directories (ours: same user) of
+/// test processes that no longer run: they were killed before exiting.
+fn remove_dead_processes_dirs() {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    let me = unsafe { libc::getuid() };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(SHARED_PREFIX))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let ours = e.metadata().is_ok_and(|m| m.uid() == me);
+        if ours && pid > 0 && !process_runs(pid) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// Does process `pid` exist (`kill(pid, 0)`; EPERM: it exists, another user's)?
+pub fn process_runs(pid: i32) -> bool {
+    if unsafe { libc::kill(pid, 0) } == 0 {
+        return true;
+    }
+    std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+// ---- checksums -------------------------------------------------------------
+
+/// sha256 (lowercase hex) of a file.
+pub fn sha256(path: &Utf8Path) -> String {
+    xtask::digest::file_sha256(path).unwrap_or_else(|e| panic!("sha256 of {path}: {e:#}"))
+}
+
+/// `sha256sum --strict -c SUMS`, run in the directory of `sums` (the names in
+/// it are relative): every file listed is there and verifies.
+pub fn sha256sum_check(sums: &Utf8Path) {
+    let dir = sums.parent().unwrap();
+    let out = Command::new("sha256sum")
+        .args(["--strict", "-c", sums.file_name().unwrap()])
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("sha256sum: {e}"));
+    assert!(
+        out.status.success(),
+        "sha256sum -c {sums} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A published artifact's `<artifact>.sha256`: exactly one `sha256sum` line
+/// with the artifact's digest and its basename (so the pair verifies
+/// wherever it is copied), which `sha256sum -c` accepts.
+pub fn assert_published_sha256(artifact: &Utf8Path) {
+    let name = artifact.file_name().unwrap();
+    let sums = artifact.with_file_name(format!("{name}.sha256"));
+    let text = std::fs::read_to_string(&sums).unwrap_or_else(|e| panic!("{sums}: {e}"));
+    assert_eq!(
+        text,
+        format!("{}  {name}\n", sha256(artifact)),
+        "{sums}: not the digest and basename of {artifact}"
+    );
+    sha256sum_check(&sums);
+}
+
+// ---- golden files ----------------------------------------------------------
+
+/// `KILN_BLESS=1`: golden files are written from what the tests produce
+/// instead of compared with it (review the diff before committing). Unset or
+/// any other value: compared. Refused in CI, where it would pass anything.
+pub fn bless() -> bool {
+    let bless = std::env::var("KILN_BLESS").is_ok_and(|v| v == "1");
+    assert!(
+        !(bless && in_ci()),
+        "KILN_BLESS=1 under CI=true: golden files are blessed by hand and reviewed, never in CI"
+    );
+    bless
+}
+
+/// `actual` is the golden file `xtask/tests/golden/NAME` (with
+/// `KILN_BLESS=1`: becomes it).
+pub fn golden(name: &str, actual: &str) {
+    let p = workspace().join("xtask/tests/golden").join(name);
+    if bless() {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&p).unwrap_or_else(|_| {
+        panic!("{p} is missing: run with KILN_BLESS=1 to write it, then review it")
+    });
+    assert!(
+        actual == expected,
+        "{name} differs from the golden file {p} (if the change is intended, re-run with KILN_BLESS=1 \
+         and review the diff)\n--- expected\n{expected}\n--- actual\n{actual}"
+    );
+}
+
+// ---- qemu boots ------------------------------------------------------------
+
+/// A writable copy of the UEFI variable store for `arch` (OVMF for amd64,
+/// AAVMF for arm64) in `dir`, for `Boot::vars`.
+pub fn uefi_vars(dir: &Utf8Path, arch: Arch) -> Utf8PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    use xtask::tools::qemu_system::{AAVMF_VARS, OVMF_VARS};
+    let (from, name) = match arch {
+        Arch::Amd64 => (OVMF_VARS, "OVMF_VARS.fd"),
+        Arch::Arm64 => (AAVMF_VARS, "AAVMF_VARS.fd"),
+    };
+    let to = dir.join(name);
+    std::fs::copy(from, &to).unwrap_or_else(|e| panic!("copying {from} to {to}: {e}"));
+    std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o644)).unwrap();
+    to
+}
+
+/// Run `cmd` (a qemu boot, its serial console on stdout) until the console
+/// has shown `patterns` in order, case-insensitively, then stop it
+/// (`xtask::tools::run_until`); returns the console. Panics with the
+/// console's tail when qemu exits first or `limit` passes.
+pub fn boot(cmd: &Cmd, patterns: &[&str], limit: Duration) -> String {
+    match xtask::tools::run_until(cmd, patterns, limit).unwrap() {
+        Watch::Matched { output } => output,
+        Watch::Exited { output, status } => panic!(
+            "`{cmd}` exited ({status}) before {patterns:?}:\n{}",
+            tail(&output)
+        ),
+        Watch::TimedOut { output } => panic!(
+            "`{cmd}`: no {patterns:?} within {limit:?}:\n{}",
+            tail(&output)
+        ),
+    }
+}
+
+/// Printed by [`boot_and_linger`]'s timer; the last pattern it waits for.
+const LINGERED: &str = "kiln-test-console-lingered";
+
+/// Like [`boot`], but the guest keeps running `linger` after the last of
+/// `patterns` appeared, so its file systems commit what the boot wrote
+/// (ext4 commits every 5 s) and later units get to start, before qemu is
+/// stopped. The console passes through a shell loop that copies it line by
+/// line and, at the first line holding the last pattern, starts a timer that
+/// prints a marker after `linger`; `run_until` waits for that marker after
+/// the patterns and then stops the whole process group as usual.
+pub fn boot_and_linger(cmd: &Cmd, patterns: &[&str], limit: Duration, linger: Duration) -> String {
+    let last = patterns.last().expect("at least one pattern");
+    const FILTER: &str = r#"pat=$1 secs=$2 mark=$3; shift 3
+"$@" | {
+  armed=
+  while IFS= read -r line || [ -n "$line" ]; do
+    printf '%s\n' "$line"
+    if [ -z "$armed" ]; then
+      case $line in *$pat*) armed=1; (sleep "$secs"; echo "$mark") & ;; esac
+    fi
+  done
+}"#;
+    let mut wrapped = Cmd::new("sh", format!("{} (lingering {linger:?})", cmd.summary))
+        .args(["-c", FILTER, "sh"])
+        .arg(case_insensitive_glob(last))
+        .arg(format!("{:.1}", linger.as_secs_f64()))
+        .arg(LINGERED)
+        .arg(&cmd.program)
+        .args(&cmd.args);
+    for (k, v) in &cmd.env {
+        wrapped = wrapped.env(k, v);
+    }
+    wrapped.cwd = cmd.cwd.clone();
+    let mut all = patterns.to_vec();
+    all.push(LINGERED);
+    boot(&wrapped, &all, limit + linger)
+}
+
+/// A shell `case` pattern for `s` that ignores ASCII case, as `run_until`
+/// does (`[dD][eE]…`); pattern characters in `s` match any character.
+fn case_insensitive_glob(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            c if c.is_ascii_alphabetic() => {
+                format!("[{}{}]", c.to_ascii_lowercase(), c.to_ascii_uppercase())
+            }
+            '*' | '?' | '[' | ']' | '\\' => "?".to_string(),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
+/// The last 60 lines of a console.
+pub fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(60)..].join("\n")
+}
+
+// ---- files and programs ----------------------------------------------------
 
 pub fn copy_tree(from: &Utf8Path, to: &Utf8Path) {
     if !from.exists() {
@@ -257,7 +582,7 @@ pub fn vmdk_convert_dir() -> Utf8PathBuf {
         &["-fsSL", "--retry", "3", "-o", tarball.as_str(), &url],
     );
     assert_eq!(
-        xtask::digest::file_sha256(&tarball).unwrap(),
+        sha256(&tarball),
         OPEN_VMDK_SHA256,
         "{url}: not the pinned source"
     );
