@@ -157,9 +157,10 @@ fn plan_of(p: &Project, recipe: &str, extra: &[&str]) -> BTreeMap<String, (Strin
         .collect()
 }
 
-/// Run `build --json`; step name to outcome (`ran` or `cached`).
-fn build(
+/// Run `VERB --json`; step name to outcome (`ran` or `cached`).
+fn run(
     p: &Project,
+    verb: &str,
     recipe: &str,
     extra: &[&str],
     env: &[(&str, &str)],
@@ -167,7 +168,7 @@ fn build(
     let mut c = p.kiln();
     c.args(["--recipe", recipe])
         .args(extra)
-        .args(["--json", "build"]);
+        .args(["--json", verb]);
     for (k, v) in env {
         c.env(k, v);
     }
@@ -192,7 +193,7 @@ fn outputs(p: &Project) -> BTreeMap<String, String> {
     p.outputs()
         .into_iter()
         .map(|n| {
-            let h = xtask::digest::file_sha256(&p.path("output").join(&n)).unwrap();
+            let h = support::sha256(&p.path("output").join(&n));
             (n, h)
         })
         .collect()

@@ -57,7 +57,8 @@ pub fn plan(cx: &Cx, r: &Resolved, a: &Args) -> Result<Plan> {
             crate::qcow2::plan(r, &mut plan, arch)?;
         }
         if r.recipe.architectures.contains(&Arch::Amd64) {
-            let disk = crate::ova::DiskSource::from_recipe(r, &mut plan, crate::ova::Firmware::Auto)?;
+            let disk =
+                crate::ova::DiskSource::from_recipe(r, &mut plan, crate::ova::Firmware::Auto)?;
             crate::ova::plan(r, &mut plan, Arch::Amd64, disk)?;
         }
     }
