@@ -56,32 +56,8 @@ pub fn walk_sorted(root: &Utf8Path) -> Result<Vec<(Utf8PathBuf, std::fs::Metadat
 /// Content digest of a tree: relative paths, kinds, permission bits, link
 /// targets and file bytes. Returns (hex sha256, number of entries).
 pub fn tree_content_digest(root: &Utf8Path) -> Result<(String, u64)> {
-    let mut h = Sha256::new();
-    let mut n = 0;
-    if !root.exists() {
-        anyhow::bail!("{root} does not exist");
-    }
-    for (rel, md) in walk_sorted(root)? {
-        n += 1;
-        let ft = md.file_type();
-        h.update(rel.as_str().as_bytes());
-        h.update([0]);
-        h.update((md.permissions().mode() & 0o7777).to_le_bytes());
-        if ft.is_symlink() {
-            let t = std::fs::read_link(root.join(&rel))?;
-            h.update(b"L");
-            h.update(t.as_os_str().as_encoded_bytes());
-        } else if ft.is_file() {
-            h.update(b"F");
-            h.update(file_sha256(&root.join(&rel))?.as_bytes());
-        } else if ft.is_dir() {
-            h.update(b"D");
-        } else {
-            h.update(b"?");
-        }
-        h.update([0]);
-    }
-    Ok((hex::encode(h.finalize()), n))
+    let (hex, n, _) = tree_digest_memo(root, None)?;
+    Ok((hex, n))
 }
 
 /// sha256 of a file's content, remembered in `memo` under the file's
@@ -121,9 +97,9 @@ pub fn file_sha256_memo(path: &Utf8Path, memo: Option<&Utf8Path>) -> Result<Stri
     Ok(hex)
 }
 
-/// [`tree_content_digest`] with each file's digest taken through
-/// [`file_sha256_memo`]: for large trees (models, image layouts) that are
-/// fingerprinted on every plan. Returns (hex sha256, entries, file bytes).
+/// [`tree_content_digest`], with each file's digest taken through
+/// [`file_sha256_memo`] (for large trees fingerprinted on every plan:
+/// models, image layouts). Returns (hex sha256, entries, file bytes).
 pub fn tree_digest_memo(root: &Utf8Path, memo: Option<&Utf8Path>) -> Result<(String, u64, u64)> {
     let mut h = Sha256::new();
     let (mut n, mut bytes) = (0, 0);

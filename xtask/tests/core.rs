@@ -173,20 +173,8 @@ fn run(
         c.env(k, v);
     }
     let out = c.output().unwrap();
-    assert!(out.status.success(), "build failed:\n{}", stderr(&out));
-    let last = stdout(&out).lines().last().unwrap_or_default().to_string();
-    let v: Value = serde_json::from_str(&last).unwrap();
-    v["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["step"].as_str().unwrap().to_string(),
-                s["outcome"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
+    assert!(out.status.success(), "{verb} failed:\n{}", stderr(&out));
+    support::outcomes(&out)
 }
 
 fn outputs(p: &Project) -> BTreeMap<String, String> {

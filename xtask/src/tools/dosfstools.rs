@@ -39,13 +39,6 @@ pub fn mkfs_vfat_invariant(image: &Utf8Path, label: &str, epoch: i64) -> Cmd {
 mod tests {
     use super::*;
 
-    fn env(c: &Cmd) -> Vec<(&str, &str)> {
-        c.env
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect()
-    }
-
     /// `--invariant` fixes the volume serial and every time stamp;
     /// `SOURCE_DATE_EPOCH` is set too, for mkfs.vfat versions that read it.
     #[test]
@@ -61,12 +54,12 @@ mod tests {
             c.args,
             ["--invariant", "-n", "CIDATA", "-C", "/w/cidata.img", "2048"]
         );
-        assert_eq!(env(&c), [("SOURCE_DATE_EPOCH", "1700000000")]);
+        assert_eq!(c.env_pairs(), [("SOURCE_DATE_EPOCH", "1700000000")]);
         let c = mkfs_vfat_invariant(Utf8Path::new("/w/esp.img"), "ESP", 1_700_000_000);
         assert_eq!(
             c.args,
             ["--invariant", "-F", "32", "-n", "ESP", "/w/esp.img"]
         );
-        assert_eq!(env(&c), [("SOURCE_DATE_EPOCH", "1700000000")]);
+        assert_eq!(c.env_pairs(), [("SOURCE_DATE_EPOCH", "1700000000")]);
     }
 }

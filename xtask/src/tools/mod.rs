@@ -113,6 +113,13 @@ impl Cmd {
         self.stdout_to = Some(file.into());
         self
     }
+    /// The environment as `(name, value)` pairs, sorted by name.
+    pub fn env_pairs(&self) -> Vec<(&str, &str)> {
+        self.env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
+    }
     /// Replace `from` by `to` in every argument and env value (used to point a
     /// planned command at a step's temporary output directory).
     pub fn substitute(&self, from: &str, to: &str) -> Cmd {

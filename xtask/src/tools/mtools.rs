@@ -109,13 +109,6 @@ pub fn mcopy_in(image: &Utf8Path, src: &Utf8Path, dest: &str, epoch: i64) -> Cmd
 mod tests {
     use super::*;
 
-    fn env(c: &Cmd) -> Vec<(&str, &str)> {
-        c.env
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect()
-    }
-
     /// Files keep their (epoch) mtimes (`-m`), new directory entries are
     /// stamped with `SOURCE_DATE_EPOCH`, and no rc file of the build host
     /// is read.
@@ -140,7 +133,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            env(&c),
+            c.env_pairs(),
             [
                 ("MTOOLSRC", "/dev/null"),
                 ("MTOOLS_SKIP_CHECK", "1"),
@@ -153,7 +146,7 @@ mod tests {
         assert_eq!(c.program, "mmd");
         assert_eq!(c.args, ["-i", "/w/esp.img", "::/EFI", "::/EFI/BOOT"]);
         assert_eq!(
-            env(&c),
+            c.env_pairs(),
             [
                 ("MTOOLS_SKIP_CHECK", "1"),
                 ("SOURCE_DATE_EPOCH", "1700000000")
@@ -178,7 +171,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            env(&c),
+            c.env_pairs(),
             [
                 ("MTOOLS_SKIP_CHECK", "1"),
                 ("SOURCE_DATE_EPOCH", "1700000000")

@@ -170,13 +170,6 @@ pub fn extract_all(iso: &Utf8Path, dir: &Utf8Path) -> Cmd {
 mod tests {
     use super::*;
 
-    fn env(c: &Cmd) -> Vec<(&str, &str)> {
-        c.env
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect()
-    }
-
     /// A remaster is reproducible through `SOURCE_DATE_EPOCH` (volume and
     /// file dates, GPT GUIDs) and `-no_rc` (no startup file of the build host
     /// changes the result); the boot records are replayed from the base.
@@ -190,7 +183,7 @@ mod tests {
             1_700_000_000,
         );
         assert_eq!(c.program, "xorriso");
-        assert_eq!(env(&c), [("SOURCE_DATE_EPOCH", "1700000000")]);
+        assert_eq!(c.env_pairs(), [("SOURCE_DATE_EPOCH", "1700000000")]);
         assert_eq!(
             c.args,
             [
@@ -224,7 +217,7 @@ mod tests {
             ],
             1_700_000_000,
         );
-        assert_eq!(env(&c), [("SOURCE_DATE_EPOCH", "1700000000")]);
+        assert_eq!(c.env_pairs(), [("SOURCE_DATE_EPOCH", "1700000000")]);
         assert_eq!(
             c.args,
             [
@@ -255,7 +248,7 @@ mod tests {
             Utf8Path::new("/w/efi.img"),
             Utf8Path::new("/w/base.iso"),
         );
-        assert_eq!(env(&c), [("SOURCE_DATE_EPOCH", "1724716800")]);
+        assert_eq!(c.env_pairs(), [("SOURCE_DATE_EPOCH", "1724716800")]);
         assert_eq!(c.args[..3], ["-no_rc", "-as", "mkisofs"]);
     }
 }

@@ -522,6 +522,30 @@ pub fn copy_tree(from: &Utf8Path, to: &Utf8Path) {
     }
 }
 
+/// Step name to outcome (`ran`, `cached`) from a verb's `--json` report (the
+/// last line of its stdout).
+pub fn outcomes(o: &Output) -> std::collections::BTreeMap<String, String> {
+    let text = stdout(o);
+    let last = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    let v: serde_json::Value = serde_json::from_str(last)
+        .unwrap_or_else(|e| panic!("no JSON report on the last line ({e}):\n{text}"));
+    v["steps"]
+        .as_array()
+        .expect("a steps array")
+        .iter()
+        .map(|s| {
+            (
+                s["step"].as_str().unwrap().to_string(),
+                s["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
