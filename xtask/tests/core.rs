@@ -189,7 +189,7 @@ fn outputs(p: &Project) -> BTreeMap<String, String> {
 
 #[test]
 fn the_same_commit_built_anywhere_gives_the_same_keys_and_bytes() {
-    let mut need = support::QCOW2_BUILD_TOOLS.to_vec();
+    let mut need = support::qcow2_build_tools().to_vec();
     need.push("cp");
     if !support::require(&need) {
         return;

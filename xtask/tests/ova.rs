@@ -548,7 +548,7 @@ fn extracted_vmdk_boots_under_ovmf() {
 fn demo_ova_boots_to_first_boot() {
     let ovmf = xtask::tools::qemu_system::OVMF_CODE;
     let mut need: Vec<&str> = TOOLS.to_vec();
-    need.extend(support::QCOW2_BUILD_TOOLS);
+    need.extend(support::qcow2_build_tools());
     need.extend(["qemu-system-x86_64", ovmf]);
     if !support::require(&need) {
         return;

@@ -14,7 +14,6 @@ use support::{sh, tail, Project};
 use xtask::recipe::Arch;
 use xtask::tools::qemu_system::{Boot, Firmware};
 
-use support::QCOW2_BUILD_TOOLS as BUILD_TOOLS;
 const BOOT_TOOLS: &[&str] = &["qemu-system-x86_64", "/usr/share/OVMF/OVMF_CODE_4M.fd"];
 const BOOT_LIMIT: Duration = Duration::from_secs(420);
 
@@ -209,7 +208,9 @@ fn bad_recipe_values_fail_before_work() {
 
 #[test]
 fn builder1_image_is_clean_and_laid_out() {
-    if !support::require(BUILD_TOOLS) || !support::require(&["sgdisk", "debugfs", "sha256sum"]) {
+    if !support::require(support::qcow2_build_tools())
+        || !support::require(&["sgdisk", "debugfs", "sha256sum"])
+    {
         return;
     }
     let _g = support::heavy();
@@ -317,7 +318,7 @@ fn builder1_image_is_clean_and_laid_out() {
 
 #[test]
 fn builder1_boots_uefi_then_first_boot_does_not_rerun() {
-    if !support::require(BUILD_TOOLS) || !support::require(BOOT_TOOLS) {
+    if !support::require(support::qcow2_build_tools()) || !support::require(BOOT_TOOLS) {
         return;
     }
     let _g = support::heavy();
@@ -334,7 +335,7 @@ fn builder1_boots_uefi_then_first_boot_does_not_rerun() {
 
 #[test]
 fn builder1_boots_bios() {
-    if !support::require(BUILD_TOOLS) || !support::require(BOOT_TOOLS) {
+    if !support::require(support::qcow2_build_tools()) || !support::require(BOOT_TOOLS) {
         return;
     }
     let _g = support::heavy();
@@ -358,7 +359,7 @@ fn builder1_boots_bios() {
 
 #[test]
 fn builder1_two_builds_are_identical() {
-    if !support::require(BUILD_TOOLS) {
+    if !support::require(support::qcow2_build_tools()) {
         return;
     }
     let _g = support::heavy();
@@ -388,7 +389,7 @@ fn builder1_two_builds_are_identical() {
 
 #[test]
 fn builder1_size_too_small_says_how_much_is_needed() {
-    if !support::require(BUILD_TOOLS) {
+    if !support::require(support::qcow2_build_tools()) {
         return;
     }
     let _g = support::heavy();
@@ -470,7 +471,7 @@ fn customize_project(base: &Utf8Path, sha256: &str) -> (Project, String) {
 
 #[test]
 fn builder2_customizes_a_vendor_image_and_it_boots() {
-    if !support::require(BUILD_TOOLS)
+    if !support::require(support::qcow2_build_tools())
         || !support::require(BOOT_TOOLS)
         || !support::require(CUSTOMIZE_TOOLS)
     {

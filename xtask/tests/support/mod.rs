@@ -32,19 +32,27 @@ pub fn workspace() -> Utf8PathBuf {
         .to_owned()
 }
 
-/// What the qcow2 builder (packages) needs; the OVA of the demo disk too.
-pub const QCOW2_BUILD_TOOLS: &[&str] = &[
-    "mmdebstrap",
-    "mkfs.ext4",
-    "mkfs.vfat",
-    "mcopy",
-    "objcopy",
-    "grub-mkimage",
-    "qemu-img",
-    "/usr/lib/systemd/boot/efi/linuxx64.efi.stub",
-    "/usr/lib/grub/i386-pc/boot.img",
-    xtask::tools::mke2fs::LIBARCHIVE,
-];
+/// What building the demo's qcow2 needs (programs and host files), read
+/// from its plan (`--dry-run --json`, every step's `needs`): the tests
+/// require exactly what kiln itself checks before a build.
+pub fn qcow2_build_tools() -> &'static [&'static str] {
+    static TOOLS: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    TOOLS.get_or_init(|| {
+        let p = Project::demo();
+        let plan: serde_json::Value =
+            serde_json::from_str(&stdout(&p.run(&["--dry-run", "--json", "qcow2"]))).unwrap();
+        let mut needs: Vec<&'static str> = plan["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|s| s["needs"].as_array().unwrap().clone())
+            .map(|n| &*Box::leak(n.as_str().unwrap().to_string().into_boxed_str()))
+            .collect();
+        needs.sort();
+        needs.dedup();
+        needs
+    })
+}
 
 /// A copy of the demo project (overlay, systemd, nocloud, recipes, payloads) in a
 /// temporary directory, with its own cache and output.
