@@ -15,8 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::plan::{Action, Input, OpCx, Plan, Step, OUT};
 use crate::ui;
 
-/// Marks a complete cache entry; holds the step's inputs.
-pub const STAMP: &str = ".kiln-step.json";
+pub use crate::plan::STAMP;
 /// Per step name: the inputs of the last entry built, to explain re-runs.
 const LATEST: &str = "latest.json";
 

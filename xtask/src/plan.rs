@@ -24,6 +24,10 @@ pub const OUT: &str = "@OUT@";
 /// (kiln's code is covered by [`code_fingerprint`]).
 const CACHE_FORMAT: u32 = 2;
 
+/// Marks a complete cache entry (written last by the executor); holds the
+/// step's inputs.
+pub const STAMP: &str = ".kiln-step.json";
+
 /// Where the project and the cache live, written as these placeholders in
 /// what a key hashes: keys depend on content, never on locations.
 pub const ROOT_MARK: &str = "@ROOT@";
@@ -530,7 +534,7 @@ impl Plan {
         let mut s = String::new();
         let _ = writeln!(s, "plan for `{}` ({})", self.verb, self.recipe);
         for (i, st) in self.steps.iter().enumerate() {
-            let cached = if st.out.join(crate::exec::STAMP).exists() {
+            let cached = if st.out.join(STAMP).exists() {
                 " [cached]"
             } else {
                 ""
