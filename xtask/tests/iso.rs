@@ -230,6 +230,18 @@ fn remaster_keeps_boot_records_and_adds_files() {
         "{sb:?}"
     );
     assert_eq!(sb, so);
+    // A session was added to a copy of the base: past the system area and
+    // the volume descriptors (at LBA 16 and, for the partition, at LBA 32),
+    // every byte of the base is where it was; the image is longer.
+    let (nb, no) = (
+        std::fs::metadata(&f.iso).unwrap().len(),
+        std::fs::metadata(&out).unwrap().len(),
+    );
+    assert!(no > nb, "{no} <= {nb}");
+    assert!(
+        bytes(&f.iso, 48 * 2048, nb - 48 * 2048) == bytes(&out, 48 * 2048, nb - 48 * 2048),
+        "the base's bytes moved"
+    );
     // MBR boot code (before the boot-info patch field at 432) identical.
     assert_eq!(bytes(&f.iso, 0, 432), bytes(&out, 0, 432));
     // The EFI partition's bytes identical.
