@@ -36,6 +36,10 @@ pub fn install() -> anyhow::Result<()> {
             signal_hook::low_level::register(sig, move || SIGNAL.store(sig, Ordering::SeqCst))?;
         }
     }
+    // A write past the file-size limit then fails with EFBIG, like a full
+    // disk, instead of killing kiln before its guards remove temporary state.
+    // SAFETY: setting a signal to SIG_IGN has no preconditions.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     Ok(())
 }
 

@@ -1,11 +1,18 @@
 //! The installer ISO: remaster a stock Ubuntu live-server ISO into a
 //! zero-touch installer of the appliance, without extracting it.
 //!
-//! xorriso reads the base (`-indev`), writes a new image (`-outdev`) with the
-//! changed and added files mapped in (`-map`) and replays the base's boot
-//! setup (`-boot_image any replay`): El Torito BIOS and UEFI entries, the
-//! grub2 MBR, protective MBR/GPT and the appended EFI partition stay exactly
-//! as Ubuntu built them. Added: `/nocloud/` (the seed's `user-data` and
+//! The output starts as a copy of the base (reflinked where the file system
+//! can share blocks, else copied in the kernel), and xorriso adds one session
+//! to it (`-dev`): the changed and added files (`-map`) and a new directory
+//! tree are appended, and the volume descriptors and system area at the
+//! start are rewritten to point at them; every other byte of the base stays
+//! where it is, so only what changed goes through xorriso. The base's boot
+//! setup is replayed (`-report_el_torito cmd`, with its intervals read from
+//! the base): El Torito BIOS and UEFI entries, the grub2 MBR, protective
+//! MBR/GPT, the partition offset and the appended EFI partition (appended
+//! again after the new session) stay as Ubuntu built them. Should adding a
+//! session fail, the image is written whole instead (`-indev`/`-outdev`,
+//! `-boot_image any replay`). Added: `/nocloud/` (the seed's `user-data` and
 //! `meta-data`), the staged overlay under `/<overlay_dir>/` (`overlay.tar.zst`
 //! or `tree/`), `/.disk/info` naming the appliance; patched: `grub.cfg` and
 //! `loopback.cfg` (see [`grub`]) and the matching `md5sum.txt` lines.
@@ -230,6 +237,8 @@ pub fn inspect(iso: &Utf8Path) -> Result<BaseInfo> {
 /// Check the base and produce the patched files; shared by the op and `--dry-run`.
 struct Prepared {
     info: BaseInfo,
+    /// The base's boot setup as arguments for [`xorriso::grow`].
+    boot: Vec<String>,
     /// (ISO path, original text or None, new text)
     texts: Vec<(String, Option<String>, String)>,
 }
@@ -294,7 +303,9 @@ fn prepare(op: &Remaster, work: &Utf8Path) -> Result<Prepared> {
             String::new(),
         ));
     }
-    Ok(Prepared { info, texts })
+    let report = tools::run(&xorriso::boot_setup(base))?;
+    let boot = xorriso::replay_for_growing(&report.stdout_str(), base)?;
+    Ok(Prepared { info, boot, texts })
 }
 
 /// Mapped inputs: (local path, ISO path). Seed and stage outputs are mapped
@@ -333,9 +344,27 @@ fn maps(
     m
 }
 
+/// How the image is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Method {
+    /// A session added to a copy of the base (`-dev`).
+    Grow,
+    /// The whole image written anew (`-indev`/`-outdev`).
+    Rewrite,
+}
+
 /// The full xorriso command: maps, then dates/owners of everything added.
-fn remaster_cmd(op: &Remaster, out: &Utf8Path, maps: &[(String, String)]) -> tools::Cmd {
-    let mut c = xorriso::remaster(&op.base.path, out, maps, op.epoch);
+fn remaster_cmd(
+    op: &Remaster,
+    out: &Utf8Path,
+    maps: &[(String, String)],
+    boot: &[String],
+    method: Method,
+) -> tools::Cmd {
+    let mut c = match method {
+        Method::Grow => xorriso::grow(out, maps, boot, op.epoch),
+        Method::Rewrite => xorriso::remaster(&op.base.path, out, maps, op.epoch),
+    };
     // Added directories (/nocloud, /<overlay_dir>) and files: epoch dates
     // (xorriso takes ctime/atime from mtime), owner root.
     let mut targets: BTreeSet<String> = maps.iter().map(|(_, i)| i.clone()).collect();
@@ -426,15 +455,18 @@ impl Op for Remaster {
         vec![
             xorriso::inspect(&self.base.path),
             xorriso::extract(&self.base.path, &more()),
+            xorriso::boot_setup(&self.base.path),
+            xorriso::grow(&iso, &more(), &[MORE.to_string()], self.epoch).arg(MORE),
             xorriso::remaster(&self.base.path, &iso, &more(), self.epoch).arg(MORE),
         ]
     }
     fn run(&self, cx: &OpCx) -> Result<()> {
-        self.run_in(cx.out)
+        self.run_in(cx.out, Method::Grow)
     }
 }
 
-/// Remaster `base` into `out/<name>.iso` with default options (benchmarks).
+/// Remaster `base` into `out/<name>.iso` with default options (benchmarks);
+/// `whole` writes the whole image (the fallback) instead of adding a session.
 pub fn remaster_into(
     base: &Utf8Path,
     sha256: Option<&str>,
@@ -442,6 +474,7 @@ pub fn remaster_into(
     stage_dir: &Utf8Path,
     out: &Utf8Path,
     epoch: i64,
+    whole: bool,
 ) -> Result<Utf8PathBuf> {
     let op = Remaster {
         base: BaseSpec {
@@ -463,12 +496,13 @@ pub fn remaster_into(
         epoch,
         artifact: "bench.iso".into(),
     };
-    op.run_in(out)?;
+    let method = if whole { Method::Rewrite } else { Method::Grow };
+    op.run_in(out, method)?;
     Ok(out.join(&op.artifact))
 }
 
 impl Remaster {
-    fn run_in(&self, out: &Utf8Path) -> Result<()> {
+    fn run_in(&self, out: &Utf8Path, method: Method) -> Result<()> {
         // Verify the base's checksum on another core while xorriso reads it.
         let verify = self.base.sha256.clone().map(|want| {
             let p = self.base.path.clone();
@@ -481,7 +515,7 @@ impl Remaster {
                 Ok(())
             })
         });
-        let result = self.build(out);
+        let result = self.build(out, method);
         if let Some(t) = verify {
             t.join()
                 .map_err(|_| anyhow::anyhow!("checksum thread panicked"))??;
@@ -489,7 +523,7 @@ impl Remaster {
         result
     }
 
-    fn build(&self, out: &Utf8Path) -> Result<()> {
+    fn build(&self, out: &Utf8Path, method: Method) -> Result<()> {
         let work = out.join("base-files");
         let add = out.join("iso-files");
         let mut prep = prepare(self, &work)?;
@@ -516,19 +550,72 @@ impl Remaster {
         let _ = std::fs::remove_dir_all(&work);
         crate::fsutil::set_tree_mtimes(&add, self.epoch)?;
         let iso = out.join(&self.artifact);
-        let cmd = remaster_cmd(self, &iso, &maps_now);
-        ui::info(&format!("  $ {cmd}"));
         let size = std::fs::metadata(&self.base.path)
             .map(|m| m.len())
             .unwrap_or(0);
         let progress = watch_size(&iso, size);
-        let r = tools::run(&cmd);
+        let r = self.write_image(&iso, &maps_now, &prep.boot, method);
         progress.stop();
         r?;
         // xorriso leaves the flush to kiln (`-stdio_sync off`): flush the image
         // and take its sha256 for `.sha256` at the same time, the hash reading
         // from the page cache while the disk writes.
         crate::exec::flush_and_digest(&iso)?;
+        Ok(())
+    }
+}
+
+/// `to` (new, mode 0644) with the bytes of `from`: a reflink (`FICLONE`)
+/// where the file system shares blocks between files, else an in-kernel copy
+/// (`copy_file_range`, which `std::io::copy` uses between files; it falls back
+/// to reading and writing by itself).
+fn clone_or_copy(from: &Utf8Path, to: &Utf8Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut src = std::fs::File::open(from).with_context(|| format!("opening {from}"))?;
+    let mut dst = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(to)
+        .with_context(|| format!("creating {to}"))?;
+    // SAFETY: FICLONE takes the source descriptor; both files are open.
+    if unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) } == 0 {
+        return Ok(());
+    }
+    std::io::copy(&mut src, &mut dst).with_context(|| format!("copying {from} to {to}"))?;
+    Ok(())
+}
+
+impl Remaster {
+    /// Add a session to a copy of the base, or write the image whole (asked
+    /// to, or when adding the session fails; a failed copy, i.e. a full disk,
+    /// is an error).
+    fn write_image(
+        &self,
+        iso: &Utf8Path,
+        maps: &[(String, String)],
+        boot: &[String],
+        method: Method,
+    ) -> Result<()> {
+        if method == Method::Grow {
+            clone_or_copy(&self.base.path, iso)?;
+            let cmd = remaster_cmd(self, iso, maps, boot, Method::Grow);
+            ui::info(&format!("  $ {cmd}"));
+            match tools::run(&cmd) {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    crate::signals::check()?;
+                    ui::warn(&format!(
+                        "adding a session to a copy of the base failed ({e:#}); writing the whole image instead"
+                    ));
+                    std::fs::remove_file(iso).with_context(|| format!("removing {iso}"))?;
+                }
+            }
+        }
+        let cmd = remaster_cmd(self, iso, maps, boot, Method::Rewrite);
+        ui::info(&format!("  $ {cmd}"));
+        tools::run(&cmd)?;
         Ok(())
     }
 }
@@ -608,9 +695,10 @@ fn preview(op: &Remaster, plan: &mut Plan, step_out: &Utf8Path) -> Result<()> {
         }
     }
     let m = maps(op, &step_out.join("iso-files"), &p.texts);
-    let cmd = remaster_cmd(op, &step_out.join(&op.artifact), &m);
-    plan.notes
-        .push(format!("xorriso command of step iso-amd64:\n  $ {cmd}"));
+    let cmd = remaster_cmd(op, &step_out.join(&op.artifact), &m, &p.boot, Method::Grow);
+    plan.notes.push(format!(
+        "xorriso command of step iso-amd64, run on a copy of the base:\n  $ {cmd}"
+    ));
     Ok(())
 }
 

@@ -65,6 +65,98 @@ pub fn remaster(base: &Utf8Path, out: &Utf8Path, maps: &[(String, String)], epoc
     c.args(["-boot_image", "any", "replay"])
 }
 
+/// The base's boot setup as xorriso commands (`-report_el_torito cmd`, one
+/// per line on stdout): what `-boot_image any replay` runs.
+pub fn boot_setup(iso: &Utf8Path) -> Cmd {
+    Cmd::new("xorriso", "read the ISO's boot setup as xorriso commands")
+        .args(["-no_rc", "-indev", iso.as_str()])
+        .args(["-report_el_torito", "cmd"])
+}
+
+/// Add a session to `image`, a copy of the base: the changed and added
+/// files (`maps`) and a new directory tree are appended after the base's
+/// bytes, and the volume descriptors and system area at LBA 0–31 are
+/// rewritten to point at them; every other byte of the base stays where it
+/// is. `boot` is the base's boot setup as from [`replay_for_growing`]
+/// (`-boot_image any replay` itself cannot re-append the EFI partition when
+/// growing). Reproducible like [`remaster`].
+pub fn grow(image: &Utf8Path, maps: &[(String, String)], boot: &[String], epoch: i64) -> Cmd {
+    let mut c = Cmd::new(
+        "xorriso",
+        "add a session to the copy of the base ISO (boot setup replayed, new files mapped in)",
+    )
+    .env("SOURCE_DATE_EPOCH", epoch.to_string())
+    .arg("-no_rc")
+    .args(["-stdio_sync", "off"])
+    .args(["-dev", image.as_str()]);
+    for (local, iso) in maps {
+        c = c.args(["-map", local.as_str(), iso.as_str()]);
+    }
+    c.args(["-boot_image", "any", "discard"]).args(boot)
+}
+
+/// The words of [`boot_setup`]'s report, made to work when growing: the
+/// report reads boot images, the MBR and appended partitions from the input
+/// drive (`--interval:imported_iso:`), which xorriso refuses when input and
+/// output are the same file; they are read from `base` instead
+/// (`--interval:local_fs:…:BASE`), which holds the same bytes.
+pub fn replay_for_growing(report: &str, base: &Utf8Path) -> anyhow::Result<Vec<String>> {
+    const IMPORTED: &str = "--interval:imported_iso:";
+    let mut out = Vec::new();
+    for line in report.lines().filter(|l| l.starts_with('-')) {
+        for w in split_words(line)? {
+            let Some(i) = w.find(IMPORTED) else {
+                out.push(w);
+                continue;
+            };
+            // Interval:Zeroizers:Source (the source is the rest, colons and all).
+            let mut parts = w[i + IMPORTED.len()..].splitn(3, ':');
+            let (Some(range), Some(zero)) = (parts.next(), parts.next()) else {
+                anyhow::bail!("xorriso reported an interval kiln cannot read: {w}");
+            };
+            out.push(format!(
+                "{}--interval:local_fs:{range}:{zero}:{base}",
+                &w[..i]
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Split one line of an xorriso report into words: blanks separate words,
+/// `'…'` and `"…"` quote (xorriso writes a `'` as `'"'"'`).
+fn split_words(line: &str) -> anyhow::Result<Vec<String>> {
+    let (mut words, mut cur, mut open, mut quote) = (Vec::new(), String::new(), false, None);
+    for ch in line.chars() {
+        match (quote, ch) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => cur.push(c),
+            (None, '\'' | '"') => {
+                quote = Some(ch);
+                open = true;
+            }
+            (None, c) if c.is_whitespace() => {
+                if open {
+                    words.push(std::mem::take(&mut cur));
+                    open = false;
+                }
+            }
+            (None, c) => {
+                cur.push(c);
+                open = true;
+            }
+        }
+    }
+    anyhow::ensure!(
+        quote.is_none(),
+        "unbalanced quote in xorriso's report: {line}"
+    );
+    if open {
+        words.push(cur);
+    }
+    Ok(words)
+}
+
 /// A generated Ubuntu-like base for benchmarks: BIOS (`-b`) and EFI (`-e`)
 /// El Torito entries and the EFI image appended as GPT partition 2.
 pub fn bench_base(root: &Utf8Path, efi_img: &Utf8Path, out: &Utf8Path) -> Cmd {
@@ -250,5 +342,36 @@ mod tests {
         );
         assert_eq!(c.env_pairs(), [("SOURCE_DATE_EPOCH", "1724716800")]);
         assert_eq!(c.args[..3], ["-no_rc", "-as", "mkisofs"]);
+    }
+
+    #[test]
+    fn replay_reads_intervals_from_the_base() {
+        let report = "-volid 'Ubuntu-Server 24.04.1 LTS amd64'\n\
+            -boot_image grub grub2_mbr=--interval:imported_iso:0s-15s:zero_mbrpt,zero_gpt:'o.iso'\n\
+            -append_partition 2 28732ac11ff8d211ba4b00a0c93ec93b --interval:imported_iso:25580d-33771d::'o.iso'\n\
+            -boot_image any efi_path='--interval:appended_partition_2_start_6395s_size_8192d:all::'\n\
+            -boot_image any cat_path='/it'\"'\"'s.cat'\n";
+        let w = replay_for_growing(report, Utf8Path::new("/b:a se.iso")).unwrap();
+        assert_eq!(
+            w,
+            [
+                "-volid",
+                "Ubuntu-Server 24.04.1 LTS amd64",
+                "-boot_image",
+                "grub",
+                "grub2_mbr=--interval:local_fs:0s-15s:zero_mbrpt,zero_gpt:/b:a se.iso",
+                "-append_partition",
+                "2",
+                "28732ac11ff8d211ba4b00a0c93ec93b",
+                "--interval:local_fs:25580d-33771d::/b:a se.iso",
+                "-boot_image",
+                "any",
+                "efi_path=--interval:appended_partition_2_start_6395s_size_8192d:all::",
+                "-boot_image",
+                "any",
+                "cat_path=/it's.cat",
+            ]
+        );
+        assert!(replay_for_growing("-volid 'x\n", Utf8Path::new("/b")).is_err());
     }
 }
