@@ -21,10 +21,16 @@ pub const MKE2FS_CONF: &str = "[defaults]\n\
 \t\tfeatures = has_journal,extent,huge_file,flex_bg,metadata_csum,64bit,dir_nlink,extra_isize\n\
 \t}\n";
 
-/// `mkfs.ext4 -d SRC IMG` on an existing (sized, sparse) image file.
-pub fn mkfs_ext4_from(
-    image: &Utf8Path,
-    src: &Utf8Path,
+/// `mkfs.ext4 -d - DISK SIZE` with `-E offset=OFFSET`: an ext4 file system of
+/// `size` (e.g. `1024k`) at byte `offset` of an existing (sized, sparse)
+/// disk image, populated from the tarball kiln streams into its stdin
+/// (`what`). Nothing outside that region is written.
+#[allow(clippy::too_many_arguments)]
+pub fn mkfs_ext4_at(
+    disk: &Utf8Path,
+    offset: &str,
+    size: &str,
+    what: &str,
     label: &str,
     uuid: &str,
     hash_seed: &str,
@@ -33,15 +39,16 @@ pub fn mkfs_ext4_from(
 ) -> Cmd {
     Cmd::new(
         "mkfs.ext4",
-        format!("ext4 file system `{label}` from {src}"),
+        format!("ext4 file system `{label}` inside {disk} from {what}"),
     )
     .args(["-q", "-F", "-t", "ext4", "-L", label, "-U", uuid])
     .arg("-E")
     .arg(format!(
-        "hash_seed={hash_seed},root_owner=0:0,lazy_itable_init=1,nodiscard"
+        "hash_seed={hash_seed},root_owner=0:0,lazy_itable_init=1,nodiscard,offset={offset}"
     ))
-    .args(["-d", src.as_str(), image.as_str()])
+    .args(["-d", "-", disk.as_str(), size])
     .env("MKE2FS_CONFIG", config.as_str())
     .env("SOURCE_DATE_EPOCH", epoch.to_string())
     .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
+    .stdin_from(what)
 }
