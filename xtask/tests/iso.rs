@@ -793,7 +793,11 @@ fn bench_case_runs() {
     eprintln!("{}", xtask::bench::render(&ms));
     assert_eq!(
         ms.iter().map(|m| m.case.as_str()).collect::<Vec<_>>(),
-        ["iso_remaster_2.5g", "iso_remaster_whole_2.5g", "iso_full_verb"]
+        [
+            "iso_remaster_2.5g",
+            "iso_remaster_whole_2.5g",
+            "iso_full_verb"
+        ]
     );
     let report = xtask::bench::render(&ms);
     assert!(

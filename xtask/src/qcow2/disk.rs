@@ -1,19 +1,23 @@
 //! Disk assembly of builder 1, in one cached step, with no mounts and no
 //! loop devices:
 //!
-//! 1. merge the mmdebstrap tarball, the staged tree and kiln's generated
-//!    files (identity reset, fstab, network, growth) into one tarball, in
-//!    process, so every file is owned as in the tarballs without root;
-//! 2. `mkfs.ext4 -d` that tarball into a root file system image;
-//! 3. UEFI: on amd64 a unified kernel image (systemd's EFI stub, os-release,
+//! 1. walk the mmdebstrap tarball's headers to size the root file system
+//!    and copy out the kernel, initrd and os-release;
+//! 2. UEFI: on amd64 a unified kernel image (systemd's EFI stub, os-release,
 //!    command line, kernel and Debian's initrd, via objcopy); on arm64
 //!    systemd-boot with one loader entry, the kernel and kiln's own initrd
 //!    ([`crate::initrd`]), all read from the image's packages; either on a
 //!    FAT ESP (mkfs.vfat + mtools);
-//! 4. BIOS: a GRUB core image in a BIOS-boot partition, GRUB's boot.img in
+//! 3. BIOS: a GRUB core image in a BIOS-boot partition, GRUB's boot.img in
 //!    the MBR, both patched in process;
-//! 5. a sparse raw disk with a GPT (protective MBR) written in process and
-//!    every partition copied in with positioned writes.
+//! 4. a sparse raw disk; `mkfs.ext4 -d -` makes the root file system in
+//!    place in its partition (`-E offset=`) from the mmdebstrap tarball, the
+//!    staged tree and kiln's generated files (identity reset, fstab, network,
+//!    growth) merged in process and streamed into its stdin, so every file is
+//!    owned as in the tarballs without root and no merged tarball or root
+//!    image is written in between;
+//! 5. a GPT (protective MBR) written in process and the boot partitions
+//!    copied in with positioned writes.
 
 use crate::archive::header;
 use std::collections::{BTreeMap, BTreeSet};
@@ -120,15 +124,7 @@ impl Op for DiskOp {
 pub fn commands(spec: &DiskSpec, out: &Utf8Path) -> Vec<tools::Cmd> {
     let work = out.join("work");
     let esp_img = work.join("esp.img");
-    let mut v = vec![tools::mke2fs::mkfs_ext4_from(
-        &work.join("root.img"),
-        &work.join("root.tar"),
-        "root",
-        &spec.ids.root_fs,
-        &spec.ids.hash_seed,
-        &work.join("mke2fs.conf"),
-        spec.epoch,
-    )];
+    let mut v = vec![];
     if spec.uefi {
         if !super::kiln_initrd(spec.arch) {
             let hole = |what: &str| Utf8PathBuf::from(format!("<{what}>"));
@@ -171,7 +167,36 @@ pub fn commands(spec: &DiskSpec, out: &Utf8Path) -> Vec<tools::Cmd> {
             &work.join("core.img"),
         ));
     }
+    v.push(mkfs_root(
+        spec,
+        &out.join(DISK_RAW),
+        &work.join("mke2fs.conf"),
+        "<offset>",
+        "<size>",
+    ));
     v
+}
+
+/// `mkfs.ext4` of the root file system at `offset` of the disk, `bytes`
+/// long, from the merged root on its stdin.
+fn mkfs_root(
+    spec: &DiskSpec,
+    disk: &Utf8Path,
+    conf: &Utf8Path,
+    offset: impl std::fmt::Display,
+    bytes: impl std::fmt::Display,
+) -> tools::Cmd {
+    tools::mke2fs::mkfs_ext4_at(
+        disk,
+        &offset.to_string(),
+        &bytes.to_string(),
+        "the merged root tarball",
+        "root",
+        &spec.ids.root_fs,
+        &spec.ids.hash_seed,
+        conf,
+        spec.epoch,
+    )
 }
 
 /// What the merge found in the root file system.
@@ -368,26 +393,73 @@ fn blocks(n: u64) -> u64 {
     n.div_ceil(4096) * 4096
 }
 
-/// Merge the Debian tarball, `news` (staged tree over generated files) into
-/// `dest`; copy the kernel, initrd and os-release into `boot_dir`.
+/// Merge the Debian tarball and `news` (staged tree over generated files).
+/// With `out`, write the merged root there as a tar stream; without, only
+/// walk the Debian tarball's headers (seeking over file data) to count what
+/// the file system needs and copy the kernel, initrd and os-release into
+/// `boot_dir`. Both walks count the same entries.
 fn merge(
     spec: &DiskSpec,
     news: &BTreeMap<String, New>,
-    dest: &Utf8Path,
+    out: Option<&mut dyn Write>,
     boot_dir: &Utf8Path,
 ) -> Result<Boot> {
-    let mut boot = Boot::default();
-    let f = File::create(dest).with_context(|| format!("creating {dest}"))?;
-    let mut b = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, f));
+    let tar_path = &spec.rootfs_tar;
+    let mut magic = [0u8; 4];
+    let n = File::open(tar_path)
+        .and_then(|mut f| f.read(&mut magic))
+        .with_context(|| format!("reading {tar_path}"))?;
+    let compressed = n >= 2 && (magic == [0x28, 0xb5, 0x2f, 0xfd] || magic[..2] == [0x1f, 0x8b]);
+    let Some(out) = out else {
+        if compressed {
+            let mut ar = crate::archive::open_tar(tar_path)?;
+            let entries = ar
+                .entries()
+                .with_context(|| format!("reading {tar_path}"))?;
+            return merge_entries::<_, std::io::Sink>(spec, news, entries, None, boot_dir, None);
+        }
+        let f = File::open(tar_path).with_context(|| format!("opening {tar_path}"))?;
+        let mut ar = tar::Archive::new(std::io::BufReader::with_capacity(64 * 1024, f));
+        let entries = ar
+            .entries_with_seek()
+            .with_context(|| format!("reading {tar_path}"))?;
+        return merge_entries::<_, std::io::Sink>(spec, news, entries, None, boot_dir, None);
+    };
+    let mut b = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, out));
     b.follow_symlinks(false);
-    let mut ar = crate::archive::open_tar(&spec.rootfs_tar)?;
-    let mut pending = news.clone();
-    let total = std::fs::metadata(&spec.rootfs_tar)?.len();
+    let total = std::fs::metadata(tar_path)?.len();
     let mut progress = crate::ui::Progress::bytes("merge root file system", total);
-    for entry in ar
+    let mut ar = crate::archive::open_tar(tar_path)?;
+    let entries = ar
         .entries()
-        .with_context(|| format!("reading {}", spec.rootfs_tar))?
-    {
+        .with_context(|| format!("reading {tar_path}"))?;
+    let boot = merge_entries(
+        spec,
+        news,
+        entries,
+        Some(&mut b),
+        boot_dir,
+        Some(&mut progress),
+    )?;
+    progress.finish();
+    b.into_inner()
+        .context("finishing the merged root tarball")?
+        .flush()
+        .context("writing the merged root tarball")?;
+    Ok(boot)
+}
+
+fn merge_entries<R: Read, W: Write>(
+    spec: &DiskSpec,
+    news: &BTreeMap<String, New>,
+    entries: tar::Entries<'_, R>,
+    mut b: Option<&mut tar::Builder<W>>,
+    boot_dir: &Utf8Path,
+    mut progress: Option<&mut crate::ui::Progress>,
+) -> Result<Boot> {
+    let mut boot = Boot::default();
+    let mut pending = news.clone();
+    for entry in entries {
         crate::signals::check()?;
         let mut entry = entry.with_context(|| format!("reading {}", spec.rootfs_tar))?;
         let raw_path = entry.path()?.to_string_lossy().into_owned();
@@ -396,7 +468,9 @@ fn merge(
             .trim_end_matches('/')
             .to_string();
         let kind = entry.header().entry_type();
-        progress.inc(entry.size() + 512);
+        if let Some(p) = progress.as_mut() {
+            p.inc(entry.size() + 512);
+        }
         if rel.is_empty() {
             continue; // the root directory itself: root_owner=0:0, mode 0755
         }
@@ -420,13 +494,43 @@ fn merge(
                 (_, false) => continue, // replaced; written with the new entries
             }
         }
-        let mut h = entry.header().clone();
         if kind.is_file() {
             boot.data_bytes += blocks(entry.size());
         } else {
             boot.data_bytes += 4096;
         }
         boot.entries += 1;
+        if kind == tar::EntryType::Symlink && !rel.contains('/') {
+            boot.root_links.insert(rel.clone());
+        }
+        let Some(b) = b.as_mut() else {
+            // The counting walk: copy the boot files out.
+            let is_kernel = rel.starts_with("boot/vmlinuz-");
+            let is_initrd = rel.starts_with("boot/initrd.img-");
+            if kind.is_file() && (is_kernel || is_initrd || rel == "usr/lib/os-release") {
+                let mut data = Vec::with_capacity(entry.size() as usize);
+                entry.read_to_end(&mut data)?;
+                let name = rel.rsplit('/').next().unwrap_or("file").to_string();
+                let copy = boot_dir.join(&name);
+                std::fs::write(&copy, &data).with_context(|| format!("writing {copy}"))?;
+                let version = name
+                    .split_once('-')
+                    .map(|(_, v)| v.to_string())
+                    .unwrap_or_default();
+                let newer = |cur: &Option<(String, Utf8PathBuf)>| {
+                    cur.as_ref().is_none_or(|(v, _)| *v < version)
+                };
+                if is_kernel && newer(&boot.kernel) {
+                    boot.kernel = Some((version, copy));
+                } else if is_initrd && newer(&boot.initrd) {
+                    boot.initrd = Some((version, copy));
+                } else if !is_kernel && !is_initrd {
+                    boot.os_release = Some(copy);
+                }
+            }
+            continue;
+        };
+        let mut h = entry.header().clone();
         // Extended attributes (file capabilities) ride in PAX records.
         let xattrs: Vec<(String, Vec<u8>)> = match entry.pax_extensions()? {
             Some(exts) => exts
@@ -448,114 +552,71 @@ fn merge(
                     .link_name()?
                     .with_context(|| format!("/{rel}: link without a target"))?
                     .into_owned();
-                if kind == tar::EntryType::Symlink && !rel.contains('/') {
-                    boot.root_links.insert(rel.clone());
-                }
                 b.append_link(&mut h, &raw_path, &target)
                     .with_context(|| format!("writing /{rel}"))?;
             }
             _ => {
-                let is_kernel = rel.starts_with("boot/vmlinuz-");
-                let is_initrd = rel.starts_with("boot/initrd.img-");
-                if kind.is_file() && (is_kernel || is_initrd || rel == "usr/lib/os-release") {
-                    let mut data = Vec::with_capacity(entry.size() as usize);
-                    entry.read_to_end(&mut data)?;
-                    let name = rel.rsplit('/').next().unwrap_or("file").to_string();
-                    let copy = boot_dir.join(&name);
-                    std::fs::write(&copy, &data).with_context(|| format!("writing {copy}"))?;
-                    let version = name
-                        .split_once('-')
-                        .map(|(_, v)| v.to_string())
-                        .unwrap_or_default();
-                    let newer = |cur: &Option<(String, Utf8PathBuf)>| {
-                        cur.as_ref().is_none_or(|(v, _)| *v < version)
-                    };
-                    if is_kernel && newer(&boot.kernel) {
-                        boot.kernel = Some((version, copy));
-                    } else if is_initrd && newer(&boot.initrd) {
-                        boot.initrd = Some((version, copy));
-                    } else if !is_kernel && !is_initrd {
-                        boot.os_release = Some(copy);
-                    }
-                    b.append_data(&mut h, &raw_path, data.as_slice())
-                        .with_context(|| format!("writing /{rel}"))?;
-                } else {
-                    b.append_data(&mut h, &raw_path, &mut entry)
-                        .with_context(|| format!("writing /{rel}"))?;
-                }
+                b.append_data(&mut h, &raw_path, &mut entry)
+                    .with_context(|| format!("writing /{rel}"))?;
             }
         }
     }
-    progress.finish();
     // New paths, parents before children (sorted).
     for (rel, n) in &pending {
         crate::signals::check()?;
         let path = format!("./{rel}");
         boot.entries += 1;
+        let (kind, mode, len) = match n {
+            New::Dir { mode } => (tar::EntryType::Directory, *mode, 0),
+            New::DirIfMissing => (tar::EntryType::Directory, 0o755, 0),
+            New::File { source, mode } => (
+                tar::EntryType::Regular,
+                *mode,
+                std::fs::metadata(source)
+                    .with_context(|| format!("reading {source}"))?
+                    .len(),
+            ),
+            New::Bytes { data, mode } => (tar::EntryType::Regular, *mode, data.len() as u64),
+            New::Link { .. } => (tar::EntryType::Symlink, 0o777, 0),
+        };
+        boot.data_bytes += if kind == tar::EntryType::Regular {
+            blocks(len)
+        } else {
+            4096
+        };
+        let Some(b) = b.as_mut() else {
+            continue;
+        };
+        let mut h = header(kind, mode, len, spec.epoch);
         match n {
-            New::Dir { mode } => {
-                b.append_data(
-                    &mut header(tar::EntryType::Directory, *mode, 0, spec.epoch),
-                    format!("{path}/"),
-                    std::io::empty(),
-                )?;
-                boot.data_bytes += 4096;
+            New::Dir { .. } | New::DirIfMissing => {
+                b.append_data(&mut h, format!("{path}/"), std::io::empty())?;
             }
-            New::DirIfMissing => {
-                b.append_data(
-                    &mut header(tar::EntryType::Directory, 0o755, 0, spec.epoch),
-                    format!("{path}/"),
-                    std::io::empty(),
-                )?;
-                boot.data_bytes += 4096;
-            }
-            New::File { source, mode } => {
+            New::File { source, .. } => {
                 let f = File::open(source).with_context(|| format!("opening {source}"))?;
-                let len = f.metadata()?.len();
-                b.append_data(
-                    &mut header(tar::EntryType::Regular, *mode, len, spec.epoch),
-                    &path,
-                    f,
-                )
-                .with_context(|| format!("adding {source} as /{rel}"))?;
-                boot.data_bytes += blocks(len);
+                ensure!(
+                    f.metadata()?.len() == len,
+                    "{source} changed while the disk was assembled"
+                );
+                b.append_data(&mut h, &path, f)
+                    .with_context(|| format!("adding {source} as /{rel}"))?;
             }
-            New::Bytes { data, mode } => {
-                b.append_data(
-                    &mut header(
-                        tar::EntryType::Regular,
-                        *mode,
-                        data.len() as u64,
-                        spec.epoch,
-                    ),
-                    &path,
-                    data.as_slice(),
-                )?;
-                boot.data_bytes += blocks(data.len() as u64);
+            New::Bytes { data, .. } => {
+                b.append_data(&mut h, &path, data.as_slice())?;
             }
             New::Link { target } => {
-                b.append_link(
-                    &mut header(tar::EntryType::Symlink, 0o777, 0, spec.epoch),
-                    &path,
-                    target,
-                )?;
-                boot.data_bytes += 4096;
+                b.append_link(&mut h, &path, target)?;
             }
         }
     }
-    // Identity reset: an empty machine-id (first boot), no dbus copy of it.
-    b.append_data(
-        &mut header(tar::EntryType::Regular, 0o444, 0, spec.epoch),
-        "./etc/machine-id",
-        std::io::empty(),
-    )?;
-    let w = b
-        .into_inner()
-        .with_context(|| format!("finishing {dest}"))?;
-    w.into_inner()
-        .map_err(|e| e.into_error())
-        .with_context(|| format!("writing {dest}"))?
-        .sync_all()?;
+    if let Some(b) = b.as_mut() {
+        // Identity reset: an empty machine-id (first boot), no dbus copy of it.
+        b.append_data(
+            &mut header(tar::EntryType::Regular, 0o444, 0, spec.epoch),
+            "./etc/machine-id",
+            std::io::empty(),
+        )?;
+    }
     Ok(boot)
 }
 
@@ -959,8 +1020,9 @@ pub fn assemble(spec: &DiskSpec, out: &Utf8Path) -> Result<()> {
     } else {
         None
     };
-    let root_tar = work.join("root.tar");
-    let boot = merge(spec, &news, &root_tar, &boot_dir)?;
+    // What the root needs, and its boot files, from the tarball's headers;
+    // the merged root itself streams into mkfs.ext4 once the layout is known.
+    let boot = merge(spec, &news, None, &boot_dir)?;
 
     // 2. Layout.
     let fs_bytes = root_fs_bytes(&boot);
@@ -1041,27 +1103,6 @@ pub fn assemble(spec: &DiskSpec, out: &Utf8Path) -> Result<()> {
         name: "root".into(),
         attributes: 0,
     });
-
-    // 3. Root file system.
-    let root_img = work.join("root.img");
-    File::create(&root_img)?.set_len(fs_bytes)?;
-    let conf = work.join("mke2fs.conf");
-    std::fs::write(&conf, tools::mke2fs::MKE2FS_CONF)?;
-    crate::ui::info(&format!(
-        "  root file system: {} MiB for {} entries",
-        fs_bytes / MIB,
-        boot.entries
-    ));
-    tools::run(&tools::mke2fs::mkfs_ext4_from(
-        &root_img,
-        &root_tar,
-        "root",
-        &spec.ids.root_fs,
-        &spec.ids.hash_seed,
-        &conf,
-        spec.epoch,
-    ))?;
-    std::fs::remove_file(&root_tar)?;
 
     // 4. ESP.
     let esp_img = work.join("esp.img");
@@ -1148,6 +1189,39 @@ pub fn assemble(spec: &DiskSpec, out: &Utf8Path) -> Result<()> {
         .open(&disk_path)
         .with_context(|| format!("creating {disk_path}"))?;
     disk.set_len(spec.size)?;
+
+    // Root file system, made in place in its partition from the merged root
+    // streamed into mkfs.ext4 (no tarball or image file in between).
+    let conf = work.join("mke2fs.conf");
+    std::fs::write(&conf, tools::mke2fs::MKE2FS_CONF)?;
+    crate::ui::info(&format!(
+        "  root file system: {} MiB for {} entries",
+        fs_bytes / MIB,
+        boot.entries
+    ));
+    let root = parts.last().expect("the root partition");
+    // mke2fs reads a size without a unit as 1 KiB blocks.
+    let mkfs = mkfs_root(
+        spec,
+        &disk_path,
+        &conf,
+        root.offset(),
+        format!("{}k", fs_bytes / 1024),
+    );
+    let mut written = None;
+    tools::run_feeding(&mkfs, |w| {
+        written = Some(merge(spec, &news, Some(w), &boot_dir)?);
+        Ok(())
+    })?;
+    let written = written.context("the merge did not run")?;
+    ensure!(
+        (written.entries, written.data_bytes) == (boot.entries, boot.data_bytes),
+        "kiln bug: the merged root has {} entries ({} bytes) but {} ({} bytes) were counted",
+        written.entries,
+        written.data_bytes,
+        boot.entries,
+        boot.data_bytes
+    );
     gpt::write(
         &disk,
         spec.size,
@@ -1159,7 +1233,7 @@ pub fn assemble(spec: &DiskSpec, out: &Utf8Path) -> Result<()> {
         match p.name.as_str() {
             "bios" => copy_at(&disk, p.offset(), &core_img, "GRUB core")?,
             "esp" => copy_at(&disk, p.offset(), &esp_img, "EFI system partition")?,
-            _ => copy_at(&disk, p.offset(), &root_img, "root file system")?,
+            _ => {} // made in place above
         }
     }
     disk.sync_all()?;

@@ -26,10 +26,16 @@ pub const MKE2FS_CONF: &str = "[defaults]\n\
 /// with "Operation not permitted while populating file system".
 pub const LIBARCHIVE: &str = "/usr/lib/x86_64-linux-gnu/libarchive.so.13";
 
-/// `mkfs.ext4 -d SRC IMG` on an existing (sized, sparse) image file.
-pub fn mkfs_ext4_from(
-    image: &Utf8Path,
-    src: &Utf8Path,
+/// `mkfs.ext4 -d - DISK SIZE` with `-E offset=OFFSET`: an ext4 file system of
+/// `size` (e.g. `1024k`) at byte `offset` of an existing (sized, sparse)
+/// disk image, populated from the tarball kiln streams into its stdin
+/// (`what`). Nothing outside that region is written.
+#[allow(clippy::too_many_arguments)]
+pub fn mkfs_ext4_at(
+    disk: &Utf8Path,
+    offset: &str,
+    size: &str,
+    what: &str,
     label: &str,
     uuid: &str,
     hash_seed: &str,
@@ -38,17 +44,18 @@ pub fn mkfs_ext4_from(
 ) -> Cmd {
     Cmd::new(
         "mkfs.ext4",
-        format!("ext4 file system `{label}` from {src}"),
+        format!("ext4 file system `{label}` inside {disk} from {what}"),
     )
     .args(["-q", "-F", "-t", "ext4", "-L", label, "-U", uuid])
     .arg("-E")
     .arg(format!(
-        "hash_seed={hash_seed},root_owner=0:0,lazy_itable_init=1,nodiscard"
+        "hash_seed={hash_seed},root_owner=0:0,lazy_itable_init=1,nodiscard,offset={offset}"
     ))
-    .args(["-d", src.as_str(), image.as_str()])
+    .args(["-d", "-", disk.as_str(), size])
     .env("MKE2FS_CONFIG", config.as_str())
     .env("SOURCE_DATE_EPOCH", epoch.to_string())
     .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
+    .stdin_from(what)
 }
 
 #[cfg(test)]
@@ -61,9 +68,11 @@ mod tests {
     /// and the feature set (kiln's own `MKE2FS_CONFIG`, not the host's).
     #[test]
     fn the_file_system_is_pinned_by_uuid_hash_seed_owner_times_and_config() {
-        let c = mkfs_ext4_from(
-            Utf8Path::new("/w/root.img"),
-            Utf8Path::new("/w/tree"),
+        let c = mkfs_ext4_at(
+            Utf8Path::new("/w/disk.raw"),
+            "135266304",
+            "1048576k",
+            "the merged root tarball",
             "root",
             "0b6f4d1e-2c3a-4b5c-8d7e-9f0a1b2c3d4e",
             "5a4b3c2d-1e0f-4a9b-8c7d-6e5f4a3b2c1d",
@@ -84,17 +93,15 @@ mod tests {
                 "0b6f4d1e-2c3a-4b5c-8d7e-9f0a1b2c3d4e",
                 "-E",
                 "hash_seed=5a4b3c2d-1e0f-4a9b-8c7d-6e5f4a3b2c1d,root_owner=0:0,\
-                 lazy_itable_init=1,nodiscard",
+                 lazy_itable_init=1,nodiscard,offset=135266304",
                 "-d",
-                "/w/tree",
-                "/w/root.img",
+                "-",
+                "/w/disk.raw",
+                "1048576k",
             ]
         );
-        let env: Vec<(&str, &str)> = c
-            .env
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        assert_eq!(c.stdin_from.as_deref(), Some("the merged root tarball"));
+        let env = c.env_pairs();
         assert_eq!(
             env,
             [

@@ -55,6 +55,10 @@ pub struct Cmd {
     /// Write the child's stdout to this file instead of capturing it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stdout_to: Option<Utf8PathBuf>,
+    /// What kiln streams into the child's stdin ([`run_feeding`]); stdin is
+    /// closed otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stdin_from: Option<String>,
     /// One line saying what the command is for.
     pub summary: String,
     /// Let the child write to kiln's own stdout/stderr (e.g. `cargo test`)
@@ -75,6 +79,7 @@ impl Cmd {
             env: BTreeMap::new(),
             cwd: None,
             stdout_to: None,
+            stdin_from: None,
             summary: summary.into(),
             inherit_output: false,
             inherit_env: false,
@@ -119,6 +124,11 @@ impl Cmd {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect()
+    }
+    /// kiln writes `what` into the child's stdin while it runs ([`run_feeding`]).
+    pub fn stdin_from(mut self, what: impl Into<String>) -> Cmd {
+        self.stdin_from = Some(what.into());
+        self
     }
     /// Replace `from` by `to` in every argument and env value (used to point a
     /// planned command at a step's temporary output directory).
@@ -234,6 +244,9 @@ impl fmt::Display for Cmd {
         if let Some(out) = &self.stdout_to {
             write!(f, " > {}", shell_quote(out.as_str()))?;
         }
+        if let Some(what) = &self.stdin_from {
+            write!(f, " < ({what}, streamed by kiln)")?;
+        }
         Ok(())
     }
 }
@@ -297,13 +310,27 @@ const PASS_ENV: &[&str] = &[
 /// A non-zero exit is an error carrying the quoted command line, the exit
 /// status and the tail of stderr.
 pub fn run(cmd: &Cmd) -> Result<Output> {
-    run_inner(cmd)
+    run_inner(cmd, None)
+}
+
+/// Like [`run`], with `feed` writing the child's stdin (`cmd.stdin_from`
+/// says what) on this thread while the child runs; stdin is closed when
+/// `feed` returns. If the child fails, its failure is the error (a feed cut
+/// short by the closed pipe is a consequence); else a failed feed is, and
+/// the child is stopped.
+pub fn run_feeding(
+    cmd: &Cmd,
+    feed: impl FnOnce(&mut dyn std::io::Write) -> Result<()>,
+) -> Result<Output> {
+    let mut feed = Some(feed);
+    let mut f = |w: &mut dyn std::io::Write| (feed.take().expect("fed once"))(w);
+    run_inner(cmd, Some(&mut f))
 }
 
 /// Like [`run`], but a non-zero exit is returned as `Ok(Err(report))` so
 /// callers can inspect the status (e.g. `qemu-img check` exit codes).
 pub fn run_unchecked(cmd: &Cmd) -> Result<std::result::Result<Output, Failure>> {
-    match run_inner(cmd) {
+    match run_inner(cmd, None) {
         Ok(o) => Ok(Ok(o)),
         Err(e) => match e.downcast::<Failure>() {
             Ok(f) => Ok(Err(f)),
@@ -342,7 +369,9 @@ impl fmt::Display for Failure {
 
 impl std::error::Error for Failure {}
 
-fn run_inner(cmd: &Cmd) -> Result<Output> {
+type Feed<'a> = &'a mut dyn FnMut(&mut dyn std::io::Write) -> Result<()>;
+
+fn run_inner(cmd: &Cmd, feed: Option<Feed>) -> Result<Output> {
     crate::signals::check()?;
     check_declared(cmd)?;
     let program = registry::which(&cmd.program).ok_or_else(|| missing_tool(&cmd.program))?;
@@ -361,7 +390,11 @@ fn run_inner(cmd: &Cmd) -> Result<Output> {
     if let Some(d) = &cmd.cwd {
         c.current_dir(d);
     }
-    c.stdin(Stdio::null());
+    c.stdin(if feed.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
     match &cmd.stdout_to {
         _ if cmd.inherit_output => {
             c.stdout(Stdio::inherit());
@@ -401,6 +434,33 @@ fn run_inner(cmd: &Cmd) -> Result<Output> {
         .take()
         .map(|s| spawn_reader(s, stderr_buf.clone(), STDERR_TAIL));
 
+    // Whether kiln stopped the child because the feed failed.
+    let mut stopped = false;
+    let fed = match (feed, child.stdin.take()) {
+        (Some(feed), Some(mut stdin)) => {
+            let r = feed(&mut stdin).and_then(|()| Ok(std::io::Write::flush(&mut stdin)?));
+            drop(stdin);
+            if r.is_err() {
+                // A failing child closes the pipe: give it a moment to exit so
+                // its own failure is reported rather than the broken pipe.
+                let t = std::time::Instant::now();
+                while !crate::signals::interrupted()
+                    && child.try_wait()?.is_none()
+                    && t.elapsed() < Duration::from_secs(2)
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                if child.try_wait()?.is_none() {
+                    crate::signals::stop_group(pid);
+                    stopped = true;
+                }
+            }
+            r
+        }
+        _ => Ok(()),
+    };
+    let fed = fed.with_context(|| format!("feeding {} ({})", cmd.program, cmd.summary));
+
     let status = loop {
         if let Some(st) = child.try_wait()? {
             break st;
@@ -426,6 +486,10 @@ fn run_inner(cmd: &Cmd) -> Result<Output> {
     }
     let stdout = std::mem::take(&mut *stdout_buf.lock().unwrap());
     let stderr = std::mem::take(&mut *stderr_buf.lock().unwrap());
+    let fed = match fed {
+        Err(e) if stopped => return Err(e),
+        f => f,
+    };
     if !status.success() {
         let status_text = match (status.code(), status.signal()) {
             (Some(c), _) => format!("exit status {c}"),
@@ -441,6 +505,7 @@ fn run_inner(cmd: &Cmd) -> Result<Output> {
         }
         .into());
     }
+    fed?;
     Ok(Output { stdout, stderr })
 }
 
