@@ -27,7 +27,7 @@ pub struct Measurement {
     pub baseline_secs: f64,
     /// kiln / baseline (time), or baseline / kiln for throughput cases (see `higher_is_better`).
     pub ratio: f64,
-    /// The goal from the issue, e.g. `<= 1.2`.
+    /// The goal, e.g. `<= 1.2`.
     pub goal: String,
     pub met: bool,
 }
@@ -128,7 +128,7 @@ pub fn alternating<T>(
 }
 
 /// Context for a case: a scratch directory on the same file system as the
-/// cache, and a size scale (1.0 = the sizes the issues name; tests use less).
+/// cache, and a size scale (1.0 = the sizes the goals are set for; tests use less).
 pub struct BenchCx<'a> {
     pub scratch: &'a Utf8Path,
     pub scale: f64,
