@@ -1,7 +1,7 @@
 //! Bench case `scan-disk`: scan a 1 GiB raw GPT disk image (a 64 MiB FAT ESP
 //! and an ext4 root filled with generated text and binary files) and compare
-//! with `cat IMAGE > /dev/null` on the hot cache, in the same run. Goal from
-//! the goal: at most 3× the time of `cat`.
+//! with `cat IMAGE > /dev/null` on the hot cache, in the same run. Goal: at
+//! most 3× the time of `cat`.
 
 use std::io::{Seek, SeekFrom, Write};
 
