@@ -17,8 +17,11 @@
 
 pub mod customize;
 pub mod disk;
+mod esp;
 pub mod gpt;
+mod merge;
 pub mod rootfs;
+mod uki;
 
 use anyhow::{bail, Result};
 use camino::{Utf8Path, Utf8PathBuf};

@@ -1,0 +1,498 @@
+//! The root file system of builder 1's disk, merged in process: the
+//! mmdebstrap tarball, the staged tree and kiln's generated files (identity
+//! reset, fstab, network, growth). One walk of the tarball's headers sizes
+//! the root file system and copies out the kernel, initrd and os-release;
+//! the other streams the merged root into `mkfs.ext4 -d -`'s stdin, so every
+//! file is owned as in the tarballs without root and no merged tarball or
+//! root image is written in between.
+
+use crate::archive::header;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io::{Read, Write};
+
+use anyhow::{bail, ensure, Context, Result};
+use camino::{Utf8Path, Utf8PathBuf};
+
+use super::disk::DiskSpec;
+
+/// What the merge found in the root file system.
+#[derive(Debug, Default)]
+pub(super) struct Boot {
+    pub(super) kernel: Option<(String, Utf8PathBuf)>,
+    pub(super) initrd: Option<(String, Utf8PathBuf)>,
+    pub(super) os_release: Option<Utf8PathBuf>,
+    pub(super) root_links: BTreeSet<String>,
+    /// Bytes the file system needs for data (4 KiB blocks) and entries.
+    pub(super) data_bytes: u64,
+    pub(super) entries: u64,
+}
+
+/// A path kiln puts into the root, replacing what the Debian tarball has.
+#[derive(Debug, Clone)]
+pub(super) enum New {
+    Dir {
+        mode: u32,
+    },
+    /// A parent directory that is created only when the rootfs lacks it.
+    DirIfMissing,
+    File {
+        source: Utf8PathBuf,
+        mode: u32,
+    },
+    Bytes {
+        data: Vec<u8>,
+        mode: u32,
+    },
+    Link {
+        target: String,
+    },
+}
+
+/// Paths of the Debian tarball that must not reach the image (per-instance
+/// identity, host leftovers, apt caches).
+fn dropped(rel: &str) -> bool {
+    const EXACT: &[&str] = &[
+        "var/lib/dbus/machine-id",
+        "var/lib/systemd/random-seed",
+        "etc/resolv.conf",
+        "var/cache/debconf/config.dat-old",
+        "var/cache/debconf/templates.dat-old",
+    ];
+    if EXACT.contains(&rel) {
+        return true;
+    }
+    if let Some(rest) = rel.strip_prefix("etc/ssh/") {
+        return rest.starts_with("ssh_host_");
+    }
+    if let Some(rest) = rel.strip_prefix("var/lib/apt/lists/") {
+        return !rest.is_empty() && rest != "partial" && rest != "lock";
+    }
+    if let Some(rest) = rel.strip_prefix("var/cache/apt/") {
+        return rest.ends_with(".bin") || (rest.starts_with("archives/") && rest.ends_with(".deb"));
+    }
+    if let Some(rest) = rel.strip_prefix("dev/") {
+        return !rest.is_empty();
+    }
+    false
+}
+
+/// kiln's generated files: identity reset, fstab, network, growth, first-boot
+/// SSH keys. The staged tree may replace any of them but `/etc/machine-id`.
+pub(super) fn generated(spec: &DiskSpec) -> BTreeMap<String, New> {
+    let mut m = BTreeMap::new();
+    let bytes = |s: String, mode: u32| New::Bytes {
+        data: s.into_bytes(),
+        mode,
+    };
+    let link = |t: &str| New::Link { target: t.into() };
+    let ids = &spec.ids;
+    let h = &spec.hostname;
+    m.insert("etc/hostname".into(), bytes(format!("{h}\n"), 0o644));
+    m.insert(
+        "etc/hosts".into(),
+        bytes(
+            format!(
+                "127.0.0.1\tlocalhost\n127.0.1.1\t{h}\n::1\tlocalhost ip6-localhost ip6-loopback\n\
+                 ff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n"
+            ),
+            0o644,
+        ),
+    );
+    let mut fstab = format!(
+        "# Written by kiln. The root file system grows to fill its partition at boot\n\
+         # (x-systemd.growfs); systemd-repart grows the partition when the disk grows.\n\
+         UUID={}\t/\text4\tdefaults,x-systemd.growfs\t0\t1\n",
+        ids.root_fs
+    );
+    if spec.uefi {
+        fstab.push_str(&format!("PARTUUID={}\t/boot/efi\tvfat\tumask=0077,nofail,x-systemd.automount,x-systemd.idle-timeout=60\t0\t2\n", ids.esp_part));
+        m.insert("boot/efi".into(), New::Dir { mode: 0o755 });
+    }
+    m.insert("etc/fstab".into(), bytes(fstab, 0o644));
+    m.insert("etc/repart.d".into(), New::DirIfMissing);
+    m.insert(
+        "etc/repart.d/50-root.conf".into(),
+        bytes("# Grow the root partition into free space at the end of the disk.\n[Partition]\nType=root\n".into(), 0o644),
+    );
+    m.insert(
+        "etc/systemd/network/80-kiln-dhcp.network".into(),
+        bytes("# DHCP on every wired interface, matched by name (not MAC).\n[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n".into(), 0o644),
+    );
+    let sys = "etc/systemd/system";
+    m.insert(
+        format!("{sys}/multi-user.target.wants/systemd-networkd.service"),
+        link("/lib/systemd/system/systemd-networkd.service"),
+    );
+    m.insert(
+        format!("{sys}/sockets.target.wants/systemd-networkd.socket"),
+        link("/lib/systemd/system/systemd-networkd.socket"),
+    );
+    if spec.resolved {
+        m.insert(
+            "etc/resolv.conf".into(),
+            link("../run/systemd/resolve/stub-resolv.conf"),
+        );
+        m.insert(
+            format!("{sys}/multi-user.target.wants/systemd-resolved.service"),
+            link("/lib/systemd/system/systemd-resolved.service"),
+        );
+        m.insert(
+            format!("{sys}/dbus-org.freedesktop.resolve1.service"),
+            link("/lib/systemd/system/systemd-resolved.service"),
+        );
+    }
+    // Empty machine-id marks the first boot; systemd-firstboot must not prompt.
+    m.insert(
+        format!("{sys}/systemd-firstboot.service"),
+        link("/dev/null"),
+    );
+    if spec.ssh {
+        m.insert(
+            format!("{sys}/kiln-ssh-hostkeys.service"),
+            bytes(
+                "[Unit]\nDescription=Generate this instance's SSH host keys\n\
+                 ConditionPathExists=/usr/bin/ssh-keygen\nBefore=ssh.service\n\n\
+                 [Service]\nType=oneshot\nExecStart=/usr/bin/ssh-keygen -A\nRemainAfterExit=yes\n\n\
+                 [Install]\nWantedBy=multi-user.target ssh.service\n"
+                    .into(),
+                0o644,
+            ),
+        );
+        m.insert(
+            format!("{sys}/multi-user.target.wants/kiln-ssh-hostkeys.service"),
+            link("/etc/systemd/system/kiln-ssh-hostkeys.service"),
+        );
+        m.insert(format!("{sys}/ssh.service.wants"), New::DirIfMissing);
+        m.insert(
+            format!("{sys}/ssh.service.wants/kiln-ssh-hostkeys.service"),
+            link("/etc/systemd/system/kiln-ssh-hostkeys.service"),
+        );
+    }
+    for dir in [
+        format!("{sys}/multi-user.target.wants"),
+        format!("{sys}/sockets.target.wants"),
+    ] {
+        m.insert(dir, New::DirIfMissing);
+    }
+    m
+}
+
+/// The staged tree as `New` entries.
+pub(super) fn staged(tree: &Utf8Path) -> Result<BTreeMap<String, New>> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut m = BTreeMap::new();
+    for (rel, md) in crate::digest::walk_sorted(tree)? {
+        let ft = md.file_type();
+        let mode = md.permissions().mode() & 0o7777;
+        let e = if ft.is_symlink() {
+            let t = std::fs::read_link(tree.join(&rel))
+                .with_context(|| format!("reading link {rel}"))?;
+            New::Link {
+                target: t.to_string_lossy().into_owned(),
+            }
+        } else if ft.is_dir() {
+            New::Dir { mode }
+        } else if ft.is_file() {
+            New::File {
+                source: tree.join(&rel),
+                mode,
+            }
+        } else {
+            bail!("{}: not a file, directory or link", tree.join(&rel));
+        };
+        m.insert(rel.to_string(), e);
+    }
+    Ok(m)
+}
+
+fn blocks(n: u64) -> u64 {
+    n.div_ceil(4096) * 4096
+}
+
+/// Merge the Debian tarball and `news` (staged tree over generated files).
+/// With `out`, write the merged root there as a tar stream; without, only
+/// walk the Debian tarball's headers (seeking over file data) to count what
+/// the file system needs and copy the kernel, initrd and os-release into
+/// `boot_dir`. Both walks count the same entries.
+pub(super) fn merge(
+    spec: &DiskSpec,
+    news: &BTreeMap<String, New>,
+    out: Option<&mut dyn Write>,
+    boot_dir: &Utf8Path,
+) -> Result<Boot> {
+    let tar_path = &spec.rootfs_tar;
+    let mut magic = [0u8; 4];
+    let n = File::open(tar_path)
+        .and_then(|mut f| f.read(&mut magic))
+        .with_context(|| format!("reading {tar_path}"))?;
+    let compressed = n >= 2 && (magic == [0x28, 0xb5, 0x2f, 0xfd] || magic[..2] == [0x1f, 0x8b]);
+    let Some(out) = out else {
+        if compressed {
+            let mut ar = crate::archive::open_tar(tar_path)?;
+            let entries = ar
+                .entries()
+                .with_context(|| format!("reading {tar_path}"))?;
+            return merge_entries::<_, std::io::Sink>(spec, news, entries, None, boot_dir, None);
+        }
+        let f = File::open(tar_path).with_context(|| format!("opening {tar_path}"))?;
+        let mut ar = tar::Archive::new(std::io::BufReader::with_capacity(64 * 1024, f));
+        let entries = ar
+            .entries_with_seek()
+            .with_context(|| format!("reading {tar_path}"))?;
+        return merge_entries::<_, std::io::Sink>(spec, news, entries, None, boot_dir, None);
+    };
+    let mut b = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, out));
+    b.follow_symlinks(false);
+    let total = std::fs::metadata(tar_path)?.len();
+    let mut progress = crate::ui::Progress::bytes("merge root file system", total);
+    let mut ar = crate::archive::open_tar(tar_path)?;
+    let entries = ar
+        .entries()
+        .with_context(|| format!("reading {tar_path}"))?;
+    let boot = merge_entries(
+        spec,
+        news,
+        entries,
+        Some(&mut b),
+        boot_dir,
+        Some(&mut progress),
+    )?;
+    progress.finish();
+    b.into_inner()
+        .context("finishing the merged root tarball")?
+        .flush()
+        .context("writing the merged root tarball")?;
+    Ok(boot)
+}
+
+fn merge_entries<R: Read, W: Write>(
+    spec: &DiskSpec,
+    news: &BTreeMap<String, New>,
+    entries: tar::Entries<'_, R>,
+    mut b: Option<&mut tar::Builder<W>>,
+    boot_dir: &Utf8Path,
+    mut progress: Option<&mut crate::ui::Progress>,
+) -> Result<Boot> {
+    let mut boot = Boot::default();
+    let mut pending = news.clone();
+    for entry in entries {
+        crate::signals::check()?;
+        let mut entry = entry.with_context(|| format!("reading {}", spec.rootfs_tar))?;
+        let raw_path = entry.path()?.to_string_lossy().into_owned();
+        let rel = raw_path
+            .trim_start_matches("./")
+            .trim_end_matches('/')
+            .to_string();
+        let kind = entry.header().entry_type();
+        if let Some(p) = progress.as_mut() {
+            p.inc(entry.size() + 512);
+        }
+        if rel.is_empty() {
+            continue; // the root directory itself: root_owner=0:0, mode 0755
+        }
+        if rel == "etc/machine-id" || dropped(&rel) {
+            continue;
+        }
+        if let Some(n) = pending.get(&rel) {
+            match (n, kind.is_dir()) {
+                (New::Dir { .. } | New::DirIfMissing, true) => {
+                    // Keep Debian's directory (owner, mode); the children still come.
+                    pending.remove(&rel);
+                }
+                (New::Dir { .. } | New::DirIfMissing, false) => bail!(
+                    "/{rel} is a directory in the staged tree but not in the Debian root \
+                     (a {:?}); put the files where the Debian path points instead",
+                    kind
+                ),
+                (_, true) => {
+                    bail!("/{rel} is a file in the staged tree but a directory in the Debian root")
+                }
+                (_, false) => continue, // replaced; written with the new entries
+            }
+        }
+        if kind.is_file() {
+            boot.data_bytes += blocks(entry.size());
+        } else {
+            boot.data_bytes += 4096;
+        }
+        boot.entries += 1;
+        if kind == tar::EntryType::Symlink && !rel.contains('/') {
+            boot.root_links.insert(rel.clone());
+        }
+        let Some(b) = b.as_mut() else {
+            // The counting walk: copy the boot files out.
+            let is_kernel = rel.starts_with("boot/vmlinuz-");
+            let is_initrd = rel.starts_with("boot/initrd.img-");
+            if kind.is_file() && (is_kernel || is_initrd || rel == "usr/lib/os-release") {
+                let mut data = Vec::with_capacity(entry.size() as usize);
+                entry.read_to_end(&mut data)?;
+                let name = rel.rsplit('/').next().unwrap_or("file").to_string();
+                let copy = boot_dir.join(&name);
+                std::fs::write(&copy, &data).with_context(|| format!("writing {copy}"))?;
+                let version = name
+                    .split_once('-')
+                    .map(|(_, v)| v.to_string())
+                    .unwrap_or_default();
+                let newer = |cur: &Option<(String, Utf8PathBuf)>| {
+                    cur.as_ref().is_none_or(|(v, _)| *v < version)
+                };
+                if is_kernel && newer(&boot.kernel) {
+                    boot.kernel = Some((version, copy));
+                } else if is_initrd && newer(&boot.initrd) {
+                    boot.initrd = Some((version, copy));
+                } else if !is_kernel && !is_initrd {
+                    boot.os_release = Some(copy);
+                }
+            }
+            continue;
+        };
+        let mut h = entry.header().clone();
+        // Extended attributes (file capabilities) ride in PAX records.
+        let xattrs: Vec<(String, Vec<u8>)> = match entry.pax_extensions()? {
+            Some(exts) => exts
+                .filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let k = e.key().ok()?;
+                    k.starts_with("SCHILY.xattr.")
+                        .then(|| (k.to_string(), e.value_bytes().to_vec()))
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        if !xattrs.is_empty() {
+            b.append_pax_extensions(xattrs.iter().map(|(k, v)| (k.as_str(), v.as_slice())))?;
+        }
+        match kind {
+            tar::EntryType::Symlink | tar::EntryType::Link => {
+                let target = entry
+                    .link_name()?
+                    .with_context(|| format!("/{rel}: link without a target"))?
+                    .into_owned();
+                b.append_link(&mut h, &raw_path, &target)
+                    .with_context(|| format!("writing /{rel}"))?;
+            }
+            _ => {
+                b.append_data(&mut h, &raw_path, &mut entry)
+                    .with_context(|| format!("writing /{rel}"))?;
+            }
+        }
+    }
+    // New paths, parents before children (sorted).
+    for (rel, n) in &pending {
+        crate::signals::check()?;
+        let path = format!("./{rel}");
+        boot.entries += 1;
+        let (kind, mode, len) = match n {
+            New::Dir { mode } => (tar::EntryType::Directory, *mode, 0),
+            New::DirIfMissing => (tar::EntryType::Directory, 0o755, 0),
+            New::File { source, mode } => (
+                tar::EntryType::Regular,
+                *mode,
+                std::fs::metadata(source)
+                    .with_context(|| format!("reading {source}"))?
+                    .len(),
+            ),
+            New::Bytes { data, mode } => (tar::EntryType::Regular, *mode, data.len() as u64),
+            New::Link { .. } => (tar::EntryType::Symlink, 0o777, 0),
+        };
+        boot.data_bytes += if kind == tar::EntryType::Regular {
+            blocks(len)
+        } else {
+            4096
+        };
+        let Some(b) = b.as_mut() else {
+            continue;
+        };
+        let mut h = header(kind, mode, len, spec.epoch);
+        match n {
+            New::Dir { .. } | New::DirIfMissing => {
+                b.append_data(&mut h, format!("{path}/"), std::io::empty())?;
+            }
+            New::File { source, .. } => {
+                let f = File::open(source).with_context(|| format!("opening {source}"))?;
+                ensure!(
+                    f.metadata()?.len() == len,
+                    "{source} changed while the disk was assembled"
+                );
+                b.append_data(&mut h, &path, f)
+                    .with_context(|| format!("adding {source} as /{rel}"))?;
+            }
+            New::Bytes { data, .. } => {
+                b.append_data(&mut h, &path, data.as_slice())?;
+            }
+            New::Link { target } => {
+                b.append_link(&mut h, &path, target)?;
+            }
+        }
+    }
+    if let Some(b) = b.as_mut() {
+        // Identity reset: an empty machine-id (first boot), no dbus copy of it.
+        b.append_data(
+            &mut header(tar::EntryType::Regular, 0o444, 0, spec.epoch),
+            "./etc/machine-id",
+            std::io::empty(),
+        )?;
+    }
+    Ok(boot)
+}
+
+/// Files of the root tarball whose path (without `./`, with a merged-/usr
+/// `usr/` prefix dropped for `lib/`, `bin/` and `sbin/`) passes `want`.
+pub(super) fn read_from_rootfs(
+    tar: &Utf8Path,
+    want: impl Fn(&str) -> bool,
+) -> Result<BTreeMap<String, Vec<u8>>> {
+    let mut found = BTreeMap::new();
+    let mut ar = crate::archive::open_tar(tar)?;
+    for entry in ar.entries().with_context(|| format!("reading {tar}"))? {
+        crate::signals::check()?;
+        let mut entry = entry.with_context(|| format!("reading {tar}"))?;
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let raw = entry.path()?.to_string_lossy().into_owned();
+        let rel = raw.trim_start_matches("./");
+        let rel = match rel.strip_prefix("usr/") {
+            Some(r) if ["lib/", "bin/", "sbin/"].iter().any(|p| r.starts_with(p)) => r,
+            _ => rel,
+        };
+        if want(rel) {
+            let mut data = Vec::with_capacity(entry.size() as usize);
+            entry
+                .read_to_end(&mut data)
+                .with_context(|| format!("reading /{rel} from {tar}"))?;
+            found.insert(rel.to_string(), data);
+        }
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_paths_are_dropped() {
+        for p in [
+            "etc/ssh/ssh_host_ed25519_key",
+            "var/lib/systemd/random-seed",
+            "var/lib/dbus/machine-id",
+            "var/lib/apt/lists/deb.debian.org_debian_dists_bookworm_InRelease",
+            "var/cache/apt/pkgcache.bin",
+            "var/cache/apt/archives/x.deb",
+            "dev/null",
+            "etc/resolv.conf",
+        ] {
+            assert!(dropped(p), "{p}");
+        }
+        for p in [
+            "etc/ssh/sshd_config",
+            "var/lib/apt/lists/partial",
+            "dev",
+            "var/lib/systemd/timers",
+        ] {
+            assert!(!dropped(p), "{p}");
+        }
+    }
+}
