@@ -92,6 +92,21 @@ pub enum Verb {
     /// Measure kiln against baseline tools in the same run and print ratios.
     Bench(crate::verbs::bench::Args),
     /// Build every format the recipe asks for in one plan: overlay archive, qcow2 per architecture, OVA, and the installer ISO when a base ISO is set.
+    ///
+    /// The formats share steps (one stage, one Debian root file system per
+    /// architecture, one disk for the qcow2 and the OVA). Before any work every
+    /// tool the plan needs is checked; run as root on Debian/Ubuntu the missing
+    /// ones are installed with apt first (`--no-install` turns that off). Steps
+    /// whose inputs did not change are reused from the cache, so a rebuild after
+    /// an overlay change redoes the disk, not the Debian root. Every artifact is
+    /// scanned for secrets, then lands in `output/` with a `.sha256`.
+    ///
+    /// Examples:
+    ///   cargo xtask build                         the demo appliance (recipes/demo.yaml)
+    ///   cargo xtask build --dry-run               every step, command, input and key
+    ///   cargo xtask build --base-iso ubuntu.iso   also remaster the installer ISO
+    ///   cargo xtask --recipe recipes/mine.yaml build
+    #[command(verbatim_doc_comment)]
     Build(crate::verbs::build::Args),
     /// Ensure the test tools are installed (as root: `doctor --install`), then run the whole test suite.
     Test(Test),
