@@ -5,11 +5,11 @@
 //! the same `SHA256SUMS`). Every file is read once: hashed while it is
 //! copied or compressed.
 //!
-//! Caching: the step key is a cheap manifest of the source (paths, sizes,
-//! mtimes, modes), so an unchanged model is never re-read. When only mtimes
-//! changed (a fresh checkout, a `touch`), the files are hashed and, if every
-//! digest matches the one recorded at the previous export, that export is
-//! reused instead of copying or compressing again.
+//! Caching: the step key holds the files' paths in the model, modes and
+//! content digests. Each digest is remembered by file identity (see
+//! `digest::file_sha256_memo`), so an unchanged model is not re-read on the
+//! next plan, and a fresh checkout or a `touch` (new mtimes, same bytes)
+//! finds the same key.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -216,79 +216,8 @@ impl Op for ModelOp {
     fn run(&self, cx: &OpCx) -> Result<()> {
         let p = &self.params;
         let what = format!("model `{}` ({})", p.name, p.source);
-        let rec = match self.reuse(cx).with_context(|| what.clone())? {
-            Some(rec) => rec,
-            None => export(p, &self.files, cx.out).with_context(|| what.clone())?,
-        };
+        let rec = export(p, &self.files, cx.out).with_context(|| what)?;
         crate::plan::write_json(&cx.out.join(MODEL_RECORD), &rec)
-    }
-}
-
-impl ModelOp {
-    /// A previous export of this model whose source differs only in mtimes,
-    /// confirmed by hashing the files against the digests it recorded.
-    fn reuse(&self, cx: &OpCx) -> Result<Option<ModelRecord>> {
-        let Some(cache) = cx.step.out.parent() else {
-            return Ok(None);
-        };
-        let Ok(rd) = std::fs::read_dir(cache) else {
-            return Ok(None);
-        };
-        let same_shape = |a: &ModelFile, b: &ModelFile| {
-            a.rel == b.rel && a.src == b.src && a.size == b.size && a.mode == b.mode
-        };
-        let mut best: Option<(Utf8PathBuf, ModelRecord)> = None;
-        for e in rd.flatten() {
-            let Ok(dir) = Utf8PathBuf::from_path_buf(e.path()) else {
-                continue;
-            };
-            if !dir.join(crate::exec::STAMP).is_file() || dir == cx.step.out {
-                continue;
-            }
-            let Ok(text) = std::fs::read_to_string(dir.join(MODEL_RECORD)) else {
-                continue;
-            };
-            let Ok(rec) = serde_json::from_str::<ModelRecord>(&text) else {
-                continue;
-            };
-            let Some((params, files)) = &rec.export else {
-                continue;
-            };
-            if params == &self.params
-                && files.len() == self.files.len()
-                && files.iter().zip(&self.files).all(|(a, b)| same_shape(a, b))
-            {
-                best = Some((dir, rec));
-                break;
-            }
-        }
-        let Some((prev, mut rec)) = best else {
-            return Ok(None);
-        };
-        let digests = hash_files(&self.files)?;
-        if digests.iter().zip(&rec.files).any(|(d, f)| d != &f.sha256) {
-            return Ok(None);
-        }
-        crate::ui::info(&format!(
-            "model {}: only timestamps changed and every digest matches the export in {prev}; reusing it",
-            self.params.name
-        ));
-        let from = tree_dir(&prev, &self.params.dest);
-        let to = tree_dir(cx.out, &self.params.dest);
-        for (rel, md) in crate::digest::walk_sorted(&from)? {
-            let (s, d) = (from.join(&rel), to.join(&rel));
-            if md.is_dir() {
-                std::fs::create_dir_all(&d)?;
-                std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755))?;
-            } else {
-                std::fs::create_dir_all(d.parent().expect("under the tree"))?;
-                if std::fs::hard_link(&s, &d).is_err() {
-                    std::fs::copy(&s, &d).with_context(|| format!("copying {s} to {d}"))?;
-                }
-            }
-        }
-        rec.export = Some((self.params.clone(), self.files.clone()));
-        Ok(Some(rec))
     }
 }
 
