@@ -183,8 +183,7 @@ pub struct FileEntry {
     pub sha256: String,
 }
 
-/// What a model step records (one `models.json` entry, plus what the next
-/// export needs to confirm an unchanged model by its digests).
+/// What a model step records (one `models.json` entry).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ModelRecord {
     pub name: String,
@@ -199,9 +198,6 @@ pub struct ModelRecord {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub size: Option<u64>,
     pub files: Vec<FileEntry>,
-    /// Not in `models.json`: the parameters and source manifest of this export.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub export: Option<(Params, Vec<ModelFile>)>,
 }
 
 pub struct ModelOp {
@@ -253,7 +249,6 @@ pub fn export(p: &Params, files: &[ModelFile], out: &Utf8Path) -> Result<ModelRe
         sha256: archive.as_ref().map(|a| a.0.clone()),
         size: archive.map(|a| a.1),
         files: entries,
-        export: Some((p.clone(), files.to_vec())),
     })
 }
 
@@ -452,7 +447,7 @@ impl Op for IndexOp {
     fn run(&self, cx: &OpCx) -> Result<()> {
         let mut records = Vec::new();
         for (step, out) in &self.parts {
-            let mut rec: ModelRecord = super::read_record(&out.join(MODEL_RECORD), step)?;
+            let rec: ModelRecord = super::read_record(&out.join(MODEL_RECORD), step)?;
             let at = tree_dir(out, &self.dest).join(&rec.path);
             let what = format!("model `{}`", rec.name);
             match rec.size {
@@ -462,7 +457,6 @@ impl Op for IndexOp {
                     "{what}: {at} holds no {SUMS} (fail closed: nothing is staged without it)"
                 ),
             }
-            rec.export = None;
             records.push(rec);
         }
         records.sort_by(|a, b| a.name.cmp(&b.name));
