@@ -64,11 +64,7 @@ mod tests {
                 "/w/demo.efi",
             ]
         );
-        let env: Vec<(&str, &str)> = c
-            .env
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        let env = c.env_pairs();
         assert_eq!(env, [("SOURCE_DATE_EPOCH", "1700000000")]);
     }
 }
