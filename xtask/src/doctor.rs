@@ -98,15 +98,6 @@ fn missing_line(r: &Requirement) -> String {
     )
 }
 
-/// Fail before any work when a target's tools are missing (all listed at once).
-pub fn require(target: Target) -> Result<()> {
-    let names: Vec<String> = registry::for_target(target)
-        .iter()
-        .map(|r| r.name.to_string())
-        .collect();
-    ensure(&names, target_name(target), false).map(|_| ())
-}
-
 /// What a host lacks of a list of needed programs and files.
 #[derive(Debug, Default)]
 pub struct Lacking {
