@@ -342,8 +342,10 @@ struct Counted<'a, R> {
 
 impl<R: Read> Read for Counted<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        crate::signals::check()
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::Interrupted, e.to_string()))?;
+        // Not ErrorKind::Interrupted: `io::copy` (inside tar's append) retries those.
+        if crate::signals::interrupted() {
+            return Err(std::io::Error::other(crate::signals::Interrupted));
+        }
         let n = self.inner.read(buf)?;
         if let Some(p) = self.progress.as_deref_mut() {
             p.inc(n as u64);
