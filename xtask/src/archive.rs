@@ -94,11 +94,9 @@ impl Read for SizeGuard {
         if self.left == 0 {
             return Ok(0);
         }
+        // Not ErrorKind::Interrupted: `io::copy` (inside tar's append) retries those.
         if crate::signals::interrupted() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::Interrupted,
-                crate::signals::Interrupted,
-            ));
+            return Err(std::io::Error::other(crate::signals::Interrupted));
         }
         let cap = buf.len().min(self.left as usize);
         let n = self.inner.read(&mut buf[..cap])?;

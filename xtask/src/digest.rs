@@ -166,6 +166,131 @@ impl<W: Write> Write for HashWriter<W> {
     }
 }
 
+/// Bytes handed from one thread of a pipeline to the next at a time
+/// ([`BackgroundWriter`], the model archive's reader): few hand-offs.
+pub const CHUNK: usize = 1 << 20;
+
+/// Bytes per `read(2)`/`write(2)` in those pipelines, each hashed right
+/// after it is read or right before it is written, while it is in the
+/// core's cache. On a 2-core build VM, 128 KiB writes into the page cache
+/// also cost the kernel less time than 1 MiB ones.
+pub const IO_SIZE: usize = 128 << 10;
+
+/// Chunks queued for the writer thread before [`BackgroundWriter::write`]
+/// waits (32 MiB). A compressor's output comes in bursts (zstd finishes a
+/// job of 8 MiB at a time) and the disk stalls now and then; with a queue
+/// of a few MiB the compressor waited for the writer, and its workers for
+/// it, for much of a multi-GiB export under load.
+const DEPTH: usize = 32;
+
+/// A writer that hashes, counts and writes on a thread of its own, so that
+/// whoever produces the bytes (a compressor feeding its worker threads) does
+/// not wait for the hash or the disk. Bytes reach `inner` in order, in
+/// [`IO_SIZE`] writes; [`BackgroundWriter::finish`] returns the first error
+/// the thread met. Dropping it without `finish` still waits for the thread,
+/// so nothing is written after the caller has moved on.
+pub struct BackgroundWriter<W: Write + Send + 'static> {
+    buf: Vec<u8>,
+    to_thread: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    /// Written chunks coming back for reuse.
+    spare: std::sync::mpsc::Receiver<Vec<u8>>,
+    thread: Option<std::thread::JoinHandle<std::io::Result<(W, String, u64)>>>,
+}
+
+impl<W: Write + Send + 'static> BackgroundWriter<W> {
+    pub fn new(mut inner: W) -> std::io::Result<Self> {
+        let (to_thread, chunks) = std::sync::mpsc::sync_channel::<Vec<u8>>(DEPTH);
+        let (give_back, spare) = std::sync::mpsc::sync_channel::<Vec<u8>>(DEPTH + 2);
+        let thread = std::thread::Builder::new()
+            .name("kiln-write".into())
+            .spawn(move || {
+                let mut hasher = Sha256::new();
+                let mut count = 0u64;
+                for mut chunk in chunks {
+                    for piece in chunk.chunks(IO_SIZE) {
+                        hasher.update(piece);
+                        inner.write_all(piece)?;
+                    }
+                    count += chunk.len() as u64;
+                    chunk.clear();
+                    let _ = give_back.try_send(chunk);
+                }
+                inner.flush()?;
+                Ok((inner, hex::encode(hasher.finalize()), count))
+            })?;
+        Ok(BackgroundWriter {
+            buf: Vec::with_capacity(CHUNK),
+            to_thread: Some(to_thread),
+            spare,
+            thread: Some(thread),
+        })
+    }
+
+    /// Hand the buffered bytes to the thread.
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let next = self
+            .spare
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(CHUNK));
+        let full = std::mem::replace(&mut self.buf, next);
+        let sent = match &self.to_thread {
+            Some(t) => t.send(full).is_ok(),
+            None => false,
+        };
+        if sent {
+            return Ok(());
+        }
+        // The thread stopped early: it met an error; report that one.
+        Err(match self.join() {
+            Err(e) => e,
+            Ok(_) => std::io::Error::other("the writer thread stopped early"),
+        })
+    }
+
+    fn join(&mut self) -> std::io::Result<(W, String, u64)> {
+        self.to_thread = None;
+        match self.thread.take() {
+            Some(t) => t
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("the writer thread panicked"))),
+            None => Err(std::io::Error::other("the writer thread already stopped")),
+        }
+    }
+
+    /// Write what is buffered, wait for the thread; returns (inner writer,
+    /// hex sha256, byte count).
+    pub fn finish(mut self) -> std::io::Result<(W, String, u64)> {
+        self.send()?;
+        self.join()
+    }
+}
+
+impl<W: Write + Send + 'static> Write for BackgroundWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&buf[..n]);
+        if self.buf.len() == CHUNK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+    /// Hands the buffered bytes to the thread (does not wait for the disk).
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
+}
+
+impl<W: Write + Send + 'static> Drop for BackgroundWriter<W> {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            let _ = self.join();
+        }
+    }
+}
+
 /// A reader that hashes what is read through it.
 pub struct HashReader<R> {
     inner: R,
@@ -198,4 +323,76 @@ impl<R: Read> Read for HashReader<R> {
 /// `<hex>  <basename>\n`: the `sha256sum -c` line for a published file.
 pub fn sha256sum_line(hex: &str, basename: &str) -> String {
     format!("{hex}  {basename}\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn background_writer_writes_hashes_and_counts_in_order() {
+        let data: Vec<u8> = (0..3 * CHUNK + 12_345).map(|i| (i % 251) as u8).collect();
+        let mut w = BackgroundWriter::new(Vec::new()).unwrap();
+        // Writes of every size, across chunk boundaries, and a flush mid-way.
+        let mut at = 0;
+        for (i, n) in [1, 7, CHUNK - 8, 2 * CHUNK + 5, 100]
+            .into_iter()
+            .enumerate()
+        {
+            w.write_all(&data[at..at + n]).unwrap();
+            at += n;
+            if i == 2 {
+                w.flush().unwrap();
+            }
+        }
+        w.write_all(&data[at..]).unwrap();
+        let (out, hex, n) = w.finish().unwrap();
+        assert_eq!(out, data);
+        assert_eq!(hex, bytes_sha256(&data));
+        assert_eq!(n, data.len() as u64);
+    }
+
+    /// Accepts `left` bytes, then fails.
+    struct Full {
+        left: usize,
+    }
+    impl Write for Full {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.left == 0 {
+                return Err(std::io::Error::other("disk full"));
+            }
+            let n = buf.len().min(self.left);
+            self.left -= n;
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn background_writer_reports_the_threads_error() {
+        let mut w = BackgroundWriter::new(Full { left: CHUNK + 10 }).unwrap();
+        let chunk = vec![0u8; CHUNK];
+        // The error surfaces on a later write or at the latest in finish.
+        let mut err = None;
+        for _ in 0..4 * DEPTH {
+            if let Err(e) = w.write_all(&chunk) {
+                err = Some(e);
+                break;
+            }
+        }
+        let e = match err {
+            Some(e) => e,
+            None => w.finish().map(|_| ()).unwrap_err(),
+        };
+        assert!(e.to_string().contains("disk full"), "{e}");
+    }
+
+    #[test]
+    fn background_writer_dropped_unfinished_stops_its_thread() {
+        let mut w = BackgroundWriter::new(Vec::new()).unwrap();
+        w.write_all(&vec![1u8; 2 * CHUNK + 1]).unwrap();
+        drop(w);
+    }
 }

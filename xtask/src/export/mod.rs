@@ -289,17 +289,21 @@ pub(crate) fn check_present(path: &Utf8Path, size: u64, what: &str) -> Result<()
 }
 
 /// The output file of an archive writer: hashes and counts the bytes that
-/// reach the file, behind the chosen compression.
+/// reach the file, behind the chosen compression. The hash and the writes
+/// run on a thread of their own ([`crate::digest::BackgroundWriter`]), so
+/// the compressor never waits for them.
 pub enum Sink {
-    Plain(crate::digest::HashWriter<std::io::BufWriter<std::fs::File>>),
-    Zstd(zstd::Encoder<'static, crate::digest::HashWriter<std::io::BufWriter<std::fs::File>>>),
-    Gzip(flate2::write::GzEncoder<crate::digest::HashWriter<std::io::BufWriter<std::fs::File>>>),
+    Plain(FileWriter),
+    Zstd(zstd::Encoder<'static, FileWriter>),
+    Gzip(flate2::write::GzEncoder<FileWriter>),
 }
+
+type FileWriter = crate::digest::BackgroundWriter<std::fs::File>;
 
 impl Sink {
     pub fn create(path: &Utf8Path, c: Compression) -> Result<Sink> {
         let f = std::fs::File::create(path).with_context(|| format!("creating {path}"))?;
-        let hw = crate::digest::HashWriter::new(std::io::BufWriter::with_capacity(1 << 20, f));
+        let hw = crate::digest::BackgroundWriter::new(f)?;
         Ok(match c {
             Compression::None => Sink::Plain(hw),
             Compression::Zstd => Sink::Zstd(crate::archive::zstd_writer(hw)?),
@@ -316,8 +320,7 @@ impl Sink {
             Sink::Zstd(z) => z.finish()?,
             Sink::Gzip(g) => g.finish()?,
         };
-        let (mut w, hex, n) = hw.finish();
-        w.flush()?;
+        let (_, hex, n) = hw.finish()?;
         Ok((hex, n))
     }
 }

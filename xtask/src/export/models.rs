@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{mpsc, Mutex};
 
 use anyhow::{bail, Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use super::{append_bytes, append_dir, append_exact, tree_dir, Exact, Sink, MODEL_RECORD, SUMS};
+use super::{append_bytes, append_dir, tree_dir, Exact, Sink, MODEL_RECORD, SUMS};
 use crate::plan::{Input, Op, OpCx, Plan, StepBuilder};
 use crate::recipe::payloads::{Compression, ModelPackaging, ModelPayload};
 use crate::recipe::Resolved;
@@ -267,8 +267,10 @@ struct Counted<'a, R> {
 
 impl<R: Read> Read for Counted<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        crate::signals::check()
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::Interrupted, e.to_string()))?;
+        // Not ErrorKind::Interrupted: `io::copy` (inside tar's append) retries those.
+        if crate::signals::interrupted() {
+            return Err(std::io::Error::other(crate::signals::Interrupted));
+        }
         let n = self.inner.read(buf)?;
         if let Some(p) = self.progress.as_deref_mut() {
             p.inc(n as u64);
@@ -335,6 +337,11 @@ pub fn write_tree(
 /// Write the files as a deterministic `.tar.zst` whose entries sit under
 /// `<name>/` (with `<name>/SHA256SUMS` last), hashing each file while it is
 /// compressed. Returns (archive sha256, archive bytes, file entries).
+///
+/// Three stages overlap: one thread reads the files ahead and hashes them
+/// ([`read_ahead`]), this one builds the tar stream and feeds the zstd
+/// workers, and the [`Sink`]'s thread hashes and writes the archive. No
+/// stage waits for another's hash or disk unless its queue is full.
 pub fn write_tar_zst(
     path: &Utf8Path,
     name: &str,
@@ -344,7 +351,19 @@ pub fn write_tar_zst(
 ) -> Result<(String, u64, Vec<FileEntry>)> {
     let mut sink = Sink::create(path, Compression::Zstd)?;
     let mut entries = Vec::new();
-    {
+    std::thread::scope(|s| -> Result<()> {
+        let (to_main, pieces) = mpsc::sync_channel(READ_AHEAD);
+        let (give_back, spare) = mpsc::sync_channel(READ_AHEAD + 2);
+        std::thread::Builder::new()
+            .name("kiln-read".into())
+            .spawn_scoped(s, move || read_ahead(files, to_main, spare))
+            .context("starting the reader thread")?;
+        let mut next = Pieces {
+            pieces,
+            give_back,
+            chunk: Vec::new(),
+            at: 0,
+        };
         let mut b = tar::Builder::new(&mut sink);
         append_dir(&mut b, &format!("{name}/"), epoch)?;
         let mut dirs = BTreeSet::new();
@@ -361,19 +380,16 @@ pub fn write_tar_zst(
                     append_dir(&mut b, &format!("{name}/{a}/"), epoch)?;
                 }
             }
-            let r = Counted {
-                inner: open(f)?,
+            let mut h = crate::archive::header(tar::EntryType::Regular, f.mode, f.size, epoch);
+            let mut r = Counted {
+                inner: next.file(),
                 progress: progress.as_deref_mut(),
             };
-            let sha256 = append_exact(
-                &mut b,
-                &format!("{name}/{}", f.rel),
-                f.mode,
-                f.size,
-                r,
-                epoch,
-                f.src.as_str(),
-            )?;
+            b.append_data(&mut h, format!("{name}/{}", f.rel), &mut r)
+                .with_context(|| format!("archiving {}", f.src))?;
+            let sha256 = r.inner.digest.take().with_context(|| {
+                format!("archiving {}: the reader ended without a digest", f.src)
+            })?;
             entries.push(FileEntry {
                 path: f.rel.clone(),
                 size: f.size,
@@ -386,10 +402,117 @@ pub fn write_tar_zst(
             sums(&entries).as_bytes(),
             epoch,
         )?;
-        b.finish().with_context(|| format!("finishing {path}"))?;
-    }
+        b.finish().with_context(|| format!("finishing {path}"))
+    })?;
     let (hex, size) = sink.finish().with_context(|| format!("finishing {path}"))?;
     Ok((hex, size, entries))
+}
+
+/// Chunks [`read_ahead`] may run ahead of the archive writer (32 MiB, like
+/// [`crate::digest::BackgroundWriter`]'s queue): zstd takes its input in
+/// 8 MiB jobs, in bursts, and a shallow queue leaves its workers waiting
+/// while the reader catches up.
+const READ_AHEAD: usize = 32;
+
+/// What [`read_ahead`] sends: the bytes of the current file, then its digest
+/// (or why it could not be read exactly).
+enum Piece {
+    Data(Vec<u8>),
+    Done(Result<String>),
+}
+
+/// Read every file in order, exactly its planned size, hashing each read
+/// while it is in the cache; send its bytes in [`crate::digest::CHUNK`]-sized
+/// pieces, then its digest. Stops at the first error (after sending it) or
+/// when the receiver is gone.
+fn read_ahead(
+    files: &[ModelFile],
+    to_main: mpsc::SyncSender<Piece>,
+    spare: mpsc::Receiver<Vec<u8>>,
+) {
+    for f in files {
+        let done = (|| -> Result<String> {
+            let mut r = Exact::new(open(f)?, f.size, f.src.as_str());
+            loop {
+                crate::signals::check()?;
+                let mut chunk = spare.try_recv().unwrap_or_default();
+                chunk.resize(crate::digest::CHUNK, 0);
+                let mut n = 0;
+                while n < chunk.len() {
+                    let end = chunk.len().min(n + crate::digest::IO_SIZE);
+                    match r.read(&mut chunk[n..end]) {
+                        Ok(0) => break,
+                        Ok(k) => n += k,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e).with_context(|| format!("reading {}", f.src)),
+                    }
+                }
+                if n == 0 {
+                    return r.finish();
+                }
+                chunk.truncate(n);
+                if to_main.send(Piece::Data(chunk)).is_err() {
+                    bail!("stopped: the archive writer is gone");
+                }
+            }
+        })();
+        let failed = done.is_err();
+        if to_main.send(Piece::Done(done)).is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// The archive writer's end of [`read_ahead`].
+struct Pieces {
+    pieces: mpsc::Receiver<Piece>,
+    give_back: mpsc::SyncSender<Vec<u8>>,
+    chunk: Vec<u8>,
+    at: usize,
+}
+
+impl Pieces {
+    /// A reader of the next file's bytes.
+    fn file(&mut self) -> FileReader<'_> {
+        FileReader {
+            from: self,
+            digest: None,
+        }
+    }
+}
+
+/// Reads one file's bytes from [`Pieces`]; at its end, `digest` holds its
+/// sha256. A file that could not be read exactly is a read error.
+struct FileReader<'a> {
+    from: &'a mut Pieces,
+    digest: Option<String>,
+}
+
+impl Read for FileReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let p = &mut *self.from;
+        loop {
+            if p.at < p.chunk.len() {
+                let n = buf.len().min(p.chunk.len() - p.at);
+                buf[..n].copy_from_slice(&p.chunk[p.at..p.at + n]);
+                p.at += n;
+                return Ok(n);
+            }
+            if self.digest.is_some() {
+                return Ok(0);
+            }
+            match p.pieces.recv() {
+                Ok(Piece::Data(next)) => {
+                    let used = std::mem::replace(&mut p.chunk, next);
+                    p.at = 0;
+                    let _ = p.give_back.try_send(used);
+                }
+                Ok(Piece::Done(Ok(hex))) => self.digest = Some(hex),
+                Ok(Piece::Done(Err(e))) => return Err(std::io::Error::other(format!("{e:#}"))),
+                Err(_) => return Err(std::io::Error::other("the reader thread stopped early")),
+            }
+        }
+    }
 }
 
 /// sha256 of every file, on all cores (files are handed out one at a time);
@@ -542,6 +665,59 @@ mod tests {
         };
         let e = format!("{:#}", export(&p, &files, &d.join("out2")).unwrap_err());
         assert!(e.contains("w.bin ended") && e.contains("early"), "{e}");
+    }
+
+    /// The threaded writer makes exactly the bytes of a plain `tar::Builder`
+    /// over kiln's zstd settings fed one file at a time: the format and the
+    /// reproducibility do not depend on how the work is split.
+    #[test]
+    fn tar_zst_bytes_are_those_of_a_plain_sequential_writer() {
+        let (_t, d) = dir();
+        let m = d.join("m");
+        std::fs::create_dir_all(m.join("a/b")).unwrap();
+        let big: Vec<u8> = (0..3 * crate::digest::CHUNK + 777)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        std::fs::write(m.join("a/b/weights.bin"), &big).unwrap();
+        std::fs::write(m.join("a/empty"), b"").unwrap();
+        std::fs::write(m.join("config.json"), b"{}").unwrap();
+        std::fs::write(m.join("run.sh"), b"#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(m.join("run.sh"), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let files = scan("m", &m).unwrap();
+        let out = d.join("m.tar.zst");
+        let (hex, size, entries) = write_tar_zst(&out, "m", &files, 1234, None).unwrap();
+        let bytes = std::fs::read(&out).unwrap();
+        assert_eq!(hex, crate::digest::bytes_sha256(&bytes));
+        assert_eq!(size, bytes.len() as u64);
+        for (f, e) in files.iter().zip(&entries) {
+            assert_eq!(e.sha256, crate::digest::file_sha256(&f.src).unwrap());
+        }
+
+        let mut z = crate::archive::zstd_writer(Vec::new()).unwrap();
+        {
+            let mut b = tar::Builder::new(&mut z);
+            let file = |b: &mut tar::Builder<_>, rel: &str, mode: u32| {
+                let src = m.join(rel);
+                let len = std::fs::metadata(&src).unwrap().len();
+                let mut h = crate::archive::header(tar::EntryType::Regular, mode, len, 1234);
+                b.append_data(
+                    &mut h,
+                    format!("m/{rel}"),
+                    std::fs::File::open(&src).unwrap(),
+                )
+                .unwrap();
+            };
+            append_dir(&mut b, "m/", 1234).unwrap();
+            append_dir(&mut b, "m/a/", 1234).unwrap();
+            append_dir(&mut b, "m/a/b/", 1234).unwrap();
+            file(&mut b, "a/b/weights.bin", 0o644);
+            file(&mut b, "a/empty", 0o644);
+            file(&mut b, "config.json", 0o644);
+            file(&mut b, "run.sh", 0o755);
+            append_bytes(&mut b, "m/SHA256SUMS", sums(&entries).as_bytes(), 1234).unwrap();
+            b.finish().unwrap();
+        }
+        assert!(z.finish().unwrap() == bytes, "the archive's bytes differ");
     }
 
     #[test]
