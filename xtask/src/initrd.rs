@@ -180,13 +180,29 @@ pub const OPTIONAL_MODULES: &[&str] = &[
     "sd_mod",
     "nvme",
     "mmc_block",
+    // Raspberry Pi SD cards: the Pi 3's sdhost and the Pi 4's emmc2
+    // (sdhci-iproc); the Pi 5's SD controller where the kernel has it.
+    "bcm2835",
     "sdhci_iproc",
+    "sdhci_brcmstb",
+    // USB boot (Pi 3: dwc2; Pi 4: VL805 xHCI on PCIe) of USB mass storage.
+    "dwc2",
+    "xhci_pci",
+    "xhci_plat_hcd",
+    "usb_storage",
+    "uas",
 ];
 
 /// The `/init` script: mount the root named by `root=` read-only (systemd
 /// remounts it from fstab), move /dev over, switch to `init=` or
 /// /sbin/init. A root that does not show up within 30 s drops to a shell on
 /// the console with the reason, as initramfs-tools does.
+///
+/// `root=` is a device, `UUID=`/`LABEL=` (busybox `findfs`) or an MBR
+/// `PARTUUID=<disk id>-<nn>` (what a Raspberry Pi's `cmdline.txt` names;
+/// busybox `findfs` does not know it, and without udev there is no
+/// `/dev/disk/by-partuuid`): each partition in sysfs is matched against the
+/// disk id at byte 440 of its disk and its partition number.
 pub fn init_script(modules: &[String]) -> String {
     let mut s = String::from(
         "#!/bin/busybox sh\n\
@@ -197,7 +213,19 @@ pub fn init_script(modules: &[String]) -> String {
          export PATH=/bin\n\
          mount -t sysfs sysfs /sys\n\
          mount -t devtmpfs devtmpfs /dev\n\
-         rescue() { echo \"initrd: $*\"; exec sh; }\n",
+         rescue() { echo \"initrd: $*\"; exec sh; }\n\
+         partuuid() {\n\
+         \x20 want=$(echo \"$1\" | tr A-F a-f)\n\
+         \x20 for p in /sys/class/block/*; do\n\
+         \x20   [ -f \"$p/partition\" ] || continue\n\
+         \x20   n=$(cat \"$p/partition\")\n\
+         \x20   d=$(basename \"$(readlink -f \"$p/..\")\")\n\
+         \x20   set -- $(od -An -tx1 -j440 -N4 \"/dev/$d\" 2>/dev/null)\n\
+         \x20   [ $# -eq 4 ] || continue\n\
+         \x20   if [ \"$4$3$2$1-$(printf %02x \"$n\")\" = \"$want\" ]; then echo \"/dev/${p##*/}\"; return 0; fi\n\
+         \x20 done\n\
+         \x20 return 1\n\
+         }\n",
     );
     for m in modules {
         let f = m.rsplit('/').next().unwrap_or(m);
@@ -220,6 +248,7 @@ pub fn init_script(modules: &[String]) -> String {
          while :; do\n\
          \x20 case \"$root\" in\n\
          \x20   /dev/*) dev=\"$root\"; [ -b \"$dev\" ] && break ;;\n\
+         \x20   PARTUUID=*) dev=$(partuuid \"${root#PARTUUID=}\") && break ;;\n\
          \x20   *) dev=$(findfs \"$root\" 2>/dev/null) && break ;;\n\
          \x20 esac\n\
          \x20 i=$((i + 1)); [ $i -le 300 ] || rescue \"root $root not found\"\n\
