@@ -17,9 +17,9 @@
 
 pub mod customize;
 pub mod disk;
-mod esp;
+pub(crate) mod esp;
 pub mod gpt;
-mod merge;
+pub(crate) mod merge;
 pub mod rootfs;
 mod uki;
 
@@ -112,14 +112,15 @@ pub fn plan_disk(r: &Resolved, plan: &mut Plan, arch: Arch) -> Result<DiskInfo> 
                 uefi: q.firmware.uefi(),
                 bios: bios(q, arch),
                 cmdline: disk::DiskSpec::kernel_cmdline(&ids, arch, &q.cmdline),
-                ssh: q.packages_for(arch).iter().any(|p| p == "openssh-server"),
+                ssh: r.root_packages(arch).iter().any(|p| p == "openssh-server"),
                 // bullseye ships resolved inside `systemd`.
-                resolved: q
-                    .packages_for(arch)
+                resolved: r
+                    .root_packages(arch)
                     .iter()
                     .any(|p| p == "systemd-resolved" || (q.suite == "bullseye" && p == "systemd")),
                 epoch: r.epoch,
                 ids,
+                pi_boot: None,
             };
             let boot = match arch {
                 Arch::Amd64 => "ESP+UKI, GRUB",

@@ -14,25 +14,42 @@ pub const ROOTFS_TAR: &str = "rootfs.tar";
 /// `deb …` lines for mmdebstrap from the resolved mirrors (the recipe's, else
 /// the build host's apt sources; never a hard-coded host). Fails, naming
 /// why, when the build host gave no mirror and the recipe names none.
-pub fn mirror_lines(r: &Resolved) -> Result<Vec<String>> {
+///
+/// A root that serves a Raspberry Pi image adds the component that holds
+/// `raspi-firmware` (`non-free-firmware` from bookworm on, `non-free` before).
+pub fn mirror_lines(r: &Resolved, arch: Arch) -> Result<Vec<String>> {
     let q = &r.recipe.qcow2;
     let suite = &q.suite;
     let main = q.mirror()?;
+    let components = match (r.pi_root(arch), suite.as_str()) {
+        (false, _) => "main",
+        (true, "bullseye") => "main non-free",
+        (true, _) => "main non-free-firmware",
+    };
     let mut lines = vec![
-        format!("deb {main} {suite} main"),
-        format!("deb {main} {suite}-updates main"),
+        format!("deb {main} {suite} {components}"),
+        format!("deb {main} {suite}-updates {components}"),
     ];
     if let Some(s) = &q.security_mirror {
-        lines.push(format!("deb {s} {suite}-security main"));
+        lines.push(format!("deb {s} {suite}-security {components}"));
     }
     Ok(lines)
 }
 
-/// Add the rootfs step for `arch`; returns its index.
+fn step_name(arch: Arch) -> String {
+    format!("qcow2-rootfs-{arch}")
+}
+
+/// Add the rootfs step for `arch` (once: a second call returns the same
+/// step, so the qcow2 and the Raspberry Pi image share one root); returns
+/// its index.
 pub fn plan(r: &Resolved, plan: &mut Plan, arch: Arch) -> Result<usize> {
+    if let Some(i) = plan.steps.iter().position(|s| s.name == step_name(arch)) {
+        return Ok(i);
+    }
     let q = &r.recipe.qcow2;
-    let packages = q.packages_for(arch);
-    let mirrors = mirror_lines(r)?;
+    let packages = r.root_packages(arch);
+    let mirrors = mirror_lines(r, arch)?;
     let out = Utf8Path::new(OUT).join(ROOTFS_TAR);
     let cmd = crate::tools::mmdebstrap::rootfs_tar(
         arch.debian(),
@@ -44,7 +61,7 @@ pub fn plan(r: &Resolved, plan: &mut Plan, arch: Arch) -> Result<usize> {
         super::kiln_initrd(arch),
     );
     let mut b = StepBuilder::new(
-        format!("qcow2-rootfs-{arch}"),
+        step_name(arch),
         format!(
             "Debian {} root file system ({} packages) with mmdebstrap",
             q.suite,

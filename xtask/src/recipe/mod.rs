@@ -49,8 +49,9 @@ pub struct Recipe {
     pub qcow2: qcow2::Qcow2Options,
     #[serde(default)]
     pub ova: ova::OvaOptions,
+    /// The Raspberry Pi image: built when the section is present.
     #[serde(default)]
-    pub pi: pi::PiOptions,
+    pub pi: Option<pi::PiOptions>,
     #[serde(default)]
     pub scan: scan::ScanOptions,
 }
@@ -248,7 +249,9 @@ impl Recipe {
         self.qcow2
             .resolve(file, &name, Utf8Path::new(crate::hostapt::ETC_APT))?;
         self.ova.resolve(file)?;
-        self.pi.resolve(file)?;
+        if let Some(pi) = &mut self.pi {
+            pi.resolve(file)?;
+        }
         self.scan.resolve(file)?;
         Ok(Resolved {
             file: file.to_owned(),
@@ -274,6 +277,28 @@ impl Resolved {
             self.root.join(p)
         }
     }
+    /// The packages of `arch`'s Debian root file system: the recipe's
+    /// ([`qcow2::Qcow2Options::packages_for`]), plus on arm64, when the
+    /// recipe builds a Raspberry Pi image, the Pi's boot firmware and
+    /// `fdisk` (the first boot grows the root partition of the MBR card).
+    /// One list for the arm64 qcow2 and the Pi image: they share the root.
+    pub fn root_packages(&self, arch: Arch) -> Vec<String> {
+        let mut p = self.recipe.qcow2.packages_for(arch);
+        if self.pi_root(arch) {
+            for extra in ["raspi-firmware", "fdisk"] {
+                if !p.iter().any(|x| x == extra) {
+                    p.push(extra.to_string());
+                }
+            }
+        }
+        p
+    }
+
+    /// `arch`'s root file system also serves the Raspberry Pi image.
+    pub fn pi_root(&self, arch: Arch) -> bool {
+        arch == Arch::Arm64 && self.recipe.pi.is_some()
+    }
+
     /// `<name>-<version>-<arch>.<ext>`: every artifact's file name.
     pub fn artifact_name(&self, arch: Arch, ext: &str) -> String {
         format!("{}-{}-{}.{ext}", self.name(), self.version, arch)
