@@ -7,8 +7,8 @@ use crate::recipe::Arch;
 use crate::tools::Target;
 
 /// kiln builds bootable appliance images — a remastered Ubuntu installer ISO,
-/// a qcow2 (amd64, arm64) and an OVA — from one recipe, reproducibly,
-/// without root tricks, with no secrets baked in.
+/// a qcow2 (amd64, arm64), an OVA and a Raspberry Pi image — from one
+/// recipe, reproducibly, without root tricks, with no secrets baked in.
 ///
 /// Every verb resolves the recipe into a plan of steps, prints it with
 /// `--dry-run` (`--json` for machines), then checks every tool the plan
@@ -87,14 +87,17 @@ pub enum Verb {
     Qcow2(crate::verbs::qcow2::Args),
     /// Wrap the appliance disk in an OVA for VMware/VirtualBox; `ova lint FILE` checks any OVA.
     Ova(crate::verbs::ova::Args),
+    /// Build the Raspberry Pi image (arm64, MBR card, FAT32 boot, ext4 root); `pi lint IMAGE` checks any Pi image.
+    Pi(crate::verbs::pi::Args),
     /// Scan artifacts (directories, tars, ISOs, disks, OVAs) for baked secrets and per-instance identity.
     Scan(crate::verbs::scan::Args),
     /// Measure kiln against baseline tools in the same run and print ratios.
     Bench(crate::verbs::bench::Args),
-    /// Build every format the recipe asks for in one plan: overlay archive, qcow2 per architecture, OVA, and the installer ISO when a base ISO is set.
+    /// Build every format the recipe asks for in one plan: overlay archive, qcow2 per architecture, OVA, the Raspberry Pi image when the recipe has `pi:`, and the installer ISO when a base ISO is set.
     ///
     /// The formats share steps (one stage, one Debian root file system per
-    /// architecture, one disk for the qcow2 and the OVA). Before any work every
+    /// architecture for the qcow2 and the Pi image, one disk for the qcow2 and
+    /// the OVA). Before any work every
     /// tool the plan needs is checked; run as root on Debian/Ubuntu the missing
     /// ones are installed with apt first (`--no-install` turns that off). Steps
     /// whose inputs did not change are reused from the cache, so a rebuild after

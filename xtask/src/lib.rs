@@ -17,6 +17,7 @@ pub mod hostapt;
 pub mod initrd;
 pub mod iso;
 pub mod ova;
+pub mod pi;
 pub mod plan;
 pub mod qcow2;
 pub mod recipe;

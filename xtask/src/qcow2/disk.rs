@@ -14,6 +14,7 @@
 //! 5. a GPT (protective MBR) written in process and the boot partitions
 //!    copied in with positioned writes.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
@@ -23,7 +24,7 @@ use camino::{Utf8Path, Utf8PathBuf};
 use serde::Serialize;
 use serde_json::json;
 
-use super::esp::{esp_layout, own_boot, systemd_boot_esp};
+use super::esp::{esp_layout, own_boot, systemd_boot_esp, OwnBoot};
 use super::gpt::{self, Guid, Partition, SECTOR};
 use super::merge::{generated, merge, staged, Boot, New};
 use super::uki::{align, build_uki};
@@ -33,7 +34,7 @@ use crate::tools;
 
 pub const DISK_RAW: &str = "disk.raw";
 pub const LAYOUT_JSON: &str = "layout.json";
-const MIB: u64 = 1 << 20;
+pub(crate) const MIB: u64 = 1 << 20;
 
 /// Ids of the disk, derived from the epoch and the appliance name.
 #[derive(Debug, Clone, Serialize)]
@@ -48,8 +49,12 @@ pub struct Ids {
 
 impl Ids {
     pub fn derive(epoch: i64, name: &str, arch: Arch) -> Ids {
+        Ids::derive_in("qcow2", epoch, name, arch)
+    }
+    /// The ids of another kind of image (`pi`) of the same appliance.
+    pub fn derive_in(kind: &str, epoch: i64, name: &str, arch: Arch) -> Ids {
         let id =
-            |what: &str| crate::epoch::derived_uuid(epoch, &format!("qcow2/{name}/{arch}/{what}"));
+            |what: &str| crate::epoch::derived_uuid(epoch, &format!("{kind}/{name}/{arch}/{what}"));
         Ids {
             disk: id("disk"),
             bios_part: id("bios-part"),
@@ -82,6 +87,10 @@ pub struct DiskSpec {
     pub resolved: bool,
     pub epoch: i64,
     pub ids: Ids,
+    /// A Raspberry Pi card (`crate::pi`): the PARTUUID of its FAT boot
+    /// partition, mounted at `/boot/firmware`; the root partition of its MBR
+    /// is grown by kiln's unit instead of systemd-repart.
+    pub pi_boot: Option<String>,
 }
 
 impl DiskSpec {
@@ -197,7 +206,7 @@ fn mkfs_root(
 
 /// Copy `src` into `disk` at `offset`, skipping all-zero blocks so the disk
 /// stays sparse.
-fn copy_at(disk: &File, offset: u64, src: &Utf8Path, label: &str) -> Result<()> {
+pub(crate) fn copy_at(disk: &File, offset: u64, src: &Utf8Path, label: &str) -> Result<()> {
     let mut r = File::open(src).with_context(|| format!("opening {src}"))?;
     let total = r.metadata()?.len();
     let mut p = crate::ui::Progress::bytes(label, total);
@@ -252,20 +261,17 @@ pub struct LayoutPart {
 
 /// Root file system size for what the merge counted: data, inodes and the
 /// journal, with headroom; whole MiB.
-fn root_fs_bytes(boot: &Boot) -> u64 {
+pub(crate) fn root_fs_bytes(boot: &Boot) -> u64 {
     let by_data = (boot.data_bytes + 64 * MIB) * 115 / 100 + 64 * MIB;
     // One inode per 16 KiB (mke2fs.conf above), with 30% spare inodes.
     let by_inodes = boot.entries * 13 / 10 * 16384;
     align(by_data.max(by_inodes), MIB)
 }
 
-pub fn assemble(spec: &DiskSpec, out: &Utf8Path) -> Result<()> {
-    let work = out.join("work");
-    std::fs::create_dir_all(&work)?;
-    let boot_dir = work.join("boot");
-    std::fs::create_dir_all(&boot_dir)?;
-
-    // 1. Merge.
+/// What kiln lays over the Debian root: its generated files, the staged
+/// tree, and with kiln's initrd (arm64) that initrd in `/boot`, returned
+/// too for the boot partition.
+pub(crate) fn root_news(spec: &DiskSpec) -> Result<(BTreeMap<String, New>, Option<OwnBoot>)> {
     let mut news = generated(spec);
     for (rel, n) in staged(&spec.overlay_tree)? {
         if rel == "etc/machine-id" {
@@ -292,6 +298,63 @@ pub fn assemble(spec: &DiskSpec, out: &Utf8Path) -> Result<()> {
     } else {
         None
     };
+    Ok((news, own))
+}
+
+/// Make the root file system in place at `offset` of `disk_path`, `fs_bytes`
+/// long, from the merged root streamed into `mkfs.ext4 -d -`; check it holds
+/// what the counting pass (`counted`) found.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn make_root_at(
+    spec: &DiskSpec,
+    news: &BTreeMap<String, New>,
+    counted: &Boot,
+    disk_path: &Utf8Path,
+    offset: u64,
+    fs_bytes: u64,
+    work: &Utf8Path,
+) -> Result<()> {
+    let conf = work.join("mke2fs.conf");
+    std::fs::write(&conf, tools::mke2fs::MKE2FS_CONF)?;
+    crate::ui::info(&format!(
+        "  root file system: {} MiB for {} entries",
+        fs_bytes / MIB,
+        counted.entries
+    ));
+    // mke2fs reads a size without a unit as 1 KiB blocks.
+    let mkfs = mkfs_root(
+        spec,
+        disk_path,
+        &conf,
+        offset,
+        format!("{}k", fs_bytes / 1024),
+    );
+    let boot_dir = work.join("boot");
+    let mut written = None;
+    tools::run_feeding(&mkfs, |w| {
+        written = Some(merge(spec, news, Some(w), &boot_dir)?);
+        Ok(())
+    })?;
+    let written = written.context("the merge did not run")?;
+    ensure!(
+        (written.entries, written.data_bytes) == (counted.entries, counted.data_bytes),
+        "kiln bug: the merged root has {} entries ({} bytes) but {} ({} bytes) were counted",
+        written.entries,
+        written.data_bytes,
+        counted.entries,
+        counted.data_bytes
+    );
+    Ok(())
+}
+
+pub fn assemble(spec: &DiskSpec, out: &Utf8Path) -> Result<()> {
+    let work = out.join("work");
+    std::fs::create_dir_all(&work)?;
+    let boot_dir = work.join("boot");
+    std::fs::create_dir_all(&boot_dir)?;
+
+    // 1. Merge.
+    let (news, own) = root_news(spec)?;
     // What the root needs, and its boot files, from the tarball's headers;
     // the merged root itself streams into mkfs.ext4 once the layout is known.
     let boot = merge(spec, &news, None, &boot_dir)?;
@@ -464,36 +527,16 @@ pub fn assemble(spec: &DiskSpec, out: &Utf8Path) -> Result<()> {
 
     // Root file system, made in place in its partition from the merged root
     // streamed into mkfs.ext4 (no tarball or image file in between).
-    let conf = work.join("mke2fs.conf");
-    std::fs::write(&conf, tools::mke2fs::MKE2FS_CONF)?;
-    crate::ui::info(&format!(
-        "  root file system: {} MiB for {} entries",
-        fs_bytes / MIB,
-        boot.entries
-    ));
     let root = parts.last().expect("the root partition");
-    // mke2fs reads a size without a unit as 1 KiB blocks.
-    let mkfs = mkfs_root(
+    make_root_at(
         spec,
+        &news,
+        &boot,
         &disk_path,
-        &conf,
         root.offset(),
-        format!("{}k", fs_bytes / 1024),
-    );
-    let mut written = None;
-    tools::run_feeding(&mkfs, |w| {
-        written = Some(merge(spec, &news, Some(w), &boot_dir)?);
-        Ok(())
-    })?;
-    let written = written.context("the merge did not run")?;
-    ensure!(
-        (written.entries, written.data_bytes) == (boot.entries, boot.data_bytes),
-        "kiln bug: the merged root has {} entries ({} bytes) but {} ({} bytes) were counted",
-        written.entries,
-        written.data_bytes,
-        boot.entries,
-        boot.data_bytes
-    );
+        fs_bytes,
+        &work,
+    )?;
     gpt::write(
         &disk,
         spec.size,

@@ -52,9 +52,9 @@ const BUSYBOX: &str = "bin/busybox";
 
 /// kiln's initrd for the image's newest kernel, and systemd-boot, both
 /// from the root tarball (arm64).
-pub(super) struct OwnBoot {
-    pub(super) release: String,
-    pub(super) initrd: Vec<u8>,
+pub(crate) struct OwnBoot {
+    pub(crate) release: String,
+    pub(crate) initrd: Vec<u8>,
     loader: Vec<u8>,
 }
 

@@ -18,19 +18,19 @@ use super::disk::DiskSpec;
 
 /// What the merge found in the root file system.
 #[derive(Debug, Default)]
-pub(super) struct Boot {
-    pub(super) kernel: Option<(String, Utf8PathBuf)>,
-    pub(super) initrd: Option<(String, Utf8PathBuf)>,
-    pub(super) os_release: Option<Utf8PathBuf>,
-    pub(super) root_links: BTreeSet<String>,
+pub(crate) struct Boot {
+    pub(crate) kernel: Option<(String, Utf8PathBuf)>,
+    pub(crate) initrd: Option<(String, Utf8PathBuf)>,
+    pub(crate) os_release: Option<Utf8PathBuf>,
+    pub(crate) root_links: BTreeSet<String>,
     /// Bytes the file system needs for data (4 KiB blocks) and entries.
-    pub(super) data_bytes: u64,
-    pub(super) entries: u64,
+    pub(crate) data_bytes: u64,
+    pub(crate) entries: u64,
 }
 
 /// A path kiln puts into the root, replacing what the Debian tarball has.
 #[derive(Debug, Clone)]
-pub(super) enum New {
+pub(crate) enum New {
     Dir {
         mode: u32,
     },
@@ -74,8 +74,47 @@ fn dropped(rel: &str) -> bool {
     if let Some(rest) = rel.strip_prefix("dev/") {
         return !rest.is_empty();
     }
+    // Debian's raspi-firmware copies the firmware into /boot/firmware, the
+    // Pi's boot partition's mount point: kiln writes that partition itself,
+    // and copies under a mount point are never seen.
+    if let Some(rest) = rel.strip_prefix("boot/firmware/") {
+        return !rest.is_empty();
+    }
     false
 }
+
+/// Grows the root partition (the last of an MBR disk) to the end of the
+/// disk; systemd-growfs then grows the file system (`x-systemd.growfs`).
+/// Does nothing when the partition already ends there.
+const GROW_ROOT_MBR: &str = r#"#!/bin/sh
+# Written by kiln: grow the root partition to the end of the card (MBR).
+set -eu
+src=$(findmnt -no SOURCE /)
+part=${src#/dev/}
+num=$(cat "/sys/class/block/$part/partition")
+disk=/dev/$(basename "$(readlink -f "/sys/class/block/$part/..")")
+size=$(cat "/sys/class/block/$part/size")
+echo ', +' | sfdisk --quiet --no-reread --no-tell-kernel -N "$num" "$disk"
+partx -u -n "$num" "$disk"
+grown=$(cat "/sys/class/block/$part/size")
+if [ "$grown" != "$size" ]; then
+  echo "kiln-grow-root: $src grown from $((size / 2048)) MiB to $((grown / 2048)) MiB"
+fi
+"#;
+
+const GROW_ROOT_UNIT: &str = "[Unit]\n\
+Description=Grow the root partition to the end of the card\n\
+DefaultDependencies=no\n\
+After=systemd-remount-fs.service\n\
+Before=systemd-growfs-root.service systemd-growfs@-.service local-fs.target shutdown.target\n\
+Conflicts=shutdown.target\n\
+ConditionPathExists=/usr/sbin/sfdisk\n\
+\n\
+[Service]\n\
+Type=oneshot\n\
+RemainAfterExit=yes\n\
+ExecStart=/usr/lib/kiln/grow-root\n\
+StandardOutput=journal+console\n";
 
 /// kiln's generated files: identity reset, fstab, network, growth, first-boot
 /// SSH keys. The staged tree may replace any of them but `/etc/machine-id`.
@@ -99,9 +138,13 @@ pub(super) fn generated(spec: &DiskSpec) -> BTreeMap<String, New> {
             0o644,
         ),
     );
+    let grows = match &spec.pi_boot {
+        None => "systemd-repart grows the partition when the disk grows",
+        Some(_) => "kiln-grow-root grows the partition to the end of the card",
+    };
     let mut fstab = format!(
         "# Written by kiln. The root file system grows to fill its partition at boot\n\
-         # (x-systemd.growfs); systemd-repart grows the partition when the disk grows.\n\
+         # (x-systemd.growfs); {grows}.\n\
          UUID={}\t/\text4\tdefaults,x-systemd.growfs\t0\t1\n",
         ids.root_fs
     );
@@ -109,12 +152,43 @@ pub(super) fn generated(spec: &DiskSpec) -> BTreeMap<String, New> {
         fstab.push_str(&format!("PARTUUID={}\t/boot/efi\tvfat\tumask=0077,nofail,x-systemd.automount,x-systemd.idle-timeout=60\t0\t2\n", ids.esp_part));
         m.insert("boot/efi".into(), New::Dir { mode: 0o755 });
     }
+    match &spec.pi_boot {
+        None => {
+            m.insert("etc/repart.d".into(), New::DirIfMissing);
+            m.insert(
+                "etc/repart.d/50-root.conf".into(),
+                bytes("# Grow the root partition into free space at the end of the disk.\n[Partition]\nType=root\n".into(), 0o644),
+            );
+        }
+        Some(partuuid) => {
+            // A Raspberry Pi card: the firmware partition at /boot/firmware
+            // (where Debian's raspi-firmware looks), and an MBR, which
+            // systemd-repart does not grow.
+            // Mounted on first access: boot never waits for the partition.
+            fstab.push_str(&format!(
+                "PARTUUID={partuuid}\t/boot/firmware\tvfat\tdefaults,nofail,x-systemd.automount\t0\t2\n"
+            ));
+            m.insert("boot/firmware".into(), New::Dir { mode: 0o755 });
+            m.insert("usr/lib/kiln".into(), New::DirIfMissing);
+            m.insert(
+                "usr/lib/kiln/grow-root".into(),
+                bytes(GROW_ROOT_MBR.into(), 0o755),
+            );
+            m.insert(
+                "etc/systemd/system/kiln-grow-root.service".into(),
+                bytes(GROW_ROOT_UNIT.into(), 0o644),
+            );
+            m.insert(
+                "etc/systemd/system/local-fs.target.wants".into(),
+                New::DirIfMissing,
+            );
+            m.insert(
+                "etc/systemd/system/local-fs.target.wants/kiln-grow-root.service".into(),
+                link("/etc/systemd/system/kiln-grow-root.service"),
+            );
+        }
+    }
     m.insert("etc/fstab".into(), bytes(fstab, 0o644));
-    m.insert("etc/repart.d".into(), New::DirIfMissing);
-    m.insert(
-        "etc/repart.d/50-root.conf".into(),
-        bytes("# Grow the root partition into free space at the end of the disk.\n[Partition]\nType=root\n".into(), 0o644),
-    );
     m.insert(
         "etc/systemd/network/80-kiln-dhcp.network".into(),
         bytes("# DHCP on every wired interface, matched by name (not MAC).\n[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n".into(), 0o644),
@@ -215,7 +289,7 @@ fn blocks(n: u64) -> u64 {
 /// walk the Debian tarball's headers (seeking over file data) to count what
 /// the file system needs and copy the kernel, initrd and os-release into
 /// `boot_dir`. Both walks count the same entries.
-pub(super) fn merge(
+pub(crate) fn merge(
     spec: &DiskSpec,
     news: &BTreeMap<String, New>,
     out: Option<&mut dyn Write>,
@@ -439,7 +513,7 @@ fn merge_entries<R: Read, W: Write>(
 
 /// Files of the root tarball whose path (without `./`, with a merged-/usr
 /// `usr/` prefix dropped for `lib/`, `bin/` and `sbin/`) passes `want`.
-pub(super) fn read_from_rootfs(
+pub(crate) fn read_from_rootfs(
     tar: &Utf8Path,
     want: impl Fn(&str) -> bool,
 ) -> Result<BTreeMap<String, Vec<u8>>> {
@@ -483,6 +557,7 @@ mod tests {
             "var/cache/apt/archives/x.deb",
             "dev/null",
             "etc/resolv.conf",
+            "boot/firmware/start4.elf",
         ] {
             assert!(dropped(p), "{p}");
         }

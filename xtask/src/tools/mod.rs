@@ -38,6 +38,7 @@ pub mod skopeo;
 pub mod virt_customize;
 pub mod vmdk_convert;
 pub mod xorriso;
+pub mod xz;
 pub mod zstd;
 
 pub use registry::Target;

@@ -51,7 +51,7 @@ pub fn mdir(image: &Utf8Path) -> Cmd {
 
 /// `mcopy -s -n -i IMAGE@@OFFSET ::/ DIR`: every file of the FAT file system
 /// at byte `offset` of `image`, recursively, into `dir`.
-pub fn extract_all(image: &Utf8Path, offset: u64, dir: &Utf8Path) -> Cmd {
+pub fn extract_all(image: &Utf8Path, offset: impl std::fmt::Display, dir: &Utf8Path) -> Cmd {
     Cmd::new(
         "mcopy",
         format!(

@@ -147,9 +147,55 @@ impl Boot {
     }
 }
 
+/// A Raspberry Pi 3B (`-M raspi3b`: 4 cores, 1 GiB, fixed) booting the
+/// way the Pi's firmware would hand over: `kernel`, the board's `dtb` and
+/// `initrd` (all read out of the card's boot partition) with the card's
+/// command line, and the card as the SD card. qemu needs the card's size to
+/// be a power of two. The GPU firmware itself is not emulated.
+pub fn raspi3b(
+    sd: &Utf8Path,
+    kernel: &Utf8Path,
+    dtb: &Utf8Path,
+    initrd: &Utf8Path,
+    append: &str,
+) -> Cmd {
+    Cmd::new(
+        "qemu-system-aarch64",
+        "boot the card on qemu's Raspberry Pi 3B",
+    )
+    .args(["-M", "raspi3b", "-accel", "tcg", "-m", "1024"])
+    .args([
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+        "-monitor",
+        "none",
+        "-no-reboot",
+    ])
+    .args(["-drive".to_string(), format!("file={sd},format=raw,if=sd")])
+    .args(["-kernel", kernel.as_str(), "-dtb", dtb.as_str()])
+    .args(["-initrd", initrd.as_str(), "-append", append])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn raspi3b_boots_the_card_as_its_sd_card() {
+        let c = raspi3b(
+            Utf8Path::new("/w/pi.img"),
+            Utf8Path::new("/w/vmlinuz"),
+            Utf8Path::new("/w/bcm2837-rpi-3-b.dtb"),
+            Utf8Path::new("/w/initrd.img"),
+            "root=PARTUUID=1-02",
+        )
+        .to_string();
+        assert!(c.starts_with("qemu-system-aarch64 -M raspi3b"), "{c}");
+        assert!(c.contains("file=/w/pi.img,format=raw,if=sd"), "{c}");
+        assert!(c.contains("-dtb /w/bcm2837-rpi-3-b.dtb"), "{c}");
+    }
 
     #[test]
     fn arm64_boots_virt_with_aavmf_and_amd64_keeps_q35_with_ovmf() {

@@ -126,7 +126,7 @@ pub const REQUIREMENTS: &[Requirement] = &[
     prog("grub-mkimage", "grub-common", "GRUB core images (BIOS boot, test ISO fixture)", &["--version"], &[Qcow2, Test]),
     file("/usr/lib/grub/i386-pc/boot.img", "grub-pc-bin", "GRUB BIOS modules and boot sector", &[Qcow2, Test]),
     file("/usr/lib/grub/x86_64-efi/linux.mod", "grub-efi-amd64-bin", "GRUB EFI modules (test ISO fixture)", &[Test]),
-    prog("mmd", "mtools", "create directories in FAT images", &["--version"], &[Qcow2, Test]),
+    prog("mmd", "mtools", "create directories in FAT images", &["--version"], &[Qcow2, Pi, Test]),
     prog("virt-customize", "libguestfs-tools", "customize a vendor cloud image (qcow2 builder 2)", &["--version"], &[Test]),
     prog("virt-sparsify", "libguestfs-tools", "sparsify a customized vendor image (qcow2 builder 2)", &["--version"], &[Test]),
     prog("cloud-init", "cloud-init", "validate cloud-config seeds (`cloud-init schema`)", &["--version"], &[Seed, Test]),
@@ -156,7 +156,7 @@ pub const REQUIREMENTS: &[Requirement] = &[
     prog("make", "make", "build vmdk-convert from Debian's open-vmdk source package for the converter test", &["--version"], &[Test]),
     prog("gcc", "gcc", "build vmdk-convert from Debian's open-vmdk source package for the converter test", &["--version"], &[Test]),
     file("/usr/include/zlib.h", "zlib1g-dev", "build vmdk-convert (it links zlib) for the converter test", &[Test]),
-    prog("xz", "xz-utils", "unpack Debian's open-vmdk source tarball for the converter test", &["--version"], &[Test]),
+    prog("xz", "xz-utils", "compress Raspberry Pi images as .img.xz (pi.compression: xz); unpack Debian's open-vmdk source in a test", &["--version"], &[Pi, Test]),
     prog("sfdisk", "fdisk", "write MBR partition tables (Raspberry Pi style images) in tests", &["--version"], &[Test]),
 ];
 

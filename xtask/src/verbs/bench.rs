@@ -27,6 +27,7 @@ fn cases() -> Vec<(&'static str, Case)> {
         ("ova", bench::ova::ova_build),
         ("qcow2", bench::qcow2::qcow2_builds),
         ("arm64", bench::qcow2::qcow2_arm64_cold),
+        ("pi", bench::qcow2::pi_builds),
     ]
 }
 

@@ -9,8 +9,9 @@ use crate::recipe::{Arch, Resolved};
 
 /// Build every image format from the recipe in one plan, sharing steps (one
 /// stage, one Debian root file system, one disk for qcow2 and OVA): the
-/// overlay archive, the qcow2 per architecture, the OVA, and the installer
-/// ISO when a base ISO is known (`iso.base` in the recipe, or `--base-iso`).
+/// overlay archive, the qcow2 per architecture, the OVA, the Raspberry Pi
+/// image when the recipe has a `pi:` section, and the installer ISO when a
+/// base ISO is known (`iso.base` in the recipe, or `--base-iso`).
 /// Every artifact is scanned for secrets before it lands in `output/`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -20,7 +21,7 @@ pub struct Args {
     /// Expected sha256 of `--base-iso`.
     #[arg(long, value_name = "HEX", requires = "base_iso")]
     pub base_sha256: Option<String>,
-    /// Skip the disk formats (qcow2, OVA): only the overlay archive and the ISO.
+    /// Skip the disk formats (qcow2, OVA, Pi image): only the overlay archive and the ISO.
     #[arg(long)]
     pub no_disks: bool,
 }
@@ -60,6 +61,9 @@ pub fn plan(cx: &Cx, r: &Resolved, a: &Args) -> Result<Plan> {
             let disk =
                 crate::ova::DiskSource::from_recipe(r, &mut plan, crate::ova::Firmware::Auto)?;
             crate::ova::plan(r, &mut plan, Arch::Amd64, disk)?;
+        }
+        if r.recipe.pi.is_some() {
+            crate::pi::plan(r, &mut plan)?;
         }
     }
     Ok(plan)

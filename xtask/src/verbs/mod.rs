@@ -9,6 +9,7 @@ pub mod bench;
 pub mod build;
 pub mod iso;
 pub mod ova;
+pub mod pi;
 pub mod qcow2;
 pub mod recipe;
 pub mod scan;
@@ -27,6 +28,7 @@ pub fn run(cx: &Cx, verb: Verb) -> Result<()> {
         Verb::Iso(a) => iso::run(cx, a),
         Verb::Qcow2(a) => qcow2::run(cx, a),
         Verb::Ova(a) => ova::run(cx, a),
+        Verb::Pi(a) => pi::run(cx, a),
         Verb::Scan(a) => scan::run(cx, a),
         Verb::Bench(a) => bench::run(cx, a),
     }

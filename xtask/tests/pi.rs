@@ -1,0 +1,523 @@
+//! `cargo xtask pi`: the demo's Raspberry Pi image, built once per test
+//! binary ([`built`]) from the suite-wide cache (its arm64 root is the one
+//! the arm64 qcow2 test builds), read back with real tools (sfdisk, mtools,
+//! the lint), booted the way a Pi boots on qemu's `raspi3b` from its own SD
+//! card, then on `-M virt` with a larger disk; broken by hand for the lint;
+//! built again elsewhere for byte-identity.
+
+mod support;
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use camino::{Utf8Path, Utf8PathBuf};
+use support::{sh, stderr, tail, Project};
+use xtask::tools::qemu_system::{Boot, Firmware};
+
+const BOOT_LIMIT: Duration = Duration::from_secs(600);
+
+const PI_TOOLS: &[&str] = &[
+    "mmdebstrap",
+    "mkfs.ext4",
+    "mkfs.vfat",
+    "mcopy",
+    "mmd",
+    "sfdisk",
+    "/usr/lib/binfmt.d/qemu-aarch64.conf",
+    "arch-test",
+];
+
+/// This host runs arm64 package scripts; in CI it must.
+fn arm64_programs_run() -> bool {
+    if xtask::tools::binfmt::can_run(xtask::recipe::Arch::Arm64) {
+        return true;
+    }
+    if support::in_ci() {
+        panic!("CI=true but arm64 programs do not run here: run `cargo xtask doctor --install` as root");
+    }
+    eprintln!("SKIPPED: arm64 programs do not run here (`cargo xtask doctor --install`)");
+    false
+}
+
+fn ready() -> bool {
+    support::require(PI_TOOLS) && arm64_programs_run()
+}
+
+struct Built {
+    project: Project,
+    /// The published `.img.zst`.
+    published: Utf8PathBuf,
+    /// It unpacked (sparse), for reading and copying.
+    raw: Utf8PathBuf,
+}
+
+/// The demo's Pi image, built once in the suite-wide cache and unpacked.
+fn built() -> &'static Built {
+    static B: OnceLock<Built> = OnceLock::new();
+    B.get_or_init(|| {
+        let _g = support::heavy();
+        let p = Project::demo_for_process().share_cache();
+        p.run(&["pi"]);
+        let name = p
+            .outputs()
+            .into_iter()
+            .find(|n| n.ends_with("-arm64-pi.img.zst"))
+            .unwrap_or_else(|| panic!("no Pi image in output/: {:?}", p.outputs()));
+        let published = p.path("output").join(&name);
+        support::assert_published_sha256(&published);
+        let raw = p.path("pi.img");
+        sh(
+            "bash",
+            &[
+                "-c",
+                r#"zstd -dcq "$1" | cp --sparse=always /dev/stdin "$2""#,
+                "unzstd",
+                published.as_str(),
+                raw.as_str(),
+            ],
+        );
+        Built {
+            project: p,
+            published,
+            raw,
+        }
+    })
+}
+
+/// `sfdisk --json` of an image: (label, id, [(start, size, type)]).
+fn table(img: &Utf8Path) -> (String, String, Vec<(u64, u64, String)>) {
+    let j: serde_json::Value =
+        serde_json::from_str(&sh("sfdisk", &["--json", img.as_str()])).unwrap();
+    let t = &j["partitiontable"];
+    let parts = t["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["start"].as_u64().unwrap(),
+                p["size"].as_u64().unwrap(),
+                p["type"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    (
+        t["label"].as_str().unwrap().into(),
+        t["id"].as_str().unwrap().into(),
+        parts,
+    )
+}
+
+/// The FAT boot partition of `img` for mtools (`IMG@@OFFSET`).
+fn fat(img: &Utf8Path) -> String {
+    let (_, _, parts) = table(img);
+    format!("{img}@@{}", parts[0].0 * 512)
+}
+
+fn mtype(img: &Utf8Path, file: &str) -> String {
+    sh("mtype", &["-i", &fat(img), &format!("::/{file}")])
+}
+
+/// Copy boot files out of the card's FAT partition into `dir`.
+fn boot_files(img: &Utf8Path, dir: &Utf8Path, files: &[&str]) {
+    for f in files {
+        sh(
+            "mcopy",
+            &[
+                "-n",
+                "-i",
+                &fat(img),
+                &format!("::/{f}"),
+                dir.join(f).as_str(),
+            ],
+        );
+    }
+}
+
+fn tempdir() -> (tempfile::TempDir, Utf8PathBuf) {
+    let d = tempfile::Builder::new()
+        .prefix("kiln-pi-")
+        .tempdir()
+        .unwrap();
+    let p = Utf8PathBuf::from_path_buf(d.path().to_path_buf()).unwrap();
+    (d, p)
+}
+
+/// The card as `dd` would write it, read back: an MBR (dos) table with the
+/// disk id the build derived, FAT32 at 4 MiB, the Linux root after it to
+/// the end of a power-of-two image; on the FAT partition the firmware pairs
+/// of both board families, their device trees, the kernel, kiln's initrd,
+/// `config.txt` and a one-line `cmdline.txt` naming partition 2 by
+/// PARTUUID. `pi lint` passes on the published file.
+#[test]
+fn the_card_has_an_mbr_a_fat_boot_partition_and_an_ext4_root() {
+    if !ready() {
+        return;
+    }
+    let b = built();
+    let len = std::fs::metadata(&b.raw).unwrap().len();
+    assert!(len.is_power_of_two(), "{len} is not a power of two");
+    let (label, id, parts) = table(&b.raw);
+    assert_eq!(label, "dos");
+    assert_eq!(parts.len(), 2, "{parts:?}");
+    assert_eq!(
+        (parts[0].0, parts[0].1, parts[0].2.as_str()),
+        (8192, 1048576, "c")
+    );
+    assert_eq!(parts[1].0, 8192 + 1048576);
+    assert_eq!(
+        parts[1].0 + parts[1].1,
+        len / 512,
+        "the root ends at the end of the card"
+    );
+    assert_eq!(parts[1].2, "83");
+    let id = id.trim_start_matches("0x").to_string();
+    let cmdline = mtype(&b.raw, "cmdline.txt");
+    assert_eq!(cmdline.lines().count(), 1, "{cmdline:?}");
+    assert!(
+        cmdline.contains(&format!("root=PARTUUID={id}-02")) && cmdline.contains("console=tty1"),
+        "{cmdline}"
+    );
+    let config = mtype(&b.raw, "config.txt");
+    for want in [
+        "arm_64bit=1",
+        "enable_uart=1",
+        "kernel=vmlinuz",
+        "initramfs initrd.img followkernel",
+        "[pi3]",
+        "[pi4]",
+    ] {
+        assert!(config.contains(want), "{want} not in config.txt:\n{config}");
+    }
+    let dir = sh("mdir", &["-b", "-i", &fat(&b.raw), "::/"]);
+    for want in [
+        "bootcode.bin",
+        "start.elf",
+        "fixup.dat",
+        "start4.elf",
+        "fixup4.dat",
+        "bcm2837-rpi-3-b.dtb",
+        "bcm2711-rpi-4-b.dtb",
+        "vmlinuz",
+        "initrd.img",
+        "overlays",
+    ] {
+        assert!(
+            dir.lines()
+                .any(|l| l.trim_end_matches('/').ends_with(&format!("/{want}"))),
+            "{want} not on the card:\n{dir}"
+        );
+    }
+    // The FAT is FAT32 with the recipe's label.
+    let info = sh("minfo", &["-i", &fat(&b.raw), "::"]);
+    assert!(
+        info.contains("disk label=\"BOOT ") && info.contains("disk type=\"FAT32"),
+        "{info}"
+    );
+    let out = b.project.run(&["pi", "lint", b.published.as_str()]);
+    let said = support::stdout(&out);
+    assert!(said.contains(": ok (boards pi3, pi4;"), "{said}");
+}
+
+/// Boot the card the way a Pi 3B does, on qemu's `raspi3b` with the card as
+/// its SD card, the kernel, device tree and initrd read out of its FAT
+/// partition and `cmdline.txt` as is (plus the console qemu's UART is, the
+/// PL011 `ttyAMA0`): kiln's initrd finds the root by PARTUUID on the SD
+/// card, the appliance's first boot runs. Then the same card, grown by 512
+/// MiB, on `-M virt` as a virtio disk: first boot does not run again, and
+/// the root partition grows to the end of the larger disk.
+#[test]
+fn the_card_boots_on_raspi3b_from_its_sd_card_then_grows_on_virt() {
+    if !ready() || !support::require(&["qemu-system-aarch64"]) {
+        return;
+    }
+    let b = built();
+    let (_d, dir) = tempdir();
+    let card = dir.join("card.img");
+    sh("cp", &["--sparse=always", b.raw.as_str(), card.as_str()]);
+    boot_files(
+        &card,
+        &dir,
+        &["vmlinuz", "initrd.img", "bcm2837-rpi-3-b.dtb"],
+    );
+    let cmdline = mtype(&card, "cmdline.txt").trim().to_string();
+    let append = format!("{cmdline} console=ttyAMA0,115200");
+    let pi = xtask::tools::qemu_system::raspi3b(
+        &card,
+        &dir.join("vmlinuz"),
+        &dir.join("bcm2837-rpi-3-b.dtb"),
+        &dir.join("initrd.img"),
+        &append,
+    );
+    let first = support::boot_and_linger(
+        &pi,
+        &[
+            "mmcblk0: p1 p2",
+            "demo: first boot complete",
+            "demo: bootstrap ok",
+        ],
+        BOOT_LIMIT,
+        Duration::from_secs(20),
+    );
+    assert!(
+        !first.contains("initrd: "),
+        "kiln's initrd complained:\n{}",
+        tail(&first)
+    );
+    assert!(
+        !first.contains("First Boot Wizard") && !first.contains("Failed to start"),
+        "{}",
+        tail(&first)
+    );
+
+    // The same card on a larger disk, on qemu's generic arm64 machine.
+    let grown = std::fs::metadata(&card).unwrap().len() + 512 * 1024 * 1024;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&card)
+        .unwrap()
+        .set_len(grown)
+        .unwrap();
+    let mut virt = Boot::new(Firmware::Bios).arm64().disk(&card, "raw");
+    virt.kernel = Some((dir.join("vmlinuz"), Some(dir.join("initrd.img")), append));
+    let second = support::boot(
+        &virt.cmd(),
+        &["kiln-grow-root:", "demo: bootstrap ok"],
+        BOOT_LIMIT,
+    );
+    assert!(
+        !second.contains("first boot complete"),
+        "first boot ran again:\n{}",
+        tail(&second)
+    );
+    let (_, _, parts) = table(&card);
+    assert_eq!(
+        parts[1].0 + parts[1].1,
+        grown / 512,
+        "the root partition did not grow: {parts:?}"
+    );
+}
+
+/// A broken copy of the card for the lint: `edit` gets its FAT (`IMG@@OFF`)
+/// and a scratch directory.
+fn broken(b: &Built, dir: &Utf8Path, name: &str, edit: impl Fn(&str, &Utf8Path)) -> Utf8PathBuf {
+    let img = dir.join(format!("{name}.img"));
+    sh("cp", &["--sparse=always", b.raw.as_str(), img.as_str()]);
+    edit(&fat(&img), dir);
+    img
+}
+
+/// `pi lint` names each hand-made problem: a missing `start4.elf`, a
+/// `fixup` without its `start`, a PARTUUID of another disk, a two-line
+/// `cmdline.txt`.
+#[test]
+fn lint_names_what_would_not_boot() {
+    if !ready() {
+        return;
+    }
+    let b = built();
+    let (_d, dir) = tempdir();
+    let put = |fat: &str, dir: &Utf8Path, name: &str, text: &str| {
+        let f = dir.join(name);
+        std::fs::write(&f, text).unwrap();
+        sh(
+            "mcopy",
+            &["-o", "-i", fat, f.as_str(), &format!("::/{name}")],
+        );
+    };
+    let cmdline = mtype(&b.raw, "cmdline.txt");
+    let cases: Vec<(Utf8PathBuf, &str)> = vec![
+        (
+            broken(b, &dir, "no-start4", |fat, _| {
+                sh("mdel", &["-i", fat, "::/start4.elf"]);
+            }),
+            "start4.elf is missing: the pi4 boards",
+        ),
+        (
+            broken(b, &dir, "fixup", |fat, _| {
+                sh("mdel", &["-i", fat, "::/start4x.elf"]);
+            }),
+            "fixup4x.dat has no matching start4x.elf",
+        ),
+        (
+            broken(b, &dir, "partuuid", |fat, dir| {
+                let other: Vec<&str> = cmdline
+                    .split_whitespace()
+                    .map(|w| {
+                        if w.starts_with("root=") {
+                            "root=PARTUUID=deadbeef-02"
+                        } else {
+                            w
+                        }
+                    })
+                    .collect();
+                put(fat, dir, "cmdline.txt", &format!("{}\n", other.join(" ")));
+            }),
+            "root=PARTUUID=deadbeef-02 is not a partition of this image",
+        ),
+        (
+            broken(b, &dir, "two-lines", |fat, dir| {
+                put(
+                    fat,
+                    dir,
+                    "cmdline.txt",
+                    &format!("{}\nquiet\n", cmdline.trim()),
+                );
+            }),
+            "cmdline.txt has 2 lines",
+        ),
+    ];
+    for (img, says) in cases {
+        let e = b.project.fail(&["pi", "lint", img.as_str()]);
+        assert!(e.contains(says), "{img}: expected `{says}` in:\n{e}");
+        assert!(e.contains("would not boot on a Raspberry Pi"), "{e}");
+    }
+    // A GPT disk is not a Pi card.
+    let gpt = dir.join("gpt.img");
+    sh("truncate", &["-s", "64M", gpt.as_str()]);
+    sh(
+        "sgdisk",
+        &["-n", "1:2048:+16M", "-t", "1:ef00", gpt.as_str()],
+    );
+    let e = b.project.fail(&["pi", "lint", gpt.as_str()]);
+    assert!(e.contains("boots only from an MBR table"), "{e}");
+}
+
+/// The same commit built in another directory with another cache (only the
+/// Debian root carried over, as a CI cache restore would) gives the same
+/// bytes.
+#[test]
+fn a_second_build_elsewhere_is_byte_identical() {
+    if !ready() {
+        return;
+    }
+    let b = built();
+    let _g = support::heavy();
+    let p2 = Project::demo();
+    let root = b.project.cache_dir().join("qcow2-rootfs-arm64");
+    support::copy_tree(&root, &p2.path("cache/qcow2-rootfs-arm64"));
+    p2.run(&["pi"]);
+    let name = b.published.file_name().unwrap();
+    assert_eq!(
+        support::sha256(&b.published),
+        support::sha256(&p2.path("output").join(name)),
+        "two Pi builds of the same inputs differ"
+    );
+}
+
+/// The secret scan reads the card (zstd, MBR, ext4 root; FAT boot): a key
+/// planted in the overlay stops the build before anything is published, and
+/// the report names where in the image it is. A key copied onto the FAT
+/// partition of a card is found by `scan`.
+#[test]
+fn the_secret_scan_reads_the_card() {
+    if !ready() {
+        return;
+    }
+    let b = built();
+    let _g = support::heavy();
+    let p = Project::demo().share_cache();
+    let key = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW\n-----END OPENSSH PRIVATE KEY-----\n";
+    p.write("overlay/root/.ssh/id_ed25519", key);
+    let out = p.kiln().args(["pi"]).output().unwrap();
+    assert!(!out.status.success());
+    let e = stderr(&out);
+    assert!(e.contains("root/.ssh/id_ed25519"), "{}", tail(&e));
+    assert!(p.outputs().is_empty(), "{:?}", p.outputs());
+
+    let (_d, dir) = tempdir();
+    let img = broken(b, &dir, "planted", |fat, dir| {
+        let f = dir.join("id_rsa");
+        std::fs::write(&f, key).unwrap();
+        sh("mcopy", &["-i", fat, f.as_str(), "::/id_rsa"]);
+    });
+    let out = b
+        .project
+        .kiln()
+        .args(["scan", img.as_str()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = format!("{}{}", support::stdout(&out), stderr(&out));
+    assert!(said.contains("id_rsa"), "{}", tail(&said));
+}
+
+/// Recipe errors before any work, and a card too small for the root after
+/// the root is counted: each says what to set; nothing lands in `output/`.
+#[test]
+fn bad_pi_settings_say_what_to_set() {
+    let p = Project::demo();
+    let demo = std::fs::read_to_string(p.path("recipes/demo.yaml")).unwrap();
+    for (setting, says) in [
+        ("pi: {size: 1030M}", "multiple of 4 MiB"),
+        ("pi: {boot_label: boot}", "upper-case"),
+        ("pi: {boards: [pi2]}", "pi2"),
+        ("pi: {compression: gzip}", "gzip"),
+    ] {
+        p.write("recipes/bad.yaml", &demo.replace("pi: {}", setting));
+        let e = p.fail(&["--recipe", "recipes/bad.yaml", "--dry-run", "pi"]);
+        assert!(e.contains(says), "{setting}: {e}");
+    }
+    p.write("recipes/none.yaml", &demo.replace("pi: {}", ""));
+    let e = p.fail(&["--recipe", "recipes/none.yaml", "--dry-run", "pi"]);
+    assert!(e.contains("add `pi: {}`"), "{e}");
+    assert!(p.outputs().is_empty());
+    if !ready() {
+        return;
+    }
+    let _g = support::heavy();
+    let p = Project::demo().share_cache();
+    let demo = std::fs::read_to_string(p.path("recipes/demo.yaml")).unwrap();
+    p.write(
+        "recipes/tiny.yaml",
+        &demo.replace("pi: {}", "pi: {size: 256M}"),
+    );
+    let e = p.fail(&["--recipe", "recipes/tiny.yaml", "pi"]);
+    assert!(
+        e.contains("pi.size (256 MiB) is too small") && e.contains("set `pi.size: "),
+        "{e}"
+    );
+    assert!(p.outputs().is_empty(), "{:?}", p.outputs());
+}
+
+/// With cloud-init in the image, the plan writes the Pi's NoCloud seed and
+/// the image step reads it (for the boot partition); without, neither.
+#[test]
+fn with_cloud_init_the_seed_rides_on_the_boot_partition() {
+    let p = Project::demo();
+    let demo = std::fs::read_to_string(p.path("recipes/demo.yaml")).unwrap();
+    let mut packages: Vec<String> = xtask::recipe::qcow2::DEFAULT_PACKAGES
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    packages.push("cloud-init".into());
+    p.write(
+        "recipes/ci.yaml",
+        &format!("{demo}\nqcow2:\n  packages: [{}]\n", packages.join(", ")),
+    );
+    let steps = |recipe: &str| -> Vec<serde_json::Value> {
+        let out = p.run(&["--recipe", recipe, "--dry-run", "--json", "pi"]);
+        let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        plan["steps"].as_array().unwrap().clone()
+    };
+    let image_step = |steps: &[serde_json::Value]| -> String {
+        steps
+            .iter()
+            .find(|s| s["name"] == "pi-image")
+            .expect("a pi-image step")
+            .to_string()
+    };
+    let with = steps("recipes/ci.yaml");
+    assert!(
+        with.iter().any(|s| s["name"] == "seed-pi"),
+        "no seed-pi step"
+    );
+    let img = image_step(&with);
+    assert!(
+        img.contains("\"seed_dir\":\"@CACHE@/seed-pi/") || img.contains("/seed-pi/"),
+        "{img}"
+    );
+    let without = steps("recipes/demo.yaml");
+    assert!(!without.iter().any(|s| s["name"] == "seed-pi"));
+    assert!(image_step(&without).contains("\"seed_dir\":null"));
+}
