@@ -521,3 +521,41 @@ fn with_cloud_init_the_seed_rides_on_the_boot_partition() {
     assert!(!without.iter().any(|s| s["name"] == "seed-pi"));
     assert!(image_step(&without).contains("\"seed_dir\":null"));
 }
+
+/// A mirror without the firmware's component: mmdebstrap's error comes with
+/// the advice to add it (a stand-in mmdebstrap fails the way apt does).
+#[test]
+fn a_mirror_without_the_firmware_component_is_named() {
+    if !ready() {
+        return;
+    }
+    let p = Project::demo();
+    let bin = p.path("fake-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let fake = bin.join("mmdebstrap");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'mmdebstrap 1.5.5'; exit 0; fi\n\
+         echo 'E: Unable to locate package raspi-firmware' >&2\nexit 1\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = p
+        .kiln()
+        .env("PATH", support::path_with(&bin))
+        .args(["--no-install", "pi"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let e = stderr(&out);
+    assert!(
+        e.contains("Unable to locate package raspi-firmware")
+            && e.contains("hint: raspi-firmware is in Debian's `non-free-firmware` component")
+            && e.contains("main non-free-firmware"),
+        "{}",
+        tail(&e)
+    );
+    assert!(p.outputs().is_empty());
+    p.assert_no_leftovers();
+}

@@ -21,11 +21,7 @@ pub fn mirror_lines(r: &Resolved, arch: Arch) -> Result<Vec<String>> {
     let q = &r.recipe.qcow2;
     let suite = &q.suite;
     let main = q.mirror()?;
-    let components = match (r.pi_root(arch), suite.as_str()) {
-        (false, _) => "main",
-        (true, "bullseye") => "main non-free",
-        (true, _) => "main non-free-firmware",
-    };
+    let components = components(r, arch);
     let mut lines = vec![
         format!("deb {main} {suite} {components}"),
         format!("deb {main} {suite}-updates {components}"),
@@ -34,6 +30,15 @@ pub fn mirror_lines(r: &Resolved, arch: Arch) -> Result<Vec<String>> {
         lines.push(format!("deb {s} {suite}-security {components}"));
     }
     Ok(lines)
+}
+
+/// The archive components of `arch`'s root.
+fn components(r: &Resolved, arch: Arch) -> &'static str {
+    match (r.pi_root(arch), r.recipe.qcow2.suite.as_str()) {
+        (false, _) => "main",
+        (true, "bullseye") => "main non-free",
+        (true, _) => "main non-free-firmware",
+    }
 }
 
 fn step_name(arch: Arch) -> String {
@@ -60,6 +65,21 @@ pub fn plan(r: &Resolved, plan: &mut Plan, arch: Arch) -> Result<usize> {
         r.epoch,
         super::kiln_initrd(arch),
     );
+    let cmd = if packages.iter().any(|p| p == "raspi-firmware") {
+        let main = q.mirror()?;
+        let advice = format!(
+            "raspi-firmware is in Debian's `non-free-firmware` component (`non-free` before \
+             bookworm), which kiln asks for in its mirror lines (`deb {main} {} {}`); the mirror \
+             {main} does not serve it. Add that component to the mirror, or set `qcow2.mirror` \
+             to one that has it",
+            q.suite,
+            components(r, arch),
+        );
+        cmd.hint("Unable to locate package raspi-firmware", advice.clone())
+            .hint("'raspi-firmware' has no installation candidate", advice)
+    } else {
+        cmd
+    };
     let mut b = StepBuilder::new(
         step_name(arch),
         format!(

@@ -70,6 +70,10 @@ pub struct Cmd {
     /// tests read `CI`, `KILN_*` and cargo's own variables).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub inherit_env: bool,
+    /// What to tell the user when the command fails with a known message:
+    /// (text in its stderr, advice). Not part of the command's identity.
+    #[serde(skip)]
+    pub hints: Vec<(String, String)>,
 }
 
 impl Cmd {
@@ -84,7 +88,14 @@ impl Cmd {
             summary: summary.into(),
             inherit_output: false,
             inherit_env: false,
+            hints: Vec::new(),
         }
+    }
+    /// When the command fails and its stderr contains `needle`, the error
+    /// ends with `advice`.
+    pub fn hint(mut self, needle: impl Into<String>, advice: impl Into<String>) -> Cmd {
+        self.hints.push((needle.into(), advice.into()));
+        self
     }
     pub fn arg(mut self, a: impl AsRef<str>) -> Cmd {
         self.args.push(a.as_ref().to_string());
@@ -348,6 +359,8 @@ pub struct Failure {
     pub code: Option<i32>,
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
+    /// The command's advice for this failure ([`Cmd::hint`]).
+    pub hint: Option<String>,
 }
 
 impl fmt::Display for Failure {
@@ -357,13 +370,16 @@ impl fmt::Display for Failure {
         let lines: Vec<&str> = text.lines().collect();
         let tail = &lines[lines.len().saturating_sub(STDERR_LINES)..];
         if tail.is_empty() {
-            write!(f, "(no stderr output)")
+            writeln!(f, "(no stderr output)")?;
         } else {
             writeln!(f, "stderr (last {} lines):", tail.len())?;
             for l in tail {
                 writeln!(f, "  | {l}")?;
             }
-            Ok(())
+        }
+        match &self.hint {
+            Some(h) => write!(f, "hint: {h}"),
+            None => Ok(()),
         }
     }
 }
@@ -497,12 +513,19 @@ fn run_inner(cmd: &Cmd, feed: Option<Feed>) -> Result<Output> {
             (None, Some(s)) => format!("killed by signal {s}"),
             _ => "unknown status".into(),
         };
+        let text = String::from_utf8_lossy(&stderr);
+        let hint = cmd
+            .hints
+            .iter()
+            .find(|(needle, _)| text.contains(needle.as_str()))
+            .map(|(_, advice)| advice.clone());
         return Err(Failure {
             command: cmd.to_string(),
             status: status_text,
             code: status.code(),
             stdout,
             stderr,
+            hint,
         }
         .into());
     }
