@@ -79,17 +79,17 @@ pub enum Verb {
     Doctor(Doctor),
     /// Build the staged tree (overlay, units, payloads, build-info) and its deterministic overlay.tar.zst.
     Stage(Stage),
-    /// Write and validate the NoCloud seeds (autoinstall user-data for the ISO; cloud-init user-data, meta-data and cidata ISO/FAT images for qcow2 and Pi).
+    // `--help`: the doc comment of `verbs::seed::Args`.
     Seed(crate::verbs::seed::Args),
-    /// Remaster an Ubuntu live-server ISO into a zero-touch installer of the appliance.
+    // `--help`: the doc comment of `verbs::iso::Args`.
     Iso(crate::verbs::iso::Args),
-    /// Build the appliance disk as qcow2 (from Debian packages, or by customizing a vendor cloud image).
+    // `--help`: the doc comment of `verbs::qcow2::Args`.
     Qcow2(crate::verbs::qcow2::Args),
-    /// Wrap the appliance disk in an OVA for VMware/VirtualBox; `ova lint FILE` checks any OVA.
+    // `--help`: the doc comment of `verbs::ova::Args`.
     Ova(crate::verbs::ova::Args),
-    /// Build the Raspberry Pi image (arm64, MBR card, FAT32 boot, ext4 root); `pi lint IMAGE` checks any Pi image.
+    // `--help`: the doc comment of `verbs::pi::Args`.
     Pi(crate::verbs::pi::Args),
-    /// Scan artifacts (directories, tars, ISOs, disks, OVAs) for baked secrets and per-instance identity.
+    // `--help`: the doc comment of `verbs::scan::Args`.
     Scan(crate::verbs::scan::Args),
     /// Measure kiln against baseline tools in the same run and print ratios.
     Bench(crate::verbs::bench::Args),

@@ -15,7 +15,7 @@ fn no_verb_lists_the_verbs() {
     assert_eq!(out.status.code(), Some(2));
     let text = stderr(&out) + &stdout(&out);
     for verb in [
-        "recipe", "doctor", "stage", "seed", "iso", "qcow2", "ova", "scan", "build", "test",
+        "recipe", "doctor", "stage", "seed", "iso", "qcow2", "ova", "pi", "scan", "build", "test",
     ] {
         assert!(
             text.contains(&format!("  {verb} ")),
@@ -28,7 +28,7 @@ fn no_verb_lists_the_verbs() {
 fn every_verb_has_help() {
     let p = Project::demo();
     for verb in [
-        "recipe", "doctor", "stage", "seed", "iso", "qcow2", "ova", "scan", "build", "test",
+        "recipe", "doctor", "stage", "seed", "iso", "qcow2", "ova", "pi", "scan", "build", "test",
         "bench",
     ] {
         let out = p.run(&[verb, "--help"]);

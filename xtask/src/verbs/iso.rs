@@ -5,6 +5,8 @@ use camino::Utf8PathBuf;
 
 use crate::cx::Cx;
 
+/// Remaster an Ubuntu live-server ISO into a zero-touch installer of the appliance.
+///
 /// Remaster an Ubuntu live-server ISO (22.04/24.04) into a zero-touch
 /// installer of the appliance: `output/<name>-<version>-amd64.iso` and its
 /// `.sha256`.

@@ -7,6 +7,8 @@ use crate::cx::Cx;
 use crate::ova::{DigestAlgo, DiskSource, Firmware};
 use crate::recipe::Arch;
 
+/// Wrap the appliance disk in an OVA for VMware/VirtualBox; `ova lint FILE` checks any OVA
+///
 /// Build `output/<name>-<version>-amd64.ova` (+ `.sha256`) for VMware and
 /// VirtualBox: the appliance disk as a streamOptimized VMDK, an OVF 1.x
 /// descriptor (CPUs, memory, NIC, guest OS and hardware version from the
@@ -18,6 +20,7 @@ use crate::recipe::Arch;
 ///   cargo xtask ova --disk build/disk.raw      wrap an existing disk image
 ///   cargo xtask ova lint output/demo-1.0-amd64.ova
 #[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct Args {
     #[command(subcommand)]

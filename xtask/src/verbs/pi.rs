@@ -6,7 +6,9 @@ use camino::Utf8PathBuf;
 
 use crate::cx::Cx;
 
-/// Build `output/<name>-<version>-arm64-pi.img.zst` (+ `.sha256`): a card
+/// Build the Raspberry Pi card image (arm64); `pi lint IMAGE` checks any Pi image
+///
+/// Writes `output/<name>-<version>-arm64-pi.img.zst` (+ `.sha256`): a card
 /// image to write with Raspberry Pi Imager or `zstdcat … | dd`, for the
 /// boards in `pi.boards` (Pi 3 and Pi 4 families by default).
 ///

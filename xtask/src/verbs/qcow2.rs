@@ -5,6 +5,8 @@ use anyhow::Result;
 use crate::cx::Cx;
 use crate::recipe::Arch;
 
+/// Build the appliance disk as qcow2 (from Debian packages, or by customizing a vendor cloud image).
+///
 /// Build the appliance disk as `output/<name>-<version>-<arch>.qcow2`
 /// (+ `.sha256`), after the secret scan passed it.
 ///

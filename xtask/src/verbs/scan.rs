@@ -5,6 +5,8 @@ use camino::Utf8PathBuf;
 
 use crate::cx::Cx;
 
+/// Scan artifacts (directories, tars, ISOs, disks, OVAs) for baked secrets and per-instance identity.
+///
 /// Scan artifacts for baked secrets and per-instance identity: private keys,
 /// SSH host keys, a filled /etc/machine-id, systemd random seeds, cloud-init
 /// instance state, password hashes, `.env` secrets, cloud-config passwords,

@@ -6,6 +6,8 @@ use serde_json::json;
 use crate::cx::Cx;
 use crate::seed::{self, SeedTarget};
 
+/// Write and validate the NoCloud seeds (autoinstall user-data for the ISO; cloud-init user-data, meta-data and cidata ISO/FAT images for qcow2 and Pi).
+///
 /// Write and validate the NoCloud seeds into the build tree, and print where.
 ///
 /// `iso`: the Ubuntu autoinstall `user-data` (`#cloud-config` + `autoinstall:`)
