@@ -559,3 +559,33 @@ fn a_mirror_without_the_firmware_component_is_named() {
     assert!(p.outputs().is_empty());
     p.assert_no_leftovers();
 }
+
+/// `pi.compression: none` publishes the raw card (sparse), which lints and
+/// is the same card as the `.img.zst` unpacked; only the compression step
+/// runs again.
+#[test]
+fn an_uncompressed_card_is_the_same_card() {
+    if !ready() {
+        return;
+    }
+    let b = built();
+    let _g = support::heavy();
+    let p = Project::demo().share_cache();
+    let demo = std::fs::read_to_string(p.path("recipes/demo.yaml")).unwrap();
+    p.write(
+        "recipes/raw.yaml",
+        &demo.replace("pi: {}", "pi: {compression: none}"),
+    );
+    let out = p.run(&["--recipe", "recipes/raw.yaml", "--json", "pi"]);
+    let ran = support::outcomes(&out);
+    assert_eq!(ran["pi-image"], "cached", "{ran:?}");
+    let name = p
+        .outputs()
+        .into_iter()
+        .find(|n| n.ends_with("-arm64-pi.img"))
+        .unwrap_or_else(|| panic!("no raw Pi image in output/: {:?}", p.outputs()));
+    let raw = p.path("output").join(&name);
+    assert_eq!(support::sha256(&raw), support::sha256(&b.raw));
+    support::assert_published_sha256(&raw);
+    p.run(&["pi", "lint", raw.as_str()]);
+}
