@@ -20,7 +20,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::boot;
-use super::mbr::{self, Part, SECTOR};
+use super::mbr::{self, Part, ALIGN, SECTOR};
 use crate::plan::{Op, OpCx};
 use crate::qcow2::disk::{self, DiskSpec, MIB};
 use crate::qcow2::merge::{merge, read_from_rootfs};
@@ -30,8 +30,6 @@ use crate::tools;
 /// The raw image inside the step's output.
 pub const IMAGE: &str = "pi.img";
 pub const LAYOUT_JSON: &str = "layout.json";
-/// Partitions start on 4 MiB boundaries (SD cards' erase blocks).
-pub const ALIGN: u64 = 4 * MIB;
 
 /// Everything the image step needs; `describe` hashes all of it.
 #[derive(Debug, Clone, Serialize)]

@@ -90,7 +90,7 @@ fn lint(image: &Utf8Path, scratch: &Utf8Path) -> Result<(Report, Vec<String>)> {
     f.read_exact(&mut sector)
         .with_context(|| format!("reading the partition table of {image}"))?;
     let table = mbr::parse(&sector).with_context(|| format!("{image}"))?;
-    if !len.is_multiple_of(super::image::ALIGN) {
+    if !len.is_multiple_of(mbr::ALIGN) {
         problems.push(format!(
             "the image is {len} bytes, not a multiple of 4 MiB (SD cards and Imager expect one)"
         ));
@@ -105,7 +105,7 @@ fn lint(image: &Utf8Path, scratch: &Utf8Path) -> Result<(Report, Vec<String>)> {
         ));
     }
     for (n, p) in &table.parts {
-        if !p.offset().is_multiple_of(super::image::ALIGN) {
+        if !p.offset().is_multiple_of(mbr::ALIGN) {
             problems.push(format!("partition {n} does not start on a 4 MiB boundary"));
         }
         if p.offset() + p.bytes() > len {

@@ -9,6 +9,9 @@ use std::os::unix::fs::FileExt;
 use anyhow::{bail, ensure, Context, Result};
 
 pub const SECTOR: u64 = 512;
+/// Partitions start on 4 MiB boundaries (SD cards' erase blocks), and a
+/// card image's size is a multiple of it.
+pub const ALIGN: u64 = 4 << 20;
 /// Partition type of a FAT32 file system addressed by LBA.
 pub const TYPE_FAT32_LBA: u8 = 0x0c;
 /// Partition type of a Linux file system.
