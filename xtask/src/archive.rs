@@ -22,8 +22,14 @@ pub fn zstd_workers() -> u32 {
 
 /// A zstd encoder with kiln's settings (multi-threaded, level 3, checksummed).
 pub fn zstd_writer<W: Write>(w: W) -> Result<zstd::Encoder<'static, W>> {
+    zstd_writer_workers(w, zstd_workers())
+}
+
+/// [`zstd_writer`] with `workers` threads (at least 1): the bytes written do
+/// not depend on the number.
+pub fn zstd_writer_workers<W: Write>(w: W, workers: u32) -> Result<zstd::Encoder<'static, W>> {
     let mut e = zstd::Encoder::new(w, ZSTD_LEVEL)?;
-    e.multithread(zstd_workers())?;
+    e.multithread(workers.max(1))?;
     e.include_checksum(true)?;
     Ok(e)
 }

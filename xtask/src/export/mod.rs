@@ -302,11 +302,15 @@ type FileWriter = crate::digest::BackgroundWriter<std::fs::File>;
 
 impl Sink {
     pub fn create(path: &Utf8Path, c: Compression) -> Result<Sink> {
+        Sink::create_workers(path, c, crate::archive::zstd_workers())
+    }
+    /// [`Sink::create`] with `workers` zstd threads (the bytes do not depend on it).
+    pub fn create_workers(path: &Utf8Path, c: Compression, workers: u32) -> Result<Sink> {
         let f = std::fs::File::create(path).with_context(|| format!("creating {path}"))?;
         let hw = crate::digest::BackgroundWriter::new(f)?;
         Ok(match c {
             Compression::None => Sink::Plain(hw),
-            Compression::Zstd => Sink::Zstd(crate::archive::zstd_writer(hw)?),
+            Compression::Zstd => Sink::Zstd(crate::archive::zstd_writer_workers(hw, workers)?),
             // The gzip header carries no name and mtime 0: deterministic.
             Compression::Gzip => {
                 Sink::Gzip(flate2::GzBuilder::new().write(hw, flate2::Compression::default()))
