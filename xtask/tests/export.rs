@@ -1095,7 +1095,7 @@ fn the_model_export_bench_runs_at_a_small_scale() {
     let ms = xtask::bench::export::model_export(&bcx).unwrap();
     assert_eq!(
         ms.iter().map(|m| m.case.as_str()).collect::<Vec<_>>(),
-        ["model-export", "model-hash"]
+        ["model-export", "model-export-same-level", "model-hash"]
     );
     let report = xtask::bench::render(&ms);
     assert!(

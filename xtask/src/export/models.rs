@@ -28,6 +28,14 @@ use crate::plan::{Input, Op, OpCx, Plan, StepBuilder};
 use crate::recipe::payloads::{Compression, ModelPackaging, ModelPayload};
 use crate::recipe::Resolved;
 
+/// zstd level of model archives (the rest of kiln's `.zst` files use
+/// [`crate::archive::ZSTD_LEVEL`], 3). Weights are close to random for zstd's
+/// match finder: what compresses is their entropy-coded literals, which
+/// levels 1 and 3 code alike. On weight-like data (`cargo xtask bench --case
+/// export`'s generator) level 1 wrote 0.02% more bytes than level 3 for
+/// about two thirds of its CPU time. A step input, so changing it re-exports.
+pub const ZSTD_LEVEL: i32 = 1;
+
 /// One file of a model, as found while planning.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ModelFile {
@@ -148,6 +156,8 @@ pub fn step(r: &Resolved, plan: &Plan, m: &ModelPayload) -> Result<StepBuilder> 
         files,
     };
     let bytes: u64 = op.files.iter().map(|f| f.size).sum();
+    let level =
+        (m.packaging == ModelPackaging::TarZst).then(|| Input::value("zstd level", ZSTD_LEVEL));
     Ok(StepBuilder::new(
         format!("model-{}", m.name),
         format!(
@@ -159,6 +169,7 @@ pub fn step(r: &Resolved, plan: &Plan, m: &ModelPayload) -> Result<StepBuilder> 
     )
     .input(input)
     .input(Input::value("SOURCE_DATE_EPOCH", r.epoch))
+    .inputs(level)
     .long()
     .op(op))
 }
@@ -363,7 +374,7 @@ pub fn write_tar_zst_workers(
     mut progress: Option<&mut crate::ui::Progress>,
     workers: u32,
 ) -> Result<(String, u64, Vec<FileEntry>)> {
-    let mut sink = Sink::create_workers(path, Compression::Zstd, workers)?;
+    let mut sink = Sink::create_with(path, Compression::Zstd, ZSTD_LEVEL, workers)?;
     let mut entries = Vec::new();
     std::thread::scope(|s| -> Result<()> {
         let (to_main, pieces) = mpsc::sync_channel(READ_AHEAD);
@@ -763,7 +774,7 @@ mod tests {
             assert_eq!(e.sha256, crate::digest::file_sha256(&f.src).unwrap());
         }
 
-        let mut z = crate::archive::zstd_writer(Vec::new()).unwrap();
+        let mut z = crate::archive::zstd_writer_with(Vec::new(), ZSTD_LEVEL, 1).unwrap();
         {
             let mut b = tar::Builder::new(&mut z);
             let file = |b: &mut tar::Builder<_>, rel: &str, mode: u32| {
