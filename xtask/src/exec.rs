@@ -606,6 +606,51 @@ mod tests {
         assert_eq!(n.into_inner(), 2);
     }
 
+    /// Through the executor: a no-op publish does not scan again, and an
+    /// artifact edited through its link in `output/` (the cache's own file)
+    /// is scanned again and gets its new sha256.
+    #[test]
+    fn publishing_again_scans_only_a_changed_artifact() {
+        let d = tempfile::tempdir().unwrap();
+        let root = Utf8Path::from_path(d.path()).unwrap();
+        let (cache, output) = (root.join("cache"), root.join("output"));
+        let entry = cache.join("disk/0123");
+        std::fs::create_dir_all(&entry).unwrap();
+        let a = file_with(&entry, "x.img", &vec![5u8; 1 << 20]);
+        let mut plan = crate::plan::Plan::new("test", &root.join("r.yaml"), root, &cache, &output);
+        plan.publish(a.clone(), "x.img".into(), true);
+        let g = counting("x");
+        let opts = Options {
+            force: false,
+            gate: Some(&g),
+        };
+        let sums = || std::fs::read_to_string(output.join("x.img.sha256")).unwrap();
+        let want = |p: &Utf8Path| {
+            crate::digest::sha256sum_line(&crate::digest::file_sha256(p).unwrap(), "x.img")
+        };
+        for _ in 0..3 {
+            execute(&plan, &opts).unwrap();
+            assert_eq!(sums(), want(&a));
+        }
+        assert_eq!(checks(&g), 1, "an unchanged artifact was scanned again");
+
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        {
+            use std::io::{Seek, Write};
+            let mut f = std::fs::File::options()
+                .write(true)
+                .open(output.join("x.img"))
+                .unwrap();
+            f.seek(std::io::SeekFrom::Start(777)).unwrap();
+            f.write_all(b"!").unwrap();
+        }
+        execute(&plan, &opts).unwrap();
+        assert_eq!(checks(&g), 2, "a changed artifact was not scanned");
+        assert_eq!(sums(), want(&a));
+        execute(&plan, &opts).unwrap();
+        assert_eq!(checks(&g), 2);
+    }
+
     #[test]
     fn a_digest_memo_holds_only_while_the_file_is_unchanged() {
         let d = tempfile::tempdir().unwrap();
