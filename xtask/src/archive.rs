@@ -10,7 +10,8 @@ use std::os::unix::fs::PermissionsExt;
 use anyhow::{bail, Context, Result};
 use camino::Utf8Path;
 
-/// Compression level used for every `.zst` kiln writes.
+/// Compression level of the `.zst` files kiln writes (model archives use
+/// [`crate::export::models::ZSTD_LEVEL`]).
 pub const ZSTD_LEVEL: i32 = 3;
 
 pub fn zstd_workers() -> u32 {
@@ -22,8 +23,18 @@ pub fn zstd_workers() -> u32 {
 
 /// A zstd encoder with kiln's settings (multi-threaded, level 3, checksummed).
 pub fn zstd_writer<W: Write>(w: W) -> Result<zstd::Encoder<'static, W>> {
-    let mut e = zstd::Encoder::new(w, ZSTD_LEVEL)?;
-    e.multithread(zstd_workers())?;
+    zstd_writer_with(w, ZSTD_LEVEL, zstd_workers())
+}
+
+/// [`zstd_writer`] at `level` with `workers` threads (at least 1): the bytes
+/// written do not depend on the number of threads.
+pub fn zstd_writer_with<W: Write>(
+    w: W,
+    level: i32,
+    workers: u32,
+) -> Result<zstd::Encoder<'static, W>> {
+    let mut e = zstd::Encoder::new(w, level)?;
+    e.multithread(workers.max(1))?;
     e.include_checksum(true)?;
     Ok(e)
 }

@@ -27,7 +27,31 @@ struct Stamp {
 }
 
 /// Called on each artifact before it is published (the secret scan).
-pub type Gate<'a> = &'a dyn Fn(&Utf8Path, &str) -> Result<()>;
+pub type Gate<'a> = &'a dyn Check;
+
+/// A publish check: `check` refuses an artifact with an error. A check whose
+/// verdict depends only on the artifact's bytes, its name and what
+/// [`Check::verdict_inputs`] returns has its passes remembered (see
+/// [`gate_remembered`]), so a no-op rebuild does not check unchanged
+/// artifacts again.
+pub trait Check: Sync {
+    fn check(&self, path: &Utf8Path, name: &str) -> Result<()>;
+    /// Everything a pass depends on besides the artifact's bytes, its name and
+    /// kiln's code (settings, versions of the tools the check runs); `None`:
+    /// never remember a pass.
+    fn verdict_inputs(&self) -> Option<serde_json::Value> {
+        None
+    }
+}
+
+impl<F: Fn(&Utf8Path, &str) -> Result<()> + Sync> Check for F {
+    fn check(&self, path: &Utf8Path, name: &str) -> Result<()> {
+        self(path, name)
+    }
+}
+
+/// Where remembered passes of the publish gate live, under the cache.
+pub const VERDICTS: &str = "scan-verdicts";
 
 #[derive(Default)]
 pub struct Options<'a> {
@@ -64,9 +88,16 @@ pub fn execute(plan: &Plan, opts: &Options) -> Result<Report> {
     }
     for p in &plan.publish {
         let gate = opts.gate.filter(|_| p.scan);
-        let digest = gate_and_digest(&p.from, &p.name, gate, p.sha256)?;
+        let verdicts = plan.cache.join(VERDICTS);
+        let digest = gate_remembered(&p.from, &p.name, gate, p.sha256, &verdicts)?;
         let dest = plan.output.join(&p.name);
+        // Linking into `output/` changes the file's change time: when the
+        // memo held just before it, the digest still holds for its bytes.
+        let memo_held = digest.is_some() && known_digest(&p.from) == digest;
         publish_file(&p.from, &dest)?;
+        if let (true, Some(hex)) = (memo_held, &digest) {
+            remember_digest(&p.from, hex);
+        }
         if let Some(hex) = digest {
             let line = crate::digest::sha256sum_line(&hex, &p.name);
             write_atomic(
@@ -311,7 +342,7 @@ pub fn gate_and_digest(
     std::thread::scope(|s| {
         let hashing = digest.then(|| s.spawn(|| cached_digest(from)));
         if let Some(g) = gate {
-            g(from, name)?;
+            g.check(from, name)?;
         }
         hashing
             .map(|h| {
@@ -340,18 +371,108 @@ pub fn flush_and_digest(file: &Utf8Path) -> Result<String> {
     })
 }
 
-/// sha256 of a cached artifact, remembered beside it (`.<name>.sha256`) so a
-/// no-op rebuild does not re-read multi-GiB files.
-pub fn cached_digest(file: &Utf8Path) -> Result<String> {
-    let name = file.file_name().unwrap_or("file");
-    let memo = file.with_file_name(format!(".{name}.sha256"));
-    if let Ok(s) = std::fs::read_to_string(&memo) {
-        if s.trim().len() == 64 {
-            return Ok(s.trim().to_string());
+/// [`gate_and_digest`], with the gate's passes remembered in `verdicts`
+/// (one file per pass, named by a digest of the artifact's sha256, its name,
+/// the gate's [`Check::verdict_inputs`] and kiln's code fingerprint). An
+/// artifact whose bytes are known (its digest memo matches the file's
+/// identity, see [`known_digest`]) and whose pass is on record is not
+/// checked again; any other is, and its sha256 is taken at the same time.
+/// Returns the sha256 when `digest` asks for it.
+pub fn gate_remembered(
+    from: &Utf8Path,
+    name: &str,
+    gate: Option<Gate>,
+    digest: bool,
+    verdicts: &Utf8Path,
+) -> Result<Option<String>> {
+    let Some((g, inputs)) = gate.and_then(|g| g.verdict_inputs().map(|i| (g, i))) else {
+        return gate_and_digest(from, name, gate, digest);
+    };
+    let record = |hex: &str| verdicts.join(verdict_key(hex, name, &inputs));
+    if let Some(hex) = known_digest(from) {
+        if record(&hex).is_file() {
+            ui::info(&format!(
+                "scan of {name}: passed before (same bytes, sha256 {}, same settings and kiln)",
+                &hex[..12]
+            ));
+            return Ok(digest.then_some(hex));
         }
     }
+    let hex = gate_and_digest(from, name, Some(g), true)?.expect("the digest was asked for");
+    // Best effort: a pass that cannot be recorded only costs a scan next time.
+    let doc = serde_json::json!({ "artifact": name, "sha256": hex, "inputs": inputs });
+    let _ = std::fs::create_dir_all(verdicts)
+        .map_err(anyhow::Error::from)
+        .and_then(|_| crate::plan::write_json(&record(&hex), &doc));
+    Ok(digest.then_some(hex))
+}
+
+/// The name of a remembered pass.
+fn verdict_key(sha256: &str, name: &str, inputs: &serde_json::Value) -> String {
+    let doc = serde_json::json!({
+        "format": 1,
+        "artifact": name,
+        "sha256": sha256,
+        "inputs": inputs,
+        "code": crate::plan::code_fingerprint(),
+    });
+    crate::digest::bytes_sha256(doc.to_string().as_bytes())
+}
+
+/// What a file's digest memo is checked against: device, inode, size,
+/// modification and change times. Writing to the file changes its change
+/// time (which no one can set back), so a memo never outlives a change.
+fn identity(file: &Utf8Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(file).ok()?;
+    Some(format!(
+        "{}:{}:{}:{}.{}:{}.{}",
+        md.dev(),
+        md.ino(),
+        md.size(),
+        md.mtime(),
+        md.mtime_nsec(),
+        md.ctime(),
+        md.ctime_nsec()
+    ))
+}
+
+fn memo_path(file: &Utf8Path) -> Utf8PathBuf {
+    let name = file.file_name().unwrap_or("file");
+    file.with_file_name(format!(".{name}.sha256"))
+}
+
+/// The sha256 remembered beside `file` (`.<name>.sha256`), if the file is
+/// still the one it was taken of (same [`identity`]).
+pub fn known_digest(file: &Utf8Path) -> Option<String> {
+    let s = std::fs::read_to_string(memo_path(file)).ok()?;
+    let (hex, id) = s.trim().split_once(' ')?;
+    (hex.len() == 64 && Some(id) == identity(file).as_deref()).then(|| hex.to_string())
+}
+
+/// Remember `hex` as the sha256 of `file` as it is now (best effort). Only
+/// for a digest of the file's current bytes: taken just before, by the
+/// code that wrote it or read it.
+pub fn remember_digest(file: &Utf8Path, hex: &str) {
+    if let Some(id) = identity(file) {
+        let _ = std::fs::write(memo_path(file), format!("{hex} {id}\n"));
+    }
+}
+
+/// sha256 of a cached artifact, remembered beside it (`.<name>.sha256`, with
+/// the file's [`identity`]) so a no-op rebuild does not re-read multi-GiB
+/// files, and a changed file is read again.
+pub fn cached_digest(file: &Utf8Path) -> Result<String> {
+    if let Some(hex) = known_digest(file) {
+        return Ok(hex);
+    }
+    // The identity before reading: a change while the file is read makes
+    // the memo stale at once.
+    let before = identity(file);
     let hex = crate::digest::file_sha256(file)?;
-    let _ = std::fs::write(&memo, &hex);
+    if let Some(id) = before {
+        let _ = std::fs::write(memo_path(file), format!("{hex} {id}\n"));
+    }
     Ok(hex)
 }
 
@@ -382,16 +503,171 @@ mod tests {
         assert_eq!(got.as_deref(), Some(want.as_str()));
         assert_eq!(*seen.lock().unwrap(), vec![format!("{a} as a.img")]);
         // Remembered beside the artifact for the next publish.
-        assert_eq!(
-            std::fs::read_to_string(dir.join(".a.img.sha256")).unwrap(),
-            want
-        );
+        assert_eq!(known_digest(&a).as_deref(), Some(want.as_str()));
         assert_eq!(gate_and_digest(&a, "a.img", None, false).unwrap(), None);
 
         let b = file_with(dir, "b.img", &data);
         let refuse = |_: &Utf8Path, name: &str| anyhow::bail!("the scan refused {name}");
         let err = gate_and_digest(&b, "b.img", Some(&refuse), true).unwrap_err();
         assert_eq!(err.to_string(), "the scan refused b.img");
+    }
+
+    /// Counts its checks; its passes may be remembered.
+    struct Counting {
+        seen: std::sync::Mutex<Vec<String>>,
+        settings: &'static str,
+        refuse: bool,
+    }
+
+    impl Check for Counting {
+        fn check(&self, _: &Utf8Path, name: &str) -> Result<()> {
+            self.seen.lock().unwrap().push(name.to_string());
+            anyhow::ensure!(!self.refuse, "the scan refused {name}");
+            Ok(())
+        }
+        fn verdict_inputs(&self) -> Option<serde_json::Value> {
+            Some(serde_json::json!({ "allow": self.settings }))
+        }
+    }
+
+    fn counting(settings: &'static str) -> Counting {
+        Counting {
+            seen: Default::default(),
+            settings,
+            refuse: false,
+        }
+    }
+
+    fn checks(c: &Counting) -> usize {
+        c.seen.lock().unwrap().len()
+    }
+
+    #[test]
+    fn a_remembered_pass_skips_the_unchanged_artifact_and_never_a_changed_one() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = Utf8Path::from_path(d.path()).unwrap();
+        let verdicts = dir.join("verdicts");
+        let a = file_with(dir, "a.img", &vec![1u8; 1 << 20]);
+        let want = crate::digest::file_sha256(&a).unwrap();
+        let g = counting("x");
+        let run = |g: &Counting, name: &str| gate_remembered(&a, name, Some(g), true, &verdicts);
+
+        assert_eq!(run(&g, "a.img").unwrap().as_deref(), Some(want.as_str()));
+        assert_eq!(checks(&g), 1);
+        // Unchanged: the pass is remembered, the digest comes from the memo.
+        assert_eq!(run(&g, "a.img").unwrap().as_deref(), Some(want.as_str()));
+        assert_eq!(checks(&g), 1, "an unchanged artifact was scanned again");
+        // Other settings, another published name: checked again.
+        assert!(run(&counting("y"), "a.img").is_ok());
+        let other = counting("x");
+        assert!(run(&other, "b.img").is_ok());
+        assert_eq!(checks(&other), 1);
+
+        // Changed in place, same size, modification time set back: the
+        // change time still gives it away. (File times tick coarsely: let a
+        // tick pass first, as any later edit of a published image would.)
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let mtime = std::fs::metadata(&a).unwrap().modified().unwrap();
+        let mut bytes = std::fs::read(&a).unwrap();
+        bytes[4242] = 2;
+        std::fs::write(&a, &bytes).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&a)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        let changed = crate::digest::file_sha256(&a).unwrap();
+        let refusing = Counting {
+            refuse: true,
+            ..counting("x")
+        };
+        let err = run(&refusing, "a.img").unwrap_err();
+        assert_eq!(err.to_string(), "the scan refused a.img");
+        assert_eq!(checks(&refusing), 1, "a changed artifact was not scanned");
+        // A refusal is not remembered; a pass of the new bytes is, and the
+        // old bytes' pass still stands for them alone.
+        assert!(run(&refusing, "a.img").is_err());
+        assert_eq!(checks(&refusing), 2);
+        assert_eq!(run(&g, "a.img").unwrap().as_deref(), Some(changed.as_str()));
+        assert_eq!(checks(&g), 2);
+        assert!(run(&g, "a.img").is_ok());
+        assert_eq!(checks(&g), 2);
+
+        // A gate without verdict inputs (a plain closure) is never skipped.
+        let n = std::sync::atomic::AtomicUsize::new(0);
+        let plain = |_: &Utf8Path, _: &str| {
+            n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(())
+        };
+        for _ in 0..2 {
+            gate_remembered(&a, "a.img", Some(&plain), true, &verdicts).unwrap();
+        }
+        assert_eq!(n.into_inner(), 2);
+    }
+
+    /// Through the executor: a no-op publish does not scan again, and an
+    /// artifact edited through its link in `output/` (the cache's own file)
+    /// is scanned again and gets its new sha256.
+    #[test]
+    fn publishing_again_scans_only_a_changed_artifact() {
+        let d = tempfile::tempdir().unwrap();
+        let root = Utf8Path::from_path(d.path()).unwrap();
+        let (cache, output) = (root.join("cache"), root.join("output"));
+        let entry = cache.join("disk/0123");
+        std::fs::create_dir_all(&entry).unwrap();
+        let a = file_with(&entry, "x.img", &vec![5u8; 1 << 20]);
+        let mut plan = crate::plan::Plan::new("test", &root.join("r.yaml"), root, &cache, &output);
+        plan.publish(a.clone(), "x.img".into(), true);
+        let g = counting("x");
+        let opts = Options {
+            force: false,
+            gate: Some(&g),
+        };
+        let sums = || std::fs::read_to_string(output.join("x.img.sha256")).unwrap();
+        let want = |p: &Utf8Path| {
+            crate::digest::sha256sum_line(&crate::digest::file_sha256(p).unwrap(), "x.img")
+        };
+        for _ in 0..3 {
+            execute(&plan, &opts).unwrap();
+            assert_eq!(sums(), want(&a));
+        }
+        assert_eq!(checks(&g), 1, "an unchanged artifact was scanned again");
+
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        {
+            use std::io::{Seek, Write};
+            let mut f = std::fs::File::options()
+                .write(true)
+                .open(output.join("x.img"))
+                .unwrap();
+            f.seek(std::io::SeekFrom::Start(777)).unwrap();
+            f.write_all(b"!").unwrap();
+        }
+        execute(&plan, &opts).unwrap();
+        assert_eq!(checks(&g), 2, "a changed artifact was not scanned");
+        assert_eq!(sums(), want(&a));
+        execute(&plan, &opts).unwrap();
+        assert_eq!(checks(&g), 2);
+    }
+
+    #[test]
+    fn a_digest_memo_holds_only_while_the_file_is_unchanged() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = Utf8Path::from_path(d.path()).unwrap();
+        let a = file_with(dir, "a.img", b"first");
+        let h1 = cached_digest(&a).unwrap();
+        assert_eq!(known_digest(&a).as_deref(), Some(h1.as_str()));
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        std::fs::write(&a, b"other").unwrap();
+        assert_eq!(known_digest(&a), None);
+        assert_eq!(
+            cached_digest(&a).unwrap(),
+            crate::digest::file_sha256(&a).unwrap()
+        );
+        // A memo of the old format (a bare digest) is not trusted.
+        std::fs::write(dir.join(".a.img.sha256"), &h1).unwrap();
+        assert_eq!(known_digest(&a), None);
     }
 
     #[test]

@@ -155,6 +155,14 @@ impl Input {
             sha256: crate::digest::file_sha256(path)?,
         })
     }
+    /// A large file (a base image), by content, its digest remembered in
+    /// `memo` (see [`crate::digest::file_sha256_memo`]).
+    pub fn file_memo(path: &Utf8Path, memo: Option<&Utf8Path>) -> Result<Input> {
+        Ok(Input::File {
+            path: path.to_owned(),
+            sha256: crate::digest::file_sha256_memo(path, memo)?,
+        })
+    }
     pub fn tree(path: &Utf8Path) -> Result<Input> {
         let (sha256, files) = crate::digest::tree_content_digest(path)?;
         Ok(Input::Tree {

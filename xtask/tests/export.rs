@@ -1055,6 +1055,32 @@ fn the_demo_stages_its_image_and_model_and_bootstrap_verifies_them() {
     );
 }
 
+/// A model archive's bytes do not depend on how many zstd threads wrote it
+/// (the input spans several zstd jobs, compressible and not).
+#[test]
+fn model_archives_are_byte_identical_for_any_number_of_zstd_threads() {
+    let t = tempfile::tempdir().unwrap();
+    let d = Utf8Path::from_path(t.path()).unwrap();
+    let m = d.join("m");
+    xtask::bench::export::generate(&m, 40 << 20).unwrap();
+    std::fs::write(m.join("zeros.bin"), vec![0u8; 9 << 20]).unwrap();
+    let files = xtask::export::models::scan("m", &m).unwrap();
+    let mut seen = Vec::new();
+    for workers in [1, 2, 3, 8] {
+        let out = d.join(format!("m-{workers}.tar.zst"));
+        let (hex, size, _) =
+            xtask::export::models::write_tar_zst_workers(&out, "m", &files, 1234, None, workers)
+                .unwrap();
+        assert_eq!(hex, support::sha256(&out));
+        assert_eq!(size, std::fs::metadata(&out).unwrap().len());
+        seen.push((workers, hex));
+    }
+    assert!(
+        seen.iter().all(|(_, h)| *h == seen[0].1),
+        "the archive differs by thread count: {seen:?}"
+    );
+}
+
 #[test]
 fn the_model_export_bench_runs_at_a_small_scale() {
     if !support::require(&["zstd", "sha256sum"]) {
@@ -1069,7 +1095,7 @@ fn the_model_export_bench_runs_at_a_small_scale() {
     let ms = xtask::bench::export::model_export(&bcx).unwrap();
     assert_eq!(
         ms.iter().map(|m| m.case.as_str()).collect::<Vec<_>>(),
-        ["model-export", "model-hash"]
+        ["model-export", "model-export-same-level", "model-hash"]
     );
     let report = xtask::bench::render(&ms);
     assert!(

@@ -9,6 +9,8 @@
 
 mod support;
 
+use xtask::exec::Check;
+
 use std::collections::BTreeSet;
 use std::io::Read;
 use std::process::Command;
@@ -976,7 +978,8 @@ fn gate_refuses_a_staged_overlay_with_a_secret() {
     let gate = xtask::scan::gate(&r);
     let err = format!(
         "{:#}",
-        gate(&st.join("overlay.tar.zst"), "demo-overlay.tar.zst").unwrap_err()
+        gate.check(&st.join("overlay.tar.zst"), "demo-overlay.tar.zst")
+            .unwrap_err()
     );
     assert!(
         err.contains("demo-overlay.tar.zst!/etc/machine-id") && err.contains("[machine-id]"),
@@ -987,7 +990,9 @@ fn gate_refuses_a_staged_overlay_with_a_secret() {
     let clean = Project::demo();
     let st = stage(&clean);
     let r = xtask::recipe::load_resolved(&clean.path("recipes/demo.yaml"), &clean.root).unwrap();
-    xtask::scan::gate(&r)(&st.join("overlay.tar.zst"), "demo-overlay.tar.zst").unwrap();
+    xtask::scan::gate(&r)
+        .check(&st.join("overlay.tar.zst"), "demo-overlay.tar.zst")
+        .unwrap();
 }
 
 /// An op that writes a file (with or without a planted secret) to publish.

@@ -302,11 +302,17 @@ type FileWriter = crate::digest::BackgroundWriter<std::fs::File>;
 
 impl Sink {
     pub fn create(path: &Utf8Path, c: Compression) -> Result<Sink> {
+        let workers = crate::archive::zstd_workers();
+        Sink::create_with(path, c, crate::archive::ZSTD_LEVEL, workers)
+    }
+    /// [`Sink::create`] with a zstd `level` and `workers` zstd threads (the
+    /// bytes do not depend on the number of threads).
+    pub fn create_with(path: &Utf8Path, c: Compression, level: i32, workers: u32) -> Result<Sink> {
         let f = std::fs::File::create(path).with_context(|| format!("creating {path}"))?;
         let hw = crate::digest::BackgroundWriter::new(f)?;
         Ok(match c {
             Compression::None => Sink::Plain(hw),
-            Compression::Zstd => Sink::Zstd(crate::archive::zstd_writer(hw)?),
+            Compression::Zstd => Sink::Zstd(crate::archive::zstd_writer_with(hw, level, workers)?),
             // The gzip header carries no name and mtime 0: deterministic.
             Compression::Gzip => {
                 Sink::Gzip(flate2::GzBuilder::new().write(hw, flate2::Compression::default()))

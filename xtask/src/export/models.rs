@@ -28,6 +28,14 @@ use crate::plan::{Input, Op, OpCx, Plan, StepBuilder};
 use crate::recipe::payloads::{Compression, ModelPackaging, ModelPayload};
 use crate::recipe::Resolved;
 
+/// zstd level of model archives (the rest of kiln's `.zst` files use
+/// [`crate::archive::ZSTD_LEVEL`], 3). Weights are close to random for zstd's
+/// match finder: what compresses is their entropy-coded literals, which
+/// levels 1 and 3 code alike. On weight-like data (`cargo xtask bench --case
+/// export`'s generator) level 1 wrote 0.02% more bytes than level 3 for
+/// about two thirds of its CPU time. A step input, so changing it re-exports.
+pub const ZSTD_LEVEL: i32 = 1;
+
 /// One file of a model, as found while planning.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ModelFile {
@@ -148,6 +156,8 @@ pub fn step(r: &Resolved, plan: &Plan, m: &ModelPayload) -> Result<StepBuilder> 
         files,
     };
     let bytes: u64 = op.files.iter().map(|f| f.size).sum();
+    let level =
+        (m.packaging == ModelPackaging::TarZst).then(|| Input::value("zstd level", ZSTD_LEVEL));
     Ok(StepBuilder::new(
         format!("model-{}", m.name),
         format!(
@@ -159,6 +169,7 @@ pub fn step(r: &Resolved, plan: &Plan, m: &ModelPayload) -> Result<StepBuilder> 
     )
     .input(input)
     .input(Input::value("SOURCE_DATE_EPOCH", r.epoch))
+    .inputs(level)
     .long()
     .op(op))
 }
@@ -347,9 +358,23 @@ pub fn write_tar_zst(
     name: &str,
     files: &[ModelFile],
     epoch: i64,
-    mut progress: Option<&mut crate::ui::Progress>,
+    progress: Option<&mut crate::ui::Progress>,
 ) -> Result<(String, u64, Vec<FileEntry>)> {
-    let mut sink = Sink::create(path, Compression::Zstd)?;
+    let workers = crate::archive::zstd_workers();
+    write_tar_zst_workers(path, name, files, epoch, progress, workers)
+}
+
+/// [`write_tar_zst`] with `workers` zstd threads: the archive's bytes are the
+/// same for any number.
+pub fn write_tar_zst_workers(
+    path: &Utf8Path,
+    name: &str,
+    files: &[ModelFile],
+    epoch: i64,
+    mut progress: Option<&mut crate::ui::Progress>,
+    workers: u32,
+) -> Result<(String, u64, Vec<FileEntry>)> {
+    let mut sink = Sink::create_with(path, Compression::Zstd, ZSTD_LEVEL, workers)?;
     let mut entries = Vec::new();
     std::thread::scope(|s| -> Result<()> {
         let (to_main, pieces) = mpsc::sync_channel(READ_AHEAD);
@@ -381,15 +406,34 @@ pub fn write_tar_zst(
                 }
             }
             let mut h = crate::archive::header(tar::EntryType::Regular, f.mode, f.size, epoch);
-            let mut r = Counted {
-                inner: next.file(),
-                progress: progress.as_deref_mut(),
+            let path = format!("{name}/{}", f.rel);
+            let sha256 = if h.set_path(&path).is_ok() {
+                // The name fits the header (what `append_data` would write
+                // too): the read-ahead chunks go to zstd whole, with no
+                // copy through tar's small buffer.
+                h.set_cksum();
+                let w = b.get_mut();
+                w.write_all(h.as_bytes())
+                    .with_context(|| format!("archiving {}", f.src))?;
+                let hex = next
+                    .copy_file(w, f.size, progress.as_deref_mut())
+                    .with_context(|| format!("archiving {}", f.src))?;
+                let pad = (512 - f.size % 512) % 512;
+                w.write_all(&[0u8; 512][..pad as usize])
+                    .with_context(|| format!("archiving {}", f.src))?;
+                hex
+            } else {
+                // A long name: tar's GNU extension entry, through its writer.
+                let mut r = Counted {
+                    inner: next.file(),
+                    progress: progress.as_deref_mut(),
+                };
+                b.append_data(&mut h, &path, &mut r)
+                    .with_context(|| format!("archiving {}", f.src))?;
+                r.inner.digest.take().with_context(|| {
+                    format!("archiving {}: the reader ended without a digest", f.src)
+                })?
             };
-            b.append_data(&mut h, format!("{name}/{}", f.rel), &mut r)
-                .with_context(|| format!("archiving {}", f.src))?;
-            let sha256 = r.inner.digest.take().with_context(|| {
-                format!("archiving {}: the reader ended without a digest", f.src)
-            })?;
             entries.push(FileEntry {
                 path: f.rel.clone(),
                 size: f.size,
@@ -472,6 +516,40 @@ struct Pieces {
 }
 
 impl Pieces {
+    /// Write the next file's bytes (exactly `size`, as [`read_ahead`] read
+    /// them) to `w` in the chunks they came in; returns its sha256.
+    fn copy_file(
+        &mut self,
+        w: &mut impl Write,
+        size: u64,
+        mut progress: Option<&mut crate::ui::Progress>,
+    ) -> Result<String> {
+        let mut left = size;
+        loop {
+            crate::signals::check()?;
+            match self.pieces.recv() {
+                Ok(Piece::Data(chunk)) => {
+                    anyhow::ensure!(
+                        chunk.len() as u64 <= left,
+                        "the reader sent more than the file's {size} bytes"
+                    );
+                    w.write_all(&chunk)?;
+                    left -= chunk.len() as u64;
+                    if let Some(p) = progress.as_deref_mut() {
+                        p.inc(chunk.len() as u64);
+                    }
+                    let _ = self.give_back.try_send(chunk);
+                }
+                Ok(Piece::Done(Ok(hex))) => {
+                    anyhow::ensure!(left == 0, "the reader ended {left} bytes early");
+                    return Ok(hex);
+                }
+                Ok(Piece::Done(Err(e))) => return Err(e),
+                Err(_) => bail!("the reader thread stopped early"),
+            }
+        }
+    }
+
     /// A reader of the next file's bytes.
     fn file(&mut self) -> FileReader<'_> {
         FileReader {
@@ -680,6 +758,9 @@ mod tests {
             .collect();
         std::fs::write(m.join("a/b/weights.bin"), &big).unwrap();
         std::fs::write(m.join("a/empty"), b"").unwrap();
+        // Too long for the header: tar's GNU long-name entry.
+        let long = format!("a/{}.bin", "l".repeat(120));
+        std::fs::write(m.join(&long), &big[..70_000]).unwrap();
         std::fs::write(m.join("config.json"), b"{}").unwrap();
         std::fs::write(m.join("run.sh"), b"#!/bin/sh\n").unwrap();
         std::fs::set_permissions(m.join("run.sh"), std::fs::Permissions::from_mode(0o700)).unwrap();
@@ -693,7 +774,7 @@ mod tests {
             assert_eq!(e.sha256, crate::digest::file_sha256(&f.src).unwrap());
         }
 
-        let mut z = crate::archive::zstd_writer(Vec::new()).unwrap();
+        let mut z = crate::archive::zstd_writer_with(Vec::new(), ZSTD_LEVEL, 1).unwrap();
         {
             let mut b = tar::Builder::new(&mut z);
             let file = |b: &mut tar::Builder<_>, rel: &str, mode: u32| {
@@ -712,6 +793,7 @@ mod tests {
             append_dir(&mut b, "m/a/b/", 1234).unwrap();
             file(&mut b, "a/b/weights.bin", 0o644);
             file(&mut b, "a/empty", 0o644);
+            file(&mut b, &long, 0o644);
             file(&mut b, "config.json", 0o644);
             file(&mut b, "run.sh", 0o755);
             append_bytes(&mut b, "m/SHA256SUMS", sums(&entries).as_bytes(), 1234).unwrap();

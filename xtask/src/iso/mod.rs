@@ -75,6 +75,11 @@ struct Remaster {
     disk_info: String,
     epoch: i64,
     artifact: String,
+    /// Where file digests are remembered by identity ([`Plan::digest_memo`]):
+    /// a base whose sha256 was checked before, and which has not changed
+    /// since, is not read again for the check. A location: not in the key.
+    #[serde(skip)]
+    digest_memo: Option<Utf8PathBuf>,
 }
 
 /// Add the ISO steps (seed, stage, download if needed, remaster); returns
@@ -133,7 +138,7 @@ pub fn plan(r: &Resolved, plan: &mut Plan, o: &Overrides) -> Result<usize> {
         o.base_iso.is_some() || io.base.as_ref().is_some_and(|s| s.path.is_some()),
     ) {
         (Some(sha), _) => b.input(Input::value("base.sha256", sha)),
-        (None, true) => b.input(Input::file(&base.path)?),
+        (None, true) => b.input(Input::file_memo(&base.path, plan.digest_memo().as_deref())?),
         (None, false) => b, // downloaded: the download step's key carries the sha256
     };
     let name = r.name();
@@ -157,6 +162,7 @@ pub fn plan(r: &Resolved, plan: &mut Plan, o: &Overrides) -> Result<usize> {
         disk_info: format!("{product} {} installer (autoinstall, {name})", r.version),
         epoch: r.epoch,
         artifact: r.artifact_name(Arch::Amd64, "iso"),
+        digest_memo: plan.digest_memo(),
     };
     let op_copy = op.clone();
     let artifact = op.artifact.clone();
@@ -467,6 +473,8 @@ impl Op for Remaster {
 
 /// Remaster `base` into `out/<name>.iso` with default options (benchmarks);
 /// `whole` writes the whole image (the fallback) instead of adding a session.
+/// `digest_memo` as [`Plan::digest_memo`] (for the base's sha256 check).
+#[allow(clippy::too_many_arguments)]
 pub fn remaster_into(
     base: &Utf8Path,
     sha256: Option<&str>,
@@ -475,6 +483,7 @@ pub fn remaster_into(
     out: &Utf8Path,
     epoch: i64,
     whole: bool,
+    digest_memo: Option<&Utf8Path>,
 ) -> Result<Utf8PathBuf> {
     let op = Remaster {
         base: BaseSpec {
@@ -495,6 +504,7 @@ pub fn remaster_into(
         disk_info: "bench".into(),
         epoch,
         artifact: "bench.iso".into(),
+        digest_memo: digest_memo.map(Utf8Path::to_owned),
     };
     let method = if whole { Method::Rewrite } else { Method::Grow };
     op.run_in(out, method)?;
@@ -506,8 +516,9 @@ impl Remaster {
         // Verify the base's checksum on another core while xorriso reads it.
         let verify = self.base.sha256.clone().map(|want| {
             let p = self.base.path.clone();
+            let memo = self.digest_memo.clone();
             std::thread::spawn(move || -> Result<()> {
-                let got = crate::digest::file_sha256(&p)?;
+                let got = crate::digest::file_sha256_memo(&p, memo.as_deref())?;
                 anyhow::ensure!(
                     got == want,
                     "base ISO {p}: sha256 mismatch: expected {want}, got {got} (wrong file, or a corrupt download)"

@@ -395,10 +395,7 @@ impl Op for WriteOva {
         )?;
         // Remember the digest the lint pass computed, so publishing does not
         // read the file again (same memo as `exec::cached_digest`).
-        std::fs::write(
-            cx.out.join(format!(".{}.sha256", self.file_name)),
-            &built.sha256,
-        )?;
+        crate::exec::remember_digest(&dest, &built.sha256);
         Ok(())
     }
 }

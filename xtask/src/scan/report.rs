@@ -77,9 +77,32 @@ pub struct Report {
 /// The build gate: scans one artifact with the recipe's allowlist before it
 /// is published, and fails (listing redacted findings) if anything is found
 /// or anything could not be read. Pass it as `exec::Options.gate`.
-pub fn gate(r: &Resolved) -> impl Fn(&Utf8Path, &str) -> Result<()> {
-    let opts = Options::from_recipe(r);
-    move |path: &Utf8Path, name: &str| gate_with(&opts, path, name)
+/// Its passes are remembered by the executor (see
+/// [`crate::exec::gate_remembered`]), keyed by the artifact's bytes, the
+/// allowlist, the versions of the tools the scan runs and kiln's code.
+pub fn gate(r: &Resolved) -> Gate {
+    Gate {
+        opts: Options::from_recipe(r),
+    }
+}
+
+/// See [`gate`].
+pub struct Gate {
+    opts: Options,
+}
+
+impl crate::exec::Check for Gate {
+    fn check(&self, path: &Utf8Path, name: &str) -> Result<()> {
+        gate_with(&self.opts, path, name)
+    }
+    fn verdict_inputs(&self) -> Option<serde_json::Value> {
+        // The tools the walker runs on nested images (see `walk.rs`).
+        let tools: std::collections::BTreeMap<&str, String> = ["mcopy", "qemu-img"]
+            .into_iter()
+            .map(|t| (t, crate::doctor::version(t)))
+            .collect();
+        Some(serde_json::json!({ "allow": self.opts.allow, "tools": tools }))
+    }
 }
 
 /// [`gate`] with explicit options.
