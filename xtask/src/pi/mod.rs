@@ -55,22 +55,15 @@ pub fn plan(r: &Resolved, plan: &mut Plan) -> Result<usize> {
     ))?;
     let packages = r.root_packages(arch);
     let root = DiskSpec {
-        arch,
-        name: r.name().to_string(),
-        hostname: q.hostname().to_string(),
-        rootfs_tar: plan.step(rootfs).output(crate::qcow2::rootfs::ROOTFS_TAR),
-        overlay_tree: plan.step(stage).output(crate::stage::TREE),
-        size: 0,
-        uefi: false,
-        bios: false,
-        cmdline: boot::cmdline(&mbr::partuuid(disk_id, 2), &p.cmdline),
-        ssh: packages.iter().any(|p| p == "openssh-server"),
-        resolved: packages
-            .iter()
-            .any(|p| p == "systemd-resolved" || (q.suite == "bullseye" && p == "systemd")),
-        epoch: r.epoch,
-        ids,
         pi_boot: Some(mbr::partuuid(disk_id, 1)),
+        ..DiskSpec::root(
+            r,
+            arch,
+            ids,
+            plan.step(rootfs).output(crate::qcow2::rootfs::ROOTFS_TAR),
+            plan.step(stage).output(crate::stage::TREE),
+            boot::cmdline(&mbr::partuuid(disk_id, 2), &p.cmdline),
+        )
     };
     // With cloud-init in the image, its NoCloud seed rides on the boot partition.
     let seed = if packages.iter().any(|p| p == "cloud-init") {

@@ -94,6 +94,42 @@ pub struct DiskSpec {
 }
 
 impl DiskSpec {
+    /// The root file system of `arch` as the recipe asks for it: the Debian
+    /// root (`rootfs_tar`) under the staged tree (`overlay_tree`), with the
+    /// generated files its packages call for (SSH host keys, resolved). The
+    /// boot side is left off (no size, no UEFI/BIOS, not a Pi card); the
+    /// caller sets it.
+    pub fn root(
+        r: &crate::recipe::Resolved,
+        arch: Arch,
+        ids: Ids,
+        rootfs_tar: Utf8PathBuf,
+        overlay_tree: Utf8PathBuf,
+        cmdline: String,
+    ) -> DiskSpec {
+        let q = &r.recipe.qcow2;
+        let packages = r.root_packages(arch);
+        DiskSpec {
+            arch,
+            name: r.name().to_string(),
+            hostname: q.hostname().to_string(),
+            rootfs_tar,
+            overlay_tree,
+            size: 0,
+            uefi: false,
+            bios: false,
+            cmdline,
+            ssh: packages.iter().any(|p| p == "openssh-server"),
+            // bullseye ships resolved inside `systemd`.
+            resolved: packages
+                .iter()
+                .any(|p| p == "systemd-resolved" || (q.suite == "bullseye" && p == "systemd")),
+            epoch: r.epoch,
+            ids,
+            pi_boot: None,
+        }
+    }
+
     /// The serial console is `ttyS0` on amd64 (16550) and `ttyAMA0` on
     /// arm64 (PL011 of qemu's `virt` and of Arm servers).
     pub fn kernel_cmdline(ids: &Ids, arch: Arch, extra: &[String]) -> String {

@@ -102,25 +102,19 @@ pub fn plan_disk(r: &Resolved, plan: &mut Plan, arch: Arch) -> Result<DiskInfo> 
             }
             let rootfs = rootfs::plan(r, plan, arch)?;
             let ids = disk::Ids::derive(r.epoch, r.name(), arch);
+            let cmdline = disk::DiskSpec::kernel_cmdline(&ids, arch, &q.cmdline);
             let spec = disk::DiskSpec {
-                arch,
-                name: r.name().to_string(),
-                hostname: q.hostname().to_string(),
-                rootfs_tar: plan.step(rootfs).output(rootfs::ROOTFS_TAR),
-                overlay_tree: plan.step(stage).output(crate::stage::TREE),
                 size: q.size_bytes,
                 uefi: q.firmware.uefi(),
                 bios: bios(q, arch),
-                cmdline: disk::DiskSpec::kernel_cmdline(&ids, arch, &q.cmdline),
-                ssh: r.root_packages(arch).iter().any(|p| p == "openssh-server"),
-                // bullseye ships resolved inside `systemd`.
-                resolved: r
-                    .root_packages(arch)
-                    .iter()
-                    .any(|p| p == "systemd-resolved" || (q.suite == "bullseye" && p == "systemd")),
-                epoch: r.epoch,
-                ids,
-                pi_boot: None,
+                ..disk::DiskSpec::root(
+                    r,
+                    arch,
+                    ids,
+                    plan.step(rootfs).output(rootfs::ROOTFS_TAR),
+                    plan.step(stage).output(crate::stage::TREE),
+                    cmdline,
+                )
             };
             let boot = match arch {
                 Arch::Amd64 => "ESP+UKI, GRUB",
