@@ -27,20 +27,8 @@ const PI_TOOLS: &[&str] = &[
     "arch-test",
 ];
 
-/// This host runs arm64 package scripts; in CI it must.
-fn arm64_programs_run() -> bool {
-    if xtask::tools::binfmt::can_run(xtask::recipe::Arch::Arm64) {
-        return true;
-    }
-    if support::in_ci() {
-        panic!("CI=true but arm64 programs do not run here: run `cargo xtask doctor --install` as root");
-    }
-    eprintln!("SKIPPED: arm64 programs do not run here (`cargo xtask doctor --install`)");
-    false
-}
-
 fn ready() -> bool {
-    support::require(PI_TOOLS) && arm64_programs_run()
+    support::require(PI_TOOLS) && support::arm64_programs_run()
 }
 
 struct Built {

@@ -560,19 +560,6 @@ fn arm64_recipe(p: &Project) -> String {
     "recipes/arm64.yaml".into()
 }
 
-/// This host runs arm64 package scripts (natively or through a registered
-/// qemu-user); in CI it must.
-fn arm64_programs_run() -> bool {
-    if xtask::tools::binfmt::can_run(Arch::Arm64) {
-        return true;
-    }
-    if support::in_ci() {
-        panic!("CI=true but arm64 programs do not run here: run `cargo xtask doctor --install` as root (registers qemu-user with binfmt_misc)");
-    }
-    eprintln!("SKIPPED: arm64 programs do not run here (`cargo xtask doctor --install`)");
-    false
-}
-
 /// arm64 from packages on this (x86-64) host: Debian's arm64 root under
 /// qemu-user, kiln's own initrd, systemd-boot on the ESP, no BIOS partition.
 /// Read back, then booted twice under qemu-system-aarch64 with AAVMF: the
@@ -594,7 +581,7 @@ fn builder1_arm64_disk_boots_uefi_with_kiln_initrd() {
         "/usr/lib/binfmt.d/qemu-aarch64.conf",
         "arch-test",
     ];
-    if !support::require(ARM64_TOOLS) || !arm64_programs_run() {
+    if !support::require(ARM64_TOOLS) || !support::arm64_programs_run() {
         return;
     }
     let _g = support::heavy();

@@ -643,3 +643,17 @@ pub fn qemu_convert(src: &Utf8Path, from: &str, dst: &Utf8Path, to: &str) {
         &["convert", "-f", from, "-O", to, src.as_str(), dst.as_str()],
     );
 }
+
+/// This host runs arm64 package scripts (natively or through a registered
+/// qemu-user); in CI it must.
+#[allow(dead_code)]
+pub fn arm64_programs_run() -> bool {
+    if xtask::tools::binfmt::can_run(xtask::recipe::Arch::Arm64) {
+        return true;
+    }
+    if in_ci() {
+        panic!("CI=true but arm64 programs do not run here: run `cargo xtask doctor --install` as root (registers qemu-user with binfmt_misc)");
+    }
+    eprintln!("SKIPPED: arm64 programs do not run here (`cargo xtask doctor --install`)");
+    false
+}
