@@ -60,6 +60,22 @@ pub fn tree_content_digest(root: &Utf8Path) -> Result<(String, u64)> {
     Ok((hex, n))
 }
 
+/// A file's identity for digest memos: device, inode, size, modification
+/// and change times. Any write to the file changes it.
+pub fn file_identity(md: &std::fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    format!(
+        "{}:{}:{}:{}.{}:{}.{}",
+        md.dev(),
+        md.ino(),
+        md.size(),
+        md.mtime(),
+        md.mtime_nsec(),
+        md.ctime(),
+        md.ctime_nsec()
+    )
+}
+
 /// sha256 of a file's content, remembered in `memo` under the file's
 /// identity (device, inode, size, modification and change times), so an
 /// unchanged multi-GiB file is not read again on the next plan — as git's
@@ -70,16 +86,7 @@ pub fn file_sha256_memo(path: &Utf8Path, memo: Option<&Utf8Path>) -> Result<Stri
         return file_sha256(path);
     };
     let md = std::fs::metadata(path).with_context(|| format!("reading metadata of {path}"))?;
-    let id = format!(
-        "{}:{}:{}:{}.{}:{}.{}",
-        md.dev(),
-        md.ino(),
-        md.size(),
-        md.mtime(),
-        md.mtime_nsec(),
-        md.ctime(),
-        md.ctime_nsec()
-    );
+    let id = file_identity(&md);
     let entry = memo.join(&bytes_sha256(id.as_bytes())[..32]);
     if let Ok(s) = std::fs::read_to_string(&entry) {
         if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {

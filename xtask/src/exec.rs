@@ -423,18 +423,8 @@ fn verdict_key(sha256: &str, name: &str, inputs: &serde_json::Value) -> String {
 /// modification and change times. Writing to the file changes its change
 /// time (which no one can set back), so a memo never outlives a change.
 fn identity(file: &Utf8Path) -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
     let md = std::fs::metadata(file).ok()?;
-    Some(format!(
-        "{}:{}:{}:{}.{}:{}.{}",
-        md.dev(),
-        md.ino(),
-        md.size(),
-        md.mtime(),
-        md.mtime_nsec(),
-        md.ctime(),
-        md.ctime_nsec()
-    ))
+    Some(crate::digest::file_identity(&md))
 }
 
 fn memo_path(file: &Utf8Path) -> Utf8PathBuf {
