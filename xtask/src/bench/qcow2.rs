@@ -80,6 +80,41 @@ fn build_with(
     Ok(plan)
 }
 
+/// After a cold build: one overlay file changed and `build` timed (goal
+/// `warm_max` seconds), then `build` again with nothing changed (goal 2 s).
+fn warm_and_noop(
+    p: &Project,
+    what: &str,
+    cold: std::time::Duration,
+    warm_max: f64,
+    build: impl Fn() -> Result<Plan>,
+) -> Result<Vec<Measurement>> {
+    let f = p.root.join("overlay/etc/demo/README");
+    let mut text = std::fs::read_to_string(&f).unwrap_or_default();
+    text.push_str("\nchanged for the warm-rebuild bench\n");
+    std::fs::write(&f, text)?;
+    let (_, warm) = timed(&build)?;
+    let (_, noop) = timed(&build)?;
+    Ok(vec![
+        Measurement::within_secs(
+            &format!("{what} warm rebuild"),
+            "one overlay file changed",
+            warm,
+            "cold build (ratio)",
+            cold,
+            warm_max,
+        ),
+        Measurement::within_secs(
+            &format!("{what} no-op rebuild"),
+            "nothing changed",
+            noop,
+            "cold build (ratio)",
+            cold,
+            2.0,
+        ),
+    ])
+}
+
 /// Time a bare mmdebstrap of `arch`'s packages, the command kiln runs.
 fn bare_mmdebstrap(bcx: &BenchCx, p: &Project, arch: Arch) -> Result<std::time::Duration> {
     let r = crate::recipe::load_resolved(&p.recipe, &p.root)?;
@@ -115,29 +150,9 @@ pub fn qcow2_builds(bcx: &BenchCx) -> Result<Vec<Measurement>> {
         1.15,
     )];
 
-    let f = p.root.join("overlay/etc/demo/README");
-    let mut text = std::fs::read_to_string(&f).unwrap_or_default();
-    text.push_str("\nchanged for the warm-rebuild bench\n");
-    std::fs::write(&f, text)?;
-    let (_, warm) = timed(|| build(&p, Arch::Amd64))?;
-    ms.push(Measurement::within_secs(
-        "qcow2 warm rebuild",
-        "one overlay file changed",
-        warm,
-        "cold build (ratio)",
-        cold,
-        10.0,
-    ));
-
-    let (_, noop) = timed(|| build(&p, Arch::Amd64))?;
-    ms.push(Measurement::within_secs(
-        "qcow2 no-op rebuild",
-        "nothing changed",
-        noop,
-        "cold build (ratio)",
-        cold,
-        2.0,
-    ));
+    ms.extend(warm_and_noop(&p, "qcow2", cold, 10.0, || {
+        build(&p, Arch::Amd64)
+    })?);
     let _ = std::fs::remove_dir_all(&p.root);
     Ok(ms)
 }
@@ -194,28 +209,9 @@ pub fn pi_builds(bcx: &BenchCx) -> Result<Vec<Measurement>> {
             1.15,
         ),
     ];
-    let f = p.root.join("overlay/etc/demo/README");
-    let mut text = std::fs::read_to_string(&f).unwrap_or_default();
-    text.push_str("\nchanged for the warm-rebuild bench\n");
-    std::fs::write(&f, text)?;
-    let (_, warm) = timed(|| build_with(&p, "pi", pi))?;
-    ms.push(Measurement::within_secs(
-        "pi warm rebuild",
-        "one overlay file changed",
-        warm,
-        "cold build (ratio)",
-        cold,
-        30.0,
-    ));
-    let (_, noop) = timed(|| build_with(&p, "pi", pi))?;
-    ms.push(Measurement::within_secs(
-        "pi no-op rebuild",
-        "nothing changed",
-        noop,
-        "cold build (ratio)",
-        cold,
-        2.0,
-    ));
+    ms.extend(warm_and_noop(&p, "pi", cold, 30.0, || {
+        build_with(&p, "pi", pi)
+    })?);
     let _ = std::fs::remove_dir_all(&p.root);
     Ok(ms)
 }
