@@ -127,6 +127,10 @@ pub(super) fn generated(spec: &DiskSpec) -> BTreeMap<String, New> {
     let link = |t: &str| New::Link { target: t.into() };
     let ids = &spec.ids;
     let h = &spec.hostname;
+    // The mount point of the kernel's devtmpfs: the initramfs moves its /dev
+    // there before switching root, and refuses a root without one. mmdebstrap
+    // leaves /dev out of its tarball (`--skip=output/dev`: no device nodes).
+    m.insert("dev".into(), New::DirIfMissing);
     m.insert("etc/hostname".into(), bytes(format!("{h}\n"), 0o644));
     m.insert(
         "etc/hosts".into(),
