@@ -4,6 +4,7 @@
 
 pub mod archive;
 pub mod bench;
+pub mod containers;
 pub mod cx;
 pub mod digest;
 pub mod doctor;

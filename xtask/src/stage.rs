@@ -36,6 +36,31 @@ pub struct Unit {
     pub required_by: Vec<String>,
 }
 
+/// The suffixes of systemd unit names.
+const UNIT_SUFFIXES: &[&str] = &[
+    ".service",
+    ".socket",
+    ".timer",
+    ".target",
+    ".path",
+    ".mount",
+    ".automount",
+    ".slice",
+    ".scope",
+    ".swap",
+    ".device",
+];
+
+/// `name` looks like a systemd unit name (`x.service`, `y.target`, …).
+pub fn is_unit_name(name: &str) -> bool {
+    UNIT_SUFFIXES
+        .iter()
+        .any(|s| name.len() > s.len() && name.ends_with(s))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.@:\\".contains(&b))
+}
+
 /// Parse a systemd unit file: sections, `Key=Value` lines, comments,
 /// continuation lines. Errors name the file and line.
 pub fn parse_unit(path: &Utf8Path) -> Result<Unit> {
@@ -43,20 +68,7 @@ pub fn parse_unit(path: &Utf8Path) -> Result<Unit> {
         .file_name()
         .with_context(|| format!("{path}: not a file name"))?
         .to_string();
-    const SUFFIXES: &[&str] = &[
-        ".service",
-        ".socket",
-        ".timer",
-        ".target",
-        ".path",
-        ".mount",
-        ".automount",
-        ".slice",
-        ".scope",
-        ".swap",
-        ".device",
-    ];
-    if !SUFFIXES.iter().any(|s| name.ends_with(s)) {
+    if !is_unit_name(&name) {
         bail!(
             "{path}: `{name}` is not a unit file name (expected a suffix like .service or .timer)"
         );
@@ -133,6 +145,8 @@ pub struct StageSpec {
     pub enable: Vec<String>,
     pub mask: Vec<String>,
     pub sysusers: Vec<Utf8PathBuf>,
+    /// Baked images run as services: kiln writes and enables their units.
+    pub containers: Vec<crate::containers::Service>,
     /// Trees produced by payload export steps, merged in as-is.
     pub payload_trees: Vec<Utf8PathBuf>,
     pub build_info: serde_json::Value,
@@ -189,6 +203,17 @@ impl StageSpec {
                 bail!("{file}: `{m}` is both enabled and masked");
             }
         }
+        let containers = crate::containers::services(&rc.payloads.images);
+        for c in &containers {
+            let unit = c.unit_name();
+            if names.contains(&unit) || rc.systemd.mask.contains(&unit) {
+                bail!(
+                    "{file}: image `{}` runs as `{unit}` (payloads.images[].run), and the recipe \
+                     has a unit of that name too; rename the image or the unit",
+                    c.name
+                );
+            }
+        }
         let mut sysusers = Vec::new();
         for s in &rc.systemd.sysusers {
             let p = r.path(s);
@@ -225,6 +250,7 @@ impl StageSpec {
             enable: rc.systemd.enable.clone(),
             mask: rc.systemd.mask.clone(),
             sysusers,
+            containers,
             payload_trees,
             build_info,
             name: r.name().to_string(),
@@ -330,6 +356,23 @@ impl StageSpec {
                 let target = Utf8PathBuf::from(format!("/{UNIT_DIR}/{}", u.name));
                 put(&mut map, rel, Entry::Link { target }, gen.clone(), false)?;
             }
+        }
+        for c in &self.containers {
+            let unit = c.unit_name();
+            let rel = format!("{UNIT_DIR}/{unit}");
+            dirs(&mut map, &rel)?;
+            let bytes = c.unit().into_bytes();
+            put(
+                &mut map,
+                rel,
+                Entry::Bytes { bytes, mode: 0o644 },
+                gen.clone(),
+                false,
+            )?;
+            let rel = format!("{UNIT_DIR}/multi-user.target.wants/{unit}");
+            dirs(&mut map, &rel)?;
+            let target = Utf8PathBuf::from(format!("/{UNIT_DIR}/{unit}"));
+            put(&mut map, rel, Entry::Link { target }, gen.clone(), false)?;
         }
         for m in &self.mask {
             let rel = format!("{UNIT_DIR}/{m}");
@@ -585,5 +628,45 @@ mod tests {
         assert!(e.contains(":1: malformed section header"), "{e}");
         let e = unit("").unwrap_err().to_string();
         assert!(e.contains("does not look like a unit file"), "{e}");
+    }
+
+    /// The demo recipe's web image runs as a service: its unit is written
+    /// and enabled; an image named like one of the recipe's units is refused.
+    #[test]
+    fn images_that_run_get_an_enabled_unit() {
+        let root = Utf8Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let file = root.join("recipes/demo.yaml");
+        let r = crate::recipe::load_resolved(&file, root).unwrap();
+        let spec = StageSpec::from_recipe(&r, Arch::Amd64, Vec::new()).unwrap();
+        let layout = spec.layout().unwrap();
+        match &layout["etc/systemd/system/demo-web.service"] {
+            Entry::Bytes { bytes, mode: 0o644 } => {
+                let u = String::from_utf8_lossy(bytes);
+                assert!(u.contains("--publish 80:8080 demo-web:latest"), "{u}");
+                assert!(
+                    u.contains("After=network.target demo-bootstrap.service"),
+                    "{u}"
+                );
+            }
+            e => panic!("{e:?}"),
+        }
+        match &layout["etc/systemd/system/multi-user.target.wants/demo-web.service"] {
+            Entry::Link { target } => assert_eq!(target, "/etc/systemd/system/demo-web.service"),
+            e => panic!("{e:?}"),
+        }
+        assert!(r.root_packages(Arch::Amd64).iter().any(|p| p == "podman"));
+
+        let text = std::fs::read_to_string(&file)
+            .unwrap()
+            .replace("name: demo-web", "name: demo-bootstrap");
+        let r = crate::recipe::parse(&text, &file)
+            .unwrap()
+            .resolve(&file, root)
+            .unwrap();
+        let e = StageSpec::from_recipe(&r, Arch::Amd64, Vec::new()).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("runs as `demo-bootstrap.service`"),
+            "{e:#}"
+        );
     }
 }

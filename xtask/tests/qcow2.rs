@@ -71,15 +71,24 @@ fn partition_offset(raw: &Utf8Path, n: u32) -> u64 {
 
 /// Boot a real copy of the demo disk twice: the first boot runs the
 /// appliance's first-boot unit with every unit started (DNS, growing root,
-/// no firstboot prompt), the second does not run it again. Returns the first
-/// boot's console.
-fn boots_twice(b: &Boot) -> String {
-    // The guest keeps running a while after the markers, so that what the
+/// no firstboot prompt), loads the baked web image into podman and serves
+/// it: the host gets the page and `/healthz` through a forwarded port, the
+/// guest otherwise offline. The second boot does not run first boot again
+/// and does not load the image again. Returns the first boot's console.
+fn boots_twice(b: Boot) -> String {
+    let port = support::free_port();
+    let b = b.forward(port, 80);
+    // The guest keeps running a while after the probe, so that what the
     // first boot wrote is committed before qemu is stopped (a stop right at
     // the marker is a power cut) and units started after it show up too.
-    let first = support::boot_and_linger(
+    let first = support::boot_probe_linger(
         &b.cmd(),
         &["demo: first boot complete", "demo: bootstrap ok"],
+        Some(support::Probe {
+            port,
+            paths: &["/", "/healthz"],
+            patience: Duration::from_secs(240),
+        }),
         BOOT_LIMIT,
         Duration::from_secs(15),
     );
@@ -90,6 +99,15 @@ fn boots_twice(b: &Boot) -> String {
     for (want, why) in [
         ("Network Name Resolution", "systemd-resolved did not start"),
         ("Grow File System on /", "the root file system did not grow"),
+        (
+            "demo: image demo-web:latest loaded from demo-web-",
+            "bootstrap did not load the baked image into podman",
+        ),
+        (
+            "kiln-probe /: <!doctype html>",
+            "the web container did not serve the page",
+        ),
+        ("kiln-probe /healthz: ok", "/healthz did not answer ok"),
     ] {
         assert!(first.contains(want), "{why}:\n{}", tail(&first));
     }
@@ -98,10 +116,15 @@ fn boots_twice(b: &Boot) -> String {
         "a unit failed:\n{}",
         tail(&first)
     );
-    let second = boot(b, &["demo: bootstrap ok"]);
+    let second = boot(&b, &["demo: bootstrap ok"]);
     assert!(
         !second.contains("first boot complete"),
         "first boot ran again:\n{}",
+        tail(&second)
+    );
+    assert!(
+        second.contains("demo: image demo-web:latest already loaded"),
+        "the second boot loaded the image again:\n{}",
         tail(&second)
     );
     first
@@ -328,7 +351,7 @@ fn builder1_boots_uefi_then_first_boot_does_not_rerun() {
     let disk = dir.join("disk.qcow2");
     std::fs::copy(&b.qcow2, &disk).unwrap();
     let v = support::uefi_vars(&dir, Arch::Amd64);
-    boots_twice(&Boot::new(Firmware::Uefi).disk(&disk, "qcow2").vars(&v));
+    boots_twice(Boot::new(Firmware::Uefi).disk(&disk, "qcow2").vars(&v));
     let check = sh("qemu-img", &["check", "-f", "qcow2", disk.as_str()]);
     assert!(check.contains("No errors were found"), "{check}");
 }
@@ -668,7 +691,7 @@ fn builder1_arm64_disk_boots_uefi_with_kiln_initrd() {
     std::fs::copy(&q, &disk).unwrap();
     let v = support::uefi_vars(&dir, Arch::Arm64);
     let first = boots_twice(
-        &Boot::new(Firmware::Uefi)
+        Boot::new(Firmware::Uefi)
             .arm64()
             .disk(&disk, "qcow2")
             .vars(&v),

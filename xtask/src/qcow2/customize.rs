@@ -72,6 +72,18 @@ pub fn plan(
         }
         (None, None) => bail!("{}: qcow2.base.image needs `path` or `url`", r.file),
     };
+    if r.recipe.payloads.runs_containers()
+        && !crate::containers::RUNTIME_PACKAGES
+            .iter()
+            .all(|p| q.packages.iter().any(|x| x == p))
+    {
+        crate::ui::warn(&format!(
+            "{}: payloads.images[].run: kiln does not add the container runtime to a vendor \
+             image; unless the image has podman, its container units are skipped at boot (list \
+             `podman` in qcow2.packages to install it)",
+            r.file
+        ));
+    }
     let spec = CustomizeSpec {
         base,
         tree: plan.step(stage).output(crate::stage::TREE),

@@ -282,13 +282,20 @@ impl Resolved {
     /// recipe builds a Raspberry Pi image, the Pi's boot firmware and
     /// `fdisk` (the first boot grows the root partition of the MBR card).
     /// One list for the arm64 qcow2 and the Pi image: they share the root.
+    /// When an image runs as a service (`payloads.images[].run`), the
+    /// container runtime ([`crate::containers::RUNTIME_PACKAGES`]).
     pub fn root_packages(&self, arch: Arch) -> Vec<String> {
         let mut p = self.recipe.qcow2.packages_for(arch);
+        let mut extras: Vec<&str> = Vec::new();
         if self.pi_root(arch) {
-            for extra in ["raspi-firmware", "fdisk"] {
-                if !p.iter().any(|x| x == extra) {
-                    p.push(extra.to_string());
-                }
+            extras.extend(["raspi-firmware", "fdisk"]);
+        }
+        if self.recipe.payloads.runs_containers() {
+            extras.extend(crate::containers::RUNTIME_PACKAGES);
+        }
+        for extra in extras {
+            if !p.iter().any(|x| x == extra) {
+                p.push(extra.to_string());
             }
         }
         p

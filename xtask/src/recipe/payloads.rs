@@ -46,6 +46,41 @@ pub struct ImagePayload {
     /// build host only; nothing from it goes into the image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_dir: Option<Utf8PathBuf>,
+    /// Run the image as a service of the appliance: kiln adds the runtime
+    /// (podman) to images it builds from packages and writes the systemd
+    /// unit `<name>.service` that runs the loaded image at every boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<RunSpec>,
+}
+
+/// `payloads.images[].run`: how the appliance runs a baked image.
+///
+/// The image must be in podman's store when the unit starts: the
+/// appliance's own bootstrap loads the verified archives (no registry, no
+/// network) and the unit is ordered after the units `after` names.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSpec {
+    /// Host port the container's port is published on (default 80).
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// The container's port (required: the port its command listens on).
+    pub container_port: u16,
+    /// Units that must have finished first, e.g. the bootstrap that loads
+    /// the archive (`After=` and `Requires=`: the container does not start when one failed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<String>,
+}
+
+fn default_port() -> u16 {
+    80
+}
+
+impl Payloads {
+    /// Some image runs as a service: the root needs the runtime.
+    pub fn runs_containers(&self) -> bool {
+        self.images.iter().any(|i| i.run.is_some())
+    }
 }
 
 fn default_tls_verify() -> bool {
@@ -260,6 +295,19 @@ impl Payloads {
                 "{file}: image `{n}`: reference `{reference}` must be `repo[:tag]` in lower case, without a digest"
             );
             check_dest(file, n, &i.dest)?;
+            if let Some(run) = &i.run {
+                anyhow::ensure!(
+                    run.port != 0 && run.container_port != 0,
+                    "{file}: image `{n}`: run.port and run.container_port must be 1-65535"
+                );
+                for u in &run.after {
+                    anyhow::ensure!(
+                        crate::stage::is_unit_name(u),
+                        "{file}: image `{n}`: run.after entry `{u}` is not a systemd unit name \
+                         (e.g. `demo-bootstrap.service`)"
+                    );
+                }
+            }
         }
         for m in &self.models {
             check_dest(file, &m.name, &m.dest)?;

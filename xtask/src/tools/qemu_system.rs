@@ -45,6 +45,11 @@ pub struct Boot {
     pub kernel: Option<(Utf8PathBuf, Option<Utf8PathBuf>, String)>,
     /// Boot without writing to the disks (`-snapshot`).
     pub snapshot: bool,
+    /// TCP ports of the guest reachable from the host: (host port on
+    /// 127.0.0.1, guest port). With any, the guest's user network is
+    /// restricted to qemu's own (`restrict=on`): the guest is offline, the
+    /// forwarded ports still work.
+    pub forward: Vec<(u16, u16)>,
 }
 
 impl Boot {
@@ -58,6 +63,7 @@ impl Boot {
             vars: None,
             kernel: None,
             snapshot: false,
+            forward: Vec::new(),
         }
     }
     pub fn cdrom(mut self, p: &Utf8Path) -> Boot {
@@ -75,10 +81,28 @@ impl Boot {
         self.vars = Some(p.to_owned());
         self
     }
+    /// Forward 127.0.0.1:`host` to the guest's `guest` port (TCP), and
+    /// keep the guest offline otherwise.
+    pub fn forward(mut self, host: u16, guest: u16) -> Boot {
+        self.forward.push((host, guest));
+        self
+    }
     /// Boot an arm64 guest (firmware must be UEFI).
     pub fn arm64(mut self) -> Boot {
         self.arch = Arch::Arm64;
         self
+    }
+
+    /// The `-nic` value: user networking, restricted when ports are forwarded.
+    fn nic(&self) -> String {
+        let mut nic = "user,model=virtio-net-pci".to_string();
+        if !self.forward.is_empty() {
+            nic.push_str(",restrict=on");
+        }
+        for (host, guest) in &self.forward {
+            nic.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+        }
+        nic
     }
 
     pub fn cmd(&self) -> Cmd {
@@ -88,7 +112,7 @@ impl Boot {
             .args([
                 "-smp", "2", "-display", "none", "-serial", "stdio", "-monitor", "none",
             ])
-            .args(["-no-reboot", "-nic", "user,model=virtio-net-pci"]);
+            .args(["-no-reboot", "-nic", &self.nic()]);
         let code = match self.arch {
             Arch::Amd64 => OVMF_CODE,
             Arch::Arm64 => AAVMF_CODE,
@@ -220,5 +244,26 @@ mod tests {
             "{x}"
         );
         assert!(x.contains(OVMF_CODE), "{x}");
+    }
+
+    #[test]
+    fn forwarded_ports_keep_the_guest_offline() {
+        let open = Boot::new(Firmware::Bios).cmd().to_string();
+        assert!(
+            open.contains("-nic user,model=virtio-net-pci") && !open.contains("restrict"),
+            "{open}"
+        );
+        let c = Boot::new(Firmware::Bios)
+            .forward(40080, 80)
+            .forward(40022, 22)
+            .cmd()
+            .to_string();
+        assert!(
+            c.contains(
+                "-nic user,model=virtio-net-pci,restrict=on,\
+                 hostfwd=tcp:127.0.0.1:40080-:80,hostfwd=tcp:127.0.0.1:40022-:22"
+            ),
+            "{c}"
+        );
     }
 }

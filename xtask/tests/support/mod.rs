@@ -462,22 +462,83 @@ const LINGERED: &str = "kiln-test-console-lingered";
 /// prints a marker after `linger`; `run_until` waits for that marker after
 /// the patterns and then stops the whole process group as usual.
 pub fn boot_and_linger(cmd: &Cmd, patterns: &[&str], limit: Duration, linger: Duration) -> String {
+    boot_probe_linger(cmd, patterns, None, limit, linger)
+}
+
+/// An HTTP probe of a booted guest: GET each of `paths` on
+/// `http://127.0.0.1:<port>` (a port [`Boot::forward`] forwards), retrying
+/// for up to `patience` until it answers 2xx.
+///
+/// [`Boot::forward`]: xtask::tools::qemu_system::Boot::forward
+pub struct Probe<'a> {
+    pub port: u16,
+    pub paths: &'a [&'a str],
+    pub patience: Duration,
+}
+
+/// Printed before each answer of a [`Probe`]: `kiln-probe <path>: <body>`.
+pub const PROBED: &str = "kiln-probe";
+
+/// [`boot_and_linger`] with an optional HTTP [`Probe`] run from the host
+/// once the last pattern appeared (and before lingering). Each answer is
+/// put into the console as `kiln-probe <path>: <body>`, an unanswered path
+/// as `kiln-probe <path> failed`, so the returned console holds them in
+/// order with the guest's own lines.
+pub fn boot_probe_linger(
+    cmd: &Cmd,
+    patterns: &[&str],
+    probe: Option<Probe<'_>>,
+    limit: Duration,
+    linger: Duration,
+) -> String {
     let last = patterns.last().expect("at least one pattern");
-    const FILTER: &str = r#"pat=$1 secs=$2 mark=$3; shift 3
+    // $4: port, $5: tries, the rest after `--`: the paths; then the command.
+    const FILTER: &str = r#"pat=$1 secs=$2 mark=$3 port=$4 tries=$5; shift 5
+paths=
+while [ "$1" != -- ]; do paths="$paths $1"; shift; done; shift
+probe() {
+  for p in $paths; do
+    i=0
+    while :; do
+      if body=$(curl -fsS --max-time 5 "http://127.0.0.1:$port$p" 2>&1); then
+        printf 'kiln-probe %s: %s
+' "$p" "$body"; break
+      fi
+      i=$((i + 1))
+      if [ "$i" -ge "$tries" ]; then printf 'kiln-probe %s failed: %s
+' "$p" "$body"; break; fi
+      sleep 2
+    done
+  done
+}
 "$@" | {
   armed=
   while IFS= read -r line || [ -n "$line" ]; do
-    printf '%s\n' "$line"
+    printf '%s
+' "$line"
     if [ -z "$armed" ]; then
-      case $line in *$pat*) armed=1; (sleep "$secs"; echo "$mark") & ;; esac
+      case $line in *$pat*) armed=1; (probe; sleep "$secs"; echo "$mark") & ;; esac
     fi
   done
 }"#;
+    let (port, tries, paths, patience) = match &probe {
+        Some(p) => (
+            p.port,
+            p.patience.as_secs() / 2 + 1,
+            p.paths.to_vec(),
+            p.patience,
+        ),
+        None => (0, 0, Vec::new(), Duration::ZERO),
+    };
     let mut wrapped = Cmd::new("sh", format!("{} (lingering {linger:?})", cmd.summary))
         .args(["-c", FILTER, "sh"])
         .arg(case_insensitive_glob(last))
         .arg(format!("{:.1}", linger.as_secs_f64()))
         .arg(LINGERED)
+        .arg(port.to_string())
+        .arg(tries.to_string())
+        .args(&paths)
+        .arg("--")
         .arg(&cmd.program)
         .args(&cmd.args);
     for (k, v) in &cmd.env {
@@ -486,7 +547,17 @@ pub fn boot_and_linger(cmd: &Cmd, patterns: &[&str], limit: Duration, linger: Du
     wrapped.cwd = cmd.cwd.clone();
     let mut all = patterns.to_vec();
     all.push(LINGERED);
-    boot(&wrapped, &all, limit + linger)
+    // Each try may take its 5 s timeout besides the pause.
+    boot(&wrapped, &all, limit + linger + patience * 4)
+}
+
+/// A TCP port on 127.0.0.1 that nothing listens on right now (for a
+/// forwarded guest port).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("binding a free port on 127.0.0.1")
+        .port()
 }
 
 /// A shell `case` pattern for `s` that ignores ASCII case, as `run_until`
