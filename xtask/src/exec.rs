@@ -5,7 +5,14 @@
 //!
 //! On failure or a signal, temporary directories and files are removed by
 //! guards, so neither the cache nor `output/` ever holds a partial result.
+//!
+//! Published files are hard links to the cache's files, so a file edited in
+//! `output/` (an image booted in place) is edited in the cache too. A step's
+//! stamp therefore seals the files published from it (their sha256, size and
+//! identity as the step wrote them), and an entry is reused only while they
+//! are intact: see [`verify_entry`].
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -24,6 +31,27 @@ struct Stamp {
     name: String,
     key: String,
     inputs: serde_json::Value,
+    /// The entry's published files (paths in the entry) as the step wrote
+    /// them. Stamps of older kiln have none: their files are sealed when
+    /// the entry is next reused.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    sealed: BTreeMap<String, Seal>,
+}
+
+/// A published file's bytes as its step wrote them, and the file's
+/// [`identity`] when they were last known to be those bytes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Seal {
+    sha256: String,
+    size: u64,
+    identity: String,
+}
+
+/// A file of a step's entry that the plan publishes: its path in the entry
+/// and its place in `output/`.
+struct Published {
+    rel: String,
+    dest: Utf8PathBuf,
 }
 
 /// Called on each artifact before it is published (the secret scan).
@@ -78,7 +106,18 @@ pub fn execute(plan: &Plan, opts: &Options) -> Result<Report> {
         published: Vec::new(),
     };
     for step in &plan.steps {
-        let outcome = run_step(step, opts.force)
+        let published: Vec<Published> = plan
+            .publish
+            .iter()
+            .filter_map(|p| {
+                let rel = p.from.strip_prefix(&step.out).ok()?;
+                Some(Published {
+                    rel: rel.to_string(),
+                    dest: plan.output.join(&p.name),
+                })
+            })
+            .collect();
+        let outcome = run_step(step, &published, opts.force)
             .with_context(|| format!("step `{}` ({}) failed", step.name, step.summary))?;
         report.steps.push((step.name.clone(), outcome));
     }
@@ -94,9 +133,20 @@ pub fn execute(plan: &Plan, opts: &Options) -> Result<Report> {
         // Linking into `output/` changes the file's change time: when the
         // memo held just before it, the digest still holds for its bytes.
         let memo_held = digest.is_some() && known_digest(&p.from) == digest;
+        let before = identity(&p.from);
         publish_file(&p.from, &dest)?;
         if let (true, Some(hex)) = (memo_held, &digest) {
             remember_digest(&p.from, hex);
+        }
+        // So does the seal of the step it comes from, if it held.
+        if let (Some(b), Some(a)) = (before, identity(&p.from)) {
+            let owner = plan
+                .steps
+                .iter()
+                .find_map(|s| Some((s, p.from.strip_prefix(&s.out).ok()?)));
+            if let (true, Some((s, rel))) = (b != a, owner) {
+                reseal(&s.out, rel.as_str(), &b, &a);
+            }
         }
         if let Some(hex) = digest {
             let line = crate::digest::sha256sum_line(&hex, &p.name);
@@ -111,20 +161,35 @@ pub fn execute(plan: &Plan, opts: &Options) -> Result<Report> {
     Ok(report)
 }
 
-fn run_step(step: &Step, force: bool) -> Result<Outcome> {
+fn run_step(step: &Step, published: &[Published], force: bool) -> Result<Outcome> {
     let stamp = step.out.join(STAMP);
     let parent = step.out.parent().expect("step dirs have a parent");
     let latest = parent.join(LATEST);
+    let mut discarded = false;
     if stamp.is_file() && !force {
-        ui::info(&format!(
-            "{}: cached (inputs unchanged, key {})",
-            step.name,
-            &step.key[..12]
-        ));
-        return Ok(Outcome::Cached);
+        match verify_entry(step, published)? {
+            None => {
+                ui::info(&format!(
+                    "{}: cached (inputs unchanged, key {})",
+                    step.name,
+                    &step.key[..12]
+                ));
+                return Ok(Outcome::Cached);
+            }
+            Some(changed) => {
+                ui::warn(&format!(
+                    "{}: {changed}; its cache entry {} is discarded and the step runs again",
+                    step.name, step.out
+                ));
+                discard(&step.out)?;
+                discarded = true;
+            }
+        }
     }
     let why = if force {
         "forced".to_string()
+    } else if discarded {
+        "its cache entry was changed after it was written".to_string()
     } else {
         explain(&latest, &step.inputs)
     };
@@ -169,10 +234,17 @@ fn run_step(step: &Step, force: bool) -> Result<Outcome> {
         }
     }
     let inputs = serde_json::to_value(&step.inputs)?;
+    let mut sealed = BTreeMap::new();
+    for p in published {
+        if let Some(seal) = seal_file(&tmp.path.join(&p.rel))? {
+            sealed.insert(p.rel.clone(), seal);
+        }
+    }
     let st = Stamp {
         name: step.name.clone(),
         key: step.key.clone(),
         inputs,
+        sealed,
     };
     crate::plan::write_json(&tmp.path.join(STAMP), &st)?;
     if step.out.join(STAMP).is_file() && !force {
@@ -193,6 +265,140 @@ fn run_step(step: &Step, force: bool) -> Result<Outcome> {
         start.elapsed().as_secs_f64()
     ));
     Ok(Outcome::Ran)
+}
+
+/// A [`Seal`] of `file` as it is now (`None`: no such file; publishing
+/// will say so). Its sha256 usually comes from the memo the step wrote, or
+/// is the one publishing would take anyway.
+fn seal_file(file: &Utf8Path) -> Result<Option<Seal>> {
+    let Some(md) = std::fs::metadata(file).ok().filter(|m| m.is_file()) else {
+        return Ok(None);
+    };
+    let sha256 = cached_digest(file)?;
+    Ok(Some(Seal {
+        sha256,
+        size: md.len(),
+        identity: crate::digest::file_identity(&md),
+    }))
+}
+
+/// Check a complete entry before it is reused. Each sealed file whose
+/// identity is as recorded is intact without being read (a write changes
+/// its change time, which no one can set back), so a no-op build reads
+/// nothing. A file whose identity changed (touched, linked or unlinked, or
+/// written) is read: the same bytes → its identity is recorded again and
+/// the entry is reused; other bytes, another size, or gone → returns what
+/// changed, and the caller discards the entry. Files the plan publishes
+/// that have no seal yet (entries written by older kiln) are sealed now.
+fn verify_entry(step: &Step, published: &[Published]) -> Result<Option<String>> {
+    let path = step.out.join(STAMP);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let Ok(mut st) = serde_json::from_str::<Stamp>(&text) else {
+        return Ok(Some(format!("its stamp {path} is unreadable")));
+    };
+    let mut rewrite = false;
+    for (rel, seal) in &mut st.sealed {
+        let file = step.out.join(rel);
+        let Ok(md) = std::fs::metadata(&file) else {
+            return Ok(Some(format!("{file} was deleted from the cache")));
+        };
+        let id = crate::digest::file_identity(&md);
+        if id == seal.identity {
+            continue;
+        }
+        // Named as the user knows it: its place in `output/`, while that
+        // is still the same file.
+        let linked = published
+            .iter()
+            .find(|p| &p.rel == rel && same_file(&p.dest, &file))
+            .map(|p| &p.dest);
+        let what = match linked {
+            Some(dest) => format!("{dest} was changed in place since kiln published it"),
+            None => format!("{file} was changed since its step wrote it"),
+        };
+        if md.len() != seal.size {
+            return Ok(Some(format!(
+                "{what} ({} bytes when written, {} now)",
+                seal.size,
+                md.len()
+            )));
+        }
+        let hex = match crate::digest::file_sha256(&file) {
+            Ok(h) => h,
+            Err(e) => return Ok(Some(format!("{file} cannot be read ({e:#})"))),
+        };
+        if hex != seal.sha256 {
+            return Ok(Some(format!(
+                "{what} (sha256 {}… when written, {}… now)",
+                &seal.sha256[..12],
+                &hex[..12]
+            )));
+        }
+        // The same bytes: trust the identity they have now (taken before
+        // reading, so a write meanwhile is caught next time).
+        write_memo(&file, &hex, &id);
+        seal.identity = id;
+        rewrite = true;
+    }
+    for p in published {
+        if !st.sealed.contains_key(&p.rel) {
+            if let Some(seal) = seal_file(&step.out.join(&p.rel))? {
+                st.sealed.insert(p.rel.clone(), seal);
+                rewrite = true;
+            }
+        }
+    }
+    if rewrite {
+        // Best effort: a stamp not rewritten only costs a read next time.
+        let _ = write_stamp(&path, &st);
+    }
+    Ok(None)
+}
+
+/// Record that a sealed file's identity changed from `before` to `after`
+/// without a write (publishing linked it, which changes its change time).
+fn reseal(entry: &Utf8Path, rel: &str, before: &str, after: &str) {
+    let path = entry.join(STAMP);
+    let Some(mut st) = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| serde_json::from_str::<Stamp>(&t).ok())
+    else {
+        return;
+    };
+    if let Some(seal) = st.sealed.get_mut(rel).filter(|s| s.identity == before) {
+        seal.identity = after.to_string();
+        let _ = write_stamp(&path, &st);
+    }
+}
+
+/// Rewrite a complete entry's stamp: through a temporary name, so the
+/// entry never looks incomplete.
+fn write_stamp(path: &Utf8Path, st: &Stamp) -> Result<()> {
+    let mut text = serde_json::to_string_pretty(st)?;
+    text.push('\n');
+    write_atomic(path, text.as_bytes())
+}
+
+fn same_file(a: &Utf8Path, b: &Utf8Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// Remove a cache entry that can no longer be trusted. It is renamed aside
+/// first, so no build sees it half removed; files linked from `output/`
+/// keep their bytes there until they are published again.
+fn discard(out: &Utf8Path) -> Result<()> {
+    let aside = out.with_extension(format!("discarded-{}", std::process::id()));
+    match std::fs::rename(out, &aside) {
+        Ok(()) => std::fs::remove_dir_all(&aside)
+            .with_context(|| format!("removing the discarded cache entry {aside}")),
+        // Another build discarded it first.
+        Err(_) if !out.exists() => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("moving {out} aside to discard it")),
+    }
 }
 
 /// Why a step runs: which inputs differ from the last entry built for it.
@@ -445,8 +651,13 @@ pub fn known_digest(file: &Utf8Path) -> Option<String> {
 /// code that wrote it or read it.
 pub fn remember_digest(file: &Utf8Path, hex: &str) {
     if let Some(id) = identity(file) {
-        let _ = std::fs::write(memo_path(file), format!("{hex} {id}\n"));
+        write_memo(file, hex, &id);
     }
+}
+
+/// The memo of `file`: `hex` is its sha256 while its identity is `id`.
+fn write_memo(file: &Utf8Path, hex: &str, id: &str) {
+    let _ = std::fs::write(memo_path(file), format!("{hex} {id}\n"));
 }
 
 /// sha256 of a cached artifact, remembered beside it (`.<name>.sha256`, with
@@ -461,7 +672,7 @@ pub fn cached_digest(file: &Utf8Path) -> Result<String> {
     let before = identity(file);
     let hex = crate::digest::file_sha256(file)?;
     if let Some(id) = before {
-        let _ = std::fs::write(memo_path(file), format!("{hex} {id}\n"));
+        write_memo(file, &hex, &id);
     }
     Ok(hex)
 }
@@ -639,6 +850,238 @@ mod tests {
         assert_eq!(sums(), want(&a));
         execute(&plan, &opts).unwrap();
         assert_eq!(checks(&g), 2);
+    }
+
+    /// A step that writes `x.img` and counts its runs, in a plan that
+    /// publishes it (or not), with its cache and output in a temporary
+    /// directory.
+    struct Sealed {
+        _dir: tempfile::TempDir,
+        plan: crate::plan::Plan,
+        runs: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        /// The file in the step's cache entry.
+        cached: Utf8PathBuf,
+        /// Its place in `output/`.
+        published: Utf8PathBuf,
+    }
+
+    struct WriteImage(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+    impl crate::plan::Op for WriteImage {
+        fn describe(&self) -> serde_json::Value {
+            serde_json::json!({ "write": "x.img" })
+        }
+        fn run(&self, cx: &OpCx) -> Result<()> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            std::fs::write(cx.out.join("x.img"), image())?;
+            Ok(())
+        }
+    }
+
+    fn image() -> Vec<u8> {
+        (0..1u32 << 20).map(|i| (i % 251) as u8).collect()
+    }
+
+    fn sealed_plan(publish: bool) -> Sealed {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Utf8Path::from_path(dir.path()).unwrap().to_owned();
+        let runs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let plan = image_plan(&root, &runs, publish);
+        Sealed {
+            _dir: dir,
+            cached: plan.steps[0].output("x.img"),
+            published: plan.output.join("x.img"),
+            plan,
+            runs,
+        }
+    }
+
+    /// The plan of [`sealed_plan`], with its cache and output under `root`.
+    fn image_plan(
+        root: &Utf8Path,
+        runs: &std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        publish: bool,
+    ) -> crate::plan::Plan {
+        let (cache, output) = (root.join("cache"), root.join("output"));
+        let mut plan = crate::plan::Plan::new("test", &root.join("r.yaml"), root, &cache, &output);
+        let i = plan.add(
+            crate::plan::StepBuilder::new("disk", "write an image").op(WriteImage(runs.clone())),
+        );
+        if publish {
+            plan.publish(plan.step(i).output("x.img"), "x.img".into(), true);
+        }
+        plan
+    }
+
+    impl Sealed {
+        fn build(&self, gate: &Counting) -> Outcome {
+            Self::build_plan(&self.plan, gate)
+        }
+        fn build_plan(plan: &crate::plan::Plan, gate: &Counting) -> Outcome {
+            let opts = Options {
+                force: false,
+                gate: Some(gate),
+            };
+            let mut r = execute(plan, &opts).unwrap();
+            assert_eq!(r.steps.len(), 1);
+            r.steps.pop().unwrap().1
+        }
+        /// The same step in a plan that publishes nothing.
+        fn reading_plan(&self) -> crate::plan::Plan {
+            image_plan(&self.plan.root, &self.runs, false)
+        }
+        fn runs(&self) -> usize {
+            self.runs.load(std::sync::atomic::Ordering::Relaxed)
+        }
+        /// Files hashed in its cache so far (the step's file, under its
+        /// temporary or its final name).
+        fn reads(&self) -> usize {
+            crate::digest::reads::under(&self.plan.cache)
+        }
+        /// `output/` holds what the step wrote, with the right `.sha256`.
+        fn assert_published_intact(&self) {
+            assert!(std::fs::read(&self.published).unwrap() == image());
+            let sums = self.published.with_file_name("x.img.sha256");
+            let want =
+                crate::digest::sha256sum_line(&crate::digest::bytes_sha256(&image()), "x.img");
+            assert_eq!(std::fs::read_to_string(sums).unwrap(), want);
+        }
+    }
+
+    /// Write one byte in place, a tick after anything before (as a VM
+    /// booted from the published image would).
+    fn poke(file: &Utf8Path) {
+        use std::io::{Seek, Write};
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let mut f = std::fs::File::options().write(true).open(file).unwrap();
+        f.seek(std::io::SeekFrom::Start(777)).unwrap();
+        f.write_all(b"!").unwrap();
+    }
+
+    #[test]
+    fn a_published_file_changed_in_place_makes_its_step_run_again() {
+        let t = sealed_plan(true);
+        let g = counting("x");
+        assert_eq!(t.build(&g), Outcome::Ran);
+        t.assert_published_intact();
+        // The seal and the publish share one read of the new file.
+        assert_eq!(t.reads(), 1);
+        assert_eq!(t.build(&g), Outcome::Cached);
+        assert_eq!(
+            (t.runs(), t.reads(), checks(&g)),
+            (1, 1, 1),
+            "a no-op build read the image"
+        );
+
+        // Booted in place: the cache's file is the same inode.
+        poke(&t.published);
+        assert_eq!(
+            t.build(&g),
+            Outcome::Ran,
+            "a changed cache entry was reused"
+        );
+        assert_eq!(t.runs(), 2);
+        t.assert_published_intact();
+        assert!(std::fs::read(&t.cached).unwrap() == image());
+        // The same bytes as before: their scan pass still stands.
+        assert_eq!(checks(&g), 1);
+        let reads = t.reads();
+        assert_eq!(t.build(&g), Outcome::Cached);
+        assert_eq!((t.runs(), t.reads()), (2, reads));
+
+        // Deleting the published file changes the cache file's identity
+        // (its link count), not its bytes: read once, then trusted again.
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        std::fs::remove_file(&t.published).unwrap();
+        assert_eq!(t.build(&g), Outcome::Cached);
+        assert_eq!(t.reads(), reads + 1);
+        t.assert_published_intact();
+        assert_eq!(t.build(&g), Outcome::Cached);
+        assert_eq!((t.runs(), t.reads()), (2, reads + 1));
+    }
+
+    #[test]
+    fn a_sealed_file_truncated_or_deleted_in_the_cache_makes_its_step_run_again() {
+        let t = sealed_plan(true);
+        let g = counting("x");
+        t.build(&g);
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        std::fs::File::options()
+            .write(true)
+            .open(&t.cached)
+            .unwrap()
+            .set_len(4096)
+            .unwrap();
+        let reads = t.reads();
+        assert_eq!(t.build(&g), Outcome::Ran);
+        // Another size needs no read to be told apart.
+        assert_eq!((t.runs(), t.reads()), (2, reads + 1));
+        t.assert_published_intact();
+
+        std::fs::remove_file(&t.cached).unwrap();
+        assert_eq!(t.build(&g), Outcome::Ran);
+        assert_eq!(t.runs(), 3);
+        t.assert_published_intact();
+        // Nothing of the discarded entries is left beside the new one.
+        let dir = t.cached.parent().unwrap().parent().unwrap();
+        let names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n != LATEST)
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    #[test]
+    fn a_touched_file_with_the_same_bytes_is_read_once_and_reused() {
+        let t = sealed_plan(true);
+        let g = counting("x");
+        t.build(&g);
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        std::fs::File::options()
+            .write(true)
+            .open(&t.published)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now())
+            .unwrap();
+        let reads = t.reads();
+        assert_eq!(t.build(&g), Outcome::Cached);
+        assert_eq!((t.runs(), t.reads()), (1, reads + 1));
+        assert_eq!(t.build(&g), Outcome::Cached);
+        assert_eq!(t.reads(), reads + 1, "the new identity was not recorded");
+        t.assert_published_intact();
+    }
+
+    /// An entry sealed by a plan that published its file protects a plan
+    /// that only reads it (an OVA made from the qcow2's disk); an entry
+    /// without seals (older kiln, or built by a plan that did not publish
+    /// the file) is sealed when a plan first publishes from it.
+    #[test]
+    fn seals_hold_for_every_plan_that_reuses_the_entry() {
+        let t = sealed_plan(true);
+        let g = counting("x");
+        let reading = t.reading_plan();
+        assert_eq!(t.build(&g), Outcome::Ran);
+        poke(&t.published);
+        assert_eq!(Sealed::build_plan(&reading, &g), Outcome::Ran);
+        assert!(std::fs::read(&t.cached).unwrap() == image());
+        assert_eq!(Sealed::build_plan(&reading, &g), Outcome::Cached);
+        assert_eq!(t.runs(), 2);
+
+        // Built by a plan that published nothing: no seals; the first plan
+        // to publish from it seals the file (reading it, which publishing
+        // needs anyway) and reuses the entry.
+        let u = sealed_plan(true);
+        let reading = u.reading_plan();
+        assert_eq!(Sealed::build_plan(&reading, &g), Outcome::Ran);
+        assert_eq!(u.reads(), 0);
+        assert_eq!(u.build(&g), Outcome::Cached);
+        assert_eq!((u.runs(), u.reads()), (1, 1));
+        u.assert_published_intact();
+        poke(&u.published);
+        assert_eq!(u.build(&g), Outcome::Ran);
+        assert_eq!(u.runs(), 2);
+        u.assert_published_intact();
     }
 
     #[test]
