@@ -438,6 +438,7 @@ fn append_overlay<W: std::io::Write>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::Action;
 
     const EPOCH: i64 = 1_700_000_000;
 
@@ -675,6 +676,63 @@ mod tests {
             format!("{e:#}").contains("`tmp` is a file, but the Debian root has a directory"),
             "{e:#}"
         );
+    }
+
+    /// The root step's hints name the recipe line of what mmdebstrap could
+    /// not find; arm64 needs qemu-user only for variants that run scripts.
+    #[test]
+    fn the_root_step_points_mmdebstrap_failures_at_the_recipe() {
+        let t = tempfile::tempdir().unwrap();
+        let root = Utf8Path::from_path(t.path()).unwrap();
+        let file = root.join("recipe.yaml");
+        let text = "appliance:\n  name: t\n  version: '1'\narchitectures: [arm64]\n\
+                    qcow2:\n  mirror: http://deb.example/debian\npayloads:\n  images:\n\
+                    \x20   - name: web\n      source:\n        debian:\n          packages:\n\
+                    \x20           - busybox-static\n            - no-such-package-kiln\n\
+                    \x20         suite: trixie\n          variant: VARIANT\n      dest: /opt/img\n";
+        let root_cmd = |variant: &str| {
+            std::fs::write(&file, text.replace("VARIANT", variant)).unwrap();
+            let r = crate::recipe::load_resolved(&file, root).unwrap();
+            let img = &r.recipe.payloads.images[0];
+            let crate::recipe::payloads::ImageSource::Debian(d) = &img.source else {
+                panic!("a debian source")
+            };
+            let s = root_step(&r, img, d, Arch::Arm64)
+                .unwrap()
+                .finish(root, &root.join("cache"));
+            let Action::Cmd(c) = &s.actions[0] else {
+                panic!("a command")
+            };
+            (c.clone(), s.needs.clone())
+        };
+        let (c, needs) = root_cmd("extract");
+        assert!(c.args.contains(&"--variant=extract".to_string()));
+        assert!(c
+            .args
+            .contains(&"deb http://deb.example/debian trixie main".to_string()));
+        assert_eq!(
+            needs,
+            ["mmdebstrap"],
+            "extract runs no scripts: no qemu-user"
+        );
+        let hint = |needle: &str| {
+            c.hints
+                .iter()
+                .find(|(n, _)| n.contains(needle))
+                .map(|(_, a)| a.clone())
+                .unwrap_or_else(|| panic!("no hint for {needle}: {:?}", c.hints))
+        };
+        let h = hint("Unable to locate package no-such-package-kiln");
+        assert!(h.starts_with(&format!("{file}:14: image `web`")), "{h}");
+        let h = hint("does not have a Release file");
+        assert!(
+            h.starts_with(&format!("{file}:15: ")) && h.contains("suite `trixie`"),
+            "{h}"
+        );
+        let h = hint("doesn't support architecture 'arm64'");
+        assert!(h.starts_with(&format!("{file}:4: ")), "{h}");
+        let (_, needs) = root_cmd("essential");
+        assert!(needs.contains(&"arch-test".to_string()), "{needs:?}");
     }
 
     #[test]

@@ -244,11 +244,12 @@ impl Recipe {
         let revision = crate::tools::git::revision(root);
         let (epoch, epoch_source) = crate::epoch::resolve(root)?;
         self.seed.resolve(file, &name)?;
-        let suite = self.qcow2.suite.clone();
-        self.payloads.resolve(file, &suite)?;
         self.iso.resolve(file, &self.appliance)?;
         self.qcow2
             .resolve(file, &name, Utf8Path::new(crate::hostapt::ETC_APT))?;
+        // After qcow2: a `debian` image's suite defaults to the checked qcow2.suite.
+        let suite = self.qcow2.suite.clone();
+        self.payloads.resolve(file, &suite)?;
         self.ova.resolve(file)?;
         if let Some(pi) = &mut self.pi {
             pi.resolve(file)?;
