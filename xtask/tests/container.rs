@@ -192,6 +192,7 @@ fn a_debian_package_image_is_reproducible_and_reads_back_with_skopeo() {
             "debian busybox-static (extract, bookworm)"
         );
     }
+    serves_healthz(&stage_tree(&a, "amd64").join("opt/demo/images/demo-web-amd64.tar"));
     a.assert_no_leftovers();
     b.assert_no_leftovers();
     // `recipe show` prints the effective defaults.
@@ -199,6 +200,64 @@ fn a_debian_package_image_is_reproducible_and_reads_back_with_skopeo() {
     for s in ["variant: extract", "suite: bookworm", "docs: false"] {
         assert!(shown.contains(s), "{s}:\n{shown}");
     }
+}
+
+/// The amd64 image's root runs its command: the layer unpacked, its static
+/// `bin/busybox httpd` serves the overlay's `srv/www` on a loopback port
+/// (bounded: 100 tries, 50 ms apart), and `/healthz` answers `ok`.
+fn serves_healthz(archive: &Utf8Path) {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let root = Utf8Path::from_path(dir.path()).unwrap();
+    let unpacked = root.join("archive");
+    std::fs::create_dir_all(&unpacked).unwrap();
+    sh("tar", &["-xf", archive.as_str(), "-C", unpacked.as_str()]);
+    let m: Value =
+        serde_json::from_str(&std::fs::read_to_string(unpacked.join("manifest.json")).unwrap())
+            .unwrap();
+    let layer = unpacked.join(m[0]["Layers"][0].as_str().unwrap());
+    let rootfs = root.join("rootfs");
+    std::fs::create_dir_all(&rootfs).unwrap();
+    sh("tar", &["-xf", layer.as_str(), "-C", rootfs.as_str()]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let www = rootfs.join("srv/www");
+    let mut child = std::process::Command::new(rootfs.join("bin/busybox"))
+        .args([
+            "httpd",
+            "-f",
+            "-p",
+            &format!("127.0.0.1:{port}"),
+            "-h",
+            www.as_str(),
+        ])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("running the layer's bin/busybox");
+    let mut answer = String::new();
+    for _ in 0..100 {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+                .unwrap();
+            answer.clear();
+            if s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").is_ok()
+                && s.read_to_string(&mut answer).is_ok()
+                && answer.starts_with("HTTP/1.")
+            {
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        answer.split_whitespace().nth(1) == Some("200") && answer.ends_with("\r\n\r\nok"),
+        "busybox httpd from the image answered: {answer:?}"
+    );
 }
 
 /// Nothing of a failed build remains: no temporary state, no archive or
