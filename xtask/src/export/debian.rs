@@ -10,7 +10,8 @@
 //! `docs: true`, `usr/share/{doc,man,info}` and translations under
 //! `usr/share/locale/` (each package's `usr/share/doc/<pkg>/copyright`
 //! stays). `etc/machine-id` is kept empty. A hard link whose target is
-//! dropped or replaced becomes the file itself.
+//! dropped or replaced becomes the file itself. Extended attributes (file
+//! capabilities, as PAX `SCHILY.xattr.*` records) stay with their entries.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
@@ -311,8 +312,10 @@ pub fn write_layer<W: std::io::Write>(
         let h = e.header().clone();
         let kind = h.entry_type();
         let what = format!("{tar}: `{path}`");
+        let attrs = xattrs(&mut e, &what)?;
         if kind.is_dir() {
             if f.verdict(&path, true) == Verdict::Keep {
+                put_xattrs(b, &attrs, &what)?;
                 let mut nh = copy_header(&h, kind, 0, f.epoch, &what)?;
                 b.append_data(&mut nh, format!("{path}/"), std::io::empty())
                     .with_context(|| format!("archiving {what}"))?;
@@ -330,6 +333,7 @@ pub fn write_layer<W: std::io::Write>(
             } else {
                 e.size()
             };
+            put_xattrs(b, &attrs, &what)?;
             let mut nh = copy_header(&h, kind, size, f.epoch, &what)?;
             b.append_data(&mut nh, &name, (&mut e).take(size))
                 .with_context(|| format!("archiving {what}"))?;
@@ -339,6 +343,7 @@ pub fn write_layer<W: std::io::Write>(
         if f.verdict(&path, false) == Verdict::Drop || replaced || promoted_links.contains(&path) {
             continue;
         }
+        put_xattrs(b, &attrs, &what)?;
         if kind.is_hard_link() {
             let target = normalize(&link_target(&e)?);
             let target = promoted.get(&target).cloned().unwrap_or(target);
@@ -358,6 +363,40 @@ pub fn write_layer<W: std::io::Write>(
         }
     }
     append_overlay(b, overlay, &over, &root_dirs, f.epoch)
+}
+
+/// The entry's extended attributes (PAX `SCHILY.xattr.*` records, e.g. a
+/// file capability), in the tarball's order, to carry into the layer.
+fn xattrs(e: &mut tar::Entry<impl Read>, what: &str) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut out = Vec::new();
+    if let Some(exts) = e
+        .pax_extensions()
+        .with_context(|| format!("{what}: reading its PAX header"))?
+    {
+        for x in exts {
+            let x = x.with_context(|| format!("{what}: reading its PAX header"))?;
+            let key = x
+                .key()
+                .with_context(|| format!("{what}: a PAX key that is not UTF-8"))?;
+            if key.starts_with("SCHILY.xattr.") {
+                out.push((key.to_string(), x.value_bytes().to_vec()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Write `attrs` as a PAX header for the entry that follows.
+fn put_xattrs<W: std::io::Write>(
+    b: &mut tar::Builder<W>,
+    attrs: &[(String, Vec<u8>)],
+    what: &str,
+) -> Result<()> {
+    if !attrs.is_empty() {
+        b.append_pax_extensions(attrs.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+            .with_context(|| format!("archiving the extended attributes of {what}"))?;
+    }
+    Ok(())
 }
 
 /// A fresh header for a root entry: its type, mode, owner ids, device
@@ -461,6 +500,9 @@ mod tests {
         dir(&mut b, "./", 0o755);
         dir(&mut b, "./bin/", 0o755);
         file(&mut b, "./bin/busybox", 0o755, "ELF");
+        b.append_pax_extensions([("SCHILY.xattr.security.capability", &b"\x01cap"[..])])
+            .unwrap();
+        file(&mut b, "./bin/ping", 0o755, "ELF");
         dir(&mut b, "./dev/", 0o755);
         let mut h = crate::archive::header(tar::EntryType::Char, 0o666, 0, EPOCH);
         h.set_device_major(1).unwrap();
@@ -586,6 +628,7 @@ mod tests {
             [
                 "bin/",
                 "bin/busybox",
+                "bin/ping",
                 "dev/",
                 "etc/",
                 "etc/machine-id",
@@ -616,6 +659,29 @@ mod tests {
         );
         let get = |p: &str| got.iter().find(|e| e.0 == p).unwrap().clone();
         assert_eq!(get("bin/busybox").2, 0o755);
+        // The file capability stays with its file, and only there.
+        let mut a = tar::Archive::new(&bytes[..]);
+        let caps: Vec<(String, Vec<u8>)> = a
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let mut e = e.unwrap();
+                let path = e.path().unwrap().to_str().unwrap().to_string();
+                let found: Vec<Vec<u8>> = e
+                    .pax_extensions()
+                    .unwrap()
+                    .map(|x| {
+                        x.map(|x| x.unwrap())
+                            .filter(|x| x.key().unwrap() == "SCHILY.xattr.security.capability")
+                            .map(|x| x.value_bytes().to_vec())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (path, found.concat())
+            })
+            .filter(|(_, v)| !v.is_empty())
+            .collect();
+        assert_eq!(caps, [("bin/ping".to_string(), b"\x01cap".to_vec())]);
         assert_eq!(get("tmp/").2, 0o1777, "the root's directory modes stay");
         assert_eq!(get("etc/machine-id").5, "", "machine-id is emptied");
         // The first link carries the dropped manual's bytes, the second links to it.
