@@ -2,6 +2,7 @@
 //! same generated input in the same run, and reports the ratio. Tests never
 //! assert on time; this is where speed goals are checked.
 
+pub mod container;
 pub mod export;
 pub mod iso;
 pub mod qcow2;

@@ -1,7 +1,9 @@
 //! Payload export: container-image archives and ML-model archives written
 //! into trees that `stage` merges, so every format carries the same bytes.
 //!
-//! Steps (all write a `tree/` laid out at image paths):
+//! Steps (all write a `tree/` laid out at image paths, except the first):
+//! - `image-root-<name>-<arch>`: for a `debian` source, mmdebstrap's root
+//!   tarball of the image's packages ([`debian`]);
 //! - `image-<name>-<arch>`: one archive `<dest>/<name>-<arch>.tar[.zst|.gz]`
 //!   ([`oci`]), plus a record `image.json` outside the tree;
 //! - `images-<arch>-<dest>`: per destination directory, `images.json` and
@@ -27,6 +29,7 @@ use crate::plan::{Input, Op, OpCx, Plan, StepBuilder};
 use crate::recipe::payloads::{Compression, ImageSource};
 use crate::recipe::{Arch, Resolved};
 
+pub mod debian;
 pub mod models;
 pub mod oci;
 
@@ -47,8 +50,12 @@ pub fn plan(r: &Resolved, plan: &mut Plan, arch: Arch) -> Result<Vec<usize>> {
     let mut out = Vec::new();
     let mut by_dest: BTreeMap<Utf8PathBuf, Vec<usize>> = BTreeMap::new();
     for img in &p.images {
+        let root = match &img.source {
+            ImageSource::Debian(d) => Some(debian::plan_root(r, plan, img, d, arch)?),
+            _ => None,
+        };
         let i = add_once(plan, &format!("image-{}-{arch}", img.name), |plan| {
-            image_step(r, plan, img, arch)
+            image_step(r, plan, img, arch, root.map(|i| plan.step(i)))
         })?;
         by_dest.entry(img.dest.clone()).or_default().push(i);
         out.push(i);
@@ -128,6 +135,7 @@ fn image_step(
     plan: &Plan,
     img: &crate::recipe::payloads::ImagePayload,
     arch: Arch,
+    root: Option<&crate::plan::Step>,
 ) -> Result<StepBuilder> {
     let what = format!("{}: image `{}`", r.file, img.name);
     let mut b = StepBuilder::new(
@@ -170,6 +178,32 @@ fn image_step(
             b = b.input(Input::tree(&abs).with_context(|| format!("{what}: reading {abs}"))?);
             oci::Source::RootfsDir(abs)
         }
+        ImageSource::Debian(d) => {
+            let root = root.expect("a debian source's root step is planned first");
+            b = b.after(root);
+            let overlay = match &d.overlay {
+                Some(o) => {
+                    let abs = r.path(o);
+                    anyhow::ensure!(
+                        abs.is_dir(),
+                        "{}: image `{}`: overlay directory {abs} does not exist \
+                         (source.debian.overlay)",
+                        crate::recipe::locate(&r.file, &format!("name: {}", img.name), "overlay:"),
+                        img.name
+                    );
+                    b = b.input(
+                        Input::tree(&abs).with_context(|| format!("{what}: reading {abs}"))?,
+                    );
+                    Some(abs)
+                }
+                None => None,
+            };
+            oci::Source::DebianRoot {
+                tar: root.output(debian::ROOTFS_TAR),
+                overlay,
+                docs: d.docs,
+            }
+        }
         ImageSource::Registry(reference) => {
             let cert_dir = match &img.cert_dir {
                 Some(d) => {
@@ -202,7 +236,7 @@ fn image_step(
         dest: img.dest.clone(),
         archive: img.archive_name(arch),
         reference: img.reference().to_string(),
-        cmd: img.cmd.clone(),
+        config: oci::ImageConfig::from_payload(img),
         epoch: r.epoch,
     };
     Ok(b.input(Input::value("SOURCE_DATE_EPOCH", r.epoch)).op(op))

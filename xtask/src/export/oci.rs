@@ -40,6 +40,91 @@ pub enum Source {
         tls: crate::tools::skopeo::Tls,
     },
     RootfsDir(Utf8PathBuf),
+    /// A Debian root tarball written by mmdebstrap (an earlier step), laid
+    /// over by `overlay`, filtered into one layer ([`super::debian`]).
+    DebianRoot {
+        tar: Utf8PathBuf,
+        overlay: Option<Utf8PathBuf>,
+        docs: bool,
+    },
+}
+
+/// The config kiln writes for an image it builds (`rootfs-dir`, `debian`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageConfig {
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    /// Added to the default `PATH`, which an entry named `PATH` replaces.
+    pub env: std::collections::BTreeMap<String, String>,
+    /// `port/proto`, as `resolve` normalized them.
+    pub exposed_ports: Vec<String>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+}
+
+/// The `PATH` of images kiln builds, unless the recipe sets one.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+impl ImageConfig {
+    pub fn from_payload(i: &crate::recipe::payloads::ImagePayload) -> ImageConfig {
+        ImageConfig {
+            entrypoint: i.entrypoint.clone(),
+            cmd: i.cmd.clone(),
+            env: i.env.clone(),
+            exposed_ports: i.exposed_ports.clone(),
+            workdir: i.workdir.clone(),
+            user: i.user.clone(),
+        }
+    }
+    /// The OCI config's `config` object: `Env` sorted by name (`PATH`
+    /// included), `ExposedPorts` as `{"8080/tcp": {}}`; unset fields absent.
+    pub fn to_oci(&self) -> Value {
+        let mut env = self.env.clone();
+        env.entry("PATH".into())
+            .or_insert_with(|| DEFAULT_PATH.into());
+        let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut c = json!({ "Env": env });
+        if !self.entrypoint.is_empty() {
+            c["Entrypoint"] = json!(self.entrypoint);
+        }
+        if !self.cmd.is_empty() {
+            c["Cmd"] = json!(self.cmd);
+        }
+        if !self.exposed_ports.is_empty() {
+            let ports: serde_json::Map<String, Value> = self
+                .exposed_ports
+                .iter()
+                .map(|p| (p.clone(), json!({})))
+                .collect();
+            c["ExposedPorts"] = Value::Object(ports);
+        }
+        if let Some(w) = &self.workdir {
+            c["WorkingDir"] = json!(w);
+        }
+        if let Some(u) = &self.user {
+            c["User"] = json!(u);
+        }
+        c
+    }
+    /// Added to an op's description (the key): `cmd` always, the rest when set.
+    fn describe_into(&self, d: &mut Value) {
+        d["cmd"] = json!(self.cmd);
+        if !self.entrypoint.is_empty() {
+            d["entrypoint"] = json!(self.entrypoint);
+        }
+        if !self.env.is_empty() {
+            d["env"] = json!(self.env);
+        }
+        if !self.exposed_ports.is_empty() {
+            d["exposed_ports"] = json!(self.exposed_ports);
+        }
+        if let Some(w) = &self.workdir {
+            d["workdir"] = json!(w);
+        }
+        if let Some(u) = &self.user {
+            d["user"] = json!(u);
+        }
+    }
 }
 
 /// One image step: read the source, write the archive and its record.
@@ -53,7 +138,7 @@ pub struct ImageOp {
     pub dest: Utf8PathBuf,
     pub archive: String,
     pub reference: String,
-    pub cmd: Vec<String>,
+    pub config: ImageConfig,
     pub epoch: i64,
 }
 
@@ -68,9 +153,13 @@ impl Op for ImageOp {
             "dest": self.dest,
             "archive": self.archive,
             "reference": self.reference,
-            "cmd": self.cmd,
             "epoch": self.epoch,
         }});
+        self.config.describe_into(&mut d["export_image"]);
+        if let Source::DebianRoot { tar, overlay, docs } = &self.source {
+            d["export_image"]["debian"] =
+                json!({ "rootfs": tar, "overlay": overlay, "docs": docs });
+        }
         // Part of the skopeo commands, so part of the key (registry sources only).
         // (The CA directory is not: it decides whether the copy is trusted,
         // not what it holds, which the digest pin fixes.)
@@ -115,7 +204,19 @@ impl ImageOp {
             }
             Source::RootfsDir(root) => {
                 let dir = work.path.join("layout");
-                build_layout(root, &dir, self.arch, &self.cmd, self.epoch)?;
+                build_layout(root, &dir, self.arch, &self.config, self.epoch)?;
+                select(&dir, &want)?
+            }
+            Source::DebianRoot { tar, overlay, docs } => {
+                let dir = work.path.join("layout");
+                let filter = super::debian::Filter {
+                    docs: *docs,
+                    epoch: self.epoch,
+                };
+                let label = format!("kiln: {}", self.source_label);
+                layout_from_layer(&dir, self.arch, &self.config, self.epoch, &label, |b| {
+                    super::debian::write_layer(b, tar, overlay.as_deref(), &filter)
+                })?;
                 select(&dir, &want)?
             }
             Source::Registry { reference, tls } => {
@@ -761,17 +862,38 @@ pub fn build_layout(
     root: &Utf8Path,
     dir: &Utf8Path,
     arch: Arch,
-    cmd: &[String],
+    config: &ImageConfig,
     epoch: i64,
+) -> Result<()> {
+    layout_from_layer(dir, arch, config, epoch, "kiln: rootfs-dir", |b| {
+        crate::archive::append_tree(b, root, epoch)
+            .with_context(|| format!("archiving {root} as an image layer"))
+    })
+}
+
+/// The tar writer of a layer kiln builds (hashing what it writes).
+pub type LayerBuilder = tar::Builder<crate::digest::HashWriter<std::io::BufWriter<std::fs::File>>>;
+
+/// A single-layer OCI image layout at `dir` whose layer `fill` writes
+/// (uncompressed, so its digest is its diff_id), with `config` and the
+/// platform of `arch` in the image config; `created_by` goes into its history.
+pub fn layout_from_layer(
+    dir: &Utf8Path,
+    arch: Arch,
+    config: &ImageConfig,
+    epoch: i64,
+    created_by: &str,
+    fill: impl FnOnce(&mut LayerBuilder) -> Result<()>,
 ) -> Result<()> {
     let blobs = dir.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).with_context(|| format!("creating {blobs}"))?;
     let tmp = dir.join("layer.tar");
     let f = std::fs::File::create(&tmp).with_context(|| format!("creating {tmp}"))?;
-    let mut b = tar::Builder::new(crate::digest::HashWriter::new(std::io::BufWriter::new(f)));
+    let mut b = tar::Builder::new(crate::digest::HashWriter::new(
+        std::io::BufWriter::with_capacity(1 << 20, f),
+    ));
     b.follow_symlinks(false);
-    crate::archive::append_tree(&mut b, root, epoch)
-        .with_context(|| format!("archiving {root} as an image layer"))?;
+    fill(&mut b)?;
     let (mut w, lhex, lsize) = b.into_inner()?.finish();
     w.flush()?;
     drop(w);
@@ -781,13 +903,10 @@ pub fn build_layout(
         "created": created,
         "architecture": arch.oci(),
         "os": "linux",
-        "config": { "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"] },
+        "config": config.to_oci(),
         "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{lhex}")] },
-        "history": [{ "created": created, "created_by": "kiln: rootfs-dir" }],
+        "history": [{ "created": created, "created_by": created_by }],
     });
-    if !cmd.is_empty() {
-        config["config"]["Cmd"] = json!(cmd);
-    }
     if arch == Arch::Arm64 {
         config["variant"] = json!("v8");
     }
@@ -864,6 +983,63 @@ mod tests {
         );
     }
 
+    /// The config kiln writes: every field the recipe sets, the platform
+    /// (arm64 with variant v8), and a layer whose digest is its diff_id.
+    #[test]
+    fn a_built_image_carries_the_recipes_config_and_platform() {
+        let t = tempfile::tempdir().unwrap();
+        let base = Utf8Path::from_path(t.path()).unwrap();
+        let root = base.join("root");
+        std::fs::create_dir_all(root.join("srv/www")).unwrap();
+        std::fs::write(root.join("srv/www/healthz"), "ok").unwrap();
+        let config = ImageConfig {
+            entrypoint: vec!["/bin/busybox".into()],
+            cmd: vec!["httpd".into(), "-f".into()],
+            env: [("LANG", "C.UTF-8"), ("APP", "demo")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            exposed_ports: vec!["53/udp".into(), "8080/tcp".into()],
+            workdir: Some("/srv/www".into()),
+            user: Some("65534:65534".into()),
+        };
+        for (arch, variant) in [(Arch::Amd64, None), (Arch::Arm64, Some("v8"))] {
+            let dir = base.join(format!("layout-{arch}"));
+            build_layout(&root, &dir, arch, &config, 1_700_000_000).unwrap();
+            let img = select(&dir, &platform(arch)).unwrap();
+            let cfg: Value = serde_json::from_slice(&img.config).unwrap();
+            assert_eq!(cfg["architecture"], arch.oci());
+            assert_eq!(cfg["os"], "linux");
+            assert_eq!(cfg["variant"].as_str(), variant);
+            assert_eq!(cfg["created"], "2023-11-14T22:13:20Z");
+            let c = &cfg["config"];
+            assert_eq!(c["Entrypoint"], json!(["/bin/busybox"]));
+            assert_eq!(c["Cmd"], json!(["httpd", "-f"]));
+            assert_eq!(
+                c["Env"],
+                json!(["APP=demo", "LANG=C.UTF-8", format!("PATH={DEFAULT_PATH}")])
+            );
+            assert_eq!(c["ExposedPorts"], json!({"53/udp": {}, "8080/tcp": {}}));
+            assert_eq!(c["WorkingDir"], "/srv/www");
+            assert_eq!(c["User"], "65534:65534");
+            assert_eq!(img.layers.len(), 1);
+            let l = &img.layers[0];
+            assert_eq!(l.media_type, OCI_LAYER);
+            assert_eq!(cfg["rootfs"]["diff_ids"], json!([l.diff_id]));
+            assert_eq!(l.digest, l.diff_id, "an uncompressed layer");
+            assert_eq!(
+                format!("sha256:{}", crate::digest::file_sha256(&l.path).unwrap()),
+                l.digest
+            );
+        }
+        // PATH set by the recipe replaces the default; unset fields stay out.
+        let only_path = ImageConfig {
+            env: [("PATH".to_string(), "/opt/bin".to_string())].into(),
+            ..ImageConfig::default()
+        };
+        assert_eq!(only_path.to_oci(), json!({ "Env": ["PATH=/opt/bin"] }));
+    }
+
     #[test]
     fn built_layout_is_deterministic_and_selectable() {
         let t = tempfile::tempdir().unwrap();
@@ -871,22 +1047,12 @@ mod tests {
         let root = base.join("root");
         std::fs::create_dir_all(root.join("srv")).unwrap();
         std::fs::write(root.join("srv/index.html"), "hi\n").unwrap();
-        build_layout(
-            &root,
-            &base.join("a"),
-            Arch::Amd64,
-            &["/bin/true".into()],
-            1_700_000_000,
-        )
-        .unwrap();
-        build_layout(
-            &root,
-            &base.join("b"),
-            Arch::Amd64,
-            &["/bin/true".into()],
-            1_700_000_000,
-        )
-        .unwrap();
+        let config = ImageConfig {
+            cmd: vec!["/bin/true".into()],
+            ..ImageConfig::default()
+        };
+        build_layout(&root, &base.join("a"), Arch::Amd64, &config, 1_700_000_000).unwrap();
+        build_layout(&root, &base.join("b"), Arch::Amd64, &config, 1_700_000_000).unwrap();
         let a = select(&base.join("a"), "linux/amd64").unwrap();
         let b = select(&base.join("b"), "linux/amd64").unwrap();
         assert_eq!(a.manifest_digest, b.manifest_digest);

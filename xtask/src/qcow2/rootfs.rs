@@ -18,10 +18,15 @@ pub const ROOTFS_TAR: &str = "rootfs.tar";
 /// A root that serves a Raspberry Pi image adds the component that holds
 /// `raspi-firmware` (`non-free-firmware` from bookworm on, `non-free` before).
 pub fn mirror_lines(r: &Resolved, arch: Arch) -> Result<Vec<String>> {
+    suite_lines(r, &r.recipe.qcow2.suite, components(r, arch))
+}
+
+/// `deb …` lines for `suite` and `components` from the resolved mirrors:
+/// the suite, its `-updates` and, with a security mirror, its `-security`.
+/// (A container image from Debian packages asks for `main` of its own suite.)
+pub fn suite_lines(r: &Resolved, suite: &str, components: &str) -> Result<Vec<String>> {
     let q = &r.recipe.qcow2;
-    let suite = &q.suite;
     let main = q.mirror()?;
-    let components = components(r, arch);
     let mut lines = vec![
         format!("deb {main} {suite} {components}"),
         format!("deb {main} {suite}-updates {components}"),

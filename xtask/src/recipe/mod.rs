@@ -244,10 +244,12 @@ impl Recipe {
         let revision = crate::tools::git::revision(root);
         let (epoch, epoch_source) = crate::epoch::resolve(root)?;
         self.seed.resolve(file, &name)?;
-        self.payloads.resolve(file)?;
         self.iso.resolve(file, &self.appliance)?;
         self.qcow2
             .resolve(file, &name, Utf8Path::new(crate::hostapt::ETC_APT))?;
+        // After qcow2: a `debian` image's suite defaults to the checked qcow2.suite.
+        let suite = self.qcow2.suite.clone();
+        self.payloads.resolve(file, &suite)?;
         self.ova.resolve(file)?;
         if let Some(pi) = &mut self.pi {
             pi.resolve(file)?;
@@ -310,6 +312,41 @@ impl Resolved {
     pub fn artifact_name(&self, arch: Arch, ext: &str) -> String {
         format!("{}-{}-{}.{ext}", self.name(), self.version, arch)
     }
+}
+
+/// `FILE:LINE` of the first line holding `needle` at or after the first
+/// line holding `anchor` (e.g. an image's `name: web`), or `FILE` when the
+/// recipe text has no such line: error messages point at the setting.
+pub(crate) fn locate(file: &Utf8Path, anchor: &str, needle: &str) -> String {
+    match std::fs::read_to_string(file)
+        .ok()
+        .and_then(|t| line_of(&t, anchor, needle))
+    {
+        Some(l) => format!("{file}:{l}"),
+        None => file.to_string(),
+    }
+}
+
+/// The 1-based line of `needle` at or after `anchor`'s line (anywhere, when
+/// no line holds `anchor`).
+pub(crate) fn line_of(text: &str, anchor: &str, needle: &str) -> Option<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.iter().position(|l| l.contains(anchor)).unwrap_or(0);
+    let holds = |l: &str| {
+        let code = l.split(" #").next().unwrap_or(l);
+        code.match_indices(needle).any(|(i, _)| {
+            let word = |c: char| c.is_ascii_alphanumeric() || "-_.+".contains(c);
+            let before = code[..i].chars().next_back().is_none_or(|c| !word(c));
+            let after = code[i + needle.len()..]
+                .chars()
+                .next()
+                .is_none_or(|c| !word(c));
+            before && after
+        })
+    };
+    (start..lines.len())
+        .find(|&i| holds(lines[i]))
+        .map(|i| i + 1)
 }
 
 /// Load and resolve in one go.

@@ -1,6 +1,8 @@
 //! `payloads:` — container images and ML models baked into every format.
 //! (Export itself: `crate::export`.)
 
+use std::collections::BTreeMap;
+
 use anyhow::Result;
 use camino::{Utf8Path, Utf8PathBuf};
 use serde::{Deserialize, Serialize};
@@ -30,9 +32,28 @@ pub struct ImagePayload {
     /// `<name>:latest` (filled by `resolve`).
     #[serde(default)]
     pub reference: Option<String>,
-    /// Only for a `rootfs-dir` source: the image's default command.
+    /// Only for a `rootfs-dir` or `debian` source (kiln writes their
+    /// config): the image's default command (OCI `Cmd`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cmd: Vec<String>,
+    /// Only for a `rootfs-dir` or `debian` source: OCI `Entrypoint`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entrypoint: Vec<String>,
+    /// Only for a `rootfs-dir` or `debian` source: environment variables,
+    /// written sorted as `KEY=value` (the default `PATH` stays unless set here).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Only for a `rootfs-dir` or `debian` source: `port[/tcp|udp|sctp]`
+    /// (`8080` is filled to `8080/tcp` by `resolve`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exposed_ports: Vec<String>,
+    /// Only for a `rootfs-dir` or `debian` source: OCI `WorkingDir` (absolute).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    /// Only for a `rootfs-dir` or `debian` source: OCI `User`
+    /// (`name`, `uid`, `uid:gid`, `name:group`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     /// Only for a `registry` source: `false` lets skopeo reach the registry
     /// over plain HTTP or without checking its certificate
     /// (`--tls-verify=false`), for a local or lab registry. The digest pin
@@ -116,7 +137,17 @@ impl ImageSource {
             ImageSource::OciArchive(p) => format!("oci-archive {p}"),
             ImageSource::Registry(r) => format!("registry {r}"),
             ImageSource::RootfsDir(p) => format!("rootfs-dir {p}"),
+            ImageSource::Debian(d) => format!(
+                "debian {} ({}, {})",
+                d.packages.join(","),
+                d.variant.name(),
+                d.suite()
+            ),
         }
+    }
+    /// kiln writes this source's image config (and so takes `cmd`, `env`, …).
+    pub fn kiln_config(&self) -> bool {
+        matches!(self, ImageSource::RootfsDir(_) | ImageSource::Debian(_))
     }
 }
 
@@ -135,6 +166,71 @@ pub enum ImageSource {
     /// A directory of files that kiln turns into a single-layer image
     /// (deterministic: sorted entries, uid/gid 0, mtimes from SOURCE_DATE_EPOCH).
     RootfsDir(Utf8PathBuf),
+    /// Debian packages installed by mmdebstrap into a root that kiln turns
+    /// into a single-layer image.
+    Debian(DebianSource),
+}
+
+/// `source: { debian: … }`: a root file system from Debian packages.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DebianSource {
+    /// Packages to install (`--include`); at least one.
+    pub packages: Vec<String>,
+    /// mmdebstrap's variant (default `essential`).
+    #[serde(default)]
+    pub variant: Variant,
+    /// Debian suite; default: the recipe's `qcow2.suite` (filled by `resolve`).
+    #[serde(default)]
+    pub suite: Option<String>,
+    /// Keep `/usr/share/{doc,man,info}` and locales (default `false`: dropped,
+    /// except each package's `copyright`).
+    #[serde(default)]
+    pub docs: bool,
+    /// A directory (relative to the project root) laid over the root: its
+    /// files replace the root's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay: Option<Utf8PathBuf>,
+}
+
+impl DebianSource {
+    /// The suite (filled by `resolve`).
+    pub fn suite(&self) -> &str {
+        super::filled(&self.suite, "payloads.images[].source.debian.suite")
+    }
+}
+
+/// mmdebstrap's `--variant`: how much of Debian goes into the root.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Variant {
+    /// Only the listed packages' files, unpacked; no maintainer scripts run.
+    Extract,
+    /// The listed packages installed, nothing else.
+    Custom,
+    /// `Essential: yes` packages plus the listed ones.
+    #[default]
+    Essential,
+    /// `essential` plus apt.
+    Apt,
+    /// `essential`, apt and `Priority: required`.
+    Minbase,
+}
+
+impl Variant {
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Extract => "extract",
+            Variant::Custom => "custom",
+            Variant::Essential => "essential",
+            Variant::Apt => "apt",
+            Variant::Minbase => "minbase",
+        }
+    }
+    /// Runs maintainer scripts (so a foreign architecture needs qemu-user).
+    pub fn runs_scripts(self) -> bool {
+        self != Variant::Extract
+    }
 }
 
 /// The YAML shape of [`ImageSource`]: exactly one key.
@@ -151,6 +247,8 @@ struct SourceMap {
     registry: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     rootfs_dir: Option<Utf8PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    debian: Option<DebianSource>,
 }
 
 impl TryFrom<SourceMap> for ImageSource {
@@ -172,10 +270,13 @@ impl TryFrom<SourceMap> for ImageSource {
         if let Some(p) = m.rootfs_dir {
             v.push(ImageSource::RootfsDir(p));
         }
+        if let Some(d) = m.debian {
+            v.push(ImageSource::Debian(d));
+        }
         match v.len() {
             1 => Ok(v.pop().expect("one")),
             n => Err(format!(
-                "an image source needs exactly one of oci-layout, docker-archive, oci-archive, registry, rootfs-dir (found {n})"
+                "an image source needs exactly one of oci-layout, docker-archive, oci-archive, registry, rootfs-dir, debian (found {n})"
             )),
         }
     }
@@ -190,6 +291,7 @@ impl From<ImageSource> for SourceMap {
             ImageSource::OciArchive(p) => m.oci_archive = Some(p),
             ImageSource::Registry(r) => m.registry = Some(r),
             ImageSource::RootfsDir(p) => m.rootfs_dir = Some(p),
+            ImageSource::Debian(d) => m.debian = Some(d),
         }
         m
     }
@@ -238,7 +340,9 @@ pub enum ModelPackaging {
 }
 
 impl Payloads {
-    pub fn resolve(&mut self, file: &Utf8Path) -> Result<()> {
+    /// Fill defaults (`reference`, a `debian` source's `suite` from
+    /// `default_suite`, ports' protocol) and check what types cannot.
+    pub fn resolve(&mut self, file: &Utf8Path, default_suite: &str) -> Result<()> {
         let mut names = std::collections::BTreeSet::new();
         for n in self
             .images
@@ -270,10 +374,30 @@ impl Payloads {
                      (`repo@sha256:<64 hex digits>`), so every build bakes the same bytes"
                 );
             }
-            anyhow::ensure!(
-                i.cmd.is_empty() || matches!(i.source, ImageSource::RootfsDir(_)),
-                "{file}: image `{n}`: `cmd` is only for a `rootfs-dir` source (other images carry their own config)"
-            );
+            let name = n.clone();
+            let at = |needle: &str| super::locate(file, &format!("name: {name}"), needle);
+            if !i.source.kiln_config() {
+                let set = [
+                    ("cmd", !i.cmd.is_empty()),
+                    ("entrypoint", !i.entrypoint.is_empty()),
+                    ("env", !i.env.is_empty()),
+                    ("exposed_ports", !i.exposed_ports.is_empty()),
+                    ("workdir", i.workdir.is_some()),
+                    ("user", i.user.is_some()),
+                ];
+                if let Some((field, _)) = set.iter().find(|(_, s)| *s) {
+                    anyhow::bail!(
+                        "{}: image `{n}`: `{field}` is only for a `rootfs-dir` or `debian` source \
+                         (kiln writes their config; other images carry their own)",
+                        at(&format!("{field}:"))
+                    );
+                }
+            }
+            resolve_config(i, &at)?;
+            if let ImageSource::Debian(d) = &mut i.source {
+                resolve_debian(d, &name, default_suite, &at)?;
+            }
+            let n = &i.name;
             anyhow::ensure!(
                 i.tls_verify || matches!(i.source, ImageSource::Registry(_)),
                 "{file}: image `{n}`: `tls_verify` is only for a `registry` source (the others are local files)"
@@ -314,6 +438,87 @@ impl Payloads {
         }
         Ok(())
     }
+}
+
+/// Normalize and check the config fields kiln writes (`exposed_ports`,
+/// `env`, `workdir`, `user`); `at` names the recipe line of a needle.
+fn resolve_config(i: &mut ImagePayload, at: &dyn Fn(&str) -> String) -> Result<()> {
+    let n = &i.name;
+    for p in &mut i.exposed_ports {
+        let (port, proto) = p.split_once('/').unwrap_or((p.as_str(), "tcp"));
+        let ok = port.parse::<u16>().is_ok_and(|v| v > 0)
+            && !port.starts_with('0')
+            && ["tcp", "udp", "sctp"].contains(&proto);
+        anyhow::ensure!(
+            ok,
+            "{}: image `{n}`: exposed port `{p}` must be `PORT[/tcp|udp|sctp]` with PORT 1-65535",
+            at(p.as_str())
+        );
+        *p = format!("{port}/{proto}");
+    }
+    i.exposed_ports.sort();
+    i.exposed_ports.dedup();
+    for k in i.env.keys() {
+        anyhow::ensure!(
+            !k.is_empty() && !k.contains('=') && !k.bytes().any(|b| b.is_ascii_whitespace()),
+            "{}: image `{n}`: env name `{k}` must be non-empty, without `=` or spaces",
+            at(&format!("{k}:"))
+        );
+    }
+    if let Some(w) = &i.workdir {
+        anyhow::ensure!(
+            w.starts_with('/'),
+            "{}: image `{n}`: workdir `{w}` must be an absolute path in the image",
+            at("workdir:")
+        );
+    }
+    if let Some(u) = &i.user {
+        anyhow::ensure!(
+            !u.is_empty()
+                && !u.bytes().any(|b| b.is_ascii_whitespace())
+                && u.split(':').count() <= 2,
+            "{}: image `{n}`: user `{u}` must be `name`, `uid`, `uid:gid` or `name:group`",
+            at("user:")
+        );
+    }
+    Ok(())
+}
+
+/// Fill a `debian` source's suite and check its packages.
+fn resolve_debian(
+    d: &mut DebianSource,
+    n: &str,
+    default_suite: &str,
+    at: &dyn Fn(&str) -> String,
+) -> Result<()> {
+    anyhow::ensure!(
+        !d.packages.is_empty(),
+        "{}: image `{n}`: source.debian.packages is empty; name at least one package \
+         (e.g. `packages: [busybox-static]`)",
+        at("packages:")
+    );
+    for p in &d.packages {
+        let ok = p.len() >= 2
+            && p.bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            && p.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b));
+        anyhow::ensure!(
+            ok,
+            "{}: image `{n}`: `{p}` in source.debian.packages is not a Debian package name \
+             (lower-case letters, digits, `+`, `-`, `.`)",
+            at(p.as_str())
+        );
+    }
+    let suite = d.suite.get_or_insert_with(|| default_suite.to_string());
+    anyhow::ensure!(
+        super::qcow2::SUITES.contains(&suite.as_str()),
+        "{}: image `{n}`: source.debian.suite `{suite}` is not a Debian suite kiln knows (one of: {})",
+        at("suite:"),
+        super::qcow2::SUITES.join(", ")
+    );
+    Ok(())
 }
 
 /// Destinations are absolute directories in the image, without `..`.

@@ -50,9 +50,67 @@ pub fn rootfs_tar(
     c
 }
 
+/// A container image's root: `mmdebstrap --variant=VARIANT --mode=auto
+/// --format=tar --arch=ARCH --include=PKGS --skip=output/dev SUITE OUT
+/// MIRRORS...` with `SOURCE_DATE_EPOCH` (byte-identical output for the same
+/// inputs). kiln filters the tarball into the image's layer.
+pub fn image_root_tar(
+    arch: &str,
+    suite: &str,
+    variant: &str,
+    packages: &[String],
+    mirrors: &[String],
+    out: &Utf8Path,
+    epoch: i64,
+) -> Cmd {
+    let mut c = Cmd::new(
+        "mmdebstrap",
+        format!("Debian {suite} container root ({variant}) for {arch}"),
+    )
+    .arg(format!("--variant={variant}"))
+    .args(["--mode=auto", "--format=tar"])
+    .arg(format!("--arch={arch}"))
+    .arg(format!("--include={}", packages.join(",")))
+    .arg("--skip=output/dev")
+    .args([suite, out.as_str()])
+    .env("SOURCE_DATE_EPOCH", epoch.to_string());
+    for m in mirrors {
+        c = c.arg(m);
+    }
+    c
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_image_root_names_its_variant_and_packages() {
+        let c = image_root_tar(
+            "arm64",
+            "bookworm",
+            "extract",
+            &["busybox-static".into()],
+            &["deb http://deb.example/debian bookworm main".into()],
+            Utf8Path::new("/w/rootfs.tar"),
+            1_700_000_000,
+        );
+        assert_eq!(
+            c.args,
+            [
+                "--variant=extract",
+                "--mode=auto",
+                "--format=tar",
+                "--arch=arm64",
+                "--include=busybox-static",
+                "--skip=output/dev",
+                "bookworm",
+                "/w/rootfs.tar",
+                "deb http://deb.example/debian bookworm main",
+            ]
+        );
+        assert_eq!(c.env_pairs(), [("SOURCE_DATE_EPOCH", "1700000000")]);
+    }
 
     /// The root tarball is byte-identical for the same inputs through
     /// `SOURCE_DATE_EPOCH`; mirrors come last, as full `deb` lines.

@@ -120,7 +120,7 @@ pub const REQUIREMENTS: &[Requirement] = &[
     at_least(backport(prog("mkfs.ext4", "e2fsprogs", "ext4 root file systems from a tar, without mounting", &["-V"], &[Qcow2, Pi, Test])), "1.47.1", "`mkfs.ext4 -d` from a tar archive"),
     backport(prog("debugfs", "e2fsprogs", "read ext4 file systems without mounting", &["-V"], &[Scan, Test])),
     backport(prog("qemu-img", "qemu-utils", "convert and inspect disk images", &["--version"], &[Qcow2, Ova, Pi, Scan, Test])),
-    backport(prog("mmdebstrap", "mmdebstrap", "Debian root file systems without root tricks", &["--version"], &[Qcow2, Pi, Test])),
+    backport(prog("mmdebstrap", "mmdebstrap", "Debian root file systems without root tricks (disks; container images from packages)", &["--version"], &[Qcow2, Pi, Test])),
     prog("objcopy", "binutils", "assemble the unified kernel image (UKI)", &["--version"], &[Qcow2, Test]),
     file("/usr/lib/systemd/boot/efi/linuxx64.efi.stub", "systemd-boot-efi", "EFI stub for the UKI", &[Qcow2, Test]),
     prog("grub-mkimage", "grub-common", "GRUB core images (BIOS boot, test ISO fixture)", &["--version"], &[Qcow2, Test]),

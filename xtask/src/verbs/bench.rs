@@ -22,6 +22,7 @@ type Case = fn(&BenchCx) -> Result<Vec<Measurement>>;
 fn cases() -> Vec<(&'static str, Case)> {
     vec![
         ("export", bench::export::model_export),
+        ("container", bench::container::debian_image),
         ("iso", bench::iso::remaster),
         ("scan", bench::scan::scan_disk),
         ("ova", bench::ova::ova_build),
