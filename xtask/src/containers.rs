@@ -35,7 +35,9 @@ impl Service {
             name: img.name.clone(),
             reference: img.reference().to_string(),
             port: run.port,
-            container_port: run.container_port,
+            container_port: run
+                .container_port
+                .expect("run.container_port is filled by Recipe::resolve"),
             after: run.after.clone(),
         }
     }

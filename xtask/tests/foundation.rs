@@ -224,7 +224,7 @@ fn stage_plan_snapshot() {
     // The human-readable plan names the step and where the artifact goes.
     let human = stdout(&p.run(&["stage", "--dry-run"]));
     assert!(
-        human.contains("5. stage-amd64 — stage the overlay tree for amd64"),
+        human.contains("6. stage-amd64 — stage the overlay tree for amd64"),
         "{human}"
     );
     assert!(

@@ -85,8 +85,10 @@ pub struct RunSpec {
     /// Host port the container's port is published on (default 80).
     #[serde(default = "default_port")]
     pub port: u16,
-    /// The container's port (required: the port its command listens on).
-    pub container_port: u16,
+    /// The container's port; default: the image's one TCP `exposed_ports`
+    /// entry (filled by `resolve`; required when there is not exactly one).
+    #[serde(default)]
+    pub container_port: Option<u16>,
     /// Units that must have finished first, e.g. the bootstrap that loads
     /// the archive (`After=` and `Requires=`: the container does not start when one failed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -419,9 +421,24 @@ impl Payloads {
                 "{file}: image `{n}`: reference `{reference}` must be `repo[:tag]` in lower case, without a digest"
             );
             check_dest(file, n, &i.dest)?;
-            if let Some(run) = &i.run {
+            if let Some(run) = &mut i.run {
+                if run.container_port.is_none() {
+                    let tcp: Vec<u16> = i
+                        .exposed_ports
+                        .iter()
+                        .filter_map(|p| p.strip_suffix("/tcp")?.parse().ok())
+                        .collect();
+                    anyhow::ensure!(
+                        tcp.len() == 1,
+                        "{file}: image `{n}`: run.container_port is not set and the image \
+                         exposes {} TCP ports in the recipe (`exposed_ports`); name the port its \
+                         command listens on",
+                        tcp.len()
+                    );
+                    run.container_port = Some(tcp[0]);
+                }
                 anyhow::ensure!(
-                    run.port != 0 && run.container_port != 0,
+                    run.port != 0 && run.container_port != Some(0),
                     "{file}: image `{n}`: run.port and run.container_port must be 1-65535"
                 );
                 for u in &run.after {
