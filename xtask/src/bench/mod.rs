@@ -71,6 +71,14 @@ impl Measurement {
             ..Measurement::time(case, kiln, k, baseline, b, f64::INFINITY)
         }
     }
+    /// A figure reported to watch for regressions, without a goal.
+    pub fn report(case: &str, kiln: &str, k: Duration, baseline: &str, b: Duration) -> Measurement {
+        Measurement {
+            goal: "none (reported)".into(),
+            met: true,
+            ..Measurement::time(case, kiln, k, baseline, b, f64::INFINITY)
+        }
+    }
     /// A speed-up comparison: ratio = baseline / kiln, goal `ratio >= min`.
     pub fn speedup(
         case: &str,

@@ -215,3 +215,77 @@ pub fn pi_builds(bcx: &BenchCx) -> Result<Vec<Measurement>> {
     let _ = std::fs::remove_dir_all(&p.root);
     Ok(ms)
 }
+
+/// Boot the demo qcow2 (UEFI, TCG, offline but for one forwarded port) and
+/// time, on the host, the first `GET /healthz` its web container answers.
+/// No goal: reported to watch for regressions, with the guest's own time to
+/// `demo: bootstrap ok` (its kernel clock) for scale.
+pub fn boot_to_http(bcx: &BenchCx) -> Result<Vec<Measurement>> {
+    use crate::tools::qemu_system::{Boot, Firmware, OVMF_VARS};
+    let p = demo_project(bcx.scratch, Arch::Amd64)?;
+    let plan = build(&p, Arch::Amd64)?;
+    let disk = plan
+        .publish
+        .iter()
+        .find(|a| a.name.ends_with(".qcow2"))
+        .map(|a| a.from.clone())
+        .context("the qcow2 plan publishes no disk")?;
+    // The guest writes to its disk: boot a copy, never the cache entry.
+    let copy = bcx.scratch.join("boot.qcow2");
+    std::fs::copy(&disk, &copy).with_context(|| format!("copying {disk}"))?;
+    let vars = bcx.scratch.join("OVMF_VARS.fd");
+    std::fs::copy(OVMF_VARS, &vars).with_context(|| format!("copying {OVMF_VARS}"))?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let boot = Boot::new(Firmware::Uefi)
+        .disk(&copy, "qcow2")
+        .vars(&vars)
+        .forward(port, 80)
+        .cmd();
+    // qemu in the background; curl polls the forwarded port once a second.
+    const PROBE: &str = r#"port=$1; shift
+"$@" &
+until curl -fsS --max-time 3 "http://127.0.0.1:$port/healthz" >/dev/null 2>&1; do sleep 1; done
+echo kiln-bench-http-ok
+wait"#;
+    let cmd = crate::tools::Cmd::new("sh", "boot the demo qcow2 until its web container answers")
+        .args(["-c", PROBE, "sh"])
+        .arg(port.to_string())
+        .arg(&boot.program)
+        .args(&boot.args);
+    let limit = std::time::Duration::from_secs(900);
+    let (watch, took) = timed(|| crate::tools::run_until(&cmd, &["kiln-bench-http-ok"], limit))?;
+    let _ = std::fs::remove_dir_all(&p.root);
+    let _ = std::fs::remove_file(&copy);
+    let console = match watch {
+        crate::tools::Watch::Matched { output } => output,
+        crate::tools::Watch::Exited { output, .. } | crate::tools::Watch::TimedOut { output } => {
+            anyhow::bail!(
+                "the demo qcow2's web container did not answer within {limit:?}:\n{}",
+                output.lines().rev().take(40).collect::<Vec<_>>().join("\n")
+            )
+        }
+    };
+    let bootstrap = console
+        .lines()
+        .find(|l| l.contains("demo: bootstrap ok"))
+        .and_then(|l| {
+            l.trim_start()
+                .strip_prefix('[')?
+                .split(']')
+                .next()?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .map(std::time::Duration::from_secs_f64)
+        .unwrap_or_default();
+    Ok(vec![Measurement::report(
+        "qcow2 boot to HTTP (TCG)",
+        "host: qemu start to the first GET /healthz answered",
+        took,
+        "guest kernel clock at `demo: bootstrap ok`",
+        bootstrap,
+    )])
+}

@@ -27,6 +27,7 @@ fn cases() -> Vec<(&'static str, Case)> {
         ("scan", bench::scan::scan_disk),
         ("ova", bench::ova::ova_build),
         ("qcow2", bench::qcow2::qcow2_builds),
+        ("boot-http", bench::qcow2::boot_to_http),
         ("arm64", bench::qcow2::qcow2_arm64_cold),
         ("pi", bench::qcow2::pi_builds),
     ]
