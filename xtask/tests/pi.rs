@@ -521,10 +521,18 @@ fn a_mirror_without_the_firmware_component_is_named() {
     let bin = p.path("fake-bin");
     std::fs::create_dir_all(&bin).unwrap();
     let fake = bin.join("mmdebstrap");
+    // Only the root with the Pi's firmware fails; the demo's container
+    // image root is built by the real mmdebstrap.
+    let real = xtask::tools::registry::which("mmdebstrap").expect("mmdebstrap is installed");
     std::fs::write(
         &fake,
-        "#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'mmdebstrap 1.5.5'; exit 0; fi\n\
-         echo 'E: Unable to locate package raspi-firmware' >&2\nexit 1\n",
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'mmdebstrap 1.5.5'; exit 0; fi\n\
+             case \"$*\" in *raspi-firmware*) \
+             echo 'E: Unable to locate package raspi-firmware' >&2; exit 1;; esac\n\
+             exec {} \"$@\"\n",
+            real
+        ),
     )
     .unwrap();
     use std::os::unix::fs::PermissionsExt;
