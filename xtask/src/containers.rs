@@ -136,4 +136,51 @@ mod tests {
         assert!(!no_after.contains("Requires="), "{no_after}");
         assert!(no_after.contains("After=network.target\n"), "{no_after}");
     }
+
+    /// `run:` in the demo recipe resolves its container port from the
+    /// image's one exposed TCP port; without one, or with a bad `after`,
+    /// the recipe is refused naming the image and the field.
+    #[test]
+    fn run_settings_resolve_or_are_refused() {
+        let root = camino::Utf8Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap();
+        let file = root.join("recipes/demo.yaml");
+        let demo = std::fs::read_to_string(&file).unwrap();
+        let resolve = |text: &str| {
+            crate::recipe::parse(text, &file)
+                .and_then(|r| r.resolve(&file, root))
+                .map_err(|e| format!("{e:#}"))
+        };
+        let r = resolve(&demo).unwrap();
+        let s = services(&r.recipe.payloads.images);
+        assert_eq!(s.len(), 1);
+        assert_eq!((s[0].port, s[0].container_port), (80, 8080));
+
+        assert!(demo.contains("      exposed_ports: [\"8080\"]\n"));
+        let e = resolve(&demo.replace("      exposed_ports: [\"8080\"]\n", "")).unwrap_err();
+        assert!(
+            e.contains("image `demo-web`: run.container_port is not set")
+                && e.contains("exposes 0 TCP ports"),
+            "{e}"
+        );
+        let two = demo.replace(
+            "exposed_ports: [\"8080\"]",
+            "exposed_ports: [\"8080\", \"9090\"]",
+        );
+        let e = resolve(&two).unwrap_err();
+        assert!(e.contains("exposes 2 TCP ports"), "{e}");
+        let set = two.replace(
+            "        port: 80\n",
+            "        port: 80\n        container_port: 9090\n",
+        );
+        let r = resolve(&set).unwrap();
+        assert_eq!(services(&r.recipe.payloads.images)[0].container_port, 9090);
+        let e = resolve(&demo.replace("after: [demo-bootstrap.service]", "after: [bootstrap]"))
+            .unwrap_err();
+        assert!(
+            e.contains("run.after entry `bootstrap` is not a systemd unit name"),
+            "{e}"
+        );
+    }
 }
