@@ -161,7 +161,10 @@ fn commands(spec: &CustomizeSpec, top_level: &[String], units: &Utf8Path) -> Str
     for id in crate::identity::IDENTITIES {
         c.push_str(&format!("run-command {}\n", id.remove_sh()));
         let unit = id.unit_name();
+        // `upload` keeps the local file's owner and mode.
         c.push_str(&format!("upload {}:{sys}/{unit}\n", units.join(&unit)));
+        c.push_str(&format!("chmod 0644:{sys}/{unit}\n"));
+        c.push_str(&format!("run-command chown root:root {sys}/{unit}\n"));
         for by in id.wanted_by() {
             c.push_str(&format!("mkdir {sys}/{by}.wants\n"));
             c.push_str(&format!("link {sys}/{unit}:{sys}/{by}.wants/{unit}\n"));
