@@ -294,11 +294,7 @@ pub(crate) fn merge(
     boot_dir: &Utf8Path,
 ) -> Result<Boot> {
     let tar_path = &spec.rootfs_tar;
-    let mut magic = [0u8; 4];
-    let n = File::open(tar_path)
-        .and_then(|mut f| f.read(&mut magic))
-        .with_context(|| format!("reading {tar_path}"))?;
-    let compressed = n >= 2 && (magic == [0x28, 0xb5, 0x2f, 0xfd] || magic[..2] == [0x1f, 0x8b]);
+    let compressed = compressed(tar_path)?;
     let Some(out) = out else {
         if compressed {
             let mut ar = crate::archive::open_tar(tar_path)?;
@@ -336,6 +332,15 @@ pub(crate) fn merge(
         .flush()
         .context("writing the merged root tarball")?;
     Ok(boot)
+}
+
+/// Is the tarball zstd or gzip compressed (no seeking over file data)?
+fn compressed(tar_path: &Utf8Path) -> Result<bool> {
+    let mut magic = [0u8; 4];
+    let n = File::open(tar_path)
+        .and_then(|mut f| f.read(&mut magic))
+        .with_context(|| format!("reading {tar_path}"))?;
+    Ok(n >= 2 && (magic == [0x28, 0xb5, 0x2f, 0xfd] || magic[..2] == [0x1f, 0x8b]))
 }
 
 fn merge_entries<R: Read, W: Write>(
@@ -529,12 +534,7 @@ pub(crate) fn installed_packages(tar_path: &Utf8Path) -> Result<BTreeSet<String>
         }
     };
     let ctx = || format!("reading {tar_path}");
-    let mut magic = [0u8; 4];
-    let n = File::open(tar_path)
-        .and_then(|mut f| f.read(&mut magic))
-        .with_context(ctx)?;
-    let compressed = n >= 2 && (magic == [0x28, 0xb5, 0x2f, 0xfd] || magic[..2] == [0x1f, 0x8b]);
-    if compressed {
+    if compressed(tar_path)? {
         let mut ar = crate::archive::open_tar(tar_path)?;
         for e in ar.entries().with_context(ctx)? {
             note(&e.with_context(ctx)?.path()?.to_string_lossy());
@@ -691,5 +691,30 @@ mod tests {
                 assert!(matches!(with.get(&l), Some(New::Link { .. })), "{l}");
             }
         }
+    }
+
+    #[test]
+    fn installed_packages_come_from_dpkg_file_lists() {
+        let dir = tempfile::tempdir().unwrap();
+        let tar_path = Utf8PathBuf::from_path_buf(dir.path().join("root.tar")).unwrap();
+        let mut b = tar::Builder::new(File::create(&tar_path).unwrap());
+        for (path, data) in [
+            ("./var/lib/dpkg/info/ssl-cert.list", &b"/etc/ssl\n"[..]),
+            ("./var/lib/dpkg/info/libc6:amd64.list", b"/usr/lib\n"),
+            (
+                "./var/lib/dpkg/info/openssh-server.postinst",
+                b"#!/bin/sh\n",
+            ),
+            ("./etc/ssl/certs/ssl-cert-snakeoil.pem", b"x"),
+        ] {
+            let mut h = header(tar::EntryType::Regular, 0o644, data.len() as u64, 1);
+            b.append_data(&mut h, path, data).unwrap();
+        }
+        b.into_inner().unwrap().flush().unwrap();
+        let got = installed_packages(&tar_path).unwrap();
+        assert_eq!(
+            got.into_iter().collect::<Vec<_>>(),
+            ["libc6".to_string(), "ssl-cert".to_string()]
+        );
     }
 }
