@@ -85,9 +85,15 @@ pub struct Identity {
     /// The unit runs only while this file is missing (`None`: the command
     /// itself only fills in what is missing).
     pub unless: Option<&'static str>,
-    /// Units that must start after it; it is also wanted by the services
-    /// among them. Ordering before a unit that does not exist is harmless.
+    /// Services that must start after it; it is also wanted by them.
+    /// Ordering before a unit that does not exist is harmless.
     pub before: &'static [&'static str],
+    /// Also before the network (`network-pre.target`), and so before every
+    /// network service (they start after `network.target`). Such a unit runs
+    /// early, right after the local file systems: with default dependencies
+    /// (after `sysinit.target`) it would close an ordering cycle with units
+    /// that need the network before `sysinit.target` (cloud-init).
+    pub before_network: bool,
 }
 
 /// Every per-install identity kiln resets and regenerates.
@@ -106,6 +112,7 @@ pub const IDENTITIES: &[Identity] = &[
         regenerate: "/usr/bin/ssh-keygen -A",
         unless: None,
         before: &["ssh.service"],
+        before_network: false,
     },
     Identity {
         name: "ssl-cert-snakeoil",
@@ -123,12 +130,10 @@ pub const IDENTITIES: &[Identity] = &[
         program: "/usr/sbin/make-ssl-cert",
         regenerate: "/usr/sbin/make-ssl-cert generate-default-snakeoil --force-overwrite",
         unless: Some("/etc/ssl/private/ssl-cert-snakeoil.key"),
-        // Network services start after network.target, which comes after
-        // network-pre.target: that orders this before all of them (e.g. each
-        // `postgresql@<version>-<cluster>.service`, which no fixed name
-        // matches), with the usual users named as well.
+        // Before the network, and so before every service that may use the
+        // pair (e.g. each `postgresql@<version>-<cluster>.service`, which no
+        // fixed name matches); the usual users are named as well.
         before: &[
-            "network-pre.target",
             "apache2.service",
             "nginx.service",
             "postgresql.service",
@@ -137,6 +142,7 @@ pub const IDENTITIES: &[Identity] = &[
             "exim4.service",
             "lighttpd.service",
         ],
+        before_network: true,
     },
 ];
 
@@ -150,7 +156,7 @@ impl Identity {
     /// `multi-user.target` and the services it comes before.
     pub fn wanted_by(&self) -> Vec<&'static str> {
         let mut v = vec!["multi-user.target"];
-        v.extend(self.before.iter().filter(|u| u.ends_with(".service")));
+        v.extend(self.before.iter().copied());
         v
     }
 
@@ -158,7 +164,7 @@ impl Identity {
     pub fn unit(&self) -> String {
         let mut u = format!(
             "# Written by kiln: this instance's own {what}, made at first boot\n\
-             # (the image holds none; `{package}` made them at build time).\n\
+             # (the image holds none: kiln removed those `{package}` made when it was built).\n\
              [Unit]\nDescription=Generate this instance's {what}\n\
              ConditionPathExists={program}\n",
             what = self.what,
@@ -168,17 +174,15 @@ impl Identity {
         if let Some(f) = self.unless {
             u.push_str(&format!("ConditionPathExists=!{f}\n"));
         }
-        let before = self.before.join(" ");
-        u.push_str(&format!("Before={before}\n"));
-        let pre: Vec<&str> = self
-            .before
-            .iter()
-            .copied()
-            .filter(|u| u.ends_with(".target"))
-            .collect();
-        if !pre.is_empty() {
-            u.push_str(&format!("Wants={}\n", pre.join(" ")));
+        let mut before: Vec<&str> = self.before.to_vec();
+        if self.before_network {
+            u.push_str(
+                "DefaultDependencies=no\nAfter=local-fs.target\nWants=network-pre.target\n\
+                 Conflicts=shutdown.target\n",
+            );
+            before.extend(["network-pre.target", "shutdown.target"]);
         }
+        u.push_str(&format!("Before={}\n", before.join(" ")));
         u.push_str(&format!(
             "\n[Service]\nType=oneshot\nExecStart={}\nRemainAfterExit=yes\n\n\
              [Install]\nWantedBy={}\n",
@@ -302,12 +306,30 @@ mod tests {
             u.contains("ConditionPathExists=/usr/sbin/make-ssl-cert\n"),
             "{u}"
         );
-        assert!(u.contains("Wants=network-pre.target\n"), "{u}");
+        // Before the network, early (no cycle with cloud-init's units, which
+        // need the network before sysinit.target), stopped at shutdown.
+        for l in [
+            "DefaultDependencies=no\n",
+            "After=local-fs.target\n",
+            "Wants=network-pre.target\n",
+            "Conflicts=shutdown.target\n",
+            " postfix.service exim4.service lighttpd.service network-pre.target shutdown.target\n",
+        ] {
+            assert!(u.contains(l), "{l:?} in {u}");
+        }
+        assert!(u.contains("\nBefore=apache2.service nginx.service"), "{u}");
         assert!(
             u.contains("WantedBy=multi-user.target apache2.service nginx.service"),
             "{u}"
         );
-        assert!(!IDENTITIES[0].unit().contains("Wants="));
+        let ssh = IDENTITIES[0].unit();
+        assert!(
+            ssh.contains("\nBefore=ssh.service\n")
+                && ssh.contains("\nWantedBy=multi-user.target ssh.service\n")
+                && !ssh.contains("Wants=")
+                && !ssh.contains("DefaultDependencies"),
+            "{ssh}"
+        );
         assert_eq!(
             snake.remove_sh(),
             "rm -f /etc/ssl/private/ssl-cert-snakeoil.key; rm -f /etc/ssl/certs/ssl-cert-snakeoil.pem; \
