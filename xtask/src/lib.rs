@@ -15,6 +15,7 @@ pub mod export;
 pub mod flags;
 pub mod fsutil;
 pub mod hostapt;
+pub mod identity;
 pub mod initrd;
 pub mod iso;
 pub mod ova;

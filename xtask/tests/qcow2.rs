@@ -733,3 +733,121 @@ fn arm64_with_bios_only_firmware_is_refused_before_work() {
     );
     assert!(p.outputs().is_empty());
 }
+
+/// A unit of the appliance that uses ssl-cert's snakeoil pair: it prints the
+/// certificate's fingerprint on the console once kiln's first-boot unit has
+/// made this instance's pair.
+const SNAKEOIL_USER: &str = "[Unit]\n\
+Description=Print this instance's snakeoil certificate\n\
+After=kiln-ssl-cert-snakeoil.service\n\
+\n\
+[Service]\n\
+Type=oneshot\n\
+ExecStart=/bin/sh -c 'echo \"snakeoil-user: $(/usr/bin/openssl x509 -in /etc/ssl/certs/ssl-cert-snakeoil.pem -noout -fingerprint -sha256) :done\"'\n\
+StandardOutput=journal+console\n\
+\n\
+[Install]\n\
+WantedBy=multi-user.target\n";
+
+/// Issue #19: a recipe with `ssl-cert` (whose maintainer script makes the
+/// snakeoil key at build time) builds; the image holds no snakeoil key,
+/// certificate or hash link; two instances of the one disk, booted at the
+/// same time, each make their own pair, and the service using it starts on
+/// both.
+#[test]
+fn builder1_snakeoil_pair_is_made_per_instance() {
+    if !support::require(support::qcow2_build_tools())
+        || !support::require(&["qemu-system-x86_64", "debugfs", "sgdisk"])
+    {
+        return;
+    }
+    let _g = support::heavy();
+    let p = Project::demo().share_cache();
+    p.write("systemd/snakeoil-user.service", SNAKEOIL_USER);
+    let mut packages: Vec<&str> = xtask::recipe::qcow2::DEFAULT_PACKAGES.to_vec();
+    packages.push("ssl-cert");
+    let recipe = small_recipe(&p, &format!("  packages: [{}]\n", packages.join(", ")));
+    let text = std::fs::read_to_string(p.path(&recipe))
+        .unwrap()
+        .replacen(
+            "  units:\n",
+            "  units:\n    - systemd/snakeoil-user.service\n",
+            1,
+        )
+        .replacen("  enable:\n", "  enable:\n    - snakeoil-user.service\n", 1);
+    std::fs::write(p.path(&recipe), text).unwrap();
+    // The publish gate scans the disk: no snakeoil key gets this far.
+    p.run(&["--recipe", &recipe, "qcow2"]);
+    let name = p
+        .outputs()
+        .into_iter()
+        .find(|n| n.ends_with(".qcow2"))
+        .expect("a qcow2 in output/");
+    let q = p.path("output").join(name);
+
+    // Read the root file system back: no pair, no hash link, the unit.
+    let (_d, dir) = tempdir();
+    let raw = dir.join("disk.raw");
+    sh(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "qcow2",
+            "-O",
+            "raw",
+            q.as_str(),
+            raw.as_str(),
+        ],
+    );
+    let fs = format!("{raw}?offset={}", partition_offset(&raw, 3));
+    let dbg = |req: &str| sh("debugfs", &["-R", req, &fs]);
+    let private = dbg("ls -l /etc/ssl/private");
+    assert!(!private.contains("snakeoil"), "{private}");
+    let certs = dbg("ls -l /etc/ssl/certs");
+    assert!(
+        certs.contains("ca-certificates.crt") && !certs.contains("snakeoil"),
+        "{certs}"
+    );
+    let unit = dbg("cat /etc/systemd/system/kiln-ssl-cert-snakeoil.service");
+    assert!(
+        unit.contains(
+            "ExecStart=/usr/sbin/make-ssl-cert generate-default-snakeoil --force-overwrite"
+        ),
+        "{unit}"
+    );
+    assert!(
+        dbg("stat /etc/systemd/system/multi-user.target.wants/kiln-ssl-cert-snakeoil.service")
+            .contains("Type: symlink")
+    );
+    drop(raw);
+    std::fs::remove_file(dir.join("disk.raw")).unwrap();
+
+    // Two throw-away instances of the same disk, booted in parallel.
+    let fingerprint = || {
+        let mut b = Boot::new(Firmware::Bios).disk(&q, "qcow2");
+        b.snapshot = true;
+        // Two TCG guests share the two cores: more time than one boot.
+        let out = support::boot(&b.cmd(), &["snakeoil-user: ", " :done"], BOOT_LIMIT * 3 / 2);
+        let fp = out
+            .split("Fingerprint=")
+            .nth(1)
+            .and_then(|r| r.split(" :done").next())
+            .unwrap_or_else(|| panic!("no snakeoil fingerprint on the console:\n{}", tail(&out)))
+            .trim()
+            .to_string();
+        assert!(
+            fp.len() == 95 && !out.contains("Failed to start"),
+            "the snakeoil pair or its user failed ({fp:?}):\n{}",
+            tail(&out)
+        );
+        fp
+    };
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(fingerprint);
+        let b = s.spawn(fingerprint);
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    eprintln!("snakeoil certificates of the two instances: {a} and {b}");
+    assert_ne!(a, b, "two instances share one snakeoil certificate");
+}

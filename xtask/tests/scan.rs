@@ -115,6 +115,25 @@ fn plant(root: &Utf8Path) -> Corpus {
     );
     c.expect
         .push(("/etc/ssl/private/app.key".into(), "private-key"));
+    // ssl-cert's snakeoil key, as its maintainer script leaves it in a root
+    // built from packages (`make-ssl-cert` runs `openssl req -newkey`).
+    let snakeoil = root.join("etc/ssl/private/ssl-cert-snakeoil.key");
+    sh(
+        "openssl",
+        &[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            snakeoil.as_str(),
+        ],
+    );
+    c.expect.push((
+        "/etc/ssl/private/ssl-cert-snakeoil.key".into(),
+        "private-key",
+    ));
     std::fs::create_dir_all(root.join("home/demo/.ssh")).unwrap();
     let id = root.join("home/demo/.ssh/id_ed25519");
     sh(
@@ -131,7 +150,7 @@ fn plant(root: &Utf8Path) -> Corpus {
     );
     c.expect
         .push(("/etc/ssh/ssh_host_ed25519_key".into(), "ssh-host-key"));
-    for f in [&pem, &id, &hk] {
+    for f in [&pem, &snakeoil, &id, &hk] {
         let text = std::fs::read_to_string(f).unwrap();
         let body: String = text.lines().nth(1).unwrap().to_string();
         c.secrets.push(body);
@@ -516,6 +535,19 @@ fn planted_in_overlay_found_in_staged_tree_and_tarball() {
         "{text}"
     );
     assert!(text.contains("fix: truncate /etc/machine-id"), "{text}");
+    // A per-install key kiln knows: the fix names the command that makes it.
+    assert!(
+        text.contains(
+            "fix: remove it from the image and regenerate it at first boot with \
+             `make-ssl-cert generate-default-snakeoil --force-overwrite` (kiln does this for \
+             images it builds)"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("regenerate it at first boot with `ssh-keygen -A`"),
+        "{text}"
+    );
     assert!(support::stderr(&out).contains("secret scan failed"));
     assert_redacted(&c, &out);
 }

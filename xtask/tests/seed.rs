@@ -136,7 +136,14 @@ fn generated_files_mean_what_the_recipe_says_for_cloud_init() {
         mask.join(" ")
     ));
     let keys = pos("ssh-keygen -A");
+    // Every per-install identity is reset and made again on the target.
+    let snakeoil = pos(
+        "rm -f /etc/ssl/private/ssl-cert-snakeoil.key; rm -f /etc/ssl/certs/ssl-cert-snakeoil.pem; \
+         if [ -d /etc/ssl/certs ]; then find /etc/ssl/certs -maxdepth 1 -lname ssl-cert-snakeoil.pem -delete; fi; \
+         if [ -x /usr/sbin/make-ssl-cert ]; then /usr/sbin/make-ssl-cert generate-default-snakeoil --force-overwrite; fi",
+    );
     let marker = pos(&format!(">/target{}", seed::installed_marker(r.name())));
+    assert!(keys < snakeoil && snakeoil < marker, "{cmds:#?}");
     assert!(
         lay < extract && extract < chown && chown < en && en < ma && ma < keys && keys < marker,
         "{cmds:#?}"

@@ -134,8 +134,10 @@ struct CustomizeSpec {
 
 struct CustomizeOp(CustomizeSpec);
 
-/// The virt-customize commands, one per line (`--commands-from-file`).
-fn commands(spec: &CustomizeSpec, top_level: &[String]) -> String {
+/// The virt-customize commands, one per line (`--commands-from-file`);
+/// `units` holds the first-boot units of [`crate::identity::IDENTITIES`]
+/// ([`write_units`]).
+fn commands(spec: &CustomizeSpec, top_level: &[String], units: &Utf8Path) -> String {
     let mut c = String::new();
     c.push_str(&format!("hostname {}\n", spec.hostname));
     if !spec.packages.is_empty() {
@@ -150,7 +152,24 @@ fn commands(spec: &CustomizeSpec, top_level: &[String]) -> String {
         "run-command if command -v cloud-init >/dev/null; then cloud-init clean --logs; fi\n",
     );
     c.push_str("run-command apt-get clean || true\n");
-    c.push_str("run-command rm -rf /var/lib/apt/lists/* /etc/ssh/ssh_host_* /var/lib/systemd/random-seed /var/lib/dbus/machine-id\n");
+    c.push_str("run-command rm -rf /var/lib/apt/lists/* /var/lib/systemd/random-seed /var/lib/dbus/machine-id\n");
+    // Per-install identities (SSH host keys, the snakeoil pair, …): the
+    // vendor's and those the installed packages just made go; which packages
+    // the image holds is known only inside it, so every unit is installed,
+    // and each is skipped at boot when its package's program is missing.
+    let sys = "/etc/systemd/system";
+    for id in crate::identity::IDENTITIES {
+        c.push_str(&format!("run-command {}\n", id.remove_sh()));
+        let unit = id.unit_name();
+        // `upload` keeps the local file's owner and mode.
+        c.push_str(&format!("upload {}:{sys}/{unit}\n", units.join(&unit)));
+        c.push_str(&format!("chmod 0644:{sys}/{unit}\n"));
+        c.push_str(&format!("run-command chown root:root {sys}/{unit}\n"));
+        for by in id.wanted_by() {
+            c.push_str(&format!("mkdir {sys}/{by}.wants\n"));
+            c.push_str(&format!("link {sys}/{unit}:{sys}/{by}.wants/{unit}\n"));
+        }
+    }
     c.push_str("truncate /etc/machine-id\n");
     c
 }
@@ -215,7 +234,9 @@ impl Op for CustomizeOp {
         }
         top.sort();
         let cmds_file = cx.out.join("customize.cmds");
-        std::fs::write(&cmds_file, commands(spec, &top))?;
+        let units = cx.out.join("kiln-units");
+        write_units(&units)?;
+        std::fs::write(&cmds_file, commands(spec, &top, &units))?;
         let tcg = !kvm_usable();
         let cmd =
             tools::virt_customize::customize(&out, &cmds_file, !spec.packages.is_empty(), tcg);
@@ -238,8 +259,19 @@ impl Op for CustomizeOp {
         }
         tools::run(&tools::virt_customize::sparsify_in_place(&out, tcg))?;
         std::fs::remove_file(&cmds_file)?;
+        std::fs::remove_dir_all(&units).with_context(|| format!("removing {units}"))?;
         Ok(())
     }
+}
+
+/// Write the first-boot units of [`crate::identity::IDENTITIES`] into `dir`.
+fn write_units(dir: &Utf8Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {dir}"))?;
+    for id in crate::identity::IDENTITIES {
+        let f = dir.join(id.unit_name());
+        std::fs::write(&f, id.unit()).with_context(|| format!("writing {f}"))?;
+    }
+    Ok(())
 }
 
 fn info(path: &Utf8Path) -> Result<serde_json::Value> {
@@ -310,8 +342,21 @@ mod tests {
             hostname: "demo".into(),
             packages: vec![],
         };
-        let c = commands(&spec, &["etc".into(), "opt".into()]);
+        let c = commands(&spec, &["etc".into(), "opt".into()], "/u".into());
         assert!(c.trim_end().ends_with("truncate /etc/machine-id"));
+        // Per-install identities: removed after the packages are installed,
+        // and regenerated at first boot.
+        let install = c.find("install ").unwrap_or(0);
+        for id in crate::identity::IDENTITIES {
+            let rm = c.find(&id.remove_sh()).expect("the identity is removed");
+            assert!(rm > install);
+            let unit = id.unit_name();
+            assert!(c.contains(&format!("upload /u/{unit}:/etc/systemd/system/{unit}\n")));
+            assert!(c.contains(&format!(
+                "link /etc/systemd/system/{unit}:/etc/systemd/system/multi-user.target.wants/{unit}\n"
+            )));
+        }
+        assert!(c.contains("-lname ssl-cert-snakeoil.pem -delete; fi\n"));
         assert!(c.contains("copy-in /t/opt:/\n"));
         assert!(!c.contains("install "));
     }

@@ -80,8 +80,6 @@ pub struct DiskSpec {
     pub bios: bool,
     /// The full kernel command line.
     pub cmdline: String,
-    /// Generate the first-boot SSH host key unit.
-    pub ssh: bool,
     /// systemd-resolved is installed: `/etc/resolv.conf` points at its stub
     /// (the DNS servers DHCP hands to systemd-networkd) and it is enabled.
     pub resolved: bool,
@@ -96,7 +94,8 @@ pub struct DiskSpec {
 impl DiskSpec {
     /// The root file system of `arch` as the recipe asks for it: the Debian
     /// root (`rootfs_tar`) under the staged tree (`overlay_tree`), with the
-    /// generated files its packages call for (SSH host keys, resolved). The
+    /// generated files its packages call for (resolved; the first-boot units
+    /// of per-install identities follow the root's dpkg records). The
     /// boot side is left off (no size, no UEFI/BIOS, not a Pi card); the
     /// caller sets it.
     pub fn root(
@@ -119,7 +118,6 @@ impl DiskSpec {
             uefi: false,
             bios: false,
             cmdline,
-            ssh: packages.iter().any(|p| p == "openssh-server"),
             // bullseye ships resolved inside `systemd`.
             resolved: packages
                 .iter()
@@ -304,11 +302,13 @@ pub(crate) fn root_fs_bytes(boot: &Boot) -> u64 {
     align(by_data.max(by_inodes), MIB)
 }
 
-/// What kiln lays over the Debian root: its generated files, the staged
-/// tree, and with kiln's initrd (arm64) that initrd in `/boot`, returned
-/// too for the boot partition.
+/// What kiln lays over the Debian root: its generated files (with the
+/// first-boot units of the per-install identities of the packages the root
+/// holds, dependencies included), the staged tree, and with kiln's initrd
+/// (arm64) that initrd in `/boot`, returned too for the boot partition.
 pub(crate) fn root_news(spec: &DiskSpec) -> Result<(BTreeMap<String, New>, Option<OwnBoot>)> {
-    let mut news = generated(spec);
+    let installed = super::merge::installed_packages(&spec.rootfs_tar)?;
+    let mut news = generated(spec, &installed);
     for (rel, n) in staged(&spec.overlay_tree)? {
         if rel == "etc/machine-id" {
             bail!("the staged tree provides /etc/machine-id; it must stay empty in an image (identity reset)");

@@ -50,8 +50,11 @@ pub(crate) enum New {
 }
 
 /// Paths of the Debian tarball that must not reach the image (per-instance
-/// identity, host leftovers, apt caches).
-fn dropped(rel: &str) -> bool {
+/// identity, host leftovers, apt caches). `link` is a symbolic link's target.
+/// The files of [`crate::identity::IDENTITIES`] go whatever the package list
+/// says (they are there only when their package is); their first-boot units
+/// come with the packages ([`generated`]).
+fn dropped(rel: &str, link: Option<&str>) -> bool {
     const EXACT: &[&str] = &[
         "var/lib/dbus/machine-id",
         "var/lib/systemd/random-seed",
@@ -59,11 +62,8 @@ fn dropped(rel: &str) -> bool {
         "var/cache/debconf/config.dat-old",
         "var/cache/debconf/templates.dat-old",
     ];
-    if EXACT.contains(&rel) {
+    if EXACT.contains(&rel) || crate::identity::is_identity_file(rel, link) {
         return true;
-    }
-    if let Some(rest) = rel.strip_prefix("etc/ssh/") {
-        return rest.starts_with("ssh_host_");
     }
     if let Some(rest) = rel.strip_prefix("var/lib/apt/lists/") {
         return !rest.is_empty() && rest != "partial" && rest != "lock";
@@ -117,8 +117,9 @@ ExecStart=/usr/lib/kiln/grow-root\n\
 StandardOutput=journal+console\n";
 
 /// kiln's generated files: identity reset, fstab, network, growth, first-boot
-/// SSH keys. The staged tree may replace any of them but `/etc/machine-id`.
-pub(super) fn generated(spec: &DiskSpec) -> BTreeMap<String, New> {
+/// units of the per-install identities of the `installed` packages. The
+/// staged tree may replace any of them but `/etc/machine-id`.
+pub(super) fn generated(spec: &DiskSpec, installed: &BTreeSet<String>) -> BTreeMap<String, New> {
     let mut m = BTreeMap::new();
     let bytes = |s: String, mode: u32| New::Bytes {
         data: s.into_bytes(),
@@ -225,27 +226,20 @@ pub(super) fn generated(spec: &DiskSpec) -> BTreeMap<String, New> {
         format!("{sys}/systemd-firstboot.service"),
         link("/dev/null"),
     );
-    if spec.ssh {
-        m.insert(
-            format!("{sys}/kiln-ssh-hostkeys.service"),
-            bytes(
-                "[Unit]\nDescription=Generate this instance's SSH host keys\n\
-                 ConditionPathExists=/usr/bin/ssh-keygen\nBefore=ssh.service\n\n\
-                 [Service]\nType=oneshot\nExecStart=/usr/bin/ssh-keygen -A\nRemainAfterExit=yes\n\n\
-                 [Install]\nWantedBy=multi-user.target ssh.service\n"
-                    .into(),
-                0o644,
-            ),
-        );
-        m.insert(
-            format!("{sys}/multi-user.target.wants/kiln-ssh-hostkeys.service"),
-            link("/etc/systemd/system/kiln-ssh-hostkeys.service"),
-        );
-        m.insert(format!("{sys}/ssh.service.wants"), New::DirIfMissing);
-        m.insert(
-            format!("{sys}/ssh.service.wants/kiln-ssh-hostkeys.service"),
-            link("/etc/systemd/system/kiln-ssh-hostkeys.service"),
-        );
+    // Per-install identities of the installed packages (SSH host keys, the
+    // snakeoil pair, …): their files are dropped from the root (`dropped`),
+    // and a unit makes this instance's own at first boot, before the
+    // services that use them.
+    for id in crate::identity::installed(|p| installed.contains(p)) {
+        let unit = id.unit_name();
+        m.insert(format!("{sys}/{unit}"), bytes(id.unit(), 0o644));
+        for by in id.wanted_by() {
+            m.insert(format!("{sys}/{by}.wants"), New::DirIfMissing);
+            m.insert(
+                format!("{sys}/{by}.wants/{unit}"),
+                link(&format!("/etc/systemd/system/{unit}")),
+            );
+        }
     }
     for dir in [
         format!("{sys}/multi-user.target.wants"),
@@ -300,11 +294,7 @@ pub(crate) fn merge(
     boot_dir: &Utf8Path,
 ) -> Result<Boot> {
     let tar_path = &spec.rootfs_tar;
-    let mut magic = [0u8; 4];
-    let n = File::open(tar_path)
-        .and_then(|mut f| f.read(&mut magic))
-        .with_context(|| format!("reading {tar_path}"))?;
-    let compressed = n >= 2 && (magic == [0x28, 0xb5, 0x2f, 0xfd] || magic[..2] == [0x1f, 0x8b]);
+    let compressed = compressed(tar_path)?;
     let Some(out) = out else {
         if compressed {
             let mut ar = crate::archive::open_tar(tar_path)?;
@@ -344,6 +334,15 @@ pub(crate) fn merge(
     Ok(boot)
 }
 
+/// Is the tarball zstd or gzip compressed (no seeking over file data)?
+fn compressed(tar_path: &Utf8Path) -> Result<bool> {
+    let mut magic = [0u8; 4];
+    let n = File::open(tar_path)
+        .and_then(|mut f| f.read(&mut magic))
+        .with_context(|| format!("reading {tar_path}"))?;
+    Ok(n >= 2 && (magic == [0x28, 0xb5, 0x2f, 0xfd] || magic[..2] == [0x1f, 0x8b]))
+}
+
 fn merge_entries<R: Read, W: Write>(
     spec: &DiskSpec,
     news: &BTreeMap<String, New>,
@@ -369,7 +368,12 @@ fn merge_entries<R: Read, W: Write>(
         if rel.is_empty() {
             continue; // the root directory itself: root_owner=0:0, mode 0755
         }
-        if rel == "etc/machine-id" || dropped(&rel) {
+        let link = if kind == tar::EntryType::Symlink {
+            entry.link_name()?.map(|l| l.to_string_lossy().into_owned())
+        } else {
+            None
+        };
+        if rel == "etc/machine-id" || dropped(&rel, link.as_deref()) {
             continue;
         }
         if let Some(n) = pending.get(&rel) {
@@ -515,6 +519,37 @@ fn merge_entries<R: Read, W: Write>(
     Ok(boot)
 }
 
+/// The packages installed in the root tarball, from dpkg's file lists
+/// (`var/lib/dpkg/info/<package>[:<arch>].list`); only headers are read.
+pub(crate) fn installed_packages(tar_path: &Utf8Path) -> Result<BTreeSet<String>> {
+    let mut found = BTreeSet::new();
+    let mut note = |raw: &str| {
+        let rel = raw.trim_start_matches("./");
+        if let Some(name) = rel
+            .strip_prefix("var/lib/dpkg/info/")
+            .and_then(|n| n.strip_suffix(".list"))
+        {
+            let pkg = name.split_once(':').map_or(name, |(p, _)| p);
+            found.insert(pkg.to_string());
+        }
+    };
+    let ctx = || format!("reading {tar_path}");
+    if compressed(tar_path)? {
+        let mut ar = crate::archive::open_tar(tar_path)?;
+        for e in ar.entries().with_context(ctx)? {
+            note(&e.with_context(ctx)?.path()?.to_string_lossy());
+        }
+    } else {
+        let f = File::open(tar_path).with_context(ctx)?;
+        let mut ar = tar::Archive::new(std::io::BufReader::with_capacity(64 * 1024, f));
+        for e in ar.entries_with_seek().with_context(ctx)? {
+            crate::signals::check()?;
+            note(&e.with_context(ctx)?.path()?.to_string_lossy());
+        }
+    }
+    Ok(found)
+}
+
 /// Files of the root tarball whose path (without `./`, with a merged-/usr
 /// `usr/` prefix dropped for `lib/`, `bin/` and `sbin/`) passes `want`.
 pub(crate) fn read_from_rootfs(
@@ -563,7 +598,7 @@ mod tests {
             "etc/resolv.conf",
             "boot/firmware/start4.elf",
         ] {
-            assert!(dropped(p), "{p}");
+            assert!(dropped(p, None), "{p}");
         }
         for p in [
             "etc/ssh/sshd_config",
@@ -571,7 +606,115 @@ mod tests {
             "dev",
             "var/lib/systemd/timers",
         ] {
-            assert!(!dropped(p), "{p}");
+            assert!(!dropped(p, None), "{p}");
         }
+    }
+
+    /// Every per-install identity of the table: all its files are dropped
+    /// from the root, its private keys are reported by a scan rule whose fix
+    /// names the regeneration command, and its unit is written exactly when
+    /// its package is installed.
+    #[test]
+    fn every_identity_is_dropped_scanned_and_regenerated() {
+        use crate::identity::{Pattern, IDENTITIES};
+        use crate::scan::rules::{self, Engine};
+        // A PEM private key block as the scan sees one (not a real key).
+        let pem = format!(
+            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+            "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7q3Zf".repeat(3)
+        );
+        let engine = Engine::new();
+        for id in IDENTITIES {
+            for p in id.remove {
+                let (rel, link) = match *p {
+                    Pattern::Exact(f) => (f.to_string(), None),
+                    Pattern::Prefix(f) => (format!("{f}example_key.pub"), None),
+                    Pattern::LinkTo { dir, target } => (format!("{dir}0a1b2c3d.0"), Some(target)),
+                };
+                assert!(dropped(&rel, link), "{}: /{rel} reaches the image", id.name);
+            }
+            assert!(!id.keys.is_empty(), "{}", id.name);
+            for k in id.keys {
+                assert!(dropped(k, None), "{}: /{k} reaches the image", id.name);
+                let path = format!("/{k}");
+                let hits = engine.file(&path, pem.as_bytes());
+                assert!(!hits.is_empty(), "{}: no scan rule reports {path}", id.name);
+                for h in &hits {
+                    let fix = rules::fix(rules::find(h.rule).unwrap(), &path);
+                    assert!(fix.contains(id.command()), "{path} [{}]: {fix}", h.rule);
+                }
+            }
+        }
+        // A hash link to another certificate stays.
+        assert!(!dropped(
+            "etc/ssl/certs/0a1b2c3d.0",
+            Some("ISRG_Root_X1.pem")
+        ));
+
+        let spec = DiskSpec {
+            arch: crate::recipe::Arch::Amd64,
+            name: "demo".into(),
+            hostname: "demo".into(),
+            rootfs_tar: "/r.tar".into(),
+            overlay_tree: "/t".into(),
+            size: 0,
+            uefi: false,
+            bios: false,
+            cmdline: String::new(),
+            resolved: false,
+            epoch: 1,
+            ids: super::super::disk::Ids::derive(1, "demo", crate::recipe::Arch::Amd64),
+            pi_boot: None,
+        };
+        let sys = "etc/systemd/system";
+        let none = generated(&spec, &BTreeSet::new());
+        let all: BTreeSet<String> = IDENTITIES.iter().map(|i| i.package.to_string()).collect();
+        let with = generated(&spec, &all);
+        for id in IDENTITIES {
+            let unit = format!("{sys}/{}", id.unit_name());
+            assert!(!none.contains_key(&unit), "{unit} without {}", id.package);
+            match with.get(&unit) {
+                Some(New::Bytes { data, .. }) => {
+                    let text = String::from_utf8_lossy(data);
+                    assert!(
+                        text.contains(&format!("ExecStart={}\n", id.regenerate)),
+                        "{text}"
+                    );
+                    for b in id.before {
+                        assert!(text.contains(b), "{unit} is not ordered before {b}");
+                    }
+                }
+                other => panic!("{unit}: {other:?}"),
+            }
+            for by in id.wanted_by() {
+                let l = format!("{sys}/{by}.wants/{}", id.unit_name());
+                assert!(matches!(with.get(&l), Some(New::Link { .. })), "{l}");
+            }
+        }
+    }
+
+    #[test]
+    fn installed_packages_come_from_dpkg_file_lists() {
+        let dir = tempfile::tempdir().unwrap();
+        let tar_path = Utf8PathBuf::from_path_buf(dir.path().join("root.tar")).unwrap();
+        let mut b = tar::Builder::new(File::create(&tar_path).unwrap());
+        for (path, data) in [
+            ("./var/lib/dpkg/info/ssl-cert.list", &b"/etc/ssl\n"[..]),
+            ("./var/lib/dpkg/info/libc6:amd64.list", b"/usr/lib\n"),
+            (
+                "./var/lib/dpkg/info/openssh-server.postinst",
+                b"#!/bin/sh\n",
+            ),
+            ("./etc/ssl/certs/ssl-cert-snakeoil.pem", b"x"),
+        ] {
+            let mut h = header(tar::EntryType::Regular, 0o644, data.len() as u64, 1);
+            b.append_data(&mut h, path, data).unwrap();
+        }
+        b.into_inner().unwrap().flush().unwrap();
+        let got = installed_packages(&tar_path).unwrap();
+        assert_eq!(
+            got.into_iter().collect::<Vec<_>>(),
+            ["libc6".to_string(), "ssl-cert".to_string()]
+        );
     }
 }

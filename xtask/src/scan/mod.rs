@@ -95,7 +95,7 @@ pub fn scan_artifact(path: &Utf8Path, label: &str, opts: &Options) -> ArtifactRe
                 line: h.line,
                 rule: h.rule.to_string(),
                 description: rule.description.to_string(),
-                fix: rule.fix.to_string(),
+                fix: rules::fix(rule, &inner),
                 excerpt: h.excerpt,
                 sha256: h.hash_public.then_some(h.sha256),
                 allowed,

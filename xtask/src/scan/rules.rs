@@ -146,6 +146,23 @@ pub const RULES: &[Rule] = &[
     ),
 ];
 
+/// Rules a private key file is reported under.
+const KEY_RULES: &[&str] = &["private-key", "openssh-private-key", "ssh-host-key"];
+
+/// The fix for a finding of `rule` at `path` (inside its file system): for a
+/// private key of a per-install identity a package generates
+/// ([`crate::identity`]), how to regenerate it; otherwise the rule's own.
+pub fn fix(rule: &Rule, path: &str) -> String {
+    match crate::identity::key_at(path) {
+        Some(id) if KEY_RULES.contains(&rule.id) => format!(
+            "remove it from the image and regenerate it at first boot with `{}` \
+             (kiln does this for images it builds)",
+            id.command()
+        ),
+        _ => rule.fix.to_string(),
+    }
+}
+
 /// Look a rule up by id.
 pub fn find(id: &str) -> Option<&'static Rule> {
     RULES.iter().find(|r| r.id == id)

@@ -266,12 +266,19 @@ pub fn late_commands(r: &Resolved) -> Result<Vec<String>> {
             mask.join(" ")
         ));
     }
-    // 4. Per-machine SSH host keys (never the installer's, never shared).
-    c.push(
-        "curtin in-target -- sh -c 'rm -f /etc/ssh/ssh_host_*_key /etc/ssh/ssh_host_*_key.pub; \
-         if command -v ssh-keygen >/dev/null; then ssh-keygen -A; fi'"
-            .into(),
-    );
+    // 4. Per-install identities (`crate::identity`: SSH host keys, the
+    //    snakeoil pair, …), made again on the installed system. The installer
+    //    copies Ubuntu's prebuilt system image to the target, then installs
+    //    packages there with apt: keys their maintainer scripts make then are
+    //    this machine's own, but keys that came with the prebuilt image were
+    //    made when Ubuntu built the ISO and would be shared by every machine
+    //    installed from it. So every kind is removed and, when its package's
+    //    program is installed, regenerated now (in the installer's chroot:
+    //    the snakeoil certificate names the installer's host name; it is
+    //    self-signed either way). Never the installer's, never shared.
+    for id in crate::identity::IDENTITIES {
+        c.push(format!("curtin in-target -- sh -c '{}'", id.reset_sh()));
+    }
     // 5. The marker a still-attached ISO's boot menu looks for (last: only a
     //    complete install has it).
     let marker = super::installed_marker(r.name());
