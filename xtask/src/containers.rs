@@ -1,17 +1,13 @@
 //! Baked container images that the appliance runs as services
-//! (`payloads.images[].run`): the runtime kiln installs into roots it
-//! builds from packages, and the systemd unit it writes for each image.
+//! (`payloads.images[].run`): the systemd unit kiln writes for each image.
+//! (The runtime it installs into roots built from packages is
+//! [`crate::recipe::payloads::RUNTIME_PACKAGES`].)
 //!
 //! Loading is the appliance's business (its bootstrap loads the verified
 //! archives into podman's store, offline); the unit runs what is loaded,
 //! never pulls, and restarts it when it fails.
 
 use crate::recipe::payloads::{ImagePayload, RunSpec};
-
-/// Debian packages of the runtime: daemonless podman, the network backend
-/// that publishes ports (netavark, which programs iptables), and iptables.
-/// `mmdebstrap` installs no recommends, so each is named.
-pub const RUNTIME_PACKAGES: &[&str] = &["podman", "netavark", "iptables"];
 
 /// Where the runtime's binary lives; the unit is skipped (not failed) on an
 /// image without it, e.g. a vendor image that does not carry podman.

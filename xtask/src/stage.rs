@@ -36,31 +36,6 @@ pub struct Unit {
     pub required_by: Vec<String>,
 }
 
-/// The suffixes of systemd unit names.
-const UNIT_SUFFIXES: &[&str] = &[
-    ".service",
-    ".socket",
-    ".timer",
-    ".target",
-    ".path",
-    ".mount",
-    ".automount",
-    ".slice",
-    ".scope",
-    ".swap",
-    ".device",
-];
-
-/// `name` looks like a systemd unit name (`x.service`, `y.target`, …).
-pub fn is_unit_name(name: &str) -> bool {
-    UNIT_SUFFIXES
-        .iter()
-        .any(|s| name.len() > s.len() && name.ends_with(s))
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.@:\\".contains(&b))
-}
-
 /// Parse a systemd unit file: sections, `Key=Value` lines, comments,
 /// continuation lines. Errors name the file and line.
 pub fn parse_unit(path: &Utf8Path) -> Result<Unit> {
@@ -68,7 +43,7 @@ pub fn parse_unit(path: &Utf8Path) -> Result<Unit> {
         .file_name()
         .with_context(|| format!("{path}: not a file name"))?
         .to_string();
-    if !is_unit_name(&name) {
+    if !crate::recipe::is_unit_name(&name) {
         bail!(
             "{path}: `{name}` is not a unit file name (expected a suffix like .service or .timer)"
         );

@@ -73,7 +73,7 @@ pub fn plan(
         (None, None) => bail!("{}: qcow2.base.image needs `path` or `url`", r.file),
     };
     if r.recipe.payloads.runs_containers()
-        && !crate::containers::RUNTIME_PACKAGES
+        && !crate::recipe::payloads::RUNTIME_PACKAGES
             .iter()
             .all(|p| q.packages.iter().any(|x| x == p))
     {

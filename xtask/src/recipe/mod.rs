@@ -285,7 +285,7 @@ impl Resolved {
     /// `fdisk` (the first boot grows the root partition of the MBR card).
     /// One list for the arm64 qcow2 and the Pi image: they share the root.
     /// When an image runs as a service (`payloads.images[].run`), the
-    /// container runtime ([`crate::containers::RUNTIME_PACKAGES`]).
+    /// container runtime ([`payloads::RUNTIME_PACKAGES`]).
     pub fn root_packages(&self, arch: Arch) -> Vec<String> {
         let mut p = self.recipe.qcow2.packages_for(arch);
         let mut extras: Vec<&str> = Vec::new();
@@ -293,7 +293,7 @@ impl Resolved {
             extras.extend(["raspi-firmware", "fdisk"]);
         }
         if self.recipe.payloads.runs_containers() {
-            extras.extend(crate::containers::RUNTIME_PACKAGES);
+            extras.extend(payloads::RUNTIME_PACKAGES);
         }
         for extra in extras {
             if !p.iter().any(|x| x == extra) {
@@ -347,6 +347,31 @@ pub(crate) fn line_of(text: &str, anchor: &str, needle: &str) -> Option<usize> {
     (start..lines.len())
         .find(|&i| holds(lines[i]))
         .map(|i| i + 1)
+}
+
+/// The suffixes of systemd unit names.
+const UNIT_SUFFIXES: &[&str] = &[
+    ".service",
+    ".socket",
+    ".timer",
+    ".target",
+    ".path",
+    ".mount",
+    ".automount",
+    ".slice",
+    ".scope",
+    ".swap",
+    ".device",
+];
+
+/// `name` looks like a systemd unit name (`x.service`, `y.target`, …).
+pub fn is_unit_name(name: &str) -> bool {
+    UNIT_SUFFIXES
+        .iter()
+        .any(|s| name.len() > s.len() && name.ends_with(s))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.@:\\".contains(&b))
 }
 
 /// Load and resolve in one go.

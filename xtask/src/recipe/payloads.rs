@@ -99,6 +99,12 @@ fn default_port() -> u16 {
     80
 }
 
+/// Debian packages of the runtime `run:` brings into roots built from
+/// packages: daemonless podman, the network backend that publishes ports
+/// (netavark, which programs iptables), and iptables. `mmdebstrap` installs
+/// no recommends, so each is named.
+pub const RUNTIME_PACKAGES: &[&str] = &["podman", "netavark", "iptables"];
+
 impl Payloads {
     /// Some image runs as a service: the root needs the runtime.
     pub fn runs_containers(&self) -> bool {
@@ -443,7 +449,7 @@ impl Payloads {
                 );
                 for u in &run.after {
                     anyhow::ensure!(
-                        crate::stage::is_unit_name(u),
+                        super::is_unit_name(u),
                         "{file}: image `{n}`: run.after entry `{u}` is not a systemd unit name \
                          (e.g. `demo-bootstrap.service`)"
                     );
