@@ -9,7 +9,8 @@ use crate::cx::Cx;
 /// inputs, in the same run; print ratios (never absolute pass/fail on time).
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Only run cases whose name contains this.
+    /// Only run cases whose name contains this: export, container, iso, scan, ova, qcow2,
+    /// boot-http, arm64, pi.
     #[arg(long)]
     pub case: Option<String>,
     /// Scale the generated inputs (1.0 = the sizes the goals are set for).
@@ -19,6 +20,7 @@ pub struct Args {
 
 type Case = fn(&BenchCx) -> Result<Vec<Measurement>>;
 
+/// The cases, in the order they run (their names are listed in `--case`'s help).
 fn cases() -> Vec<(&'static str, Case)> {
     vec![
         ("export", bench::export::model_export),
@@ -60,4 +62,31 @@ pub fn run(cx: &Cx, a: Args) -> Result<()> {
         print!("{}", bench::render(&all));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// `--case`'s help names every case, so `--help` teaches what to pass.
+    #[test]
+    fn the_case_help_names_every_case() {
+        use clap::CommandFactory;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            a: super::Args,
+        }
+        let cmd = Cli::command();
+        let help = cmd
+            .get_arguments()
+            .find(|a| a.get_id() == "case")
+            .and_then(|a| a.get_help())
+            .map(|h| h.to_string())
+            .unwrap_or_default();
+        for (name, _) in super::cases() {
+            assert!(
+                help.contains(name),
+                "`--case` help does not name {name}: {help}"
+            );
+        }
+    }
 }
