@@ -260,26 +260,6 @@ fn serves_healthz(archive: &Utf8Path) {
     );
 }
 
-/// Nothing of a failed build remains: no temporary state, no archive or
-/// root tarball in the cache, nothing in output/.
-fn assert_nothing_left(p: &Project) {
-    assert!(p.outputs().is_empty(), "output/ holds {:?}", p.outputs());
-    p.assert_no_leftovers();
-    let cache = p.cache_dir();
-    if !cache.exists() {
-        return;
-    }
-    for e in walkdir::WalkDir::new(&cache) {
-        let e = e.unwrap();
-        let name = e.file_name().to_string_lossy().to_string();
-        assert!(
-            !(name.ends_with(".tar") || name.ends_with(".tar.zst")),
-            "left behind: {}",
-            e.path().display()
-        );
-    }
-}
-
 #[test]
 fn recipe_mistakes_are_named_with_their_line() {
     let p = Project::empty();
@@ -353,7 +333,7 @@ fn recipe_mistakes_are_named_with_their_line() {
             && err.contains("`exposed_ports` is only for a `rootfs-dir` or `debian` source"),
         "{err}"
     );
-    assert_nothing_left(&p);
+    support::assert_nothing_left(&p);
 }
 
 #[test]
@@ -379,5 +359,5 @@ fn an_unknown_package_is_named_with_its_recipe_line_and_leaves_nothing() {
             && err.contains("no package `no-such-package-kiln`"),
         "{err}"
     );
-    assert_nothing_left(&p);
+    support::assert_nothing_left(&p);
 }

@@ -104,34 +104,6 @@ fn skopeo_json(args: &[&str]) -> Value {
     serde_json::from_str(&sh("skopeo", args)).unwrap()
 }
 
-/// Nothing of a failed export may remain: no archive anywhere in the cache,
-/// no staged tree, nothing in output/.
-fn assert_nothing_left(p: &Project) {
-    assert!(p.outputs().is_empty(), "output/ holds {:?}", p.outputs());
-    p.assert_no_leftovers();
-    let cache = p.path("cache");
-    if !cache.exists() {
-        return;
-    }
-    for e in walkdir::WalkDir::new(&cache) {
-        let e = e.unwrap();
-        let name = e.file_name().to_string_lossy().to_string();
-        assert!(
-            !(name.ends_with(".tar")
-                || name.ends_with(".tar.zst")
-                || name.ends_with(".tar.gz")
-                || name == "SHA256SUMS"),
-            "left behind: {}",
-            e.path().display()
-        );
-        assert!(
-            !e.path().to_string_lossy().contains("/stage-"),
-            "a stage entry exists: {}",
-            e.path().display()
-        );
-    }
-}
-
 #[test]
 fn oci_layout_with_two_platforms_exports_to_both_archive_formats() {
     if !support::require(&["skopeo", "sha256sum"]) {
@@ -350,7 +322,7 @@ fn a_missing_platform_is_an_error_naming_what_the_source_has() {
         err.contains("has no linux/amd64 image; it has linux/arm64, linux/s390x"),
         "{err}"
     );
-    assert_nothing_left(&p);
+    support::assert_nothing_left(&p);
 }
 
 #[test]
@@ -383,7 +355,7 @@ fn broken_blobs_and_tampered_archives_fail_closed() {
         err.contains("image `web`") && err.contains(layer.as_str()) && err.contains("broken blob"),
         "{err}"
     );
-    assert_nothing_left(&p);
+    support::assert_nothing_left(&p);
     // A truncated blob: caught before anything is written.
     std::fs::write(&layer, &bytes[..n / 2]).unwrap();
     let err = p.fail(&["stage"]);
@@ -391,7 +363,7 @@ fn broken_blobs_and_tampered_archives_fail_closed() {
         err.contains(layer.as_str()) && err.contains("descriptor says"),
         "{err}"
     );
-    assert_nothing_left(&p);
+    support::assert_nothing_left(&p);
 
     // A docker-archive whose config does not match its manifest.json.
     let q = Project::empty();
@@ -418,7 +390,7 @@ fn broken_blobs_and_tampered_archives_fail_closed() {
         err.contains("image `d`") && err.contains("src/d.tar") && err.contains("does not match"),
         "{err}"
     );
-    assert_nothing_left(&q);
+    support::assert_nothing_left(&q);
 }
 
 #[test]
@@ -457,7 +429,7 @@ fn registry_sources_must_be_pinned_and_missing_sources_are_named() {
             && err.contains("`tls_verify` is only for a `registry` source"),
         "{err}"
     );
-    assert_nothing_left(&p);
+    support::assert_nothing_left(&p);
 }
 
 /// A `docker-registry serve` (CNCF distribution) on 127.0.0.1, plain HTTP,
@@ -656,7 +628,7 @@ fn a_digest_pinned_image_is_copied_from_a_local_registry() {
         err.contains("image `web`") && err.contains("must be pinned by digest"),
         "{err}"
     );
-    assert_nothing_left(&p);
+    support::assert_nothing_left(&p);
     assert_eq!(
         reg.log().lines().filter(|l| l.contains("HTTP/1.")).count(),
         requests,
@@ -789,7 +761,7 @@ fn a_digest_pinned_image_is_copied_from_a_local_registry() {
         "{err}"
     );
     assert!(err.contains("manifest unknown"), "{err}");
-    assert_nothing_left(&q);
+    support::assert_nothing_left(&q);
     drop(reg);
 }
 
@@ -961,7 +933,7 @@ fn bad_model_inputs_are_named_and_leave_nothing() {
         "{err}"
     );
     assert!(err.contains("outside the model directory"), "{err}");
-    assert_nothing_left(&p);
+    support::assert_nothing_left(&p);
     std::fs::remove_file(model.join("escape")).unwrap();
     std::os::unix::fs::symlink("nowhere", model.join("dangling")).unwrap();
     let err = p.fail(&["stage"]);
@@ -969,7 +941,7 @@ fn bad_model_inputs_are_named_and_leave_nothing() {
         err.contains("model `tiny`") && err.contains("dangling"),
         "{err}"
     );
-    assert_nothing_left(&p);
+    support::assert_nothing_left(&p);
 }
 
 #[test]
@@ -1219,7 +1191,7 @@ fn a_registry_behind_a_private_ca_is_reached_through_cert_dir() {
         err.contains("certificate signed by unknown authority"),
         "{err}"
     );
-    assert_nothing_left(&p);
+    support::assert_nothing_left(&p);
 
     // With the CA directory: exported, the registry's manifest byte for byte.
     recipe(

@@ -253,18 +253,7 @@ fn builder1_image_is_clean_and_laid_out() {
     // Read the disk back: GPT with BIOS boot, ESP and a root-x86-64 partition.
     let (_d, dir) = tempdir();
     let raw = dir.join("disk.raw");
-    sh(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "qcow2",
-            "-O",
-            "raw",
-            q.as_str(),
-            raw.as_str(),
-        ],
-    );
+    support::qemu_convert(q, "qcow2", &raw, "raw");
     let gpt = sh("sgdisk", &["-p", raw.as_str()]);
     assert!(
         gpt.contains("EF02") && gpt.contains("EF00") && gpt.contains("8304"),
@@ -788,18 +777,7 @@ fn builder1_snakeoil_pair_is_made_per_instance() {
     // Read the root file system back: no pair, no hash link, the unit.
     let (_d, dir) = tempdir();
     let raw = dir.join("disk.raw");
-    sh(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "qcow2",
-            "-O",
-            "raw",
-            q.as_str(),
-            raw.as_str(),
-        ],
-    );
+    support::qemu_convert(&q, "qcow2", &raw, "raw");
     let fs = format!("{raw}?offset={}", partition_offset(&raw, 3));
     let dbg = |req: &str| sh("debugfs", &["-R", req, &fs]);
     let private = dbg("ls -l /etc/ssl/private");

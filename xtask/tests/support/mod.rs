@@ -728,3 +728,31 @@ pub fn arm64_programs_run() -> bool {
     eprintln!("SKIPPED: arm64 programs do not run here (`cargo xtask doctor --install`)");
     false
 }
+
+/// Nothing of a failed export or image build may remain: no archive or
+/// root tarball anywhere in the cache, no staged tree, nothing in output/.
+pub fn assert_nothing_left(p: &Project) {
+    assert!(p.outputs().is_empty(), "output/ holds {:?}", p.outputs());
+    p.assert_no_leftovers();
+    let cache = p.cache_dir();
+    if !cache.exists() {
+        return;
+    }
+    for e in walkdir::WalkDir::new(&cache) {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().to_string();
+        assert!(
+            !(name.ends_with(".tar")
+                || name.ends_with(".tar.zst")
+                || name.ends_with(".tar.gz")
+                || name == "SHA256SUMS"),
+            "left behind: {}",
+            e.path().display()
+        );
+        assert!(
+            !e.path().to_string_lossy().contains("/stage-"),
+            "a stage entry exists: {}",
+            e.path().display()
+        );
+    }
+}
