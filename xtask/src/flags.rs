@@ -93,6 +93,8 @@ pub enum Verb {
     Scan(crate::verbs::scan::Args),
     /// Measure kiln against baseline tools in the same run and print ratios.
     Bench(crate::verbs::bench::Args),
+    // `--help`: the doc comment of `verbs::smoke::Args`.
+    Smoke(crate::verbs::smoke::Args),
     /// Build every format the recipe asks for in one plan: overlay archive, qcow2 per architecture, OVA, the Raspberry Pi image when the recipe has `pi:`, and the installer ISO when a base ISO is set.
     ///
     /// The formats share steps (one stage, one Debian root file system per

@@ -26,6 +26,7 @@ pub mod recipe;
 pub mod scan;
 pub mod seed;
 pub mod signals;
+pub mod smoke;
 pub mod stage;
 pub mod testing;
 pub mod tools;

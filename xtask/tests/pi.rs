@@ -232,6 +232,7 @@ fn the_card_boots_on_raspi3b_from_its_sd_card_then_grows_on_virt() {
     let append = format!("{cmdline} console=ttyAMA0,115200");
     let pi = xtask::tools::qemu_system::raspi3b(
         &card,
+        "raw",
         &dir.join("vmlinuz"),
         &dir.join("bcm2837-rpi-3-b.dtb"),
         &dir.join("initrd.img"),

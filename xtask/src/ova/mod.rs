@@ -26,6 +26,31 @@ use crate::recipe::{Arch, Resolved};
 use crate::tools::{qemu_img, vmdk_convert};
 
 pub mod lint;
+
+/// Copy the (first) VMDK out of `ova` into `dir`; returns its path and
+/// whether the descriptor asks for EFI firmware. For a smoke boot.
+pub fn extract_disk(ova: &Utf8Path, dir: &Utf8Path) -> Result<(Utf8PathBuf, bool)> {
+    let mut f = std::fs::File::open(ova).with_context(|| format!("opening {ova}"))?;
+    let total = f.metadata()?.len();
+    let listing =
+        tar::list(&mut f, total).with_context(|| format!("reading {ova} as a tar archive"))?;
+    let member = |ext: &str| listing.members.iter().find(|m| m.name.ends_with(ext));
+    let (Some(ovf), Some(vmdk)) = (member(".ovf"), member(".vmdk")) else {
+        bail!("{ova}: no .ovf descriptor and .vmdk disk in it (`cargo xtask ova lint {ova}` says more)");
+    };
+    let mut text = Vec::new();
+    f.seek(SeekFrom::Start(ovf.offset))?;
+    (&mut f).take(ovf.size).read_to_end(&mut text)?;
+    let efi = String::from_utf8_lossy(&text).contains("vmw:key=\"firmware\" vmw:value=\"efi\"");
+    let name = vmdk.name.rsplit('/').next().unwrap_or("disk.vmdk");
+    let out = dir.join(name);
+    f.seek(SeekFrom::Start(vmdk.offset))?;
+    let mut w = std::fs::File::create(&out).with_context(|| format!("creating {out}"))?;
+    let n = std::io::copy(&mut (&mut f).take(vmdk.size), &mut w)
+        .with_context(|| format!("copying {} out of {ova}", vmdk.name))?;
+    ensure!(n == vmdk.size, "{ova}: {} is cut short", vmdk.name);
+    Ok((out, efi))
+}
 pub mod manifest;
 pub mod ovf;
 pub mod tar;

@@ -49,7 +49,7 @@ pub fn check(image: &Utf8Path) -> Result<Report> {
 }
 
 /// A raw image to read: `image` itself, or it unpacked into `dir`.
-fn unpack(image: &Utf8Path, dir: &Utf8Path) -> Result<Utf8PathBuf> {
+pub fn unpack(image: &Utf8Path, dir: &Utf8Path) -> Result<Utf8PathBuf> {
     let name = image.file_name().unwrap_or("image");
     if name.ends_with(".zst") {
         let raw = dir.join("image.img");

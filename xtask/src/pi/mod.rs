@@ -29,6 +29,55 @@ pub fn artifact_name(r: &Resolved, c: Compression) -> String {
     format!("{}-{}-arm64-pi.img{}", r.name(), r.version, c.suffix())
 }
 
+/// What the Raspberry Pi 3B's firmware loads from a card's boot partition,
+/// copied out of it (for a smoke boot on qemu's `raspi3b`, which does not
+/// run the GPU firmware).
+pub struct BootFiles {
+    pub kernel: camino::Utf8PathBuf,
+    pub dtb: camino::Utf8PathBuf,
+    pub initrd: camino::Utf8PathBuf,
+    /// `cmdline.txt`, one line.
+    pub cmdline: String,
+}
+
+/// Copy the boot partition (the MBR's first partition) of the raw `card`
+/// into `dir/boot` and name the Pi 3B's files in it.
+pub fn boot_files(card: &Utf8Path, dir: &Utf8Path) -> Result<BootFiles> {
+    use std::io::Read;
+    let mut head = [0u8; 512];
+    std::fs::File::open(card)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .with_context(|| format!("reading the partition table of {card}"))?;
+    let table = mbr::parse(&head).with_context(|| format!("{card}: not a Raspberry Pi card"))?;
+    let Some((_, fat)) = table.parts.first() else {
+        bail!("{card}: the partition table is empty (no boot partition)");
+    };
+    let boot = dir.join("boot");
+    std::fs::create_dir_all(&boot).with_context(|| format!("creating {boot}"))?;
+    crate::tools::run(&crate::tools::mtools::extract_all(
+        card,
+        fat.offset(),
+        &boot,
+    ))?;
+    let file = |name: &str| -> Result<camino::Utf8PathBuf> {
+        let p = boot.join(name);
+        if !p.is_file() {
+            bail!("{card}: the boot partition has no {name}");
+        }
+        Ok(p)
+    };
+    let cmdline = std::fs::read_to_string(file("cmdline.txt")?)
+        .with_context(|| format!("reading cmdline.txt of {card}"))?
+        .trim()
+        .to_string();
+    Ok(BootFiles {
+        kernel: file("vmlinuz")?,
+        dtb: file("bcm2837-rpi-3-b.dtb")?,
+        initrd: file("initrd.img")?,
+        cmdline,
+    })
+}
+
 /// Plan the image, its compression and publication; returns the last step.
 pub fn plan(r: &Resolved, plan: &mut Plan) -> Result<usize> {
     let Some(p) = &r.recipe.pi else {

@@ -25,6 +25,7 @@ pub mod pi;
 pub mod qcow2;
 pub mod scan;
 pub mod seed;
+pub mod smoke;
 
 /// The recipe as written.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -54,6 +55,9 @@ pub struct Recipe {
     pub pi: Option<pi::PiOptions>,
     #[serde(default)]
     pub scan: scan::ScanOptions,
+    /// What `cargo xtask smoke` checks on a booted instance.
+    #[serde(default)]
+    pub smoke: smoke::SmokeOptions,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -255,6 +259,8 @@ impl Recipe {
             pi.resolve(file)?;
         }
         self.scan.resolve(file)?;
+        let provision = self.seed.cloud_init.provision_env.is_some();
+        self.smoke.resolve(file, provision)?;
         Ok(Resolved {
             file: file.to_owned(),
             root: root.to_owned(),

@@ -18,6 +18,7 @@ pub mod apt;
 pub mod binfmt;
 pub mod cargo;
 pub mod cloud_init;
+pub mod console;
 pub mod coreutils;
 pub mod curl;
 pub mod debugfs;
@@ -620,99 +621,35 @@ pub enum Watch {
 }
 
 /// Run a long-lived program (a qemu boot) and watch its stdout+stderr for
-/// `patterns`, in order, case-insensitively. Stops the child's process group
-/// as soon as the last one appears, when it exits, or after `limit`.
+/// `patterns`, in order, case-insensitively (literal text). Stops the
+/// child's process group as soon as the last one appears, when it exits, or
+/// after `limit`. A [`console::Console`] with its stop guard underneath.
 pub fn run_until(cmd: &Cmd, patterns: &[&str], limit: Duration) -> Result<Watch> {
-    crate::signals::check()?;
-    check_declared(cmd)?;
-    let program = registry::which(&cmd.program).ok_or_else(|| missing_tool(&cmd.program))?;
-    let mut c = Command::new(program.as_std_path());
-    c.args(&cmd.args).env_clear();
-    for k in PASS_ENV {
-        if let Ok(v) = std::env::var(k) {
-            c.env(k, v);
-        }
-    }
-    c.env("LANG", "C.UTF-8")
-        .env("LC_ALL", "C.UTF-8")
-        .envs(&cmd.env);
-    if let Some(d) = &cmd.cwd {
-        c.current_dir(d);
-    }
-    c.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    crate::ui::debug(&format!("$ {cmd}"));
-    let mut child = c
-        .spawn()
-        .with_context(|| format!("starting {} ({})", cmd.program, cmd.summary))?;
-    let pid = child.id() as i32;
-    let _guard = crate::signals::ChildGuard::new(pid);
-    let buf = Arc::new(Mutex::new(Vec::new()));
-    let keep = 4 << 20;
-    let t1 = child
-        .stdout
-        .take()
-        .map(|s| spawn_reader(s, buf.clone(), keep));
-    let t2 = child
-        .stderr
-        .take()
-        .map(|s| spawn_reader(s, buf.clone(), keep));
-    let start = std::time::Instant::now();
-    let lower: Vec<String> = patterns.iter().map(|p| p.to_lowercase()).collect();
-    let text = |b: &Arc<Mutex<Vec<u8>>>| String::from_utf8_lossy(&b.lock().unwrap()).into_owned();
-    let matched = |t: &str| {
-        let t = t.to_lowercase();
-        let mut at = 0;
-        for p in &lower {
-            match t[at..].find(p.as_str()) {
-                Some(i) => at += i + p.len(),
-                None => return false,
+    let mut c = console::Console::spawn(cmd)?;
+    let deadline = std::time::Instant::now() + limit;
+    let mut from = 0;
+    for p in patterns {
+        let re = regex::RegexBuilder::new(&regex::escape(p))
+            .case_insensitive(true)
+            .build()
+            .expect("an escaped pattern is a valid regex");
+        match c.wait_for(&re, from, &[], deadline)? {
+            console::Wait::Found { end, .. } => from = end,
+            console::Wait::Exited { status } => {
+                c.stop();
+                return Ok(Watch::Exited {
+                    output: c.text(),
+                    status,
+                });
+            }
+            console::Wait::TimedOut | console::Wait::Failed { .. } => {
+                c.stop();
+                return Ok(Watch::TimedOut { output: c.text() });
             }
         }
-        true
-    };
-    let result = loop {
-        if crate::signals::interrupted() {
-            crate::signals::stop_group(pid);
-            let _ = child.wait();
-            bail!(crate::signals::Interrupted);
-        }
-        if matched(&text(&buf)) {
-            crate::signals::stop_group(pid);
-            let _ = child.wait();
-            break Watch::Matched {
-                output: String::new(),
-            };
-        }
-        if let Some(st) = child.try_wait()? {
-            break Watch::Exited {
-                output: String::new(),
-                status: st.to_string(),
-            };
-        }
-        if start.elapsed() > limit {
-            crate::signals::stop_group(pid);
-            let _ = child.wait();
-            break Watch::TimedOut {
-                output: String::new(),
-            };
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    for t in [t1, t2].into_iter().flatten() {
-        let _ = t.join();
     }
-    let out = text(&buf);
-    Ok(match result {
-        Watch::Matched { .. } => Watch::Matched { output: out },
-        Watch::Exited { status, .. } => Watch::Exited {
-            output: out,
-            status,
-        },
-        Watch::TimedOut { .. } => Watch::TimedOut { output: out },
-    })
+    c.stop();
+    Ok(Watch::Matched { output: c.text() })
 }
 
 #[cfg(test)]

@@ -35,6 +35,21 @@ pub fn convert_to_raw(image: &Utf8Path, format: &str, raw: &Utf8Path) -> Cmd {
     .arg(raw.as_str())
 }
 
+// --- smoke boots ---
+
+/// `qemu-img create -f qcow2 -F FORMAT -b BASE OUT`: a throw-away overlay, so
+/// that a guest writes into `out` and never into `base` (an absolute path:
+/// qemu resolves a relative one against the overlay's directory).
+pub fn overlay(base: &Utf8Path, format: &str, out: &Utf8Path) -> Cmd {
+    Cmd::new(
+        "qemu-img",
+        format!("a throw-away overlay on {}", base.file_name().unwrap_or("")),
+    )
+    .args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
+    .arg(base.as_str())
+    .arg(out.as_str())
+}
+
 // --- qcow2 target ---
 
 /// `qemu-img convert -f raw -O qcow2 [-c -o compression_type=…] RAW OUT`.

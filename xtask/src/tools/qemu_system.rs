@@ -27,6 +27,10 @@ pub enum Media {
     Cdrom(Utf8PathBuf),
     /// A disk image (format: raw, qcow2, vmdk) on virtio.
     Disk { path: Utf8PathBuf, format: String },
+    /// A read-only data image the guest reads but never boots from (a
+    /// NoCloud seed): a CD-ROM on amd64 (after the disks in boot order), a
+    /// read-only virtio disk on arm64's `virt` (which has no IDE).
+    Seed(Utf8PathBuf),
 }
 
 /// One boot with the serial console on stdout: amd64 (`q35` with OVMF, or
@@ -50,6 +54,8 @@ pub struct Boot {
     /// restricted to qemu's own (`restrict=on`): the guest is offline, the
     /// forwarded ports still work.
     pub forward: Vec<(u16, u16)>,
+    /// Virtual CPUs (`-smp`).
+    pub cpus: u32,
 }
 
 impl Boot {
@@ -64,6 +70,7 @@ impl Boot {
             kernel: None,
             snapshot: false,
             forward: Vec::new(),
+            cpus: 2,
         }
     }
     pub fn cdrom(mut self, p: &Utf8Path) -> Boot {
@@ -110,7 +117,14 @@ impl Boot {
         let mut c = Cmd::new(&program, "smoke-boot the image under qemu")
             .args(["-accel", &self.accel, "-m", &self.memory_mib.to_string()])
             .args([
-                "-smp", "2", "-display", "none", "-serial", "stdio", "-monitor", "none",
+                "-smp",
+                &self.cpus.to_string(),
+                "-display",
+                "none",
+                "-serial",
+                "stdio",
+                "-monitor",
+                "none",
             ])
             .args(["-no-reboot", "-nic", &self.nic()]);
         let code = match self.arch {
@@ -155,6 +169,18 @@ impl Boot {
                         format!("file={path},format={format},if=virtio"),
                     ]);
                 }
+                Media::Seed(path) if self.arch == Arch::Arm64 => {
+                    c = c.args([
+                        "-drive".to_string(),
+                        format!("file={path},format=raw,if=virtio,readonly=on"),
+                    ]);
+                }
+                Media::Seed(path) => {
+                    c = c.args([
+                        "-drive".to_string(),
+                        format!("file={path},format=raw,media=cdrom,readonly=on,if=ide,index=3"),
+                    ]);
+                }
             }
         }
         if has_cd && self.firmware == Firmware::Bios {
@@ -178,6 +204,7 @@ impl Boot {
 /// be a power of two. The GPU firmware itself is not emulated.
 pub fn raspi3b(
     sd: &Utf8Path,
+    sd_format: &str,
     kernel: &Utf8Path,
     dtb: &Utf8Path,
     initrd: &Utf8Path,
@@ -197,7 +224,10 @@ pub fn raspi3b(
         "none",
         "-no-reboot",
     ])
-    .args(["-drive".to_string(), format!("file={sd},format=raw,if=sd")])
+    .args([
+        "-drive".to_string(),
+        format!("file={sd},format={sd_format},if=sd"),
+    ])
     .args(["-kernel", kernel.as_str(), "-dtb", dtb.as_str()])
     .args(["-initrd", initrd.as_str(), "-append", append])
 }
@@ -210,6 +240,7 @@ mod tests {
     fn raspi3b_boots_the_card_as_its_sd_card() {
         let c = raspi3b(
             Utf8Path::new("/w/pi.img"),
+            "raw",
             Utf8Path::new("/w/vmlinuz"),
             Utf8Path::new("/w/bcm2837-rpi-3-b.dtb"),
             Utf8Path::new("/w/initrd.img"),

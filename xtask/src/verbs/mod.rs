@@ -14,6 +14,7 @@ pub mod qcow2;
 pub mod recipe;
 pub mod scan;
 pub mod seed;
+pub mod smoke;
 pub mod stage;
 pub mod test;
 
@@ -31,5 +32,6 @@ pub fn run(cx: &Cx, verb: Verb) -> Result<()> {
         Verb::Pi(a) => pi::run(cx, a),
         Verb::Scan(a) => scan::run(cx, a),
         Verb::Bench(a) => bench::run(cx, a),
+        Verb::Smoke(a) => smoke::run(cx, a),
     }
 }

@@ -1,0 +1,1005 @@
+//! Smoke boots: boot an artifact kiln built under qemu and check what the
+//! recipe's `smoke:` section says the appliance promises.
+//!
+//! A run has three phases. [`prepare`] turns each artifact into a base disk
+//! qemu can boot (the qcow2 itself, the VMDK out of an OVA, the Pi card
+//! decompressed with its boot files taken out of its FAT, the ISO as a
+//! CD-ROM) in a work directory. [`guests`] lays out the guests: `instances`
+//! copies of each disk, each on its own throw-away qcow2 overlay (the
+//! artifact is never written), firmwares spread over the instances, the
+//! first instance booted a second time and given the config carrier. Then
+//! the guests run in parallel, up to the cores available; each boot's
+//! console is watched ([`crate::tools::console`]) for the checks in order,
+//! HTTP checks go through ports forwarded from 127.0.0.1, and qemu is
+//! stopped after the last check (or the first failure). Finally the checks
+//! across boots: the identity report differs between instances and repeats
+//! on the second boot, first-boot work does not run again, the carrier's
+//! values reached the appliance.
+//!
+//! The report ([`report`]) is printed check by check and written to
+//! `output/smoke/` with every console log.
+
+pub mod http;
+pub mod report;
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use camino::{Utf8Path, Utf8PathBuf};
+use regex::Regex;
+
+use crate::recipe::smoke::{Check, SmokeOptions};
+use crate::recipe::{Arch, Resolved};
+use crate::tools::console::{Console, Wait};
+use crate::tools::qemu_system::{self, Boot, Firmware, Media};
+use crate::tools::{self, Cmd};
+use report::Outcome;
+
+/// What kind of artifact a file is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Iso,
+    Qcow2,
+    Ova,
+    Pi,
+}
+
+/// An artifact to smoke.
+#[derive(Debug, Clone)]
+pub struct Artifact {
+    pub path: Utf8PathBuf,
+    pub format: Format,
+    pub arch: Arch,
+}
+
+impl Artifact {
+    /// Recognise an artifact by its name, as kiln names them
+    /// (`<name>-<version>-<arch>.qcow2`, `….ova`, `…-arm64-pi.img[.zst]`,
+    /// `….iso`).
+    pub fn from_path(path: &Utf8Path) -> Result<Artifact> {
+        let name = path.file_name().unwrap_or("");
+        let format = if name.ends_with(".qcow2") {
+            Format::Qcow2
+        } else if name.ends_with(".ova") {
+            Format::Ova
+        } else if name.ends_with(".img.zst") || name.ends_with(".img") {
+            Format::Pi
+        } else if name.ends_with(".iso") {
+            Format::Iso
+        } else {
+            bail!(
+                "{path}: not an artifact smoke can boot (a .qcow2, .ova, .iso, or a Raspberry Pi \
+                 .img/.img.zst)"
+            );
+        };
+        if !path.is_file() {
+            bail!("{path}: no such file (build it first, or run `cargo xtask smoke` without arguments to build and boot the recipe's artifacts)");
+        }
+        let arch = if format == Format::Pi || name.contains("-arm64") {
+            Arch::Arm64
+        } else {
+            Arch::Amd64
+        };
+        Ok(Artifact {
+            path: crate::fsutil::absolute(path)?,
+            format,
+            arch,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        self.path.file_name().unwrap_or("artifact")
+    }
+}
+
+/// Which firmware the guests boot with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FirmwareChoice {
+    /// What the artifact supports (the recipe's `qcow2.firmware`, the OVA's
+    /// descriptor; arm64 disks UEFI; the ISO both).
+    Auto,
+    Uefi,
+    Bios,
+    Both,
+}
+
+/// How to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub instances: usize,
+    pub firmware: FirmwareChoice,
+    /// `tcg` or `kvm`.
+    pub accel: String,
+    /// Attach the config carrier (when the recipe declares one).
+    pub carrier: bool,
+    /// Scratch space (overlays, extracted disks); removed by the caller.
+    pub work: Utf8PathBuf,
+    /// Where console logs go (`<dir>/<artifact>/…log`).
+    pub logs: Utf8PathBuf,
+    /// Boots at once (default: the cores available).
+    pub parallel: usize,
+}
+
+/// A base disk a guest boots from, made by [`prepare`].
+#[derive(Debug, Clone)]
+enum Base {
+    /// A disk image (boots on an overlay).
+    Disk {
+        path: Utf8PathBuf,
+        format: String,
+        firmwares: Vec<Firmware>,
+    },
+    /// A Raspberry Pi card with the files its firmware would load.
+    Pi {
+        card: Utf8PathBuf,
+        kernel: Utf8PathBuf,
+        dtb: Utf8PathBuf,
+        initrd: Utf8PathBuf,
+        cmdline: String,
+    },
+    /// An installer ISO (read-only, no overlay).
+    Cdrom { path: Utf8PathBuf },
+}
+
+/// One guest: an instance of an artifact.
+#[derive(Debug, Clone)]
+pub struct Guest {
+    pub artifact: String,
+    pub arch: Arch,
+    pub instance: usize,
+    /// `uefi`, `bios` or `raspi3b`.
+    pub machine: String,
+    firmware: Firmware,
+    base: Base,
+    /// Checks of each boot, in order: the first boot, then (first instance
+    /// only) the second.
+    boots: Vec<Vec<Check>>,
+    /// Attach the carrier on the first boot.
+    carrier: bool,
+    /// The guest's overlay disk and UEFI variables.
+    overlay: Utf8PathBuf,
+    vars: Option<Utf8PathBuf>,
+}
+
+impl Guest {
+    fn label(&self, boot: usize) -> String {
+        format!("#{} {} boot {}", self.instance, self.machine, boot + 1)
+    }
+
+    /// The qemu command of boot `boot` (host ports forwarded per guest port).
+    fn cmd(
+        &self,
+        o: &SmokeOptions,
+        ports: &BTreeMap<u16, u16>,
+        carrier: Option<&Utf8Path>,
+        cpus: u32,
+        accel: &str,
+    ) -> Cmd {
+        match &self.base {
+            Base::Pi {
+                kernel,
+                dtb,
+                initrd,
+                cmdline,
+                ..
+            } => qemu_system::raspi3b(
+                &self.overlay,
+                "qcow2",
+                kernel,
+                dtb,
+                initrd,
+                &format!("{cmdline} console=ttyAMA0,115200"),
+            ),
+            Base::Cdrom { path } => {
+                let mut b = Boot::new(self.firmware).cdrom(path);
+                b.memory_mib = o.memory;
+                b.accel = accel.to_string();
+                b.cpus = cpus;
+                b.vars = self.vars.clone();
+                b.cmd()
+            }
+            Base::Disk { .. } => {
+                let mut b = Boot::new(self.firmware).disk(&self.overlay, "qcow2");
+                if self.arch == Arch::Arm64 {
+                    b = b.arm64();
+                }
+                b.memory_mib = o.memory;
+                b.accel = accel.to_string();
+                b.cpus = cpus;
+                b.vars = self.vars.clone();
+                for (guest, host) in ports {
+                    b = b.forward(*host, *guest);
+                }
+                if let Some(c) = carrier {
+                    b.media.push(Media::Seed(c.to_owned()));
+                }
+                b.cmd()
+            }
+        }
+    }
+}
+
+/// The tools a smoke of `formats` needs (checked before any boot).
+pub fn needs(artifacts: &[Artifact]) -> Vec<String> {
+    let mut v: Vec<String> = vec!["qemu-img".into()];
+    for a in artifacts {
+        match (a.format, a.arch) {
+            (Format::Pi, _) => v.extend(["qemu-system-aarch64".into(), "mcopy".into()]),
+            (_, Arch::Arm64) => {
+                v.extend(["qemu-system-aarch64".into(), qemu_system::AAVMF_CODE.into()])
+            }
+            _ => v.extend(["qemu-system-x86_64".into(), qemu_system::OVMF_CODE.into()]),
+        }
+    }
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// Make each artifact bootable in `work` (see the module docs).
+fn prepare(r: &Resolved, a: &Artifact, firmware: FirmwareChoice, work: &Utf8Path) -> Result<Base> {
+    let dir = work.join(a.name());
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {dir}"))?;
+    let pick = |supported: Vec<Firmware>| -> Result<Vec<Firmware>> {
+        let want = match firmware {
+            FirmwareChoice::Auto => return Ok(supported),
+            FirmwareChoice::Uefi => vec![Firmware::Uefi],
+            FirmwareChoice::Bios => vec![Firmware::Bios],
+            FirmwareChoice::Both => vec![Firmware::Uefi, Firmware::Bios],
+        };
+        for f in &want {
+            if !supported.contains(f) {
+                bail!(
+                    "{}: boots with {} only; `--firmware {}` cannot boot it",
+                    a.name(),
+                    supported
+                        .iter()
+                        .map(|f| fw_name(*f))
+                        .collect::<Vec<_>>()
+                        .join(" and "),
+                    fw_name(*f)
+                );
+            }
+        }
+        Ok(want)
+    };
+    Ok(match a.format {
+        Format::Qcow2 => {
+            let supported = if a.arch == Arch::Arm64 {
+                vec![Firmware::Uefi]
+            } else {
+                use crate::recipe::qcow2::Firmware as F;
+                match r.recipe.qcow2.firmware {
+                    F::Uefi => vec![Firmware::Uefi],
+                    F::Bios => vec![Firmware::Bios],
+                    F::Both => vec![Firmware::Uefi, Firmware::Bios],
+                }
+            };
+            Base::Disk {
+                path: a.path.clone(),
+                format: "qcow2".into(),
+                firmwares: pick(supported)?,
+            }
+        }
+        Format::Ova => {
+            let (vmdk, efi) = crate::ova::extract_disk(&a.path, &dir)?;
+            let supported = if efi {
+                vec![Firmware::Uefi]
+            } else {
+                vec![Firmware::Bios]
+            };
+            Base::Disk {
+                path: vmdk,
+                format: "vmdk".into(),
+                firmwares: pick(supported)?,
+            }
+        }
+        Format::Pi => {
+            let card = crate::pi::lint::unpack(&a.path, &dir)?;
+            let files = crate::pi::boot_files(&card, &dir)?;
+            Base::Pi {
+                card,
+                kernel: files.kernel,
+                dtb: files.dtb,
+                initrd: files.initrd,
+                cmdline: files.cmdline,
+            }
+        }
+        Format::Iso => {
+            pick(vec![Firmware::Uefi, Firmware::Bios])?;
+            Base::Cdrom {
+                path: a.path.clone(),
+            }
+        }
+    })
+}
+
+fn fw_name(f: Firmware) -> &'static str {
+    match f {
+        Firmware::Uefi => "uefi",
+        Firmware::Bios => "bios",
+    }
+}
+
+/// The ISO's own first check: the kernel's command line carries the
+/// autoinstall arguments kiln put in its boot menu.
+fn iso_checks(o: &SmokeOptions) -> Vec<Check> {
+    let words: Vec<String> = crate::seed::autoinstall_kernel_words()
+        .iter()
+        .map(|w| regex::escape(&w.replace('\\', "")))
+        .collect();
+    let mut v = vec![Check {
+        console: Some(format!("Command line:.*{}", words.join(" "))),
+        http: None,
+        port: 80,
+        status: 200,
+        body: None,
+        within: 300,
+    }];
+    v.extend(o.iso.iter().cloned());
+    v
+}
+
+/// Lay out the guests of every artifact (see the module docs).
+fn guests(o: &SmokeOptions, opts: &Options, prepared: &[(Artifact, Base)]) -> Vec<Guest> {
+    let mut out = Vec::new();
+    for (a, base) in prepared {
+        let dir = opts.work.join(a.name());
+        let (firmwares, machine_of): (Vec<Firmware>, fn(Firmware) -> String) = match base {
+            Base::Disk { firmwares, .. } => (firmwares.clone(), |f| fw_name(f).to_string()),
+            Base::Cdrom { .. } => match opts.firmware {
+                FirmwareChoice::Uefi => (vec![Firmware::Uefi], |f| fw_name(f).to_string()),
+                FirmwareChoice::Bios => (vec![Firmware::Bios], |f| fw_name(f).to_string()),
+                _ => (vec![Firmware::Uefi, Firmware::Bios], |f| {
+                    fw_name(f).to_string()
+                }),
+            },
+            Base::Pi { .. } => (vec![Firmware::Uefi], |_| "raspi3b".to_string()),
+        };
+        let iso = matches!(base, Base::Cdrom { .. });
+        // An ISO boots once per firmware; a disk as many instances as asked,
+        // at least one per firmware, firmwares taken in turn.
+        let n = if iso {
+            firmwares.len()
+        } else {
+            opts.instances.max(firmwares.len())
+        };
+        for i in 0..n {
+            let firmware = firmwares[i % firmwares.len()];
+            let instance = i + 1;
+            let mut boots = vec![if iso { iso_checks(o) } else { o.boot.clone() }];
+            if instance == 1 && !iso && !o.again.is_empty() {
+                boots.push(o.again.clone());
+            }
+            let uefi = firmware == Firmware::Uefi && !matches!(base, Base::Pi { .. });
+            out.push(Guest {
+                artifact: a.name().to_string(),
+                arch: a.arch,
+                instance,
+                machine: machine_of(firmware),
+                firmware,
+                base: base.clone(),
+                boots,
+                carrier: instance == 1
+                    && !iso
+                    && opts.carrier
+                    && o.carrier.is_some()
+                    && !matches!(base, Base::Pi { .. }),
+                overlay: dir.join(format!("instance-{instance}.qcow2")),
+                vars: uefi.then(|| dir.join(format!("instance-{instance}-vars.fd"))),
+            });
+        }
+    }
+    out
+}
+
+/// What one boot saw.
+#[derive(Debug, Default)]
+struct BootResult {
+    outcomes: Vec<Outcome>,
+    console: String,
+    passed: bool,
+}
+
+/// What one guest's boots saw.
+#[derive(Debug, Default)]
+struct GuestResult {
+    boots: Vec<BootResult>,
+}
+
+/// The last `n` lines of a console.
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Run the boots of one guest and write their console logs.
+fn run_guest(
+    g: &Guest,
+    o: &SmokeOptions,
+    opts: &Options,
+    carrier: Option<&Carrier>,
+    cpus: u32,
+    print: &(dyn Fn(&Outcome) + Sync),
+) -> Result<GuestResult> {
+    let fail: Vec<Regex> = o
+        .fail
+        .iter()
+        .map(|p| Regex::new(p).expect("checked"))
+        .collect();
+    // Every guest port an HTTP check names gets a free host port.
+    let mut ports = BTreeMap::new();
+    for c in g.boots.iter().flatten() {
+        if c.http.is_some() && !ports.contains_key(&c.port) {
+            ports.insert(c.port, free_port()?);
+        }
+    }
+    let mut result = GuestResult::default();
+    for (i, checks) in g.boots.iter().enumerate() {
+        let label = g.label(i);
+        let seed = if i == 0 && g.carrier {
+            carrier.map(|c| c.iso.as_path())
+        } else {
+            None
+        };
+        let cmd = g.cmd(o, &ports, seed, cpus, &opts.accel);
+        crate::ui::info(&format!(
+            "smoke: {} {label}: booting{} ({} checks)",
+            g.artifact,
+            if seed.is_some() {
+                " with the config carrier"
+            } else {
+                ""
+            },
+            checks.len()
+        ));
+        crate::ui::debug(&format!("$ {cmd}"));
+        let b = run_boot(g, &label, &cmd, checks, &fail, &ports, o.settle, print)?;
+        let log_dir = opts.logs.join(&g.artifact);
+        std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {log_dir}"))?;
+        let log = log_dir.join(format!(
+            "instance-{}-{}-boot-{}.log",
+            g.instance,
+            g.machine,
+            i + 1
+        ));
+        std::fs::write(&log, &b.console)
+            .with_context(|| format!("writing the console log {log}"))?;
+        let passed = b.passed;
+        result.boots.push(b);
+        if !passed {
+            break;
+        }
+    }
+    Ok(result)
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .context("finding a free TCP port on 127.0.0.1 for the guest's forwarded port")?
+        .port())
+}
+
+/// One boot: start qemu, run the checks in order, let the guest settle,
+/// stop qemu.
+#[allow(clippy::too_many_arguments)]
+fn run_boot(
+    g: &Guest,
+    label: &str,
+    cmd: &Cmd,
+    checks: &[Check],
+    fail: &[Regex],
+    ports: &BTreeMap<u16, u16>,
+    settle: u64,
+    print: &(dyn Fn(&Outcome) + Sync),
+) -> Result<BootResult> {
+    let mut c = Console::spawn(cmd)?;
+    let mut out = BootResult::default();
+    let mut from = 0;
+    let mut failed = false;
+    for check in checks {
+        let deadline = Instant::now() + Duration::from_secs(check.within);
+        let what = check.describe();
+        let mut outcome = Outcome {
+            artifact: g.artifact.clone(),
+            guest: label.to_string(),
+            check: what.clone(),
+            ok: false,
+            at_secs: None,
+            message: String::new(),
+            console_tail: String::new(),
+        };
+        if failed {
+            outcome.message = "not run: an earlier check failed".into();
+            out.outcomes.push(outcome);
+            continue;
+        }
+        let r = match (&check.console, &check.http) {
+            (Some(p), _) => {
+                let re = Regex::new(p).expect("checked by the recipe");
+                c.wait_for(&re, from, fail, deadline)?
+            }
+            (None, Some(path)) => {
+                let (w, last) = http_check(
+                    &mut c,
+                    check,
+                    path,
+                    ports[&check.port],
+                    from,
+                    fail,
+                    deadline,
+                )?;
+                if w == Wait::TimedOut {
+                    outcome.message = format!(
+                        "not answered as expected within {}s; last try: {last}",
+                        check.within
+                    );
+                }
+                w
+            }
+            (None, None) => unreachable!("checked by the recipe"),
+        };
+        match r {
+            Wait::Found { end, at } => {
+                if check.console.is_some() {
+                    from = end;
+                }
+                outcome.ok = true;
+                outcome.at_secs = Some(at.as_secs_f64());
+            }
+            Wait::TimedOut if check.http.is_some() => {}
+            Wait::TimedOut => {
+                outcome.message = format!("not seen within {}s", check.within);
+            }
+            Wait::Exited { status } => {
+                outcome.message = format!("qemu exited ({status}) first");
+            }
+            Wait::Failed { line } => {
+                outcome.message = format!("the console showed a failure first: {line}");
+            }
+        }
+        if !outcome.ok {
+            failed = true;
+            c.stop();
+            outcome.console_tail = tail(&c.text(), 50);
+        }
+        print(&outcome);
+        out.outcomes.push(outcome);
+    }
+    if !failed {
+        let until = Instant::now() + Duration::from_secs(settle);
+        while Instant::now() < until && c.exited().is_none() {
+            crate::signals::check()?;
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    c.stop();
+    out.console = c.text();
+    out.passed = !failed;
+    Ok(out)
+}
+
+/// Retry GET until it answers as `check` says, qemu exits, a failure
+/// pattern shows, or the deadline passes.
+fn http_check(
+    c: &mut Console,
+    check: &Check,
+    path: &str,
+    port: u16,
+    from: usize,
+    fail: &[Regex],
+    deadline: Instant,
+) -> Result<(Wait, String)> {
+    let body = check
+        .body
+        .as_deref()
+        .map(|b| Regex::new(b).expect("checked by the recipe"));
+    let never = Regex::new(r"\A\z.").expect("a pattern that never matches");
+    let mut last;
+    loop {
+        // Watch the console for failures and exits meanwhile.
+        match c.wait_for(&never, from, fail, Instant::now())? {
+            Wait::TimedOut => {}
+            w => return Ok((w, String::new())),
+        }
+        match http::get(port, path, Duration::from_secs(5)) {
+            Ok(a)
+                if a.status == check.status
+                    && body.as_ref().is_none_or(|b| b.is_match(&a.body)) =>
+            {
+                return Ok((
+                    Wait::Found {
+                        end: from,
+                        at: c.elapsed(),
+                    },
+                    String::new(),
+                ));
+            }
+            Ok(a) => {
+                last = format!(
+                    "answered {} with {:?}",
+                    a.status,
+                    a.body.chars().take(200).collect::<String>()
+                )
+            }
+            Err(e) => last = format!("{e:#}"),
+        }
+        if Instant::now() >= deadline {
+            return Ok((Wait::TimedOut, last));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// The config carrier the smoke attaches: a cidata ISO whose provision.env
+/// sets fresh values.
+pub struct Carrier {
+    pub iso: Utf8PathBuf,
+    /// Setting name to the sha256 (hex) of the value set.
+    pub digests: BTreeMap<String, String>,
+}
+
+/// Write the carrier: the recipe's cloud-init seed, generated as for the
+/// qcow2 target but with a provision.env holding a fresh random value for
+/// each of `smoke.carrier.set`.
+fn make_carrier(r: &Resolved, work: &Utf8Path) -> Result<Option<Carrier>> {
+    let Some(c) = &r.recipe.smoke.carrier else {
+        return Ok(None);
+    };
+    let dir = work.join("carrier");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {dir}"))?;
+    let mut env = String::from("# set by `cargo xtask smoke`: fresh values for this run\n");
+    let mut digests = BTreeMap::new();
+    for name in &c.set {
+        let mut bytes = [0u8; 32];
+        getrandom(&mut bytes)?;
+        let value: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        env.push_str(&format!("{name}={value}\n"));
+        digests.insert(name.clone(), crate::digest::bytes_sha256(value.as_bytes()));
+    }
+    let provision = dir.join("provision.env");
+    std::fs::write(&provision, env).with_context(|| format!("writing {provision}"))?;
+    let mut r2 = r.clone();
+    r2.recipe.seed.cloud_init.provision_env = Some(provision);
+    let seed = crate::seed::generate(&r2, crate::seed::SeedTarget::Qcow2)
+        .context("generating the carrier's cloud-init seed")?;
+    let mut files = vec![
+        (dir.join(crate::seed::USER_DATA), crate::seed::USER_DATA),
+        (dir.join(crate::seed::META_DATA), crate::seed::META_DATA),
+    ];
+    std::fs::write(&files[0].0, &seed.user_data)?;
+    std::fs::write(&files[1].0, &seed.meta_data)?;
+    if let Some(n) = &seed.network_config {
+        let p = dir.join(crate::seed::NETWORK_CONFIG);
+        std::fs::write(&p, n)?;
+        files.push((p, crate::seed::NETWORK_CONFIG));
+    }
+    let iso = dir.join(crate::seed::CIDATA_ISO);
+    tools::run(&tools::xorriso::cidata_iso(
+        &iso,
+        crate::seed::CIDATA_ISO_LABEL,
+        &files,
+        r.epoch,
+    ))?;
+    Ok(Some(Carrier { iso, digests }))
+}
+
+fn getrandom(buf: &mut [u8]) -> Result<()> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(buf))
+        .context("reading /dev/urandom for the carrier's values")
+}
+
+/// `name` → `digest` pairs of every match of `re` in `console`.
+fn reported(re: &Regex, console: &str) -> BTreeMap<String, String> {
+    re.captures_iter(console)
+        .map(|c| (c["name"].to_string(), c["digest"].to_string()))
+        .collect()
+}
+
+/// Boot every artifact and check it. Returns the report; the caller
+/// writes it and fails the run on any failed check.
+pub fn run(r: &Resolved, artifacts: &[Artifact], opts: &Options) -> Result<report::Report> {
+    let started = Instant::now();
+    let o = &r.recipe.smoke;
+    if opts.accel == "kvm"
+        && std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_err()
+    {
+        bail!("--accel kvm: /dev/kvm cannot be opened here; use the default `--accel tcg`");
+    }
+    let mut prepared = Vec::new();
+    for a in artifacts {
+        crate::ui::info(&format!("smoke: preparing {}", a.name()));
+        prepared.push((a.clone(), prepare(r, a, opts.firmware, &opts.work)?));
+    }
+    let guests = guests(o, opts, &prepared);
+    let carrier = if guests.iter().any(|g| g.carrier) {
+        make_carrier(r, &opts.work)?
+    } else {
+        None
+    };
+    for g in &guests {
+        if let Base::Disk { path, format, .. } = &g.base {
+            tools::run(&tools::qemu_img::overlay(path, format, &g.overlay))?;
+        }
+        if let Base::Pi { card, .. } = &g.base {
+            tools::run(&tools::qemu_img::overlay(card, "raw", &g.overlay))?;
+        }
+        if let Some(v) = &g.vars {
+            let from = match g.arch {
+                Arch::Amd64 => qemu_system::OVMF_VARS,
+                Arch::Arm64 => qemu_system::AAVMF_VARS,
+            };
+            std::fs::copy(from, v)
+                .with_context(|| format!("copying the UEFI variables {from} to {v}"))?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(v, std::fs::Permissions::from_mode(0o644))
+                .with_context(|| format!("making {v} writable"))?;
+        }
+    }
+    let parallel = opts.parallel.clamp(1, guests.len().max(1));
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let cpus = (cores / parallel).clamp(1, 2) as u32;
+    crate::ui::info(&format!(
+        "smoke: {} guest(s), {parallel} at a time, {cpus} vCPU(s) each, {}",
+        guests.len(),
+        opts.accel
+    ));
+    let print = |x: &Outcome| crate::ui::info(&format!("smoke: {}", x.line()));
+    let queue = Mutex::new((0..guests.len()).collect::<Vec<_>>());
+    let results: Mutex<BTreeMap<usize, Result<GuestResult>>> = Mutex::new(BTreeMap::new());
+    std::thread::scope(|s| {
+        for _ in 0..parallel {
+            s.spawn(|| {
+                while let Some(i) = next(&queue) {
+                    let g = &guests[i];
+                    let res = run_guest(g, o, opts, carrier.as_ref(), cpus, &print);
+                    let stop = res.is_err();
+                    results.lock().unwrap().insert(i, res);
+                    if stop {
+                        // An interrupt (or a broken host) ends the run: no new guests.
+                        queue.lock().unwrap().clear();
+                    }
+                }
+            });
+        }
+    });
+    let mut results = results.into_inner().unwrap();
+    let mut outcomes = Vec::new();
+    let mut done: Vec<(&Guest, GuestResult)> = Vec::new();
+    for (i, g) in guests.iter().enumerate() {
+        match results.remove(&i) {
+            Some(Ok(res)) => done.push((g, res)),
+            Some(Err(e)) => {
+                return Err(e.context(format!("smoke boot of {} {}", g.artifact, g.label(0))))
+            }
+            None => {}
+        }
+    }
+    for (_, res) in &done {
+        for b in &res.boots {
+            outcomes.extend(b.outcomes.iter().cloned());
+        }
+    }
+    let across = cross_checks(o, &done, carrier.as_ref());
+    for x in &across {
+        print(x);
+    }
+    outcomes.extend(across);
+    Ok(report::Report {
+        outcomes,
+        secs: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The next guest to boot, if any.
+fn next(queue: &Mutex<Vec<usize>>) -> Option<usize> {
+    let mut q = queue.lock().unwrap();
+    (!q.is_empty()).then(|| q.remove(0))
+}
+
+/// An instance and the identity its first boot reported.
+type Reported<'a> = (&'a Guest, BTreeMap<String, String>);
+
+/// The checks across boots and instances (identity, first-boot work, carrier).
+fn cross_checks(
+    o: &SmokeOptions,
+    done: &[(&Guest, GuestResult)],
+    carrier: Option<&Carrier>,
+) -> Vec<Outcome> {
+    let mut out = Vec::new();
+    let outcome =
+        |g: &Guest, guest: String, check: String, problem: Option<String>, console: &str| Outcome {
+            artifact: g.artifact.clone(),
+            guest,
+            check,
+            ok: problem.is_none(),
+            at_secs: None,
+            message: problem.clone().unwrap_or_default(),
+            console_tail: if problem.is_some() {
+                tail(console, 50)
+            } else {
+                String::new()
+            },
+        };
+    let identity = o
+        .identity
+        .as_deref()
+        .map(|p| Regex::new(p).expect("checked"));
+    // Per artifact: the first boots' identity reports.
+    let mut firsts: BTreeMap<&str, Vec<Reported>> = BTreeMap::new();
+    for (g, res) in done {
+        if g.boots.len() == 1 && matches!(g.base, Base::Cdrom { .. }) {
+            continue;
+        }
+        let Some(first) = res.boots.first().filter(|b| b.passed) else {
+            continue;
+        };
+        if let Some(re) = &identity {
+            let ids = reported(re, &first.console);
+            out.push(outcome(
+                g,
+                g.label(0),
+                "identity report".into(),
+                ids.is_empty()
+                    .then(|| format!("no line matched /{}/", re.as_str())),
+                &first.console,
+            ));
+            if let Some(second) = res.boots.get(1).filter(|b| b.passed) {
+                let again = reported(re, &second.console);
+                let changed: Vec<String> = ids
+                    .iter()
+                    .filter(|(k, v)| again.get(*k) != Some(*v))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                out.push(outcome(
+                    g,
+                    g.label(1),
+                    "identity unchanged since the first boot".into(),
+                    (!changed.is_empty())
+                        .then(|| format!("changed or missing: {}", changed.join(", "))),
+                    &second.console,
+                ));
+            }
+            firsts
+                .entry(g.artifact.as_str())
+                .or_default()
+                .push((g, ids));
+        }
+        if let Some(second) = res.boots.get(1).filter(|b| b.passed) {
+            for p in &o.once {
+                let re = Regex::new(p).expect("checked");
+                let problem = if !re.is_match(&first.console) {
+                    Some("not seen on the first boot".to_string())
+                } else if re.is_match(&second.console) {
+                    Some("seen again on the second boot: first-boot work ran again".to_string())
+                } else {
+                    None
+                };
+                out.push(outcome(
+                    g,
+                    g.label(1),
+                    format!("once /{p}/"),
+                    problem,
+                    &second.console,
+                ));
+            }
+        }
+        if let (true, Some(c), Some(spec)) = (g.carrier, carrier, &o.carrier) {
+            let re = Regex::new(&spec.report).expect("checked");
+            let got = reported(&re, &first.console);
+            for (name, want) in &c.digests {
+                let problem = match got.get(name) {
+                    Some(d) if d == want => None,
+                    Some(d) => Some(format!("reported digest {d}, the carrier set one whose digest is {want}")),
+                    None => Some(format!("no report of {name} matched /{}/: the appliance did not take it from the carrier", spec.report)),
+                };
+                out.push(outcome(
+                    g,
+                    g.label(0),
+                    format!("carrier setting {name} reached the appliance"),
+                    problem,
+                    &first.console,
+                ));
+            }
+        }
+    }
+    for (artifact, ids) in firsts {
+        if ids.len() < 2 {
+            continue;
+        }
+        let mut shared = Vec::new();
+        for i in 0..ids.len() {
+            for j in i + 1..ids.len() {
+                for (name, d) in &ids[i].1 {
+                    if ids[j].1.get(name) == Some(d) {
+                        shared.push(format!(
+                            "#{} and #{} share {name} ({d})",
+                            ids[i].0.instance, ids[j].0.instance
+                        ));
+                    }
+                }
+            }
+        }
+        let g = ids[0].0;
+        out.push(Outcome {
+            artifact: artifact.to_string(),
+            guest: String::new(),
+            check: format!("{} instances have distinct identities", ids.len()),
+            ok: shared.is_empty(),
+            at_secs: None,
+            message: if shared.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "{}: a baked identity (every instance must mint its own)",
+                    shared.join("; ")
+                )
+            },
+            console_tail: String::new(),
+        });
+        let _ = g;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn artifacts_are_recognised_by_name() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = Utf8Path::from_path(d.path()).unwrap();
+        for (name, format, arch) in [
+            ("demo-1-amd64.qcow2", Format::Qcow2, Arch::Amd64),
+            ("demo-1-arm64.qcow2", Format::Qcow2, Arch::Arm64),
+            ("demo-1-amd64.ova", Format::Ova, Arch::Amd64),
+            ("demo-1-arm64-pi.img.zst", Format::Pi, Arch::Arm64),
+            ("demo-1-amd64.iso", Format::Iso, Arch::Amd64),
+        ] {
+            std::fs::write(dir.join(name), b"x").unwrap();
+            let a = Artifact::from_path(&dir.join(name)).unwrap();
+            assert_eq!((a.format, a.arch), (format, arch), "{name}");
+        }
+        let e = format!("{:#}", Artifact::from_path(&dir.join("x.tar")).unwrap_err());
+        assert!(e.contains("not an artifact smoke can boot"), "{e}");
+        let e = format!(
+            "{:#}",
+            Artifact::from_path(&dir.join("gone.qcow2")).unwrap_err()
+        );
+        assert!(e.contains("no such file"), "{e}");
+    }
+
+    #[test]
+    fn the_iso_check_matches_the_autoinstall_command_line() {
+        let c = &iso_checks(&SmokeOptions::default())[0];
+        let re = Regex::new(c.console.as_ref().unwrap()).unwrap();
+        assert!(re.is_match(
+            "[    0.000000] Command line: BOOT_IMAGE=/casper/vmlinuz console=ttyS0,115200 autoinstall ds=nocloud;s=/cdrom/nocloud/ ---"
+        ));
+        assert!(!re.is_match("Command line: BOOT_IMAGE=/casper/vmlinuz ---"));
+    }
+
+    #[test]
+    fn reports_are_read_by_name_and_digest() {
+        let re = Regex::new(r"demo: identity (?P<name>\S+) sha256=(?P<digest>[0-9a-f]+)").unwrap();
+        let m = reported(
+            &re,
+            "x\ndemo: identity machine-id sha256=ab12\r\ndemo: identity secrets sha256=cd\n",
+        );
+        assert_eq!(m.len(), 2);
+        assert_eq!(m["machine-id"], "ab12");
+    }
+}
