@@ -572,16 +572,29 @@ fn demo_ova_boots_to_first_boot() {
         "a UEFI-only disk asks for EFI firmware"
     );
     assert_eq!(attr(&ovf, "Disk", "capacity"), (2u64 << 30).to_string());
-    let vmdk = x.join("demo-disk1.vmdk");
-    let vars = support::uefi_vars(&p.root, xtask::recipe::Arch::Amd64);
-    let mut boot = xtask::tools::qemu_system::Boot::new(xtask::tools::qemu_system::Firmware::Uefi)
-        .disk(&vmdk, "vmdk")
-        .vars(&vars);
-    boot.snapshot = true;
-    support::boot(
-        &boot.cmd(),
-        &["demo: first boot complete"],
-        Duration::from_secs(420),
+    // The smoke boots the OVA's VMDK (taken out of the OVA) under OVMF, as
+    // its descriptor asks: the appliance's first boot and its web container.
+    // One boot: the second boot and two instances are the qcow2 smoke's.
+    let text = std::fs::read_to_string(p.path("recipes/small.yaml")).unwrap();
+    let smoke =
+        "smoke:\n  boot:\n    - console: \"demo: first boot complete\"\n      within: 420\n    \
+                 - console: \"demo: bootstrap ok\"\n      within: 240\n    \
+                 - http: /healthz\n      body: \"^ok\"\n      within: 240\n";
+    p.write("recipes/small.yaml", &support::with_smoke(&text, smoke));
+    p.run(&[
+        "--recipe",
+        "recipes/small.yaml",
+        "smoke",
+        ova.as_str(),
+        "--instances",
+        "1",
+        "--no-carrier",
+    ]);
+    let out = support::smoke_log(&p, &ova, 1, "uefi", 1);
+    assert!(
+        out.contains("demo: first boot complete"),
+        "{}",
+        support::tail(&out)
     );
 }
 

@@ -7,15 +7,11 @@
 mod support;
 
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use camino::{Utf8Path, Utf8PathBuf};
 use support::{sh, tail, Project};
-use xtask::recipe::Arch;
-use xtask::tools::qemu_system::{Boot, Firmware};
 
 const BOOT_TOOLS: &[&str] = &["qemu-system-x86_64", "/usr/share/OVMF/OVMF_CODE_4M.fd"];
-const BOOT_LIMIT: Duration = Duration::from_secs(420);
 
 /// The demo recipe with a small disk.
 fn small_recipe(p: &Project, extra: &str) -> String {
@@ -53,10 +49,6 @@ fn built() -> &'static Built {
     })
 }
 
-fn boot(b: &Boot, patterns: &[&str]) -> String {
-    support::boot(&b.cmd(), patterns, BOOT_LIMIT)
-}
-
 /// Byte offset of GPT partition `n` of a raw disk, as sgdisk reads it.
 fn partition_offset(raw: &Utf8Path, n: u32) -> u64 {
     let first: u64 = sh("sgdisk", &["-i", &n.to_string(), raw.as_str()])
@@ -67,67 +59,6 @@ fn partition_offset(raw: &Utf8Path, n: u32) -> u64 {
         .parse()
         .unwrap();
     first * 512
-}
-
-/// Boot a real copy of the demo disk twice: the first boot runs the
-/// appliance's first-boot unit with every unit started (DNS, growing root,
-/// no firstboot prompt), loads the baked web image into podman and serves
-/// it: the host gets the page and `/healthz` through a forwarded port, the
-/// guest otherwise offline. The second boot does not run first boot again
-/// and does not load the image again. Returns the first boot's console.
-fn boots_twice(b: Boot) -> String {
-    let port = support::free_port();
-    let b = b.forward(port, 80);
-    // The guest keeps running a while after the probe, so that what the
-    // first boot wrote is committed before qemu is stopped (a stop right at
-    // the marker is a power cut) and units started after it show up too.
-    let first = support::boot_probe_linger(
-        &b.cmd(),
-        &["demo: first boot complete", "demo: bootstrap ok"],
-        Some(support::Probe {
-            port,
-            paths: &["/", "/healthz"],
-            patience: Duration::from_secs(240),
-        }),
-        BOOT_LIMIT,
-        Duration::from_secs(15),
-    );
-    assert!(
-        !first.contains("First Boot Wizard"),
-        "systemd-firstboot prompted"
-    );
-    for (want, why) in [
-        ("Network Name Resolution", "systemd-resolved did not start"),
-        ("Grow File System on /", "the root file system did not grow"),
-        (
-            "demo: image demo-web:latest loaded from demo-web-",
-            "bootstrap did not load the baked image into podman",
-        ),
-        (
-            "kiln-probe /: <!doctype html>",
-            "the web container did not serve the page",
-        ),
-        ("kiln-probe /healthz: ok", "/healthz did not answer ok"),
-    ] {
-        assert!(first.contains(want), "{why}:\n{}", tail(&first));
-    }
-    assert!(
-        !first.contains("Failed to start"),
-        "a unit failed:\n{}",
-        tail(&first)
-    );
-    let second = boot(&b, &["demo: bootstrap ok"]);
-    assert!(
-        !second.contains("first boot complete"),
-        "first boot ran again:\n{}",
-        tail(&second)
-    );
-    assert!(
-        second.contains("demo: image demo-web:latest already loaded"),
-        "the second boot loaded the image again:\n{}",
-        tail(&second)
-    );
-    first
 }
 
 fn tempdir() -> (tempfile::TempDir, Utf8PathBuf) {
@@ -329,47 +260,6 @@ fn builder1_image_is_clean_and_laid_out() {
 }
 
 #[test]
-fn builder1_boots_uefi_then_first_boot_does_not_rerun() {
-    if !support::require(support::qcow2_build_tools()) || !support::require(BOOT_TOOLS) {
-        return;
-    }
-    let _g = support::heavy();
-    let b = built();
-    let (_d, dir) = tempdir();
-    // A real copy: the second boot must see what the first one wrote.
-    let disk = dir.join("disk.qcow2");
-    std::fs::copy(&b.qcow2, &disk).unwrap();
-    let v = support::uefi_vars(&dir, Arch::Amd64);
-    boots_twice(Boot::new(Firmware::Uefi).disk(&disk, "qcow2").vars(&v));
-    let check = sh("qemu-img", &["check", "-f", "qcow2", disk.as_str()]);
-    assert!(check.contains("No errors were found"), "{check}");
-}
-
-#[test]
-fn builder1_boots_bios() {
-    if !support::require(support::qcow2_build_tools()) || !support::require(BOOT_TOOLS) {
-        return;
-    }
-    let _g = support::heavy();
-    let b = built();
-    let mut boot_cfg = Boot::new(Firmware::Bios).disk(&b.qcow2, "qcow2");
-    boot_cfg.snapshot = true;
-    let out = boot(
-        &boot_cfg,
-        &[
-            "Loading Linux",
-            "demo: first boot complete",
-            "demo: bootstrap ok",
-        ],
-    );
-    assert!(
-        !out.contains("error:"),
-        "GRUB reported an error:\n{}",
-        tail(&out)
-    );
-}
-
-#[test]
 fn builder1_two_builds_are_identical() {
     if !support::require(support::qcow2_build_tools()) {
         return;
@@ -503,21 +393,28 @@ fn builder2_customizes_a_vendor_image_and_it_boots() {
     let info: serde_json::Value =
         serde_json::from_str(&sh("qemu-img", &["info", "--output=json", q.as_str()])).unwrap();
     assert_eq!(info["virtual-size"], 3u64 << 30);
-    let (_d, dir) = tempdir();
-    let v = support::uefi_vars(&dir, Arch::Amd64);
-    let mut bt = Boot::new(Firmware::Uefi).disk(&q, "qcow2").vars(&v);
-    bt.snapshot = true;
-    let out = boot(
-        &bt,
-        &[
-            "demo: first boot complete",
-            "demo: bootstrap ok (customized)",
-        ],
-    );
+    // The customized image boots (one instance, UEFI): its first boot runs
+    // and the changed bootstrap reports.
+    let text = std::fs::read_to_string(p.path(&recipe)).unwrap();
+    let smoke = "smoke:\n  boot:\n    - console: \"demo: first boot complete\"\n      within: 420\n    - console: 'demo: bootstrap ok \\(customized\\)'\n      within: 240\n";
+    std::fs::write(p.path(&recipe), support::with_smoke(&text, smoke)).unwrap();
+    p.run(&[
+        "--recipe",
+        &recipe,
+        "smoke",
+        q.as_str(),
+        "--instances",
+        "1",
+        "--firmware",
+        "uefi",
+        "--no-carrier",
+    ]);
+    let out = support::smoke_log(&p, &q, 1, "uefi", 1);
     assert!(
         !out.contains("First Boot Wizard"),
         "systemd-firstboot prompted"
     );
+    let (_d, dir) = tempdir();
 
     // Bad inputs: checksum mismatch, corrupt base, virt-customize failure.
     let (p2, r2) = customize_project(&b.qcow2, &"0".repeat(64));
@@ -675,16 +572,19 @@ fn builder1_arm64_disk_boots_uefi_with_kiln_initrd() {
         "no root-disk modules in {names:?}"
     );
 
-    // Boot twice on a real copy.
-    let disk = dir.join("disk.qcow2");
-    std::fs::copy(&q, &disk).unwrap();
-    let v = support::uefi_vars(&dir, Arch::Arm64);
-    let first = boots_twice(
-        Boot::new(Firmware::Uefi)
-            .arm64()
-            .disk(&disk, "qcow2")
-            .vars(&v),
-    );
+    // The recipe's smoke, one instance: the first boot (first boot, the
+    // bootstrap, the web container through a forwarded port), a second boot
+    // that does not run first boot again, the identity kept.
+    p.run(&[
+        "--recipe",
+        &recipe,
+        "smoke",
+        q.as_str(),
+        "--instances",
+        "1",
+        "--no-carrier",
+    ]);
+    let first = support::smoke_log(&p, &q, 1, "uefi", 1);
     assert!(
         first.contains("Kernel command line:") && !first.contains("initrd: "),
         "kiln's initrd complained:\n{}",
@@ -801,31 +701,33 @@ fn builder1_snakeoil_pair_is_made_per_instance() {
     drop(raw);
     std::fs::remove_file(dir.join("disk.raw")).unwrap();
 
-    // Two throw-away instances of the same disk, booted in parallel.
-    let fingerprint = || {
-        let mut b = Boot::new(Firmware::Bios).disk(&q, "qcow2");
-        b.snapshot = true;
-        // Two TCG guests share the two cores: more time than one boot.
-        let out = support::boot(&b.cmd(), &["snakeoil-user: ", " :done"], BOOT_LIMIT * 3 / 2);
-        let fp = out
-            .split("Fingerprint=")
-            .nth(1)
-            .and_then(|r| r.split(" :done").next())
-            .unwrap_or_else(|| panic!("no snakeoil fingerprint on the console:\n{}", tail(&out)))
-            .trim()
-            .to_string();
+    // Two instances of the same disk, booted in parallel by the smoke, whose
+    // identity check is the snakeoil certificate's fingerprint.
+    let smoke = "smoke:\n  boot:\n    - console: 'snakeoil-user: .* :done'\n      within: 630\n  \
+                 identity: 'snakeoil-user: (?P<name>\\w+) Fingerprint=(?P<digest>[0-9A-F:]{95}) :done'\n";
+    let text = std::fs::read_to_string(p.path(&recipe)).unwrap();
+    std::fs::write(p.path(&recipe), support::with_smoke(&text, smoke)).unwrap();
+    p.run(&[
+        "--recipe",
+        &recipe,
+        "smoke",
+        q.as_str(),
+        "--instances",
+        "2",
+        "--firmware",
+        "bios",
+    ]);
+    let report = std::fs::read_to_string(p.path("output/smoke/smoke.json")).unwrap();
+    assert!(
+        report.contains("2 instances have distinct identities"),
+        "{report}"
+    );
+    for i in [1, 2] {
+        let out = support::smoke_log(&p, &q, i, "bios", 1);
         assert!(
-            fp.len() == 95 && !out.contains("Failed to start"),
-            "the snakeoil pair or its user failed ({fp:?}):\n{}",
+            !out.contains("Failed to start"),
+            "the snakeoil pair or its user failed:\n{}",
             tail(&out)
         );
-        fp
-    };
-    let (a, b) = std::thread::scope(|s| {
-        let a = s.spawn(fingerprint);
-        let b = s.spawn(fingerprint);
-        (a.join().unwrap(), b.join().unwrap())
-    });
-    eprintln!("snakeoil certificates of the two instances: {a} and {b}");
-    assert_ne!(a, b, "two instances share one snakeoil certificate");
+    }
 }

@@ -2,7 +2,8 @@
 //! packages, warm rebuild after one overlay change ≤ 10 s, no-op ≤ 2 s), the
 //! arm64 cold build on this host against a bare arm64 mmdebstrap, and the
 //! Raspberry Pi image (cold ≤ 10 min with the part under emulation against a
-//! bare arm64 mmdebstrap, warm ≤ 30 s, no-op ≤ 2 s).
+//! bare arm64 mmdebstrap, warm ≤ 30 s, no-op ≤ 2 s), and the smoke of the
+//! demo qcow2: one instance, then two side by side (≤ 1.3× one).
 //! The input is a copy of the demo project with a small disk, generated in
 //! the scratch directory; the baseline runs in the same process, same run.
 
@@ -216,12 +217,12 @@ pub fn pi_builds(bcx: &BenchCx) -> Result<Vec<Measurement>> {
     Ok(ms)
 }
 
-/// Boot the demo qcow2 (UEFI, TCG, offline but for one forwarded port) and
-/// time, on the host, the first `GET /healthz` its web container answers.
-/// No goal: reported to watch for regressions, with the guest's own time to
-/// `demo: bootstrap ok` (its kernel clock) for scale.
-pub fn boot_to_http(bcx: &BenchCx) -> Result<Vec<Measurement>> {
-    use crate::tools::qemu_system::{Boot, Firmware, OVMF_VARS};
+/// The smoke of the demo qcow2 (UEFI, TCG, first boot only, no carrier):
+/// one instance alone, then two instances of the same disk side by side.
+/// Reports the time to the last marker of one instance (qemu's start to
+/// the last first-boot check, the web container's `/healthz`), and the
+/// ratio of the two-instance run to it (goal <= 1.3x on 2 cores).
+pub fn smoke(bcx: &BenchCx) -> Result<Vec<Measurement>> {
     let p = demo_project(bcx.scratch, Arch::Amd64)?;
     let plan = build(&p, Arch::Amd64)?;
     let disk = plan
@@ -230,62 +231,62 @@ pub fn boot_to_http(bcx: &BenchCx) -> Result<Vec<Measurement>> {
         .find(|a| a.name.ends_with(".qcow2"))
         .map(|a| a.from.clone())
         .context("the qcow2 plan publishes no disk")?;
-    // The guest writes to its disk: boot a copy, never the cache entry.
-    let copy = bcx.scratch.join("boot.qcow2");
-    std::fs::copy(&disk, &copy).with_context(|| format!("copying {disk}"))?;
-    let vars = bcx.scratch.join("OVMF_VARS.fd");
-    std::fs::copy(OVMF_VARS, &vars).with_context(|| format!("copying {OVMF_VARS}"))?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let boot = Boot::new(Firmware::Uefi)
-        .disk(&copy, "qcow2")
-        .vars(&vars)
-        .forward(port, 80)
-        .cmd();
-    // qemu in the background; curl polls the forwarded port once a second.
-    const PROBE: &str = r#"port=$1; shift
-"$@" &
-until curl -fsS --max-time 3 "http://127.0.0.1:$port/healthz" >/dev/null 2>&1; do sleep 1; done
-echo kiln-bench-http-ok
-wait"#;
-    let cmd = crate::tools::Cmd::new("sh", "boot the demo qcow2 until its web container answers")
-        .args(["-c", PROBE, "sh"])
-        .arg(port.to_string())
-        .arg(&boot.program)
-        .args(&boot.args);
-    let limit = std::time::Duration::from_secs(900);
-    let (watch, took) = timed(|| crate::tools::run_until(&cmd, &["kiln-bench-http-ok"], limit))?;
-    let _ = std::fs::remove_dir_all(&p.root);
-    let _ = std::fs::remove_file(&copy);
-    let console = match watch {
-        crate::tools::Watch::Matched { output } => output,
-        crate::tools::Watch::Exited { output, .. } | crate::tools::Watch::TimedOut { output } => {
-            anyhow::bail!(
-                "the demo qcow2's web container did not answer within {limit:?}:\n{}",
-                output.lines().rev().take(40).collect::<Vec<_>>().join("\n")
-            )
-        }
+    let artifact = crate::smoke::Artifact {
+        path: disk,
+        format: crate::smoke::Format::Qcow2,
+        arch: Arch::Amd64,
     };
-    let bootstrap = console
-        .lines()
-        .find(|l| l.contains("demo: bootstrap ok"))
-        .and_then(|l| {
-            l.trim_start()
-                .strip_prefix('[')?
-                .split(']')
-                .next()?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .map(std::time::Duration::from_secs_f64)
-        .unwrap_or_default();
-    Ok(vec![Measurement::report(
-        "qcow2 boot to HTTP (TCG)",
-        "host: qemu start to the first GET /healthz answered",
-        took,
-        "guest kernel clock at `demo: bootstrap ok`",
-        bootstrap,
-    )])
+    let mut r = crate::recipe::load_resolved(&p.recipe, &p.root)?;
+    r.recipe.smoke.again.clear();
+    r.recipe.smoke.once.clear();
+    let run = |instances: usize| -> Result<std::time::Duration> {
+        let work = bcx.scratch.join(format!("smoke-{instances}"));
+        let _ = std::fs::remove_dir_all(&work);
+        let opts = crate::smoke::Options {
+            instances,
+            firmware: crate::smoke::FirmwareChoice::Uefi,
+            accel: "tcg".into(),
+            carrier: false,
+            work: work.join("work"),
+            logs: work.join("logs"),
+            parallel: instances,
+        };
+        let report = crate::smoke::run(&r, std::slice::from_ref(&artifact), &opts)?;
+        let _ = std::fs::remove_dir_all(&work);
+        if report.failures() > 0 {
+            let failed: Vec<String> = report
+                .outcomes
+                .iter()
+                .filter(|o| !o.ok)
+                .map(|o| o.line())
+                .collect();
+            anyhow::bail!("the demo qcow2's smoke failed:\n{}", failed.join("\n"));
+        }
+        let last = report
+            .outcomes
+            .iter()
+            .filter_map(|o| o.at_secs)
+            .fold(0.0f64, f64::max);
+        Ok(std::time::Duration::from_secs_f64(last))
+    };
+    let one = run(1)?;
+    let two = run(2)?;
+    let _ = std::fs::remove_dir_all(&p.root);
+    Ok(vec![
+        Measurement::report(
+            "smoke: demo qcow2 (TCG)",
+            "one instance, UEFI: qemu start to the last first-boot check",
+            one,
+            "(no baseline: watched for regressions)",
+            one,
+        ),
+        Measurement::time(
+            "smoke: two instances",
+            "two instances side by side, to the last check of both",
+            two,
+            "one instance alone",
+            one,
+            1.3,
+        ),
+    ])
 }

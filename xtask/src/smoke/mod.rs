@@ -192,6 +192,7 @@ impl Guest {
                 dtb,
                 initrd,
                 &format!("{cmdline} console=ttyAMA0,115200"),
+                &ports.iter().map(|(g, h)| (*h, *g)).collect::<Vec<_>>(),
             ),
             Base::Cdrom { path } => {
                 let mut b = Boot::new(self.firmware).cdrom(path);

@@ -10,7 +10,7 @@ use crate::cx::Cx;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Only run cases whose name contains this: export, container, iso, scan, ova, qcow2,
-    /// boot-http, arm64, pi.
+    /// smoke, arm64, pi.
     #[arg(long)]
     pub case: Option<String>,
     /// Scale the generated inputs (1.0 = the sizes the goals are set for).
@@ -29,7 +29,7 @@ fn cases() -> Vec<(&'static str, Case)> {
         ("scan", bench::scan::scan_disk),
         ("ova", bench::ova::ova_build),
         ("qcow2", bench::qcow2::qcow2_builds),
-        ("boot-http", bench::qcow2::boot_to_http),
+        ("smoke", bench::qcow2::smoke),
         ("arm64", bench::qcow2::qcow2_arm64_cold),
         ("pi", bench::qcow2::pi_builds),
     ]

@@ -451,127 +451,42 @@ pub fn boot(cmd: &Cmd, patterns: &[&str], limit: Duration) -> String {
     }
 }
 
-/// Printed by [`boot_and_linger`]'s timer; the last pattern it waits for.
-const LINGERED: &str = "kiln-test-console-lingered";
-
-/// Like [`boot`], but the guest keeps running `linger` after the last of
-/// `patterns` appeared, so its file systems commit what the boot wrote
-/// (ext4 commits every 5 s) and later units get to start, before qemu is
-/// stopped. The console passes through a shell loop that copies it line by
-/// line and, at the first line holding the last pattern, starts a timer that
-/// prints a marker after `linger`; `run_until` waits for that marker after
-/// the patterns and then stops the whole process group as usual.
-pub fn boot_and_linger(cmd: &Cmd, patterns: &[&str], limit: Duration, linger: Duration) -> String {
-    boot_probe_linger(cmd, patterns, None, limit, linger)
-}
-
-/// An HTTP probe of a booted guest: GET each of `paths` on
-/// `http://127.0.0.1:<port>` (a port [`Boot::forward`] forwards), retrying
-/// for up to `patience` until it answers 2xx.
-///
-/// [`Boot::forward`]: xtask::tools::qemu_system::Boot::forward
-pub struct Probe<'a> {
-    pub port: u16,
-    pub paths: &'a [&'a str],
-    pub patience: Duration,
-}
-
-/// Printed before each answer of a [`Probe`]: `kiln-probe <path>: <body>`.
-pub const PROBED: &str = "kiln-probe";
-
-/// [`boot_and_linger`] with an optional HTTP [`Probe`] run from the host
-/// once the last pattern appeared (and before lingering). Each answer is
-/// put into the console as `kiln-probe <path>: <body>`, an unanswered path
-/// as `kiln-probe <path> failed`, so the returned console holds them in
-/// order with the guest's own lines.
-pub fn boot_probe_linger(
-    cmd: &Cmd,
-    patterns: &[&str],
-    probe: Option<Probe<'_>>,
-    limit: Duration,
-    linger: Duration,
-) -> String {
-    let last = patterns.last().expect("at least one pattern");
-    // $4: port, $5: tries, the rest after `--`: the paths; then the command.
-    const FILTER: &str = r#"pat=$1 secs=$2 mark=$3 port=$4 tries=$5; shift 5
-paths=
-while [ "$1" != -- ]; do paths="$paths $1"; shift; done; shift
-probe() {
-  for p in $paths; do
-    i=0
-    while :; do
-      if body=$(curl -fsS --max-time 5 "http://127.0.0.1:$port$p" 2>&1); then
-        printf 'kiln-probe %s: %s
-' "$p" "$body"; break
-      fi
-      i=$((i + 1))
-      if [ "$i" -ge "$tries" ]; then printf 'kiln-probe %s failed: %s
-' "$p" "$body"; break; fi
-      sleep 2
-    done
-  done
-}
-"$@" | {
-  armed=
-  while IFS= read -r line || [ -n "$line" ]; do
-    printf '%s
-' "$line"
-    if [ -z "$armed" ]; then
-      case $line in *$pat*) armed=1; (probe; sleep "$secs"; echo "$mark") & ;; esac
-    fi
-  done
-}"#;
-    let (port, tries, paths, patience) = match &probe {
-        Some(p) => (
-            p.port,
-            p.patience.as_secs() / 2 + 1,
-            p.paths.to_vec(),
-            p.patience,
-        ),
-        None => (0, 0, Vec::new(), Duration::ZERO),
+/// The recipe `text` with its `smoke:` section replaced by `section` (YAML
+/// text starting with `smoke:`): the demo recipe's is its last top-level
+/// section, so everything from `smoke:` up to the next top-level key goes.
+pub fn with_smoke(text: &str, section: &str) -> String {
+    let Some(start) = text.find("\nsmoke:\n").map(|i| i + 1) else {
+        return format!("{text}\n{section}");
     };
-    let mut wrapped = Cmd::new("sh", format!("{} (lingering {linger:?})", cmd.summary))
-        .args(["-c", FILTER, "sh"])
-        .arg(case_insensitive_glob(last))
-        .arg(format!("{:.1}", linger.as_secs_f64()))
-        .arg(LINGERED)
-        .arg(port.to_string())
-        .arg(tries.to_string())
-        .args(&paths)
-        .arg("--")
-        .arg(&cmd.program)
-        .args(&cmd.args);
-    for (k, v) in &cmd.env {
-        wrapped = wrapped.env(k, v);
-    }
-    wrapped.cwd = cmd.cwd.clone();
-    let mut all = patterns.to_vec();
-    all.push(LINGERED);
-    // Each try may take its 5 s timeout besides the pause.
-    boot(&wrapped, &all, limit + linger + patience * 4)
-}
-
-/// A TCP port on 127.0.0.1 that nothing listens on right now (for a
-/// forwarded guest port).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("binding a free port on 127.0.0.1")
-        .port()
-}
-
-/// A shell `case` pattern for `s` that ignores ASCII case, as `run_until`
-/// does (`[dD][eE]…`); pattern characters in `s` match any character.
-fn case_insensitive_glob(s: &str) -> String {
-    s.chars()
-        .map(|c| match c {
-            c if c.is_ascii_alphabetic() => {
-                format!("[{}{}]", c.to_ascii_lowercase(), c.to_ascii_uppercase())
-            }
-            '*' | '?' | '[' | ']' | '\\' => "?".to_string(),
-            c => c.to_string(),
+    let rest = &text[start + "smoke:\n".len()..];
+    let end = rest
+        .match_indices('\n')
+        .map(|(i, _)| i + 1)
+        .find(|&i| {
+            rest[i..]
+                .chars()
+                .next()
+                .is_some_and(|c| !c.is_whitespace() && c != '#')
         })
-        .collect()
+        .map(|i| start + "smoke:\n".len() + i)
+        .unwrap_or(text.len());
+    format!("{}{section}{}", &text[..start], &text[end..])
+}
+
+/// The console log `cargo xtask smoke` wrote for boot `boot` of instance
+/// `instance` (machine `uefi`, `bios` or `raspi3b`) of `artifact`.
+pub fn smoke_log(
+    p: &Project,
+    artifact: &Utf8Path,
+    instance: usize,
+    machine: &str,
+    boot: usize,
+) -> String {
+    let log = p
+        .path("output/smoke")
+        .join(artifact.file_name().unwrap())
+        .join(format!("instance-{instance}-{machine}-boot-{boot}.log"));
+    std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("{log}: {e}"))
 }
 
 /// The last 60 lines of a console.
