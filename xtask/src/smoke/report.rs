@@ -25,6 +25,9 @@ pub struct Outcome {
     /// The last console lines, for a failure.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub console_tail: String,
+    /// Not checked on this guest (`message` says why); `ok` stays true.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
 }
 
 impl Outcome {
@@ -33,7 +36,9 @@ impl Outcome {
         let mut s = format!("{} {}", self.artifact, self.guest);
         s = s.trim_end().to_string();
         s.push_str(&format!(": {}: ", self.check));
-        if self.ok {
+        if self.skipped {
+            s.push_str(&self.message);
+        } else if self.ok {
             s.push_str("ok");
             if let Some(t) = self.at_secs {
                 s.push_str(&format!(" at {t:.1}s"));
@@ -109,7 +114,13 @@ impl Report {
                     esc(&name),
                     c.at_secs.unwrap_or(0.0)
                 );
-                if c.ok {
+                if c.skipped {
+                    let _ = writeln!(
+                        x,
+                        ">\n      <skipped message=\"{}\"/>\n    </testcase>",
+                        esc(&c.message)
+                    );
+                } else if c.ok {
                     x.push_str("/>\n");
                 } else {
                     let _ = writeln!(
@@ -167,13 +178,24 @@ mod tests {
             } else {
                 "\x1b[0mlast & line\r".into()
             },
+            skipped: false,
         }
     }
 
     #[test]
     fn junit_is_well_formed_and_counts_failures() {
+        let skipped = Outcome {
+            skipped: true,
+            message: "skipped: no network".into(),
+            at_secs: None,
+            ..outcome(true)
+        };
+        assert_eq!(
+            skipped.line(),
+            "demo-1-amd64.qcow2 #1 uefi boot 1: console /a<b/: skipped: no network"
+        );
         let r = Report {
-            outcomes: vec![outcome(true), outcome(false)],
+            outcomes: vec![outcome(true), outcome(false), skipped],
             secs: 30.0,
         };
         let x = r.junit();
@@ -187,7 +209,11 @@ mod tests {
             }
         }
         assert!(x.contains(">[0mlast &amp; line</failure>"), "{x}");
-        assert!(x.contains("tests=\"2\" failures=\"1\""), "{x}");
+        assert!(x.contains("tests=\"3\" failures=\"1\""), "{x}");
+        assert!(
+            x.contains("<skipped message=\"skipped: no network\"/>"),
+            "{x}"
+        );
         assert!(
             x.contains("<failure message=\"no match within 3s\">"),
             "{x}"
