@@ -379,6 +379,7 @@ fn builder1_image_is_clean_and_laid_out() {
     // boot (instance, data, semaphores) nor its logs in the image.
     let cfg = dbg("cat /etc/cloud/cloud.cfg.d/90-kiln-nocloud.cfg");
     assert!(cfg.contains("datasource_list: [ NoCloud, None ]"), "{cfg}");
+    assert!(cfg.contains("\nlocale: C.UTF-8\n"), "{cfg}");
     assert!(dbg("stat /usr/bin/cloud-init").contains("Type: regular"));
     let state = dbg("ls -l /var/lib/cloud");
     for gone in ["instance", "data", "sem", "handlers"] {

@@ -113,11 +113,16 @@ pub const CARRIER_DROP_IN: &str = "etc/cloud/cloud.cfg.d/90-kiln-nocloud.cfg";
 impl Carrier {
     /// The drop-in's text: NoCloud only (no metadata service is probed on
     /// a boot without a carrier), then `None`, and on a Pi the label of the
-    /// boot partition.
+    /// boot partition. The locale is `C.UTF-8` unless a seed sets one:
+    /// cloud-init's default (`en_US.UTF-8`, which kiln's roots do not have)
+    /// fails its locale module on every boot, and `locale: false` fails its
+    /// schema.
     pub fn drop_in(&self) -> String {
         let mut s = String::from(
             "# Written by kiln: the appliance is configured by its config carrier, a\n\
-             # cloud-init NoCloud seed; no metadata service is ever probed.\n",
+             # cloud-init NoCloud seed; no metadata service is ever probed.\n\
+             # C.UTF-8 (built into glibc) unless the seed's user-data sets `locale:`.\n\
+             locale: C.UTF-8\n",
         );
         match self {
             Carrier::Attached => s.push_str(
@@ -682,5 +687,30 @@ mod tests {
         };
         let s = root_fs_bytes(&b);
         assert!(s > 600 * MIB && s.is_multiple_of(MIB));
+    }
+
+    /// One drop-in, NoCloud then None; only the Pi names a label (its boot
+    /// partition), every other image leaves cloud-init's own `cidata`.
+    #[test]
+    fn the_carrier_drop_in_limits_cloud_init_to_nocloud() {
+        let vm = Carrier::Attached.drop_in();
+        assert!(
+            vm.contains("\ndatasource_list: [ NoCloud, None ]\n"),
+            "{vm}"
+        );
+        assert!(vm.contains("\nlocale: C.UTF-8\n"), "{vm}");
+        assert!(!vm.contains("fs_label"), "{vm}");
+        let pi = Carrier::BootPartition {
+            label: "BOOT".into(),
+        }
+        .drop_in();
+        assert!(
+            pi.contains("\ndatasource_list: [ NoCloud, None ]\n"),
+            "{pi}"
+        );
+        assert!(
+            pi.ends_with("datasource:\n  NoCloud:\n    fs_label: BOOT\n"),
+            "{pi}"
+        );
     }
 }
