@@ -134,6 +134,92 @@ fn failed_firstboot_leaves_no_sentinel_and_retries() {
     assert!(root.join("var/lib/demo/firstboot.done").exists());
 }
 
+/// The lines of the first boot that start with `demo: `.
+fn demo_lines(o: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter(|l| l.starts_with("demo: "))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The first boot reports where each secret came from, in the lines the
+/// smoke boots match: `provisioned NAME sha256=<hex of the value>` for a
+/// value from the config carrier's provision.env, `minted NAME` otherwise;
+/// never the value itself, and `first boot complete` last.
+#[test]
+fn firstboot_reports_where_each_secret_came_from() {
+    use sha2::Digest;
+    let (_d, root) = tmp_root();
+    std::fs::create_dir_all(root.join("etc/demo")).unwrap();
+    let token = "0123456789abcdef".repeat(4);
+    std::fs::write(
+        root.join("etc/demo/provision.env"),
+        format!("# from the carrier\nDEMO_DB_PASSWORD=CHANGE_ME\nDEMO_API_TOKEN={token}\n"),
+    )
+    .unwrap();
+    let o = run("firstboot", &root);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        !text(&o).contains(&token),
+        "the value is printed:\n{}",
+        text(&o)
+    );
+    let sha = hex::encode(sha2::Sha256::digest(token.as_bytes()));
+    assert_eq!(
+        demo_lines(&o),
+        [
+            "demo: minted DEMO_ENCRYPTION_KEY".to_string(),
+            "demo: minted DEMO_DB_PASSWORD".to_string(),
+            format!("demo: provisioned DEMO_API_TOKEN sha256={sha}"),
+            "demo: first boot complete".to_string(),
+        ]
+    );
+    assert_eq!(secrets(&root)[2].1, token);
+}
+
+/// A config carrier that is attached (a disk labelled `cidata`/`CIDATA`)
+/// but wrote no provision.env is reported, and the first boot mints and
+/// completes anyway.
+#[test]
+fn firstboot_reports_a_carrier_that_was_not_applied() {
+    for label in ["cidata", "CIDATA"] {
+        let (_d, root) = tmp_root();
+        let by_label = root.join("dev/disk/by-label");
+        std::fs::create_dir_all(&by_label).unwrap();
+        std::fs::write(root.join("dev/sr0"), "").unwrap();
+        std::os::unix::fs::symlink("../../sr0", by_label.join(label)).unwrap();
+        let o = run("firstboot", &root);
+        assert!(o.status.success(), "{}", text(&o));
+        assert_eq!(
+            demo_lines(&o),
+            [
+                format!(
+                    "demo: config carrier not applied: a disk labelled {label} is attached \
+                     but /etc/demo/provision.env is absent"
+                ),
+                "demo: minted DEMO_ENCRYPTION_KEY".to_string(),
+                "demo: minted DEMO_DB_PASSWORD".to_string(),
+                "demo: minted DEMO_API_TOKEN".to_string(),
+                "demo: first boot complete".to_string(),
+            ]
+        );
+        assert!(root.join("var/lib/demo/firstboot.done").exists());
+
+        // Applied (provision.env written): nothing to report.
+        let (_d, root) = tmp_root();
+        std::fs::create_dir_all(root.join("dev/disk/by-label")).unwrap();
+        std::fs::write(root.join("dev/sr0"), "").unwrap();
+        std::os::unix::fs::symlink("../../sr0", root.join("dev/disk/by-label").join(label))
+            .unwrap();
+        std::fs::create_dir_all(root.join("etc/demo")).unwrap();
+        std::fs::write(root.join("etc/demo/provision.env"), "# nothing set\n").unwrap();
+        let o = run("firstboot", &root);
+        assert!(o.status.success(), "{}", text(&o));
+        assert!(!text(&o).contains("not applied"), "{}", text(&o));
+    }
+}
+
 fn sha256sums(dir: &Utf8Path, files: &[&str]) {
     let mut s = String::new();
     for f in files {

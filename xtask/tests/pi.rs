@@ -459,8 +459,10 @@ fn bad_pi_settings_say_what_to_set() {
     assert!(p.outputs().is_empty(), "{:?}", p.outputs());
 }
 
-/// With cloud-init in the image, the plan writes the Pi's NoCloud seed and
-/// the image step reads it (for the boot partition); without, neither.
+/// With cloud-init in the image (listed, or asked for by the recipe's
+/// `seed.cloud_init`), the plan writes the Pi's NoCloud seed and the image
+/// step reads it (for the boot partition) and writes the drop-in naming the
+/// boot partition's label; without, neither.
 #[test]
 fn with_cloud_init_the_seed_rides_on_the_boot_partition() {
     let p = Project::demo();
@@ -496,9 +498,21 @@ fn with_cloud_init_the_seed_rides_on_the_boot_partition() {
         img.contains("\"seed_dir\":\"@CACHE@/seed-pi/") || img.contains("/seed-pi/"),
         "{img}"
     );
-    let without = steps("recipes/demo.yaml");
+    assert!(
+        img.contains("\"carrier\":{\"boot-partition\":{\"label\":\"BOOT\"}}"),
+        "{img}"
+    );
+    // The demo's seed section alone puts cloud-init into the root.
+    let demo_steps = steps("recipes/demo.yaml");
+    assert!(demo_steps.iter().any(|s| s["name"] == "seed-pi"));
+    // Neither the package nor a seed section: no seed, no drop-in.
+    let seed = "seed:\n  cloud_init:\n    provision_env: nocloud/provision.env\n    network_config: nocloud/network-config\n";
+    assert!(demo.contains(seed), "the demo's seed section moved");
+    p.write("recipes/no-seed.yaml", &demo.replace(seed, ""));
+    let without = steps("recipes/no-seed.yaml");
     assert!(!without.iter().any(|s| s["name"] == "seed-pi"));
     assert!(image_step(&without).contains("\"seed_dir\":null"));
+    assert!(image_step(&without).contains("\"carrier\":null"));
 }
 
 /// A mirror without the firmware's component: mmdebstrap's error comes with

@@ -131,6 +131,71 @@ fn plan_keys_rootfs_by_packages_not_overlay() {
     assert!(!args.iter().any(|a| a.contains(&mirror)), "{args:?}");
 }
 
+/// The demo recipe's seed section (the operator's config carrier).
+const DEMO_SEED: &str = "seed:\n  cloud_init:\n    provision_env: nocloud/provision.env\n    network_config: nocloud/network-config\n";
+
+/// A recipe with `seed.cloud_init` puts cloud-init into the Debian root
+/// (its packages, so its key) and has the disk write kiln's NoCloud
+/// drop-in; a recipe without gets neither. (The OVA wraps the same disk.)
+#[test]
+fn cloud_init_is_in_the_root_when_the_recipe_has_a_seed() {
+    let p = Project::demo();
+    let plan = |recipe: &str| -> serde_json::Value {
+        let out = p.run(&["--recipe", recipe, "--dry-run", "--json", "qcow2"]);
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let step = |plan: &serde_json::Value, name: &str| -> serde_json::Value {
+        plan["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} step"))
+            .clone()
+    };
+    let packages = |plan: &serde_json::Value| -> Vec<String> {
+        let args: Vec<String> = serde_json::from_value(
+            step(plan, "qcow2-rootfs-amd64")["actions"][0]["cmd"]["args"].clone(),
+        )
+        .unwrap();
+        let include = args
+            .iter()
+            .find_map(|a| a.strip_prefix("--include="))
+            .expect("--include=");
+        include.split(',').map(str::to_string).collect()
+    };
+    let with = small_recipe(&p, "");
+    let demo = std::fs::read_to_string(p.path(&with)).unwrap();
+    assert!(demo.contains(DEMO_SEED), "the demo's seed section moved");
+    p.write("recipes/no-seed.yaml", &demo.replace(DEMO_SEED, ""));
+    let (a, b) = (plan(&with), plan("recipes/no-seed.yaml"));
+    assert!(
+        packages(&a).contains(&"cloud-init".to_string()),
+        "{:?}",
+        packages(&a)
+    );
+    assert!(
+        !packages(&b).contains(&"cloud-init".to_string()),
+        "{:?}",
+        packages(&b)
+    );
+    assert_ne!(
+        step(&a, "qcow2-rootfs-amd64")["key"],
+        step(&b, "qcow2-rootfs-amd64")["key"]
+    );
+    let carrier = |plan: &serde_json::Value| {
+        step(plan, "qcow2-disk-amd64")["actions"][0]["op"]["qcow2-disk"]["carrier"].clone()
+    };
+    assert_eq!(carrier(&a), "attached");
+    assert_eq!(carrier(&b), serde_json::Value::Null);
+    // An empty section is a seed too (every default).
+    p.write(
+        "recipes/empty-seed.yaml",
+        &demo.replace(DEMO_SEED, "seed:\n  cloud_init: {}\n"),
+    );
+    assert!(packages(&plan("recipes/empty-seed.yaml")).contains(&"cloud-init".to_string()));
+}
+
 #[test]
 fn bad_recipe_values_fail_before_work() {
     let p = Project::demo();
@@ -241,6 +306,21 @@ fn builder1_image_is_clean_and_laid_out() {
         "{fstab}"
     );
     assert!(dbg("cat /opt/demo/bin/firstboot").contains("first boot complete"));
+    // cloud-init reads the config carrier: NoCloud only, and no state of a
+    // boot (instance, data, semaphores) nor its logs in the image.
+    let cfg = dbg("cat /etc/cloud/cloud.cfg.d/90-kiln-nocloud.cfg");
+    assert!(cfg.contains("datasource_list: [ NoCloud, None ]"), "{cfg}");
+    assert!(cfg.contains("\nlocale: C.UTF-8\n"), "{cfg}");
+    assert!(dbg("stat /usr/bin/cloud-init").contains("Type: regular"));
+    let state = dbg("ls -l /var/lib/cloud");
+    for gone in ["instance", "data", "sem", "handlers"] {
+        assert!(
+            !state.split_whitespace().any(|w| w.starts_with(gone)),
+            "/var/lib/cloud holds {gone}:\n{state}"
+        );
+    }
+    let logs = dbg("ls -l /var/log");
+    assert!(!logs.contains("cloud-init"), "{logs}");
     assert!(
         dbg("stat /etc/systemd/system/multi-user.target.wants/demo-firstboot.service")
             .contains("Type: symlink")
@@ -351,7 +431,7 @@ fn builder1_unknown_package_and_unreachable_mirror() {
     }
 }
 
-const CUSTOMIZE_TOOLS: &[&str] = &["virt-customize", "virt-sparsify"];
+const CUSTOMIZE_TOOLS: &[&str] = &["virt-customize", "virt-sparsify", "guestfish"];
 
 /// A project whose base is the builder-1 image, with a changed bootstrap
 /// script so the boot shows the customization happened.
@@ -383,7 +463,10 @@ fn builder2_customizes_a_vendor_image_and_it_boots() {
     let b = built();
     let sha = support::sha256(&b.qcow2);
     let (p, recipe) = customize_project(&b.qcow2, &sha);
-    p.run(&["--recipe", &recipe, "qcow2"]);
+    let built = p.run(&["--recipe", &recipe, "qcow2"]);
+    // The base (kiln's demo disk) has cloud-init: no warning about the carrier.
+    let log = String::from_utf8_lossy(&built.stderr);
+    assert!(!log.contains("has no cloud-init"), "{log}");
     let name = p
         .outputs()
         .into_iter()

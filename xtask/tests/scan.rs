@@ -1246,8 +1246,10 @@ fn bench_case_builds_and_scans_a_small_disk() {
 
 /// Debian packages ship public test vectors (libgnutls embeds PEM private
 /// keys for its self-tests). A file under /usr that is byte-identical to
-/// dpkg's md5sums record is accepted with the package named; the same key
-/// in a changed file, outside /usr, or in a file dpkg does not know, is not.
+/// dpkg's md5sums record is accepted with the package named (a compressed
+/// documentation example by the record of the compressed file); the same
+/// key in a changed file, outside /usr, or in a file dpkg does not know, is
+/// not.
 /// apt's man pages (documentation) show `user:password@` URLs and are not
 /// findings either.
 #[test]
@@ -1297,17 +1299,30 @@ fn package_shipped_test_vectors_pass_changed_or_foreign_copies_do_not() {
     write(&root, &format!("{lib}/libunknown.so.4"), elf(b"unknown"));
     write(&root, "opt/app/key.pem", &key);
     let md5 = |b: &[u8]| hex::encode(xtask::scan::dpkg::md5(b));
+    // Documentation examples are shipped compressed: dpkg records the .gz.
+    let gz = |b: &[u8]| {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        std::io::Write::write_all(&mut e, b).unwrap();
+        e.finish().unwrap()
+    };
+    let example = gz(&key);
+    let edited = gz(&[&key[..], b"# edited\n"].concat());
+    let doc = "usr/share/doc/libvector1/examples";
+    write(&root, &format!("{doc}/key.pem.gz"), &example);
+    write(&root, &format!("{doc}/edited.pem.gz"), &edited);
     write(
         &root,
         "var/lib/dpkg/info/libvector1:amd64.md5sums",
         format!(
-            "{}  {lib}/libvector.so.1\n{}  lib/x86_64-linux-gnu/libmerged.so.2\n{}  {lib}/libchanged.so.3\n{}  opt/app/key.pem\n{}  {lib}/libsparse.so.5\n{}  {lib}/libtail.so.6\n",
+            "{}  {lib}/libvector.so.1\n{}  lib/x86_64-linux-gnu/libmerged.so.2\n{}  {lib}/libchanged.so.3\n{}  opt/app/key.pem\n{}  {lib}/libsparse.so.5\n{}  {lib}/libtail.so.6\n{}  {doc}/key.pem.gz\n{}  {doc}/edited.pem.gz\n",
             md5(&shipped),
             md5(&merged),
             md5(&elf(b"as packaged")),
             md5(&key),
             md5(&sparse),
             md5(&tail),
+            md5(&example),
+            md5(&example),
         ),
     );
     // Merged /usr: dpkg recorded /lib/…, the file lives at /usr/lib/….
@@ -1369,6 +1384,7 @@ fn package_shipped_test_vectors_pass_changed_or_foreign_copies_do_not() {
         format!("/{lib}/libmerged.so.2"),
         format!("/{lib}/libsparse.so.5"),
         format!("/{lib}/libtail.so.6"),
+        "/usr/share/doc/libvector1/examples/key.pem.gz".to_string(),
     ] {
         let f = of(&accepted);
         assert_eq!(f.len(), 1, "{accepted}: {findings:#?}");
@@ -1380,6 +1396,7 @@ fn package_shipped_test_vectors_pass_changed_or_foreign_copies_do_not() {
         format!("/{lib}/libchanged.so.3"),
         format!("/{lib}/libunknown.so.4"),
         "/opt/app/key.pem".to_string(),
+        "/usr/share/doc/libvector1/examples/edited.pem.gz".to_string(),
     ] {
         let f = of(&refused);
         assert_eq!(f.len(), 1, "{refused}: {findings:#?}");
@@ -1394,10 +1411,10 @@ fn package_shipped_test_vectors_pass_changed_or_foreign_copies_do_not() {
         of("/usr/share/man/man5/apt.conf.5").is_empty(),
         "apt's man page is documentation: {findings:#?}"
     );
-    assert_eq!(findings.len(), 7, "{findings:#?}");
+    assert_eq!(findings.len(), 9, "{findings:#?}");
     assert!(
         !out.status.success(),
-        "three refused keys must fail the scan"
+        "four refused keys must fail the scan"
     );
 }
 

@@ -50,16 +50,6 @@ pub struct PiSpec {
     pub seed_dir: Option<Utf8PathBuf>,
 }
 
-/// cloud-init's NoCloud datasource reading the boot partition by its label.
-fn nocloud_cfg(label: &str) -> String {
-    format!(
-        "# Written by kiln: the NoCloud seed (user-data, meta-data, network-config) is on\n\
-         # the card's boot partition, /boot/firmware, editable from any PC.\n\
-         datasource_list: [NoCloud, None]\n\
-         datasource:\n  NoCloud:\n    fs_label: {label}\n"
-    )
-}
-
 pub struct PiOp(pub PiSpec);
 
 impl Op for PiOp {
@@ -150,16 +140,7 @@ pub fn assemble(spec: &PiSpec, out: &Utf8Path) -> Result<()> {
     let root = &spec.root;
 
     // 1. The root's content and the boot files.
-    let (mut news, own) = disk::root_news(root)?;
-    if spec.seed_dir.is_some() {
-        news.insert(
-            "etc/cloud/cloud.cfg.d/90-kiln-nocloud-boot.cfg".into(),
-            crate::qcow2::merge::New::Bytes {
-                data: nocloud_cfg(&spec.boot_label).into_bytes(),
-                mode: 0o644,
-            },
-        );
-    }
+    let (news, own) = disk::root_news(root)?;
     let own = own.context("kiln bug: a Pi root without kiln's initrd")?;
     let counted = merge(root, &news, None, &boot_dir)?;
     let (release, kernel) = counted

@@ -20,7 +20,7 @@ use camino::Utf8Path;
 use serde_json::json;
 
 use crate::plan::{Input, Op, OpCx, Plan, StepBuilder, OUT};
-use crate::qcow2::disk::{DiskSpec, Ids};
+use crate::qcow2::disk::{Carrier, DiskSpec, Ids};
 use crate::recipe::pi::Compression;
 use crate::recipe::{Arch, Resolved};
 
@@ -102,9 +102,13 @@ pub fn plan(r: &Resolved, plan: &mut Plan) -> Result<usize> {
         r.epoch,
         &format!("pi/{}/disk-id", r.name()),
     ))?;
-    let packages = r.root_packages(arch);
+    // With cloud-init in the image, its NoCloud seed rides on the boot partition.
+    let carries = r.root_has_cloud_init(arch);
     let root = DiskSpec {
         pi_boot: Some(mbr::partuuid(disk_id, 1)),
+        carrier: carries.then(|| Carrier::BootPartition {
+            label: p.boot_label.clone(),
+        }),
         ..DiskSpec::root(
             r,
             arch,
@@ -114,8 +118,7 @@ pub fn plan(r: &Resolved, plan: &mut Plan) -> Result<usize> {
             boot::cmdline(&mbr::partuuid(disk_id, 2), &p.cmdline),
         )
     };
-    // With cloud-init in the image, its NoCloud seed rides on the boot partition.
-    let seed = if packages.iter().any(|p| p == "cloud-init") {
+    let seed = if carries {
         let name = crate::seed::step_name(crate::seed::SeedTarget::Pi);
         Some(match plan.steps.iter().position(|s| s.name == name) {
             Some(i) => i,

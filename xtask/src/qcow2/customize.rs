@@ -90,6 +90,7 @@ pub fn plan(
         size: q.size_bytes,
         hostname: q.hostname().to_string(),
         packages: q.packages.clone(),
+        carrier: r.recipe.seed.has_cloud_init(),
     };
     let b = StepBuilder::new(name, "customize the vendor image with virt-customize")
         .input(base_input)
@@ -130,7 +131,13 @@ struct CustomizeSpec {
     size: u64,
     hostname: String,
     packages: Vec<String>,
+    /// The recipe has a cloud-init seed (the config carrier): the image is
+    /// checked for cloud-init, which kiln does not add to a vendor image.
+    carrier: bool,
 }
+
+/// What reads the config carrier in an image.
+const CLOUD_INIT_BIN: &str = "/usr/bin/cloud-init";
 
 struct CustomizeOp(CustomizeSpec);
 
@@ -195,6 +202,9 @@ impl Op for CustomizeOp {
         }
         for tcg in [true, false] {
             v.push(tools::virt_customize::customize(&out, &cmds, network, tcg));
+            if spec.carrier {
+                v.push(tools::virt_customize::has_file(&out, CLOUD_INIT_BIN, tcg));
+            }
             v.push(tools::virt_customize::sparsify_in_place(&out, tcg));
         }
         v
@@ -255,6 +265,21 @@ impl Op for CustomizeOp {
                     f.status,
                     f.command
                 );
+            }
+        }
+        if spec.carrier {
+            let o = tools::run(&tools::virt_customize::has_file(&out, CLOUD_INIT_BIN, tcg))
+                .with_context(|| {
+                    format!("looking for cloud-init in the customized {}", spec.base)
+                })?;
+            if String::from_utf8_lossy(&o.stdout).trim() != "true" {
+                crate::ui::warn(&format!(
+                    "the vendor image {} has no cloud-init ({CLOUD_INIT_BIN}): its instances \
+                     will not read the config carrier (cidata.iso, cidata.img) and mint every \
+                     secret themselves; list `cloud-init` in qcow2.packages to install it, or \
+                     use a cloud image that has it",
+                    spec.base
+                ));
             }
         }
         tools::run(&tools::virt_customize::sparsify_in_place(&out, tcg))?;
@@ -341,6 +366,7 @@ mod tests {
             size: 1 << 30,
             hostname: "demo".into(),
             packages: vec![],
+            carrier: true,
         };
         let c = commands(&spec, &["etc".into(), "opt".into()], "/u".into());
         assert!(c.trim_end().ends_with("truncate /etc/machine-id"));

@@ -89,6 +89,55 @@ pub struct DiskSpec {
     /// partition, mounted at `/boot/firmware`; the root partition of its MBR
     /// is grown by kiln's unit instead of systemd-repart.
     pub pi_boot: Option<String>,
+    /// The root holds cloud-init and the image expects a config carrier:
+    /// kiln writes the one NoCloud drop-in ([`Carrier::drop_in`]).
+    pub carrier: Option<Carrier>,
+}
+
+/// Where cloud-init finds the operator's config carrier (the NoCloud seed
+/// of [`crate::seed`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Carrier {
+    /// A disk attached at first boot: `cidata.iso` (CD-ROM) or `cidata.img`
+    /// (a second disk), found by cloud-init's own labels `cidata`/`CIDATA`.
+    Attached,
+    /// The Raspberry Pi card's FAT boot partition, by its label: the seed
+    /// is on the card, editable from any PC.
+    BootPartition { label: String },
+}
+
+/// kiln's cloud-init drop-in, in every root it writes that has cloud-init.
+pub const CARRIER_DROP_IN: &str = "etc/cloud/cloud.cfg.d/90-kiln-nocloud.cfg";
+
+impl Carrier {
+    /// The drop-in's text: NoCloud only (no metadata service is probed on
+    /// a boot without a carrier), then `None`, and on a Pi the label of the
+    /// boot partition. The locale is `C.UTF-8` unless a seed sets one:
+    /// cloud-init's default (`en_US.UTF-8`, which kiln's roots do not have)
+    /// fails its locale module on every boot, and `locale: false` fails its
+    /// schema.
+    pub fn drop_in(&self) -> String {
+        let mut s = String::from(
+            "# Written by kiln: the appliance is configured by its config carrier, a\n\
+             # cloud-init NoCloud seed; no metadata service is ever probed.\n\
+             # C.UTF-8 (built into glibc) unless the seed's user-data sets `locale:`.\n\
+             locale: C.UTF-8\n",
+        );
+        match self {
+            Carrier::Attached => s.push_str(
+                "# Attach cidata.iso (CD-ROM) or cidata.img (a disk labelled CIDATA) at first boot.\n\
+                 datasource_list: [ NoCloud, None ]\n",
+            ),
+            Carrier::BootPartition { label } => s.push_str(&format!(
+                "# The seed (user-data, meta-data, network-config) is on the card's boot\n\
+                 # partition (label {label}, /boot/firmware), editable from any PC.\n\
+                 datasource_list: [ NoCloud, None ]\n\
+                 datasource:\n  NoCloud:\n    fs_label: {label}\n"
+            )),
+        }
+        s
+    }
 }
 
 impl DiskSpec {
@@ -125,6 +174,8 @@ impl DiskSpec {
             epoch: r.epoch,
             ids,
             pi_boot: None,
+            carrier: (r.recipe.seed.has_cloud_init() && r.root_has_cloud_init(arch))
+                .then_some(Carrier::Attached),
         }
     }
 
@@ -636,5 +687,30 @@ mod tests {
         };
         let s = root_fs_bytes(&b);
         assert!(s > 600 * MIB && s.is_multiple_of(MIB));
+    }
+
+    /// One drop-in, NoCloud then None; only the Pi names a label (its boot
+    /// partition), every other image leaves cloud-init's own `cidata`.
+    #[test]
+    fn the_carrier_drop_in_limits_cloud_init_to_nocloud() {
+        let vm = Carrier::Attached.drop_in();
+        assert!(
+            vm.contains("\ndatasource_list: [ NoCloud, None ]\n"),
+            "{vm}"
+        );
+        assert!(vm.contains("\nlocale: C.UTF-8\n"), "{vm}");
+        assert!(!vm.contains("fs_label"), "{vm}");
+        let pi = Carrier::BootPartition {
+            label: "BOOT".into(),
+        }
+        .drop_in();
+        assert!(
+            pi.contains("\ndatasource_list: [ NoCloud, None ]\n"),
+            "{pi}"
+        );
+        assert!(
+            pi.ends_with("datasource:\n  NoCloud:\n    fs_label: BOOT\n"),
+            "{pi}"
+        );
     }
 }

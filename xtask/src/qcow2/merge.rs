@@ -74,6 +74,16 @@ fn dropped(rel: &str, link: Option<&str>) -> bool {
     if let Some(rest) = rel.strip_prefix("dev/") {
         return !rest.is_empty();
     }
+    // cloud-init's record of a boot (the instance it configured, its
+    // semaphores) and its logs: with them, an instance would take the image
+    // for already configured and never read its config carrier.
+    if let Some(rest) = rel.strip_prefix("var/lib/cloud/") {
+        let top = rest.split('/').next().unwrap_or("");
+        return top.starts_with("instance") || top == "data" || top == "sem";
+    }
+    if let Some(log) = rel.strip_prefix("var/log/") {
+        return log.starts_with("cloud-init") && log.ends_with(".log");
+    }
     // Debian's raspi-firmware copies the firmware into /boot/firmware, the
     // Pi's boot partition's mount point: kiln writes that partition itself,
     // and copies under a mount point are never seen.
@@ -194,6 +204,14 @@ pub(super) fn generated(spec: &DiskSpec, installed: &BTreeSet<String>) -> BTreeM
         }
     }
     m.insert("etc/fstab".into(), bytes(fstab, 0o644));
+    if let Some(c) = &spec.carrier {
+        m.insert("etc/cloud".into(), New::DirIfMissing);
+        m.insert("etc/cloud/cloud.cfg.d".into(), New::DirIfMissing);
+        m.insert(
+            super::disk::CARRIER_DROP_IN.into(),
+            bytes(c.drop_in(), 0o644),
+        );
+    }
     m.insert(
         "etc/systemd/network/80-kiln-dhcp.network".into(),
         bytes("# DHCP on every wired interface, matched by name (not MAC).\n[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n".into(), 0o644),
@@ -597,6 +615,12 @@ mod tests {
             "dev/null",
             "etc/resolv.conf",
             "boot/firmware/start4.elf",
+            "var/lib/cloud/instance",
+            "var/lib/cloud/instances/demo-1/user-data.txt",
+            "var/lib/cloud/data/status.json",
+            "var/lib/cloud/sem/config_scripts_per_once.once",
+            "var/log/cloud-init.log",
+            "var/log/cloud-init-output.log",
         ] {
             assert!(dropped(p, None), "{p}");
         }
@@ -605,6 +629,10 @@ mod tests {
             "var/lib/apt/lists/partial",
             "dev",
             "var/lib/systemd/timers",
+            "var/lib/cloud",
+            "var/lib/cloud/scripts/per-boot",
+            "var/lib/cloud/seed/nocloud/user-data",
+            "var/log/journal",
         ] {
             assert!(!dropped(p, None), "{p}");
         }
@@ -665,6 +693,7 @@ mod tests {
             epoch: 1,
             ids: super::super::disk::Ids::derive(1, "demo", crate::recipe::Arch::Amd64),
             pi_boot: None,
+            carrier: None,
         };
         let sys = "etc/systemd/system";
         let none = generated(&spec, &BTreeSet::new());

@@ -273,6 +273,9 @@ impl Recipe {
     }
 }
 
+/// The Debian package that reads the config carrier (the NoCloud seed).
+pub const CLOUD_INIT: &str = "cloud-init";
+
 impl Resolved {
     pub fn name(&self) -> &str {
         &self.recipe.appliance.name
@@ -291,7 +294,9 @@ impl Resolved {
     /// `fdisk` (the first boot grows the root partition of the MBR card).
     /// One list for the arm64 qcow2 and the Pi image: they share the root.
     /// When an image runs as a service (`payloads.images[].run`), the
-    /// container runtime ([`payloads::RUNTIME_PACKAGES`]).
+    /// container runtime ([`payloads::RUNTIME_PACKAGES`]). When the recipe
+    /// has a cloud-init seed (`seed.cloud_init`), `cloud-init`, which reads
+    /// it at first boot.
     pub fn root_packages(&self, arch: Arch) -> Vec<String> {
         let mut p = self.recipe.qcow2.packages_for(arch);
         let mut extras: Vec<&str> = Vec::new();
@@ -301,12 +306,21 @@ impl Resolved {
         if self.recipe.payloads.runs_containers() {
             extras.extend(payloads::RUNTIME_PACKAGES);
         }
+        if self.recipe.seed.has_cloud_init() {
+            extras.push(CLOUD_INIT);
+        }
         for extra in extras {
             if !p.iter().any(|x| x == extra) {
                 p.push(extra.to_string());
             }
         }
         p
+    }
+
+    /// The root file system of `arch` holds cloud-init (the recipe's seed
+    /// asks for it, or the recipe lists it in `qcow2.packages`).
+    pub fn root_has_cloud_init(&self, arch: Arch) -> bool {
+        self.root_packages(arch).iter().any(|p| p == CLOUD_INIT)
     }
 
     /// `arch`'s root file system also serves the Raspberry Pi image.

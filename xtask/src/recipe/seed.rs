@@ -15,7 +15,10 @@ use serde::{Deserialize, Serialize};
 pub struct SeedOptions {
     #[serde(default)]
     pub autoinstall: Autoinstall,
-    #[serde(default)]
+    /// The operator's config carrier of the qcow2, OVA and Pi images. Its
+    /// presence in the recipe ([`SeedOptions::has_cloud_init`]) puts
+    /// cloud-init into every root file system kiln builds from packages.
+    #[serde(default, deserialize_with = "written")]
     pub cloud_init: CloudInit,
     /// Allow a password / password hash in a seed (a baked credential). Off by default:
     /// a hash in user-data ends up in the installed image and in every copy of the seed.
@@ -78,6 +81,17 @@ pub struct CloudInit {
     /// Public keys for the default user.
     #[serde(default)]
     pub ssh_authorized_keys: Vec<String>,
+    /// The recipe has a `seed.cloud_init` section (set while reading it;
+    /// an absent section takes the defaults with this false).
+    #[serde(skip)]
+    pub written: bool,
+}
+
+/// `seed.cloud_init` as written in the recipe: marked present.
+fn written<'de, D: serde::Deserializer<'de>>(d: D) -> Result<CloudInit, D::Error> {
+    let mut c = CloudInit::deserialize(d)?;
+    c.written = true;
+    Ok(c)
 }
 
 impl CloudInit {
@@ -88,6 +102,12 @@ impl CloudInit {
 }
 
 impl SeedOptions {
+    /// The recipe gives the qcow2, OVA and Pi images a cloud-init seed (a
+    /// `seed.cloud_init` section, even `{}`): their roots need cloud-init to
+    /// read it.
+    pub fn has_cloud_init(&self) -> bool {
+        self.cloud_init.written
+    }
     /// Check the section and fill its defaults (`name`: the appliance's).
     pub fn resolve(&mut self, file: &Utf8Path, name: &str) -> Result<()> {
         let a = &mut self.autoinstall;

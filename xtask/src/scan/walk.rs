@@ -267,38 +267,13 @@ impl Walker {
         };
         match fmt {
             Format::Leaf => self.leaf(chain, inner, head, data),
-            Format::Gzip => {
-                let r = flate2::read::MultiGzDecoder::new(prefixed(head, data));
-                self.blob(
-                    chain,
-                    strip_ext(inner, ".gz"),
-                    Data::Stream(Box::new(r)),
-                    depth + 1,
-                )
-                .with_context(|| format!("reading the gzip stream {}", at()))
+            Format::Gzip | Format::Zstd | Format::Xz
+                if dpkg::candidate(inner) && len.is_none_or(|l| l <= rules::TEXT_LIMIT) =>
+            {
+                self.shipped_compressed(fmt, chain, inner, head, data, depth)
             }
-            Format::Zstd => {
-                let r = zstd::stream::read::Decoder::new(prefixed(head, data))?;
-                self.blob(
-                    chain,
-                    strip_ext(inner, ".zst"),
-                    Data::Stream(Box::new(r)),
-                    depth + 1,
-                )
-                .with_context(|| format!("reading the zstd stream {}", at()))
-            }
-            Format::Xz => {
-                let t = tempfile::NamedTempFile::new_in(&self.tmp)
-                    .with_context(|| format!("creating a temporary file in {}", self.tmp))?;
-                let mut src = std::io::BufReader::new(prefixed(head, data));
-                let mut dst = std::io::BufWriter::new(t.as_file());
-                lzma_rs::xz_decompress(&mut src, &mut dst).map_err(|e| {
-                    anyhow::anyhow!("corrupt or truncated xz stream {}: {e:?}", at())
-                })?;
-                drop(dst);
-                let w = Window::from_file(t.reopen()?, Some(path_of(&t)?))?;
-                let _keep = Temp::File(t);
-                self.blob(chain, strip_ext(inner, ".xz"), Data::Win(w), depth + 1)
+            Format::Gzip | Format::Zstd | Format::Xz => {
+                self.decompress(fmt, chain, inner, head, data, depth)
             }
             Format::Tar => self
                 .tar(chain, prefixed(head, data), depth)
@@ -372,6 +347,94 @@ impl Walker {
                 Ok((w, Some(Temp::File(t))))
             }
         }
+    }
+
+    /// A gzip, zstd or xz stream: its content, walked under the name
+    /// without the suffix.
+    fn decompress(
+        &mut self,
+        fmt: Format,
+        chain: &[String],
+        inner: &str,
+        head: Vec<u8>,
+        data: Data,
+        depth: u32,
+    ) -> Result<()> {
+        let at = || {
+            if chain.is_empty() {
+                inner.to_string()
+            } else {
+                chain.join("!")
+            }
+        };
+        match fmt {
+            Format::Gzip => {
+                let r = flate2::read::MultiGzDecoder::new(prefixed(head, data));
+                self.blob(
+                    chain,
+                    strip_ext(inner, ".gz"),
+                    Data::Stream(Box::new(r)),
+                    depth + 1,
+                )
+                .with_context(|| format!("reading the gzip stream {}", at()))
+            }
+            Format::Zstd => {
+                let r = zstd::stream::read::Decoder::new(prefixed(head, data))?;
+                self.blob(
+                    chain,
+                    strip_ext(inner, ".zst"),
+                    Data::Stream(Box::new(r)),
+                    depth + 1,
+                )
+                .with_context(|| format!("reading the zstd stream {}", at()))
+            }
+            Format::Xz => {
+                let t = tempfile::NamedTempFile::new_in(&self.tmp)
+                    .with_context(|| format!("creating a temporary file in {}", self.tmp))?;
+                let mut src = std::io::BufReader::new(prefixed(head, data));
+                let mut dst = std::io::BufWriter::new(t.as_file());
+                lzma_rs::xz_decompress(&mut src, &mut dst).map_err(|e| {
+                    anyhow::anyhow!("corrupt or truncated xz stream {}: {e:?}", at())
+                })?;
+                drop(dst);
+                let w = Window::from_file(t.reopen()?, Some(path_of(&t)?))?;
+                let _keep = Temp::File(t);
+                self.blob(chain, strip_ext(inner, ".xz"), Data::Win(w), depth + 1)
+            }
+            _ => unreachable!("decompress is called for compressed formats"),
+        }
+    }
+
+    /// A small compressed file where a Debian package may have put it
+    /// (`/usr/share/doc/*/examples/*.gz`): dpkg's md5sums record the file as
+    /// shipped, compressed, so the hits in its content carry the compressed
+    /// file's path and MD5, by which that record excuses them.
+    fn shipped_compressed(
+        &mut self,
+        fmt: Format,
+        chain: &[String],
+        inner: &str,
+        head: Vec<u8>,
+        data: Data,
+        depth: u32,
+    ) -> Result<()> {
+        let mut r = prefixed(head, data);
+        let mut all = Vec::new();
+        (&mut r).take(rules::TEXT_LIMIT + 1).read_to_end(&mut all)?;
+        let md5 = (all.len() as u64 <= rules::TEXT_LIMIT).then(|| dpkg::md5(&all));
+        let before = self.hits.len();
+        let whole = Data::Stream(Box::new(Cursor::new(all).chain(r)));
+        self.decompress(fmt, chain, inner, Vec::new(), whole, depth)?;
+        if md5.is_some() {
+            let full = chain.join("!");
+            for (f, i, _, m) in &mut self.hits[before..] {
+                if *f == full {
+                    *i = inner.to_string();
+                    *m = md5;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn leaf(&mut self, chain: &[String], inner: &str, head: Vec<u8>, data: Data) -> Result<()> {

@@ -129,6 +129,7 @@ pub const REQUIREMENTS: &[Requirement] = &[
     prog("mmd", "mtools", "create directories in FAT images", &["--version"], &[Qcow2, Pi, Test]),
     prog("virt-customize", "libguestfs-tools", "customize a vendor cloud image (qcow2 builder 2)", &["--version"], &[Test]),
     prog("virt-sparsify", "libguestfs-tools", "sparsify a customized vendor image (qcow2 builder 2)", &["--version"], &[Test]),
+    prog("guestfish", "libguestfs-tools", "check a customized vendor image for cloud-init (qcow2 builder 2)", &["--version"], &[Test]),
     prog("cloud-init", "cloud-init", "validate cloud-config seeds (`cloud-init schema`)", &["--version"], &[Seed, Test]),
     prog("skopeo", "skopeo", "copy registry images; inspect exported archives in tests", &["--version"], &[Test]),
     prog("docker-registry", "docker-registry", "a local OCI registry for the registry-source export tests", &["--version"], &[Test]),

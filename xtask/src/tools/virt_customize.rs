@@ -1,4 +1,5 @@
-//! libguestfs tools: virt-customize and virt-sparsify (qcow2 builder 2).
+//! libguestfs tools: virt-customize, virt-sparsify and guestfish (qcow2
+//! builder 2).
 //! They start a small appliance VM; KVM hangs on some hosts, so callers pass
 //! the backend settings chosen by [`libguestfs_env`].
 
@@ -35,6 +36,18 @@ pub fn sparsify_in_place(disk: &Utf8Path, tcg: bool) -> Cmd {
         "discard unused blocks of the customized image",
     )
     .args(["--in-place", disk.as_str()]);
+    libguestfs_env(c, tcg)
+}
+
+/// `guestfish --ro -a DISK -i is-file PATH followsymlinks:true`: prints
+/// `true` when the image's operating system has the file `path`.
+pub fn has_file(disk: &Utf8Path, path: &str, tcg: bool) -> Cmd {
+    let c = Cmd::new(
+        "guestfish",
+        format!("look for {path} in the customized image"),
+    )
+    .args(["--ro", "--format=qcow2", "-a", disk.as_str(), "-i"])
+    .args(["is-file", path, "followsymlinks:true"]);
     libguestfs_env(c, tcg)
 }
 
