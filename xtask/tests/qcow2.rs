@@ -306,10 +306,13 @@ fn builder1_image_is_clean_and_laid_out() {
         "{fstab}"
     );
     assert!(dbg("cat /opt/demo/bin/firstboot").contains("first boot complete"));
-    // cloud-init reads the config carrier: NoCloud only, and no state of a
+    // cloud-init reads the config carrier: disk-borne sources only, and no state of a
     // boot (instance, data, semaphores) nor its logs in the image.
     let cfg = dbg("cat /etc/cloud/cloud.cfg.d/90-kiln-nocloud.cfg");
-    assert!(cfg.contains("datasource_list: [ NoCloud, None ]"), "{cfg}");
+    assert!(
+        cfg.contains("datasource_list: [ NoCloud, ConfigDrive, None ]"),
+        "{cfg}"
+    );
     assert!(cfg.contains("\nlocale: C.UTF-8\n"), "{cfg}");
     assert!(dbg("stat /usr/bin/cloud-init").contains("Type: regular"));
     let state = dbg("ls -l /var/lib/cloud");

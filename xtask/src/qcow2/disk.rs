@@ -111,9 +111,9 @@ pub enum Carrier {
 pub const CARRIER_DROP_IN: &str = "etc/cloud/cloud.cfg.d/90-kiln-nocloud.cfg";
 
 impl Carrier {
-    /// The drop-in's text: NoCloud only (no metadata service is probed on
-    /// a boot without a carrier), then `None`, and on a Pi the label of the
-    /// boot partition. The locale is `C.UTF-8` unless a seed sets one:
+    /// The drop-in's text: disk-borne sources only (no metadata service is
+    /// probed): NoCloud and ConfigDrive, then `None`; on a Pi NoCloud with
+    /// the label of its boot partition, then `None`. The locale is `C.UTF-8` unless a seed sets one:
     /// cloud-init's default (`en_US.UTF-8`, which kiln's roots do not have)
     /// fails its locale module on every boot, and `locale: false` fails its
     /// schema.
@@ -125,9 +125,16 @@ impl Carrier {
              locale: C.UTF-8\n",
         );
         match self {
+            // Two sources for ds-identify to look for, so that it looks: with
+            // one (and None) it enables cloud-init without a check, and a boot
+            // without a carrier then runs every stage (about 30 s under TCG).
+            // With a second, a boot with neither a `cidata` nor a `config-2`
+            // labelled disk has cloud-init disabled by its generator.
             Carrier::Attached => s.push_str(
-                "# Attach cidata.iso (CD-ROM) or cidata.img (a disk labelled CIDATA) at first boot.\n\
-                 datasource_list: [ NoCloud, None ]\n",
+                "# Attach cidata.iso (CD-ROM) or cidata.img (a disk labelled CIDATA) at first boot;\n\
+                 # an OpenStack config drive (label config-2) is read too. Without either,\n\
+                 # cloud-init's generator disables it for that boot.\n\
+                 datasource_list: [ NoCloud, ConfigDrive, None ]\n",
             ),
             Carrier::BootPartition { label } => s.push_str(&format!(
                 "# The seed (user-data, meta-data, network-config) is on the card's boot\n\
@@ -689,13 +696,14 @@ mod tests {
         assert!(s > 600 * MIB && s.is_multiple_of(MIB));
     }
 
-    /// One drop-in, NoCloud then None; only the Pi names a label (its boot
-    /// partition), every other image leaves cloud-init's own `cidata`.
+    /// One drop-in: NoCloud and ConfigDrive then None (two sources, so that
+    /// ds-identify disables cloud-init when neither disk is attached); the
+    /// Pi names its boot partition's label and keeps NoCloud alone.
     #[test]
     fn the_carrier_drop_in_limits_cloud_init_to_nocloud() {
         let vm = Carrier::Attached.drop_in();
         assert!(
-            vm.contains("\ndatasource_list: [ NoCloud, None ]\n"),
+            vm.contains("\ndatasource_list: [ NoCloud, ConfigDrive, None ]\n"),
             "{vm}"
         );
         assert!(vm.contains("\nlocale: C.UTF-8\n"), "{vm}");
