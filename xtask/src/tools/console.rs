@@ -126,15 +126,24 @@ impl Console {
             let text = self.text();
             let from = floor_char_boundary(&text, from.min(text.len()));
             let rest = &text[from..];
-            if let Some(m) = pattern.find(rest) {
-                return Ok(Wait::Found {
-                    end: from + m.end(),
-                    at: self.started.elapsed(),
-                });
-            }
-            if let Some(m) = fail.iter().find_map(|f| f.find(rest)) {
-                let line = line_around(rest, m.start(), m.end());
-                return Ok(Wait::Failed { line });
+            // What the console showed first decides: a failure line before
+            // the pattern fails the wait even when both arrived in one read.
+            let failed = fail
+                .iter()
+                .filter_map(|f| f.find(rest))
+                .min_by_key(|m| m.start());
+            match (pattern.find(rest), failed) {
+                (Some(m), f) if f.is_none_or(|f| m.start() < f.start()) => {
+                    return Ok(Wait::Found {
+                        end: from + m.end(),
+                        at: self.started.elapsed(),
+                    });
+                }
+                (_, Some(f)) => {
+                    let line = line_around(rest, f.start(), f.end());
+                    return Ok(Wait::Failed { line });
+                }
+                _ => {}
             }
             if let Some(st) = self.child.try_wait()? {
                 self.stopped = true;
@@ -274,6 +283,34 @@ mod tests {
             Wait::Failed { line } => assert_eq!(line, "x: unit FAILED here"),
             w => panic!("{w:?}"),
         }
+    }
+
+    #[test]
+    fn the_earliest_of_pattern_and_failures_decides() {
+        // All three lines arrive in one read; the first on the console wins,
+        // whatever the order of the failure patterns.
+        let fail = [re("Kernel panic"), re(r"\[FAILED\]")];
+        let mut c = Console::spawn(&sh(
+            "printf '[FAILED] unit a\\nKernel panic x\\nready\\n'; sleep 30",
+        ))
+        .unwrap();
+        let t = Instant::now();
+        while !c.text().contains("ready") && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        match c.wait_for(&re("ready"), 0, &fail, soon(10)).unwrap() {
+            Wait::Failed { line } => assert_eq!(line, "[FAILED] unit a"),
+            w => panic!("{w:?}"),
+        }
+        let mut c = Console::spawn(&sh("printf 'ready\\n[FAILED] later\\n'; sleep 30")).unwrap();
+        let t = Instant::now();
+        while !c.text().contains("later") && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(matches!(
+            c.wait_for(&re("ready"), 0, &fail, soon(10)).unwrap(),
+            Wait::Found { .. }
+        ));
     }
 
     #[test]
