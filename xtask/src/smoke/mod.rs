@@ -942,7 +942,6 @@ fn cross_checks(
                 }
             }
         }
-        let g = ids[0].0;
         out.push(Outcome {
             artifact: artifact.to_string(),
             guest: String::new(),
@@ -960,7 +959,6 @@ fn cross_checks(
             console_tail: String::new(),
             skipped: false,
         });
-        let _ = g;
     }
     out
 }
