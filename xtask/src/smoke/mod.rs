@@ -580,10 +580,29 @@ fn run_boot(
         out.outcomes.push(outcome);
     }
     if !failed {
+        // The guest runs on for `settle`, still watched for failures.
         let until = Instant::now() + Duration::from_secs(settle);
-        while Instant::now() < until && c.exited().is_none() {
-            crate::signals::check()?;
-            std::thread::sleep(Duration::from_millis(200));
+        let never = Regex::new(r"\A\z.").expect("a pattern that never matches");
+        let problem = match c.wait_for(&never, from, fail, until)? {
+            Wait::Failed { line } => Some(format!("the console showed a failure: {line}")),
+            Wait::Exited { status } => Some(format!("qemu exited ({status})")),
+            Wait::Found { .. } | Wait::TimedOut => None,
+        };
+        if let Some(message) = problem {
+            failed = true;
+            c.stop();
+            let outcome = Outcome {
+                artifact: g.artifact.clone(),
+                guest: label.to_string(),
+                check: format!("nothing failed in the {settle}s after the last check"),
+                ok: false,
+                at_secs: None,
+                message,
+                console_tail: tail(&c.text(), 50),
+                skipped: false,
+            };
+            print(&outcome);
+            out.outcomes.push(outcome);
         }
     }
     c.stop();
