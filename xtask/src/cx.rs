@@ -20,19 +20,11 @@ pub struct Cx {
     pub no_install: bool,
 }
 
-/// The kiln workspace (parent of `xtask/`), fixed at compile time.
-pub fn workspace_root() -> Utf8PathBuf {
-    Utf8Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask has a parent")
-        .to_owned()
-}
-
 impl Cx {
     pub fn new(g: &Global) -> Result<Cx> {
         let root = match &g.root {
             Some(r) => absolute(r)?,
-            None => workspace_root(),
+            None => crate::fsutil::workspace_root(),
         };
         let recipe_file = Self::locate_recipe(&root, &g.recipe)?;
         let cache = match &g.cache_dir {

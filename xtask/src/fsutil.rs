@@ -67,3 +67,11 @@ pub fn free_bytes(path: &Utf8Path) -> Result<u64> {
     }
     Ok(s.f_bavail as u64 * s.f_frsize as u64)
 }
+
+/// The kiln workspace (parent of `xtask/`), fixed at compile time.
+pub fn workspace_root() -> Utf8PathBuf {
+    Utf8Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask has a parent")
+        .to_owned()
+}

@@ -24,7 +24,7 @@ fn demo_project(scratch: &Utf8Path, arch: Arch) -> Result<Project> {
     if root.exists() {
         std::fs::remove_dir_all(&root).with_context(|| format!("removing {root}"))?;
     }
-    let src = crate::cx::workspace_root();
+    let src = crate::fsutil::workspace_root();
     for d in ["overlay", "systemd", "nocloud", "recipes", "payloads"] {
         copy_dir(&src.join(d), &root.join(d))?;
     }
