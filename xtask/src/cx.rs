@@ -4,7 +4,6 @@
 use anyhow::Result;
 use camino::{Utf8Path, Utf8PathBuf};
 
-use crate::flags::Global;
 use crate::fsutil::absolute;
 use crate::plan::Plan;
 use crate::recipe::Resolved;
@@ -21,17 +20,28 @@ pub struct Cx {
 }
 
 impl Cx {
-    pub fn new(g: &Global) -> Result<Cx> {
-        let root = match &g.root {
+    /// The context the global flags (`crate::flags::Global`) ask for.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        root: Option<&Utf8Path>,
+        recipe: &Utf8Path,
+        cache_dir: Option<&Utf8Path>,
+        output_dir: Option<&Utf8Path>,
+        dry_run: bool,
+        json: bool,
+        force: bool,
+        no_install: bool,
+    ) -> Result<Cx> {
+        let root = match root {
             Some(r) => absolute(r)?,
             None => crate::fsutil::workspace_root(),
         };
-        let recipe_file = Self::locate_recipe(&root, &g.recipe)?;
-        let cache = match &g.cache_dir {
+        let recipe_file = Self::locate_recipe(&root, recipe)?;
+        let cache = match cache_dir {
             Some(c) => absolute(c)?,
             None => root.join("target/kiln/cache"),
         };
-        let output = match &g.output_dir {
+        let output = match output_dir {
             Some(o) => absolute(o)?,
             None => root.join("output"),
         };
@@ -40,10 +50,10 @@ impl Cx {
             recipe_file,
             cache,
             output,
-            dry_run: g.dry_run,
-            json: g.json,
-            force: g.force,
-            no_install: g.no_install,
+            dry_run,
+            json,
+            force,
+            no_install,
         })
     }
 

@@ -150,3 +150,19 @@ pub struct Test {
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub cargo_args: Vec<String>,
 }
+
+impl Global {
+    /// The context every verb gets from these flags.
+    pub fn cx(&self) -> anyhow::Result<crate::cx::Cx> {
+        crate::cx::Cx::new(
+            self.root.as_deref(),
+            &self.recipe,
+            self.cache_dir.as_deref(),
+            self.output_dir.as_deref(),
+            self.dry_run,
+            self.json,
+            self.force,
+            self.no_install,
+        )
+    }
+}

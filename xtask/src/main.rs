@@ -1,7 +1,7 @@
 //! kiln's entry point: parse flags, dispatch to a verb. See ARCHITECTURE.md.
 
 use clap::Parser;
-use xtask::{cx, flags, signals, ui, verbs};
+use xtask::{flags, signals, ui, verbs};
 
 fn main() {
     let cli = flags::Cli::parse();
@@ -17,7 +17,7 @@ fn main() {
         eprintln!("kiln: error: installing signal handlers: {e:#}");
         std::process::exit(1);
     }
-    let result = cx::Cx::new(&cli.global).and_then(|cx| verbs::run(&cx, verb));
+    let result = cli.global.cx().and_then(|cx| verbs::run(&cx, verb));
     if let Err(e) = result {
         if e.downcast_ref::<signals::Interrupted>().is_some() || signals::interrupted() {
             signals::stop_all();
