@@ -387,7 +387,10 @@ fn dry_run_prints_grub_diff_and_xorriso_command() {
         "{out}"
     );
     assert!(
-        out.contains("$ SOURCE_DATE_EPOCH=1700000000 xorriso -no_rc -stdio_sync off -dev"),
+        out.contains(&format!(
+            "$ SOURCE_DATE_EPOCH={} xorriso -no_rc -stdio_sync off -dev",
+            support::epoch()
+        )),
         "{out}"
     );
     // The base's boot setup, replayed with its intervals read from the base.

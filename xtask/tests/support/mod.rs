@@ -32,6 +32,27 @@ pub fn workspace() -> Utf8PathBuf {
         .to_owned()
 }
 
+/// The tests' `SOURCE_DATE_EPOCH`: the last commit's time, as
+/// `cargo xtask build` takes it when none is set (1700000000 outside a git
+/// checkout). With the same epoch and the same step cache
+/// ([`Project::share_cache`]: the build's own `target/kiln/cache`), the
+/// tests reuse the Debian root file systems the README's build command made
+/// instead of building them again (on CI, one after the other, that is
+/// minutes per architecture, the arm64 one under emulation). Keys are by
+/// content, so sharing is safe both ways.
+pub fn epoch() -> i64 {
+    static EPOCH: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(|| {
+        Command::new("git")
+            .args(["-C", workspace().as_str(), "log", "-1", "--format=%ct"])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(1_700_000_000)
+    })
+}
+
 /// What building the demo's qcow2 needs (programs and host files), read
 /// from its plan (`--dry-run --json`, every step's `needs`): the tests
 /// require exactly what kiln itself checks before a build.
@@ -122,9 +143,11 @@ impl Project {
         }
     }
 
-    /// Build in the suite-wide cache `target/kiln-test-cache`: expensive steps
-    /// (the Debian root file system) are then built once per test run, not
-    /// once per test. Cache entries are content-addressed, so sharing is safe.
+    /// Build in the suite-wide cache, `cargo xtask build`'s own
+    /// `target/kiln/cache`: expensive steps (the Debian root file systems)
+    /// are then built once per test run, not once per test, and not again
+    /// after the README's build (see [`epoch`]). Cache entries are
+    /// content-addressed, so sharing is safe.
     pub fn share_cache(mut self) -> Project {
         self.shared_cache = true;
         self
@@ -143,7 +166,7 @@ impl Project {
 
     pub fn cache_dir(&self) -> Utf8PathBuf {
         if self.shared_cache {
-            workspace().join("target/kiln-test-cache")
+            workspace().join("target/kiln/cache")
         } else {
             self.root.join("cache")
         }
@@ -166,7 +189,7 @@ impl Project {
         c.env("KILN_ROOT", &self.root)
             .env("KILN_CACHE", self.cache_dir())
             .env("KILN_OUTPUT", self.root.join("output"))
-            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .env("SOURCE_DATE_EPOCH", epoch().to_string())
             .env_remove("KILN_RECIPE")
             .current_dir(&self.root);
         if self.private_tmp {
