@@ -508,7 +508,10 @@ fn with_cloud_init_the_seed_rides_on_the_boot_partition() {
     // Neither the package nor a seed section: no seed, no drop-in.
     let seed = "seed:\n  cloud_init:\n    provision_env: nocloud/provision.env\n    network_config: nocloud/network-config\n";
     assert!(demo.contains(seed), "the demo's seed section moved");
-    p.write("recipes/no-seed.yaml", &demo.replace(seed, ""));
+    // (The demo's smoke carrier needs the seed's provision.env: a recipe
+    // without a seed has a smoke section without a carrier.)
+    let no_seed = support::with_smoke(&demo.replace(seed, ""), "smoke: {}\n");
+    p.write("recipes/no-seed.yaml", &no_seed);
     let without = steps("recipes/no-seed.yaml");
     assert!(!without.iter().any(|s| s["name"] == "seed-pi"));
     assert!(image_step(&without).contains("\"seed_dir\":null"));
@@ -572,12 +575,14 @@ fn an_uncompressed_card_is_the_same_card() {
     let b = built();
     let _g = support::heavy();
     let p = Project::demo().share_cache();
+    // The same recipe file (its name is in the seed's user-data, which the
+    // card carries), with the one setting changed.
     let demo = std::fs::read_to_string(p.path("recipes/demo.yaml")).unwrap();
     p.write(
-        "recipes/raw.yaml",
+        "recipes/demo.yaml",
         &demo.replace("pi: {}", "pi: {compression: none}"),
     );
-    let out = p.run(&["--recipe", "recipes/raw.yaml", "--json", "pi"]);
+    let out = p.run(&["--json", "pi"]);
     let ran = support::outcomes(&out);
     assert_eq!(ran["pi-image"], "cached", "{ran:?}");
     let name = p
