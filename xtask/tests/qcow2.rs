@@ -170,7 +170,10 @@ fn cloud_init_is_in_the_root_when_the_recipe_has_a_seed() {
     let with = small_recipe(&p, "");
     let demo = std::fs::read_to_string(p.path(&with)).unwrap();
     assert!(demo.contains(DEMO_SEED), "the demo's seed section moved");
-    p.write("recipes/no-seed.yaml", &demo.replace(DEMO_SEED, ""));
+    // Without the seed, the demo's smoke carrier (which writes the seed's
+    // provision.env) goes too.
+    let no_carrier = support::with_smoke(&demo, "smoke: {}\n");
+    p.write("recipes/no-seed.yaml", &no_carrier.replace(DEMO_SEED, ""));
     let (a, b) = (plan(&with), plan("recipes/no-seed.yaml"));
     assert!(
         packages(&a).contains(&"cloud-init".to_string()),
@@ -194,7 +197,7 @@ fn cloud_init_is_in_the_root_when_the_recipe_has_a_seed() {
     // An empty section is a seed too (every default).
     p.write(
         "recipes/empty-seed.yaml",
-        &demo.replace(DEMO_SEED, "seed:\n  cloud_init: {}\n"),
+        &no_carrier.replace(DEMO_SEED, "seed:\n  cloud_init: {}\n"),
     );
     assert!(packages(&plan("recipes/empty-seed.yaml")).contains(&"cloud-init".to_string()));
 }
