@@ -475,8 +475,8 @@ pub fn boot(cmd: &Cmd, patterns: &[&str], limit: Duration) -> String {
 }
 
 /// The recipe `text` with its `smoke:` section replaced by `section` (YAML
-/// text starting with `smoke:`): the demo recipe's is its last top-level
-/// section, so everything from `smoke:` up to the next top-level key goes.
+/// text starting with `smoke:`): everything from `smoke:` up to the next
+/// top-level key goes (appended at the end when there is none).
 pub fn with_smoke(text: &str, section: &str) -> String {
     let Some(start) = text.find("\nsmoke:\n").map(|i| i + 1) else {
         return format!("{text}\n{section}");
