@@ -37,14 +37,9 @@ fn small_recipe(p: &Project) -> String {
 /// under the key).
 fn recipe_with_smoke(p: &Project, name: &str, smoke: &str) -> String {
     let demo = std::fs::read_to_string(p.path("recipes/demo.yaml")).unwrap();
-    let (head, _) = demo
-        .split_once("\nsmoke:\n")
-        .expect("the demo recipe ends with its smoke: section");
     let rel = format!("recipes/{name}.yaml");
-    p.write(
-        &rel,
-        &format!("{head}\nsmoke:\n{smoke}\nqcow2:\n  size: 2G\n"),
-    );
+    let text = support::with_smoke(&demo, &format!("smoke:\n{smoke}"));
+    p.write(&rel, &format!("{text}\nqcow2:\n  size: 2G\n"));
     rel
 }
 

@@ -493,7 +493,8 @@ pub fn with_smoke(text: &str, section: &str) -> String {
         })
         .map(|i| start + "smoke:\n".len() + i)
         .unwrap_or(text.len());
-    format!("{}{section}{}", &text[..start], &text[end..])
+    let nl = if section.ends_with('\n') { "" } else { "\n" };
+    format!("{}{section}{nl}{}", &text[..start], &text[end..])
 }
 
 /// The console log `cargo xtask smoke` wrote for boot `boot` of instance
