@@ -49,18 +49,6 @@ fn built() -> &'static Built {
     })
 }
 
-/// Byte offset of GPT partition `n` of a raw disk, as sgdisk reads it.
-fn partition_offset(raw: &Utf8Path, n: u32) -> u64 {
-    let first: u64 = sh("sgdisk", &["-i", &n.to_string(), raw.as_str()])
-        .lines()
-        .find_map(|l| l.strip_prefix("First sector: "))
-        .and_then(|l| l.split_whitespace().next())
-        .unwrap_or_else(|| panic!("sgdisk names no first sector of partition {n} of {raw}"))
-        .parse()
-        .unwrap();
-    first * 512
-}
-
 fn tempdir() -> (tempfile::TempDir, Utf8PathBuf) {
     let d = tempfile::Builder::new()
         .prefix("kiln-qcow2-")
@@ -263,7 +251,7 @@ fn builder1_image_is_clean_and_laid_out() {
     );
     let verify = sh("sgdisk", &["-v", raw.as_str()]);
     assert!(verify.contains("No problems found"), "{verify}");
-    let fs = format!("{raw}?offset={}", partition_offset(&raw, 3));
+    let fs = format!("{raw}?offset={}", support::partition_offset(&raw, 3));
     let dbg = |req: &str| sh("debugfs", &["-R", req, &fs]);
     // Identity reset.
     assert_eq!(dbg("cat /etc/machine-id"), "");
@@ -615,7 +603,7 @@ fn builder1_arm64_disk_boots_uefi_with_kiln_initrd() {
         gpt.contains("EF00") && gpt.contains("8305") && !gpt.contains("EF02"),
         "{gpt}"
     );
-    let esp = format!("{raw}@@{}", partition_offset(&raw, 1));
+    let esp = format!("{raw}@@{}", support::partition_offset(&raw, 1));
     let mtype = |f: &str| sh("mtype", &["-i", &esp, &format!("::{f}")]);
     let entry = mtype("/loader/entries/demo.conf");
     assert!(
@@ -770,7 +758,7 @@ fn builder1_snakeoil_pair_is_made_per_instance() {
     let (_d, dir) = tempdir();
     let raw = dir.join("disk.raw");
     support::qemu_convert(&q, "qcow2", &raw, "raw");
-    let fs = format!("{raw}?offset={}", partition_offset(&raw, 3));
+    let fs = format!("{raw}?offset={}", support::partition_offset(&raw, 3));
     let dbg = |req: &str| sh("debugfs", &["-R", req, &fs]);
     let private = dbg("ls -l /etc/ssl/private");
     assert!(!private.contains("snakeoil"), "{private}");

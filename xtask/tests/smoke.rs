@@ -519,18 +519,6 @@ fn a_broken_first_boot_fails_with_the_console_tail() {
     assert_smoke_left_nothing(&p);
 }
 
-/// Byte offset of GPT partition `n` of a raw disk, as sgdisk reads it.
-fn partition_offset(raw: &Utf8Path, n: u32) -> u64 {
-    let first: u64 = sh("sgdisk", &["-i", &n.to_string(), raw.as_str()])
-        .lines()
-        .find_map(|l| l.strip_prefix("First sector: "))
-        .and_then(|l| l.split_whitespace().next())
-        .unwrap_or_else(|| panic!("sgdisk names no first sector of partition {n} of {raw}"))
-        .parse()
-        .unwrap();
-    first * 512
-}
-
 /// Two instances of a disk whose image holds a machine-id: the run fails
 /// on the distinct-identity check naming machine-id, and only machine-id
 /// (the SSH host keys and the secrets are minted per instance).
@@ -553,7 +541,7 @@ fn a_baked_machine_id_fails_the_two_instance_check() {
         .unwrap()
         .write_all(b"0123456789abcdef0123456789abcdef\n")
         .unwrap();
-    let fs = format!("{raw}?offset={}", partition_offset(&raw, 3));
+    let fs = format!("{raw}?offset={}", support::partition_offset(&raw, 3));
     let script = dir.join("debugfs.cmd");
     std::fs::write(
         &script,

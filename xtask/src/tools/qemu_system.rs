@@ -13,6 +13,18 @@ pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 pub const AAVMF_CODE: &str = "/usr/share/AAVMF/AAVMF_CODE.fd";
 pub const AAVMF_VARS: &str = "/usr/share/AAVMF/AAVMF_VARS.fd";
 
+/// No display, the serial console on stdout (what a smoke watches), no
+/// monitor, and a reboot ends qemu.
+const HEADLESS: [&str; 7] = [
+    "-display",
+    "none",
+    "-serial",
+    "stdio",
+    "-monitor",
+    "none",
+    "-no-reboot",
+];
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Firmware {
     /// SeaBIOS (qemu's default for `pc`).
@@ -116,17 +128,9 @@ impl Boot {
         let program = format!("qemu-system-{}", self.arch.uname());
         let mut c = Cmd::new(&program, "smoke-boot the image under qemu")
             .args(["-accel", &self.accel, "-m", &self.memory_mib.to_string()])
-            .args([
-                "-smp",
-                &self.cpus.to_string(),
-                "-display",
-                "none",
-                "-serial",
-                "stdio",
-                "-monitor",
-                "none",
-            ])
-            .args(["-no-reboot", "-nic", &self.nic()]);
+            .args(["-smp", &self.cpus.to_string()])
+            .args(HEADLESS)
+            .args(["-nic", &self.nic()]);
         let code = match self.arch {
             Arch::Amd64 => OVMF_CODE,
             Arch::Arm64 => AAVMF_CODE,
@@ -218,15 +222,7 @@ pub fn raspi3b(
         "boot the card on qemu's Raspberry Pi 3B",
     )
     .args(["-M", "raspi3b", "-accel", "tcg", "-m", "1024"])
-    .args([
-        "-display",
-        "none",
-        "-serial",
-        "stdio",
-        "-monitor",
-        "none",
-        "-no-reboot",
-    ])
+    .args(HEADLESS)
     .args([
         "-drive".to_string(),
         format!("file={sd},format={sd_format},if=sd"),

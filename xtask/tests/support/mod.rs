@@ -641,6 +641,18 @@ pub fn vmdk_convert_dir() -> Utf8PathBuf {
     dir
 }
 
+/// Byte offset of GPT partition `n` of a raw disk, as sgdisk reads it.
+pub fn partition_offset(raw: &Utf8Path, n: u32) -> u64 {
+    let first: u64 = sh("sgdisk", &["-i", &n.to_string(), raw.as_str()])
+        .lines()
+        .find_map(|l| l.strip_prefix("First sector: "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("sgdisk names no first sector of partition {n} of {raw}"))
+        .parse()
+        .unwrap();
+    first * 512
+}
+
 /// PATH with `dir` in front.
 pub fn path_with(dir: &Utf8Path) -> String {
     format!("{dir}:{}", std::env::var("PATH").unwrap_or_default())
