@@ -100,27 +100,28 @@ pub struct Report {
     pub published: Vec<Utf8PathBuf>,
 }
 
+/// How many steps run at once: steps are mostly one tool each (mmdebstrap,
+/// dpkg under qemu-user, a converter) that keeps one core busy, so a plan
+/// with independent branches (the amd64 disk and the arm64 root) fills the
+/// machine with a step per core, up to four.
+fn workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 4)
+}
+
 pub fn execute(plan: &Plan, opts: &Options) -> Result<Report> {
+    let outcomes = run_steps(plan, opts.force, workers())?;
     let mut report = Report {
-        steps: Vec::new(),
+        steps: plan
+            .steps
+            .iter()
+            .map(|s| s.name.clone())
+            .zip(outcomes)
+            .collect(),
         published: Vec::new(),
     };
-    for step in &plan.steps {
-        let published: Vec<Published> = plan
-            .publish
-            .iter()
-            .filter_map(|p| {
-                let rel = p.from.strip_prefix(&step.out).ok()?;
-                Some(Published {
-                    rel: rel.to_string(),
-                    dest: plan.output.join(&p.name),
-                })
-            })
-            .collect();
-        let outcome = run_step(step, &published, opts.force)
-            .with_context(|| format!("step `{}` ({}) failed", step.name, step.summary))?;
-        report.steps.push((step.name.clone(), outcome));
-    }
     if !plan.publish.is_empty() {
         std::fs::create_dir_all(&plan.output)
             .with_context(|| format!("creating the output directory {}", plan.output))?;
@@ -159,6 +160,103 @@ pub fn execute(plan: &Plan, opts: &Options) -> Result<Report> {
         report.published.push(dest);
     }
     Ok(report)
+}
+
+/// The indices of the steps each step reads (its `Input::Step`s).
+fn dependencies(plan: &Plan) -> Vec<Vec<usize>> {
+    plan.steps
+        .iter()
+        .map(|s| {
+            s.inputs
+                .iter()
+                .filter_map(|i| match i {
+                    Input::Step { name, .. } => plan.steps.iter().position(|d| &d.name == name),
+                    _ => None,
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Run (or reuse) every step, each once the steps it reads are done, up to
+/// `workers` at once, in plan order among the ready ones. The first failure
+/// stops the steps still running (their tools are stopped, their temporary
+/// directories removed) and starts no more; it is the error returned.
+/// Outcomes are in plan order.
+fn run_steps(plan: &Plan, force: bool, workers: usize) -> Result<Vec<Outcome>> {
+    let deps = dependencies(plan);
+    let n = plan.steps.len();
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
+    let mut started = vec![false; n];
+    let mut running = 0usize;
+    let mut failure: Option<anyhow::Error> = None;
+    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, Result<Outcome>)>();
+    std::thread::scope(|s| loop {
+        if failure.is_none() {
+            for i in 0..n {
+                if running >= workers.max(1) {
+                    break;
+                }
+                if started[i] || !deps[i].iter().all(|d| outcomes[*d].is_some()) {
+                    continue;
+                }
+                started[i] = true;
+                running += 1;
+                let step = &plan.steps[i];
+                let published = published_from(plan, step);
+                let (tx, cancel) = (tx.clone(), cancel.clone());
+                s.spawn(move || {
+                    let r =
+                        crate::signals::with_cancel(cancel, || run_step(step, &published, force))
+                            .with_context(|| {
+                                format!("step `{}` ({}) failed", step.name, step.summary)
+                            });
+                    let _ = tx.send((i, r));
+                });
+            }
+        }
+        if running == 0 {
+            break;
+        }
+        let (i, r) = rx.recv().expect("a running step reports back");
+        running -= 1;
+        match r {
+            Ok(o) => outcomes[i] = Some(o),
+            Err(e) if failure.is_none() => {
+                if running > 0 {
+                    ui::info(&format!(
+                        "{}: failed; stopping the {running} step(s) still running",
+                        plan.steps[i].name
+                    ));
+                }
+                cancel.store(true, std::sync::atomic::Ordering::SeqCst);
+                failure = Some(e);
+            }
+            Err(_) => {}
+        }
+    });
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    Ok(outcomes
+        .into_iter()
+        .map(|o| o.expect("every step ran"))
+        .collect())
+}
+
+/// The files the plan publishes out of `step`'s entry.
+fn published_from(plan: &Plan, step: &Step) -> Vec<Published> {
+    plan.publish
+        .iter()
+        .filter_map(|p| {
+            let rel = p.from.strip_prefix(&step.out).ok()?;
+            Some(Published {
+                rel: rel.to_string(),
+                dest: plan.output.join(&p.name),
+            })
+        })
+        .collect()
 }
 
 fn run_step(step: &Step, published: &[Published], force: bool) -> Result<Outcome> {
@@ -1113,5 +1211,163 @@ mod tests {
         assert_eq!(cached_digest(&p).unwrap(), hex);
         let missing = flush_and_digest(&dir.join("absent.iso")).unwrap_err();
         assert!(format!("{missing:#}").contains("absent.iso"), "{missing:#}");
+    }
+
+    /// An op for the scheduler's tests: records when it starts and ends,
+    /// and does what `Act` says in between.
+    struct Probe {
+        name: &'static str,
+        log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+        act: Act,
+    }
+
+    #[derive(Clone)]
+    enum Act {
+        Nothing,
+        /// Wait (at most 60 s) at a barrier the other step also reaches:
+        /// only steps that run at the same time get through.
+        Meet(
+            std::sync::Arc<std::sync::Barrier>,
+            std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        ),
+        Fail,
+        /// Run until the job is cancelled, as a long tool would.
+        UntilCancelled,
+    }
+
+    impl crate::plan::Op for Probe {
+        fn describe(&self) -> serde_json::Value {
+            serde_json::json!({ "probe": self.name })
+        }
+        fn run(&self, cx: &OpCx) -> Result<()> {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("start {}", self.name));
+            std::fs::write(cx.out.join("mark"), self.name)?;
+            match &self.act {
+                Act::Nothing => {}
+                Act::Meet(b, arrived) => {
+                    arrived.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let t = std::time::Instant::now();
+                    while arrived.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+                        anyhow::ensure!(
+                            t.elapsed() < std::time::Duration::from_secs(60),
+                            "{} ran alone: the other independent step did not start beside it",
+                            self.name
+                        );
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
+                    b.wait();
+                }
+                Act::Fail => anyhow::bail!("{} broke", self.name),
+                Act::UntilCancelled => loop {
+                    crate::signals::check()?;
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                },
+            }
+            self.log.lock().unwrap().push(format!("end {}", self.name));
+            Ok(())
+        }
+    }
+
+    fn probe_plan(
+        root: &Utf8Path,
+        steps: &[(&'static str, Act, &[&str])],
+    ) -> (
+        crate::plan::Plan,
+        std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    ) {
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut plan = crate::plan::Plan::new(
+            "test",
+            &root.join("r.yaml"),
+            root,
+            &root.join("cache"),
+            &root.join("output"),
+        );
+        for (name, act, after) in steps {
+            let mut b = crate::plan::StepBuilder::new(*name, format!("probe {name}")).op(Probe {
+                name,
+                log: log.clone(),
+                act: act.clone(),
+            });
+            for a in *after {
+                let i = plan.steps.iter().position(|s| s.name == *a).unwrap();
+                b = b.after(plan.step(i));
+            }
+            plan.add(b);
+        }
+        (plan, log)
+    }
+
+    #[test]
+    fn independent_steps_run_side_by_side_and_a_step_waits_for_what_it_reads() {
+        let d = tempfile::tempdir().unwrap();
+        let root = Utf8Path::from_path(d.path()).unwrap();
+        let meet = Act::Meet(
+            std::sync::Arc::new(std::sync::Barrier::new(2)),
+            Default::default(),
+        );
+        // a and b are independent (they can only pass the barrier together);
+        // c reads both; d reads c.
+        let (plan, log) = probe_plan(
+            root,
+            &[
+                ("a", meet.clone(), &[]),
+                ("b", meet, &[]),
+                ("c", Act::Nothing, &["a", "b"]),
+                ("d", Act::Nothing, &["c"]),
+            ],
+        );
+        let outcomes = run_steps(&plan, false, 2).unwrap();
+        assert_eq!(outcomes, vec![Outcome::Ran; 4]);
+        let log = log.lock().unwrap().clone();
+        let at = |e: &str| log.iter().position(|l| l == e).unwrap();
+        assert!(
+            at("start c") > at("end a") && at("start c") > at("end b"),
+            "{log:?}"
+        );
+        assert!(at("start d") > at("end c"), "{log:?}");
+        // Every entry is complete, and a second run reuses them all.
+        for s in &plan.steps {
+            assert!(s.out.join(STAMP).is_file(), "{} has no stamp", s.name);
+        }
+        assert_eq!(
+            run_steps(&plan, false, 2).unwrap(),
+            vec![Outcome::Cached; 4]
+        );
+    }
+
+    #[test]
+    fn a_failing_step_stops_the_running_ones_and_starts_no_more() {
+        let d = tempfile::tempdir().unwrap();
+        let root = Utf8Path::from_path(d.path()).unwrap();
+        let (plan, log) = probe_plan(
+            root,
+            &[
+                ("long", Act::UntilCancelled, &[]),
+                ("broken", Act::Fail, &[]),
+                ("after", Act::Nothing, &["broken"]),
+            ],
+        );
+        let err = format!("{:#}", run_steps(&plan, false, 2).unwrap_err());
+        assert!(
+            err.contains("step `broken`") && err.contains("broken broke"),
+            "{err}"
+        );
+        let log = log.lock().unwrap().clone();
+        assert!(!log.iter().any(|l| l == "start after"), "{log:?}");
+        assert!(!log.iter().any(|l| l == "end long"), "{log:?}");
+        // Nothing of either step is left in the cache, complete or not.
+        for s in &plan.steps {
+            let dir = s.out.parent().unwrap();
+            let left: Vec<_> = std::fs::read_dir(dir)
+                .map(|r| r.map(|e| e.unwrap().file_name()).collect())
+                .unwrap_or_default();
+            assert!(left.is_empty(), "{dir} holds {left:?}");
+        }
+        // The cancel was this job's alone: this thread is not interrupted.
+        assert!(!crate::signals::interrupted());
     }
 }

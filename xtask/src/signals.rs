@@ -43,8 +43,35 @@ pub fn install() -> anyhow::Result<()> {
     Ok(())
 }
 
+thread_local! {
+    /// Set on a thread doing one part of a larger job ([`with_cancel`]).
+    static CANCEL: std::cell::RefCell<Option<Arc<AtomicBool>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// A signal arrived, or the job this thread works for was cancelled.
 pub fn interrupted() -> bool {
     FLAG.get().is_some_and(|f| f.load(Ordering::SeqCst))
+        || CANCEL.with(|c| {
+            c.borrow()
+                .as_ref()
+                .is_some_and(|t| t.load(Ordering::SeqCst))
+        })
+}
+
+/// Run `f` on this thread as part of a job that `cancel` stops: once it is
+/// set, [`interrupted`] is true on this thread, so the tool runner stops the
+/// running child and `f` unwinds through its guards as on Ctrl-C (the
+/// executor stops a plan's other steps when one fails).
+pub fn with_cancel<T>(cancel: Arc<AtomicBool>, f: impl FnOnce() -> T) -> T {
+    CANCEL.with(|c| *c.borrow_mut() = Some(cancel));
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            CANCEL.with(|c| *c.borrow_mut() = None);
+        }
+    }
+    let _reset = Reset;
+    f()
 }
 
 /// Exit code for the recorded signal (128 + signo).

@@ -5,7 +5,7 @@
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 static VERBOSE: AtomicBool = AtomicBool::new(false);
 static QUIET: AtomicBool = AtomicBool::new(false);
@@ -17,19 +17,35 @@ pub fn set_quiet(q: bool) {
     QUIET.store(q, Ordering::Relaxed);
 }
 
+/// Every bar on the terminal: steps run side by side, so their bars are
+/// drawn together, and log lines are printed above them.
+fn bars() -> &'static MultiProgress {
+    static BARS: std::sync::OnceLock<MultiProgress> = std::sync::OnceLock::new();
+    BARS.get_or_init(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()))
+}
+
+/// One log line on stderr, above the bars on a terminal.
+fn line(text: &str) {
+    if tty() {
+        bars().suspend(|| eprintln!("{text}"));
+    } else {
+        eprintln!("{text}");
+    }
+}
+
 pub fn info(msg: &str) {
     if !QUIET.load(Ordering::Relaxed) {
-        eprintln!("kiln: {msg}");
+        line(&format!("kiln: {msg}"));
     }
 }
 
 pub fn warn(msg: &str) {
-    eprintln!("kiln: warning: {msg}");
+    line(&format!("kiln: warning: {msg}"));
 }
 
 pub fn debug(msg: &str) {
     if VERBOSE.load(Ordering::Relaxed) {
-        eprintln!("kiln: {msg}");
+        line(&format!("kiln: {msg}"));
     }
 }
 
@@ -50,7 +66,7 @@ pub struct Progress {
 impl Progress {
     pub fn bytes(label: &str, total: u64) -> Progress {
         let bar = tty().then(|| {
-            let b = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+            let b = bars().add(ProgressBar::new(total));
             b.set_style(
                 ProgressStyle::with_template(
                     "kiln: {msg:20} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
@@ -73,7 +89,7 @@ impl Progress {
     /// A spinner for work of unknown size (an external tool running).
     pub fn spinner(label: &str) -> Progress {
         let bar = tty().then(|| {
-            let b = ProgressBar::new_spinner();
+            let b = bars().add(ProgressBar::new_spinner());
             b.set_style(ProgressStyle::with_template("kiln: {spinner} {msg} ({elapsed})").unwrap());
             b.set_message(label.to_string());
             b.enable_steady_tick(std::time::Duration::from_millis(200));
@@ -96,7 +112,7 @@ impl Progress {
                 let decile = self.done * 10 / self.total;
                 if decile > self.last_decile && decile < 10 {
                     self.last_decile = decile;
-                    eprintln!("kiln: {} {}%", self.label, decile * 10);
+                    line(&format!("kiln: {} {}%", self.label, decile * 10));
                 }
             }
             None => {}
