@@ -114,6 +114,17 @@ pub enum Verb {
     #[command(verbatim_doc_comment)]
     Build(crate::verbs::build::Args),
     /// Ensure the test tools are installed (as root: `doctor --install`), then run the whole test suite.
+    ///
+    /// Builds every test binary (`cargo test --no-run`) and runs them side by side, each
+    /// binary's output in `target/kiln/test-logs/<binary>.log`, printed whole when it ends,
+    /// then a summary. Arguments go to cargo as with `cargo test`: options before `--`
+    /// choose what is built, a test-name filter and everything after `--` go to every binary.
+    ///
+    /// Examples:
+    ///   cargo xtask test                              the whole suite
+    ///   cargo xtask test --test smoke                 one test file
+    ///   cargo xtask test --test qcow2 arm64 -- --nocapture
+    #[command(verbatim_doc_comment)]
     Test(Test),
 }
 

@@ -28,6 +28,7 @@ pub mod seed;
 pub mod signals;
 pub mod smoke;
 pub mod stage;
+pub mod suite;
 pub mod testing;
 pub mod tools;
 pub mod ui;

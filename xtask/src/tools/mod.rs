@@ -67,6 +67,14 @@ pub struct Cmd {
     /// instead of capturing them.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub inherit_output: bool,
+    /// Let the child write to kiln's stderr, capturing only its stdout
+    /// (cargo's build messages on stdout, its progress on stderr).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub inherit_stderr: bool,
+    /// With [`Cmd::stdout_to`]: stderr goes to the same file, interleaved as
+    /// the child writes them (a test binary's whole log).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub stderr_to_stdout: bool,
     /// Pass kiln's whole environment through (only for `cargo test`, whose
     /// tests read `CI`, `KILN_*` and cargo's own variables).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -88,6 +96,8 @@ impl Cmd {
             stdin_from: None,
             summary: summary.into(),
             inherit_output: false,
+            inherit_stderr: false,
+            stderr_to_stdout: false,
             inherit_env: false,
             hints: Vec::new(),
         }
@@ -129,6 +139,16 @@ impl Cmd {
     }
     pub fn stdout_to(mut self, file: impl Into<Utf8PathBuf>) -> Cmd {
         self.stdout_to = Some(file.into());
+        self
+    }
+    /// Both stdout and stderr into `file`, in the order the child writes them.
+    pub fn output_to(mut self, file: impl Into<Utf8PathBuf>) -> Cmd {
+        self.stdout_to = Some(file.into());
+        self.stderr_to_stdout = true;
+        self
+    }
+    pub fn inherit_stderr(mut self) -> Cmd {
+        self.inherit_stderr = true;
         self
     }
     /// The environment as `(name, value)` pairs, sorted by name.
@@ -256,6 +276,9 @@ impl fmt::Display for Cmd {
         write!(f, "{}", parts.join(" "))?;
         if let Some(out) = &self.stdout_to {
             write!(f, " > {}", shell_quote(out.as_str()))?;
+            if self.stderr_to_stdout {
+                write!(f, " 2>&1")?;
+            }
         }
         if let Some(what) = &self.stdin_from {
             write!(f, " < ({what}, streamed by kiln)")?;
@@ -413,6 +436,11 @@ fn run_inner(cmd: &Cmd, feed: Option<Feed>) -> Result<Output> {
     } else {
         Stdio::null()
     });
+    c.stderr(if cmd.inherit_output || cmd.inherit_stderr {
+        Stdio::inherit()
+    } else {
+        Stdio::piped()
+    });
     match &cmd.stdout_to {
         _ if cmd.inherit_output => {
             c.stdout(Stdio::inherit());
@@ -420,17 +448,15 @@ fn run_inner(cmd: &Cmd, feed: Option<Feed>) -> Result<Output> {
         Some(path) => {
             let f = std::fs::File::create(path)
                 .with_context(|| format!("creating {path} for the output of {}", cmd.program))?;
+            if cmd.stderr_to_stdout {
+                c.stderr(f.try_clone().with_context(|| format!("sharing {path}"))?);
+            }
             c.stdout(f);
         }
         None => {
             c.stdout(Stdio::piped());
         }
     }
-    c.stderr(if cmd.inherit_output {
-        Stdio::inherit()
-    } else {
-        Stdio::piped()
-    });
     // Own process group: kiln decides when children stop, and can stop the
     // whole tree (qemu, mmdebstrap's helpers) at once.
     c.process_group(0);

@@ -5,7 +5,8 @@ use crate::flags::Test;
 use crate::tools::registry::{self, Target};
 
 /// Ensure the test tools (installing them as root unless `--no-install`),
-/// then `cargo test --workspace`.
+/// then run the suite: every test binary of the workspace, side by side
+/// ([`crate::suite`]).
 pub fn run(cx: &Cx, t: Test) -> Result<()> {
     let needs: Vec<String> = registry::for_target(Target::Test)
         .iter()
@@ -13,6 +14,5 @@ pub fn run(cx: &Cx, t: Test) -> Result<()> {
         .map(|r| r.name.to_string())
         .collect();
     crate::doctor::ensure(&needs, "`cargo xtask test`", cx.no_install)?;
-    crate::tools::run(&crate::tools::cargo::test(&t.cargo_args))?;
-    Ok(())
+    crate::suite::run(&t.cargo_args)
 }

@@ -587,11 +587,42 @@ pub fn sh(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Serializes heavy tests (qemu boots, mmdebstrap) within one test binary:
-/// the CI machine has two cores, and parallel TCG boots only slow each other.
-pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+/// A slot for a heavy test (qemu boots, root file systems), held until the
+/// guard drops. `cargo xtask test` runs the test binaries side by side, and
+/// the CI machine has two cores: boots started by every binary at once only
+/// slow each other past their timeouts. The slots are machine-wide (a file
+/// lock per slot under `target/kiln/heavy/`), so every binary's heavy tests
+/// share them: `KILN_TEST_HEAVY` of them (default 2) run at once, while
+/// light tests run beside them.
+pub struct Heavy {
+    _slot: std::fs::File,
+}
+
+pub fn heavy() -> Heavy {
+    let slots: usize = std::env::var("KILN_TEST_HEAVY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(2);
+    let dir = workspace().join("target/kiln/heavy");
+    std::fs::create_dir_all(&dir).unwrap();
+    loop {
+        for i in 0..slots {
+            let path = dir.join(format!("slot-{i}"));
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .unwrap_or_else(|e| panic!("opening {path}: {e}"));
+            match f.try_lock() {
+                Ok(()) => return Heavy { _slot: f },
+                Err(std::fs::TryLockError::WouldBlock) => {}
+                Err(std::fs::TryLockError::Error(e)) => panic!("locking {path}: {e}"),
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
 }
 
 /// Debian's open-vmdk source package: VMware's `vmdk-convert` is packaged in
