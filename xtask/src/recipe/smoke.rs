@@ -77,12 +77,13 @@ pub struct Check {
     /// An HTTP path (`/healthz`), retried until it answers as expected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<String>,
-    /// The guest's TCP port for `http`.
-    #[serde(default = "default_port")]
-    pub port: u16,
-    /// The HTTP status `http` must answer.
-    #[serde(default = "default_status")]
-    pub status: u16,
+    /// The guest's TCP port for `http` (filled by `resolve` for HTTP checks
+    /// only; read it through [`Check::port`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// The HTTP status `http` must answer ([`Check::status`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
     /// A pattern the HTTP body must match.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
@@ -106,8 +107,8 @@ fn default_boot() -> Vec<Check> {
     vec![Check {
         console: Some(r"login: ".into()),
         http: None,
-        port: default_port(),
-        status: default_status(),
+        port: None,
+        status: None,
         body: None,
         within: 600,
     }]
@@ -132,12 +133,22 @@ fn default_within() -> u64 {
 }
 
 impl Check {
+    /// The guest port of an HTTP check.
+    pub fn port(&self) -> u16 {
+        self.port
+            .expect("an HTTP check's port is filled by SmokeOptions::resolve")
+    }
+    /// The status an HTTP check expects.
+    pub fn status(&self) -> u16 {
+        self.status
+            .expect("an HTTP check's status is filled by SmokeOptions::resolve")
+    }
     /// What the report calls this check.
     pub fn describe(&self) -> String {
         match (&self.console, &self.http) {
             (Some(c), _) => format!("console /{c}/"),
             (None, Some(h)) => {
-                let mut s = format!("GET {h} (port {}) -> {}", self.port, self.status);
+                let mut s = format!("GET {h} (port {}) -> {}", self.port(), self.status());
                 if let Some(b) = &self.body {
                     s.push_str(&format!(", body /{b}/"));
                 }
@@ -174,15 +185,18 @@ impl SmokeOptions {
     /// Check every pattern and check now, naming the field.
     pub fn resolve(&mut self, file: &Utf8Path, has_provision_env: bool) -> Result<()> {
         for (field, checks) in [
-            ("boot", &self.boot),
-            ("again", &self.again),
-            ("iso", &self.iso),
+            ("boot", &mut self.boot),
+            ("again", &mut self.again),
+            ("iso", &mut self.iso),
         ] {
-            for (i, c) in checks.iter().enumerate() {
+            for (i, c) in checks.iter_mut().enumerate() {
                 let at = format!("{field}[{i}]");
                 match (&c.console, &c.http) {
                     (Some(p), None) => {
                         regex(file, &at, p)?;
+                        if c.port.is_some() || c.status.is_some() {
+                            bail!("{file}: smoke.{at}: `port` and `status` belong to `http:` checks, not console ones");
+                        }
                     }
                     (None, Some(path)) => {
                         if !path.starts_with('/') {
@@ -194,6 +208,8 @@ impl SmokeOptions {
                         if field == "iso" {
                             bail!("{file}: smoke.{at}: the installer ISO is checked on its console only");
                         }
+                        c.port.get_or_insert(default_port());
+                        c.status.get_or_insert(default_status());
                     }
                     _ => bail!(
                         "{file}: smoke.{at}: a check has exactly one of `console: PATTERN` or `http: /PATH`"
@@ -269,6 +285,19 @@ mod tests {
     }
 
     #[test]
+    fn http_checks_get_their_port_and_status_and_console_checks_none() {
+        let s =
+            parse("boot: [{console: up}, {http: /}, {http: /x, port: 8080, status: 204}]").unwrap();
+        assert_eq!((s.boot[0].port, s.boot[0].status), (None, None));
+        assert_eq!((s.boot[1].port(), s.boot[1].status()), (80, 200));
+        assert_eq!((s.boot[2].port(), s.boot[2].status()), (8080, 204));
+        // `recipe show` prints what applies to each check.
+        let shown = yaml_serde::to_string(&s).unwrap();
+        assert!(!shown.contains("- console: up\n  port"), "{shown}");
+        assert_eq!(shown.matches("port:").count(), 2, "{shown}");
+    }
+
+    #[test]
     fn bad_checks_are_named() {
         for (y, want) in [
             (
@@ -287,6 +316,10 @@ mod tests {
             ),
             ("iso: [{http: /}]", "console only"),
             ("memory: 64", "too little"),
+            (
+                "boot: [{console: a, port: 8080}]",
+                "belong to `http:` checks",
+            ),
         ] {
             let e = format!("{:#}", parse(y).unwrap_err());
             assert!(e.contains(want), "{y}: {e}");

@@ -334,8 +334,8 @@ fn iso_checks(o: &SmokeOptions) -> Vec<Check> {
     let mut v = vec![Check {
         console: Some(format!("Command line:.*{}", words.join(" "))),
         http: None,
-        port: 80,
-        status: 200,
+        port: None,
+        status: None,
         body: None,
         within: 300,
     }];
@@ -433,8 +433,8 @@ fn run_guest(
     // Every guest port an HTTP check names gets a free host port.
     let mut ports = BTreeMap::new();
     for c in g.boots.iter().flatten() {
-        if c.http.is_some() && !ports.contains_key(&c.port) {
-            ports.insert(c.port, free_port()?);
+        if c.http.is_some() && !ports.contains_key(&c.port()) {
+            ports.insert(c.port(), free_port()?);
         }
     }
     let mut result = GuestResult::default();
@@ -537,7 +537,7 @@ fn run_boot(
                     &mut c,
                     check,
                     path,
-                    ports[&check.port],
+                    ports[&check.port()],
                     from,
                     fail,
                     deadline,
@@ -636,7 +636,7 @@ fn http_check(
         }
         match http::get(port, path, Duration::from_secs(5)) {
             Ok(a)
-                if a.status == check.status
+                if a.status == check.status()
                     && body.as_ref().is_none_or(|b| b.is_match(&a.body)) =>
             {
                 return Ok((
