@@ -10,7 +10,7 @@ use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 
 use camino::{Utf8Path, Utf8PathBuf};
-use support::iso_fixture::{self, Fixture, Options};
+use support::iso_fixture::{self, Fixture, Layout, Options};
 use support::{sh, sha256, Project};
 
 const ARGS: &str = r"autoinstall ds=nocloud\;s=/cdrom/nocloud/";
@@ -48,79 +48,70 @@ fn report(iso: &Utf8Path, what: &str, how: &str) -> Vec<String> {
         .collect()
 }
 
-/// `-report_el_torito as_mkisofs` with positions masked: the EFI image's
-/// start LBA, the image's own path, and the appended partition's interval
-/// (kept as its length).
-fn el_torito(iso: &Utf8Path) -> Vec<String> {
-    report(iso, "-report_el_torito", "as_mkisofs")
-        .into_iter()
-        .map(|l| {
-            let mut l = match (l.find("_start_"), l.find("s_size_")) {
-                (Some(a), Some(b)) if a < b => format!("{}_start_N{}", &l[..a], &l[b..]),
-                _ => l,
-            };
-            if let Some(q) = l.find(":'/") {
-                l = format!("{}:'ISO'", &l[..q]);
-            }
-            if let Some(i) = l.find("--interval:local_fs:") {
-                let rest = &l[i + "--interval:local_fs:".len()..];
-                if let Some((range, tail)) = rest.split_once("::") {
-                    if let Some((a, b)) = range.trim_end_matches('d').split_once("d-") {
-                        let len = b.parse::<u64>().unwrap() - a.parse::<u64>().unwrap() + 1;
-                        l = format!("{}--interval:local_fs:{len}d::{tail}", &l[..i]);
-                    }
-                }
-            }
-            l
-        })
-        .collect()
+/// xorriso's `-report_el_torito as_mkisofs` and `-report_system_area plain`
+/// of `iso`, with what must differ between a base and its remaster masked
+/// ([`mask`]).
+fn reports(iso: &Utf8Path) -> Vec<String> {
+    let mut lines = report(iso, "-report_el_torito", "as_mkisofs");
+    lines.extend(report(iso, "-report_system_area", "plain"));
+    lines.iter().map(|l| mask(l)).collect()
 }
 
-/// `-report_system_area plain` with sizes, LBAs and GUIDs masked, and
-/// without xorriso's automatic `Gap` GPT entries (they only cover alignment
-/// padding, which depends on the image size).
-fn system_area(iso: &Utf8Path) -> Vec<String> {
-    let lines = report(iso, "-report_system_area", "plain");
-    let gaps: Vec<String> = lines
-        .iter()
-        .filter_map(|l| {
-            let rest = l.strip_prefix("GPT partname local :")?;
-            let mut w = rest.split_whitespace();
-            let n = w.next()?;
-            w.next()?.starts_with("Gap").then(|| n.to_string())
-        })
+/// One report line with the image's own path, block addresses and sizes,
+/// dates and GUIDs masked; everything else (options, cylinder alignment,
+/// partition table kinds, partition numbers, names, types and flags, the
+/// length of each interval) stays. Intervals keep their length:
+/// `--interval:local_fs:6448d-14639d::'base.iso'` becomes
+/// `--interval:local_fs:8192d::'ISO'`.
+fn mask(line: &str) -> String {
+    use regex::Regex;
+    let interval = Regex::new(r"--interval:local_fs:(\d+)([ds]?)-(\d+)([ds]?):").unwrap();
+    let l = interval.replace_all(line, |c: &regex::Captures| {
+        let (a, b): (u64, u64) = (c[1].parse().unwrap(), c[3].parse().unwrap());
+        assert_eq!(c[2], c[4], "{line}");
+        format!("--interval:local_fs:{}{}:", b - a + 1, &c[2])
+    });
+    let l = Regex::new(r"(--interval:[^']*):'[^']*'")
+        .unwrap()
+        .replace_all(&l, "$1:'ISO'");
+    let l = Regex::new(r"_start_\d+s_")
+        .unwrap()
+        .replace_all(&l, "_start_LBA_");
+    let l = Regex::new(r"--modification-date='\d+'")
+        .unwrap()
+        .replace_all(&l, "--modification-date=DATE");
+    let Some((key, values)) = l.split_once(" : ") else {
+        return l.into_owned();
+    };
+    let mut v: Vec<&str> = values.split_whitespace().collect();
+    // Which values are positions, sizes or GUIDs, by line.
+    let masked: &[usize] = match key.trim_end() {
+        "ISO image size/512" | "GPT disk GUID" | "GPT lba range" => &[0, 1, 2],
+        "GPT partition GUID" => &[1],
+        "GPT start and size" => &[1, 2],
+        "MBR partition" => &[3, 4],
+        _ => &[],
+    };
+    for &i in masked {
+        if let Some(w) = v.get_mut(i) {
+            *w = "#";
+        }
+    }
+    format!("{key} : {}", v.join(" "))
+}
+
+/// Masked reports equal, line by line, with the differing lines named.
+fn assert_reports_equal(base: &[String], out: &[String]) {
+    let differ: Vec<String> = (0..base.len().max(out.len()))
+        .filter(|&i| base.get(i) != out.get(i))
+        .map(|i| format!("line {i}: base {:?} / output {:?}", base.get(i), out.get(i)))
         .collect();
-    lines
-        .into_iter()
-        .filter(|l| {
-            !(l.starts_with("GPT ")
-                && l.split_once(':').is_some_and(|(_, r)| {
-                    r.split_whitespace()
-                        .next()
-                        .is_some_and(|n| gaps.iter().any(|g| g == n))
-                }))
-        })
-        .filter(|l| {
-            ![
-                "ISO image size",
-                "GPT lba range",
-                "GPT start and size",
-                "GPT disk GUID",
-                "GPT partition GUID",
-            ]
-            .iter()
-            .any(|k| l.starts_with(k))
-        })
-        .map(|l| {
-            if l.starts_with("MBR partition      :") {
-                let mut w: Vec<&str> = l.split_whitespace().collect();
-                w.pop();
-                w.join(" ")
-            } else {
-                l
-            }
-        })
-        .collect()
+    assert!(
+        differ.is_empty(),
+        "reports differ:\n{}\nbase:\n{}",
+        differ.join("\n"),
+        base.join("\n")
+    );
 }
 
 /// (start, size) in 512-byte blocks of GPT partition `n`.
@@ -201,23 +192,21 @@ fn remaster_keeps_boot_records_and_adds_files() {
 
     // Boot records: BIOS + UEFI El Torito entries, MBR type, partition offset,
     // GPT partition types all as in the base.
-    let (eb, eo) = (el_torito(&f.iso), el_torito(&out));
+    let (rb, ro) = (reports(&f.iso), reports(&out));
     assert!(
-        eb.iter().any(|l| l.starts_with("-b ")) && eb.iter().any(|l| l.starts_with("-e ")),
-        "{eb:?}"
-    );
-    assert_eq!(eb, eo);
-    let (sb, so) = (system_area(&f.iso), system_area(&out));
-    assert!(
-        sb.iter().any(|l| l.starts_with("Partition offset   : 16")),
-        "{sb:?}"
+        rb.iter().any(|l| l.starts_with("-b ")) && rb.iter().any(|l| l.starts_with("-e ")),
+        "{rb:?}"
     );
     assert!(
-        sb.iter()
-            .any(|l| l.contains("GPT type GUID      :   2  28732ac11ff8d211ba4b00a0c93ec93b")),
-        "{sb:?}"
+        rb.iter().any(|l| l.starts_with("Partition offset   : 16")),
+        "{rb:?}"
     );
-    assert_eq!(sb, so);
+    assert!(
+        rb.iter()
+            .any(|l| l == "GPT type GUID      : 2 28732ac11ff8d211ba4b00a0c93ec93b"),
+        "{rb:?}"
+    );
+    assert_reports_equal(&rb, &ro);
     // A session was added to a copy of the base: past the system area and
     // the volume descriptors (at LBA 16 and, for the partition, at LBA 32),
     // every byte of the base is where it was; the image is longer.
@@ -295,6 +284,70 @@ fn remaster_keeps_boot_records_and_adds_files() {
             md5.contains(&format!("{got}  ./{f}\n")),
             "{f} {got}:\n{md5}"
         );
+    }
+}
+
+/// The base's whole system area survives the remaster, on a base shaped
+/// like Ubuntu 22.04/24.04 (appended EFI partition, cylinder alignment off,
+/// trailing `Gap1` partition) and on an older one (EFI image inside the ISO,
+/// cylinder alignment on): the full reports of base and output are equal
+/// once masked, for the image kiln builds (a session added where xorriso
+/// can, else the image written whole) and for the image written whole.
+#[test]
+fn output_reports_equal_the_base_on_both_layouts() {
+    if !tools() {
+        return;
+    }
+    for (layout, align) in [(Layout::Appended, "off"), (Layout::Embedded, "on")] {
+        let f = iso_fixture::build(&Options {
+            layout,
+            ..Default::default()
+        });
+        let base = reports(&f.iso);
+        // What the comparison must cover is in the masked base report.
+        for want in [
+            format!("-partition_cyl_align {align}"),
+            "GPT partname local : 3 Gap1".to_string(),
+            "GPT type GUID      : 2 28732ac11ff8d211ba4b00a0c93ec93b".to_string(),
+        ] {
+            assert!(base.contains(&want), "{layout:?}: no {want:?} in {base:#?}");
+        }
+        let summary = base
+            .iter()
+            .find(|l| l.starts_with("System area summary:"))
+            .unwrap();
+        assert!(
+            summary.contains("protective-msdos-label")
+                && summary.ends_with(&format!("cyl-align-{align} GPT")),
+            "{summary}"
+        );
+        let p = Project::demo();
+        let run = p.run(&[
+            "iso",
+            "--base-iso",
+            f.iso.as_str(),
+            "--base-sha256",
+            &f.sha256,
+        ]);
+        // Which path kiln took: xorriso cannot add a session to a base whose
+        // GPT exposes an EFI image inside the ISO, so that one is written whole.
+        let whole_written = support::stderr(&run).contains("writing the whole image instead");
+        assert_eq!(whole_written, layout == Layout::Embedded, "{layout:?}");
+        assert_reports_equal(&base, &reports(&built_iso(&p)));
+        let tmp = tempfile::tempdir().unwrap();
+        let whole = Utf8Path::from_path(tmp.path()).unwrap();
+        let iso = xtask::iso::remaster_into(
+            &f.iso,
+            Some(&f.sha256),
+            &step_out(&p, "seed-iso"),
+            &step_out(&p, "stage-amd64"),
+            whole,
+            support::epoch(),
+            true,
+            None,
+        )
+        .unwrap();
+        assert_reports_equal(&base, &reports(&iso));
     }
 }
 
@@ -395,6 +448,16 @@ fn dry_run_prints_grub_diff_and_xorriso_command() {
     );
     // The base's boot setup, replayed with its intervals read from the base.
     assert!(out.contains("-boot_image any discard -volid"), "{out}");
+    // What the replay drops, read from the base and set after it.
+    assert!(
+        out.contains("system area layout of the base") && out.contains("cylinder alignment off"),
+        "{out}"
+    );
+    assert!(
+        out.contains("-boot_image any partition_cyl_align=off -padding "),
+        "{out}"
+    );
+    assert!(out.contains(" -padding included -alter_date_r"), "{out}");
     assert!(
         out.contains(&format!(
             "--interval:local_fs:0s-15s:zero_mbrpt,zero_gpt:{}",
@@ -559,7 +622,7 @@ fn bios_only_base_warns() {
         support::stderr(&out)
     );
     let iso = built_iso(&p);
-    assert_eq!(el_torito(&f.iso), el_torito(&iso));
+    assert_reports_equal(&reports(&f.iso), &reports(&iso));
 }
 
 /// A tiny HTTP/1.1 server for one file with Range support. The first GET is

@@ -12,7 +12,9 @@
 //! MBR/GPT, the partition offset and the appended EFI partition (appended
 //! again after the new session) stay as Ubuntu built them. Should adding a
 //! session fail, the image is written whole instead (`-indev`/`-outdev`,
-//! `-boot_image any replay`). Added: `/nocloud/` (the seed's `user-data` and
+//! `-boot_image any replay`). On both paths, what the replay does not carry
+//! (the cylinder alignment, the padding after the appended partitions) is
+//! read from the base's reports and set explicitly ([`layout`]). Added: `/nocloud/` (the seed's `user-data` and
 //! `meta-data`), the staged overlay under `/<overlay_dir>/` (`overlay.tar.zst`
 //! or `tree/`), `/.disk/info` naming the appliance; patched: `grub.cfg` and
 //! `loopback.cfg` (see [`grub`]) and the matching `md5sum.txt` lines.
@@ -22,6 +24,7 @@
 //! date and uid/gid 0 inside the image, so two builds are byte-identical.
 
 pub mod grub;
+pub mod layout;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
@@ -245,6 +248,8 @@ struct Prepared {
     info: BaseInfo,
     /// The base's boot setup as arguments for [`xorriso::grow`].
     boot: Vec<String>,
+    /// The base's layout settings the replay drops ([`layout`]).
+    kept: layout::Kept,
     /// (ISO path, original text or None, new text)
     texts: Vec<(String, Option<String>, String)>,
 }
@@ -311,7 +316,14 @@ fn prepare(op: &Remaster, work: &Utf8Path) -> Result<Prepared> {
     }
     let report = tools::run(&xorriso::boot_setup(base))?;
     let boot = xorriso::replay_for_growing(&report.stdout_str(), base)?;
-    Ok(Prepared { info, boot, texts })
+    let kept = layout::Kept::from_reports(&info.el_torito, &info.system_area)
+        .with_context(|| format!("reading the system area layout of {base}"))?;
+    Ok(Prepared {
+        info,
+        boot,
+        kept,
+        texts,
+    })
 }
 
 /// Mapped inputs: (local path, ISO path). Seed and stage outputs are mapped
@@ -365,12 +377,14 @@ fn remaster_cmd(
     out: &Utf8Path,
     maps: &[(String, String)],
     boot: &[String],
+    kept: &layout::Kept,
     method: Method,
 ) -> tools::Cmd {
     let mut c = match method {
         Method::Grow => xorriso::grow(out, maps, boot, op.epoch),
         Method::Rewrite => xorriso::remaster(&op.base.path, out, maps, op.epoch),
-    };
+    }
+    .args(kept.args());
     // Added directories (/nocloud, /<overlay_dir>) and files: epoch dates
     // (xorriso takes ctime/atime from mtime), owner root.
     let mut targets: BTreeSet<String> = maps.iter().map(|(_, i)| i.clone()).collect();
@@ -565,7 +579,7 @@ impl Remaster {
             .map(|m| m.len())
             .unwrap_or(0);
         let progress = watch_size(&iso, size);
-        let r = self.write_image(&iso, &maps_now, &prep.boot, method);
+        let r = self.write_image(&iso, &maps_now, &prep.boot, &prep.kept, method);
         progress.stop();
         r?;
         // xorriso leaves the flush to kiln (`-stdio_sync off`): flush the image
@@ -607,11 +621,12 @@ impl Remaster {
         iso: &Utf8Path,
         maps: &[(String, String)],
         boot: &[String],
+        kept: &layout::Kept,
         method: Method,
     ) -> Result<()> {
         if method == Method::Grow {
             clone_or_copy(&self.base.path, iso)?;
-            let cmd = remaster_cmd(self, iso, maps, boot, Method::Grow);
+            let cmd = remaster_cmd(self, iso, maps, boot, kept, Method::Grow);
             ui::info(&format!("  $ {cmd}"));
             match tools::run(&cmd) {
                 Ok(_) => return Ok(()),
@@ -624,7 +639,7 @@ impl Remaster {
                 }
             }
         }
-        let cmd = remaster_cmd(self, iso, maps, boot, Method::Rewrite);
+        let cmd = remaster_cmd(self, iso, maps, boot, kept, Method::Rewrite);
         ui::info(&format!("  $ {cmd}"));
         tools::run(&cmd)?;
         Ok(())
@@ -706,7 +721,18 @@ fn preview(op: &Remaster, plan: &mut Plan, step_out: &Utf8Path) -> Result<()> {
         }
     }
     let m = maps(op, &step_out.join("iso-files"), &p.texts);
-    let cmd = remaster_cmd(op, &step_out.join(&op.artifact), &m, &p.boot, Method::Grow);
+    plan.notes.push(format!(
+        "system area layout of the base that the replayed boot setup does not carry, set explicitly: {}",
+        p.kept.describe()
+    ));
+    let cmd = remaster_cmd(
+        op,
+        &step_out.join(&op.artifact),
+        &m,
+        &p.boot,
+        &p.kept,
+        Method::Grow,
+    );
     plan.notes.push(format!(
         "xorriso command of step iso-amd64, run on a copy of the base:\n  $ {cmd}"
     ));

@@ -65,6 +65,29 @@ pub fn remaster(base: &Utf8Path, out: &Utf8Path, maps: &[(String, String)], epoc
     c.args(["-boot_image", "any", "replay"])
 }
 
+/// Layout settings of the base that the replayed boot setup does not carry
+/// (see `iso::layout`), set after it: the cylinder alignment, and the padding
+/// written after the appended partitions (`included`, as `-as mkisofs` does).
+pub fn keep_layout(cyl_align: Option<&str>, padding: Option<u64>) -> Vec<String> {
+    let mut v = Vec::new();
+    if let Some(m) = cyl_align {
+        v.extend([
+            "-boot_image".into(),
+            "any".into(),
+            format!("partition_cyl_align={m}"),
+        ]);
+    }
+    if let Some(p) = padding {
+        v.extend([
+            "-padding".into(),
+            p.to_string(),
+            "-padding".into(),
+            "included".into(),
+        ]);
+    }
+    v
+}
+
 /// The base's boot setup as xorriso commands (`-report_el_torito cmd`, one
 /// per line on stdout): what `-boot_image any replay` runs.
 pub fn boot_setup(iso: &Utf8Path) -> Cmd {

@@ -1,7 +1,7 @@
 //! A small Ubuntu-like hybrid installer ISO, built in the test (no real
 //! Ubuntu ISO is reachable): GRUB i386-pc El Torito image + x86_64-efi image
-//! on an appended EFI FAT partition (GPT partition 2), grub2 MBR, protective
-//! MBR, `-partition_offset 16` — the layout of Ubuntu 22.04/24.04 — with
+//! on an EFI FAT image, grub2 MBR, protective MBR, `-partition_offset 16`,
+//! in one of two [`Layout`]s (Ubuntu 22.04/24.04's by default), with
 //! `/casper/vmlinuz` (the host's kernel) and a busybox initrd that prints
 //! `/proc/cmdline` and the ISO's `/nocloud/user-data` to the serial console.
 //! Commands: shared notes `iso-fixture.md`.
@@ -28,6 +28,9 @@ menuentry \"Try or Install Ubuntu Server\" {
 }
 ";
 
+/// The EFI image's path in the ISO with [`Layout::Embedded`].
+pub const EMBEDDED_EFI: &str = "boot/grub/efi.img";
+
 pub const TOOLS: &[&str] = &[
     "xorriso",
     "grub-mkimage",
@@ -40,7 +43,24 @@ pub const TOOLS: &[&str] = &[
     "/vmlinuz",
 ];
 
+/// Where the EFI image lives and how the system area is aligned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Ubuntu 22.04/24.04: the EFI image appended after the ISO as GPT
+    /// partition 2 (`-appended_part_as_gpt`, ISO partition type
+    /// `-iso_mbr_part_type a2a0…`), `-partition_cyl_align off`, and the
+    /// padding `-as mkisofs` writes after it listed as a `Gap1` partition.
+    Appended,
+    /// Older Ubuntu ISOs (20.04's shape, with GRUB's hybrid MBR instead of
+    /// isolinux): the EFI image is the file `/boot/grub/efi.img` inside the
+    /// ISO, exposed as a GPT partition (`-efi-boot-part --efi-boot-image`),
+    /// the gaps around it as `Gap0`/`Gap1`, and the image padded to whole
+    /// cylinders (`-partition_cyl_align on`).
+    Embedded,
+}
+
 pub struct Options {
+    pub layout: Layout,
     /// Add the UEFI El Torito entry and EFI partition.
     pub efi: bool,
     pub grub_cfg: Option<String>,
@@ -55,6 +75,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
+            layout: Layout::Appended,
             efi: true,
             grub_cfg: None,
             grub: true,
@@ -161,7 +182,10 @@ pub fn build(o: &Options) -> Fixture {
             "/usr/lib/grub/i386-pc/boot_hybrid.img",
             "--protective-msdos-label",
             "-partition_cyl_align",
-            "off",
+            match o.layout {
+                Layout::Appended => "off",
+                Layout::Embedded => "on",
+            },
             "-partition_offset",
             "16",
             "--mbr-force-bootable",
@@ -197,18 +221,24 @@ pub fn build(o: &Options) -> Fixture {
             "mcopy",
             &["-i", img.as_str(), efi.as_str(), "::/EFI/boot/bootx64.efi"],
         );
-        x.extend(
-            [
-                "-append_partition",
-                "2",
-                "28732ac11ff8d211ba4b00a0c93ec93b",
-                img.as_str(),
-                "-appended_part_as_gpt",
-                "-iso_mbr_part_type",
-                "a2a0d0ebe5b9334487c068b6b72699c7",
-            ]
-            .map(String::from),
-        );
+        match o.layout {
+            Layout::Appended => x.extend(
+                [
+                    "-append_partition",
+                    "2",
+                    "28732ac11ff8d211ba4b00a0c93ec93b",
+                    img.as_str(),
+                    "-appended_part_as_gpt",
+                    "-iso_mbr_part_type",
+                    "a2a0d0ebe5b9334487c068b6b72699c7",
+                ]
+                .map(String::from),
+            ),
+            Layout::Embedded => {
+                std::fs::copy(&img, r.join(EMBEDDED_EFI)).unwrap();
+                x.extend(["-efi-boot-part", "--efi-boot-image"].map(String::from));
+            }
+        }
     }
     x.extend(
         [
@@ -225,15 +255,16 @@ pub fn build(o: &Options) -> Fixture {
         .map(String::from),
     );
     if o.efi {
-        x.extend(
-            [
-                "-eltorito-alt-boot",
-                "-e",
-                "--interval:appended_partition_2:all::",
-                "-no-emul-boot",
-            ]
-            .map(String::from),
-        );
+        let efi_image = match o.layout {
+            Layout::Appended => "--interval:appended_partition_2:all::".to_string(),
+            Layout::Embedded => format!("/{EMBEDDED_EFI}"),
+        };
+        x.extend([
+            "-eltorito-alt-boot".to_string(),
+            "-e".to_string(),
+            efi_image,
+            "-no-emul-boot".to_string(),
+        ]);
     }
     x.push(r.to_string());
     let out = std::process::Command::new("xorriso")
