@@ -423,6 +423,7 @@ fn run_guest(
     opts: &Options,
     carrier: Option<&Carrier>,
     cpus: u32,
+    accel: &str,
     print: &(dyn Fn(&Outcome) + Sync),
 ) -> Result<GuestResult> {
     let fail: Vec<Regex> = o
@@ -445,9 +446,9 @@ fn run_guest(
         } else {
             None
         };
-        let cmd = g.cmd(o, &ports, seed, cpus, &opts.accel);
+        let cmd = g.cmd(o, &ports, seed, cpus, accel);
         crate::ui::info(&format!(
-            "smoke: {} {label}: booting{} ({} checks)",
+            "smoke: {} {label}: booting under {accel}{} ({} checks)",
             g.artifact,
             if seed.is_some() {
                 " with the config carrier"
@@ -735,15 +736,6 @@ fn reported(re: &Regex, console: &str) -> BTreeMap<String, String> {
 pub fn run(r: &Resolved, artifacts: &[Artifact], opts: &Options) -> Result<report::Report> {
     let started = Instant::now();
     let o = &r.recipe.smoke;
-    if opts.accel == "kvm"
-        && std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/kvm")
-            .is_err()
-    {
-        bail!("--accel kvm: /dev/kvm cannot be opened here; use the default `--accel tcg`");
-    }
     let mut prepared = Vec::new();
     for a in artifacts {
         crate::ui::info(&format!("smoke: preparing {}", a.name()));
@@ -780,10 +772,10 @@ pub fn run(r: &Resolved, artifacts: &[Artifact], opts: &Options) -> Result<repor
         .unwrap_or(1);
     let cpus = (cores / parallel).clamp(1, 2) as u32;
     crate::ui::info(&format!(
-        "smoke: {} guest(s), {parallel} at a time, {cpus} vCPU(s) each, {}",
+        "smoke: {} guest(s), {parallel} at a time, {cpus} vCPU(s) each",
         guests.len(),
-        opts.accel
     ));
+    let accels = accelerators(&guests, o, opts, cpus)?;
     let print = |x: &Outcome| crate::ui::info(&format!("smoke: {}", x.line()));
     let queue = Mutex::new((0..guests.len()).collect::<Vec<_>>());
     let results: Mutex<BTreeMap<usize, Result<GuestResult>>> = Mutex::new(BTreeMap::new());
@@ -792,7 +784,7 @@ pub fn run(r: &Resolved, artifacts: &[Artifact], opts: &Options) -> Result<repor
             s.spawn(|| {
                 while let Some(i) = next(&queue) {
                     let g = &guests[i];
-                    let res = run_guest(g, o, opts, carrier.as_ref(), cpus, &print);
+                    let res = run_guest(g, o, opts, carrier.as_ref(), cpus, accels[i], &print);
                     let stop = res.is_err();
                     results.lock().unwrap().insert(i, res);
                     if stop {
@@ -828,6 +820,102 @@ pub fn run(r: &Resolved, artifacts: &[Artifact], opts: &Options) -> Result<repor
     Ok(report::Report {
         outcomes,
         secs: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// How long the KVM probe waits for the guest's kernel to show time passing.
+const KVM_PROBE: Duration = Duration::from_secs(30);
+
+/// Each guest's accelerator. TCG unless `--accel kvm`; then KVM for the
+/// guests of the host's own architecture (not the Pi's `raspi3b`, which
+/// qemu emulates only) when `/dev/kvm` opens and a probe boot shows KVM
+/// makes progress; otherwise TCG, with a warning saying why. (On some
+/// hosts a KVM guest hangs in early boot instead of failing: the probe is
+/// what tells.)
+fn accelerators(
+    guests: &[Guest],
+    o: &SmokeOptions,
+    opts: &Options,
+    cpus: u32,
+) -> Result<Vec<&'static str>> {
+    let native = |g: &Guest| {
+        !matches!(g.base, Base::Pi { .. })
+            && match g.arch {
+                Arch::Amd64 => std::env::consts::ARCH == "x86_64",
+                Arch::Arm64 => std::env::consts::ARCH == "aarch64",
+            }
+    };
+    let mut kvm = false;
+    if opts.accel == "kvm" {
+        if let Some(g) = guests.iter().find(|g| native(g)) {
+            let opened = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/kvm");
+            match opened {
+                Err(e) => crate::ui::warn(&format!(
+                    "--accel kvm: /dev/kvm cannot be opened ({e}); booting under TCG instead"
+                )),
+                Ok(_) => {
+                    let (ok, seen) = kvm_progresses(g, o, cpus)?;
+                    if ok {
+                        crate::ui::info(&format!(
+                            "smoke: KVM probe on {} ({}): {seen}; booting under KVM",
+                            g.artifact, g.machine
+                        ));
+                    } else {
+                        crate::ui::warn(&format!(
+                            "--accel kvm: KVM probe on {} ({}): {seen}; booting under TCG instead",
+                            g.artifact, g.machine
+                        ));
+                    }
+                    kvm = ok;
+                }
+            }
+        } else {
+            crate::ui::warn(
+                "--accel kvm: no guest is of this host's architecture; booting under TCG",
+            );
+        }
+    }
+    Ok(guests
+        .iter()
+        .map(|g| if kvm && native(g) { "kvm" } else { "tcg" })
+        .collect())
+}
+
+/// Boot `g` under KVM on a snapshot (qemu `-snapshot`: nothing is written
+/// to its disks) for up to [`KVM_PROBE`], watching its console for kernel
+/// time past one second (a printk timestamp `[    1.234567]`): proof the
+/// guest runs, whatever it prints later. Returns the verdict and what was
+/// seen.
+fn kvm_progresses(g: &Guest, o: &SmokeOptions, cpus: u32) -> Result<(bool, String)> {
+    let cmd = g.cmd(o, &BTreeMap::new(), None, cpus, "kvm").arg("-snapshot");
+    let mut c = Console::spawn(&cmd)?;
+    let time = Regex::new(r"\[\s*[1-9][0-9]*\.[0-9]{6}\]").expect("static regex");
+    let w = c.wait_for(&time, 0, &[], Instant::now() + KVM_PROBE)?;
+    // What the guest showed (before qemu's own words on being stopped).
+    let text = c.text();
+    c.stop();
+    let last = text
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .unwrap_or("(nothing)")
+        .to_string();
+    Ok(match w {
+        Wait::Found { at, .. } => (
+            true,
+            format!("kernel time passed 1 s after {:.1}s", at.as_secs_f64()),
+        ),
+        Wait::Exited { status } => (false, format!("qemu exited ({status}): {last}")),
+        _ => (
+            false,
+            format!(
+                "no kernel time past 1 s within {}s; last console line: {last}",
+                KVM_PROBE.as_secs()
+            ),
+        ),
     })
 }
 

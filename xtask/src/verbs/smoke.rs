@@ -14,8 +14,12 @@ use crate::smoke::{Artifact, FirmwareChoice, Format};
 /// With no ARTIFACT, builds the recipe's images first (through the cache: a
 /// no-op when they are current) and boots those of `--format`. Every guest
 /// runs on a throw-away overlay: the artifact is never written. Guests boot
-/// in parallel, up to the cores available, under TCG (`--accel kvm` where
-/// KVM works).
+/// in parallel, up to the cores available, under TCG. With `--accel kvm`, a
+/// probe boot (30 s at most, on a snapshot) first checks that KVM makes
+/// progress here (the guest's kernel shows time past one second); guests
+/// of the host's architecture then boot under KVM, and anything else (the
+/// Pi, arm64 on x86, a host where KVM hangs or /dev/kvm is missing) under
+/// TCG, with a warning saying why.
 ///
 /// What is checked comes from the recipe's `smoke:` section (`cargo xtask
 /// recipe show` prints it with its defaults):
@@ -64,7 +68,7 @@ pub struct Args {
     /// Instances of each disk image (default: 2 with `--format all`, else 1).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=8))]
     pub instances: Option<u32>,
-    /// qemu's accelerator: tcg, or kvm where /dev/kvm works.
+    /// qemu's accelerator: tcg, or kvm where a probe boot shows KVM makes progress.
     #[arg(long, default_value = "tcg", value_parser = ["tcg", "kvm"])]
     pub accel: String,
     /// Do not attach the config carrier.
