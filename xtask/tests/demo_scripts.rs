@@ -45,6 +45,9 @@ fn tmp_root() -> (tempfile::TempDir, Utf8PathBuf) {
     let d = tempfile::tempdir().unwrap();
     let p = Utf8PathBuf::from_path_buf(d.path().to_path_buf()).unwrap();
     std::fs::create_dir_all(p.join("etc")).unwrap();
+    // The console the first boot prints the one-time setup code on.
+    std::fs::create_dir_all(p.join("dev")).unwrap();
+    std::fs::write(p.join("dev/console"), "").unwrap();
     (d, p)
 }
 
@@ -90,6 +93,120 @@ fn firstboot_mints_secrets_once() {
     for ((_, a), (_, b)) in secrets(&root).iter().zip(secrets(&other).iter()) {
         assert_ne!(a, b);
     }
+}
+
+/// The one-time setup code the first boot printed on the console: the
+/// console's text and the code.
+fn console_code(root: &Utf8Path) -> (String, String) {
+    let console = std::fs::read_to_string(root.join("dev/console")).unwrap();
+    let re = regex::Regex::new(
+        r"(?m)^demo: setup http://192\.0\.2\.10/ one-time code ([A-HJ-NP-Z2-9]{4}-[A-HJ-NP-Z2-9]{4})$",
+    )
+    .unwrap();
+    let all: Vec<String> = re
+        .captures_iter(&console)
+        .map(|c| c[1].to_string())
+        .collect();
+    assert_eq!(all.len(), 1, "one code on the console:\n{console}");
+    (console, all[0].clone())
+}
+
+/// Every file under `dir` (recursively), but the console.
+fn files(dir: &Utf8Path, out: &mut Vec<Utf8PathBuf>) {
+    for e in dir.read_dir_utf8().unwrap() {
+        let e = e.unwrap();
+        let p = e.path().to_path_buf();
+        if e.file_type().unwrap().is_dir() {
+            files(&p, out);
+        } else if p.file_name() != Some("console") {
+            out.push(p);
+        }
+    }
+}
+
+/// How an operator gets in without a baked credential: the first boot
+/// mints a one-time setup code, prints it on the console with the setup
+/// URL, and keeps only its sha256 in a root-only file. Nothing else holds
+/// the code, not even the script's output (the journal); a second boot
+/// prints none, and two instances get different codes.
+#[test]
+fn firstboot_prints_a_one_time_setup_code_on_the_console_only() {
+    use sha2::Digest;
+    let (_d, root) = tmp_root();
+    let o = run("firstboot", &root);
+    assert!(o.status.success(), "{}", text(&o));
+    let (console, code) = console_code(&root);
+    // Nothing the smoke boots treat as a failure.
+    assert!(!console.contains("FAILED"), "{console}");
+    let stored = root.join("etc/demo/setup-code.sha256");
+    assert_eq!(
+        std::fs::read_to_string(&stored).unwrap().trim(),
+        hex::encode(sha2::Sha256::digest(code.as_bytes()))
+    );
+    let mode = std::fs::metadata(&stored).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(
+        !text(&o).contains(&code),
+        "the code is in the output:\n{}",
+        text(&o)
+    );
+    let mut all = Vec::new();
+    files(&root, &mut all);
+    assert!(all.contains(&stored), "{all:?}");
+    for f in &all {
+        let bytes = std::fs::read(f).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(&code),
+            "{f} holds the code in clear"
+        );
+    }
+    // The smoke's `demo:` lines are unchanged.
+    assert_eq!(
+        demo_lines(&o).last().map(String::as_str),
+        Some("demo: first boot complete")
+    );
+
+    // A second boot mints and prints nothing.
+    let o = run("firstboot", &root);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        std::fs::read_to_string(root.join("dev/console")).unwrap(),
+        console
+    );
+
+    // Another instance, another code.
+    let (_d2, other) = tmp_root();
+    assert!(run("firstboot", &other).status.success());
+    assert_ne!(console_code(&other).1, code);
+}
+
+/// A console that cannot be written leaves the operator no way in: the
+/// first boot fails (no sentinel) and the next boot mints a new code.
+#[test]
+fn firstboot_without_a_console_fails_and_retries_with_a_new_code() {
+    let (_d, root) = tmp_root();
+    std::fs::remove_file(root.join("dev/console")).unwrap();
+    std::fs::create_dir(root.join("dev/console")).unwrap();
+    let o = run("firstboot", &root);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("demo: first boot FAILED: cannot print the one-time setup code"),
+        "{}",
+        text(&o)
+    );
+    assert!(!root.join("var/lib/demo/firstboot.done").exists());
+    let first = std::fs::read_to_string(root.join("etc/demo/setup-code.sha256")).unwrap();
+    std::fs::remove_dir(root.join("dev/console")).unwrap();
+    std::fs::write(root.join("dev/console"), "").unwrap();
+    let o = run("firstboot", &root);
+    assert!(o.status.success(), "{}", text(&o));
+    let (_, code) = console_code(&root);
+    let now = std::fs::read_to_string(root.join("etc/demo/setup-code.sha256")).unwrap();
+    assert_ne!(
+        now, first,
+        "a new code, {code}, replaces the one nobody saw"
+    );
+    assert!(root.join("var/lib/demo/firstboot.done").exists());
 }
 
 #[test]
