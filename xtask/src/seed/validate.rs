@@ -1153,6 +1153,97 @@ mod tests {
         assert!(check_kernel_args("a\nb").is_err());
     }
 
+    fn errors(text: &str) -> Vec<String> {
+        diagnose(text.as_bytes(), "t".into(), SeedKind::Autoinstall, false)
+            .into_iter()
+            .filter(|d| d.severity == Severity::Error)
+            .map(|d| d.to_string())
+            .collect()
+    }
+
+    const UNATTENDED: &str = "#cloud-config\nautoinstall:\n  version: 1\n  network:\n    version: 2\n    \
+        ethernets:\n      wired:\n        match:\n          name: \"e*\"\n        dhcp4: true\n        \
+        optional: true\n  storage:\n    layout:\n      name: direct\n      match:\n        size: largest\n  \
+        user-data:\n    hostname: demo\n    users:\n      - name: demo-admin\n        groups: [adm, sudo]\n        \
+        lock_passwd: true\n        sudo: \"ALL=(ALL) NOPASSWD:ALL\"\n        ssh_authorized_keys: [\"ssh-ed25519 AAAA k\"]\n";
+
+    #[test]
+    fn both_modes_are_valid_without_warnings() {
+        let all = diagnose(
+            UNATTENDED.as_bytes(),
+            "t".into(),
+            SeedKind::Autoinstall,
+            false,
+        );
+        assert!(all.is_empty(), "{all:#?}");
+        // Interactive: the screens decide; no identity, no network needed.
+        let interactive = "#cloud-config\nautoinstall:\n  version: 1\n  interactive-sections: [network, storage, identity]\n  \
+            storage:\n    layout:\n      name: lvm\n      match: [{serial: \"CT*\"}, {size: largest}]\n";
+        let all = diagnose(
+            interactive.as_bytes(),
+            "t".into(),
+            SeedKind::Autoinstall,
+            false,
+        );
+        assert!(all.is_empty(), "{all:#?}");
+        // The schema's second network form (netplan under `network:`).
+        let nested = UNATTENDED.replace("  network:\n    version: 2\n", "  network:\n    network:\n      version: 2\n")
+            .replace("    ethernets:\n      wired:\n        match:\n          name: \"e*\"\n        dhcp4: true\n        optional: true\n",
+                     "      ethernets:\n        wired:\n          dhcp4: true\n");
+        assert!(errors(&nested).is_empty(), "{:#?}", errors(&nested));
+        // Without interactive identity and without user-data: no account.
+        let e = errors(&UNATTENDED.replace("  user-data:", "  user-datas:"));
+        assert!(
+            e.iter().any(|e| e.contains("cannot create a user")),
+            "{e:#?}"
+        );
+    }
+
+    #[test]
+    fn closed_mappings_required_keys_and_either_name_the_key_path() {
+        let e = errors(&UNATTENDED.replace(
+            "          name: \"e*\"",
+            "          name: \"e*\"\n          label: x",
+        ));
+        assert!(
+            e.iter().any(|e| e.contains(
+                "t:10:11: unknown key `autoinstall.network.ethernets.wired.match.label`"
+            )),
+            "{e:#?}"
+        );
+        let e = errors(&UNATTENDED.replace("        size: largest", "        size: 1"));
+        assert!(
+            e.iter().any(|e| e.contains(
+                "`autoinstall.storage.layout.match.size` must be one of largest, smallest"
+            )),
+            "{e:#?}"
+        );
+        // A list of match specs: the item's path.
+        let e = errors(&UNATTENDED.replace("        size: largest", "        - ssd: maybe"));
+        assert!(
+            e.iter()
+                .any(|e| e
+                    .contains("`autoinstall.storage.layout.match[0].ssd` must be true or false")),
+            "{e:#?}"
+        );
+        let e = errors(&UNATTENDED.replace("      name: direct\n", ""));
+        assert!(
+            e.iter()
+                .any(|e| e.contains("`autoinstall.storage.layout` has no `name`")),
+            "{e:#?}"
+        );
+        let e = errors(&UNATTENDED.replace(
+            "ssh_authorized_keys: [\"ssh-ed25519 AAAA k\"]",
+            "ssh_authorized_keys: \"ssh-ed25519 AAAA k\"",
+        ));
+        assert!(
+            e.iter().any(|e| e.contains(
+                "`autoinstall.user-data.users[0].ssh_authorized_keys` must be a list of strings"
+            )),
+            "{e:#?}"
+        );
+    }
+
     #[test]
     fn distance_and_near_misses() {
         assert_eq!(distance("autoinstal", "autoinstall"), 1);
