@@ -284,8 +284,8 @@ enum Ty {
     /// A mapping whose keys are names, each value of one type.
     Values(&'static Ty),
     ListOf(&'static Ty),
-    /// The first alternative that holds; when none does, the errors of
-    /// the one closest to holding.
+    /// Exactly one alternative holds (the schema's `oneOf`); when none
+    /// does, the errors of the one closest to holding.
     Either(&'static [Ty]),
 }
 
@@ -787,6 +787,8 @@ fn check(n: &Node, ty: Ty, path: &str, cx: &mut Cx) {
         },
         Ty::Either(choices) => {
             let mut best: Option<(usize, Ty)> = None;
+            let mut holds: Option<Vec<Diag>> = None;
+            let mut held = 0;
             for ty in choices {
                 let mut trial = Cx {
                     file: cx.file,
@@ -801,8 +803,9 @@ fn check(n: &Node, ty: Ty, path: &str, cx: &mut Cx) {
                     .filter(|d| d.severity == Severity::Error)
                     .count();
                 if errors == 0 {
-                    cx.diags.extend(trial.diags);
-                    return;
+                    held += 1;
+                    holds.get_or_insert(trial.diags);
+                    continue;
                 }
                 // Closest: the alternative of the same kind (a mapping for
                 // a mapping) with the fewest errors.
@@ -812,8 +815,22 @@ fn check(n: &Node, ty: Ty, path: &str, cx: &mut Cx) {
                     best = Some((score, *ty));
                 }
             }
-            if let Some((_, ty)) = best {
-                check(n, ty, path, cx);
+            match (holds, held) {
+                // The schema's `oneOf`: exactly one form may hold.
+                (Some(_), 2..) => cx.error(
+                    n,
+                    format!("`{path}` holds more than one of its forms at once"),
+                    Some(match path.rsplit('.').next() {
+                        Some("kernel") => "give either `package` or `flavor`, not both".to_string(),
+                        _ => format!("write `{path}` in one form only"),
+                    }),
+                ),
+                (Some(diags), _) => cx.diags.extend(diags),
+                (None, _) => {
+                    if let Some((_, ty)) = best {
+                        check(n, ty, path, cx);
+                    }
+                }
             }
         }
         Ty::Obj(o) => {
@@ -1226,6 +1243,15 @@ mod tests {
                     .contains("`autoinstall.storage.layout.match[0].ssd` must be true or false")),
             "{e:#?}"
         );
+        let e = errors(&format!(
+            "{UNATTENDED}  kernel:\n    package: linux-image-generic\n    flavor: hwe\n"
+        ));
+        assert!(
+            e.iter()
+                .any(|e| e.contains("`autoinstall.kernel` holds more than one")),
+            "{e:#?}"
+        );
+        assert!(errors(&format!("{UNATTENDED}  kernel:\n    flavor: hwe\n")).is_empty());
         let e = errors(&UNATTENDED.replace("      name: direct\n", ""));
         assert!(
             e.iter()
