@@ -180,6 +180,64 @@ fn firstboot_prints_a_one_time_setup_code_on_the_console_only() {
     assert_ne!(console_code(&other).1, code);
 }
 
+/// The code is also the console login of each administrator without a
+/// password (the ISO's admin user: in `sudo`, locked): /etc/shadow gets its
+/// SHA-512 crypt hash with the last change at day 0, so the first login must
+/// replace it. Accounts with a password, and accounts outside `sudo`, keep
+/// theirs; the file keeps its mode.
+#[test]
+fn firstboot_makes_the_code_the_admins_expired_console_password() {
+    if !support::require(&["openssl", "/usr/bin/python3"]) {
+        return;
+    }
+    let (_d, root) = tmp_root();
+    std::fs::write(
+        root.join("etc/group"),
+        "root:x:0:\nsudo:x:27:ops,keeper\nops:x:1000:\n",
+    )
+    .unwrap();
+    let keeper = "keeper:$6$salt$existinghash:20000:0:99999:7:::";
+    let shadow = format!(
+        "root:*:20000:0:99999:7:::\nops:!:20000:0:99999:7:::\n{keeper}\nsvc:!:20000:0:99999:7:::\n"
+    );
+    std::fs::write(root.join("etc/shadow"), &shadow).unwrap();
+    std::fs::set_permissions(
+        root.join("etc/shadow"),
+        std::fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
+    let o = run("firstboot", &root);
+    assert!(o.status.success(), "{}", text(&o));
+    let (console, code) = console_code(&root);
+    assert!(
+        console.contains("demo: console login ops with the one-time code"),
+        "{console}"
+    );
+    assert!(!console.contains("login keeper") && !console.contains("login svc"));
+    let now = std::fs::read_to_string(root.join("etc/shadow")).unwrap();
+    let lines: Vec<&str> = now.lines().collect();
+    assert_eq!(lines[0], "root:*:20000:0:99999:7:::");
+    assert_eq!(lines[2], keeper);
+    assert_eq!(lines[3], "svc:!:20000:0:99999:7:::");
+    let ops: Vec<&str> = lines[1].split(':').collect();
+    assert_eq!(ops.len(), 9, "{}", lines[1]);
+    assert_eq!((ops[0], ops[2]), ("ops", "0"), "expired: {}", lines[1]);
+    assert!(ops[1].starts_with("$6$"), "{}", lines[1]);
+    assert!(!now.contains(&code));
+    // The hash is the code's (crypt(3), as login checks it).
+    let check = "import crypt, sys; print(crypt.crypt(sys.argv[1], sys.argv[2]) == sys.argv[2])";
+    let out = Command::new("/usr/bin/python3")
+        .args(["-W", "ignore", "-c", check, &code, ops[1]])
+        .output()
+        .unwrap();
+    assert_eq!(text(&out).trim(), "True", "{}", text(&out));
+    let mode = std::fs::metadata(root.join("etc/shadow"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o640);
+}
+
 /// A console that cannot be written leaves the operator no way in: the
 /// first boot fails (no sentinel) and the next boot mints a new code.
 #[test]
