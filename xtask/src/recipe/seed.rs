@@ -174,7 +174,8 @@ pub struct CloudInit {
     /// A user-supplied `#cloud-config` template for qcow2/Pi seeds.
     #[serde(default)]
     pub template: Option<Utf8PathBuf>,
-    /// `local-hostname` in meta-data (default: the appliance name; filled by `resolve`).
+    /// `local-hostname` in meta-data (default: the appliance name; filled by
+    /// `resolve`); also the `hostname` the ISO's admin `user-data` sets.
     #[serde(default)]
     pub hostname: Option<String>,
     /// A `network-config` file to ship in the seed (netplan v2 or v1).
