@@ -45,6 +45,9 @@ fn tmp_root() -> (tempfile::TempDir, Utf8PathBuf) {
     let d = tempfile::tempdir().unwrap();
     let p = Utf8PathBuf::from_path_buf(d.path().to_path_buf()).unwrap();
     std::fs::create_dir_all(p.join("etc")).unwrap();
+    // The console the first boot prints the one-time setup code on.
+    std::fs::create_dir_all(p.join("dev")).unwrap();
+    std::fs::write(p.join("dev/console"), "").unwrap();
     (d, p)
 }
 
@@ -90,6 +93,178 @@ fn firstboot_mints_secrets_once() {
     for ((_, a), (_, b)) in secrets(&root).iter().zip(secrets(&other).iter()) {
         assert_ne!(a, b);
     }
+}
+
+/// The one-time setup code the first boot printed on the console: the
+/// console's text and the code.
+fn console_code(root: &Utf8Path) -> (String, String) {
+    let console = std::fs::read_to_string(root.join("dev/console")).unwrap();
+    let re = regex::Regex::new(
+        r"(?m)^demo: setup http://192\.0\.2\.10/ one-time code ([A-HJ-NP-Z2-9]{4}-[A-HJ-NP-Z2-9]{4})$",
+    )
+    .unwrap();
+    let all: Vec<String> = re
+        .captures_iter(&console)
+        .map(|c| c[1].to_string())
+        .collect();
+    assert_eq!(all.len(), 1, "one code on the console:\n{console}");
+    (console, all[0].clone())
+}
+
+/// Every file under `dir` (recursively), but the console.
+fn files(dir: &Utf8Path, out: &mut Vec<Utf8PathBuf>) {
+    for e in dir.read_dir_utf8().unwrap() {
+        let e = e.unwrap();
+        let p = e.path().to_path_buf();
+        if e.file_type().unwrap().is_dir() {
+            files(&p, out);
+        } else if p.file_name() != Some("console") {
+            out.push(p);
+        }
+    }
+}
+
+/// How an operator gets in without a baked credential: the first boot
+/// mints a one-time setup code, prints it on the console with the setup
+/// URL, and keeps only its sha256 in a root-only file. Nothing else holds
+/// the code, not even the script's output (the journal); a second boot
+/// prints none, and two instances get different codes.
+#[test]
+fn firstboot_prints_a_one_time_setup_code_on_the_console_only() {
+    use sha2::Digest;
+    let (_d, root) = tmp_root();
+    let o = run("firstboot", &root);
+    assert!(o.status.success(), "{}", text(&o));
+    let (console, code) = console_code(&root);
+    // Nothing the smoke boots treat as a failure.
+    assert!(!console.contains("FAILED"), "{console}");
+    let stored = root.join("etc/demo/setup-code.sha256");
+    assert_eq!(
+        std::fs::read_to_string(&stored).unwrap().trim(),
+        hex::encode(sha2::Sha256::digest(code.as_bytes()))
+    );
+    let mode = std::fs::metadata(&stored).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(
+        !text(&o).contains(&code),
+        "the code is in the output:\n{}",
+        text(&o)
+    );
+    let mut all = Vec::new();
+    files(&root, &mut all);
+    assert!(all.contains(&stored), "{all:?}");
+    for f in &all {
+        let bytes = std::fs::read(f).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(&code),
+            "{f} holds the code in clear"
+        );
+    }
+    // The smoke's `demo:` lines are unchanged.
+    assert_eq!(
+        demo_lines(&o).last().map(String::as_str),
+        Some("demo: first boot complete")
+    );
+
+    // A second boot mints and prints nothing.
+    let o = run("firstboot", &root);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        std::fs::read_to_string(root.join("dev/console")).unwrap(),
+        console
+    );
+
+    // Another instance, another code.
+    let (_d2, other) = tmp_root();
+    assert!(run("firstboot", &other).status.success());
+    assert_ne!(console_code(&other).1, code);
+}
+
+/// The code is also the console login of each administrator without a
+/// password (the ISO's admin user: in `sudo`, locked): /etc/shadow gets its
+/// SHA-512 crypt hash with the last change at day 0, so the first login must
+/// replace it. Accounts with a password, and accounts outside `sudo`, keep
+/// theirs; the file keeps its mode.
+#[test]
+fn firstboot_makes_the_code_the_admins_expired_console_password() {
+    if !support::require(&["openssl", "/usr/bin/python3"]) {
+        return;
+    }
+    let (_d, root) = tmp_root();
+    std::fs::write(
+        root.join("etc/group"),
+        "root:x:0:\nsudo:x:27:ops,keeper\nops:x:1000:\n",
+    )
+    .unwrap();
+    let keeper = "keeper:$6$salt$existinghash:20000:0:99999:7:::";
+    let shadow = format!(
+        "root:*:20000:0:99999:7:::\nops:!:20000:0:99999:7:::\n{keeper}\nsvc:!:20000:0:99999:7:::\n"
+    );
+    std::fs::write(root.join("etc/shadow"), &shadow).unwrap();
+    std::fs::set_permissions(
+        root.join("etc/shadow"),
+        std::fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
+    let o = run("firstboot", &root);
+    assert!(o.status.success(), "{}", text(&o));
+    let (console, code) = console_code(&root);
+    assert!(
+        console.contains("demo: console login ops with the one-time code"),
+        "{console}"
+    );
+    assert!(!console.contains("login keeper") && !console.contains("login svc"));
+    let now = std::fs::read_to_string(root.join("etc/shadow")).unwrap();
+    let lines: Vec<&str> = now.lines().collect();
+    assert_eq!(lines[0], "root:*:20000:0:99999:7:::");
+    assert_eq!(lines[2], keeper);
+    assert_eq!(lines[3], "svc:!:20000:0:99999:7:::");
+    let ops: Vec<&str> = lines[1].split(':').collect();
+    assert_eq!(ops.len(), 9, "{}", lines[1]);
+    assert_eq!((ops[0], ops[2]), ("ops", "0"), "expired: {}", lines[1]);
+    assert!(ops[1].starts_with("$6$"), "{}", lines[1]);
+    assert!(!now.contains(&code));
+    // The hash is the code's (crypt(3), as login checks it).
+    let check = "import crypt, sys; print(crypt.crypt(sys.argv[1], sys.argv[2]) == sys.argv[2])";
+    let out = Command::new("/usr/bin/python3")
+        .args(["-W", "ignore", "-c", check, &code, ops[1]])
+        .output()
+        .unwrap();
+    assert_eq!(text(&out).trim(), "True", "{}", text(&out));
+    let mode = std::fs::metadata(root.join("etc/shadow"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o640);
+}
+
+/// A console that cannot be written leaves the operator no way in: the
+/// first boot fails (no sentinel) and the next boot mints a new code.
+#[test]
+fn firstboot_without_a_console_fails_and_retries_with_a_new_code() {
+    let (_d, root) = tmp_root();
+    std::fs::remove_file(root.join("dev/console")).unwrap();
+    std::fs::create_dir(root.join("dev/console")).unwrap();
+    let o = run("firstboot", &root);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("demo: first boot FAILED: cannot print the one-time setup code"),
+        "{}",
+        text(&o)
+    );
+    assert!(!root.join("var/lib/demo/firstboot.done").exists());
+    let first = std::fs::read_to_string(root.join("etc/demo/setup-code.sha256")).unwrap();
+    std::fs::remove_dir(root.join("dev/console")).unwrap();
+    std::fs::write(root.join("dev/console"), "").unwrap();
+    let o = run("firstboot", &root);
+    assert!(o.status.success(), "{}", text(&o));
+    let (_, code) = console_code(&root);
+    let now = std::fs::read_to_string(root.join("etc/demo/setup-code.sha256")).unwrap();
+    assert_ne!(
+        now, first,
+        "a new code, {code}, replaces the one nobody saw"
+    );
+    assert!(root.join("var/lib/demo/firstboot.done").exists());
 }
 
 #[test]

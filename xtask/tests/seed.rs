@@ -44,6 +44,17 @@ fn schema_ok(file: &Utf8Path) {
     assert!(out.contains("Valid cloud-config"), "{file}: {out}");
 }
 
+/// The autoinstall's `user-data` section is the installed system's
+/// cloud-config: `cloud-init schema` checks it as one (it checks only the
+/// top level of the autoinstall file itself).
+fn nested_user_data_ok(ai: &Value) {
+    let d = tempfile::tempdir().unwrap();
+    let f = Utf8Path::from_path(d.path()).unwrap().join("user-data");
+    let yaml = yaml_serde::to_string(&ai["user-data"]).unwrap();
+    std::fs::write(&f, format!("#cloud-config\n{yaml}")).unwrap();
+    schema_ok(&f);
+}
+
 #[test]
 fn demo_seeds_match_golden_files() {
     if !support::require(&["xorriso", "mkfs.vfat", "mcopy"]) {
@@ -98,16 +109,37 @@ fn generated_files_mean_what_the_recipe_says_for_cloud_init() {
     let v = pyyaml(&ud);
     let ai = &v["autoinstall"];
     assert_eq!(ai["version"], 1);
-    assert_eq!(
-        ai["interactive-sections"],
-        serde_json::json!(["network", "storage", "identity"])
-    );
+    // Unattended: no screen stops, no identity (no password), the admin
+    // user comes from user-data.
+    assert!(ai.get("interactive-sections").is_none(), "{ai:#}");
+    assert!(ai.get("identity").is_none(), "no baked identity/password");
     assert_eq!(ai["locale"], "en_US.UTF-8");
     assert_eq!(ai["keyboard"]["layout"], "us");
     assert_eq!(ai["timezone"], "Etc/UTC");
     assert_eq!(ai["ssh"]["install-server"], true);
     assert_eq!(ai["storage"]["layout"]["name"], "direct");
-    assert!(ai.get("identity").is_none(), "no baked identity/password");
+    assert_eq!(
+        ai["storage"]["layout"]["match"],
+        serde_json::json!({"size": "largest"})
+    );
+    assert_eq!(
+        ai["network"],
+        serde_json::json!({"version": 2, "ethernets": {"wired": {
+            "match": {"name": "e*"}, "dhcp4": true, "optional": true}}})
+    );
+    let admin = &ai["user-data"]["users"][0];
+    assert_eq!(ai["user-data"]["users"].as_array().unwrap().len(), 1);
+    assert_eq!(admin["name"], "demo-admin");
+    assert_eq!(admin["lock_passwd"], true);
+    assert_eq!(admin["groups"], serde_json::json!(["adm", "sudo"]));
+    assert_eq!(admin["sudo"], "ALL=(ALL) NOPASSWD:ALL");
+    assert!(admin.get("passwd").is_none() && admin.get("hashed_passwd").is_none());
+    assert!(
+        admin.get("ssh_authorized_keys").is_none(),
+        "the demo names no keys"
+    );
+    assert_eq!(ai["user-data"]["hostname"], "demo");
+    nested_user_data_ok(ai);
     let cmds: Vec<&str> = ai["late-commands"]
         .as_array()
         .unwrap()
@@ -174,6 +206,175 @@ fn generated_files_mean_what_the_recipe_says_for_cloud_init() {
     assert_eq!(nc["version"], 2);
     assert_eq!(nc["ethernets"]["wired"]["match"]["name"], "e*");
     assert_eq!(nc["ethernets"]["wired"]["dhcp4"], true);
+}
+
+const KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKiln0000000000000000000000000000000000000 op@site";
+
+/// A recipe that opts into interactive screens: the seed stays valid (the
+/// installer's schema, kiln's validator, cloud-init's schema for the nested
+/// user-data); the network is left to the operator's screen, storage and
+/// the admin user stay as the screens' defaults and the extra account.
+#[test]
+fn interactive_sections_are_an_opt_in_and_stay_valid() {
+    if !support::require(&[PY, "cloud-init"]) {
+        return;
+    }
+    let p = Project::demo();
+    let recipe = read(&p.path("recipes/demo.yaml"));
+    p.write(
+        "recipes/demo.yaml",
+        &format!(
+            "{recipe}  autoinstall:\n    interactive_sections: [network, storage, identity]\n    \
+             admin_user: ops\n    ssh_authorized_keys: [\"{KEY}\"]\n    storage_layout: lvm\n    \
+             storage_match: {{ssd: true, size: smallest, serial: \"CT*\"}}\n"
+        ),
+    );
+    let dirs = run_seed(&p, &["--target", "iso"]);
+    let ud = dirs["iso"].join("user-data");
+    schema_ok(&ud);
+    // kiln's validator, on the file as written, finds nothing to warn about.
+    let w =
+        seed::validate_user_data(read(&ud).as_bytes(), &ud, SeedKind::Autoinstall, false).unwrap();
+    assert!(w.is_empty(), "{w:#?}");
+    let ai = pyyaml(&ud)["autoinstall"].clone();
+    assert_eq!(
+        ai["interactive-sections"],
+        serde_json::json!(["network", "storage", "identity"])
+    );
+    assert!(ai.get("network").is_none(), "the operator's screen decides");
+    assert!(ai.get("identity").is_none());
+    assert_eq!(
+        ai["storage"]["layout"],
+        serde_json::json!({"name": "lvm", "match": {"serial": "CT*", "ssd": true, "size": "smallest"}})
+    );
+    let admin = &ai["user-data"]["users"][0];
+    assert_eq!(admin["name"], "ops");
+    assert_eq!(admin["ssh_authorized_keys"], serde_json::json!([KEY]));
+    assert_eq!(admin["lock_passwd"], true);
+    assert!(
+        ai["ssh"].get("authorized-keys").is_none(),
+        "the keys belong to the admin user: {ai:#}"
+    );
+    nested_user_data_ok(&ai);
+
+    // The unattended default with keys: the same admin, the keys on it.
+    let p = Project::demo();
+    let recipe = read(&p.path("recipes/demo.yaml"));
+    p.write(
+        "recipes/demo.yaml",
+        &format!("{recipe}  autoinstall:\n    ssh_authorized_keys: [\"{KEY}\"]\n"),
+    );
+    let dirs = run_seed(&p, &["--target", "iso"]);
+    let ai = pyyaml(&dirs["iso"].join("user-data"))["autoinstall"].clone();
+    assert!(ai.get("interactive-sections").is_none());
+    assert_eq!(ai["user-data"]["users"][0]["name"], "demo-admin");
+    assert_eq!(
+        ai["user-data"]["users"][0]["ssh_authorized_keys"],
+        serde_json::json!([KEY])
+    );
+    assert_eq!(ai["network"]["ethernets"]["wired"]["dhcp4"], true);
+    nested_user_data_ok(&ai);
+}
+
+/// kiln's validator holds what kiln writes to the installer's schema: the
+/// demo's seed with one of kiln's values broken is refused, naming the key.
+#[test]
+fn a_kiln_bug_in_a_written_key_fails_validation() {
+    let p = Project::demo();
+    let dirs = run_seed(&p, &["--target", "iso"]);
+    let good = read(&dirs["iso"].join("user-data"));
+    seed::validate_user_data(good.as_bytes(), "t".into(), SeedKind::Autoinstall, false).unwrap();
+    let bugs: &[(&str, &str, &str)] = &[
+        (
+            "size: \"largest\"",
+            "size: \"biggest\"",
+            "`autoinstall.storage.layout.match.size` must be one of largest, smallest",
+        ),
+        (
+            "name: \"direct\"",
+            "name: \"plain\"",
+            "`autoinstall.storage.layout.name` must be one of lvm, direct, zfs, hybrid",
+        ),
+        (
+            "dhcp4: true",
+            "dhcp4: \"true\"",
+            "`autoinstall.network.ethernets.wired.dhcp4` must be true or false",
+        ),
+        (
+            "  network:\n    version: 2",
+            "  network:\n    version: 1",
+            "`autoinstall.network.version` must be the integer 2",
+        ),
+        (
+            "name: \"e*\"",
+            "names: \"e*\"",
+            "unknown key `autoinstall.network.ethernets.wired.match.names`",
+        ),
+        (
+            "lock_passwd: true",
+            "lock_passwd: \"yes\"",
+            "`autoinstall.user-data.users[0].lock_passwd` must be true or false",
+        ),
+        (
+            "      - name: \"demo-admin\"\n        gecos",
+            "      - gecos",
+            "`autoinstall.user-data.users[0]` has no `name`",
+        ),
+        (
+            "  user-data:\n    hostname: \"demo\"\n",
+            "  user-data: []\n  zz:\n    hostname: \"demo\"\n",
+            "`autoinstall.user-data` must be a mapping",
+        ),
+        (
+            "  keyboard:\n    layout: \"us\"",
+            "  keyboard:\n    variant: \"us\"",
+            "`autoinstall.keyboard` has no `layout`",
+        ),
+    ];
+    for (from, to, says) in bugs {
+        assert!(good.contains(from), "{from:?} not in\n{good}");
+        let bad = good.replacen(from, to, 1);
+        let err =
+            seed::validate_user_data(bad.as_bytes(), "t".into(), SeedKind::Autoinstall, false)
+                .expect_err(&format!("{to:?} accepted"))
+                .to_string();
+        assert!(err.contains(says), "{to:?}: expected {says:?} in:\n{err}");
+        assert!(err.contains("hint:"), "{err}");
+    }
+}
+
+#[test]
+fn recipe_settings_of_the_unattended_install_are_checked() {
+    for (extra, says) in [
+        (
+            "    admin_user: Admin\n",
+            "seed.autoinstall.admin_user `Admin` is not a valid user name",
+        ),
+        (
+            "    admin_user: root\n",
+            "seed.autoinstall.admin_user `root`",
+        ),
+        (
+            "    interactive_sections: [netwrok]\n",
+            "`netwrok` is not an installer section",
+        ),
+        ("    storage_match: {}\n", "storage_match is empty"),
+        ("    storage_match: {size: biggest}\n", "storage_match"),
+        ("    storage_layout: raid\n", "`raid` is not a layout"),
+    ] {
+        let p = Project::demo();
+        let recipe = read(&p.path("recipes/demo.yaml"));
+        p.write(
+            "recipes/demo.yaml",
+            &format!("{recipe}  autoinstall:\n{extra}"),
+        );
+        let err = p.fail(&["--dry-run", "seed", "--target", "iso"]);
+        assert!(
+            err.contains(says),
+            "{extra:?}: expected {says:?} in:\n{err}"
+        );
+    }
 }
 
 #[test]
@@ -282,10 +483,10 @@ autoinstall:
   version: 1
   refresh-installer:
     update: no   # keep the ISO's installer
-  identity:
-    realname: Demo Operator
-    username: operator
-    hostname: demo
+  user-data:
+    users:
+      - name: operator
+        lock_passwd: true
   late-commands:
     - echo operator-first >/target/root/op.txt
     - [\"curtin\", \"in-target\", \"--\", \"true\"]
@@ -327,7 +528,11 @@ fn a_template_is_shipped_as_is_plus_what_the_recipe_requires() {
         ai["refresh-installer"]["update"], false,
         "their YAML 1.1 `no` kept as written"
     );
-    assert_eq!(ai["identity"]["username"], "operator");
+    assert_eq!(ai["user-data"]["users"][0]["name"], "operator");
+    assert!(
+        ai.get("network").is_none() && ai.get("storage").is_none(),
+        "defaults are not forced into a template"
+    );
     assert_eq!(ai["shutdown"], "poweroff");
     assert_eq!(
         ai["locale"], "en_GB.UTF-8",
@@ -447,6 +652,12 @@ const BAD: &[Bad] = &[
     Bad { name: "late-command as a boolean", kind: SeedKind::Autoinstall, text: "#cloud-config\nautoinstall:\n  version: 1\n  interactive-sections: [identity]\n  late-commands:\n    - true\n", at: ":6:7:", says: "must be a string (run with sh -c) or a list of strings" },
     Bad { name: "late-commands not a list", kind: SeedKind::Autoinstall, text: "#cloud-config\nautoinstall:\n  version: 1\n  interactive-sections: [identity]\n  late-commands: reboot\n", at: ":5:18:", says: "must be a list of commands" },
     Bad { name: "no identity and not interactive", kind: SeedKind::Autoinstall, text: "#cloud-config\nautoinstall:\n  version: 1\n", at: ":3:3:", says: "cannot create a user" },
+    Bad { name: "identity without a password", kind: SeedKind::Autoinstall, text: "#cloud-config\nautoinstall:\n  version: 1\n  identity:\n    username: op\n    hostname: d\n", at: ":5:5:", says: "`autoinstall.identity` has no `password`" },
+    Bad { name: "identity with an unknown key", kind: SeedKind::Autoinstall, text: "#cloud-config\nautoinstall:\n  version: 1\n  interactive-sections: [identity]\n  identity:\n    user: op\n", at: ":6:5:", says: "unknown key `autoinstall.identity.user`" },
+    Bad { name: "user-data users without a name", kind: SeedKind::Autoinstall, text: "#cloud-config\nautoinstall:\n  version: 1\n  user-data:\n    users:\n      - gecos: x\n", at: ":6:9:", says: "`autoinstall.user-data.users[0]` has no `name`" },
+    Bad { name: "user-data with a password", kind: SeedKind::Autoinstall, text: "#cloud-config\nautoinstall:\n  version: 1\n  user-data:\n    users:\n      - name: op\n        passwd: $6$x$y\n", at: ":7:17:", says: "`autoinstall.user-data.users[0].passwd` bakes a password" },
+    Bad { name: "storage match on a made-up size", kind: SeedKind::Autoinstall, text: "#cloud-config\nautoinstall:\n  version: 1\n  interactive-sections: [identity]\n  storage:\n    layout:\n      name: direct\n      match: {size: biggest}\n", at: ":8:21:", says: "`autoinstall.storage.layout.match.size` must be one of largest, smallest" },
+    Bad { name: "netplan version 1 in autoinstall", kind: SeedKind::Autoinstall, text: "#cloud-config\nautoinstall:\n  version: 1\n  interactive-sections: [identity]\n  network:\n    version: 1\n", at: ":6:14:", says: "`autoinstall.network.version` must be the integer 2" },
 ];
 
 #[test]

@@ -66,6 +66,9 @@ pub fn generate(r: &Resolved, target: SeedTarget) -> Result<Seed> {
                 SeedTarget::Iso => {
                     out.push_str(&format!(
                         "# Ubuntu autoinstall for {} {}, written by kiln from {recipe}.\n\
+                         # Without interactive-sections the install asks nothing and erases the disk\n\
+                         # that storage.layout.match picks. No password is baked in: the admin user\n\
+                         # (user-data) has a locked password and logs in with its SSH keys.\n\
                          # kiln's late-commands lay the staged overlay from the ISO into /target, fix\n\
                          # ownership and modes, enable and mask units, regenerate SSH host keys and\n\
                          # write the installed marker. Change the recipe (seed.autoinstall), not this file.\n",
@@ -149,7 +152,8 @@ pub fn generate(r: &Resolved, target: SeedTarget) -> Result<Seed> {
 fn autoinstall_settings(r: &Resolved) -> Result<Vec<(String, Out)>> {
     let a = &r.recipe.seed.autoinstall;
     let mut v: Vec<(String, Out)> = vec![("version".into(), Out::Int(1))];
-    if let Some(s) = &a.interactive_sections {
+    // None at all is the unattended install (an empty list means the same).
+    if let Some(s) = a.interactive_sections.as_ref().filter(|s| !s.is_empty()) {
         v.push(("interactive-sections".into(), Out::strs(s.clone())));
     }
     if let Some(l) = &a.locale {
@@ -161,21 +165,56 @@ fn autoinstall_settings(r: &Resolved) -> Result<Vec<(String, Out)>> {
     if let Some(t) = &a.timezone {
         v.push(("timezone".into(), Out::s(t)));
     }
+    // Without a template kiln configures the network, unless the recipe
+    // leaves it to the operator: DHCP on every wired interface, matched by
+    // name so any NIC model works; `optional` so the installed system does
+    // not wait at boot for a port without a cable.
+    if a.template.is_none() && !a.is_interactive("network") {
+        v.push((
+            "network".into(),
+            Out::map(vec![
+                ("version", Out::Int(2)),
+                (
+                    "ethernets",
+                    Out::map(vec![(
+                        "wired",
+                        Out::map(vec![
+                            ("match", Out::map(vec![("name", Out::s("e*"))])),
+                            ("dhcp4", Out::Bool(true)),
+                            ("optional", Out::Bool(true)),
+                        ]),
+                    )]),
+                ),
+            ]),
+        ));
+    }
     let mut ssh = Vec::new();
     if let Some(i) = a.ssh_install_server {
         ssh.push(("install-server", Out::Bool(i)));
     }
-    if !a.ssh_authorized_keys.is_empty() {
+    // The keys go to the admin user when kiln creates one (the installer's
+    // `authorized-keys` go to the `identity` user).
+    if !a.ssh_authorized_keys.is_empty() && a.admin_user.is_none() {
         ssh.push(("authorized-keys", Out::strs(a.ssh_authorized_keys.clone())));
     }
     if !ssh.is_empty() {
         v.push(("ssh".into(), Out::map(ssh)));
     }
-    if let Some(l) = &a.storage_layout {
+    if a.storage_layout.is_some() || a.storage_match.is_some() {
+        let mut layout = Vec::new();
+        if let Some(l) = &a.storage_layout {
+            layout.push(("name", Out::s(l)));
+        }
+        if let Some(m) = &a.storage_match {
+            layout.push(("match", disk_match(m)));
+        }
         v.push((
             "storage".into(),
-            Out::map(vec![("layout", Out::map(vec![("name", Out::s(l))]))]),
+            Out::map(vec![("layout", Out::map(layout))]),
         ));
+    }
+    if let Some(u) = &a.admin_user {
+        v.push(("user-data".into(), admin_user_data(r, u)));
     }
     if !a.packages.is_empty() {
         v.push(("packages".into(), Out::strs(a.packages.clone())));
@@ -184,6 +223,55 @@ fn autoinstall_settings(r: &Resolved) -> Result<Vec<(String, Out)>> {
     cmds.extend(a.late_commands.iter().cloned());
     v.push(("late-commands".into(), Out::strs(cmds)));
     Ok(v)
+}
+
+/// subiquity's match spec for the target disk.
+fn disk_match(m: &crate::recipe::seed::DiskMatch) -> Out {
+    let mut e = Vec::new();
+    for (k, v) in [
+        ("serial", &m.serial),
+        ("model", &m.model),
+        ("vendor", &m.vendor),
+        ("path", &m.path),
+    ] {
+        if let Some(v) = v {
+            e.push((k, Out::s(v)));
+        }
+    }
+    if let Some(ssd) = m.ssd {
+        e.push(("ssd", Out::Bool(ssd)));
+    }
+    if let Some(size) = m.size {
+        e.push(("size", Out::s(size.as_str())));
+    }
+    Out::map(e)
+}
+
+/// The autoinstall `user-data` section: cloud-init on the installed system
+/// creates the admin account at its first boot. Its password is locked (no
+/// password is baked in): it logs in with the recipe's SSH keys, and sudo
+/// asks no password it could not give. With `user-data` present the
+/// installer needs no `identity` section.
+fn admin_user_data(r: &Resolved, user: &str) -> Out {
+    let a = &r.recipe.seed.autoinstall;
+    let mut u = vec![
+        ("name", Out::s(user)),
+        ("gecos", Out::s(format!("{} administrator", r.name()))),
+        ("groups", Out::strs(["adm", "sudo"])),
+        ("shell", Out::s("/bin/bash")),
+        ("lock_passwd", Out::Bool(true)),
+        ("sudo", Out::s("ALL=(ALL) NOPASSWD:ALL")),
+    ];
+    if !a.ssh_authorized_keys.is_empty() {
+        u.push((
+            "ssh_authorized_keys",
+            Out::strs(a.ssh_authorized_keys.clone()),
+        ));
+    }
+    Out::map(vec![
+        ("hostname", Out::s(r.recipe.seed.cloud_init.hostname())),
+        ("users", Out::Seq(vec![Out::map(u)])),
+    ])
 }
 
 /// Scratch file in the target while the overlay is laid.

@@ -260,12 +260,18 @@ fn duplicates(n: &Node, cx: &mut Cx) {
     }
 }
 
-/// Expected types of the autoinstall schema (the keys kiln supports).
+/// Expected types of the autoinstall schema: subiquity's published JSON
+/// schema (`autoinstall-schema.json`) and its reference manual, for every
+/// key kiln writes and the others kiln knows. A key the schema closes
+/// (`additionalProperties: false`) is an error when unknown; elsewhere an
+/// unknown key is a warning (subiquity warns too).
 #[derive(Clone, Copy)]
 enum Ty {
     Str,
     Bool,
     Version,
+    /// The integer (netplan's `version: 2`).
+    IntIs(i64),
     StrList,
     Commands,
     AnyMap,
@@ -274,132 +280,317 @@ enum Ty {
     BoolOrNull,
     BoolOrAuto,
     Enum(&'static [&'static str]),
-    /// A mapping; unknown keys are warnings.
-    Map(&'static [(&'static str, Ty)]),
-    /// A mapping whose other keys are not checked.
-    Open(&'static [(&'static str, Ty)]),
+    Obj(&'static Obj),
+    /// A mapping whose keys are names, each value of one type.
+    Values(&'static Ty),
     ListOf(&'static Ty),
+    /// Exactly one alternative holds (the schema's `oneOf`); when none
+    /// does, the errors of the one closest to holding.
+    Either(&'static [Ty]),
 }
 
-const AUTOINSTALL: &[(&str, Ty)] = &[
-    ("version", Ty::Version),
-    ("interactive-sections", Ty::StrList),
-    ("early-commands", Ty::Commands),
-    ("late-commands", Ty::Commands),
-    ("error-commands", Ty::Commands),
-    ("locale", Ty::Str),
-    (
-        "refresh-installer",
-        Ty::Map(&[("update", Ty::Bool), ("channel", Ty::Str)]),
-    ),
-    (
-        "keyboard",
-        Ty::Map(&[
-            ("layout", Ty::Str),
-            ("variant", Ty::Str),
-            ("toggle", Ty::StrOrNull),
-        ]),
-    ),
-    (
-        "source",
-        Ty::Map(&[("search_drivers", Ty::Bool), ("id", Ty::Str)]),
-    ),
-    ("network", Ty::AnyMap),
-    ("proxy", Ty::StrOrNull),
-    ("apt", Ty::AnyMap),
-    (
-        "storage",
-        Ty::Open(&[
-            (
-                "layout",
-                Ty::Open(&[
-                    ("name", Ty::Str),
-                    ("password", Ty::Str),
-                    ("match", Ty::AnyMap),
-                ]),
-            ),
-            ("swap", Ty::AnyMap),
-            ("grub", Ty::AnyMap),
-            ("config", Ty::Any),
-        ]),
-    ),
-    (
-        "identity",
-        Ty::Map(&[
-            ("realname", Ty::Str),
-            ("username", Ty::Str),
-            ("hostname", Ty::Str),
-            ("password", Ty::Str),
-        ]),
-    ),
-    (
-        "active-directory",
-        Ty::Map(&[("admin-name", Ty::Str), ("domain-name", Ty::Str)]),
-    ),
-    ("ubuntu-pro", Ty::Map(&[("token", Ty::Str)])),
-    ("ubuntu-advantage", Ty::Map(&[("token", Ty::Str)])),
-    (
-        "ssh",
-        Ty::Map(&[
-            ("install-server", Ty::Bool),
-            ("authorized-keys", Ty::StrList),
-            ("allow-pw", Ty::Bool),
-        ]),
-    ),
-    ("codecs", Ty::Map(&[("install", Ty::Bool)])),
-    ("drivers", Ty::Map(&[("install", Ty::Bool)])),
-    ("oem", Ty::Map(&[("install", Ty::BoolOrAuto)])),
-    (
-        "snaps",
-        Ty::ListOf(&Ty::Map(&[
-            ("name", Ty::Str),
-            ("channel", Ty::Str),
-            ("classic", Ty::Bool),
-        ])),
-    ),
-    ("debconf-selections", Ty::Str),
-    ("packages", Ty::StrList),
-    (
-        "kernel",
-        Ty::Map(&[("package", Ty::Str), ("flavor", Ty::Str)]),
-    ),
-    (
-        "kernel-crash-dumps",
-        Ty::Map(&[("enabled", Ty::BoolOrNull)]),
-    ),
-    ("timezone", Ty::Str),
-    ("updates", Ty::Enum(&["security", "all"])),
-    ("shutdown", Ty::Enum(&["reboot", "poweroff"])),
-    ("reporting", Ty::AnyMap),
-    ("user-data", Ty::AnyMap),
-    ("zdevs", Ty::Any),
-];
+/// A mapping: its known keys, the required ones, and what an unknown key is.
+struct Obj {
+    fields: &'static [(&'static str, Ty)],
+    required: &'static [&'static str],
+    unknown: Unknown,
+}
 
-const SECTIONS: &[&str] = &[
-    "*",
-    "locale",
-    "refresh-installer",
-    "keyboard",
-    "source",
-    "network",
-    "proxy",
-    "apt",
-    "storage",
-    "identity",
-    "ubuntu-pro",
-    "ssh",
-    "snaps",
-    "codecs",
-    "drivers",
-    "timezone",
-    "updates",
-    "shutdown",
-    "active-directory",
-    "oem",
-    "kernel",
-    "packages",
-    "debconf-selections",
-];
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Unknown {
+    /// The schema closes the mapping (`additionalProperties: false`).
+    Error,
+    /// The schema allows it, but kiln cannot check it.
+    Warn,
+    /// Anything goes (cloud-init's and netplan's own keys).
+    Silent,
+}
+
+const fn obj(fields: &'static [(&'static str, Ty)], unknown: Unknown) -> Obj {
+    Obj {
+        fields,
+        required: &[],
+        unknown,
+    }
+}
+
+/// A netplan v2 network config (the schema's first `network` form).
+const NETPLAN: Obj = Obj {
+    fields: &[
+        ("version", Ty::IntIs(2)),
+        ("ethernets", Ty::Values(&Ty::Obj(&NETPLAN_DEVICE))),
+        ("wifis", Ty::Values(&Ty::Obj(&NETPLAN_DEVICE))),
+        ("bridges", Ty::AnyMap),
+        ("bonds", Ty::AnyMap),
+        ("tunnels", Ty::AnyMap),
+        ("vlans", Ty::AnyMap),
+        ("renderer", Ty::Enum(&["networkd", "NetworkManager"])),
+    ],
+    required: &["version"],
+    unknown: Unknown::Warn,
+};
+
+const NETPLAN_DEVICE: Obj = obj(
+    &[
+        (
+            "match",
+            Ty::Obj(&obj(
+                &[
+                    ("name", Ty::Str),
+                    ("macaddress", Ty::Str),
+                    ("driver", Ty::Str),
+                ],
+                Unknown::Error,
+            )),
+        ),
+        ("dhcp4", Ty::Bool),
+        ("dhcp6", Ty::Bool),
+        ("optional", Ty::Bool),
+        ("set-name", Ty::Str),
+        ("addresses", Ty::StrList),
+    ],
+    Unknown::Silent,
+);
+
+/// A disk match spec (the storage layout's and a disk action's `match`).
+const DISK_MATCH: Obj = obj(
+    &[
+        ("model", Ty::Str),
+        ("vendor", Ty::Str),
+        ("path", Ty::Str),
+        ("id_path", Ty::Str),
+        ("devpath", Ty::Str),
+        ("serial", Ty::Str),
+        ("ssd", Ty::Bool),
+        ("size", Ty::Enum(&["largest", "smallest"])),
+        ("install-media", Ty::Bool),
+    ],
+    Unknown::Error,
+);
+
+/// The cloud-config a `user-data` section carries: what kiln writes into
+/// it; `cloud-init` checks the rest on the installed system.
+const USER_DATA: Obj = obj(
+    &[
+        ("hostname", Ty::Str),
+        (
+            "users",
+            Ty::ListOf(&Ty::Either(&[
+                Ty::Str,
+                Ty::Obj(&Obj {
+                    fields: &[
+                        ("name", Ty::Str),
+                        ("gecos", Ty::Str),
+                        ("groups", Ty::Either(&[Ty::Str, Ty::StrList, Ty::AnyMap])),
+                        ("shell", Ty::Str),
+                        ("lock_passwd", Ty::Bool),
+                        ("sudo", Ty::Either(&[Ty::Str, Ty::StrList, Ty::Bool])),
+                        ("ssh_authorized_keys", Ty::StrList),
+                    ],
+                    required: &["name"],
+                    unknown: Unknown::Silent,
+                }),
+            ])),
+        ),
+    ],
+    Unknown::Silent,
+);
+
+const AUTOINSTALL: Obj = Obj {
+    fields: &[
+        ("version", Ty::Version),
+        ("interactive-sections", Ty::StrList),
+        ("early-commands", Ty::Commands),
+        ("late-commands", Ty::Commands),
+        ("error-commands", Ty::Commands),
+        ("locale", Ty::Str),
+        (
+            "refresh-installer",
+            Ty::Obj(&obj(
+                &[("update", Ty::Bool), ("channel", Ty::Str)],
+                Unknown::Error,
+            )),
+        ),
+        (
+            "keyboard",
+            Ty::Obj(&Obj {
+                fields: &[
+                    ("layout", Ty::Str),
+                    ("variant", Ty::Str),
+                    ("toggle", Ty::StrOrNull),
+                ],
+                required: &["layout"],
+                unknown: Unknown::Error,
+            }),
+        ),
+        (
+            "source",
+            Ty::Obj(&obj(
+                &[("search_drivers", Ty::Bool), ("id", Ty::Str)],
+                Unknown::Warn,
+            )),
+        ),
+        (
+            "network",
+            Ty::Either(&[
+                Ty::Obj(&NETPLAN),
+                Ty::Obj(&Obj {
+                    fields: &[("network", Ty::Obj(&NETPLAN))],
+                    required: &["network"],
+                    unknown: Unknown::Warn,
+                }),
+            ]),
+        ),
+        ("proxy", Ty::StrOrNull),
+        ("apt", Ty::AnyMap),
+        (
+            "storage",
+            Ty::Obj(&obj(
+                &[
+                    (
+                        "layout",
+                        Ty::Obj(&Obj {
+                            fields: &[
+                                ("name", Ty::Enum(&["lvm", "direct", "zfs", "hybrid"])),
+                                ("password", Ty::Str),
+                                (
+                                    "match",
+                                    Ty::Either(&[
+                                        Ty::Obj(&DISK_MATCH),
+                                        Ty::ListOf(&Ty::Obj(&DISK_MATCH)),
+                                    ]),
+                                ),
+                                ("sizing-policy", Ty::Enum(&["scaled", "all"])),
+                                ("ptable", Ty::Enum(&["gpt", "msdos"])),
+                                ("reset-partition", Ty::Any),
+                                ("reset-partition-only", Ty::Bool),
+                                ("encrypted", Ty::Bool),
+                            ],
+                            required: &["name"],
+                            unknown: Unknown::Warn,
+                        }),
+                    ),
+                    ("swap", Ty::AnyMap),
+                    ("grub", Ty::AnyMap),
+                    ("config", Ty::Any),
+                ],
+                Unknown::Silent,
+            )),
+        ),
+        (
+            "identity",
+            Ty::Obj(&Obj {
+                fields: &[
+                    ("realname", Ty::Str),
+                    ("username", Ty::Str),
+                    ("hostname", Ty::Str),
+                    ("password", Ty::Str),
+                    ("groups", Ty::Either(&[Ty::StrList, Ty::AnyMap])),
+                ],
+                required: &["username", "hostname", "password"],
+                unknown: Unknown::Error,
+            }),
+        ),
+        (
+            "active-directory",
+            Ty::Obj(&obj(
+                &[("admin-name", Ty::Str), ("domain-name", Ty::Str)],
+                Unknown::Error,
+            )),
+        ),
+        (
+            "ubuntu-pro",
+            Ty::Obj(&obj(&[("token", Ty::Str)], Unknown::Warn)),
+        ),
+        (
+            "ubuntu-advantage",
+            Ty::Obj(&obj(&[("token", Ty::Str)], Unknown::Warn)),
+        ),
+        (
+            "ssh",
+            Ty::Obj(&obj(
+                &[
+                    ("install-server", Ty::Bool),
+                    ("authorized-keys", Ty::StrList),
+                    ("allow-pw", Ty::Bool),
+                ],
+                Unknown::Warn,
+            )),
+        ),
+        (
+            "codecs",
+            Ty::Obj(&obj(&[("install", Ty::Bool)], Unknown::Warn)),
+        ),
+        (
+            "drivers",
+            Ty::Obj(&obj(&[("install", Ty::Bool)], Unknown::Warn)),
+        ),
+        (
+            "oem",
+            Ty::Obj(&Obj {
+                fields: &[("install", Ty::BoolOrAuto)],
+                required: &["install"],
+                unknown: Unknown::Warn,
+            }),
+        ),
+        (
+            "snaps",
+            Ty::ListOf(&Ty::Obj(&Obj {
+                fields: &[
+                    ("name", Ty::Str),
+                    ("channel", Ty::Str),
+                    ("classic", Ty::Bool),
+                ],
+                required: &["name"],
+                unknown: Unknown::Error,
+            })),
+        ),
+        ("debconf-selections", Ty::Str),
+        ("packages", Ty::StrList),
+        (
+            "kernel",
+            Ty::Either(&[
+                Ty::Obj(&Obj {
+                    fields: &[("package", Ty::Str), ("flavor", Ty::Str)],
+                    required: &["package"],
+                    unknown: Unknown::Warn,
+                }),
+                Ty::Obj(&Obj {
+                    fields: &[("package", Ty::Str), ("flavor", Ty::Str)],
+                    required: &["flavor"],
+                    unknown: Unknown::Warn,
+                }),
+            ]),
+        ),
+        (
+            "kernel-crash-dumps",
+            Ty::Obj(&Obj {
+                fields: &[("enabled", Ty::BoolOrNull)],
+                required: &["enabled"],
+                unknown: Unknown::Error,
+            }),
+        ),
+        ("timezone", Ty::Str),
+        ("updates", Ty::Enum(&["security", "all"])),
+        ("shutdown", Ty::Enum(&["reboot", "poweroff"])),
+        (
+            "reporting",
+            Ty::Values(&Ty::Obj(&Obj {
+                fields: &[("type", Ty::Str)],
+                required: &["type"],
+                unknown: Unknown::Silent,
+            })),
+        ),
+        ("user-data", Ty::Obj(&USER_DATA)),
+        ("zdevs", Ty::Any),
+    ],
+    // `version` is required too; `autoinstall` checks it (a template may
+    // leave it to kiln).
+    required: &[],
+    unknown: Unknown::Warn,
+};
+
+use crate::recipe::seed::INTERACTIVE_SECTIONS as SECTIONS;
 
 fn autoinstall(root: &Node, cx: &mut Cx) {
     let Some((key, ai)) = root.entry("autoinstall") else {
@@ -439,7 +630,7 @@ fn autoinstall(root: &Node, cx: &mut Cx) {
             Some("add `version: 1` (the only autoinstall schema version)".into()),
         );
     }
-    check(ai, Ty::Map(AUTOINSTALL), "autoinstall", cx);
+    check(ai, Ty::Obj(&AUTOINSTALL), "autoinstall", cx);
     let interactive: Vec<String> = match ai.get("interactive-sections").map(|n| n.val()) {
         Some(Val::Seq(items)) => items
             .iter()
@@ -470,7 +661,7 @@ fn autoinstall(root: &Node, cx: &mut Cx) {
         cx.error(
             ai,
             "autoinstall has no `identity` (nor `user-data`), and `identity` is not an interactive section: the installer cannot create a user".into(),
-            Some("add `identity` to interactive-sections (kiln's default: the operator creates the account, no password is baked in)".into()),
+            Some("add a `user-data` section whose `users` creates the account (kiln's default: an admin user with a locked password and SSH keys), or put `identity` in interactive-sections so the operator creates it".into()),
         );
     }
 }
@@ -581,23 +772,131 @@ fn check(n: &Node, ty: Ty, path: &str, cx: &mut Cx) {
             _ => expect(cx, "a list"),
         },
         Ty::Commands => commands(n, path, cx),
-        Ty::Map(fields) | Ty::Open(fields) => {
+        Ty::IntIs(want) => match n.val() {
+            Val::Int(v) if v == want => {}
+            _ => expect(cx, &format!("the integer {want}")),
+        },
+        Ty::Values(inner) => match n.val() {
+            Val::Map(entries) => {
+                for (k, v) in entries {
+                    let name = k.text().unwrap_or("?");
+                    check(v, *inner, &format!("{path}.{name}"), cx);
+                }
+            }
+            _ => expect(cx, "a mapping"),
+        },
+        Ty::Either(choices) => {
+            let mut best: Option<(usize, Ty)> = None;
+            let mut holds: Option<Vec<Diag>> = None;
+            let mut held = 0;
+            for ty in choices {
+                let mut trial = Cx {
+                    file: cx.file,
+                    allow_passwords: cx.allow_passwords,
+                    partial: cx.partial,
+                    diags: Vec::new(),
+                };
+                check(n, *ty, path, &mut trial);
+                let errors = trial
+                    .diags
+                    .iter()
+                    .filter(|d| d.severity == Severity::Error)
+                    .count();
+                if errors == 0 {
+                    held += 1;
+                    holds.get_or_insert(trial.diags);
+                    continue;
+                }
+                // Closest: the alternative of the same kind (a mapping for
+                // a mapping) with the fewest errors.
+                let same_kind = shape(n) == shape_of(*ty);
+                let score = errors + if same_kind { 0 } else { 1000 };
+                if best.is_none_or(|(s, _)| score < s) {
+                    best = Some((score, *ty));
+                }
+            }
+            match (holds, held) {
+                // The schema's `oneOf`: exactly one form may hold.
+                (Some(_), 2..) => cx.error(
+                    n,
+                    format!("`{path}` holds more than one of its forms at once"),
+                    Some(match path.rsplit('.').next() {
+                        Some("kernel") => "give either `package` or `flavor`, not both".to_string(),
+                        _ => format!("write `{path}` in one form only"),
+                    }),
+                ),
+                (Some(diags), _) => cx.diags.extend(diags),
+                (None, _) => {
+                    if let Some((_, ty)) = best {
+                        check(n, ty, path, cx);
+                    }
+                }
+            }
+        }
+        Ty::Obj(o) => {
             let Val::Map(entries) = n.val() else {
                 expect(cx, "a mapping");
                 return;
             };
+            for want in o.required {
+                if !entries.iter().any(|(k, _)| k.text() == Some(want)) {
+                    cx.error(
+                        n,
+                        format!("`{path}` has no `{want}`, which the installer requires"),
+                        Some(format!("add `{want}:` to `{path}`")),
+                    );
+                }
+            }
             for (k, v) in entries {
                 let Some(name) = k.text() else { continue };
-                match fields.iter().find(|(f, _)| *f == name) {
+                match o.fields.iter().find(|(f, _)| *f == name) {
                     Some((_, t)) => check(v, *t, &format!("{path}.{name}"), cx),
-                    None if matches!(ty, Ty::Map(_)) => {
-                        let known: Vec<&str> = fields.iter().map(|(f, _)| *f).collect();
-                        cx.warn(k, format!("unknown key `{path}.{name}`: kiln does not check it (the installer may reject it)"), suggest(name, &known));
+                    None => {
+                        let known: Vec<&str> = o.fields.iter().map(|(f, _)| *f).collect();
+                        match o.unknown {
+                            Unknown::Error => cx.error(
+                                k,
+                                format!(
+                                    "unknown key `{path}.{name}`: the installer's schema allows only {}",
+                                    known.join(", ")
+                                ),
+                                suggest(name, &known).or(Some(format!("remove `{name}`"))),
+                            ),
+                            Unknown::Warn => cx.warn(
+                                k,
+                                format!("unknown key `{path}.{name}`: kiln does not check it (the installer may reject it)"),
+                                suggest(name, &known),
+                            ),
+                            Unknown::Silent => {}
+                        }
                     }
-                    None => {}
                 }
             }
         }
+    }
+}
+
+/// The kind of node a value is, and the kind a type wants.
+#[derive(PartialEq, Eq)]
+enum Shape {
+    Map,
+    Seq,
+    Scalar,
+}
+
+fn shape(n: &Node) -> Shape {
+    match n.val() {
+        Val::Map(_) => Shape::Map,
+        Val::Seq(_) => Shape::Seq,
+        _ => Shape::Scalar,
+    }
+}
+
+fn shape_of(ty: Ty) -> Shape {
+    match ty {
+        Ty::Obj(_) | Ty::Values(_) | Ty::AnyMap => Shape::Map,
+        Ty::StrList | Ty::Commands | Ty::ListOf(_) => Shape::Seq,
+        _ => Shape::Scalar,
     }
 }
 
@@ -677,8 +976,8 @@ fn credentials(n: &Node, path: &str, cx: &mut Cx) {
                     let msg = format!("`{p}` bakes a password (or its hash) into the seed");
                     let hint = "it lands in the image (/var/log/installer/autoinstall-user-data, \
                                 /etc/cloud/cloud.cfg.d/99-installer.cfg) and in every copy of the seed; \
-                                let the operator set it (interactive-sections: [identity]) or use \
-                                ssh authorized keys. To accept the risk: seed.allow_passwords: true"
+                                log in with SSH keys (seed.autoinstall.ssh_authorized_keys, a locked \
+                                password) or let the operator set it (interactive-sections: [identity]). To accept the risk: seed.allow_passwords: true"
                         .to_string();
                     if cx.allow_passwords {
                         cx.warn(v, format!("{msg} (allowed by seed.allow_passwords)"), None);
@@ -869,6 +1168,106 @@ mod tests {
         assert!(check_kernel_args("a=b#c").is_ok());
         assert!(check_kernel_args("a 'b").is_err());
         assert!(check_kernel_args("a\nb").is_err());
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        diagnose(text.as_bytes(), "t".into(), SeedKind::Autoinstall, false)
+            .into_iter()
+            .filter(|d| d.severity == Severity::Error)
+            .map(|d| d.to_string())
+            .collect()
+    }
+
+    const UNATTENDED: &str = "#cloud-config\nautoinstall:\n  version: 1\n  network:\n    version: 2\n    \
+        ethernets:\n      wired:\n        match:\n          name: \"e*\"\n        dhcp4: true\n        \
+        optional: true\n  storage:\n    layout:\n      name: direct\n      match:\n        size: largest\n  \
+        user-data:\n    hostname: demo\n    users:\n      - name: demo-admin\n        groups: [adm, sudo]\n        \
+        lock_passwd: true\n        sudo: \"ALL=(ALL) NOPASSWD:ALL\"\n        ssh_authorized_keys: [\"ssh-ed25519 AAAA k\"]\n";
+
+    #[test]
+    fn both_modes_are_valid_without_warnings() {
+        let all = diagnose(
+            UNATTENDED.as_bytes(),
+            "t".into(),
+            SeedKind::Autoinstall,
+            false,
+        );
+        assert!(all.is_empty(), "{all:#?}");
+        // Interactive: the screens decide; no identity, no network needed.
+        let interactive = "#cloud-config\nautoinstall:\n  version: 1\n  interactive-sections: [network, storage, identity]\n  \
+            storage:\n    layout:\n      name: lvm\n      match: [{serial: \"CT*\"}, {size: largest}]\n";
+        let all = diagnose(
+            interactive.as_bytes(),
+            "t".into(),
+            SeedKind::Autoinstall,
+            false,
+        );
+        assert!(all.is_empty(), "{all:#?}");
+        // The schema's second network form (netplan under `network:`).
+        let nested = UNATTENDED.replace("  network:\n    version: 2\n", "  network:\n    network:\n      version: 2\n")
+            .replace("    ethernets:\n      wired:\n        match:\n          name: \"e*\"\n        dhcp4: true\n        optional: true\n",
+                     "      ethernets:\n        wired:\n          dhcp4: true\n");
+        assert!(errors(&nested).is_empty(), "{:#?}", errors(&nested));
+        // Without interactive identity and without user-data: no account.
+        let e = errors(&UNATTENDED.replace("  user-data:", "  user-datas:"));
+        assert!(
+            e.iter().any(|e| e.contains("cannot create a user")),
+            "{e:#?}"
+        );
+    }
+
+    #[test]
+    fn closed_mappings_required_keys_and_either_name_the_key_path() {
+        let e = errors(&UNATTENDED.replace(
+            "          name: \"e*\"",
+            "          name: \"e*\"\n          label: x",
+        ));
+        assert!(
+            e.iter().any(|e| e.contains(
+                "t:10:11: unknown key `autoinstall.network.ethernets.wired.match.label`"
+            )),
+            "{e:#?}"
+        );
+        let e = errors(&UNATTENDED.replace("        size: largest", "        size: 1"));
+        assert!(
+            e.iter().any(|e| e.contains(
+                "`autoinstall.storage.layout.match.size` must be one of largest, smallest"
+            )),
+            "{e:#?}"
+        );
+        // A list of match specs: the item's path.
+        let e = errors(&UNATTENDED.replace("        size: largest", "        - ssd: maybe"));
+        assert!(
+            e.iter()
+                .any(|e| e
+                    .contains("`autoinstall.storage.layout.match[0].ssd` must be true or false")),
+            "{e:#?}"
+        );
+        let e = errors(&format!(
+            "{UNATTENDED}  kernel:\n    package: linux-image-generic\n    flavor: hwe\n"
+        ));
+        assert!(
+            e.iter()
+                .any(|e| e.contains("`autoinstall.kernel` holds more than one")),
+            "{e:#?}"
+        );
+        assert!(errors(&format!("{UNATTENDED}  kernel:\n    flavor: hwe\n")).is_empty());
+        let e = errors(&UNATTENDED.replace("      name: direct\n", ""));
+        assert!(
+            e.iter()
+                .any(|e| e.contains("`autoinstall.storage.layout` has no `name`")),
+            "{e:#?}"
+        );
+        let e = errors(&UNATTENDED.replace(
+            "ssh_authorized_keys: [\"ssh-ed25519 AAAA k\"]",
+            "ssh_authorized_keys: \"ssh-ed25519 AAAA k\"",
+        ));
+        assert!(
+            e.iter().any(|e| e.contains(
+                "`autoinstall.user-data.users[0].ssh_authorized_keys` must be a list of strings"
+            )),
+            "{e:#?}"
+        );
     }
 
     #[test]
