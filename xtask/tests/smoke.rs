@@ -441,7 +441,8 @@ fn demo_qcow2_passes_on_uefi_and_bios() {
 
 /// A first boot that fails: the run fails on the first check, naming it,
 /// the console line that failed it and the console's last lines; junit.xml
-/// records the failure and the later checks as not run.
+/// records the failure and the later checks as not run. Asked for KVM, the
+/// smoke probes it first and boots under what the probe found.
 #[test]
 fn a_broken_first_boot_fails_with_the_console_tail() {
     if !boot_tools() {
@@ -468,6 +469,10 @@ fn a_broken_first_boot_fails_with_the_console_tail() {
             "--firmware",
             "uefi",
             "--no-carrier",
+            // The KVM probe runs first: whatever it finds on this host,
+            // the boot runs under the accelerator it names.
+            "--accel",
+            "kvm",
         ])
         .output()
         .unwrap();
@@ -475,6 +480,25 @@ fn a_broken_first_boot_fails_with_the_console_tail() {
     assert!(
         !out.status.success(),
         "smoke passed a broken first boot:\n{err}"
+    );
+    let used = if err.contains("booting under KVM") {
+        "kvm"
+    } else {
+        let why = err
+            .lines()
+            .find(|l| l.contains("--accel kvm:") && l.ends_with("under TCG instead"))
+            .unwrap_or_else(|| panic!("no verdict of the KVM probe:\n{err}"));
+        assert!(
+            why.contains("/dev/kvm cannot be opened")
+                || why.contains("no kernel time past 1 s")
+                || why.contains("qemu exited"),
+            "{why}"
+        );
+        "tcg"
+    };
+    assert!(
+        err.contains(&format!("#1 uefi boot 1: booting under {used}")),
+        "{err}"
     );
     assert!(
         err.contains(
