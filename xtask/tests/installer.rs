@@ -296,15 +296,16 @@ fn refusals_leave_the_disk_unbootable_and_do_not_reboot() {
             "report_lba",
         ],
     );
-    let words: Vec<&str> = lba
+    // `File data lba:  xt , Startlba , Blocks , Filesize , 'path'`
+    let fields: Vec<u64> = lba
         .lines()
-        .find(|l| l.contains("disk.img.zst"))
-        .unwrap()
-        .split_whitespace()
+        .find_map(|l| l.strip_prefix("File data lba:"))
+        .expect("a report_lba line")
+        .split(',')
+        .take(4)
+        .map(|f| f.trim().parse().unwrap())
         .collect();
-    // `Report layout: xt , Startlba ,   Blocks , Filesize , ISO image path`
-    let start: u64 = words[2].trim_end_matches(',').parse().unwrap();
-    let size: u64 = words[6].trim_end_matches(',').parse().unwrap();
+    let (start, size) = (fields[1], fields[3]);
     {
         use std::os::unix::fs::FileExt;
         let f = std::fs::OpenOptions::new()

@@ -155,7 +155,7 @@ pub fn plan(r: &Resolved, plan: &mut Plan) -> Result<usize> {
         tools_tar: plan.step(tools_step).output(TOOLS_TAR),
         name: r.name().to_string(),
         version: r.version.clone(),
-        title: io.title().to_string(),
+        title: format!("Install {} {}", r.name(), r.version),
         timeout: io.timeout,
         wipe: io.wipe,
         epoch: r.epoch,

@@ -23,7 +23,8 @@ pub struct IsoOptions {
     /// or `{url, sha256}`; a URL is downloaded once into the cache.
     #[serde(default)]
     pub base: Option<Source>,
-    /// Title of the default boot entry [default: `Install <product>`].
+    /// Title of the remastered ISO's default boot entry [default: `Install
+    /// <product>`]. (The offline installer's is `Install <name> <version>`.)
     #[serde(default)]
     pub menu_title: Option<String>,
     /// Boot menu timeout in seconds.
@@ -114,16 +115,7 @@ impl IsoOptions {
             bail!("{file}: iso.base is a base ISO to remaster, but iso.mode is `installer` (which needs no base); drop one of them");
         }
         if self.menu_title.is_none() {
-            self.menu_title = Some(match self.mode {
-                Some(IsoMode::Installer) => {
-                    format!(
-                        "Install {} {}",
-                        appliance.name,
-                        appliance.version.as_deref().unwrap_or_default()
-                    )
-                }
-                _ => format!("Install {}", appliance.product()),
-            });
+            self.menu_title = Some(format!("Install {}", appliance.product()));
         }
         let t = self.menu_title.as_deref().unwrap_or_default();
         if t.trim().is_empty() || t.contains(['\n', '\r']) {
@@ -196,7 +188,7 @@ mod tests {
     #[test]
     fn defaults() {
         let o = resolve("{}").unwrap();
-        assert_eq!(o.title(), "Install demo 1.2");
+        assert_eq!(o.title(), "Install Demo Box");
         assert_eq!(o.mode(), IsoMode::Installer);
         assert!(!o.wipe);
         assert_eq!(
