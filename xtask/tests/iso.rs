@@ -494,6 +494,11 @@ fn bad_inputs_fail_clearly_and_write_nothing() {
     let good = iso_fixture::build(&Options::default());
     let p = Project::demo();
     let junk = p.write("junk.iso", &"x".repeat(70_000));
+    let demo = std::fs::read_to_string(p.path("recipes/demo.yaml")).unwrap();
+    p.write(
+        "recipes/remaster.yaml",
+        &format!("{demo}\niso:\n  mode: remaster\n"),
+    );
     let no_grub = iso_fixture::build(&Options {
         grub: false,
         ..Default::default()
@@ -536,7 +541,11 @@ fn bad_inputs_fail_clearly_and_write_nothing() {
             vec!["iso", "--base-iso", no_linux.iso.as_str()],
             "no `linux` command",
         ),
-        ("no base at all", vec!["iso"], "no base ISO"),
+        (
+            "remaster mode without a base",
+            vec!["--recipe", "recipes/remaster.yaml", "iso"],
+            "no base ISO",
+        ),
     ];
     for (what, args, msg) in cases {
         let err = p.fail(&args);

@@ -24,6 +24,7 @@
 //! date and uid/gid 0 inside the image, so two builds are byte-identical.
 
 pub mod grub;
+pub mod installer;
 pub mod layout;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -89,6 +90,10 @@ struct Remaster {
 /// the remaster step's index. The artifact is `<step out>/<name>-<version>-amd64.iso`.
 pub fn plan(r: &Resolved, plan: &mut Plan, o: &Overrides) -> Result<usize> {
     let io = &r.recipe.iso;
+    // `--base-iso` asks for a remaster whatever the recipe's mode.
+    if io.mode() == crate::recipe::iso::IsoMode::Installer && o.base_iso.is_none() {
+        return installer::plan(r, plan);
+    }
     let seed = crate::seed::plan(r, plan, crate::seed::SeedTarget::Iso)?;
     let stage = crate::stage::plan_or_reuse(r, plan, Arch::Amd64)?;
     let mut b = StepBuilder::new(

@@ -92,6 +92,11 @@ pub struct DiskSpec {
     /// The root holds cloud-init and the image expects a config carrier:
     /// kiln writes the one NoCloud drop-in ([`Carrier::drop_in`]).
     pub carrier: Option<Carrier>,
+    /// Size the disk to its content instead of `size`: the boot partitions,
+    /// the root file system and the backup GPT, in whole MiB (the installer
+    /// ISO's payload; the root grows to the target disk at first boot).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub fit: bool,
 }
 
 /// Where cloud-init finds the operator's config carrier (the NoCloud seed
@@ -183,6 +188,7 @@ impl DiskSpec {
             pi_boot: None,
             carrier: (r.recipe.seed.has_cloud_init() && r.root_has_cloud_init(arch))
                 .then_some(Carrier::Attached),
+            fit: false,
         }
     }
 
@@ -474,8 +480,20 @@ pub fn assemble(spec: &DiskSpec, out: &Utf8Path) -> Result<()> {
         }
         None => 0,
     };
-    let sectors = spec.size / SECTOR;
     let mut next = MIB / SECTOR;
+    let boot_bytes = [(spec.bios, MIB), (spec.uefi, esp_bytes)]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, b)| b)
+        .sum::<u64>();
+    // Fitted: the first MiB (GPT), the boot partitions, the root and one
+    // MiB for the backup GPT.
+    let size = if spec.fit {
+        MIB + boot_bytes + fs_bytes + MIB
+    } else {
+        spec.size
+    };
+    let sectors = size / SECTOR;
     let mut parts = Vec::new();
     let guid = |s: &str| Guid::parse(s);
     // The boot partitions, in order, from the first MiB.
@@ -510,11 +528,11 @@ pub fn assemble(spec: &DiskSpec, out: &Utf8Path) -> Result<()> {
     // Root to the end, 4 KiB aligned, so systemd-repart finds nothing to grow.
     let root_last = (gpt::last_usable(sectors) + 1) / 8 * 8 - 1;
     let needed = next * SECTOR + fs_bytes + MIB;
-    if spec.size < needed {
+    if size < needed {
         bail!(
             "qcow2.size ({} MiB) is too small: the root file system needs {} MiB, so the disk \
              needs at least {} MiB (set `qcow2.size: {}M` or more in the recipe)",
-            spec.size / MIB,
+            size / MIB,
             fs_bytes / MIB,
             needed.div_ceil(MIB),
             needed.div_ceil(MIB)
@@ -617,7 +635,7 @@ pub fn assemble(spec: &DiskSpec, out: &Utf8Path) -> Result<()> {
         .write(true)
         .open(&disk_path)
         .with_context(|| format!("creating {disk_path}"))?;
-    disk.set_len(spec.size)?;
+    disk.set_len(size)?;
 
     // Root file system, made in place in its partition from the merged root
     // streamed into mkfs.ext4 (no tarball or image file in between).
@@ -633,7 +651,7 @@ pub fn assemble(spec: &DiskSpec, out: &Utf8Path) -> Result<()> {
     )?;
     gpt::write(
         &disk,
-        spec.size,
+        size,
         guid(&spec.ids.disk)?,
         &parts,
         boot_code.as_deref(),
@@ -647,7 +665,7 @@ pub fn assemble(spec: &DiskSpec, out: &Utf8Path) -> Result<()> {
     }
     disk.sync_all()?;
     let layout = Layout {
-        size: spec.size,
+        size,
         disk_guid: spec.ids.disk.clone(),
         partitions: parts
             .iter()

@@ -694,6 +694,7 @@ mod tests {
             ids: super::super::disk::Ids::derive(1, "demo", crate::recipe::Arch::Amd64),
             pi_boot: None,
             carrier: None,
+            fit: false,
         };
         let sys = "etc/systemd/system";
         let none = generated(&spec, &BTreeSet::new());

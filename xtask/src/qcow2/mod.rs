@@ -70,8 +70,31 @@ fn disk_step_name(arch: Arch) -> String {
 /// including the stage and rootfs steps it needs. Calling it twice on one
 /// plan returns the same step.
 pub fn plan_disk(r: &Resolved, plan: &mut Plan, arch: Arch) -> Result<DiskInfo> {
+    plan_disk_as(r, plan, arch, disk_step_name(arch), false)
+}
+
+/// The same disk as [`plan_disk`] (builder 1 only), sized to its content
+/// instead of `qcow2.size`: the installer ISO's payload, whose root grows
+/// to the target disk at first boot. Its own step (`installer-disk-<arch>`);
+/// `virtual_size` is `qcow2.size`, the real size is in its `layout.json`.
+pub fn plan_fitted_disk(r: &Resolved, plan: &mut Plan, arch: Arch) -> Result<DiskInfo> {
+    if let Base::Image(_) = &r.recipe.qcow2.base {
+        bail!(
+            "{}: the installer ISO (iso.mode: installer) writes the disk kiln assembles from              Debian packages; qcow2.base is a vendor image. Use `qcow2.base: packages` or              iso.mode: remaster with iso.base",
+            r.file
+        );
+    }
+    plan_disk_as(r, plan, arch, format!("installer-disk-{arch}"), true)
+}
+
+fn plan_disk_as(
+    r: &Resolved,
+    plan: &mut Plan,
+    arch: Arch,
+    name: String,
+    fit: bool,
+) -> Result<DiskInfo> {
     let q = &r.recipe.qcow2;
-    let name = disk_step_name(arch);
     let info = |step: usize, plan: &Plan| -> DiskInfo {
         let (path, format) = match &q.base {
             Base::Packages => (plan.step(step).output(disk::DISK_RAW), "raw"),
@@ -107,6 +130,7 @@ pub fn plan_disk(r: &Resolved, plan: &mut Plan, arch: Arch) -> Result<DiskInfo> 
                 size: q.size_bytes,
                 uefi: q.firmware.uefi(),
                 bios: bios(q, arch),
+                fit,
                 ..disk::DiskSpec::root(
                     r,
                     arch,
@@ -122,10 +146,14 @@ pub fn plan_disk(r: &Resolved, plan: &mut Plan, arch: Arch) -> Result<DiskInfo> 
             };
             let mut b = StepBuilder::new(
                 name,
-                format!(
-                    "assemble the {} MiB raw disk (GPT, {boot}, ext4 root)",
-                    q.size_bytes >> 20
-                ),
+                if fit {
+                    format!("assemble the raw disk sized to its content (GPT, {boot}, ext4 root)")
+                } else {
+                    format!(
+                        "assemble the {} MiB raw disk (GPT, {boot}, ext4 root)",
+                        q.size_bytes >> 20
+                    )
+                },
             )
             .after(plan.step(rootfs))
             .after(plan.step(stage));

@@ -1,4 +1,6 @@
-//! `iso:` — the remastered Ubuntu installer ISO. (Build: `crate::iso`.)
+//! `iso:` — the installer ISO: a remastered Ubuntu ISO (`mode: remaster`)
+//! or kiln's own offline installer of the appliance's disk (`mode:
+//! installer`). (Build: `crate::iso`.)
 
 use anyhow::{bail, Result};
 use camino::{Utf8Path, Utf8PathBuf};
@@ -7,11 +9,22 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct IsoOptions {
+    /// `remaster` (an Ubuntu base ISO made into an autoinstall installer) or
+    /// `installer` (a hybrid ISO that writes the appliance's disk onto a
+    /// target disk) [default: `remaster` when `base` is set, else `installer`].
+    #[serde(default)]
+    pub mode: Option<IsoMode>,
+    /// Installer mode: write onto a target disk that already holds
+    /// partitions (otherwise refused unless the kernel argument `kiln.wipe=1`
+    /// is given).
+    #[serde(default)]
+    pub wipe: bool,
     /// The base live-server ISO (overridden by `--base-iso`): `{path, sha256}`
     /// or `{url, sha256}`; a URL is downloaded once into the cache.
     #[serde(default)]
     pub base: Option<Source>,
-    /// Title of the default boot entry [default: `Install <product>`].
+    /// Title of the remastered ISO's default boot entry [default: `Install
+    /// <product>`]. (The offline installer's is `Install <name> <version>`.)
     #[serde(default)]
     pub menu_title: Option<String>,
     /// Boot menu timeout in seconds.
@@ -30,6 +43,8 @@ pub struct IsoOptions {
 impl Default for IsoOptions {
     fn default() -> Self {
         IsoOptions {
+            mode: None,
+            wipe: false,
             base: None,
             menu_title: None,
             timeout: default_timeout(),
@@ -45,6 +60,13 @@ fn default_timeout() -> u32 {
 
 fn default_overlay_dir() -> String {
     "kiln".into()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IsoMode {
+    Remaster,
+    Installer,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -82,6 +104,16 @@ impl IsoOptions {
                 }
             }
         }
+        if self.mode.is_none() {
+            self.mode = Some(if self.base.is_some() {
+                IsoMode::Remaster
+            } else {
+                IsoMode::Installer
+            });
+        }
+        if self.mode == Some(IsoMode::Installer) && self.base.is_some() {
+            bail!("{file}: iso.base is a base ISO to remaster, but iso.mode is `installer` (which needs no base); drop one of them");
+        }
         if self.menu_title.is_none() {
             self.menu_title = Some(format!("Install {}", appliance.product()));
         }
@@ -113,6 +145,12 @@ impl IsoOptions {
         Ok(())
     }
 
+    /// The mode (filled by `resolve`).
+    pub fn mode(&self) -> IsoMode {
+        self.mode
+            .unwrap_or_else(|| panic!("iso.mode is read before Recipe::resolve filled it"))
+    }
+
     /// The menu title (filled by `resolve`).
     pub fn title(&self) -> &str {
         super::filled(&self.menu_title, "iso.menu_title")
@@ -138,7 +176,7 @@ mod tests {
     use super::*;
 
     fn appliance() -> super::super::Appliance {
-        yaml_serde::from_str("name: demo\nproduct: Demo Box\n").unwrap()
+        yaml_serde::from_str("name: demo\nproduct: Demo Box\nversion: '1.2'\n").unwrap()
     }
 
     fn resolve(yaml: &str) -> Result<IsoOptions> {
@@ -151,6 +189,8 @@ mod tests {
     fn defaults() {
         let o = resolve("{}").unwrap();
         assert_eq!(o.title(), "Install Demo Box");
+        assert_eq!(o.mode(), IsoMode::Installer);
+        assert!(!o.wipe);
         assert_eq!(
             (o.timeout, o.overlay_dir.as_str(), o.overlay_format),
             (5, "kiln", OverlayFormat::Tar)
@@ -162,6 +202,19 @@ mod tests {
     fn base_needs_path_or_url_and_a_sha256() {
         let sha = "A".repeat(64);
         let o = resolve(&format!("base: {{url: 'https://x/u.iso', sha256: {sha}}}")).unwrap();
+        assert_eq!(o.mode(), IsoMode::Remaster);
+        assert_eq!(o.title(), "Install Demo Box");
+        assert!(resolve(&format!(
+            "{{mode: installer, base: {{url: 'https://x/u.iso', sha256: {sha}}}}}"
+        ))
+        .unwrap_err()
+        .to_string()
+        .contains("iso.mode"));
+        assert_eq!(
+            resolve("{mode: installer, wipe: true}").unwrap().mode(),
+            IsoMode::Installer
+        );
+        assert!(resolve("mode: netboot").is_err());
         assert_eq!(o.base.unwrap().sha256, "a".repeat(64));
         for bad in [
             format!("base: {{path: a.iso, url: 'https://x', sha256: {sha}}}"),

@@ -281,6 +281,51 @@ pub fn extract_all(iso: &Utf8Path, dir: &Utf8Path) -> Cmd {
         .arg(dir.as_str())
 }
 
+// --- installer ISO (crate::iso::installer) ---
+
+/// A hybrid installer ISO from the directory `tree`: El Torito BIOS
+/// (`/boot/grub/eltorito.img`, GRUB's hybrid MBR for disks), and UEFI from
+/// `esp` appended as GPT partition 2 (the El Torito EFI entry points at it),
+/// so it boots from a CD and from a USB stick written with `dd`.
+/// Reproducible with `SOURCE_DATE_EPOCH` (set here) and every file in
+/// `tree` dated `epoch` (the caller sets them).
+pub fn installer_iso(
+    tree: &Utf8Path,
+    esp: &Utf8Path,
+    volid: &str,
+    out: &Utf8Path,
+    epoch: i64,
+) -> Cmd {
+    Cmd::new(
+        "xorriso",
+        format!("write the installer ISO {}", out.file_name().unwrap_or("")),
+    )
+    .env("SOURCE_DATE_EPOCH", epoch.to_string())
+    .args(["-no_rc", "-as", "mkisofs", "-r", "-J", "-joliet-long"])
+    .args(["-V", volid, "-o", out.as_str()])
+    .args(["--grub2-mbr", crate::tools::grub::BOOT_HYBRID_IMG])
+    .args(["--protective-msdos-label", "-partition_cyl_align", "off"])
+    .args(["-partition_offset", "16", "--mbr-force-bootable"])
+    .args([
+        "-append_partition",
+        "2",
+        "28732ac11ff8d211ba4b00a0c93ec93b",
+        esp.as_str(),
+        "-appended_part_as_gpt",
+    ])
+    .args(["-iso_mbr_part_type", "a2a0d0ebe5b9334487c068b6b72699c7"])
+    .args(["-c", "/boot.catalog", "-b", "/boot/grub/eltorito.img"])
+    .args(["-no-emul-boot", "-boot-load-size", "4", "-boot-info-table"])
+    .arg("--grub2-boot-info")
+    .args([
+        "-eltorito-alt-boot",
+        "-e",
+        "--interval:appended_partition_2:all::",
+        "-no-emul-boot",
+    ])
+    .arg(tree.as_str())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

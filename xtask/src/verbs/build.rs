@@ -10,8 +10,9 @@ use crate::recipe::{Arch, Resolved};
 /// Build every image format from the recipe in one plan, sharing steps (one
 /// stage, one Debian root file system, one disk for qcow2 and OVA): the
 /// overlay archive, the qcow2 per architecture, the OVA, the Raspberry Pi
-/// image when the recipe has a `pi:` section, and the installer ISO when a
-/// base ISO is known (`iso.base` in the recipe, or `--base-iso`).
+/// image when the recipe has a `pi:` section, and the ISO: kiln's offline
+/// installer of the appliance's disk (`iso.mode: installer`, the default
+/// without a base), or a remastered Ubuntu ISO (`iso.base`, `--base-iso`).
 /// Every artifact is scanned for secrets before it lands in `output/`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -28,15 +29,21 @@ pub struct Args {
 
 pub fn run(cx: &Cx, a: Args) -> Result<()> {
     let r = cx.recipe()?;
-    let with_iso = a.base_iso.is_some() || r.recipe.iso.base.is_some();
-    if !with_iso {
+    if !with_iso(&r, &a) {
         crate::ui::info(
-            "iso: skipped (no base ISO: set iso.base in the recipe or pass --base-iso)",
+            "iso: skipped (iso.mode: remaster without a base ISO: set iso.base in the recipe or pass --base-iso)",
         );
     }
     let gate = crate::scan::gate(&r);
     cx.execute(|| plan(cx, &r, &a), Some(&gate))?;
     Ok(())
+}
+
+/// The ISO is built in installer mode, or with a base to remaster.
+fn with_iso(r: &Resolved, a: &Args) -> bool {
+    a.base_iso.is_some()
+        || r.recipe.iso.base.is_some()
+        || r.recipe.iso.mode() == crate::recipe::iso::IsoMode::Installer
 }
 
 /// The whole build as one plan: every target and architecture of the recipe.
@@ -45,7 +52,7 @@ pub fn plan(cx: &Cx, r: &Resolved, a: &Args) -> Result<Plan> {
     for &arch in &r.recipe.architectures {
         crate::stage::plan_published(r, &mut plan, arch)?;
     }
-    if a.base_iso.is_some() || r.recipe.iso.base.is_some() {
+    if with_iso(r, a) {
         let o = crate::iso::Overrides {
             base_iso: a.base_iso.clone(),
             base_sha256: a.base_sha256.clone(),

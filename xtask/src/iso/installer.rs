@@ -1,0 +1,841 @@
+//! The offline installer ISO (`iso.mode: installer`): a hybrid ISO that
+//! writes the appliance's own disk onto a target disk.
+//!
+//! - Payload: the qcow2 builder's disk sized to its content
+//!   ([`crate::qcow2::plan_fitted_disk`]), compressed with zstd as
+//!   `/kiln/disk.img.zst`, its sha256 in `/kiln/disk.img.sha256` and built
+//!   into the installer.
+//! - Installer: the appliance root's kernel and an initramfs written in
+//!   process ([`crate::initrd::Cpio`]): a static busybox, `zstd` and
+//!   `sfdisk` with their shared libraries (one cached mmdebstrap
+//!   `--variant=extract` step, `installer-tools-<arch>`), the modules for
+//!   CD-ROM, USB, virtio, SATA and NVMe media and ISO 9660, and `/init`
+//!   ([`init_script`]).
+//! - Boot: GRUB with its menu built in, for BIOS (El Torito, and GRUB's
+//!   hybrid MBR for a USB stick) and UEFI (a FAT ESP appended as GPT
+//!   partition 2), written by xorriso. No mounts, no loop devices.
+//!   Reproducible: `SOURCE_DATE_EPOCH`, every file dated the epoch, FAT made
+//!   with `--invariant`, zstd's output independent of its thread count.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+
+use anyhow::{bail, ensure, Context, Result};
+use camino::{Utf8Path, Utf8PathBuf};
+use serde::Serialize;
+use serde_json::json;
+use sha2::Digest;
+
+use crate::initrd::{Cpio, ModuleDeps};
+use crate::plan::{Input, Op, OpCx, Plan, StepBuilder, OUT};
+use crate::recipe::{Arch, Resolved};
+use crate::tools::{self, dosfstools, grub, mtools, xorriso};
+
+/// The extract step's tarball.
+pub const TOOLS_TAR: &str = "tools.tar";
+/// What the installer runs besides busybox: zstd (the payload), sfdisk
+/// (the GPT's backup header moved to the disk's end).
+pub const TOOL_PACKAGES: &[&str] = &["busybox-static", "zstd", "fdisk"];
+/// Where the payload lives on the ISO.
+pub const PAYLOAD: &str = "kiln/disk.img.zst";
+pub const PAYLOAD_SHA256: &str = "kiln/disk.img.sha256";
+/// zstd level of the payload (zstd's own default: the bench compares with `zstd -T0`).
+pub const ZSTD_LEVEL: i32 = 3;
+/// The console lines the installer prints when it is done, and when it stops.
+pub const DONE_MARKER: &str = "kiln-installer: install complete";
+pub const FAIL_MARKER: &str = "kiln-installer: FAILED:";
+
+/// Kernel modules for the install medium (CD-ROM, USB stick) and the
+/// target disk, loaded when the kernel has them as modules.
+const MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_scsi",
+    "scsi_mod",
+    "sd_mod",
+    "sr_mod",
+    "cdrom",
+    "libata",
+    "ata_piix",
+    "ata_generic",
+    "libahci",
+    "ahci",
+    "nvme",
+    "usbcore",
+    "usb_common",
+    "xhci_pci",
+    "xhci_hcd",
+    "ehci_pci",
+    "ehci_hcd",
+    "uhci_hcd",
+    "ohci_pci",
+    "ohci_hcd",
+    "usb_storage",
+    "uas",
+    "mmc_block",
+    "sdhci_pci",
+];
+
+/// Everything the installer op needs, fixed at plan time.
+#[derive(Debug, Clone, Serialize)]
+struct Installer {
+    /// The fitted disk step's output (`disk.raw`, `layout.json`).
+    disk_dir: Utf8PathBuf,
+    rootfs_tar: Utf8PathBuf,
+    tools_tar: Utf8PathBuf,
+    name: String,
+    version: String,
+    title: String,
+    timeout: u32,
+    wipe: bool,
+    epoch: i64,
+    artifact: String,
+}
+
+fn tools_step_name(arch: Arch) -> String {
+    format!("installer-tools-{arch}")
+}
+
+/// The installer's programs from Debian packages: one cached mmdebstrap
+/// `--variant=extract` step (no package scripts run), keyed by its command.
+fn plan_tools(r: &Resolved, plan: &mut Plan, arch: Arch) -> Result<usize> {
+    if let Some(i) = plan
+        .steps
+        .iter()
+        .position(|s| s.name == tools_step_name(arch))
+    {
+        return Ok(i);
+    }
+    let suite = &r.recipe.qcow2.suite;
+    let mirrors = crate::qcow2::rootfs::suite_lines(r, suite, "main")?;
+    let packages: Vec<String> = TOOL_PACKAGES.iter().map(|p| p.to_string()).collect();
+    let cmd = tools::mmdebstrap::image_root_tar(
+        arch.debian(),
+        suite,
+        "extract",
+        &packages,
+        &mirrors,
+        &Utf8Path::new(OUT).join(TOOLS_TAR),
+        r.epoch,
+    );
+    let b = StepBuilder::new(
+        tools_step_name(arch),
+        format!(
+            "the installer's programs ({}) from Debian {suite}",
+            packages.join(", ")
+        ),
+    )
+    .input(Input::value("suite", suite))
+    .input(Input::value("architecture", arch))
+    .input(Input::value("packages", packages.join(",")))
+    .input(Input::value("mirrors", mirrors.join(" | ")))
+    .input(Input::value("SOURCE_DATE_EPOCH", r.epoch))
+    .cmd(cmd)
+    .long();
+    Ok(plan.add(b))
+}
+
+/// Add the installer ISO's steps (fitted disk, root, tools, the ISO);
+/// returns the ISO step's index. The artifact is
+/// `<step out>/<name>-<version>-amd64.iso`, published and scanned.
+pub fn plan(r: &Resolved, plan: &mut Plan) -> Result<usize> {
+    let arch = Arch::Amd64;
+    ensure!(
+        r.recipe.architectures.contains(&arch),
+        "{}: the installer ISO is amd64 (BIOS and UEFI PCs); add amd64 to `architectures`",
+        r.file
+    );
+    let disk = crate::qcow2::plan_fitted_disk(r, plan, arch)?;
+    let rootfs = crate::qcow2::rootfs::plan(r, plan, arch)?;
+    let tools_step = plan_tools(r, plan, arch)?;
+    let io = &r.recipe.iso;
+    let op = Installer {
+        disk_dir: plan.step(disk.step).out.clone(),
+        rootfs_tar: plan.step(rootfs).output(crate::qcow2::rootfs::ROOTFS_TAR),
+        tools_tar: plan.step(tools_step).output(TOOLS_TAR),
+        name: r.name().to_string(),
+        version: r.version.clone(),
+        title: format!("Install {} {}", r.name(), r.version),
+        timeout: io.timeout,
+        wipe: io.wipe,
+        epoch: r.epoch,
+        artifact: r.artifact_name(arch, "iso"),
+    };
+    let artifact = op.artifact.clone();
+    let b = StepBuilder::new(
+        "iso-amd64",
+        "the offline installer ISO (the appliance's disk, zstd, with a busybox installer)",
+    )
+    .after(plan.step(disk.step))
+    .after(plan.step(rootfs))
+    .after(plan.step(tools_step))
+    .input(Input::value("SOURCE_DATE_EPOCH", r.epoch))
+    .requires(grub::BOOT_HYBRID_IMG)
+    .requires(grub::X86_64_EFI_LINUX_MOD)
+    .op(op)
+    .long();
+    let i = plan.add(b);
+    let from = plan.step(i).output(&artifact);
+    plan.publish(from, artifact, true);
+    Ok(i)
+}
+
+impl Op for Installer {
+    fn describe(&self) -> serde_json::Value {
+        json!({ "iso_installer": self })
+    }
+    fn commands(&self) -> Vec<tools::Cmd> {
+        let out = Utf8Path::new(OUT);
+        let work = out.join("work");
+        let esp = work.join("esp.img");
+        let mut mkfs = dosfstools::mkfs_vfat_image(&esp, "KILNESP", 0, self.epoch);
+        if let Some(kib) = mkfs.args.last_mut() {
+            *kib = "<kib>".into();
+        }
+        vec![
+            grub::mkimage_iso(
+                false,
+                &work.join("grub.cfg"),
+                &out.join("tree/boot/grub/eltorito.img"),
+            ),
+            grub::mkimage_iso(true, &work.join("grub.cfg"), &work.join("BOOTX64.EFI")),
+            mkfs,
+            mtools::mmd(&esp, &["/EFI", "/EFI/BOOT"], self.epoch),
+            mtools::mcopy_in(
+                &esp,
+                &work.join("BOOTX64.EFI"),
+                "/EFI/BOOT/BOOTX64.EFI",
+                self.epoch,
+            ),
+            xorriso::installer_iso(
+                &out.join("tree"),
+                &esp,
+                &volid(&self.name),
+                &out.join(&self.artifact),
+                self.epoch,
+            ),
+        ]
+    }
+    fn run(&self, cx: &OpCx) -> Result<()> {
+        build(self, cx.out)
+    }
+}
+
+/// The ISO's volume id: `KILN_<NAME>`, upper case, at most 32 characters.
+fn volid(name: &str) -> String {
+    let mut v: String = format!("KILN_{name}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    v.truncate(32);
+    v
+}
+
+/// What the installer knows of its payload.
+#[derive(Debug, Clone)]
+pub struct Payload {
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// The fitted disk's layout (written by the disk step).
+#[derive(Debug, serde::Deserialize)]
+struct Layout {
+    size: u64,
+    root_fs_uuid: String,
+    cmdline: String,
+}
+
+fn build(op: &Installer, out: &Utf8Path) -> Result<()> {
+    let work = out.join("work");
+    let tree = out.join("tree");
+    for d in [&work, &tree.join("kiln"), &tree.join("boot/grub")] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {d}"))?;
+    }
+    let layout_path = op.disk_dir.join(crate::qcow2::disk::LAYOUT_JSON);
+    let layout: Layout = serde_json::from_slice(
+        &std::fs::read(&layout_path).with_context(|| format!("reading {layout_path}"))?,
+    )
+    .with_context(|| format!("{layout_path}: the disk step's layout"))?;
+    let raw = op.disk_dir.join(crate::qcow2::disk::DISK_RAW);
+    let zst = tree.join(PAYLOAD);
+    // The payload compresses on zstd's worker threads while this thread
+    // reads the root and the tools for the initramfs and runs GRUB.
+    let (payload, rest) = std::thread::scope(|s| {
+        let t = s.spawn(|| compress(&raw, &zst));
+        let rest = boot_files(op, &layout, &work, &tree);
+        (t.join(), rest)
+    });
+    let payload = payload.map_err(|_| anyhow::anyhow!("the compression thread panicked"))??;
+    let (kernel, modules_deps) = rest?;
+    ensure!(
+        payload.bytes == layout.size,
+        "kiln bug: {raw} is {} bytes, its layout says {}",
+        payload.bytes,
+        layout.size
+    );
+    std::fs::write(
+        tree.join(PAYLOAD_SHA256),
+        format!("{}  disk.img\n", payload.sha256),
+    )?;
+    let initrd = initramfs(op, &payload, kernel_modules(op, &modules_deps)?)?;
+    std::fs::write(tree.join("kiln/initrd.img"), initrd)?;
+    std::fs::write(tree.join("kiln/vmlinuz"), kernel)?;
+    std::fs::write(
+        tree.join("kiln/info"),
+        format!(
+            "{} {} installer (kiln)\nimage {} bytes, sha256 {}\n",
+            op.name, op.version, payload.bytes, payload.sha256
+        ),
+    )?;
+    // ESP: GRUB for UEFI as the removable-media loader.
+    let efi = work.join("BOOTX64.EFI");
+    tools::run(&grub::mkimage_iso(true, &work.join("grub.cfg"), &efi))?;
+    let esp = work.join("esp.img");
+    let kib = (std::fs::metadata(&efi)?.len() / 1024 + 1024).div_ceil(1024) * 1024;
+    tools::run(&dosfstools::mkfs_vfat_image(&esp, "KILNESP", kib, op.epoch))?;
+    tools::run(&mtools::mmd(&esp, &["/EFI", "/EFI/BOOT"], op.epoch))?;
+    crate::fsutil::set_mtime(&efi, op.epoch)?;
+    tools::run(&mtools::mcopy_in(
+        &esp,
+        &efi,
+        "/EFI/BOOT/BOOTX64.EFI",
+        op.epoch,
+    ))?;
+    crate::fsutil::set_mtime(&esp, op.epoch)?;
+    crate::fsutil::set_tree_mtimes(&tree, op.epoch)?;
+    let iso = out.join(&op.artifact);
+    tools::run(&xorriso::installer_iso(
+        &tree,
+        &esp,
+        &volid(&op.name),
+        &iso,
+        op.epoch,
+    ))?;
+    std::fs::remove_dir_all(&tree).with_context(|| format!("removing {tree}"))?;
+    std::fs::remove_dir_all(&work).with_context(|| format!("removing {work}"))?;
+    crate::exec::flush_and_digest(&iso)?;
+    Ok(())
+}
+
+/// Compress `raw` into `zst` (zstd, all cores) and take the sha256 of the
+/// raw bytes on the way.
+pub fn compress(raw: &Utf8Path, zst: &Utf8Path) -> Result<Payload> {
+    let mut r = std::fs::File::open(raw).with_context(|| format!("opening {raw}"))?;
+    let total = r.metadata()?.len();
+    let f = std::fs::File::create(zst).with_context(|| format!("creating {zst}"))?;
+    let mut enc = zstd::stream::write::Encoder::new(std::io::BufWriter::new(f), ZSTD_LEVEL)?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    enc.multithread(threads)
+        .context("zstd without multithreading")?;
+    let mut h = sha2::Sha256::new();
+    let mut bar = crate::ui::Progress::bytes("compress the disk", total.max(1));
+    let mut buf = vec![0u8; 4 << 20];
+    let mut n_total = 0u64;
+    loop {
+        crate::signals::check()?;
+        let n = r.read(&mut buf).with_context(|| format!("reading {raw}"))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        enc.write_all(&buf[..n])
+            .with_context(|| format!("writing {zst}"))?;
+        n_total += n as u64;
+        bar.inc(n as u64);
+    }
+    bar.finish();
+    enc.finish()?
+        .flush()
+        .with_context(|| format!("writing {zst}"))?;
+    Ok(Payload {
+        bytes: n_total,
+        sha256: hex::encode(h.finalize()),
+    })
+}
+
+/// Files read out of the root by path (`release` holds the kernel release).
+type ModData = BTreeMap<String, Vec<u8>>;
+
+/// The kernel (bytes) and the module data of the appliance root, the BIOS
+/// GRUB image in `tree`, the menu in `work/grub.cfg`.
+fn boot_files(
+    op: &Installer,
+    layout: &Layout,
+    work: &Utf8Path,
+    tree: &Utf8Path,
+) -> Result<(Vec<u8>, ModData)> {
+    std::fs::write(work.join("grub.cfg"), EARLY_CFG)?;
+    std::fs::write(tree.join("boot/grub/grub.cfg"), grub_cfg(op, layout))?;
+    tools::run(&grub::mkimage_iso(
+        false,
+        &work.join("grub.cfg"),
+        &tree.join("boot/grub/eltorito.img"),
+    ))?;
+    let found = crate::qcow2::merge::read_from_rootfs(&op.rootfs_tar, |p| {
+        p.starts_with("boot/vmlinuz-")
+            || p.strip_prefix("lib/modules/").is_some_and(|r| {
+                r.split_once('/')
+                    .is_some_and(|(_, f)| f == "modules.dep" || f == "modules.builtin")
+            })
+    })?;
+    let (kernel_path, kernel) = found
+        .iter()
+        .filter(|(p, _)| p.starts_with("boot/vmlinuz-"))
+        .max_by(|a, b| a.0.cmp(b.0))
+        .with_context(|| {
+            format!(
+                "{}: no /boot/vmlinuz-*: is a linux-image package installed?",
+                op.rootfs_tar
+            )
+        })?;
+    let release = kernel_path["boot/vmlinuz-".len()..].to_string();
+    let mut moddata: BTreeMap<String, Vec<u8>> = found
+        .iter()
+        .filter(|(p, _)| p.starts_with("lib/modules/"))
+        .map(|(p, d)| (p.clone(), d.clone()))
+        .collect();
+    moddata.insert("release".into(), release.into_bytes());
+    Ok((kernel.clone(), moddata))
+}
+
+/// The installer's modules, dependencies first: (file name, bytes).
+fn kernel_modules(
+    op: &Installer,
+    moddata: &BTreeMap<String, Vec<u8>>,
+) -> Result<Vec<(String, Vec<u8>)>> {
+    let release = String::from_utf8_lossy(&moddata["release"]).into_owned();
+    let moddir = format!("lib/modules/{release}/");
+    let text = |f: &str| {
+        String::from_utf8_lossy(moddata.get(&format!("{moddir}{f}")).map_or(&[][..], |v| v))
+            .into_owned()
+    };
+    let deps = ModuleDeps::parse(&text("modules.dep"), &text("modules.builtin"))
+        .with_context(|| format!("{}: /usr/{moddir}modules.dep", op.rootfs_tar))?;
+    let order = deps
+        .closure(&["isofs"], MODULES)
+        .with_context(|| format!("kernel {release}"))?;
+    let wanted: std::collections::BTreeSet<String> =
+        order.iter().map(|m| format!("{moddir}{m}")).collect();
+    let mut files = crate::qcow2::merge::read_from_rootfs(&op.rootfs_tar, |p| wanted.contains(p))?;
+    let mut v = Vec::new();
+    for m in &order {
+        let data = files
+            .remove(&format!("{moddir}{m}"))
+            .with_context(|| format!("module {m} was not read from {}", op.rootfs_tar))?;
+        if !m.ends_with(".ko") {
+            bail!("module {m} is compressed; the installer loads plain .ko files (busybox insmod)");
+        }
+        let f = m.rsplit('/').next().unwrap_or(m).to_string();
+        v.push((f, data));
+    }
+    Ok(v)
+}
+
+/// An entry of the tools tarball the initramfs takes.
+enum ToolEntry {
+    File(Vec<u8>, u32),
+    Link(String),
+}
+
+/// busybox, zstd, sfdisk and every shared library of the extract step
+/// (the packages' dependency closure), by path in the initramfs.
+fn tool_files(tar: &Utf8Path) -> Result<BTreeMap<String, ToolEntry>> {
+    let mut found = BTreeMap::new();
+    let mut ar = crate::archive::open_tar(tar)?;
+    for entry in ar.entries().with_context(|| format!("reading {tar}"))? {
+        let mut entry = entry.with_context(|| format!("reading {tar}"))?;
+        let raw = entry.path()?.to_string_lossy().into_owned();
+        let rel = raw.trim_start_matches("./");
+        let rel = rel.strip_prefix("usr/").unwrap_or(rel);
+        let dest = match rel {
+            "bin/busybox" | "bin/zstd" | "sbin/sfdisk" => {
+                format!("bin/{}", rel.rsplit('/').next().unwrap_or(rel))
+            }
+            r if r.starts_with("lib64/") => r.to_string(),
+            r if r
+                .strip_prefix("lib/x86_64-linux-gnu/")
+                .is_some_and(|f| !f.contains('/') && f.contains(".so")) =>
+            {
+                r.to_string()
+            }
+            _ => continue,
+        };
+        let kind = entry.header().entry_type();
+        if kind.is_symlink() {
+            let target = entry
+                .link_name()?
+                .with_context(|| format!("{tar}: /{rel}: a link without a target"))?
+                .to_string_lossy()
+                .into_owned();
+            found.insert(dest, ToolEntry::Link(target));
+        } else if kind.is_file() {
+            let mode = entry.header().mode()? & 0o7777;
+            let mut data = Vec::with_capacity(entry.size() as usize);
+            entry
+                .read_to_end(&mut data)
+                .with_context(|| format!("reading /{rel} from {tar}"))?;
+            found.insert(dest, ToolEntry::File(data, mode));
+        }
+    }
+    for need in ["bin/busybox", "bin/zstd", "bin/sfdisk"] {
+        ensure!(
+            found.contains_key(need),
+            "{tar}: no /{need} (the packages {} should provide it)",
+            TOOL_PACKAGES.join(", ")
+        );
+    }
+    Ok(found)
+}
+
+/// The gzip-compressed initramfs: the tools, the modules and `/init`.
+fn initramfs(
+    op: &Installer,
+    payload: &Payload,
+    modules: Vec<(String, Vec<u8>)>,
+) -> Result<Vec<u8>> {
+    let tools = tool_files(&op.tools_tar)?;
+    let mut c = Cpio::new(op.epoch);
+    let mut dirs: std::collections::BTreeSet<String> = [
+        "bin",
+        "dev",
+        "lib",
+        "lib/modules",
+        "media",
+        "proc",
+        "run",
+        "sys",
+        "tmp",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    for p in tools.keys() {
+        let mut d = Utf8Path::new(p).parent();
+        while let Some(x) = d.filter(|x| !x.as_str().is_empty()) {
+            dirs.insert(x.to_string());
+            d = x.parent();
+        }
+    }
+    for d in &dirs {
+        c.dir(d);
+    }
+    c.char_node("dev/console", 5, 1);
+    for (p, e) in &tools {
+        match e {
+            ToolEntry::File(data, mode) => c.file(p, *mode, data),
+            ToolEntry::Link(t) => c.symlink(p, t),
+        }
+    }
+    let names: Vec<String> = modules.iter().map(|(f, _)| f.clone()).collect();
+    for (f, data) in &modules {
+        c.file(&format!("lib/modules/{f}"), 0o644, data);
+    }
+    let script = init_script(&Settings {
+        name: op.name.clone(),
+        version: op.version.clone(),
+        bytes: payload.bytes,
+        sha256: payload.sha256.clone(),
+        wipe: op.wipe,
+        modules: names,
+    });
+    c.file("init", 0o755, script.as_bytes());
+    let cpio = c.finish();
+    let mut gz = flate2::GzBuilder::new()
+        .mtime(0)
+        .write(Vec::new(), flate2::Compression::default());
+    gz.write_all(&cpio)?;
+    Ok(gz.finish()?)
+}
+
+/// The installer's kernel command line (console on the serial port; the
+/// installer also prints to the screen).
+const KERNEL_ARGS: &str = "console=ttyS0,115200n8";
+
+/// Built into both GRUB images: find the medium (by a file only the
+/// installer ISO has) and take `/boot/grub/grub.cfg` from it; GRUB's normal
+/// mode then reads the menu from that prefix.
+const EARLY_CFG: &str = "serial --unit=0 --speed=115200\n\
+                         terminal_input serial console\n\
+                         terminal_output serial console\n\
+                         search --no-floppy --file --set=root /kiln/disk.img.sha256\n\
+                         set prefix=($root)/boot/grub\n";
+
+/// GRUB's menu (`/boot/grub/grub.cfg`): install (default, after `timeout`), boot the installed
+/// system (the default instead when a disk already holds this appliance's
+/// root), a rescue shell.
+fn grub_cfg(op: &Installer, layout: &Layout) -> String {
+    let uuid = &layout.root_fs_uuid;
+    format!(
+        "# Written by kiln: the {name} {version} installer.\n\
+         serial --unit=0 --speed=115200\n\
+         terminal_input serial console\n\
+         terminal_output serial console\n\
+         set timeout={timeout}\n\
+         set default=install\n\
+         search --no-floppy --fs-uuid --set=installed {uuid}\n\
+         if [ -n \"$installed\" ]; then set default=installed; fi\n\
+         search --no-floppy --file --set=root /kiln/disk.img.sha256\n\
+         menuentry '{title}' --id install {{\n\
+         \x20 linux /kiln/vmlinuz {KERNEL_ARGS} kiln.action=install\n\
+         \x20 initrd /kiln/initrd.img\n\
+         }}\n\
+         menuentry 'Boot installed system' --id installed {{\n\
+         \x20 search --no-floppy --fs-uuid --set=root {uuid}\n\
+         \x20 linux /vmlinuz {cmdline}\n\
+         \x20 initrd /initrd.img\n\
+         }}\n\
+         menuentry 'Rescue shell' --id rescue {{\n\
+         \x20 linux /kiln/vmlinuz {KERNEL_ARGS} kiln.action=rescue\n\
+         \x20 initrd /kiln/initrd.img\n\
+         }}\n",
+        name = op.name,
+        version = op.version,
+        timeout = op.timeout,
+        title = op.title.replace('\'', ""),
+        cmdline = layout.cmdline,
+    )
+}
+
+/// What `/init` is built with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub name: String,
+    pub version: String,
+    /// The raw image's size and sha256.
+    pub bytes: u64,
+    pub sha256: String,
+    /// The recipe's `iso.wipe`.
+    pub wipe: bool,
+    /// Module files under `/lib/modules/`, in load order.
+    pub modules: Vec<String>,
+}
+
+/// The installer, a busybox sh script run as `/init`:
+///
+/// 1. finds the install medium (the ISO 9660 file system holding
+///    `/kiln/disk.img.sha256`) on any block device;
+/// 2. picks the target: `kiln.disk=` (`vda` or `/dev/vda`), else the first
+///    disk that is not the medium, not removable, not read-only and at
+///    least the image's size;
+/// 3. refuses a disk with partitions or a partition table unless
+///    `iso.wipe` or `kiln.wipe=1`;
+/// 4. clears the disk's first and last MiB, streams the image onto it
+///    from the second MiB on (zstd → tee → dd) while sha256sum reads the
+///    same bytes, printing progress; compares the sha256;
+/// 5. only then writes the first MiB (the partition table), moves the
+///    GPT's backup header to the disk's end (`sfdisk --relocate`), syncs,
+///    and reboots (`kiln.done=poweroff` powers off).
+///
+/// On any failure it prints [`FAIL_MARKER`] and the reason and stops at a
+/// shell (`kiln.fail=poweroff` powers off): the partition table is
+/// written last, so a failed install never leaves a bootable disk.
+pub fn init_script(s: &Settings) -> String {
+    let mut o = String::new();
+    o.push_str(&format!(
+        "#!/bin/busybox sh\n\
+         # kiln's installer of {name} {version}: writes the appliance's disk onto a target disk.\n\
+         /bin/busybox mkdir -p /proc /sys /dev /run /tmp /media\n\
+         /bin/busybox mount -t proc proc /proc\n\
+         /bin/busybox --install -s /bin\n\
+         export PATH=/bin LD_LIBRARY_PATH=/lib/x86_64-linux-gnu\n\
+         mount -t sysfs sysfs /sys\n\
+         mount -t devtmpfs devtmpfs /dev\n\
+         NAME='{name}'; VERSION='{version}'; IMAGE_BYTES={bytes}; IMAGE_SHA256={sha}\n\
+         WIPE={wipe}; DISK=; ACTION=install; DONE=reboot; FAIL=shell\n",
+        name = s.name,
+        version = s.version,
+        bytes = s.bytes,
+        sha = s.sha256,
+        wipe = u8::from(s.wipe),
+    ));
+    o.push_str(
+        "say() { echo \"kiln-installer: $*\" > /dev/console; echo \"kiln-installer: $*\" > /dev/tty0 2>/dev/null; }\n\
+         shell() { while :; do setsid cttyhack sh || sh; done; }\n\
+         stop() {\n\
+         \x20 say \"FAILED: $*\"\n\
+         \x20 say \"nothing was made bootable and nothing reboots\"\n\
+         \x20 [ -n \"$pp\" ] && kill \"$pp\" 2>/dev/null\n\
+         \x20 sync\n\
+         \x20 if [ \"$FAIL\" = poweroff ]; then poweroff -f; fi\n\
+         \x20 say \"a shell follows (kiln.fail=poweroff powers off instead)\"\n\
+         \x20 shell\n\
+         }\n",
+    );
+    for m in &s.modules {
+        o.push_str(&format!("insmod /lib/modules/{m} 2>/dev/null\n"));
+    }
+    o.push_str(
+        "for a in $(cat /proc/cmdline); do\n\
+         \x20 case \"$a\" in\n\
+         \x20   kiln.disk=*) DISK=\"${a#kiln.disk=}\"; DISK=\"${DISK#/dev/}\" ;;\n\
+         \x20   kiln.wipe=*) WIPE=\"${a#kiln.wipe=}\" ;;\n\
+         \x20   kiln.action=*) ACTION=\"${a#kiln.action=}\" ;;\n\
+         \x20   kiln.done=*) DONE=\"${a#kiln.done=}\" ;;\n\
+         \x20   kiln.fail=*) FAIL=\"${a#kiln.fail=}\" ;;\n\
+         \x20 esac\n\
+         done\n\
+         if [ \"$ACTION\" = rescue ]; then say \"rescue shell ($NAME $VERSION installer)\"; shell; fi\n\
+         say \"$NAME $VERSION: looking for the install medium\"\n\
+         medium=; i=0\n\
+         while [ -z \"$medium\" ]; do\n\
+         \x20 for p in /sys/class/block/*; do\n\
+         \x20   d=${p##*/}\n\
+         \x20   case \"$d\" in loop*|ram*|zram*) continue ;; esac\n\
+         \x20   if mount -t iso9660 -o ro \"/dev/$d\" /media 2>/dev/null; then\n\
+         \x20     if [ -f /media/kiln/disk.img.sha256 ] && [ \"$(cut -d' ' -f1 /media/kiln/disk.img.sha256)\" = \"$IMAGE_SHA256\" ]; then\n\
+         \x20       medium=$d; break\n\
+         \x20     fi\n\
+         \x20     umount /media\n\
+         \x20   fi\n\
+         \x20 done\n\
+         \x20 [ -n \"$medium\" ] && break\n\
+         \x20 i=$((i + 1)); [ $i -le 60 ] || stop \"no install medium with /kiln/disk.img.sha256 of this installer found\"\n\
+         \x20 sleep 1\n\
+         done\n\
+         # The medium's whole disk (a USB stick's partition belongs to it).\n\
+         if [ -f \"/sys/class/block/$medium/partition\" ]; then medium=$(basename \"$(readlink -f \"/sys/class/block/$medium/..\")\"); fi\n\
+         say \"install medium: /dev/$medium\"\n\
+         bytes() { echo $(( $(cat \"/sys/block/$1/size\") * 512 )); }\n\
+         if [ -z \"$DISK\" ]; then\n\
+         \x20 for p in /sys/block/*; do\n\
+         \x20   d=${p##*/}\n\
+         \x20   case \"$d\" in loop*|ram*|zram*|sr*|fd*) continue ;; esac\n\
+         \x20   [ \"$d\" = \"$medium\" ] && continue\n\
+         \x20   [ \"$(cat \"$p/removable\")\" = 1 ] && { say \"skipping /dev/$d: removable\"; continue; }\n\
+         \x20   [ \"$(cat \"$p/ro\")\" = 1 ] && { say \"skipping /dev/$d: read-only\"; continue; }\n\
+         \x20   if [ \"$(bytes \"$d\")\" -lt \"$IMAGE_BYTES\" ]; then say \"skipping /dev/$d: $(bytes \"$d\") bytes, smaller than the image ($IMAGE_BYTES bytes)\"; continue; fi\n\
+         \x20   DISK=$d; break\n\
+         \x20 done\n\
+         \x20 [ -n \"$DISK\" ] || stop \"no target disk: none is fixed, writable and at least $IMAGE_BYTES bytes (the image's size); kiln.disk= names one\"\n\
+         fi\n\
+         [ -b \"/dev/$DISK\" ] && [ -d \"/sys/block/$DISK\" ] || stop \"kiln.disk=$DISK is not a disk\"\n\
+         [ \"$DISK\" = \"$medium\" ] && stop \"kiln.disk=$DISK is the install medium\"\n\
+         size=$(bytes \"$DISK\")\n\
+         [ \"$size\" -ge \"$IMAGE_BYTES\" ] || stop \"/dev/$DISK holds $size bytes, smaller than the image ($IMAGE_BYTES bytes)\"\n\
+         parts=$(cd \"/sys/block/$DISK\" && ls -d \"$DISK\"* 2>/dev/null)\n\
+         sig=$(od -An -tx1 -j510 -N2 \"/dev/$DISK\" | tr -d ' \\n')\n\
+         gpt=$(dd if=\"/dev/$DISK\" bs=512 skip=1 count=1 2>/dev/null | head -c 8)\n\
+         if [ -n \"$parts\" ] || [ \"$sig\" = 55aa ] || [ \"$gpt\" = 'EFI PART' ]; then\n\
+         \x20 [ \"$WIPE\" = 1 ] || stop \"/dev/$DISK holds partitions (${parts:-a partition table}); it was left untouched. Boot with kiln.wipe=1 to overwrite it, or kiln.disk= to pick another disk\"\n\
+         \x20 say \"/dev/$DISK holds partitions; overwriting them (wipe)\"\n\
+         fi\n\
+         say \"installing $NAME $VERSION onto /dev/$DISK ($size bytes): $IMAGE_BYTES bytes\"\n\
+         # Nothing bootable until the image is verified: clear the first and last MiB.\n\
+         dd if=/dev/zero of=\"/dev/$DISK\" bs=1M count=1 conv=fsync 2>/dev/null || stop \"cannot write /dev/$DISK\"\n\
+         dd if=/dev/zero of=\"/dev/$DISK\" bs=512 seek=$((size / 512 - 2048)) count=2048 conv=fsync 2>/dev/null || stop \"cannot write the end of /dev/$DISK\"\n\
+         progress() {\n\
+         \x20 while sleep 5; do\n\
+         \x20   set -- $(cat \"/sys/block/$DISK/stat\")\n\
+         \x20   say \"written $(( $7 / 2048 )) MiB of $(( IMAGE_BYTES / 1048576 )) MiB\"\n\
+         \x20 done\n\
+         }\n\
+         progress & pp=$!\n\
+         rm -f /tmp/hash; mkfifo /tmp/hash\n\
+         sha256sum < /tmp/hash > /tmp/sum & hp=$!\n\
+         set -o pipefail\n\
+         zstd -dcq /media/kiln/disk.img.zst | tee /tmp/hash | { dd of=/tmp/head bs=1M count=1 iflag=fullblock 2>/dev/null && dd of=\"/dev/$DISK\" bs=1M seek=1 iflag=fullblock conv=fsync 2>/dev/null; }\n\
+         rc=$?\n\
+         set +o pipefail\n\
+         wait $hp\n\
+         kill $pp 2>/dev/null; pp=\n\
+         [ $rc -eq 0 ] || stop \"writing the image onto /dev/$DISK failed (status $rc): the payload is damaged or the disk failed\"\n\
+         got=$(cut -d' ' -f1 /tmp/sum)\n\
+         [ \"$got\" = \"$IMAGE_SHA256\" ] || stop \"sha256 mismatch: the image written is $got, expected $IMAGE_SHA256 (a damaged medium)\"\n\
+         [ \"$(wc -c < /tmp/head)\" -eq 1048576 ] || stop \"the image's first MiB is incomplete\"\n\
+         say \"sha256 verified; writing the partition table\"\n\
+         dd if=/tmp/head of=\"/dev/$DISK\" bs=1M count=1 conv=fsync 2>/dev/null || stop \"cannot write the partition table of /dev/$DISK\"\n\
+         if ! sfdisk --relocate gpt-bak-std \"/dev/$DISK\" > /tmp/sfdisk.log 2>&1; then\n\
+         \x20 cat /tmp/sfdisk.log > /dev/console\n\
+         \x20 dd if=/dev/zero of=\"/dev/$DISK\" bs=1M count=1 conv=fsync 2>/dev/null\n\
+         \x20 stop \"moving the GPT backup header to the end of /dev/$DISK failed\"\n\
+         fi\n\
+         sync\n\
+         umount /media 2>/dev/null\n\
+         say \"install complete: $NAME $VERSION on /dev/$DISK\"\n\
+         if [ \"$DONE\" = poweroff ]; then poweroff -f; fi\n\
+         reboot -f\n",
+    );
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings {
+        Settings {
+            name: "demo".into(),
+            version: "1.0".into(),
+            bytes: 1 << 30,
+            sha256: "ab".repeat(32),
+            wipe: false,
+            modules: vec!["isofs.ko".into()],
+        }
+    }
+
+    /// The partition table is written only after the sha256 check, and
+    /// every failure goes through `stop` (no reboot on that path).
+    #[test]
+    fn the_partition_table_is_written_after_the_check() {
+        let s = init_script(&settings());
+        assert!(s.starts_with("#!/bin/busybox sh\n"));
+        assert!(s.contains("IMAGE_BYTES=1073741824;"));
+        assert!(s.contains(&format!("IMAGE_SHA256={}", "ab".repeat(32))));
+        assert!(s.contains("WIPE=0;"));
+        assert!(s.contains("insmod /lib/modules/isofs.ko"));
+        let check = s.find("[ \"$got\" = \"$IMAGE_SHA256\" ]").unwrap();
+        let head = s.find("dd if=/tmp/head").unwrap();
+        let reboot = s.rfind("reboot -f").unwrap();
+        assert!(check < head && head < reboot, "{s}");
+        let stop = &s[s.find("stop() {").unwrap()..s.find("\n}\n").unwrap()];
+        assert!(!stop.contains("reboot -f"), "{stop}");
+        assert!(s.contains(&format!(
+            "say \"{}",
+            &DONE_MARKER["kiln-installer: ".len()..]
+        )));
+        assert!(s.contains(&format!(
+            "say \"{}",
+            &FAIL_MARKER["kiln-installer: ".len()..]
+        )));
+        let w = init_script(&Settings {
+            wipe: true,
+            ..settings()
+        });
+        assert!(w.contains("WIPE=1;"));
+    }
+
+    /// The script passes shellcheck as POSIX sh where shellcheck exists.
+    #[test]
+    fn the_installer_script_is_valid_sh() {
+        if !crate::testing::require(&["shellcheck"]) {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("init");
+        std::fs::write(&p, init_script(&settings())).unwrap();
+        let out = std::process::Command::new("shellcheck")
+            .args(["-s", "sh", "-S", "error"])
+            .arg(&p)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+
+    #[test]
+    fn volume_ids_are_iso9660_safe() {
+        assert_eq!(volid("demo"), "KILN_DEMO");
+        assert_eq!(volid("my-app.x"), "KILN_MY_APP_X");
+        assert_eq!(volid(&"a".repeat(40)).len(), 32);
+    }
+}

@@ -1,0 +1,335 @@
+//! The offline installer ISO (`iso.mode: installer`, the demo's default):
+//! built once per test process and read back with real tools, then booted
+//! under qemu (TCG) with OVMF and SeaBIOS onto throw-away disks.
+
+mod support;
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use camino::{Utf8Path, Utf8PathBuf};
+use support::{sh, Project};
+use xtask::iso::installer::{DONE_MARKER, FAIL_MARKER};
+use xtask::tools::qemu_system::{Boot, Firmware};
+use xtask::tools::{run_until, Watch};
+
+const BUILD_TOOLS: &[&str] = &[
+    "xorriso",
+    "mmdebstrap",
+    "grub-mkimage",
+    "mkfs.vfat",
+    "mcopy",
+];
+const BOOT_TOOLS: &[&str] = &["qemu-system-x86_64", "/usr/share/OVMF/OVMF_CODE_4M.fd"];
+/// An install under TCG on a shared two-core machine, with room to spare.
+const INSTALL_LIMIT: Duration = Duration::from_secs(2400);
+
+struct Built {
+    project: Project,
+    iso: Utf8PathBuf,
+}
+
+/// `cargo xtask iso` of the demo once (the demo recipe has no base ISO,
+/// so it builds the installer), on the suite's shared cache.
+fn built() -> Option<&'static Built> {
+    if !xtask::testing::require(BUILD_TOOLS) {
+        return None;
+    }
+    static B: OnceLock<Built> = OnceLock::new();
+    Some(B.get_or_init(|| {
+        let p = Project::demo_for_process().share_cache();
+        p.run(&["iso"]);
+        let name = p
+            .outputs()
+            .into_iter()
+            .find(|n| n.ends_with(".iso"))
+            .expect("an ISO in output/");
+        let iso = p.path("output").join(name);
+        Built { project: p, iso }
+    }))
+}
+
+fn tempdir() -> (tempfile::TempDir, Utf8PathBuf) {
+    let d = tempfile::Builder::new()
+        .prefix("kiln-installer-")
+        .tempdir()
+        .unwrap();
+    let p = Utf8PathBuf::from_path_buf(d.path().to_path_buf()).unwrap();
+    (d, p)
+}
+
+fn extract(iso: &Utf8Path, from: &str, to: &Utf8Path) {
+    xtask::tools::run(&xtask::tools::xorriso::extract(
+        iso,
+        &[(from.to_string(), to.to_string())],
+    ))
+    .unwrap();
+}
+
+/// The payload on the ISO decompresses to the disk whose sha256 the ISO
+/// records; the disk holds the appliance's GPT; the ISO has BIOS and UEFI
+/// El Torito entries and the ESP as an appended partition.
+#[test]
+fn the_iso_is_hybrid_and_carries_the_verified_disk() {
+    let Some(b) = built() else { return };
+    // `two_builds_are_byte_identical` publishes the ISO again.
+    let _g = support::heavy();
+    support::assert_published_sha256(&b.iso);
+    let report = sh(
+        "xorriso",
+        &[
+            "-no_rc",
+            "-indev",
+            b.iso.as_str(),
+            "-report_el_torito",
+            "plain",
+            "-report_system_area",
+            "plain",
+        ],
+    );
+    assert!(
+        report.contains("El Torito boot img :   1  BIOS"),
+        "{report}"
+    );
+    assert!(
+        report.contains("El Torito boot img :   2  UEFI"),
+        "{report}"
+    );
+    assert!(report.contains("GPT partition name :   2"), "{report}");
+    let (_d, dir) = tempdir();
+    extract(&b.iso, "/kiln/disk.img.zst", &dir.join("disk.img.zst"));
+    extract(
+        &b.iso,
+        "/kiln/disk.img.sha256",
+        &dir.join("disk.img.sha256"),
+    );
+    extract(&b.iso, "/boot/grub/grub.cfg", &dir.join("grub.cfg"));
+    let raw = dir.join("disk.img");
+    sh(
+        "zstd",
+        &["-dq", dir.join("disk.img.zst").as_str(), "-o", raw.as_str()],
+    );
+    let recorded = std::fs::read_to_string(dir.join("disk.img.sha256")).unwrap();
+    assert_eq!(
+        recorded.split_whitespace().next().unwrap(),
+        support::sha256(&raw)
+    );
+    let gpt = sh("sgdisk", &["-p", raw.as_str()]);
+    for name in ["bios", "esp", "root"] {
+        assert!(gpt.contains(name), "{gpt}");
+    }
+    // Sized to its content, far below the qcow2's 20 GiB.
+    assert!(std::fs::metadata(&raw).unwrap().len() < 4 << 30);
+    let cfg = std::fs::read_to_string(dir.join("grub.cfg")).unwrap();
+    for entry in [
+        "--id install",
+        "'Boot installed system'",
+        "'Rescue shell'",
+        "set default=install",
+    ] {
+        assert!(cfg.contains(entry), "{cfg}");
+    }
+}
+
+/// The ISO step run again from the same inputs writes the same bytes.
+#[test]
+fn two_builds_are_byte_identical() {
+    let Some(b) = built() else { return };
+    let _g = support::heavy();
+    let p = &b.project;
+    let (_d, dir) = tempdir();
+    let first = dir.join("first.iso");
+    std::fs::copy(&b.iso, &first).unwrap();
+    // Drop the ISO step's cache entry (the one the published file links
+    // to), so the step runs again on the cached disk,
+    // root and tools.
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(&b.iso).unwrap().ino();
+    let name = b.iso.file_name().unwrap();
+    let entry = std::fs::read_dir(p.cache_dir().join("iso-amd64"))
+        .unwrap()
+        .map(|e| Utf8PathBuf::from_path_buf(e.unwrap().path()).unwrap())
+        .find(|d| std::fs::metadata(d.join(name)).is_ok_and(|m| m.ino() == ino))
+        .expect("the cache entry of the published ISO");
+    std::fs::remove_dir_all(&entry).unwrap();
+    let out = support::stderr(&p.run(&["iso"]));
+    assert!(out.contains("iso-amd64: running"), "{out}");
+    assert_eq!(support::sha256(&first), support::sha256(&b.iso));
+}
+
+fn blank_disk(dir: &Utf8Path, name: &str, size: &str) -> Utf8PathBuf {
+    let d = dir.join(name);
+    sh("qemu-img", &["create", "-f", "raw", d.as_str(), size]);
+    d
+}
+
+/// Boot the installer from `iso` (a CD-ROM, or with `usb` a USB stick)
+/// with `disk` attached; returns what `run_until` saw for `patterns`.
+fn boot_installer(
+    firmware: Firmware,
+    iso: &Utf8Path,
+    disk: &Utf8Path,
+    dir: &Utf8Path,
+    usb: bool,
+    patterns: &[&str],
+) -> Watch {
+    let mut b = Boot::new(firmware).disk(disk, "raw");
+    if firmware == Firmware::Uefi {
+        b = b.vars(&support::uefi_vars(dir, xtask::recipe::Arch::Amd64));
+    }
+    let mut cmd = if usb {
+        b.cmd().args([
+            "-drive".to_string(),
+            format!("if=none,id=stick,format=raw,readonly=on,file={iso}"),
+            "-device".into(),
+            "qemu-xhci".into(),
+            "-device".into(),
+            "usb-storage,drive=stick,bootindex=0".into(),
+        ])
+    } else {
+        b.cdrom(iso).cmd()
+    };
+    cmd = cmd.args(["-nic", "none"]);
+    run_until(&cmd, patterns, INSTALL_LIMIT).unwrap()
+}
+
+fn install_then_boot(firmware: Firmware, usb: bool) {
+    let b = built().unwrap();
+    let (_d, dir) = tempdir();
+    let disk = blank_disk(&dir, "target.raw", "4G");
+    match boot_installer(firmware, &b.iso, &disk, &dir, usb, &[DONE_MARKER]) {
+        Watch::Matched { .. } => {}
+        other => panic!("{firmware:?}: the install did not complete: {other:?}"),
+    }
+    // The disk alone boots the appliance.
+    let mut boot = Boot::new(firmware).disk(&disk, "raw");
+    if firmware == Firmware::Uefi {
+        boot = boot.vars(&support::uefi_vars(&dir, xtask::recipe::Arch::Amd64));
+    }
+    let console = support::boot(
+        &boot.cmd(),
+        &["demo: first boot complete"],
+        Duration::from_secs(900),
+    );
+    assert!(
+        !console.contains("Kernel panic"),
+        "{}",
+        support::tail(&console)
+    );
+}
+
+/// Install from the CD-ROM under OVMF and SeaBIOS onto a blank virtio disk
+/// (side by side), then boot each disk alone to the demo's first boot.
+#[test]
+fn installs_under_uefi_and_bios_and_the_disk_boots() {
+    if built().is_none() || !xtask::testing::require(BOOT_TOOLS) {
+        return;
+    }
+    let _g = support::heavy();
+    std::thread::scope(|s| {
+        let u = s.spawn(|| install_then_boot(Firmware::Uefi, false));
+        let b = s.spawn(|| install_then_boot(Firmware::Bios, false));
+        u.join().unwrap();
+        b.join().unwrap();
+    });
+}
+
+/// The ISO written to a raw file used as a USB stick boots the installer
+/// under OVMF.
+#[test]
+fn installs_from_a_usb_stick_under_uefi() {
+    if built().is_none() || !xtask::testing::require(BOOT_TOOLS) {
+        return;
+    }
+    let _g = support::heavy();
+    install_then_boot(Firmware::Uefi, true);
+}
+
+/// A refusal: the console shows the failure with `reason`, qemu is still
+/// running (nothing rebooted), and the disk's first MiB is as it was.
+fn refuses(firmware: Firmware, iso: &Utf8Path, disk: &Utf8Path, dir: &Utf8Path, reason: &str) {
+    let before = support::sha256(disk);
+    match boot_installer(firmware, iso, disk, dir, false, &[FAIL_MARKER, reason]) {
+        Watch::Matched { output } => {
+            assert!(!output.contains(DONE_MARKER), "{}", support::tail(&output))
+        }
+        other => panic!("no refusal `{reason}`: {other:?}"),
+    }
+    if reason.contains("partitions") || reason.contains("no target disk") {
+        assert_eq!(before, support::sha256(disk), "the disk was written to");
+    } else {
+        let mut head = vec![0u8; 1 << 20];
+        std::io::Read::read_exact(&mut std::fs::File::open(disk).unwrap(), &mut head).unwrap();
+        assert!(
+            head.iter().all(|&b| b == 0),
+            "a partition table was written"
+        );
+    }
+}
+
+/// A disk that holds partitions is left untouched; a disk smaller than
+/// the image is not picked; a damaged payload stops before any partition
+/// table is written.
+#[test]
+fn refusals_leave_the_disk_unbootable_and_do_not_reboot() {
+    let Some(b) = built() else { return };
+    if !xtask::testing::require(BOOT_TOOLS) || !xtask::testing::require(&["sgdisk"]) {
+        return;
+    }
+    let _g = support::heavy();
+    let (_d, dir) = tempdir();
+    let parted = blank_disk(&dir, "parted.raw", "4G");
+    sh("sgdisk", &["-n", "1:0:+100M", parted.as_str()]);
+    let small = blank_disk(&dir, "small.raw", "256M");
+    // A damaged payload: bytes in the middle of the zstd stream changed.
+    let damaged = dir.join("damaged.iso");
+    std::fs::copy(&b.iso, &damaged).unwrap();
+    let lba = sh(
+        "xorriso",
+        &[
+            "-no_rc",
+            "-indev",
+            damaged.as_str(),
+            "-find",
+            "/kiln/disk.img.zst",
+            "-exec",
+            "report_lba",
+        ],
+    );
+    // `File data lba:  xt , Startlba , Blocks , Filesize , 'path'`
+    let fields: Vec<u64> = lba
+        .lines()
+        .find_map(|l| l.strip_prefix("File data lba:"))
+        .expect("a report_lba line")
+        .split(',')
+        .take(4)
+        .map(|f| f.trim().parse().unwrap())
+        .collect();
+    let (start, size) = (fields[1], fields[3]);
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&damaged)
+            .unwrap();
+        f.write_all_at(&[0x55; 4096], start * 2048 + size / 2)
+            .unwrap();
+    }
+    let target = blank_disk(&dir, "target.raw", "4G");
+    std::thread::scope(|s| {
+        let d = dir.clone();
+        let (iso, p2, sm) = (&b.iso, &parted, &small);
+        let a = s.spawn(move || refuses(Firmware::Bios, iso, p2, &d, "holds partitions"));
+        let d2 = dir.clone();
+        let c = s.spawn(move || refuses(Firmware::Bios, iso, sm, &d2, "no target disk"));
+        a.join().unwrap();
+        c.join().unwrap();
+    });
+    refuses(
+        Firmware::Bios,
+        &damaged,
+        &target,
+        &dir,
+        "nothing was made bootable",
+    );
+}
