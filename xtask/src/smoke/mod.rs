@@ -890,7 +890,9 @@ fn accelerators(
 /// guest runs, whatever it prints later. Returns the verdict and what was
 /// seen.
 fn kvm_progresses(g: &Guest, o: &SmokeOptions, cpus: u32) -> Result<(bool, String)> {
-    let cmd = g.cmd(o, &BTreeMap::new(), None, cpus, "kvm").arg("-snapshot");
+    let cmd = g
+        .cmd(o, &BTreeMap::new(), None, cpus, "kvm")
+        .arg("-snapshot");
     let mut c = Console::spawn(&cmd)?;
     let time = Regex::new(r"\[\s*[1-9][0-9]*\.[0-9]{6}\]").expect("static regex");
     let w = c.wait_for(&time, 0, &[], Instant::now() + KVM_PROBE)?;
