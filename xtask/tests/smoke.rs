@@ -252,6 +252,20 @@ fn an_unknown_file_is_refused_by_name() {
     assert_smoke_left_nothing(&p);
 }
 
+/// The demo builds the offline installer ISO, which the smoke does not boot:
+/// `--format iso` says so and where it is tested, before building anything.
+#[test]
+fn the_offline_installer_iso_is_refused_with_where_it_is_tested() {
+    let p = Project::demo();
+    let e = p.fail(&["smoke", "--format", "iso"]);
+    assert!(
+        e.contains("iso.mode: installer") && e.contains("cargo xtask test --test installer"),
+        "{e}"
+    );
+    assert!(!p.path("output/smoke").exists());
+    assert!(p.outputs().is_empty(), "{:?}", p.outputs());
+}
+
 #[test]
 fn dry_run_lists_artifacts_and_checks_and_boots_nothing() {
     let p = Project::demo();

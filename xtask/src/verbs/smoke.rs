@@ -105,10 +105,24 @@ fn plan(cx: &Cx, r: &Resolved, format: FormatArg) -> Result<(Plan, Vec<Utf8PathB
     let mut plan = cx.plan("smoke");
     let mut out = Vec::new();
     let iso = r.recipe.iso.base.is_some();
+    let installer = r.recipe.iso.mode() == crate::recipe::iso::IsoMode::Installer;
+    if format == FormatArg::Iso && installer {
+        bail!(
+            "{}: the recipe builds the offline installer ISO (`iso.mode: installer`), which the \
+             smoke does not boot yet: it is installed onto a blank disk and that disk booted by \
+             `cargo xtask test --test installer`; smoke the qcow2 for the appliance itself",
+            r.file
+        );
+    }
     if format == FormatArg::Iso && !iso {
         bail!(
             "{}: no installer ISO to boot: the recipe has no `iso.base` (pass a built ISO as ARTIFACT)",
             r.file
+        );
+    }
+    if format == FormatArg::All && installer {
+        crate::ui::info(
+            "smoke: the offline installer ISO is not booted by the smoke yet (`cargo xtask test --test installer` installs it)",
         );
     }
     if format.takes(Format::Iso) && iso {
