@@ -188,16 +188,24 @@ fn qemu_in(dir: &str) -> Option<i32> {
     })
 }
 
-/// A smoke run left nothing: no work directory (`smoke.tmp-*`) in the
+/// A smoke run left nothing: no work directory (`smoke.tmp-<pid>`) in the
 /// cache, no partial report in output/, no process (qemu) naming the
-/// project or a smoke work directory.
+/// project or a smoke work directory. The cache may be the suite's shared
+/// one, where smokes of other test binaries run at the same time: a work
+/// directory (or a process naming one) counts only when the kiln that owned
+/// it (its pid) is gone.
 fn assert_smoke_left_nothing(p: &Project) {
     let cache = p.cache_dir();
+    let orphaned = |pid: &str| {
+        !pid.is_empty()
+            && pid.bytes().all(|b| b.is_ascii_digit())
+            && !Utf8Path::new("/proc").join(pid).exists()
+    };
     let work: Vec<String> = std::fs::read_dir(&cache)
         .map(|rd| {
             rd.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with("smoke.tmp-"))
+                .filter(|n| n.strip_prefix("smoke.tmp-").is_some_and(orphaned))
                 .collect()
         })
         .unwrap_or_default();
@@ -209,7 +217,17 @@ fn assert_smoke_left_nothing(p: &Project) {
         !p.path("output/.smoke.kiln-partial").exists(),
         "the partial report output/.smoke.kiln-partial was left"
     );
-    let procs = processes_mentioning(&[p.root.as_str(), &format!("{cache}/smoke.tmp-")]);
+    let prefix = format!("{cache}/smoke.tmp-");
+    let procs: Vec<String> = processes_mentioning(&[p.root.as_str(), &prefix])
+        .into_iter()
+        .filter(|line| {
+            line.contains(p.root.as_str())
+                || line.split(&prefix).skip(1).any(|rest| {
+                    let pid: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+                    orphaned(&pid)
+                })
+        })
+        .collect();
     assert!(procs.is_empty(), "processes left running: {procs:#?}");
 }
 
