@@ -49,15 +49,6 @@ fn built() -> Option<&'static Built> {
     }))
 }
 
-fn tempdir() -> (tempfile::TempDir, Utf8PathBuf) {
-    let d = tempfile::Builder::new()
-        .prefix("kiln-installer-")
-        .tempdir()
-        .unwrap();
-    let p = Utf8PathBuf::from_path_buf(d.path().to_path_buf()).unwrap();
-    (d, p)
-}
-
 fn extract(iso: &Utf8Path, from: &str, to: &Utf8Path) {
     xtask::tools::run(&xtask::tools::xorriso::extract(
         iso,
@@ -96,7 +87,7 @@ fn the_iso_is_hybrid_and_carries_the_verified_disk() {
         "{report}"
     );
     assert!(report.contains("GPT partition name :   2"), "{report}");
-    let (_d, dir) = tempdir();
+    let (_d, dir) = support::tempdir("kiln-installer-");
     extract(&b.iso, "/kiln/disk.img.zst", &dir.join("disk.img.zst"));
     extract(
         &b.iso,
@@ -137,7 +128,7 @@ fn two_builds_are_byte_identical() {
     let Some(b) = built() else { return };
     let _g = support::heavy();
     let p = &b.project;
-    let (_d, dir) = tempdir();
+    let (_d, dir) = support::tempdir("kiln-installer-");
     let first = dir.join("first.iso");
     std::fs::copy(&b.iso, &first).unwrap();
     // Drop the ISO step's cache entry (the one the published file links
@@ -195,7 +186,7 @@ fn boot_installer(
 
 fn install_then_boot(firmware: Firmware, usb: bool) {
     let b = built().unwrap();
-    let (_d, dir) = tempdir();
+    let (_d, dir) = support::tempdir("kiln-installer-");
     let disk = blank_disk(&dir, "target.raw", "4G");
     match boot_installer(firmware, &b.iso, &disk, &dir, usb, &[DONE_MARKER]) {
         Watch::Matched { .. } => {}
@@ -246,7 +237,7 @@ fn the_installer_boots_from_a_usb_stick_under_uefi() {
     }
     let _g = support::heavy();
     let b = built().unwrap();
-    let (_d, dir) = tempdir();
+    let (_d, dir) = support::tempdir("kiln-installer-");
     let disk = blank_disk(&dir, "target.raw", "4G");
     let started = "kiln-installer: installing ";
     match boot_installer(Firmware::Uefi, &b.iso, &disk, &dir, true, &[started]) {
@@ -295,7 +286,7 @@ fn refusals_leave_the_disk_unbootable_and_do_not_reboot() {
         return;
     }
     let _g = support::heavy();
-    let (_d, dir) = tempdir();
+    let (_d, dir) = support::tempdir("kiln-installer-");
     let parted = blank_disk(&dir, "parted.raw", "4G");
     sh("sgdisk", &["-n", "1:0:+100M", parted.as_str()]);
     let small = blank_disk(&dir, "small.raw", "256M");

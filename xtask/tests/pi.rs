@@ -122,15 +122,6 @@ fn boot_files(img: &Utf8Path, dir: &Utf8Path, files: &[&str]) {
     }
 }
 
-fn tempdir() -> (tempfile::TempDir, Utf8PathBuf) {
-    let d = tempfile::Builder::new()
-        .prefix("kiln-pi-")
-        .tempdir()
-        .unwrap();
-    let p = Utf8PathBuf::from_path_buf(d.path().to_path_buf()).unwrap();
-    (d, p)
-}
-
 /// The card as `dd` would write it, read back: an MBR (dos) table with the
 /// disk id the build derived, FAT32 at 4 MiB, the Linux root after it to
 /// the end of a power-of-two image; on the FAT partition the firmware pairs
@@ -249,7 +240,7 @@ fn the_card_boots_on_raspi3b_from_its_sd_card_then_grows_on_virt() {
     );
 
     // A fresh copy of the card on a larger disk, on qemu's generic arm64 machine.
-    let (_d, dir) = tempdir();
+    let (_d, dir) = support::tempdir("kiln-pi-");
     let card = dir.join("card.img");
     sh("cp", &["--sparse=always", b.raw.as_str(), card.as_str()]);
     boot_files(&card, &dir, &["vmlinuz", "initrd.img"]);
@@ -295,7 +286,7 @@ fn lint_names_what_would_not_boot() {
         return;
     }
     let b = built();
-    let (_d, dir) = tempdir();
+    let (_d, dir) = support::tempdir("kiln-pi-");
     let put = |fat: &str, dir: &Utf8Path, name: &str, text: &str| {
         let f = dir.join(name);
         std::fs::write(&f, text).unwrap();
@@ -404,7 +395,7 @@ fn the_secret_scan_reads_the_card() {
     assert!(e.contains("root/.ssh/id_ed25519"), "{}", tail(&e));
     assert!(p.outputs().is_empty(), "{:?}", p.outputs());
 
-    let (_d, dir) = tempdir();
+    let (_d, dir) = support::tempdir("kiln-pi-");
     let img = broken(b, &dir, "planted", |fat, dir| {
         let f = dir.join("id_rsa");
         std::fs::write(&f, key).unwrap();

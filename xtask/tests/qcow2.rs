@@ -49,15 +49,6 @@ fn built() -> &'static Built {
     })
 }
 
-fn tempdir() -> (tempfile::TempDir, Utf8PathBuf) {
-    let d = tempfile::Builder::new()
-        .prefix("kiln-qcow2-")
-        .tempdir()
-        .unwrap();
-    let p = Utf8PathBuf::from_path_buf(d.path().to_path_buf()).unwrap();
-    (d, p)
-}
-
 fn step_keys(p: &Project, recipe: &str) -> serde_json::Value {
     let out = p.run(&["--recipe", recipe, "--dry-run", "--json", "qcow2"]);
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -241,7 +232,7 @@ fn builder1_image_is_clean_and_laid_out() {
     support::assert_published_sha256(q);
 
     // Read the disk back: GPT with BIOS boot, ESP and a root-x86-64 partition.
-    let (_d, dir) = tempdir();
+    let (_d, dir) = support::tempdir("kiln-qcow2-");
     let raw = dir.join("disk.raw");
     support::qemu_convert(q, "qcow2", &raw, "raw");
     let gpt = sh("sgdisk", &["-p", raw.as_str()]);
@@ -494,7 +485,7 @@ fn builder2_customizes_a_vendor_image_and_it_boots() {
         !out.contains("First Boot Wizard"),
         "systemd-firstboot prompted"
     );
-    let (_d, dir) = tempdir();
+    let (_d, dir) = support::tempdir("kiln-qcow2-");
 
     // Bad inputs: checksum mismatch, corrupt base, virt-customize failure.
     let (p2, r2) = customize_project(&b.qcow2, &"0".repeat(64));
@@ -595,7 +586,7 @@ fn builder1_arm64_disk_boots_uefi_with_kiln_initrd() {
     assert!(check.contains("No errors were found"), "{check}");
 
     // GPT: ESP and a root-arm64 partition (sgdisk code 8305), no BIOS boot.
-    let (_d, dir) = tempdir();
+    let (_d, dir) = support::tempdir("kiln-qcow2-");
     let raw = dir.join("disk.raw");
     support::qemu_convert(&q, "qcow2", &raw, "raw");
     let gpt = sh("sgdisk", &["-p", raw.as_str()]);
@@ -755,7 +746,7 @@ fn builder1_snakeoil_pair_is_made_per_instance() {
     let q = p.path("output").join(name);
 
     // Read the root file system back: no pair, no hash link, the unit.
-    let (_d, dir) = tempdir();
+    let (_d, dir) = support::tempdir("kiln-qcow2-");
     let raw = dir.join("disk.raw");
     support::qemu_convert(&q, "qcow2", &raw, "raw");
     let fs = format!("{raw}?offset={}", support::partition_offset(&raw, 3));

@@ -738,3 +738,11 @@ pub fn assert_nothing_left(p: &Project) {
         );
     }
 }
+
+/// A temporary directory named `<prefix>…`, removed when the guard drops,
+/// and its path.
+pub fn tempdir(prefix: &str) -> (tempfile::TempDir, Utf8PathBuf) {
+    let d = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+    let p = Utf8PathBuf::from_path_buf(d.path().to_path_buf()).unwrap();
+    (d, p)
+}
