@@ -68,10 +68,80 @@ pub fn free_bytes(path: &Utf8Path) -> Result<u64> {
     Ok(s.f_bavail as u64 * s.f_frsize as u64)
 }
 
+/// Copy `src` to the end into `dst` (a new, empty file), leaving holes where
+/// whole blocks are zero: a decompressed disk image is mostly zeros, and a
+/// plain copy would allocate every byte of it. Returns the bytes copied.
+pub fn copy_sparse(src: &mut impl std::io::Read, dst: &mut std::fs::File) -> std::io::Result<u64> {
+    use std::io::{Seek, SeekFrom, Write};
+    const BLOCK: usize = 64 * 1024;
+    let mut buf = vec![0u8; BLOCK];
+    let mut total = 0u64;
+    loop {
+        // Fill a whole block (a reader may return less), so holes line up
+        // with file-system blocks.
+        let mut n = 0;
+        while n < BLOCK {
+            match src.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if n == 0 {
+            break;
+        }
+        if buf[..n].iter().all(|&b| b == 0) {
+            dst.seek(SeekFrom::Current(n as i64))?;
+        } else {
+            dst.write_all(&buf[..n])?;
+        }
+        total += n as u64;
+        if n < BLOCK {
+            break;
+        }
+    }
+    // A trailing hole has no bytes written after it: the length sets it.
+    dst.set_len(total)?;
+    Ok(total)
+}
+
 /// The kiln workspace (parent of `xtask/`), fixed at compile time.
 pub fn workspace_root() -> Utf8PathBuf {
     Utf8Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask has a parent")
         .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn a_sparse_copy_has_the_bytes_and_leaves_zero_blocks_unallocated() {
+        // 8 MiB of zeros around a few bytes of data, ending in a hole, and
+        // read in odd-sized pieces.
+        let mut data = vec![0u8; 8 << 20];
+        data[3 << 20..(3 << 20) + 5].copy_from_slice(b"kiln!");
+        data[100] = 7;
+        struct Dribble<'a>(&'a [u8]);
+        impl std::io::Read for Dribble<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = buf.len().min(self.0.len()).min(40_000);
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let mut t = tempfile::NamedTempFile::new().unwrap();
+        let n = super::copy_sparse(&mut Dribble(&data), t.as_file_mut()).unwrap();
+        assert_eq!(n, data.len() as u64);
+        assert_eq!(std::fs::read(t.path()).unwrap(), data);
+        let allocated = t.as_file().metadata().unwrap().blocks() * 512;
+        assert!(
+            allocated < 1 << 20,
+            "{allocated} bytes allocated for two 64 KiB blocks of data"
+        );
+    }
 }

@@ -342,7 +342,7 @@ fn builder1_two_builds_are_identical() {
     let recipe = small_recipe(&p, "");
     if std::env::var("KILN_TEST_FULL_REBUILD").as_deref() != Ok("1") {
         let from = b.project.cache_dir().join("qcow2-rootfs-amd64");
-        support::copy_tree(&from, &p.path("cache/qcow2-rootfs-amd64"));
+        support::link_tree(&from, &p.path("cache/qcow2-rootfs-amd64"));
     }
     p.run(&["--recipe", &recipe, "qcow2"]);
     let name = b.qcow2.file_name().unwrap();
@@ -665,7 +665,7 @@ fn builder1_arm64_disk_boots_uefi_with_kiln_initrd() {
     // Reproducible: a second project, same cached root, same bytes.
     let p2 = Project::demo();
     let recipe2 = arm64_recipe(&p2);
-    support::copy_tree(
+    support::link_tree(
         &p.cache_dir().join("qcow2-rootfs-arm64"),
         &p2.path("cache/qcow2-rootfs-arm64"),
     );

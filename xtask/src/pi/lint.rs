@@ -57,7 +57,10 @@ pub fn unpack(image: &Utf8Path, dir: &Utf8Path) -> Result<Utf8PathBuf> {
         let mut dec = zstd::stream::read::Decoder::new(src)
             .with_context(|| format!("reading the zstd stream {image}"))?;
         let mut out = File::create(&raw).with_context(|| format!("creating {raw}"))?;
-        std::io::copy(&mut dec, &mut out).with_context(|| format!("unpacking {image}"))?;
+        // Sparse: a card is mostly free space, and a smoke unpacks one per
+        // boot.
+        crate::fsutil::copy_sparse(&mut dec, &mut out)
+            .with_context(|| format!("unpacking {image}"))?;
         Ok(raw)
     } else if name.ends_with(".xz") {
         let raw = dir.join("image.img");

@@ -341,7 +341,7 @@ impl Walker {
                 let mut t = tempfile::NamedTempFile::new_in(&self.tmp)
                     .with_context(|| format!("creating a temporary file in {}", self.tmp))?;
                 let mut src = Cursor::new(head).chain(r);
-                std::io::copy(&mut src, t.as_file_mut())
+                crate::fsutil::copy_sparse(&mut src, t.as_file_mut())
                     .context("copying a nested image to a temporary file")?;
                 let w = Window::from_file(t.reopen()?, Some(path_of(&t)?))?;
                 Ok((w, Some(Temp::File(t))))

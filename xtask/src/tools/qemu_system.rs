@@ -167,10 +167,13 @@ impl Boot {
                         format!("file={p},media=cdrom,readonly=on,if=ide,index=2"),
                     ]);
                 }
+                // A guest writing zeros (an installer streaming an image
+                // onto a blank disk, mkfs) punches holes instead of
+                // allocating them: throw-away disks stay small.
                 Media::Disk { path, format } => {
                     c = c.args([
                         "-drive".to_string(),
-                        format!("file={path},format={format},if=virtio"),
+                        format!("file={path},format={format},if=virtio,discard=unmap,detect-zeroes=unmap"),
                     ]);
                 }
                 Media::Seed(path) if self.arch == Arch::Arm64 => {

@@ -540,6 +540,28 @@ pub fn copy_tree(from: &Utf8Path, to: &Utf8Path) {
     }
 }
 
+/// Hard-link the tree at `from` into `to` (directories made, symlinks
+/// recreated): for carrying a cache entry (a Debian root) into another
+/// project's cache. Entries are never written after they are published, so
+/// sharing their inodes is safe, and the copy takes no space: boot tests
+/// running side by side each carried over an 800 MB root before.
+pub fn link_tree(from: &Utf8Path, to: &Utf8Path) {
+    for e in walkdir::WalkDir::new(from) {
+        let e = e.unwrap_or_else(|e| panic!("walking {from}: {e}"));
+        let rel = e.path().strip_prefix(from).unwrap();
+        let dest = to.as_std_path().join(rel);
+        let ft = e.file_type();
+        if ft.is_dir() {
+            std::fs::create_dir_all(&dest).unwrap();
+        } else if ft.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(e.path()).unwrap(), &dest).unwrap();
+        } else {
+            std::fs::hard_link(e.path(), &dest)
+                .unwrap_or_else(|err| panic!("linking {} to {}: {err}", e.path().display(), dest.display()));
+        }
+    }
+}
+
 /// Step name to outcome (`ran`, `cached`) from a verb's `--json` report (the
 /// last line of its stdout).
 pub fn outcomes(o: &Output) -> std::collections::BTreeMap<String, String> {
