@@ -176,17 +176,22 @@ pub fn run(cargo_args: &[String]) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     ));
+    let ledger = logs.join(LEDGER);
     let start = Instant::now();
     let (tx, rx) = std::sync::mpsc::channel::<Ran>();
     let mut done: Vec<Ran> = Vec::new();
+    let low = LowWater::default();
     std::thread::scope(|s| -> Result<()> {
+        s.spawn(|| low.watch(&logs));
         for b in &bins {
             let tx = tx.clone();
+            let ledger = &ledger;
             let log = logs.join(format!("{}.log", b.name.replace('/', "-")));
             let args = &binary_args;
             s.spawn(move || {
                 let t = Instant::now();
-                let cmd = tools::cargo::test_binary(&b.exe, args, &b.dir, &log);
+                let cmd = tools::cargo::test_binary(&b.exe, args, &b.dir, &log)
+                    .env("KILN_TEST_LEDGER", ledger.as_str());
                 let failure = match tools::run_unchecked(&cmd) {
                     Ok(Ok(_)) => None,
                     Ok(Err(f)) => Some(f.status),
@@ -201,14 +206,101 @@ pub fn run(cargo_args: &[String]) -> Result<()> {
             });
         }
         drop(tx);
-        for ran in rx {
-            print_log(&ran)?;
-            done.push(ran);
-        }
-        Ok(())
+        let printed = (|| -> Result<()> {
+            for ran in rx {
+                print_log(&ran)?;
+                done.push(ran);
+            }
+            Ok(())
+        })();
+        low.stop();
+        printed
     })?;
     crate::signals::check()?;
+    let held = std::fs::read_to_string(&ledger).unwrap_or_default();
+    print!("{}", slot_report(&held));
+    if let Some(free) = low.lowest() {
+        println!(
+            "lowest free disk space beside {target} during the run: {:.1} GiB",
+            free as f64 / (1u64 << 30) as f64
+        );
+    }
     summary(&done, start.elapsed())
+}
+
+/// Where the tests' heavy-slot guards record their waits and holds, in the
+/// logs directory: `binary<TAB>test<TAB>waited s<TAB>held s` per line.
+const LEDGER: &str = "heavy-slots.tsv";
+
+/// The lowest free space seen on the file system of the test logs (the
+/// target directory, where the suite's shared cache lives), sampled every
+/// few seconds while the binaries run: a full disk fails tests far from
+/// its cause, and this names it in the summary.
+#[derive(Default)]
+struct LowWater {
+    lowest: std::sync::Mutex<Option<u64>>,
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl LowWater {
+    fn watch(&self, dir: &Utf8Path) {
+        use std::sync::atomic::Ordering;
+        while !self.done.load(Ordering::Relaxed) {
+            if let Ok(free) = crate::fsutil::free_bytes(dir) {
+                let mut l = self.lowest.lock().unwrap_or_else(|e| e.into_inner());
+                *l = Some(l.map_or(free, |v| v.min(free)));
+            }
+            for _ in 0..20 {
+                if self.done.load(Ordering::Relaxed) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        }
+    }
+
+    fn stop(&self) {
+        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn lowest(&self) -> Option<u64> {
+        *self.lowest.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The heavy-slot ledger as a table: each binary's total hold, then the
+/// tests that held a slot longest. Empty when nothing held one.
+pub fn slot_report(ledger: &str) -> String {
+    let mut rows: Vec<(&str, &str, u64, u64)> = ledger
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split('\t');
+            let (b, t) = (f.next()?, f.next()?);
+            let waited = f.next()?.parse().ok()?;
+            let held = f.next()?.parse().ok()?;
+            Some((b, t, waited, held))
+        })
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut per_binary: std::collections::BTreeMap<&str, u64> = Default::default();
+    for r in &rows {
+        *per_binary.entry(r.0).or_default() += r.3;
+    }
+    let total: u64 = per_binary.values().sum();
+    let mut out = format!("\nheavy slots held ({total} s in all):\n");
+    let mut bins: Vec<_> = per_binary.into_iter().collect();
+    bins.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    for (b, held) in bins {
+        out += &format!("  {b:<12} {held:>6} s\n");
+    }
+    rows.sort_by(|a, b| b.3.cmp(&a.3).then(a.1.cmp(b.1)));
+    out += "longest holders (waited, held):\n";
+    for (b, t, waited, held) in rows.iter().take(12) {
+        out += &format!("  {:>5} s {:>5} s  {b}::{t}\n", waited, held);
+    }
+    out
 }
 
 fn print_log(ran: &Ran) -> Result<()> {
@@ -317,6 +409,25 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn the_slot_report_sums_binaries_and_ranks_holders() {
+        assert_eq!(slot_report(""), "");
+        let ledger = "pi\tboots\t10\t300\nqcow2\tbuilds\t0\t120\npi\tlints\t5\t20\nbroken line\n";
+        let r = slot_report(ledger);
+        assert!(r.contains("(440 s in all)"), "{r}");
+        let pi = r.find("  pi ").unwrap();
+        let qcow2 = r.find("  qcow2 ").unwrap();
+        assert!(pi < qcow2, "{r}");
+        assert!(r.contains("   320 s"), "{r}");
+        let boots = r.find("pi::boots").unwrap();
+        let lints = r.find("pi::lints").unwrap();
+        assert!(
+            boots < r.find("qcow2::builds").unwrap() && r.find("qcow2::builds").unwrap() < lints,
+            "{r}"
+        );
+        assert!(r.contains("     10 s   300 s  pi::boots"), "{r}");
     }
 
     #[test]

@@ -556,8 +556,13 @@ pub fn link_tree(from: &Utf8Path, to: &Utf8Path) {
         } else if ft.is_symlink() {
             std::os::unix::fs::symlink(std::fs::read_link(e.path()).unwrap(), &dest).unwrap();
         } else {
-            std::fs::hard_link(e.path(), &dest)
-                .unwrap_or_else(|err| panic!("linking {} to {}: {err}", e.path().display(), dest.display()));
+            std::fs::hard_link(e.path(), &dest).unwrap_or_else(|err| {
+                panic!(
+                    "linking {} to {}: {err}",
+                    e.path().display(),
+                    dest.display()
+                )
+            });
         }
     }
 }
@@ -616,8 +621,44 @@ pub fn sh(program: &str, args: &[&str]) -> String {
 /// lock per slot under `target/kiln/heavy/`), so every binary's heavy tests
 /// share them: `KILN_TEST_HEAVY` of them (default 2) run at once, while
 /// light tests run beside them.
+///
+/// When `cargo xtask test` runs the suite it names a ledger
+/// (`KILN_TEST_LEDGER`): each guard, as it drops, appends its test, how long
+/// it waited for a slot and how long it held one, and the suite prints the
+/// longest holders (where CI's minutes go).
 pub struct Heavy {
     _slot: std::fs::File,
+    asked: std::time::Instant,
+    got: std::time::Instant,
+}
+
+impl Drop for Heavy {
+    fn drop(&mut self) {
+        let Ok(ledger) = std::env::var("KILN_TEST_LEDGER") else {
+            return;
+        };
+        let binary = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .map(|n| n.rsplit_once('-').map_or(n.clone(), |(b, _)| b.to_string()))
+            .unwrap_or_default();
+        let test = std::thread::current().name().unwrap_or("?").to_string();
+        let line = format!(
+            "{binary}\t{test}\t{}\t{}\n",
+            (self.got - self.asked).as_secs(),
+            self.got.elapsed().as_secs()
+        );
+        // One short `write` with O_APPEND: lines from many processes do not
+        // interleave.
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&ledger)
+        {
+            let _ = f.write_all(line.as_bytes());
+        }
+    }
 }
 
 pub fn heavy() -> Heavy {
@@ -628,6 +669,7 @@ pub fn heavy() -> Heavy {
         .unwrap_or(2);
     let dir = workspace().join("target/kiln/heavy");
     std::fs::create_dir_all(&dir).unwrap();
+    let asked = std::time::Instant::now();
     loop {
         for i in 0..slots {
             let path = dir.join(format!("slot-{i}"));
@@ -638,7 +680,13 @@ pub fn heavy() -> Heavy {
                 .open(&path)
                 .unwrap_or_else(|e| panic!("opening {path}: {e}"));
             match f.try_lock() {
-                Ok(()) => return Heavy { _slot: f },
+                Ok(()) => {
+                    return Heavy {
+                        _slot: f,
+                        asked,
+                        got: std::time::Instant::now(),
+                    }
+                }
                 Err(std::fs::TryLockError::WouldBlock) => {}
                 Err(std::fs::TryLockError::Error(e)) => panic!("locking {path}: {e}"),
             }
