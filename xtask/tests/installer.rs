@@ -184,45 +184,70 @@ fn boot_installer(
     run_until(&cmd, patterns, INSTALL_LIMIT).unwrap()
 }
 
-fn install_then_boot(firmware: Firmware, usb: bool) {
-    let b = built().unwrap();
-    let (_d, dir) = support::tempdir("kiln-installer-");
-    let disk = blank_disk(&dir, "target.raw", "4G");
-    match boot_installer(firmware, &b.iso, &disk, &dir, usb, &[DONE_MARKER]) {
-        Watch::Matched { .. } => {}
-        other => panic!("{firmware:?}: the install did not complete: {other:?}"),
-    }
-    // The disk alone boots the appliance.
-    let mut boot = Boot::new(firmware).disk(&disk, "raw");
-    if firmware == Firmware::Uefi {
-        boot = boot.vars(&support::uefi_vars(&dir, xtask::recipe::Arch::Amd64));
-    }
-    let console = support::boot(
-        &boot.cmd(),
-        &["demo: first boot complete"],
-        Duration::from_secs(900),
-    );
-    assert!(
-        !console.contains("Kernel panic"),
-        "{}",
-        support::tail(&console)
-    );
-}
-
-/// Install from the CD-ROM under OVMF and SeaBIOS onto a blank virtio disk
-/// (side by side), then boot each disk alone to the demo's first boot.
+/// `cargo xtask smoke` of the installer ISO, two instances: #1 installs
+/// from the CD-ROM under OVMF onto a blank virtio disk, #2 under SeaBIOS
+/// onto its own; each disk then boots alone through the demo recipe's
+/// checks (first boot, the web container over HTTP, the identity report;
+/// #1 with the config carrier and a second boot), and the two installed
+/// appliances have distinct identities. The ISO is not written.
 #[test]
 fn installs_under_uefi_and_bios_and_the_disk_boots() {
     if built().is_none() || !xtask::testing::require(BOOT_TOOLS) {
         return;
     }
     let _g = support::heavy();
-    std::thread::scope(|s| {
-        let u = s.spawn(|| install_then_boot(Firmware::Uefi, false));
-        let b = s.spawn(|| install_then_boot(Firmware::Bios, false));
-        u.join().unwrap();
-        b.join().unwrap();
-    });
+    let b = built().unwrap();
+    let p = &b.project;
+    let before = support::sha256(&b.iso);
+    let out = p.run(&[
+        "smoke",
+        b.iso.as_str(),
+        "--firmware",
+        "both",
+        "--instances",
+        "2",
+    ]);
+    let err = support::stderr(&out);
+    assert!(err.contains("smoke: all "), "{err}");
+    let dir = p.path("output/smoke");
+    let (_, failures, cases) = support::junit(&dir.join("junit.xml"));
+    assert_eq!(failures, 0, "{cases:#?}");
+    for (guest, check) in [
+        ("#1 uefi install", format!("console /{DONE_MARKER}/")),
+        ("#2 bios install", format!("console /{DONE_MARKER}/")),
+        (
+            "#1 uefi boot 1",
+            "console /demo: first boot complete/".into(),
+        ),
+        (
+            "#2 bios boot 1",
+            "console /demo: first boot complete/".into(),
+        ),
+        (
+            "#1 uefi boot 1",
+            "GET /healthz (port 80) -> 200, body /^ok/".into(),
+        ),
+        (
+            "#1 uefi boot 1",
+            "carrier setting DEMO_API_TOKEN reached the appliance".into(),
+        ),
+        (
+            "#1 uefi boot 2",
+            "identity unchanged since the first boot".into(),
+        ),
+        ("", "2 instances have distinct identities".into()),
+    ] {
+        support::case(&cases, guest, &check);
+    }
+    let logs = dir.join(b.iso.file_name().unwrap());
+    let install = std::fs::read_to_string(logs.join("instance-1-uefi-install.log")).unwrap();
+    assert!(
+        install.contains("kiln-installer: installing ") && !install.contains(FAIL_MARKER),
+        "{}",
+        support::tail(&install)
+    );
+    assert!(logs.join("instance-2-bios-boot-1.log").is_file());
+    assert_eq!(support::sha256(&b.iso), before, "smoke wrote the ISO");
 }
 
 /// The ISO written to a raw file used as a USB stick boots the installer

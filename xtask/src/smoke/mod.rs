@@ -4,7 +4,11 @@
 //! A run has three phases. [`prepare`] turns each artifact into a base disk
 //! qemu can boot (the qcow2 itself, the VMDK out of an OVA, the Pi card
 //! decompressed with its boot files taken out of its FAT, the ISO as a
-//! CD-ROM) in a work directory. [`guests`] lays out the guests: `instances`
+//! CD-ROM) in a work directory. kiln's offline installer ISO is not an
+//! appliance itself: each of its instances first installs onto a blank
+//! disk of its own (the install boot, watched for the installer's done and
+//! failure lines), then that disk boots alone through the same checks as
+//! a qcow2. [`guests`] lays out the guests: `instances`
 //! copies of each disk, each on its own throw-away qcow2 overlay (the
 //! artifact is never written), firmwares spread over the instances, the
 //! first instance booted a second time and given the config carrier. Then
@@ -140,8 +144,11 @@ enum Base {
         initrd: Utf8PathBuf,
         cmdline: String,
     },
-    /// An installer ISO (read-only, no overlay).
+    /// A remastered Ubuntu ISO (read-only, no overlay).
     Cdrom { path: Utf8PathBuf },
+    /// kiln's offline installer ISO: installed onto a blank raw disk of
+    /// `disk_bytes` (sparse), which then boots alone.
+    Installer { iso: Utf8PathBuf, disk_bytes: u64 },
 }
 
 /// One guest: an instance of an artifact.
@@ -165,13 +172,39 @@ pub struct Guest {
 }
 
 impl Guest {
+    /// Whether boot 0 installs (kiln's installer ISO) rather than boots the
+    /// appliance.
+    fn installs(&self) -> bool {
+        matches!(self.base, Base::Installer { .. })
+    }
+
+    /// Index of the appliance's first boot among the guest's boots.
+    fn first_boot(&self) -> usize {
+        usize::from(self.installs())
+    }
+
+    /// `install`, `boot 1`, `boot 2`: what boot `boot` is.
+    fn boot_name(&self, boot: usize) -> String {
+        match (self.installs(), boot) {
+            (true, 0) => "install".into(),
+            (true, n) => format!("boot {n}"),
+            (false, n) => format!("boot {}", n + 1),
+        }
+    }
+
     fn label(&self, boot: usize) -> String {
-        format!("#{} {} boot {}", self.instance, self.machine, boot + 1)
+        format!(
+            "#{} {} {}",
+            self.instance,
+            self.machine,
+            self.boot_name(boot)
+        )
     }
 
     /// The qemu command of boot `boot` (host ports forwarded per guest port).
     fn cmd(
         &self,
+        boot: usize,
         o: &SmokeOptions,
         ports: &BTreeMap<u16, u16>,
         carrier: Option<&Utf8Path>,
@@ -201,8 +234,19 @@ impl Guest {
                 b.vars = self.vars.clone();
                 b.cmd()
             }
-            Base::Disk { .. } => {
-                let mut b = Boot::new(self.firmware).disk(&self.overlay, "qcow2");
+            Base::Installer { iso, .. } if boot == 0 => {
+                let mut b = Boot::new(self.firmware)
+                    .cdrom(iso)
+                    .disk(&self.overlay, "raw");
+                b.memory_mib = o.memory;
+                b.accel = accel.to_string();
+                b.cpus = cpus;
+                b.vars = self.vars.clone();
+                b.cmd()
+            }
+            Base::Disk { .. } | Base::Installer { .. } => {
+                let format = if self.installs() { "raw" } else { "qcow2" };
+                let mut b = Boot::new(self.firmware).disk(&self.overlay, format);
                 if self.arch == Arch::Arm64 {
                     b = b.arm64();
                 }
@@ -310,12 +354,55 @@ fn prepare(r: &Resolved, a: &Artifact, firmware: FirmwareChoice, work: &Utf8Path
         }
         Format::Iso => {
             pick(vec![Firmware::Uefi, Firmware::Bios])?;
-            Base::Cdrom {
-                path: a.path.clone(),
+            if is_installer(&a.path)? {
+                Base::Installer {
+                    iso: a.path.clone(),
+                    disk_bytes: r.recipe.qcow2.size_bytes,
+                }
+            } else {
+                Base::Cdrom {
+                    path: a.path.clone(),
+                }
             }
         }
     })
 }
+
+/// Whether `iso` is kiln's offline installer (it carries the disk payload)
+/// rather than a remastered Ubuntu ISO.
+fn is_installer(iso: &Utf8Path) -> Result<bool> {
+    let w = crate::scan::source::Window::open(iso)?;
+    let fs = crate::scan::iso9660::Iso::open(w)
+        .with_context(|| format!("{iso}: reading its ISO 9660 file system"))?;
+    let mut found = false;
+    let payload = crate::iso::installer::PAYLOAD;
+    fs.walk(|e| {
+        found |= e.path.trim_start_matches('/') == payload;
+        Ok(())
+    })
+    .with_context(|| format!("{iso}: listing its files"))?;
+    Ok(found)
+}
+
+/// The install boot's checks: the recipe's `smoke.iso` ones, then the
+/// installer's own line that the disk is written and verified.
+pub fn install_checks(o: &SmokeOptions) -> Vec<Check> {
+    let mut v: Vec<Check> = o.iso.to_vec();
+    v.push(Check {
+        // Plain words: the line as the installer prints it is its pattern.
+        console: Some(crate::iso::installer::DONE_MARKER.to_string()),
+        http: None,
+        port: None,
+        status: None,
+        body: None,
+        within: INSTALL_WITHIN,
+    });
+    v
+}
+
+/// Time for an install boot to write and verify the disk (TCG writes about
+/// 6 MiB/s of image).
+const INSTALL_WITHIN: u64 = 1200;
 
 fn fw_name(f: Firmware) -> &'static str {
     match f {
@@ -350,7 +437,7 @@ fn guests(o: &SmokeOptions, opts: &Options, prepared: &[(Artifact, Base)]) -> Ve
         let dir = opts.work.join(a.name());
         let (firmwares, machine_of): (Vec<Firmware>, fn(Firmware) -> String) = match base {
             Base::Disk { firmwares, .. } => (firmwares.clone(), |f| fw_name(f).to_string()),
-            Base::Cdrom { .. } => match opts.firmware {
+            Base::Cdrom { .. } | Base::Installer { .. } => match opts.firmware {
                 FirmwareChoice::Uefi => (vec![Firmware::Uefi], |f| fw_name(f).to_string()),
                 FirmwareChoice::Bios => (vec![Firmware::Bios], |f| fw_name(f).to_string()),
                 _ => (vec![Firmware::Uefi, Firmware::Bios], |f| {
@@ -370,7 +457,11 @@ fn guests(o: &SmokeOptions, opts: &Options, prepared: &[(Artifact, Base)]) -> Ve
         for i in 0..n {
             let firmware = firmwares[i % firmwares.len()];
             let instance = i + 1;
+            let installs = matches!(base, Base::Installer { .. });
             let mut boots = vec![if iso { iso_checks(o) } else { o.boot.clone() }];
+            if installs {
+                boots.insert(0, install_checks(o));
+            }
             if instance == 1 && !iso && !o.again.is_empty() {
                 boots.push(o.again.clone());
             }
@@ -388,7 +479,11 @@ fn guests(o: &SmokeOptions, opts: &Options, prepared: &[(Artifact, Base)]) -> Ve
                     && opts.carrier
                     && o.carrier.is_some()
                     && !matches!(base, Base::Pi { .. }),
-                overlay: dir.join(format!("instance-{instance}.qcow2")),
+                // The installer's target disk, or the disk's overlay.
+                overlay: dir.join(format!(
+                    "instance-{instance}.{}",
+                    if installs { "raw" } else { "qcow2" }
+                )),
                 vars: uefi.then(|| dir.join(format!("instance-{instance}-vars.fd"))),
             });
         }
@@ -431,6 +526,10 @@ fn run_guest(
         .iter()
         .map(|p| Regex::new(p).expect("checked"))
         .collect();
+    let mut install_fail = fail.clone();
+    install_fail.push(
+        Regex::new(&regex::escape(crate::iso::installer::FAIL_MARKER)).expect("an escaped literal"),
+    );
     // Every guest port an HTTP check names gets a free host port.
     let mut ports = BTreeMap::new();
     for c in g.boots.iter().flatten() {
@@ -441,12 +540,12 @@ fn run_guest(
     let mut result = GuestResult::default();
     for (i, checks) in g.boots.iter().enumerate() {
         let label = g.label(i);
-        let seed = if i == 0 && g.carrier {
+        let seed = if i == g.first_boot() && g.carrier {
             carrier.map(|c| c.iso.as_path())
         } else {
             None
         };
-        let cmd = g.cmd(o, &ports, seed, cpus, accel);
+        let cmd = g.cmd(i, o, &ports, seed, cpus, accel);
         crate::ui::info(&format!(
             "smoke: {} {label}: booting under {accel}{} ({} checks)",
             g.artifact,
@@ -458,14 +557,22 @@ fn run_guest(
             checks.len()
         ));
         crate::ui::debug(&format!("$ {cmd}"));
-        let b = run_boot(g, &label, &cmd, checks, &fail, &ports, o.settle, print)?;
+        // The install boot ends at the installer's done line: there is
+        // nothing to let settle.
+        let installing = g.installs() && i == 0;
+        let (fail, settle) = if installing {
+            (&install_fail, 0)
+        } else {
+            (&fail, o.settle)
+        };
+        let b = run_boot(g, &label, &cmd, checks, fail, &ports, settle, print)?;
         let log_dir = opts.logs.join(&g.artifact);
         std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {log_dir}"))?;
         let log = log_dir.join(format!(
-            "instance-{}-{}-boot-{}.log",
+            "instance-{}-{}-{}.log",
             g.instance,
             g.machine,
-            i + 1
+            g.boot_name(i).replace(' ', "-")
         ));
         std::fs::write(&log, &b.console)
             .with_context(|| format!("writing the console log {log}"))?;
@@ -754,6 +861,12 @@ pub fn run(r: &Resolved, artifacts: &[Artifact], opts: &Options) -> Result<repor
         if let Base::Pi { card, .. } = &g.base {
             tools::run(&tools::qemu_img::overlay(card, "raw", &g.overlay))?;
         }
+        if let Base::Installer { disk_bytes, .. } = &g.base {
+            // A blank disk: a sparse file takes no space until written.
+            std::fs::File::create(&g.overlay)
+                .and_then(|f| f.set_len(*disk_bytes))
+                .with_context(|| format!("creating the blank target disk {}", g.overlay))?;
+        }
         if let Some(v) = &g.vars {
             let from = match g.arch {
                 Arch::Amd64 => qemu_system::OVMF_VARS,
@@ -891,7 +1004,7 @@ fn accelerators(
 /// seen.
 fn kvm_progresses(g: &Guest, o: &SmokeOptions, cpus: u32) -> Result<(bool, String)> {
     let cmd = g
-        .cmd(o, &BTreeMap::new(), None, cpus, "kvm")
+        .cmd(0, o, &BTreeMap::new(), None, cpus, "kvm")
         .arg("-snapshot");
     let mut c = Console::spawn(&cmd)?;
     let time = Regex::new(r"\[\s*[1-9][0-9]*\.[0-9]{6}\]").expect("static regex");
@@ -962,20 +1075,21 @@ fn cross_checks(
         if g.boots.len() == 1 && matches!(g.base, Base::Cdrom { .. }) {
             continue;
         }
-        let Some(first) = res.boots.first().filter(|b| b.passed) else {
+        let f = g.first_boot();
+        let Some(first) = res.boots.get(f).filter(|b| b.passed) else {
             continue;
         };
         if let Some(re) = &identity {
             let ids = reported(re, &first.console);
             out.push(outcome(
                 g,
-                g.label(0),
+                g.label(f),
                 "identity report".into(),
                 ids.is_empty()
                     .then(|| format!("no line matched /{}/", re.as_str())),
                 &first.console,
             ));
-            if let Some(second) = res.boots.get(1).filter(|b| b.passed) {
+            if let Some(second) = res.boots.get(f + 1).filter(|b| b.passed) {
                 let again = reported(re, &second.console);
                 let changed: Vec<String> = ids
                     .iter()
@@ -984,7 +1098,7 @@ fn cross_checks(
                     .collect();
                 out.push(outcome(
                     g,
-                    g.label(1),
+                    g.label(f + 1),
                     "identity unchanged since the first boot".into(),
                     (!changed.is_empty())
                         .then(|| format!("changed or missing: {}", changed.join(", "))),
@@ -996,7 +1110,7 @@ fn cross_checks(
                 .or_default()
                 .push((g, ids));
         }
-        if let Some(second) = res.boots.get(1).filter(|b| b.passed) {
+        if let Some(second) = res.boots.get(f + 1).filter(|b| b.passed) {
             for p in &o.once {
                 let re = Regex::new(p).expect("checked");
                 let problem = if !re.is_match(&first.console) {
@@ -1008,7 +1122,7 @@ fn cross_checks(
                 };
                 out.push(outcome(
                     g,
-                    g.label(1),
+                    g.label(f + 1),
                     format!("once /{p}/"),
                     problem,
                     &second.console,
@@ -1026,7 +1140,7 @@ fn cross_checks(
                 };
                 out.push(outcome(
                     g,
-                    g.label(0),
+                    g.label(f),
                     format!("carrier setting {name} reached the appliance"),
                     problem,
                     &first.console,

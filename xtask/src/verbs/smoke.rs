@@ -34,8 +34,13 @@ use crate::smoke::{Artifact, FirmwareChoice, Format};
 ///              values in provision.env, attached to the first instance; the
 ///              appliance must report their digests
 ///   fail:      console patterns that fail a boot at once
-///   iso:       extra console checks for the installer ISO, after kiln's
-///              own: the kernel command line carries the autoinstall words
+///   iso:       extra console checks for the ISO: a remastered Ubuntu ISO
+///              boots as a CD-ROM and must first show the autoinstall words
+///              on its kernel command line; kiln's offline installer ISO
+///              installs each instance onto a blank disk of `qcow2.size`
+///              (these checks, then the installer's done line; its FAILED
+///              line fails at once), and that disk then boots alone through
+///              every check above
 ///
 /// Two instances (the default for `--format all`) boot the same image side
 /// by side, so a baked machine-id or host key fails even if the secret scan
@@ -44,7 +49,7 @@ use crate::smoke::{Artifact, FirmwareChoice, Format};
 ///
 /// Results: a line per check with its time to marker; `output/smoke/`
 /// holds `junit.xml`, `smoke.json` and every console log
-/// (`<artifact>/instance-N-<machine>-boot-M.log`); a failure shows the
+/// (`<artifact>/instance-N-<machine>-{install,boot-M}.log`); a failure shows the
 /// check, why, and the last 50 console lines. qemu is always stopped: after
 /// the last check, on a failure, on Ctrl-C.
 ///
@@ -104,25 +109,15 @@ impl FormatArg {
 fn plan(cx: &Cx, r: &Resolved, format: FormatArg) -> Result<(Plan, Vec<Utf8PathBuf>)> {
     let mut plan = cx.plan("smoke");
     let mut out = Vec::new();
-    let iso = r.recipe.iso.base.is_some();
+    // A remaster needs a base ISO; the offline installer (the default
+    // without one) is built from the appliance's own disk.
     let installer = r.recipe.iso.mode() == crate::recipe::iso::IsoMode::Installer;
-    if format == FormatArg::Iso && installer {
-        bail!(
-            "{}: the recipe builds the offline installer ISO (`iso.mode: installer`), which the \
-             smoke does not boot yet: it is installed onto a blank disk and that disk booted by \
-             `cargo xtask test --test installer`; smoke the qcow2 for the appliance itself",
-            r.file
-        );
-    }
+    let iso = installer || r.recipe.iso.base.is_some();
     if format == FormatArg::Iso && !iso {
         bail!(
-            "{}: no installer ISO to boot: the recipe has no `iso.base` (pass a built ISO as ARTIFACT)",
+            "{}: no ISO to boot: the recipe remasters (`iso.mode: remaster`) but has no `iso.base` \
+             (set it, or pass a built ISO as ARTIFACT)",
             r.file
-        );
-    }
-    if format == FormatArg::All && installer {
-        crate::ui::info(
-            "smoke: the offline installer ISO is not booted by the smoke yet (`cargo xtask test --test installer` installs it)",
         );
     }
     if format.takes(Format::Iso) && iso {
@@ -218,7 +213,18 @@ pub fn run(cx: &Cx, a: Args) -> Result<()> {
             println!("  {p}");
         }
         let o = &r.recipe.smoke;
-        for (what, checks) in [("first boot", &o.boot), ("second boot", &o.again)] {
+        let installs = paths.iter().any(|p| p.as_str().ends_with(".iso"))
+            && r.recipe.iso.mode() == crate::recipe::iso::IsoMode::Installer;
+        let install = if installs {
+            crate::smoke::install_checks(o)
+        } else {
+            Vec::new()
+        };
+        for (what, checks) in [
+            ("install", &install),
+            ("first boot", &o.boot),
+            ("second boot", &o.again),
+        ] {
             for c in checks.iter() {
                 println!("  {what}: {} within {}s", c.describe(), c.within);
             }

@@ -695,6 +695,82 @@ pub fn heavy() -> Heavy {
     }
 }
 
+// ---- reading a smoke report ----------------------------------------------------
+
+/// One `<testcase>` of junit.xml: its name and, when it failed, the
+/// failure's message.
+#[derive(Debug)]
+pub struct Case {
+    pub name: String,
+    pub failure: Option<String>,
+}
+
+/// junit.xml read with an XML parser: the `<testsuites>` totals (tests,
+/// failures) and every test case. A malformed file fails the test.
+pub fn junit(path: &Utf8Path) -> (usize, usize, Vec<Case>) {
+    use quick_xml::events::Event;
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let attr = |e: &quick_xml::events::BytesStart, name: &str| -> Option<String> {
+        e.attributes().map(|a| a.unwrap()).find_map(|a| {
+            (a.key.as_ref() == name).then(|| {
+                a.normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                    .unwrap()
+                    .into_owned()
+            })
+        })
+    };
+    let mut r = quick_xml::Reader::from_str(&text);
+    let (mut tests, mut failures) = (None, None);
+    let mut cases: Vec<Case> = Vec::new();
+    loop {
+        match r
+            .read_event()
+            .unwrap_or_else(|e| panic!("{path} is not well-formed: {e}\n{text}"))
+        {
+            Event::Eof => break,
+            Event::Start(e) | Event::Empty(e) => match e.name().as_ref() {
+                "testsuites" => {
+                    tests = attr(&e, "tests").map(|v| v.parse::<usize>().unwrap());
+                    failures = attr(&e, "failures").map(|v| v.parse::<usize>().unwrap());
+                }
+                "testcase" => cases.push(Case {
+                    name: attr(&e, "name").expect("a testcase has a name"),
+                    failure: None,
+                }),
+                "failure" => {
+                    let c = cases.last_mut().expect("a failure inside a testcase");
+                    c.failure = Some(attr(&e, "message").expect("a failure has a message"));
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+    let tests = tests.unwrap_or_else(|| panic!("{path}: no <testsuites tests=…>\n{text}"));
+    let failures = failures.unwrap_or_else(|| panic!("{path}: no <testsuites failures=…>"));
+    assert_eq!(tests, cases.len(), "{path}: tests= is not the test cases'");
+    assert_eq!(
+        failures,
+        cases.iter().filter(|c| c.failure.is_some()).count(),
+        "{path}: failures= is not the failed test cases'"
+    );
+    (tests, failures, cases)
+}
+
+/// The test case whose name ends with `check` (`#1 uefi boot 1: <check>`
+/// or, across guests, `<check>`); panics listing them all if none does.
+pub fn case<'a>(cases: &'a [Case], guest: &str, check: &str) -> &'a Case {
+    let want = if guest.is_empty() {
+        check.to_string()
+    } else {
+        format!("{guest}: {check}")
+    };
+    cases
+        .iter()
+        .find(|c| c.name == want)
+        .unwrap_or_else(|| panic!("no test case `{want}` in junit.xml: {cases:#?}"))
+}
+
 /// Debian's open-vmdk source package: VMware's `vmdk-convert` is packaged in
 /// Debian sid only, so the converter test builds it from this (sha256 pinned).
 const OPEN_VMDK_ORIG: &str = "pool/main/o/open-vmdk/open-vmdk_0.3.13+dfsg.orig.tar.xz";
