@@ -1268,6 +1268,72 @@ mod tests {
         assert!(!re.is_match("Command line: BOOT_IMAGE=/casper/vmlinuz ---"));
     }
 
+    /// kiln's installer ISO: every instance installs first (onto its own
+    /// raw disk), then boots that disk through the recipe's checks; the
+    /// carrier and the second boot follow the install on instance 1.
+    #[test]
+    fn installer_guests_install_then_boot_their_disk() {
+        let mut o = SmokeOptions::default();
+        o.again = o.boot.clone();
+        o.carrier = Some(crate::recipe::smoke::Carrier {
+            set: vec!["TOKEN".into()],
+            report: "x".into(),
+        });
+        let opts = Options {
+            instances: 2,
+            firmware: FirmwareChoice::Both,
+            accel: "tcg".into(),
+            carrier: true,
+            work: "/w".into(),
+            logs: "/l".into(),
+            parallel: 2,
+        };
+        let a = Artifact {
+            path: "/o/demo-1-amd64.iso".into(),
+            format: Format::Iso,
+            arch: Arch::Amd64,
+        };
+        let base = Base::Installer {
+            iso: a.path.clone(),
+            disk_bytes: 1 << 31,
+        };
+        let g = guests(&o, &opts, &[(a, base)]);
+        assert_eq!(g.len(), 2);
+        let labels: Vec<String> = (0..g[0].boots.len()).map(|i| g[0].label(i)).collect();
+        assert_eq!(
+            labels,
+            ["#1 uefi install", "#1 uefi boot 1", "#1 uefi boot 2"]
+        );
+        assert_eq!(g[1].label(0), "#2 bios install");
+        assert_eq!(g[1].boots.len(), 2);
+        let done = g[0].boots[0].last().unwrap().console.clone().unwrap();
+        assert!(Regex::new(&done)
+            .unwrap()
+            .is_match(crate::iso::installer::DONE_MARKER));
+        assert_eq!(g[0].first_boot(), 1);
+        assert!(g[0].carrier && !g[1].carrier);
+        assert_eq!(g[0].overlay, "/w/demo-1-amd64.iso/instance-1.raw");
+        assert!(g[0].vars.is_some() && g[1].vars.is_none());
+        // The install boot is the CD-ROM with the blank disk; the next boot
+        // the disk alone.
+        let install = g[0]
+            .cmd(0, &o, &BTreeMap::new(), None, 1, "tcg")
+            .args
+            .join(" ");
+        assert!(
+            install.contains("media=cdrom") && install.contains("instance-1.raw,format=raw"),
+            "{install}"
+        );
+        let boot = g[0]
+            .cmd(1, &o, &BTreeMap::new(), None, 1, "tcg")
+            .args
+            .join(" ");
+        assert!(
+            !boot.contains("media=cdrom") && boot.contains("instance-1.raw,format=raw"),
+            "{boot}"
+        );
+    }
+
     #[test]
     fn reports_are_read_by_name_and_digest() {
         let re = Regex::new(r"demo: identity (?P<name>\S+) sha256=(?P<digest>[0-9a-f]+)").unwrap();
