@@ -400,9 +400,10 @@ pub fn install_checks(o: &SmokeOptions) -> Vec<Check> {
     v
 }
 
-/// Time for an install boot to write and verify the disk (TCG writes about
-/// 6 MiB/s of image).
-const INSTALL_WITHIN: u64 = 1200;
+/// Time for an install boot to write and verify the disk: TCG writes about
+/// 6 MiB/s of image on an idle core, and under a tenth of that on a
+/// two-core machine busy with other guests.
+const INSTALL_WITHIN: u64 = 2400;
 
 fn fw_name(f: Firmware) -> &'static str {
     match f {
