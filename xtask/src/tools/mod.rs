@@ -800,13 +800,24 @@ mod tests {
     }
 
     /// `/proc/PID` is gone or a zombie (stopped, not yet reaped by init).
+    /// The process is gone or a zombie within a few seconds: a kill is
+    /// delivered asynchronously, and on a busy machine the target may
+    /// still be runnable for a moment after `kill` returns.
     fn stopped(pid: u32) -> bool {
-        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        let dead = || match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
             Err(_) => true,
             Ok(stat) => stat
                 .rsplit_once(')')
                 .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+        };
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while !dead() {
+            if std::time::Instant::now() > until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
+        true
     }
 
     #[test]
