@@ -211,58 +211,47 @@ impl Guest {
         cpus: u32,
         accel: &str,
     ) -> Cmd {
-        match &self.base {
+        let mut b = match &self.base {
             Base::Pi {
                 kernel,
                 dtb,
                 initrd,
                 cmdline,
                 ..
-            } => qemu_system::raspi3b(
-                &self.overlay,
-                "qcow2",
-                kernel,
-                dtb,
-                initrd,
-                &format!("{cmdline} console=ttyAMA0,115200"),
-            ),
-            Base::Cdrom { path } => {
-                let mut b = Boot::new(self.firmware).cdrom(path);
-                b.memory_mib = o.memory;
-                b.accel = accel.to_string();
-                b.cpus = cpus;
-                b.vars = self.vars.clone();
-                b.cmd()
+            } => {
+                return qemu_system::raspi3b(
+                    &self.overlay,
+                    "qcow2",
+                    kernel,
+                    dtb,
+                    initrd,
+                    &format!("{cmdline} console=ttyAMA0,115200"),
+                )
             }
-            Base::Installer { iso, .. } if boot == 0 => {
-                let mut b = Boot::new(self.firmware)
-                    .cdrom(iso)
-                    .disk(&self.overlay, "raw");
-                b.memory_mib = o.memory;
-                b.accel = accel.to_string();
-                b.cpus = cpus;
-                b.vars = self.vars.clone();
-                b.cmd()
-            }
+            Base::Cdrom { path } => Boot::new(self.firmware).cdrom(path),
+            Base::Installer { iso, .. } if boot == 0 => Boot::new(self.firmware)
+                .cdrom(iso)
+                .disk(&self.overlay, "raw"),
             Base::Disk { .. } | Base::Installer { .. } => {
                 let format = if self.installs() { "raw" } else { "qcow2" };
                 let mut b = Boot::new(self.firmware).disk(&self.overlay, format);
                 if self.arch == Arch::Arm64 {
                     b = b.arm64();
                 }
-                b.memory_mib = o.memory;
-                b.accel = accel.to_string();
-                b.cpus = cpus;
-                b.vars = self.vars.clone();
                 for (guest, host) in ports {
                     b = b.forward(*host, *guest);
                 }
                 if let Some(c) = carrier {
                     b.media.push(Media::Seed(c.to_owned()));
                 }
-                b.cmd()
+                b
             }
-        }
+        };
+        b.memory_mib = o.memory;
+        b.accel = accel.to_string();
+        b.cpus = cpus;
+        b.vars = self.vars.clone();
+        b.cmd()
     }
 }
 
