@@ -525,19 +525,7 @@ pub fn copy_tree(from: &Utf8Path, to: &Utf8Path) {
     if !from.exists() {
         return;
     }
-    for e in walkdir::WalkDir::new(from) {
-        let e = e.unwrap();
-        let rel = e.path().strip_prefix(from).unwrap();
-        let dest = to.as_std_path().join(rel);
-        let ft = e.file_type();
-        if ft.is_dir() {
-            std::fs::create_dir_all(&dest).unwrap();
-        } else if ft.is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(e.path()).unwrap(), &dest).unwrap();
-        } else {
-            std::fs::copy(e.path(), &dest).unwrap();
-        }
-    }
+    replicate_tree(from, to, |src, dest| std::fs::copy(src, dest).map(|_| ()));
 }
 
 /// Hard-link the tree at `from` into `to` (directories made, symlinks
@@ -546,6 +534,16 @@ pub fn copy_tree(from: &Utf8Path, to: &Utf8Path) {
 /// sharing their inodes is safe, and the copy takes no space: boot tests
 /// running side by side each carried over an 800 MB root before.
 pub fn link_tree(from: &Utf8Path, to: &Utf8Path) {
+    replicate_tree(from, to, |src, dest| std::fs::hard_link(src, dest));
+}
+
+/// The tree at `from` made again at `to`: directories created, symlinks
+/// recreated, each file through `file(source, destination)`.
+fn replicate_tree(
+    from: &Utf8Path,
+    to: &Utf8Path,
+    file: impl Fn(&std::path::Path, &std::path::Path) -> std::io::Result<()>,
+) {
     for e in walkdir::WalkDir::new(from) {
         let e = e.unwrap_or_else(|e| panic!("walking {from}: {e}"));
         let rel = e.path().strip_prefix(from).unwrap();
@@ -556,12 +554,8 @@ pub fn link_tree(from: &Utf8Path, to: &Utf8Path) {
         } else if ft.is_symlink() {
             std::os::unix::fs::symlink(std::fs::read_link(e.path()).unwrap(), &dest).unwrap();
         } else {
-            std::fs::hard_link(e.path(), &dest).unwrap_or_else(|err| {
-                panic!(
-                    "linking {} to {}: {err}",
-                    e.path().display(),
-                    dest.display()
-                )
+            file(e.path(), &dest).unwrap_or_else(|err| {
+                panic!("{} to {}: {err}", e.path().display(), dest.display())
             });
         }
     }
