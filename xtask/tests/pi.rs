@@ -201,9 +201,10 @@ fn the_card_has_an_mbr_a_fat_boot_partition_and_an_ext4_root() {
 /// The recipe's smoke of the card on qemu's `raspi3b` (the way a Pi 3B
 /// boots: the kernel, device tree and initrd read out of its FAT partition,
 /// `cmdline.txt` as is plus the PL011 console `ttyAMA0`, the card as its SD
-/// card, no network): kiln's initrd finds the root by PARTUUID, the
-/// appliance's first boot runs, and a second boot of the card does not run
-/// first boot again and reports the same identity. Then a
+/// card, no network, the config carrier written onto its FAT boot
+/// partition): kiln's initrd finds the root by PARTUUID, the appliance's
+/// first boot runs and takes the carrier's setting, and a second boot of
+/// the card does not run first boot again and reports the same identity. Then a
 /// fresh copy of the card, grown by 512 MiB, on `-M virt` as a virtio
 /// disk: the root partition grows to the end of the larger disk.
 #[test]
@@ -213,19 +214,22 @@ fn the_card_boots_on_raspi3b_from_its_sd_card_then_grows_on_virt() {
     }
     let b = built();
     let _g = support::heavy();
-    b.project.run(&[
-        "smoke",
-        b.published.as_str(),
-        "--instances",
-        "1",
-        "--no-carrier",
-    ]);
+    b.project
+        .run(&["smoke", b.published.as_str(), "--instances", "1"]);
     let first = support::smoke_log(&b.project, &b.published, 1, "raspi3b", 1);
     let report = std::fs::read_to_string(b.project.path("output/smoke/smoke.json")).unwrap();
+    // Every check passed (the run succeeded), these among them: the carrier
+    // on the card's FAT boot partition reached the appliance.
     assert!(
         report.contains("identity unchanged since the first boot")
+            && report.contains("carrier setting DEMO_API_TOKEN reached the appliance")
             && report.contains("skipped: qemu's raspi3b gives the guest no network"),
         "{report}"
+    );
+    assert!(
+        first.contains("demo: provisioned DEMO_API_TOKEN sha256="),
+        "{}",
+        tail(&first)
     );
     assert!(first.contains("mmcblk0: p1 p2"), "{}", tail(&first));
     assert!(

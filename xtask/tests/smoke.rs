@@ -204,7 +204,7 @@ fn the_offline_installer_iso_is_installed_then_booted() {
     let text = stdout(&out);
     assert!(text.contains("-amd64.iso"), "no ISO listed:\n{text}");
     for check in [
-        "install: console /kiln-installer: install complete/ within 1200s",
+        "install: console /kiln-installer: install complete/ within 2400s",
         "first boot: console /demo: first boot complete/",
     ] {
         assert!(text.contains(check), "`{check}` not listed:\n{text}");

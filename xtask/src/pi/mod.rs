@@ -40,9 +40,9 @@ pub struct BootFiles {
     pub cmdline: String,
 }
 
-/// Copy the boot partition (the MBR's first partition) of the raw `card`
-/// into `dir/boot` and name the Pi 3B's files in it.
-pub fn boot_files(card: &Utf8Path, dir: &Utf8Path) -> Result<BootFiles> {
+/// Byte offset of the boot partition (the MBR's first partition, FAT) of
+/// the raw `card`.
+pub fn boot_partition_offset(card: &Utf8Path) -> Result<u64> {
     use std::io::Read;
     let mut head = [0u8; 512];
     std::fs::File::open(card)
@@ -52,11 +52,17 @@ pub fn boot_files(card: &Utf8Path, dir: &Utf8Path) -> Result<BootFiles> {
     let Some((_, fat)) = table.parts.first() else {
         bail!("{card}: the partition table is empty (no boot partition)");
     };
+    Ok(fat.offset())
+}
+
+/// Copy the boot partition (the MBR's first partition) of the raw `card`
+/// into `dir/boot` and name the Pi 3B's files in it.
+pub fn boot_files(card: &Utf8Path, dir: &Utf8Path) -> Result<BootFiles> {
     let boot = dir.join("boot");
     std::fs::create_dir_all(&boot).with_context(|| format!("creating {boot}"))?;
     crate::tools::run(&crate::tools::mtools::extract_all(
         card,
-        fat.offset(),
+        boot_partition_offset(card)?,
         &boot,
     ))?;
     let file = |name: &str| -> Result<camino::Utf8PathBuf> {

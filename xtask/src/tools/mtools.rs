@@ -65,6 +65,28 @@ pub fn extract_all(image: &Utf8Path, offset: impl std::fmt::Display, dir: &Utf8P
     .arg(format!("{dir}/"))
 }
 
+/// `mcopy -o -i IMAGE@@OFFSET FILE… ::/`: copy `files` into the root of the
+/// FAT file system at byte `offset` of `image`, replacing files of the same
+/// names.
+pub fn replace_at(image: &Utf8Path, offset: u64, files: &[Utf8PathBuf]) -> Cmd {
+    let mut c = Cmd::new(
+        "mcopy",
+        format!(
+            "write {} file(s) onto the FAT file system at offset {offset} of {}",
+            files.len(),
+            image.file_name().unwrap_or("the image")
+        ),
+    )
+    .env("MTOOLS_SKIP_CHECK", "1")
+    .env("MTOOLSRC", "/dev/null")
+    .args(["-o", "-i"])
+    .arg(format!("{image}@@{offset}"));
+    for f in files {
+        c = c.arg(f.as_str());
+    }
+    c.arg("::/")
+}
+
 /// `mcopy -s -i IMAGE SRC… ::/`: copy files and directories into the root
 /// of a FAT image.
 pub fn copy_into(image: &Utf8Path, sources: &[&Utf8Path]) -> Cmd {

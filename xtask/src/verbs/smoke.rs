@@ -31,8 +31,9 @@ use crate::smoke::{Artifact, FirmwareChoice, Format};
 ///              every instance must differ in every name, and a second boot
 ///              must repeat the first boot's report
 ///   carrier:   the config carrier: the recipe's cloud-init seed with fresh
-///              values in provision.env, attached to the first instance; the
-///              appliance must report their digests
+///              values in provision.env, given to the first instance (a
+///              cidata ISO; on a Pi, written onto its own copy of the card's
+///              FAT boot partition); the appliance must report their digests
 ///   fail:      console patterns that fail a boot at once
 ///   iso:       extra console checks for the ISO: a remastered Ubuntu ISO
 ///              boots as a CD-ROM and must first show the autoinstall words
