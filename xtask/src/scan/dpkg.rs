@@ -146,7 +146,7 @@ pub fn installed(status: &str) -> Vec<Installed> {
         let (Some(name), Some(version)) = (field("Package"), field("Version")) else {
             continue;
         };
-        if !field("Status").is_some_and(|s| s.split_whitespace().nth(2) == Some("installed")) {
+        if field("Status").is_none_or(|s| s.split_whitespace().nth(2) != Some("installed")) {
             continue;
         }
         let (source, source_version) = match field("Source") {
