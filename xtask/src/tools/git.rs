@@ -34,3 +34,20 @@ pub fn last_commit_time(root: &Utf8Path) -> Option<i64> {
         .parse()
         .ok()
 }
+
+/// What `git status --porcelain` lists in the project (changed, staged and
+/// untracked files; ignored ones such as `output/` and `target/` are not):
+/// `None` outside a repository (or without git), else the lines, empty for
+/// a clean tree.
+pub fn changes(root: &Utf8Path) -> Option<Vec<String>> {
+    super::find("git")?;
+    let cmd = git(root, "is the work tree clean").args(["status", "--porcelain"]);
+    let out = super::run(&cmd).ok()?;
+    Some(
+        out.stdout_str()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_string)
+            .collect(),
+    )
+}

@@ -30,6 +30,7 @@ pub mod mkfs;
 pub mod mmdebstrap;
 pub mod mtools;
 pub mod objcopy;
+pub mod pip;
 pub mod qemu_img;
 pub mod qemu_system;
 pub mod registry;

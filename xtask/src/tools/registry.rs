@@ -48,6 +48,9 @@ pub struct Requirement {
     /// The oldest version kiln works with, and why (an older one counts as
     /// missing: `doctor --install` upgrades it).
     pub min_version: Option<(&'static str, &'static str)>,
+    /// Not packaged by Debian: installed from PyPI with `pip install` of
+    /// this pinned specifier (`name==version`) instead of apt.
+    pub pip: Option<&'static str>,
     pub targets: &'static [Target],
 }
 
@@ -70,6 +73,7 @@ const fn prog(
         version_args,
         min_version: None,
         manual: None,
+        pip: None,
         targets,
     }
 }
@@ -82,6 +86,12 @@ const fn backport(mut r: Requirement) -> Requirement {
 /// Needs at least `version` of the program, for `why`.
 const fn at_least(mut r: Requirement, version: &'static str, why: &'static str) -> Requirement {
     r.min_version = Some((version, why));
+    r
+}
+
+/// From PyPI, pinned: `spec` is what `pip install` gets (`name==version`).
+const fn pypi(mut r: Requirement, spec: &'static str) -> Requirement {
+    r.pip = Some(spec);
     r
 }
 
@@ -106,6 +116,7 @@ const fn file(
         version_args: &[],
         min_version: None,
         manual: None,
+        pip: None,
         targets,
     }
 }
@@ -159,6 +170,7 @@ pub const REQUIREMENTS: &[Requirement] = &[
     prog("gcc", "gcc", "build vmdk-convert from Debian's open-vmdk source package for the converter test", &["--version"], &[Test]),
     file("/usr/include/zlib.h", "zlib1g-dev", "build vmdk-convert (it links zlib) for the converter test", &[Test]),
     prog("xz", "xz-utils", "compress Raspberry Pi images as .img.xz (pi.compression: xz); unpack Debian's open-vmdk source in a test", &["--version"], &[Pi, Test]),
+    pypi(prog("pyspdxtools", "spdx-tools", "validate the release's SPDX SBOMs in tests (the SPDX project's own validator)", &[], &[Test]), "spdx-tools==0.8.5"),
     prog("sfdisk", "fdisk", "write MBR partition tables (Raspberry Pi style images) in tests", &["--version"], &[Test]),
 ];
 

@@ -5,7 +5,8 @@ use camino::Utf8PathBuf;
 
 use crate::cx::Cx;
 use crate::plan::Plan;
-use crate::recipe::{Arch, Resolved};
+use crate::recipe::Resolved;
+use crate::targets::{self, Format};
 
 /// Build every image format from the recipe in one plan, sharing steps (one
 /// stage, one Debian root file system, one disk for qcow2 and OVA): the
@@ -27,9 +28,19 @@ pub struct Args {
     pub no_disks: bool,
 }
 
+impl Args {
+    fn options(&self, cx: &Cx) -> targets::Options {
+        targets::Options {
+            base_iso: self.base_iso.clone(),
+            base_sha256: self.base_sha256.clone(),
+            preview: cx.dry_run,
+        }
+    }
+}
+
 pub fn run(cx: &Cx, a: Args) -> Result<()> {
     let r = cx.recipe()?;
-    if !with_iso(&r, &a) {
+    if !targets::with_iso(&r, &a.options(cx)) {
         crate::ui::info(
             "iso: skipped (iso.mode: remaster without a base ISO: set iso.base in the recipe or pass --base-iso)",
         );
@@ -39,39 +50,14 @@ pub fn run(cx: &Cx, a: Args) -> Result<()> {
     Ok(())
 }
 
-/// The ISO is built in installer mode, or with a base to remaster.
-fn with_iso(r: &Resolved, a: &Args) -> bool {
-    a.base_iso.is_some()
-        || r.recipe.iso.base.is_some()
-        || r.recipe.iso.mode() == crate::recipe::iso::IsoMode::Installer
-}
-
 /// The whole build as one plan: every target and architecture of the recipe.
 pub fn plan(cx: &Cx, r: &Resolved, a: &Args) -> Result<Plan> {
+    let o = a.options(cx);
+    let formats: Vec<Format> = targets::available(r, &o)
+        .into_iter()
+        .filter(|f| !a.no_disks || matches!(f, Format::Overlay | Format::Iso))
+        .collect();
     let mut plan = cx.plan("build");
-    for &arch in &r.recipe.architectures {
-        crate::stage::plan_published(r, &mut plan, arch)?;
-    }
-    if with_iso(r, a) {
-        let o = crate::iso::Overrides {
-            base_iso: a.base_iso.clone(),
-            base_sha256: a.base_sha256.clone(),
-            preview: cx.dry_run,
-        };
-        crate::iso::plan(r, &mut plan, &o)?;
-    }
-    if !a.no_disks {
-        for &arch in &r.recipe.architectures {
-            crate::qcow2::plan(r, &mut plan, arch)?;
-        }
-        if r.recipe.architectures.contains(&Arch::Amd64) {
-            let disk =
-                crate::ova::DiskSource::from_recipe(r, &mut plan, crate::ova::Firmware::Auto)?;
-            crate::ova::plan(r, &mut plan, Arch::Amd64, disk)?;
-        }
-        if r.recipe.pi.is_some() {
-            crate::pi::plan(r, &mut plan)?;
-        }
-    }
+    targets::plan(r, &mut plan, &formats, &o)?;
     Ok(plan)
 }

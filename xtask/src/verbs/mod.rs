@@ -12,6 +12,7 @@ pub mod ova;
 pub mod pi;
 pub mod qcow2;
 pub mod recipe;
+pub mod release;
 pub mod scan;
 pub mod seed;
 pub mod smoke;
@@ -25,6 +26,7 @@ pub fn run(cx: &Cx, verb: Verb) -> Result<()> {
         Verb::Stage(s) => stage::run(cx, s),
         Verb::Test(t) => test::run(cx, t),
         Verb::Build(a) => build::run(cx, a),
+        Verb::Release(a) => release::run(cx, a),
         Verb::Seed(a) => seed::run(cx, a),
         Verb::Iso(a) => iso::run(cx, a),
         Verb::Qcow2(a) => qcow2::run(cx, a),

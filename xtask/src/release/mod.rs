@@ -1,0 +1,305 @@
+//! `cargo xtask release`: every selected target of the recipe built through
+//! one plan (the one `build` makes, [`crate::targets::plan`]), behind the same
+//! secret-scan gate, published as one directory `output/<name>-<version>/`
+//! with what an operator and an auditor need beside the artifacts:
+//! `SHA256SUMS`, a manifest of every input ([`manifest`]), an SPDX SBOM per
+//! root file system ([`sbom`]) and an in-toto/SLSA provenance statement
+//! ([`provenance`]).
+//!
+//! The directory is assembled as `output/.<name>-<version>.kiln-partial`
+//! (artifacts are hard links to the cache's files, as `build` publishes
+//! them) and renamed into place whole; an existing release of the same
+//! version is exchanged with it in one `renameat2(RENAME_EXCHANGE)`, then
+//! removed. A failure or a signal removes the partial directory: `output/`
+//! holds a whole release or the one before.
+
+use anyhow::{bail, Context, Result};
+use camino::{Utf8Path, Utf8PathBuf};
+
+use crate::cx::Cx;
+use crate::exec::TempDir;
+use crate::targets;
+
+pub mod facts;
+pub mod manifest;
+pub mod provenance;
+pub mod sbom;
+
+/// The checksum list of a release (coreutils `sha256sum` format).
+pub const SUMS: &str = "SHA256SUMS";
+
+/// What `cargo xtask release` was asked for.
+pub struct Request {
+    /// `--targets` (empty: every format the recipe builds).
+    pub targets: Vec<String>,
+    pub allow_dirty: bool,
+    pub options: targets::Options,
+}
+
+/// The project's git state as a release records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    /// HEAD's revision (`None` outside a repository).
+    pub revision: Option<String>,
+    /// Uncommitted changes or untracked files (`None` outside a repository).
+    pub dirty: Option<bool>,
+}
+
+/// Decide whether a tree with `changes` (`git status --porcelain` lines;
+/// `None` outside a repository) may be released: a dirty tree is refused,
+/// naming the changes, unless `allow_dirty`, when it is only warned about.
+pub fn check_tree(
+    root: &Utf8Path,
+    changes: Option<&[String]>,
+    allow_dirty: bool,
+) -> Result<Option<bool>> {
+    let Some(changes) = changes else {
+        crate::ui::warn(&format!(
+            "{root} is not a git repository: the release records no revision"
+        ));
+        return Ok(None);
+    };
+    if changes.is_empty() {
+        return Ok(Some(false));
+    }
+    let shown: Vec<&str> = changes.iter().take(10).map(String::as_str).collect();
+    let more = if changes.len() > 10 {
+        format!("\n  … and {} more", changes.len() - 10)
+    } else {
+        String::new()
+    };
+    let list = format!("  {}{more}", shown.join("\n  "));
+    if !allow_dirty {
+        bail!(
+            "the work tree of {root} has changes git does not hold; a release must be \
+             reproducible from its revision:\n{list}\ncommit them, or pass --allow-dirty \
+             (the manifest then records `dirty: true`)"
+        );
+    }
+    crate::ui::warn(&format!(
+        "releasing a dirty work tree (--allow-dirty; recorded in the manifest):\n{list}"
+    ));
+    Ok(Some(true))
+}
+
+pub fn run(cx: &Cx, req: Request) -> Result<()> {
+    let r = cx.recipe()?;
+    let formats = targets::select(&r, &req.options, &req.targets)?;
+    let changes = crate::tools::git::changes(&r.root);
+    let dirty = check_tree(&r.root, changes.as_deref(), req.allow_dirty)?;
+    let source = Source {
+        revision: r.revision.clone(),
+        dirty,
+    };
+    let name = format!("{}-{}", r.name(), r.version);
+    let dest = cx.output.join(&name);
+    let make = |output: &Utf8Path| {
+        let mut plan = cx.plan("release");
+        targets::plan(&r, &mut plan, &formats, &req.options)?;
+        plan.output = output.to_owned();
+        Ok(plan)
+    };
+    if cx.dry_run {
+        cx.execute(|| make(&dest), None)?;
+        return Ok(());
+    }
+    std::fs::create_dir_all(&cx.output)
+        .with_context(|| format!("creating the output directory {}", cx.output))?;
+    let partial = TempDir::new(cx.output.join(format!(".{name}.kiln-partial")))?;
+    let gate = crate::scan::gate(&r);
+    let (plan, report) = cx.execute(|| make(&partial.path), Some(&gate))?;
+    let report = report.context("the release plan did not run")?;
+    crate::signals::check()?;
+
+    let artifacts = facts::artifacts(&partial.path, &report.published)?;
+    let facts = facts::gather(&r, &plan, &formats, &source, req.allow_dirty, artifacts)?;
+    crate::signals::check()?;
+    let mut written = Vec::new();
+    for (arch, doc) in sbom::documents(&r, &facts) {
+        let file = format!("{name}-{arch}.spdx.json");
+        written.push(write_doc(&partial.path, &file, &doc)?);
+    }
+    let manifest_name = format!("{name}.manifest.json");
+    let doc = manifest::document(&r, &facts, &written);
+    let manifest = write_doc(&partial.path, &manifest_name, &doc)?;
+    let mut subjects: Vec<facts::FileFact> = facts.artifacts.clone();
+    subjects.extend(written.iter().cloned());
+    subjects.push(manifest);
+    let doc = provenance::statement(&r, &facts, &subjects);
+    subjects.push(write_doc(
+        &partial.path,
+        &format!("{name}.provenance.json"),
+        &doc,
+    )?);
+    write_sums(&partial.path, &subjects)?;
+    crate::signals::check()?;
+    put_in_place(partial, &dest)?;
+    crate::ui::info(&format!(
+        "released {dest} ({}; check a copy with `sha256sum -c {SUMS}` inside it)",
+        formats
+            .iter()
+            .map(|f| f.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    Ok(())
+}
+
+/// Write `doc` as pretty JSON into the release directory; returns its fact.
+fn write_doc(dir: &Utf8Path, name: &str, doc: &serde_json::Value) -> Result<facts::FileFact> {
+    let path = dir.join(name);
+    let mut text = serde_json::to_string_pretty(doc)
+        .with_context(|| format!("serializing the release's {name}"))?;
+    text.push('\n');
+    std::fs::write(&path, &text).with_context(|| format!("writing the release's {path}"))?;
+    Ok(facts::FileFact {
+        name: name.to_string(),
+        size: text.len() as u64,
+        sha256: crate::digest::bytes_sha256(text.as_bytes()),
+    })
+}
+
+/// `SHA256SUMS`: one `<hex>  <name>` line per file of `dir` except itself,
+/// sorted by name, written last. The digests are the ones taken when each
+/// file was written or published (`files`), so no image is read again; a
+/// file of `dir` that `files` does not describe, or the reverse, is an error.
+pub fn write_sums(dir: &Utf8Path, files: &[facts::FileFact]) -> Result<()> {
+    let mut names: Vec<String> = Vec::new();
+    for e in std::fs::read_dir(dir).with_context(|| format!("listing the release {dir}"))? {
+        let e = e.with_context(|| format!("listing the release {dir}"))?;
+        let name = e
+            .file_name()
+            .into_string()
+            .map_err(|n| anyhow::anyhow!("{dir}: file name {n:?} is not UTF-8"))?;
+        if name != SUMS {
+            names.push(name);
+        }
+    }
+    names.sort();
+    let mut listed: Vec<&facts::FileFact> = files.iter().collect();
+    listed.sort_by(|a, b| a.name.cmp(&b.name));
+    let listed_names: Vec<&str> = listed.iter().map(|f| f.name.as_str()).collect();
+    anyhow::ensure!(
+        names == listed_names,
+        "the release {dir} holds {names:?}, but kiln wrote {listed_names:?}"
+    );
+    let text: String = listed
+        .iter()
+        .map(|f| crate::digest::sha256sum_line(&f.sha256, &f.name))
+        .collect();
+    let path = dir.join(SUMS);
+    std::fs::write(&path, text).with_context(|| format!("writing {path}"))
+}
+
+/// Rename the assembled release to `dest`: a plain rename when there is no
+/// release of that version yet, else an atomic exchange with it, after which
+/// the old one (now under the partial name) is removed with the guard.
+fn put_in_place(partial: TempDir, dest: &Utf8Path) -> Result<()> {
+    if std::fs::symlink_metadata(dest).is_err() {
+        return partial.persist(dest);
+    }
+    exchange(&partial.path, dest)
+        .with_context(|| format!("replacing the release {dest} with {}", partial.path))?;
+    let old = partial.path.clone();
+    drop(partial);
+    anyhow::ensure!(
+        !old.exists(),
+        "the release before, moved to {old}, could not be removed"
+    );
+    Ok(())
+}
+
+/// Swap two directory entries in one step (`renameat2(RENAME_EXCHANGE)`).
+fn exchange(a: &Utf8Path, b: &Utf8Path) -> Result<()> {
+    use std::ffi::CString;
+    let ca = CString::new(a.as_str()).context("a path holds a NUL byte")?;
+    let cb = CString::new(b.as_str()).context("a path holds a NUL byte")?;
+    // SAFETY: both are valid NUL-terminated paths; AT_FDCWD resolves them as
+    // given (they are absolute).
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("renameat2(RENAME_EXCHANGE)");
+    }
+    Ok(())
+}
+
+/// Where a release of `r` goes under `output`.
+pub fn release_dir(output: &Utf8Path, name: &str, version: &str) -> Utf8PathBuf {
+    output.join(format!("{name}-{version}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dirty_tree_is_refused_unless_allowed() {
+        let root = Utf8Path::new("/p");
+        let changes = vec![
+            " M overlay/etc/motd".to_string(),
+            "?? notes.txt".to_string(),
+        ];
+        let err = format!("{:#}", check_tree(root, Some(&changes), false).unwrap_err());
+        assert!(
+            err.contains("overlay/etc/motd") && err.contains("--allow-dirty"),
+            "{err}"
+        );
+        assert_eq!(check_tree(root, Some(&changes), true).unwrap(), Some(true));
+        assert_eq!(check_tree(root, Some(&[]), false).unwrap(), Some(false));
+        assert_eq!(check_tree(root, None, false).unwrap(), None);
+    }
+
+    #[test]
+    fn sums_list_every_file_but_themselves_sorted_by_name() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = Utf8Path::from_path(d.path()).unwrap();
+        let fact = |name: &str, bytes: &[u8]| {
+            std::fs::write(dir.join(name), bytes).unwrap();
+            facts::FileFact {
+                name: name.into(),
+                size: bytes.len() as u64,
+                sha256: crate::digest::bytes_sha256(bytes),
+            }
+        };
+        let files = [fact("b.qcow2", b"disk"), fact("a.json", b"{}")];
+        std::fs::write(dir.join(SUMS), b"stale").unwrap();
+        write_sums(dir, &files).unwrap();
+        let text = std::fs::read_to_string(dir.join(SUMS)).unwrap();
+        let want = format!(
+            "{}  a.json\n{}  b.qcow2\n",
+            crate::digest::bytes_sha256(b"{}"),
+            crate::digest::bytes_sha256(b"disk")
+        );
+        assert_eq!(text, want);
+        // A file kiln did not account for is not silently listed.
+        std::fs::write(dir.join("stray"), b"x").unwrap();
+        let err = format!("{:#}", write_sums(dir, &files).unwrap_err());
+        assert!(err.contains("stray"), "{err}");
+    }
+
+    #[test]
+    fn an_existing_release_is_exchanged_whole() {
+        let d = tempfile::tempdir().unwrap();
+        let out = Utf8Path::from_path(d.path()).unwrap();
+        let dest = release_dir(out, "demo", "1.0");
+        std::fs::create_dir_all(&dest).unwrap();
+        std::fs::write(dest.join("old.qcow2"), b"old").unwrap();
+        let partial = TempDir::new(out.join(".demo-1.0.kiln-partial")).unwrap();
+        std::fs::write(partial.path.join("new.qcow2"), b"new").unwrap();
+        put_in_place(partial, &dest).unwrap();
+        let names: Vec<String> = std::fs::read_dir(out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, ["demo-1.0"]);
+        assert!(dest.join("new.qcow2").is_file() && !dest.join("old.qcow2").exists());
+    }
+}

@@ -1,0 +1,318 @@
+//! `cargo xtask release`: one directory per version with the artifacts,
+//! `SHA256SUMS`, a manifest, an SPDX SBOM per root file system and an
+//! in-toto/SLSA provenance statement; reproducible, whole or absent.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use camino::{Utf8Path, Utf8PathBuf};
+use support::{require, sha256, Project};
+
+/// `SHA256SUMS` as name → sha256.
+fn sums(dir: &Utf8Path) -> BTreeMap<String, String> {
+    let text = std::fs::read_to_string(dir.join("SHA256SUMS")).unwrap();
+    text.lines()
+        .map(|l| {
+            let (hex, name) = l
+                .split_once("  ")
+                .unwrap_or_else(|| panic!("bad line {l:?}"));
+            assert_eq!(hex.len(), 64, "{l}");
+            (name.to_string(), hex.to_string())
+        })
+        .collect()
+}
+
+fn json(path: &Utf8Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// The one release directory in the project's output (and nothing else:
+/// no partial directory beside it).
+fn release_dir(p: &Project) -> Utf8PathBuf {
+    let outputs = p.outputs();
+    assert_eq!(outputs.len(), 1, "output/ holds {outputs:?}");
+    assert!(outputs[0].starts_with("demo-"), "{outputs:?}");
+    p.path("output").join(&outputs[0])
+}
+
+/// The release's documents (everything but the artifacts), by name.
+fn documents(dir: &Utf8Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".json") || n == "SHA256SUMS")
+        .map(|n| (n.clone(), std::fs::read(dir.join(&n)).unwrap()))
+        .collect()
+}
+
+#[test]
+fn a_release_of_the_qcow2_and_overlay_is_complete_verifiable_and_reproducible() {
+    let mut tools = support::qcow2_build_tools().to_vec();
+    tools.extend(["sha256sum", "pyspdxtools"]);
+    require(&tools);
+    let _slot = support::heavy();
+    let p = Project::demo().share_cache();
+    p.run(&["release", "--targets", "qcow2,overlay"]);
+    let dir = release_dir(&p);
+    let name = dir.file_name().unwrap().to_string();
+
+    // SHA256SUMS lists every other file, and verifies in another directory.
+    let listed = sums(&dir);
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n != "SHA256SUMS")
+        .collect();
+    files.sort();
+    assert_eq!(listed.keys().cloned().collect::<Vec<_>>(), files);
+    for want in [
+        format!("{name}-amd64.qcow2"),
+        format!("{name}-amd64.overlay.tar.zst"),
+        format!("{name}.manifest.json"),
+        format!("{name}-amd64.spdx.json"),
+        format!("{name}.provenance.json"),
+    ] {
+        assert!(listed.contains_key(&want), "{want} not in {listed:?}");
+    }
+    let (_elsewhere, copy) = support::tempdir("kiln-release-copy-");
+    for f in listed.keys().chain(["SHA256SUMS".to_string()].iter()) {
+        if std::fs::hard_link(dir.join(f), copy.join(f)).is_err() {
+            std::fs::copy(dir.join(f), copy.join(f)).unwrap();
+        }
+    }
+    let out = Command::new("sha256sum")
+        .args(["--strict", "-c", "SHA256SUMS"])
+        .current_dir(&copy)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "sha256sum -c failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The artifacts are the cache's files, not copies.
+    use std::os::unix::fs::MetadataExt;
+    let qcow2 = std::fs::metadata(dir.join(format!("{name}-amd64.qcow2"))).unwrap();
+    assert!(qcow2.nlink() >= 2, "the qcow2 is a copy, not a link");
+
+    // The manifest's digests are the files'.
+    let m = json(&dir.join(format!("{name}.manifest.json")));
+    let artifacts = m["artifacts"].as_array().unwrap();
+    assert_eq!(artifacts.len(), 2, "{artifacts:?}");
+    for a in artifacts {
+        let f = dir.join(a["name"].as_str().unwrap());
+        assert_eq!(a["sha256"].as_str().unwrap(), sha256(&f), "{f}");
+        assert_eq!(
+            a["size"].as_u64().unwrap(),
+            std::fs::metadata(&f).unwrap().len()
+        );
+    }
+    assert_eq!(m["source_date_epoch"].as_i64().unwrap(), support::epoch());
+    assert_eq!(m["targets"], serde_json::json!(["overlay", "qcow2"]));
+    assert_eq!(
+        m["recipe"]["sha256"].as_str().unwrap(),
+        sha256(&p.path("recipes/demo.yaml"))
+    );
+    assert!(
+        m["tools"]["mmdebstrap"].as_str().is_some(),
+        "{}",
+        m["tools"]
+    );
+    assert_eq!(m["kiln"]["code_fingerprint"].as_str().unwrap().len(), 64);
+    let steps = m["steps"].as_array().unwrap();
+    assert!(steps
+        .iter()
+        .any(|s| s["name"] == "qcow2-rootfs-amd64" && s["key"].as_str().unwrap().len() == 64));
+    let root = &m["roots"][0];
+    assert_eq!(root["architecture"], "amd64");
+    assert!(root["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["name"] == "linux-image-amd64"));
+    assert_eq!(m["images"][0]["name"], "demo-web");
+    assert_eq!(m["models"][0]["name"], "demo-embed");
+    // No location of this machine is in any document.
+    for (n, bytes) in documents(&dir) {
+        let text = String::from_utf8(bytes).unwrap();
+        for place in [p.root.as_str(), p.cache_dir().as_str()] {
+            assert!(!text.contains(place), "{n} names {place}");
+        }
+    }
+
+    // The SBOM: SPDX 2.3, with the kernel and the container image, valid
+    // for the SPDX project's own validator.
+    let sbom_path = dir.join(format!("{name}-amd64.spdx.json"));
+    let sbom = json(&sbom_path);
+    assert_eq!(sbom["spdxVersion"], "SPDX-2.3");
+    let packages = sbom["packages"].as_array().unwrap();
+    let kernel = packages
+        .iter()
+        .find(|p| p["name"] == "linux-image-amd64")
+        .expect("the SBOM lists the kernel package");
+    let purl = kernel["externalRefs"][0]["referenceLocator"]
+        .as_str()
+        .unwrap();
+    assert!(
+        purl.starts_with("pkg:deb/debian/linux-image-amd64@") && purl.ends_with("?arch=amd64"),
+        "{purl}"
+    );
+    let image = packages
+        .iter()
+        .find(|p| p["name"] == "demo-web")
+        .expect("the SBOM lists the demo's container image");
+    assert_eq!(
+        image["checksums"][0]["checksumValue"],
+        m["images"][0]["sha256"]
+    );
+    assert!(packages.iter().any(|p| p["name"] == "demo-embed"));
+    let out = Command::new("pyspdxtools")
+        .args(["-i", sbom_path.as_str()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pyspdxtools refused {sbom_path}:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The provenance's subjects are exactly SHA256SUMS' other entries.
+    let prov = json(&dir.join(format!("{name}.provenance.json")));
+    assert_eq!(prov["_type"], "https://in-toto.io/Statement/v1");
+    assert_eq!(prov["predicateType"], "https://slsa.dev/provenance/v1");
+    let subjects: BTreeMap<String, String> = prov["subject"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_string(),
+                s["digest"]["sha256"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let mut expected = listed.clone();
+    expected.remove(&format!("{name}.provenance.json"));
+    assert_eq!(subjects, expected);
+    let params = &prov["predicate"]["buildDefinition"]["externalParameters"];
+    assert_eq!(params["targets"], serde_json::json!(["overlay", "qcow2"]));
+    assert!(prov["predicate"]["buildDefinition"]["resolvedDependencies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|d| d["digest"].as_object().is_some_and(|o| !o.is_empty())));
+
+    // The same inputs again: byte-identical documents, the directory
+    // replaced whole.
+    let before = documents(&dir);
+    p.run(&["release", "--targets", "qcow2,overlay"]);
+    assert_eq!(release_dir(&p), dir);
+    assert_eq!(documents(&dir), before, "a second release differs");
+}
+
+#[test]
+fn a_target_the_recipe_does_not_have_is_refused_naming_the_valid_ones() {
+    let p = Project::demo();
+    let err = p.fail(&["release", "--targets", "nothing-real", "--dry-run"]);
+    assert!(
+        err.contains("unknown target `nothing-real`")
+            && err.contains("overlay, iso, qcow2, ova, pi"),
+        "{err}"
+    );
+    let mut text = std::fs::read_to_string(p.path("recipes/demo.yaml")).unwrap();
+    text = text.replace("pi: {}\n", "");
+    p.write("recipes/nopi.yaml", &text);
+    let err = p.fail(&[
+        "--recipe",
+        "recipes/nopi.yaml",
+        "release",
+        "--targets",
+        "pi",
+    ]);
+    assert!(
+        err.contains("target `pi`")
+            && err.contains("no `pi:` section")
+            && err.contains("builds overlay, iso, qcow2, ova"),
+        "{err}"
+    );
+    assert!(p.outputs().is_empty(), "{:?}", p.outputs());
+}
+
+fn git(p: &Project, args: &[&str]) {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "user.name=kiln test",
+            "-c",
+            "user.email=test@kiln.invalid",
+        ])
+        .args(args)
+        .current_dir(&p.root)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_dirty_work_tree_is_refused_without_allow_dirty() {
+    require(&["git"]);
+    let p = Project::demo();
+    p.write(".gitignore", "/output/\n/cache/\n");
+    git(&p, &["init", "-q"]);
+    git(&p, &["add", "-A"]);
+    git(&p, &["commit", "-q", "-m", "demo"]);
+    // Clean: the check passes (shown by the plan being printed).
+    p.run(&["release", "--targets", "overlay", "--dry-run"]);
+    p.write("overlay/etc/motd", "changed after the commit\n");
+    let err = p.fail(&["release", "--targets", "overlay", "--dry-run"]);
+    assert!(
+        err.contains("overlay/etc/motd") && err.contains("--allow-dirty"),
+        "{err}"
+    );
+    let out = p.run(&[
+        "release",
+        "--targets",
+        "overlay",
+        "--dry-run",
+        "--allow-dirty",
+    ]);
+    assert!(
+        support::stderr(&out).contains("dirty"),
+        "{}",
+        support::stderr(&out)
+    );
+    assert!(p.outputs().is_empty(), "{:?}", p.outputs());
+}
+
+#[test]
+fn a_failing_target_publishes_nothing_and_names_the_step() {
+    let p = Project::demo();
+    p.write("payloads/broken.tar", "not a docker archive\n");
+    let text = std::fs::read_to_string(p.path("recipes/demo.yaml"))
+        .unwrap()
+        .replace(
+            "  images:\n",
+            "  images:\n    - name: broken\n      source: { docker-archive: payloads/broken.tar }\n      dest: /opt/demo/images\n",
+        );
+    p.write("recipes/broken.yaml", &text);
+    let err = p.fail(&[
+        "--recipe",
+        "recipes/broken.yaml",
+        "release",
+        "--targets",
+        "overlay",
+    ]);
+    assert!(err.contains("step `image-broken-amd64`"), "{err}");
+    assert!(p.outputs().is_empty(), "output/ holds {:?}", p.outputs());
+    p.assert_no_leftovers();
+}
