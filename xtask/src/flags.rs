@@ -95,7 +95,7 @@ pub enum Verb {
     Bench(crate::verbs::bench::Args),
     // `--help`: the doc comment of `verbs::smoke::Args`.
     Smoke(crate::verbs::smoke::Args),
-    /// Build every format the recipe asks for in one plan: overlay archive, qcow2 per architecture, OVA, the Raspberry Pi image when the recipe has `pi:`, and the installer ISO when a base ISO is set.
+    /// Build every format the recipe asks for in one plan: overlay archive, qcow2 per architecture, OVA, the Raspberry Pi image when the recipe has `pi:`, and the ISO: kiln's offline installer (`iso.mode: installer`, the default), or a remastered Ubuntu ISO when a base ISO is set.
     ///
     /// The formats share steps (one stage, one Debian root file system per
     /// architecture for the qcow2 and the Pi image, one disk for the qcow2 and
@@ -109,7 +109,7 @@ pub enum Verb {
     /// Examples:
     ///   cargo xtask build                         the demo appliance (recipes/demo.yaml)
     ///   cargo xtask build --dry-run               every step, command, input and key
-    ///   cargo xtask build --base-iso ubuntu.iso   also remaster the installer ISO
+    ///   cargo xtask build --base-iso ubuntu.iso   the ISO remastered from an Ubuntu live-server ISO
     ///   cargo xtask --recipe recipes/mine.yaml build
     #[command(verbatim_doc_comment)]
     Build(crate::verbs::build::Args),

@@ -194,7 +194,7 @@ fn the_same_commit_built_anywhere_gives_the_same_keys_and_bytes() {
     if !support::require(&need) {
         return;
     }
-    let _g = support::heavy();
+    let _g = support::heavy_long();
     // Checkout A builds in the suite-wide cache.
     let a = Project::demo().share_cache();
     let recipe = small_recipe(&a);

@@ -195,7 +195,7 @@ fn installs_under_uefi_and_bios_and_the_disk_boots() {
     if built().is_none() || !xtask::testing::require(BOOT_TOOLS) {
         return;
     }
-    let _g = support::heavy();
+    let _g = support::heavy_long();
     let b = built().unwrap();
     let p = &b.project;
     let before = support::sha256(&b.iso);
@@ -365,5 +365,58 @@ fn refusals_leave_the_disk_unbootable_and_do_not_reboot() {
         &target,
         &dir,
         "nothing was made bootable",
+    );
+}
+
+/// The payload carries zstd's content checksum, so the installer's
+/// `zstd -d` verifies every byte it writes: `zstd -lv` names XXH64, and a
+/// changed byte in the stream makes `zstd -t` fail. The installer bench
+/// (kiln's compression against `zstd -T0`) runs at a small scale.
+#[test]
+fn the_payload_carries_a_content_checksum_and_its_bench_runs() {
+    if !support::require(&["zstd"]) {
+        return;
+    }
+    let (_d, dir) = support::tempdir("kiln-installer-");
+    let raw = dir.join("disk.raw");
+    let text: Vec<u8> = b"appliance bytes, 0123456789\n"
+        .iter()
+        .copied()
+        .cycle()
+        .take(4 << 20)
+        .collect();
+    std::fs::write(&raw, &text).unwrap();
+    let zst = dir.join("disk.img.zst");
+    let payload = xtask::iso::installer::compress(&raw, &zst).unwrap();
+    assert_eq!(payload.bytes, text.len() as u64);
+    assert_eq!(payload.sha256, support::sha256(&raw));
+    let listing = sh("zstd", &["-lv", zst.as_str()]);
+    assert!(listing.contains("XXH64"), "{listing}");
+    sh("zstd", &["-tq", zst.as_str()]);
+    let mut bytes = std::fs::read(&zst).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    let bad = dir.join("bad.zst");
+    std::fs::write(&bad, &bytes).unwrap();
+    let out = std::process::Command::new("zstd")
+        .args(["-tq", bad.as_str()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "zstd accepted a changed payload");
+
+    let scratch = dir.join("bench");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let ms = xtask::bench::installer::payload(&xtask::bench::BenchCx {
+        scratch: &scratch,
+        scale: 1.0 / 64.0,
+    })
+    .unwrap();
+    assert_eq!(ms.len(), 1);
+    assert_eq!(ms[0].case, "installer-payload");
+    assert!(ms[0].kiln_secs > 0.0 && ms[0].baseline_secs > 0.0, "{ms:?}");
+    assert_eq!(
+        std::fs::read_dir(&scratch).unwrap().count(),
+        0,
+        "left files"
     );
 }

@@ -213,7 +213,7 @@ fn the_card_boots_on_raspi3b_from_its_sd_card_then_grows_on_virt() {
         return;
     }
     let b = built();
-    let _g = support::heavy();
+    let _g = support::heavy_long();
     b.project
         .run(&["smoke", b.published.as_str(), "--instances", "1"]);
     let first = support::smoke_log(&b.project, &b.published, 1, "raspi3b", 1);

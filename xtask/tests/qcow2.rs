@@ -447,7 +447,7 @@ fn builder2_customizes_a_vendor_image_and_it_boots() {
     {
         return;
     }
-    let _g = support::heavy();
+    let _g = support::heavy_long();
     let b = built();
     let sha = support::sha256(&b.qcow2);
     let (p, recipe) = customize_project(&b.qcow2, &sha);
@@ -564,7 +564,7 @@ fn builder1_arm64_disk_boots_uefi_with_kiln_initrd() {
     if !support::require(ARM64_TOOLS) || !support::arm64_programs_run() {
         return;
     }
-    let _g = support::heavy();
+    let _g = support::heavy_long();
     let p = Project::demo().share_cache();
     let recipe = arm64_recipe(&p);
     // The plan: an arm64 root without Debian's initramfs run, no GRUB.
@@ -721,7 +721,7 @@ fn builder1_snakeoil_pair_is_made_per_instance() {
     {
         return;
     }
-    let _g = support::heavy();
+    let _g = support::heavy_long();
     let p = Project::demo().share_cache();
     p.write("systemd/snakeoil-user.service", SNAKEOIL_USER);
     let mut packages: Vec<&str> = xtask::recipe::qcow2::DEFAULT_PACKAGES.to_vec();

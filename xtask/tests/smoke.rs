@@ -278,7 +278,7 @@ fn demo_qcow2_passes_on_uefi_and_bios() {
     if !boot_tools() {
         return;
     }
-    let _g = support::heavy();
+    let _g = support::heavy_long();
     let b = built();
     let p = &b.project;
     let before = support::sha256(&b.qcow2);

@@ -4,6 +4,7 @@
 
 pub mod container;
 pub mod export;
+pub mod installer;
 pub mod iso;
 pub mod qcow2;
 pub mod scan;

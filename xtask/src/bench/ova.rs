@@ -14,7 +14,7 @@ use crate::tools::{self, qemu_img};
 
 /// A raw disk of `size` bytes that compresses like a system disk: a quarter
 /// incompressible, a quarter repetitive text, the rest zeros (free space).
-fn make_disk(path: &camino::Utf8Path, size: u64) -> Result<()> {
+pub(super) fn make_disk(path: &camino::Utf8Path, size: u64) -> Result<()> {
     let mut f = std::fs::File::create(path).with_context(|| format!("creating {path}"))?;
     f.set_len(size)?;
     let chunk = 1u64 << 20;

@@ -20,3 +20,11 @@ pub fn tar_pipeline(dir: &Utf8Path, out: &Utf8Path, level: i32) -> Cmd {
     ])
     .args([dir.as_str(), out.as_str(), &level.to_string()])
 }
+
+/// `zstd -q -f -T0 -LEVEL SRC -o OUT`: one file on every core (the
+/// reference kiln's installer payload is compared with).
+pub fn compress_file(src: &Utf8Path, out: &Utf8Path, level: i32) -> Cmd {
+    Cmd::new("zstd", format!("zstd -T0 -{level} (reference)"))
+        .args(["-q", "-f", "-T0", &format!("-{level}"), src.as_str(), "-o"])
+        .arg(out.as_str())
+}

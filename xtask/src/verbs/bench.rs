@@ -9,8 +9,8 @@ use crate::cx::Cx;
 /// inputs, in the same run; print ratios (never absolute pass/fail on time).
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Only run cases whose name contains this: export, container, iso, scan, ova, qcow2,
-    /// smoke, arm64, pi.
+    /// Only run cases whose name contains this: export, container, iso, installer, scan, ova,
+    /// qcow2, smoke, arm64, pi.
     #[arg(long)]
     pub case: Option<String>,
     /// Scale the generated inputs (1.0 = the sizes the goals are set for).
@@ -26,6 +26,7 @@ fn cases() -> Vec<(&'static str, Case)> {
         ("export", bench::export::model_export),
         ("container", bench::container::debian_image),
         ("iso", bench::iso::remaster),
+        ("installer", bench::installer::payload),
         ("scan", bench::scan::scan_disk),
         ("ova", bench::ova::ova_build),
         ("qcow2", bench::qcow2::qcow2_builds),

@@ -656,6 +656,38 @@ impl Drop for Heavy {
 }
 
 pub fn heavy() -> Heavy {
+    slot(false)
+}
+
+/// [`heavy`] for the suite's longest tests (several boots, an install): a
+/// slot that frees up goes to a waiting long test before any short one, so
+/// the long ones start early and the suite does not end on one of them
+/// running alone while the other slot idles.
+pub fn heavy_long() -> Heavy {
+    slot(true)
+}
+
+/// Whether a long test's waiting mark is there (and its process alive).
+fn a_long_test_waits(dir: &Utf8Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("long-").and_then(|r| r.split('-').next()) else {
+            return false;
+        };
+        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            true
+        } else {
+            // Left by a process that died while waiting.
+            let _ = std::fs::remove_file(e.path());
+            false
+        }
+    })
+}
+
+fn slot(long: bool) -> Heavy {
     let slots: usize = std::env::var("KILN_TEST_HEAVY")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -664,25 +696,38 @@ pub fn heavy() -> Heavy {
     let dir = workspace().join("target/kiln/heavy");
     std::fs::create_dir_all(&dir).unwrap();
     let asked = std::time::Instant::now();
+    // A long test marks itself waiting; short tests leave free slots to it.
+    static WAITER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mark = long.then(|| {
+        let n = WAITER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let m = dir.join(format!("long-{}-{n}", std::process::id()));
+        std::fs::write(&m, b"").unwrap_or_else(|e| panic!("writing {m}: {e}"));
+        m
+    });
     loop {
-        for i in 0..slots {
-            let path = dir.join(format!("slot-{i}"));
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&path)
-                .unwrap_or_else(|e| panic!("opening {path}: {e}"));
-            match f.try_lock() {
-                Ok(()) => {
-                    return Heavy {
-                        _slot: f,
-                        asked,
-                        got: std::time::Instant::now(),
+        if long || !a_long_test_waits(&dir) {
+            for i in 0..slots {
+                let path = dir.join(format!("slot-{i}"));
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&path)
+                    .unwrap_or_else(|e| panic!("opening {path}: {e}"));
+                match f.try_lock() {
+                    Ok(()) => {
+                        if let Some(m) = &mark {
+                            let _ = std::fs::remove_file(m);
+                        }
+                        return Heavy {
+                            _slot: f,
+                            asked,
+                            got: std::time::Instant::now(),
+                        };
                     }
+                    Err(std::fs::TryLockError::WouldBlock) => {}
+                    Err(std::fs::TryLockError::Error(e)) => panic!("locking {path}: {e}"),
                 }
-                Err(std::fs::TryLockError::WouldBlock) => {}
-                Err(std::fs::TryLockError::Error(e)) => panic!("locking {path}: {e}"),
             }
         }
         std::thread::sleep(std::time::Duration::from_millis(250));
