@@ -78,13 +78,14 @@ pub struct Args {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Sub {
-    /// Fetch a pushed release from an OCI registry into a new directory:
-    /// the manifest (checked against REFERENCE when it names a digest),
-    /// every file with its size and sha256 checked against the manifest as
-    /// it arrives, then every file against the pulled SHA256SUMS. Written
-    /// into a temporary directory beside DIR and renamed into place only
-    /// when all of it verified. `sha256sum -c SHA256SUMS` in DIR then
-    /// passes (add `--ignore-missing` when the images were not pushed).
+    /// Fetch a pushed release from an OCI registry into a new directory, verified
+    ///
+    /// Fetches the manifest (checked against REFERENCE when it names a
+    /// digest), then every file, its size and sha256 checked against the
+    /// manifest as it arrives, then every file against the pulled
+    /// SHA256SUMS; all into a temporary directory beside DIR, renamed into
+    /// place only when all of it verified. `sha256sum -c SHA256SUMS` in DIR
+    /// then passes (add `--ignore-missing` when the images were not pushed).
     ///
     /// Examples:
     ///   cargo xtask release pull oci://registry.example.com/appliances/demo:stable
