@@ -432,134 +432,35 @@ fn registry_sources_must_be_pinned_and_missing_sources_are_named() {
     support::assert_nothing_left(&p);
 }
 
-/// A `docker-registry serve` (CNCF distribution) on 127.0.0.1, plain HTTP,
-/// storing into its own temporary directory; killed when dropped (also when
-/// the test panics).
-struct LocalRegistry {
-    child: std::process::Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
+/// A `docker-registry serve` (CNCF distribution) on 127.0.0.1 with its own
+/// storage ([`support::Registry`]), plain HTTP or HTTPS; stopped when
+/// dropped (also when the test panics).
+struct LocalRegistry(support::Registry);
 
 impl LocalRegistry {
     fn start() -> LocalRegistry {
-        LocalRegistry::start_with(None)
+        LocalRegistry(support::registry(Default::default()))
     }
 
-    /// Serving HTTPS with `cert`/`key` (a server certificate for 127.0.0.1);
-    /// `ca` is what the readiness probe trusts.
-    fn start_tls(cert: &Utf8Path, key: &Utf8Path, ca: &Utf8Path) -> LocalRegistry {
-        LocalRegistry::start_with(Some((cert.to_owned(), key.to_owned(), ca.to_owned())))
-    }
-
-    fn start_with(tls: Option<(Utf8PathBuf, Utf8PathBuf, Utf8PathBuf)>) -> LocalRegistry {
-        // The registry cannot bind port 0; take a free port from the kernel
-        // and hand it over. Another process may grab it in between: retry.
-        for _ in 0..3 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let dir = tempfile::Builder::new()
-                .prefix("kiln-registry-")
-                .tempdir()
-                .unwrap();
-            let base = Utf8Path::from_path(dir.path()).unwrap();
-            let config = base.join("config.yml");
-            let tls_config = match &tls {
-                Some((cert, key, _)) => {
-                    format!("  tls:\n    certificate: {cert}\n    key: {key}\n")
-                }
-                None => String::new(),
-            };
-            std::fs::write(
-                &config,
-                format!(
-                    "version: 0.1\nlog:\n  level: warn\n\
-                     storage:\n  filesystem:\n    rootdirectory: {base}/storage\n\
-                     http:\n  addr: 127.0.0.1:{port}\n  secret: kiln-test\n{tls_config}"
-                ),
-            )
-            .unwrap();
-            let log = std::fs::File::create(base.join("registry.log")).unwrap();
-            let child = std::process::Command::new("docker-registry")
-                .args(["serve", config.as_str()])
-                .stdin(std::process::Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .expect("starting docker-registry");
-            let ca = tls.as_ref().map(|t| t.2.clone());
-            let mut r = LocalRegistry { child, port, dir };
-            if r.wait_ready(ca.as_deref()) {
-                return r;
-            }
-            // `r` is dropped here: the process is killed before the next try.
-            eprintln!(
-                "docker-registry on port {port} did not come up:\n{}",
-                r.log()
-            );
-        }
-        panic!("docker-registry did not start (see the logs above)");
-    }
-
-    /// Poll `GET /v2/` (bounded: 200 tries, 50 ms apart); false when the
-    /// process exits or never answers 200. Over HTTPS (`ca` given) curl asks,
-    /// trusting `ca`.
-    fn wait_ready(&mut self, ca: Option<&Utf8Path>) -> bool {
-        use std::io::Read;
-        for _ in 0..200 {
-            if self.child.try_wait().unwrap().is_some() {
-                return false;
-            }
-            if let Some(ca) = ca {
-                let ok = std::process::Command::new("curl")
-                    .args(["-fsS", "-m", "2", "--cacert", ca.as_str()])
-                    .arg(format!("https://127.0.0.1:{}/v2/", self.port))
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success());
-                if ok {
-                    return true;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(50));
-                continue;
-            }
-            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
-            if let Ok(mut s) =
-                std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(1))
-            {
-                s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
-                    .unwrap();
-                let mut answer = String::new();
-                if s.write_all(b"GET /v2/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-                    .is_ok()
-                    && s.read_to_string(&mut answer).is_ok()
-                    && answer.split_whitespace().nth(1) == Some("200")
-                {
-                    return true;
-                }
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        false
+    /// Serving HTTPS with `cert`/`key` (a server certificate for 127.0.0.1
+    /// signed by the private CA the test's clients are given).
+    fn start_tls(cert: &Utf8Path, key: &Utf8Path) -> LocalRegistry {
+        LocalRegistry(support::registry(xtask::tools::docker_registry::Options {
+            tls: Some(xtask::tools::docker_registry::Tls {
+                certificate: cert.to_owned(),
+                key: key.to_owned(),
+            }),
+            read_only: false,
+        }))
     }
 
     fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        self.0.host()
     }
 
+    /// The log once the requests so far are all in it.
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for LocalRegistry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.0.settled_log()
     }
 }
 
@@ -1162,7 +1063,7 @@ fn a_registry_behind_a_private_ca_is_reached_through_cert_dir() {
     let certs = p.path("certs/registry");
     std::fs::create_dir_all(&certs).unwrap();
     std::fs::copy(&ca, certs.join("ca.crt")).unwrap();
-    let reg = LocalRegistry::start_tls(&cert, &key, &ca);
+    let reg = LocalRegistry::start_tls(&cert, &key);
     let host = reg.host();
     let layout = p.path("src/web");
     let digests = oci_layout(&layout, &[("linux", "amd64")]);

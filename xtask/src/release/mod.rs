@@ -12,6 +12,11 @@
 //! version is exchanged with it in one `renameat2(RENAME_EXCHANGE)`, then
 //! removed. A failure or a signal removes the partial directory: `output/`
 //! holds a whole release or the one before.
+//!
+//! With `--push oci://HOST[:PORT]/REPO:CHANNEL` the finished directory's
+//! documents (and, with `--push-artifacts`, its artifacts) are then pushed
+//! to a registry as one OCI artifact ([`oci`]); `release pull` fetches one
+//! back. A push that fails leaves the release directory as it was.
 
 use anyhow::{bail, Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
@@ -22,6 +27,7 @@ use crate::targets;
 
 pub mod facts;
 pub mod manifest;
+pub mod oci;
 pub mod provenance;
 pub mod sbom;
 
@@ -34,6 +40,16 @@ pub struct Request {
     pub targets: Vec<String>,
     pub allow_dirty: bool,
     pub options: targets::Options,
+    /// `--push`: where to publish the finished release.
+    pub push: Option<Push>,
+}
+
+/// Publish the finished release to a registry.
+#[derive(Debug, Clone)]
+pub struct Push {
+    pub to: oci::Reference,
+    /// Push the artifacts too, not only the documents (`--push-artifacts`).
+    pub artifacts: bool,
 }
 
 /// The project's git state as a release records it.
@@ -97,6 +113,9 @@ pub fn run(cx: &Cx, req: Request) -> Result<()> {
         let mut plan = cx.plan("release");
         targets::plan(&r, &mut plan, &formats, &req.options)?;
         plan.output = output.to_owned();
+        if let Some(push) = &req.push {
+            plan.notes.push(push_note(&plan, &dest, &name, push));
+        }
         Ok(plan)
     };
     if cx.dry_run {
@@ -124,25 +143,141 @@ pub fn run(cx: &Cx, req: Request) -> Result<()> {
     let manifest = write_doc(&partial.path, &manifest_name, &doc)?;
     let mut subjects: Vec<facts::FileFact> = facts.artifacts.clone();
     subjects.extend(written.iter().cloned());
-    subjects.push(manifest);
+    subjects.push(manifest.clone());
     let doc = provenance::statement(&r, &facts, &subjects);
-    subjects.push(write_doc(
-        &partial.path,
-        &format!("{name}.provenance.json"),
-        &doc,
-    )?);
-    write_sums(&partial.path, &subjects)?;
+    let provenance = write_doc(&partial.path, &format!("{name}.provenance.json"), &doc)?;
+    subjects.push(provenance.clone());
+    let sums = write_sums(&partial.path, &subjects)?;
     crate::signals::check()?;
     put_in_place(partial, &dest)?;
+    let targets = formats
+        .iter()
+        .map(|f| f.name())
+        .collect::<Vec<_>>()
+        .join(", ");
     crate::ui::info(&format!(
-        "released {dest} ({}; check a copy with `sha256sum -c {SUMS}` inside it)",
+        "released {dest} ({targets}; check a copy with `sha256sum -c {SUMS}` inside it)"
+    ));
+    let Some(push) = &req.push else {
+        return Ok(());
+    };
+    let role = |f: &facts::FileFact, role| oci::File {
+        name: f.name.clone(),
+        size: f.size,
+        sha256: f.sha256.clone(),
+        role,
+    };
+    let mut files = vec![
+        role(&sums, oci::Role::Sums),
+        role(&manifest, oci::Role::Manifest),
+        role(&provenance, oci::Role::Provenance),
+    ];
+    files.extend(written.iter().map(|f| role(f, oci::Role::Sbom)));
+    if push.artifacts {
+        files.extend(facts.artifacts.iter().map(|f| role(f, oci::Role::Artifact)));
+    }
+    let annotations = push_annotations(&name, &r.version, &source, facts.epoch, push, &formats);
+    crate::ui::info(&format!(
+        "pushing {} file(s) of {name} to {} ({})",
+        files.len(),
+        push.to,
+        if push.artifacts {
+            "documents and artifacts"
+        } else {
+            "documents; the artifacts stay local"
+        }
+    ));
+    let pushed = oci::push(&push.to, &dest, &files, annotations).map_err(|e| {
+        if crate::signals::interrupted() {
+            return e;
+        }
+        e.context(format!(
+            "the release {dest} is complete and intact (`sha256sum -c {SUMS}` inside it checks \
+             it), but pushing it to {} failed; run the same command again to retry (its \
+             steps are cached)",
+            push.to
+        ))
+    })?;
+    crate::ui::info(&format!(
+        "pushed {name} to {} as {} ({} blob(s) uploaded, {} already there); fetch it with \
+         `cargo xtask release pull {}` (this very release: `… pull {}@{}`)",
+        push.to, pushed.digest, pushed.uploaded, pushed.present, push.to, push.to, pushed.digest
+    ));
+    if cx.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "pushed": push.to.to_string(),
+                "digest": pushed.digest,
+                "files": files.iter().map(|f| &f.name).collect::<Vec<_>>(),
+            })
+        );
+    }
+    Ok(())
+}
+
+/// The manifest annotations of a pushed release: nothing but what the
+/// release itself records (no clock, no host), so a push is reproducible.
+fn push_annotations(
+    name: &str,
+    version: &str,
+    source: &Source,
+    epoch: i64,
+    push: &Push,
+    formats: &[targets::Format],
+) -> std::collections::BTreeMap<String, String> {
+    let mut a = std::collections::BTreeMap::new();
+    let mut put = |k: &str, v: String| {
+        a.insert(k.to_string(), v);
+    };
+    put(oci::TITLE, name.to_string());
+    put("org.opencontainers.image.version", version.to_string());
+    put(
+        "org.opencontainers.image.created",
+        crate::export::rfc3339(epoch),
+    );
+    if let Some(rev) = &source.revision {
+        put("org.opencontainers.image.revision", rev.clone());
+    }
+    put(oci::WITH_ARTIFACTS, push.artifacts.to_string());
+    put(
+        "vnd.kiln.release.targets",
         formats
             .iter()
             .map(|f| f.name())
             .collect::<Vec<_>>()
-            .join(", ")
-    ));
-    Ok(())
+            .join(","),
+    );
+    a
+}
+
+/// What `--dry-run` says a push will do: where, and which files.
+fn push_note(plan: &crate::plan::Plan, dest: &Utf8Path, name: &str, push: &Push) -> String {
+    let r = &push.to;
+    let mut files = vec![
+        format!("{name}.manifest.json"),
+        SUMS.to_string(),
+        format!("the SBOMs ({name}-<arch>.spdx.json)"),
+        format!("{name}.provenance.json"),
+    ];
+    let artifacts = if push.artifacts {
+        let names: Vec<&str> = plan.publish.iter().map(|p| p.name.as_str()).collect();
+        files.push(format!("the artifacts ({})", names.join(", ")));
+        String::new()
+    } else {
+        "; the artifacts stay local (--push-artifacts adds them)".to_string()
+    };
+    format!(
+        "push: once {dest} is complete, publish it to {r} ({}://{}, repository {}, tag `{}`) \
+         as one OCI artifact ({}, artifactType {}): {}{artifacts}",
+        r.scheme(),
+        r.registry,
+        r.repository,
+        r.target_str(),
+        oci::MANIFEST_TYPE,
+        oci::ARTIFACT_TYPE,
+        files.join(", ")
+    )
 }
 
 /// Write `doc` as pretty JSON into the release directory; returns its fact.
@@ -163,7 +298,8 @@ fn write_doc(dir: &Utf8Path, name: &str, doc: &serde_json::Value) -> Result<fact
 /// sorted by name, written last. The digests are the ones taken when each
 /// file was written or published (`files`), so no image is read again; a
 /// file of `dir` that `files` does not describe, or the reverse, is an error.
-pub fn write_sums(dir: &Utf8Path, files: &[facts::FileFact]) -> Result<()> {
+/// Returns `SHA256SUMS`' own fact.
+pub fn write_sums(dir: &Utf8Path, files: &[facts::FileFact]) -> Result<facts::FileFact> {
     let mut names: Vec<String> = Vec::new();
     for e in std::fs::read_dir(dir).with_context(|| format!("listing the release {dir}"))? {
         let e = e.with_context(|| format!("listing the release {dir}"))?;
@@ -188,7 +324,12 @@ pub fn write_sums(dir: &Utf8Path, files: &[facts::FileFact]) -> Result<()> {
         .map(|f| crate::digest::sha256sum_line(&f.sha256, &f.name))
         .collect();
     let path = dir.join(SUMS);
-    std::fs::write(&path, text).with_context(|| format!("writing {path}"))
+    std::fs::write(&path, &text).with_context(|| format!("writing {path}"))?;
+    Ok(facts::FileFact {
+        name: SUMS.to_string(),
+        size: text.len() as u64,
+        sha256: crate::digest::bytes_sha256(text.as_bytes()),
+    })
 }
 
 /// Rename the assembled release to `dest`: a plain rename when there is no

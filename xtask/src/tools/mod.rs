@@ -22,6 +22,7 @@ pub mod console;
 pub mod coreutils;
 pub mod curl;
 pub mod debugfs;
+pub mod docker_registry;
 pub mod dosfstools;
 pub mod git;
 pub mod grub;

@@ -144,7 +144,7 @@ pub const REQUIREMENTS: &[Requirement] = &[
     prog("guestfish", "libguestfs-tools", "check a customized vendor image for cloud-init (qcow2 builder 2)", &["--version"], &[Test]),
     prog("cloud-init", "cloud-init", "validate cloud-config seeds (`cloud-init schema`)", &["--version"], &[Seed, Test]),
     prog("skopeo", "skopeo", "copy registry images; inspect exported archives in tests", &["--version"], &[Test]),
-    prog("docker-registry", "docker-registry", "a local OCI registry for the registry-source export tests", &["--version"], &[Test]),
+    prog("docker-registry", "docker-registry", "a local OCI registry for the tests: registry image sources, `release --push` and `release pull`", &["--version"], &[Test]),
     backport(prog("qemu-system-x86_64", "qemu-system-x86", "smoke-boot amd64 images", &["--version"], &[Smoke, Test])),
     file("/usr/share/OVMF/OVMF_CODE_4M.fd", "ovmf", "UEFI firmware for amd64 boots", &[Smoke, Test]),
     backport(prog("qemu-system-aarch64", "qemu-system-arm", "smoke-boot arm64 images", &["--version"], &[Smoke, Test])),

@@ -1,9 +1,11 @@
-//! `cargo xtask release`: the recipe's targets as one release directory.
+//! `cargo xtask release`: the recipe's targets as one release directory,
+//! optionally pushed to an OCI registry; `release pull` fetches one back.
 
 use anyhow::Result;
 use camino::Utf8PathBuf;
 
 use crate::cx::Cx;
+use crate::release::oci;
 
 /// Build a release: every target of the recipe (or the ones `--targets`
 /// names) through one plan, the same one `build` makes, scanned for secrets,
@@ -29,14 +31,28 @@ use crate::cx::Cx;
 ///
 /// Operators verify a download with `sha256sum -c SHA256SUMS` in its directory.
 ///
+/// `--push oci://HOST[:PORT]/REPO:CHANNEL` then publishes the finished
+/// directory to an OCI registry as one artifact (an OCI 1.1 image manifest,
+/// artifactType application/vnd.kiln.release.v1+json, one layer per file,
+/// tagged CHANNEL): the manifest, SHA256SUMS, the SBOMs and the provenance,
+/// and with `--push-artifacts` the images too. Blobs the registry has are
+/// not sent again; the same release gives the same manifest digest. Plain
+/// HTTP for a registry on this machine (localhost, 127.0.0.0/8, [::1]),
+/// HTTPS for any other; anonymous access. A refused push leaves the release
+/// directory complete. `release pull` fetches a release back, verified.
+///
 /// Examples:
 ///   cargo xtask release                          every target of recipes/demo.yaml
 ///   cargo xtask release --targets qcow2,ova      only the qcow2 and the OVA
 ///   cargo xtask release --dry-run                every step, command, input and key
 ///   cargo xtask release --allow-dirty            try a release with uncommitted changes
+///   cargo xtask release --push oci://registry.example.com/appliances/demo:stable
+///   cargo xtask release pull oci://registry.example.com/appliances/demo:stable --dest demo
 #[derive(Debug, clap::Args)]
-#[command(verbatim_doc_comment)]
+#[command(verbatim_doc_comment, args_conflicts_with_subcommands = true)]
 pub struct Args {
+    #[command(subcommand)]
+    pub cmd: Option<Sub>,
     /// Targets to release, comma-separated: overlay, iso, qcow2, ova, pi [default: every target the recipe builds].
     #[arg(long, value_name = "T,…", value_delimiter = ',')]
     pub targets: Vec<String>,
@@ -49,9 +65,50 @@ pub struct Args {
     /// Expected sha256 of `--base-iso`.
     #[arg(long, value_name = "HEX", requires = "base_iso")]
     pub base_sha256: Option<String>,
+    /// Once the release directory is complete, push it to this registry
+    /// repository as one OCI artifact tagged CHANNEL (the documents; add
+    /// --push-artifacts for the images).
+    #[arg(long, value_name = "oci://HOST[:PORT]/REPO:CHANNEL", value_parser = oci::push_reference)]
+    pub push: Option<oci::Reference>,
+    /// With --push: push the artifacts (images) too, not only the manifest,
+    /// SHA256SUMS, SBOMs and provenance.
+    #[arg(long, requires = "push")]
+    pub push_artifacts: bool,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Sub {
+    /// Fetch a pushed release from an OCI registry into a new directory, verified
+    ///
+    /// Fetches the manifest (checked against REFERENCE when it names a
+    /// digest), then every file, its size and sha256 checked against the
+    /// manifest as it arrives, then every file against the pulled
+    /// SHA256SUMS; all into a temporary directory beside DIR, renamed into
+    /// place only when all of it verified. `sha256sum -c SHA256SUMS` in DIR
+    /// then passes (add `--ignore-missing` when the images were not pushed).
+    ///
+    /// Examples:
+    ///   cargo xtask release pull oci://registry.example.com/appliances/demo:stable
+    ///   cargo xtask release pull oci://127.0.0.1:5000/demo:stable --dest /srv/demo
+    ///   cargo xtask release pull oci://registry.example.com/appliances/demo@sha256:<digest>
+    #[command(verbatim_doc_comment)]
+    Pull(PullArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PullArgs {
+    /// The release: oci://HOST[:PORT]/REPO:CHANNEL, or oci://HOST[:PORT]/REPO@sha256:<digest>.
+    #[arg(value_name = "REFERENCE", value_parser = oci::pull_reference)]
+    pub reference: oci::Reference,
+    /// The directory to create (must not exist, or be empty) [default: ./<name>-<version>, from the artifact's title].
+    #[arg(long, value_name = "DIR")]
+    pub dest: Option<Utf8PathBuf>,
 }
 
 pub fn run(cx: &Cx, a: Args) -> Result<()> {
+    if let Some(Sub::Pull(p)) = a.cmd {
+        return pull(cx, p);
+    }
     let req = crate::release::Request {
         targets: a.targets,
         allow_dirty: a.allow_dirty,
@@ -60,6 +117,51 @@ pub fn run(cx: &Cx, a: Args) -> Result<()> {
             base_sha256: a.base_sha256,
             preview: cx.dry_run,
         },
+        push: a.push.map(|to| crate::release::Push {
+            to,
+            artifacts: a.push_artifacts,
+        }),
     };
     crate::release::run(cx, req)
+}
+
+fn pull(cx: &Cx, p: PullArgs) -> Result<()> {
+    if cx.dry_run {
+        let dest = match &p.dest {
+            Some(d) => d.to_string(),
+            None => "./<name>-<version> (the artifact's title)".to_string(),
+        };
+        println!(
+            "pull: fetch {} ({}://{}, repository {}) into {dest}: the manifest, then every \
+             layer checked against its sha256, then every file against SHA256SUMS",
+            p.reference,
+            p.reference.scheme(),
+            p.reference.registry,
+            p.reference.repository
+        );
+        return Ok(());
+    }
+    let pulled = oci::pull(&p.reference, p.dest.as_deref())?;
+    if cx.json {
+        println!("{}", serde_json::to_string(&pulled)?);
+        return Ok(());
+    }
+    let missing = if pulled.not_pushed.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; not in the registry (the images were not pushed): {}; check with \
+             `sha256sum -c --ignore-missing SHA256SUMS`",
+            pulled.not_pushed.join(", ")
+        )
+    };
+    crate::ui::info(&format!(
+        "pulled {}@{} into {}: {} file(s), every one verified against SHA256SUMS{missing}",
+        p.reference,
+        pulled.digest,
+        pulled.dest,
+        pulled.files.len()
+    ));
+    println!("{}", pulled.dest);
+    Ok(())
 }

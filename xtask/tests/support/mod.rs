@@ -924,6 +924,58 @@ pub fn assert_nothing_left(p: &Project) {
     }
 }
 
+/// A local OCI registry (`docker-registry`, run through
+/// `xtask::tools::docker_registry`) on 127.0.0.1 with its storage in a
+/// temporary directory: the server is stopped, then the directory removed,
+/// when this drops (also when the test panics).
+pub struct Registry {
+    // Declared first: dropped (stopped) before its directory goes.
+    pub server: xtask::tools::docker_registry::LocalRegistry,
+    /// The configuration and `storage/` (the registry's blobs and manifests).
+    pub dir: Utf8PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    /// `127.0.0.1:<port>`.
+    pub fn host(&self) -> String {
+        self.server.host()
+    }
+    /// Its log and access log so far.
+    pub fn log(&self) -> String {
+        self.server.log()
+    }
+
+    /// Its log once it has stopped growing for half a second (at most 10 s):
+    /// the registry writes a request's access-log line after answering it,
+    /// and kiln reads its output through a pipe, so a client may be done
+    /// before its last request is in [`Registry::log`].
+    pub fn settled_log(&self) -> String {
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        let mut last = self.log();
+        loop {
+            std::thread::sleep(Duration::from_millis(500));
+            let now = self.log();
+            if now == last || std::time::Instant::now() > until {
+                return now;
+            }
+            last = now;
+        }
+    }
+}
+
+/// Start a [`Registry`] serving as `options` say.
+pub fn registry(options: xtask::tools::docker_registry::Options) -> Registry {
+    let (guard, dir) = tempdir("kiln-registry-");
+    let server = xtask::tools::docker_registry::LocalRegistry::start(&dir, &options)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    Registry {
+        server,
+        dir,
+        _dir: guard,
+    }
+}
+
 /// A temporary directory named `<prefix>…`, removed when the guard drops,
 /// and its path.
 pub fn tempdir(prefix: &str) -> (tempfile::TempDir, Utf8PathBuf) {
