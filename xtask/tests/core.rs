@@ -135,26 +135,7 @@ fn plan_of(p: &Project, recipe: &str, extra: &[&str]) -> BTreeMap<String, (Strin
     args.extend_from_slice(extra);
     args.extend(["--dry-run", "--json", "build"]);
     let v: Value = serde_json::from_str(&stdout(&p.run(&args))).unwrap();
-    v["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            let op = s["actions"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|a| a.get("op").is_some());
-            (
-                s["name"].as_str().unwrap().to_string(),
-                (
-                    s["key"].as_str().unwrap().to_string(),
-                    s["out"].as_str().unwrap().to_string(),
-                    op,
-                ),
-            )
-        })
-        .collect()
+    support::plan_steps(&v)
 }
 
 /// Run `VERB --json`; step name to outcome (`ran` or `cached`).

@@ -316,3 +316,201 @@ fn a_failing_target_publishes_nothing_and_names_the_step() {
     assert!(p.outputs().is_empty(), "output/ holds {:?}", p.outputs());
     p.assert_no_leftovers();
 }
+
+#[test]
+fn dry_run_shows_the_second_build_with_the_same_keys_in_a_fresh_cache() {
+    let p = Project::demo();
+    let args = [
+        "release",
+        "--targets",
+        "qcow2,overlay",
+        "--check-reproducible",
+        "--dry-run",
+    ];
+    let mut json_args = args.to_vec();
+    json_args.push("--json");
+    let out = p.run(&json_args);
+    let plan: serde_json::Value = serde_json::from_str(&support::stdout(&out)).unwrap();
+    let check = &plan["check_reproducible"];
+    let work = Utf8PathBuf::from(check["work"].as_str().unwrap());
+    assert!(
+        work.starts_with(p.cache_dir()) && work.file_name().unwrap().starts_with("reproduce.tmp-"),
+        "{work}"
+    );
+    // Every step again, under the same key, in the fresh cache, from a copy
+    // of the project; published into the check's own output.
+    let (first, second) = (
+        support::plan_steps(&plan),
+        support::plan_steps(&check["plan"]),
+    );
+    assert!(first.contains_key("qcow2-rootfs-amd64"), "{first:?}");
+    assert_eq!(
+        first.iter().map(|(n, s)| (n, &s.0)).collect::<Vec<_>>(),
+        second.iter().map(|(n, s)| (n, &s.0)).collect::<Vec<_>>(),
+        "the second build's keys depend on where it works"
+    );
+    assert!(second
+        .values()
+        .all(|(_, out, _)| out.starts_with(work.join("cache").as_str())));
+    assert_eq!(
+        check["plan"]["recipe"].as_str().unwrap(),
+        work.join("root/recipes/demo.yaml").as_str()
+    );
+    assert_eq!(
+        check["plan"]["output"].as_str().unwrap(),
+        work.join("output").as_str()
+    );
+    let human = support::stdout(&p.run(&args));
+    assert!(
+        human.contains("reproducibility check (--check-reproducible)")
+            && human.contains("plan for `release --check-reproducible (second build)`"),
+        "{human}"
+    );
+    // Planning copied the project and removed the copy; nothing was built.
+    assert!(p.outputs().is_empty(), "{:?}", p.outputs());
+    p.assert_no_leftovers();
+    let cached: Vec<_> = std::fs::read_dir(p.cache_dir())
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(cached.is_empty(), "{cached:?}");
+}
+
+/// Run kiln and return its output and its process id (its temporary
+/// directories are named after it).
+fn run_with_pid(p: &Project, args: &[&str]) -> (std::process::Output, u32) {
+    let child = p
+        .kiln()
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    (child.wait_with_output().unwrap(), pid)
+}
+
+#[test]
+fn check_reproducible_publishes_identical_bytes_and_names_a_file_that_differs_inside_the_disk() {
+    let mut tools = support::qcow2_build_tools().to_vec();
+    tools.extend(["sha256sum", "qemu-img"]);
+    if !require(&tools) {
+        return;
+    }
+    let _slot = support::heavy();
+    // The first build reuses the suite's cache; the second is a fresh one
+    // (its Debian root is built again: minutes).
+    let p = Project::demo().share_cache();
+    let args = [
+        "release",
+        "--targets",
+        "qcow2,overlay",
+        "--check-reproducible",
+    ];
+    let (out, pid) = run_with_pid(&p, &args);
+    let err = support::stderr(&out);
+    assert!(out.status.success(), "the check failed:\n{err}");
+    let work = p.cache_dir().join(format!("reproduce.tmp-{pid}"));
+    assert!(!work.exists(), "{work} was left behind");
+    let dir = release_dir(&p);
+    let name = dir.file_name().unwrap().to_string();
+    let listed = sums(&dir);
+    assert!(err.contains("reproducibility check passed"), "{err}");
+    for artifact in [
+        format!("{name}-amd64.qcow2"),
+        format!("{name}-amd64.overlay.tar.zst"),
+    ] {
+        let line = format!("  identical  sha256 {}", listed[&artifact]);
+        assert!(
+            err.lines()
+                .any(|l| l.trim_start().starts_with(&artifact) && l.ends_with(&line)),
+            "no `{artifact} … {line}` in:\n{err}"
+        );
+    }
+    let m = json(&dir.join(format!("{name}.manifest.json")));
+    let r = &m["reproducibility"];
+    assert_eq!(r["checked"], true, "{r}");
+    assert_eq!(r["identical"], true, "{r}");
+    let checked: BTreeMap<String, String> = r["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["name"].as_str().unwrap().to_string(),
+                a["sha256"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let artifacts: BTreeMap<String, String> = listed
+        .iter()
+        .filter(|(n, _)| !n.ends_with(".json"))
+        .map(|(n, h)| (n.clone(), h.clone()))
+        .collect();
+    assert_eq!(checked, artifacts);
+
+    // A planted non-reproducible input: a sysusers file that is a link to
+    // the kernel's random UUID reads other bytes every time (as a
+    // generator that embeds a build's time or randomness would), and ends
+    // up in the disk's root file system as /usr/lib/sysusers.d/nonce.conf.
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::os::unix::fs::symlink(
+        "/proc/sys/kernel/random/uuid",
+        p.path("systemd/nonce.sysusers"),
+    )
+    .unwrap();
+    let demo = std::fs::read_to_string(p.path("recipes/demo.yaml")).unwrap();
+    let planted = demo.replace(
+        "    - systemd/demo.sysusers\n",
+        "    - systemd/demo.sysusers\n    - systemd/nonce.sysusers\n",
+    );
+    assert_ne!(planted, demo);
+    p.write("recipes/nonce.yaml", &planted);
+    let mut nonce_args = vec!["--recipe", "recipes/nonce.yaml"];
+    nonce_args.extend(args);
+    let (out, pid) = run_with_pid(&p, &nonce_args);
+    let err = support::stderr(&out);
+    assert!(!out.status.success(), "a planted difference passed:\n{err}");
+    // The report, as an operator reads it, in the test's log.
+    eprintln!("{err}");
+    let qcow2 = format!("{name}-amd64.qcow2");
+    let file = "/usr/lib/sysusers.d/nonce.conf";
+    assert!(
+        err.contains(&format!("{qcow2} differs: first differing byte at offset ")),
+        "{err}"
+    );
+    let named = err
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix(&format!("first differing member: {qcow2}!"))
+        })
+        .unwrap_or_else(|| panic!("no member of {qcow2} named:\n{err}"));
+    let (partition, path) = named.split_once('!').unwrap();
+    assert!(
+        partition.starts_with('p') && partition[1..].parse::<u32>().is_ok(),
+        "{named}"
+    );
+    assert_eq!(path, file, "{err}");
+    assert!(
+        err.contains(&format!(
+            "({qcow2} (qcow2 disk) → partition {} (ext file system) → {file})",
+            &partition[1..]
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "first differing member: {name}-amd64.overlay.tar.zst!{file}"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("nothing was published"), "{err}");
+    // The key of the step that read it differs too, and says why.
+    assert!(
+        err.contains("stage-amd64 (changed: @ROOT@/systemd/nonce.sysusers"),
+        "{err}"
+    );
+    assert!(p.outputs().is_empty(), "output/ holds {:?}", p.outputs());
+    let work = p.cache_dir().join(format!("reproduce.tmp-{pid}"));
+    assert!(!work.exists(), "{work} was left behind");
+}

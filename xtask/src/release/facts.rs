@@ -91,6 +91,8 @@ pub struct Facts {
     pub images: Vec<Image>,
     pub models: Vec<Model>,
     pub artifacts: Vec<FileFact>,
+    /// `--check-reproducible` ran and every artifact was identical.
+    pub reproduced: Option<super::reproduce::Verdict>,
 }
 
 /// The published artifacts in the release directory `dir`, with the sha256
@@ -122,7 +124,8 @@ pub fn artifacts(dir: &Utf8Path, published: &[Utf8PathBuf]) -> Result<Vec<FileFa
     Ok(out)
 }
 
-/// Everything the release documents record, from the plan that ran.
+/// Everything the release documents record, from the plan that ran (and the
+/// reproducibility check's verdict, when it ran).
 pub fn gather(
     r: &Resolved,
     plan: &Plan,
@@ -130,6 +133,7 @@ pub fn gather(
     source: &Source,
     allow_dirty: bool,
     artifacts: Vec<FileFact>,
+    reproduced: Option<super::reproduce::Verdict>,
 ) -> Result<Facts> {
     let mut tools = BTreeMap::new();
     let mut deps = BTreeSet::new();
@@ -222,6 +226,7 @@ pub fn gather(
         images,
         models,
         artifacts,
+        reproduced,
     })
 }
 

@@ -3,7 +3,8 @@
 //! digest, the git revision and dirty flag, `SOURCE_DATE_EPOCH`, every
 //! step of the plan with its key and inputs (by digest), every external
 //! tool's version, kiln's code fingerprint, the Debian packages of each root
-//! file system, the container images and models, and every artifact.
+//! file system, the container images and models, every artifact, and
+//! whether `--check-reproducible` rebuilt them all to the same bytes.
 
 use serde_json::{json, Value};
 
@@ -45,5 +46,25 @@ pub fn document(_r: &Resolved, f: &Facts, sboms: &[FileFact]) -> Value {
         "models": f.models,
         "artifacts": f.artifacts,
         "sboms": sboms,
+        "reproducibility": reproducibility(f),
     })
+}
+
+/// Whether `--check-reproducible` ran: a second build from a copy of the
+/// project at another path, in a fresh step cache, gave every artifact
+/// byte for byte (a release whose check fails is not written at all).
+fn reproducibility(f: &Facts) -> Value {
+    match &f.reproduced {
+        None => json!({ "checked": false }),
+        Some(v) => json!({
+            "checked": true,
+            "identical": true,
+            "second_build": "a copy of the project at another path, a fresh step cache",
+            "artifacts": v
+                .artifacts
+                .iter()
+                .map(|(name, sha256)| json!({ "name": name, "sha256": sha256 }))
+                .collect::<Vec<_>>(),
+        }),
+    }
 }

@@ -17,6 +17,11 @@
 //! documents (and, with `--push-artifacts`, its artifacts) are then pushed
 //! to a registry as one OCI artifact ([`oci`]); `release pull` fetches one
 //! back. A push that fails leaves the release directory as it was.
+//! With `--check-reproducible` ([`reproduce`]), the targets are built a
+//! second time from a copy of the project in a fresh cache before any
+//! document is written, and the release goes on only if every artifact is
+//! byte-identical (the manifest records it); a difference is the release's
+//! error, so nothing is published.
 
 use anyhow::{bail, Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
@@ -29,6 +34,7 @@ pub mod facts;
 pub mod manifest;
 pub mod oci;
 pub mod provenance;
+pub mod reproduce;
 pub mod sbom;
 
 /// The checksum list of a release (coreutils `sha256sum` format).
@@ -39,6 +45,10 @@ pub struct Request {
     /// `--targets` (empty: every format the recipe builds).
     pub targets: Vec<String>,
     pub allow_dirty: bool,
+    /// `--check-reproducible`: build the targets again elsewhere, in a
+    /// fresh cache, and publish only if every artifact is identical
+    /// ([`reproduce`]).
+    pub check_reproducible: bool,
     pub options: targets::Options,
     /// `--push`: where to publish the finished release.
     pub push: Option<Push>,
@@ -119,7 +129,24 @@ pub fn run(cx: &Cx, req: Request) -> Result<()> {
         Ok(plan)
     };
     if cx.dry_run {
-        cx.execute(|| make(&dest), None)?;
+        if !req.check_reproducible {
+            cx.execute(|| make(&dest), None)?;
+            return Ok(());
+        }
+        let plan = make(&dest)?;
+        let (second, work) = reproduce::preview(cx, &r, &formats, &req.options)?;
+        if cx.json {
+            let mut doc = plan.to_json();
+            doc["check_reproducible"] = serde_json::json!({
+                "work": work,
+                "plan": second.to_json(),
+            });
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+        } else {
+            print!("{}", plan.render());
+            print!("{}", reproduce::preview_header(&work));
+            print!("{}", second.render());
+        }
         return Ok(());
     }
     std::fs::create_dir_all(&cx.output)
@@ -131,7 +158,22 @@ pub fn run(cx: &Cx, req: Request) -> Result<()> {
     crate::signals::check()?;
 
     let artifacts = facts::artifacts(&partial.path, &report.published)?;
-    let facts = facts::gather(&r, &plan, &formats, &source, req.allow_dirty, artifacts)?;
+    let reproduced = if req.check_reproducible {
+        let opts = &req.options;
+        let verdict = reproduce::check(cx, &r, &formats, opts, &plan, &partial.path, &artifacts)?;
+        Some(verdict)
+    } else {
+        None
+    };
+    let facts = facts::gather(
+        &r,
+        &plan,
+        &formats,
+        &source,
+        req.allow_dirty,
+        artifacts,
+        reproduced,
+    )?;
     crate::signals::check()?;
     let mut written = Vec::new();
     for (arch, doc) in sbom::documents(&r, &facts) {

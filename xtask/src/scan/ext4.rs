@@ -65,6 +65,16 @@ pub enum Node {
     Other,
 }
 
+/// What an inode records besides its data (nanoseconds are left out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    /// Type and permission bits, as `st_mode`.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: i64,
+}
+
 impl Fs {
     pub fn open(w: Window) -> Result<Fs> {
         let sb = w.bytes(1024, 1024).context("reading the ext superblock")?;
@@ -180,6 +190,53 @@ impl Fs {
             0o120000 => return Ok(Node::Symlink),
             _ => return Ok(Node::Other),
         }
+        self.data(ino, &raw, flags, size)
+    }
+
+    /// Ownership, permissions and modification time of inode `ino`.
+    pub fn meta(&self, ino: u64) -> Result<Meta> {
+        let raw = self.inode(ino)?;
+        let u16_at = |o: usize| u16::from_le_bytes([raw[o], raw[o + 1]]) as u32;
+        Ok(Meta {
+            mode: u16_at(0),
+            uid: u16_at(2) | u16_at(0x78) << 16,
+            gid: u16_at(24) | u16_at(0x7a) << 16,
+            mtime: i32::from_le_bytes(raw[16..20].try_into().unwrap()) as i64,
+        })
+    }
+
+    /// The target of the symbolic link at inode `ino`: kept in the inode
+    /// itself when short (a "fast" link), else in its data blocks.
+    pub fn link_target(&self, ino: u64) -> Result<Vec<u8>> {
+        let raw = self.inode(ino)?;
+        let flags = u32::from_le_bytes(raw[0x20..0x24].try_into().unwrap());
+        let size = u32::from_le_bytes(raw[4..8].try_into().unwrap()) as u64;
+        if size < 60 && flags & (FL_EXTENTS | FL_INLINE) == 0
+            || flags & FL_INLINE != 0 && size <= 60
+        {
+            return Ok(raw[0x28..0x28 + size as usize].to_vec());
+        }
+        match self.data(ino, &raw, flags, size)? {
+            Node::File {
+                inline: Some(b), ..
+            } => Ok(b),
+            Node::File { runs, .. } => {
+                let mut v = Vec::with_capacity(size as usize);
+                for (off, len) in runs {
+                    if off == HOLE {
+                        v.resize(v.len() + len as usize, 0);
+                    } else {
+                        v.extend(self.w.bytes(off, len as usize)?);
+                    }
+                }
+                Ok(v)
+            }
+            _ => unreachable!("data() describes a file"),
+        }
+    }
+
+    /// The data of inode `ino` (its raw bytes `raw`): inline, or as runs.
+    fn data(&self, ino: u64, raw: &[u8], flags: u32, size: u64) -> Result<Node> {
         if flags & FL_ENCRYPT != 0 {
             bail!("inode {ino} is encrypted (fscrypt): kiln cannot read it");
         }

@@ -22,6 +22,7 @@ pub mod cpio;
 pub mod disk;
 pub mod dpkg;
 pub mod ext4;
+pub mod inventory;
 pub mod iso9660;
 mod report;
 pub mod rules;

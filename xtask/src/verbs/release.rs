@@ -40,6 +40,18 @@ use crate::release::oci;
 /// HTTP for a registry on this machine (localhost, 127.0.0.0/8, [::1]),
 /// HTTPS for any other; anonymous access. A refused push leaves the release
 /// directory complete. `release pull` fetches a release back, verified.
+/// `--check-reproducible` proves the last claim before publishing: the
+/// selected targets are built again from a copy of the project at another
+/// path, in a fresh step cache (`<cache>/reproduce.tmp-<pid>/`, removed
+/// afterwards; it rebuilds everything, the Debian root file systems too),
+/// and every artifact is compared byte for byte. The same bytes: a short
+/// report (each artifact, identical, its sha256), the release is published
+/// and its manifest records the check. Other bytes: the release fails and
+/// nothing is published; the error names the artifact, the first differing
+/// byte and, read with the secret scanner's readers, the member that differs
+/// (a disk's partition, file system and path; an OVA's member and the path
+/// in its disk; a tar's member; a path in an ISO) and the members only one
+/// build has.
 ///
 /// Examples:
 ///   cargo xtask release                          every target of recipes/demo.yaml
@@ -48,6 +60,7 @@ use crate::release::oci;
 ///   cargo xtask release --allow-dirty            try a release with uncommitted changes
 ///   cargo xtask release --push oci://registry.example.com/appliances/demo:stable
 ///   cargo xtask release pull oci://registry.example.com/appliances/demo:stable --dest demo
+///   cargo xtask release --check-reproducible     build twice, publish only identical bytes
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment, args_conflicts_with_subcommands = true)]
 pub struct Args {
@@ -59,6 +72,12 @@ pub struct Args {
     /// Release a work tree with uncommitted changes or untracked files (the manifest records it).
     #[arg(long)]
     pub allow_dirty: bool,
+    /// Build the targets a second time from a copy of the project in a fresh step cache (a
+    /// temporary directory in the cache, removed afterwards) and publish only if every artifact
+    /// is byte-identical; a difference names the artifact, its first differing byte and the
+    /// member inside it (partition, file system, path) that differs.
+    #[arg(long)]
+    pub check_reproducible: bool,
     /// The Ubuntu live-server ISO to remaster (overrides `iso.base`).
     #[arg(long, value_name = "PATH")]
     pub base_iso: Option<Utf8PathBuf>,
@@ -112,6 +131,7 @@ pub fn run(cx: &Cx, a: Args) -> Result<()> {
     let req = crate::release::Request {
         targets: a.targets,
         allow_dirty: a.allow_dirty,
+        check_reproducible: a.check_reproducible,
         options: crate::targets::Options {
             base_iso: a.base_iso,
             base_sha256: a.base_sha256,

@@ -561,6 +561,33 @@ fn replicate_tree(
     }
 }
 
+/// A plan printed by `--dry-run --json`: step name to (key, output
+/// directory, whether it runs an in-process op).
+pub fn plan_steps(
+    plan: &serde_json::Value,
+) -> std::collections::BTreeMap<String, (String, String, bool)> {
+    plan["steps"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no steps in the plan: {plan}"))
+        .iter()
+        .map(|s| {
+            let op = s["actions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a.get("op").is_some());
+            (
+                s["name"].as_str().unwrap().to_string(),
+                (
+                    s["key"].as_str().unwrap().to_string(),
+                    s["out"].as_str().unwrap().to_string(),
+                    op,
+                ),
+            )
+        })
+        .collect()
+}
+
 /// Step name to outcome (`ran`, `cached`) from a verb's `--json` report (the
 /// last line of its stdout).
 pub fn outcomes(o: &Output) -> std::collections::BTreeMap<String, String> {
