@@ -12,6 +12,12 @@
 //! version is exchanged with it in one `renameat2(RENAME_EXCHANGE)`, then
 //! removed. A failure or a signal removes the partial directory: `output/`
 //! holds a whole release or the one before.
+//!
+//! A release built as parts on several machines (one per target and
+//! architecture) is merged into one by [`assemble`], which reads the facts
+//! back from the parts' manifests and writes the documents with the same
+//! writers ([`write_documents`]); [`parts`] splits files too large to carry
+//! (a GitHub release asset must be under 2 GiB) and joins them again.
 
 use anyhow::{bail, Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
@@ -20,8 +26,10 @@ use crate::cx::Cx;
 use crate::exec::TempDir;
 use crate::targets;
 
+pub mod assemble;
 pub mod facts;
 pub mod manifest;
+pub mod parts;
 pub mod provenance;
 pub mod sbom;
 
@@ -33,6 +41,7 @@ pub struct Request {
     /// `--targets` (empty: every format the recipe builds).
     pub targets: Vec<String>,
     pub allow_dirty: bool,
+    /// `--arch` is `options.arches`.
     pub options: targets::Options,
 }
 
@@ -85,6 +94,10 @@ pub fn check_tree(
 pub fn run(cx: &Cx, req: Request) -> Result<()> {
     let r = cx.recipe()?;
     let formats = targets::select(&r, &req.options, &req.targets)?;
+    let architectures: Vec<crate::recipe::Arch> = formats
+        .iter()
+        .flat_map(|&f| req.options.arches_of(&r, f))
+        .collect();
     let changes = crate::tools::git::changes(&r.root);
     let dirty = check_tree(&r.root, changes.as_deref(), req.allow_dirty)?;
     let source = Source {
@@ -112,25 +125,17 @@ pub fn run(cx: &Cx, req: Request) -> Result<()> {
     crate::signals::check()?;
 
     let artifacts = facts::artifacts(&partial.path, &report.published)?;
-    let facts = facts::gather(&r, &plan, &formats, &source, req.allow_dirty, artifacts)?;
+    let facts = facts::gather(
+        &r,
+        &plan,
+        &formats,
+        &architectures,
+        &source,
+        req.allow_dirty,
+        artifacts,
+    )?;
     crate::signals::check()?;
-    let mut written = Vec::new();
-    for (arch, doc) in sbom::documents(&r, &facts) {
-        let file = format!("{name}-{arch}.spdx.json");
-        written.push(write_doc(&partial.path, &file, &doc)?);
-    }
-    let manifest_name = format!("{name}.manifest.json");
-    let doc = manifest::document(&r, &facts, &written);
-    let manifest = write_doc(&partial.path, &manifest_name, &doc)?;
-    let mut subjects: Vec<facts::FileFact> = facts.artifacts.clone();
-    subjects.extend(written.iter().cloned());
-    subjects.push(manifest);
-    let doc = provenance::statement(&r, &facts, &subjects);
-    subjects.push(write_doc(
-        &partial.path,
-        &format!("{name}.provenance.json"),
-        &doc,
-    )?);
+    let subjects = write_documents(&partial.path, &facts)?;
     write_sums(&partial.path, &subjects)?;
     crate::signals::check()?;
     put_in_place(partial, &dest)?;
@@ -143,6 +148,27 @@ pub fn run(cx: &Cx, req: Request) -> Result<()> {
             .join(", ")
     ));
     Ok(())
+}
+
+/// Write the release's documents from `facts` into `dir`, beside its
+/// artifacts: an SBOM per architecture, the manifest, then the provenance
+/// (whose subjects are every file before it). Returns every file of the
+/// release (artifacts and documents) for `SHA256SUMS`.
+pub fn write_documents(dir: &Utf8Path, facts: &facts::Facts) -> Result<Vec<facts::FileFact>> {
+    let name = format!("{}-{}", facts.name, facts.version);
+    let mut written = Vec::new();
+    for (arch, doc) in sbom::documents(facts) {
+        let file = format!("{name}-{arch}.spdx.json");
+        written.push(write_doc(dir, &file, &doc)?);
+    }
+    let doc = manifest::document(facts, &written);
+    let manifest = write_doc(dir, &format!("{name}.manifest.json"), &doc)?;
+    let mut subjects: Vec<facts::FileFact> = facts.artifacts.clone();
+    subjects.extend(written);
+    subjects.push(manifest);
+    let doc = provenance::statement(facts, &subjects);
+    subjects.push(write_doc(dir, &format!("{name}.provenance.json"), &doc)?);
+    Ok(subjects)
 }
 
 /// Write `doc` as pretty JSON into the release directory; returns its fact.
@@ -191,10 +217,41 @@ pub fn write_sums(dir: &Utf8Path, files: &[facts::FileFact]) -> Result<()> {
     std::fs::write(&path, text).with_context(|| format!("writing {path}"))
 }
 
+/// The `SHA256SUMS` of the release directory `dir`: (name, sha256) per
+/// line, in its order. Names are file names in `dir` (no `/`), each once.
+pub fn read_sums(dir: &Utf8Path) -> Result<Vec<(String, String)>> {
+    let path = dir.join(SUMS);
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {path} (is {dir} a kiln release directory?)"))?;
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let bad = || anyhow::anyhow!("{path}:{}: not a `sha256sum` line: {line:?}", i + 1);
+        let (hex, rest) = line.split_at_checked(64).ok_or_else(bad)?;
+        let name = rest
+            .strip_prefix("  ")
+            .or_else(|| rest.strip_prefix(" *"))
+            .ok_or_else(bad)?;
+        if !hex.bytes().all(|b| b.is_ascii_hexdigit()) || name.is_empty() {
+            return Err(bad());
+        }
+        if name.contains('/') || name == "." || name == ".." {
+            bail!(
+                "{path}:{}: {name:?} is not a file name of the directory",
+                i + 1
+            );
+        }
+        if out.iter().any(|(n, _)| n == name) {
+            bail!("{path}: {name} is listed twice");
+        }
+        out.push((name.to_string(), hex.to_ascii_lowercase()));
+    }
+    Ok(out)
+}
+
 /// Rename the assembled release to `dest`: a plain rename when there is no
 /// release of that version yet, else an atomic exchange with it, after which
 /// the old one (now under the partial name) is removed with the guard.
-fn put_in_place(partial: TempDir, dest: &Utf8Path) -> Result<()> {
+pub(crate) fn put_in_place(partial: TempDir, dest: &Utf8Path) -> Result<()> {
     if std::fs::symlink_metadata(dest).is_err() {
         return partial.persist(dest);
     }
