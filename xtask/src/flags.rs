@@ -114,7 +114,7 @@ pub enum Verb {
     #[command(verbatim_doc_comment)]
     Build(crate::verbs::build::Args),
     // `--help`: the doc comment of `verbs::release::Args`.
-    Release(crate::verbs::release::Args),
+    Release(Box<crate::verbs::release::Args>),
     /// Ensure the test tools are installed (as root: `doctor --install`), then run the whole test suite.
     ///
     /// Builds every test binary (`cargo test --no-run`) and runs them side by side, each

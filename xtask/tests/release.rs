@@ -514,3 +514,275 @@ fn check_reproducible_publishes_identical_bytes_and_names_a_file_that_differs_in
     let work = p.cache_dir().join(format!("reproduce.tmp-{pid}"));
     assert!(!work.exists(), "{work} was left behind");
 }
+
+/// The demo project built for amd64 and arm64: its overlay archive is light
+/// (a stage, a busybox image and a model, no disk), so a release of it per
+/// architecture makes two real parts of one release.
+fn two_architectures() -> Project {
+    let p = Project::demo().share_cache();
+    let recipe = p.path("recipes/demo.yaml");
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    let two = text.replace("architectures: [amd64]", "architectures: [amd64, arm64]");
+    assert_ne!(
+        text, two,
+        "the demo recipe names its architectures differently"
+    );
+    std::fs::write(&recipe, two).unwrap();
+    p
+}
+
+/// The one release directory under `dir`.
+fn only_release(dir: &Utf8Path) -> Utf8PathBuf {
+    let names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names.len(), 1, "{dir} holds {names:?}");
+    dir.join(&names[0])
+}
+
+fn sha256sum_check(dir: &Utf8Path) {
+    let out = Command::new("sha256sum")
+        .args(["--strict", "-c", "SHA256SUMS"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "sha256sum -c failed in {dir}:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Hard links of every file of `from` in a new directory `to` (a part as a
+/// runner would download it; splitting the copy unlinks, never writes, the
+/// files it shares with the cache).
+fn link_copy(from: &Utf8Path, to: &Utf8Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().into_string().unwrap();
+        std::fs::hard_link(from.join(&name), to.join(&name)).unwrap();
+    }
+}
+
+#[test]
+fn parts_built_per_architecture_assemble_into_the_release_built_at_once() {
+    require(&["sha256sum", "pyspdxtools"]);
+    let p = two_architectures();
+    for arch in ["amd64", "arm64"] {
+        let out = format!("parts/{arch}");
+        p.run(&[
+            "--output-dir",
+            &out,
+            "release",
+            "--targets",
+            "overlay",
+            "--arch",
+            arch,
+        ]);
+    }
+    p.run(&["--output-dir", "whole", "release", "--targets", "overlay"]);
+    let amd64 = only_release(&p.path("parts/amd64"));
+    let arm64 = only_release(&p.path("parts/arm64"));
+    let whole = only_release(&p.path("whole"));
+    let name = whole.file_name().unwrap().to_string();
+    // Each part holds its own architecture's archive and SBOM only.
+    assert!(amd64
+        .join(format!("{name}-amd64.overlay.tar.zst"))
+        .is_file());
+    assert!(!amd64.join(format!("{name}-arm64.overlay.tar.zst")).exists());
+    assert!(!amd64.join(format!("{name}-arm64.spdx.json")).exists());
+
+    // Given in either order, the parts make one release, in output/.
+    p.run(&["release", "assemble", arm64.as_str(), amd64.as_str()]);
+    let dir = release_dir(&p);
+    assert_eq!(dir.file_name().unwrap(), name);
+    sha256sum_check(&dir);
+    let m = json(&dir.join(format!("{name}.manifest.json")));
+    let artifacts: Vec<&str> = m["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        artifacts,
+        [
+            format!("{name}-amd64.overlay.tar.zst"),
+            format!("{name}-arm64.overlay.tar.zst")
+        ]
+    );
+    assert_eq!(m["architectures"], serde_json::json!(["amd64", "arm64"]));
+    let sboms: Vec<&str> = m["sboms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        sboms,
+        [
+            format!("{name}-amd64.spdx.json"),
+            format!("{name}-arm64.spdx.json")
+        ]
+    );
+    let listed = sums(&dir);
+    let prov = json(&dir.join(format!("{name}.provenance.json")));
+    let subjects: BTreeMap<String, String> = prov["subject"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_string(),
+                s["digest"]["sha256"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let mut expected = listed.clone();
+    expected.remove(&format!("{name}.provenance.json"));
+    assert_eq!(subjects, expected, "the provenance covers every file");
+    let arm64_sbom = dir.join(format!("{name}-arm64.spdx.json"));
+    let out = Command::new("pyspdxtools")
+        .args(["-i", arm64_sbom.as_str()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pyspdxtools refused {arm64_sbom}:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Byte for byte the release of both architectures made at once: the
+    // same documents, the same artifacts.
+    assert_eq!(documents(&dir), documents(&whole));
+    assert_eq!(listed, sums(&whole));
+
+    // Split as the workflow carries them (tiny parts here), joined again by
+    // assemble: the same release.
+    let (_tmp, carried) = support::tempdir("kiln-release-carried-");
+    link_copy(&amd64, &carried.join("amd64"));
+    link_copy(&arm64, &carried.join("arm64"));
+    let archive = format!("{name}-arm64.overlay.tar.zst");
+    let size = std::fs::metadata(arm64.join(&archive)).unwrap().len();
+    assert!(size > 64 * 1024, "{archive} is only {size} bytes");
+    p.run(&[
+        "release",
+        "split",
+        carried.join("arm64").as_str(),
+        "--max-size",
+        "64K",
+    ]);
+    let split_dir = carried.join("arm64");
+    assert!(!split_dir.join(&archive).exists());
+    assert_eq!(
+        std::fs::metadata(split_dir.join(format!("{archive}.part-000")))
+            .unwrap()
+            .len(),
+        64 * 1024
+    );
+    // The originals (the cache's files) are untouched.
+    assert_eq!(sha256(&arm64.join(&archive)), listed[&archive]);
+    // An operator joins them with cat and checks the whole file.
+    let joined = Command::new("bash")
+        .args([
+            "-c",
+            &format!("cat {archive}.part-* > {archive} && sha256sum --strict -c SHA256SUMS"),
+        ])
+        .current_dir(&split_dir)
+        .output()
+        .unwrap();
+    assert!(
+        joined.status.success(),
+        "{}",
+        String::from_utf8_lossy(&joined.stdout)
+    );
+    std::fs::remove_file(split_dir.join(&archive)).unwrap();
+    let again = carried.join("assembled");
+    p.run(&[
+        "--output-dir",
+        again.as_str(),
+        "release",
+        "assemble",
+        carried.join("amd64").as_str(),
+        split_dir.as_str(),
+    ]);
+    let again = only_release(&again);
+    sha256sum_check(&again);
+    assert_eq!(documents(&again), documents(&whole));
+    let left = support::leftovers(&[&p.path("output"), &carried]);
+    assert!(left.is_empty(), "temporary state left behind: {left:#?}");
+}
+
+#[test]
+fn parts_of_different_releases_and_damaged_parts_are_refused() {
+    require(&["sha256sum"]);
+    let p = two_architectures();
+    p.run(&[
+        "--output-dir",
+        "parts/amd64",
+        "release",
+        "--targets",
+        "overlay",
+        "--arch",
+        "amd64",
+    ]);
+    let amd64 = only_release(&p.path("parts/amd64"));
+    // The arm64 part of another version.
+    let text = std::fs::read_to_string(p.path("recipes/demo.yaml")).unwrap();
+    p.write(
+        "recipes/other.yaml",
+        &text.replace("  name: demo\n", "  name: demo\n  version: 9.9.9\n"),
+    );
+    p.run(&[
+        "--recipe",
+        "recipes/other.yaml",
+        "--output-dir",
+        "parts/other",
+        "release",
+        "--targets",
+        "overlay",
+        "--arch",
+        "arm64",
+    ]);
+    let other = only_release(&p.path("parts/other"));
+    assert_eq!(other.file_name().unwrap(), "demo-9.9.9");
+    let err = p.fail(&["release", "assemble", amd64.as_str(), other.as_str()]);
+    let version = amd64.file_name().unwrap().strip_prefix("demo-").unwrap();
+    assert!(
+        err.contains("not parts of one release")
+            && err.contains(&format!("the version is `{version}` in {amd64}"))
+            && err.contains(&format!("`9.9.9` in {other}")),
+        "{err}"
+    );
+    assert!(p.outputs().is_empty(), "output/ holds {:?}", p.outputs());
+
+    // A part damaged in transit: a copy (not a link: the part's files are
+    // the cache's) with one byte changed.
+    let (_tmp, damaged) = support::tempdir("kiln-release-damaged-");
+    for e in std::fs::read_dir(&amd64).unwrap() {
+        let name = e.unwrap().file_name().into_string().unwrap();
+        std::fs::copy(amd64.join(&name), damaged.join(&name)).unwrap();
+    }
+    let name = amd64.file_name().unwrap();
+    let archive = damaged.join(format!("{name}-amd64.overlay.tar.zst"));
+    let mut bytes = std::fs::read(&archive).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&archive, bytes).unwrap();
+    let err = p.fail(&["release", "assemble", damaged.as_str()]);
+    assert!(
+        err.contains(archive.as_str()) && err.contains("damaged"),
+        "{err}"
+    );
+    // A file the part's SHA256SUMS does not list.
+    std::fs::write(damaged.join("notes.txt"), "x").unwrap();
+    let err = p.fail(&["release", "assemble", damaged.as_str()]);
+    assert!(
+        err.contains("notes.txt") && err.contains("does not list"),
+        "{err}"
+    );
+    assert!(p.outputs().is_empty(), "output/ holds {:?}", p.outputs());
+}

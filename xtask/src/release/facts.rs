@@ -2,12 +2,18 @@
 //! files it published: the manifest, the SBOMs and the provenance are
 //! written from these facts, so they agree with each other and with
 //! `SHA256SUMS`. Nothing here names a location or reads a clock.
+//!
+//! The manifest records every fact (what follows from the steps, the tools,
+//! dependencies and architectures, is derived from them by [`Derived`] both
+//! when a release is made and when its manifest is read back), so
+//! `release assemble` rebuilds the facts of its parts from their manifests
+//! alone and writes the merged documents with the same writers.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::Source;
 use crate::export::models::ModelRecord;
@@ -19,7 +25,7 @@ use crate::scan::dpkg::Installed;
 use crate::targets::Format;
 
 /// A file of the release: its name in the directory, size and sha256.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FileFact {
     pub name: String,
     pub size: u64,
@@ -27,7 +33,7 @@ pub struct FileFact {
 }
 
 /// One step of the plan: its name, key, and inputs as the key hashes them.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StepFact {
     pub name: String,
     pub key: String,
@@ -35,15 +41,16 @@ pub struct StepFact {
 }
 
 /// A Debian root file system and the packages dpkg installed in it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Root {
+    #[serde(rename = "architecture")]
     pub arch: Arch,
     pub step: String,
     pub packages: Vec<Installed>,
 }
 
 /// A container image carried for `arch`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Image {
     pub arch: Arch,
     #[serde(flatten)]
@@ -52,7 +59,7 @@ pub struct Image {
 
 /// A model: its archive's sha256, or for a model shipped as files the
 /// sha256 of its `SHA256SUMS` (one `sha256sum` line per file, by path).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Model {
     pub name: String,
     pub revision: Option<String>,
@@ -70,10 +77,17 @@ pub struct Dependency {
     pub sha256: String,
 }
 
+#[derive(Debug, Clone)]
 pub struct Facts {
     pub name: String,
     pub version: String,
     pub formats: Vec<Format>,
+    /// The architectures the formats were built for (`--arch`, else every
+    /// one each format is built for), sorted.
+    pub architectures: Vec<Arch>,
+    /// The appliance's description and vendor (the SBOMs name them).
+    pub description: Option<String>,
+    pub vendor: Option<String>,
     pub source: Source,
     pub allow_dirty: bool,
     pub epoch: i64,
@@ -81,18 +95,63 @@ pub struct Facts {
     pub recipe_path: String,
     pub recipe_sha256: String,
     pub code_fingerprint: String,
-    /// Every external program a step runs, with its version line.
-    pub tools: BTreeMap<String, String>,
     pub steps: Vec<StepFact>,
-    pub dependencies: Vec<Dependency>,
+    /// Every external program a step runs, with its version line, every
+    /// file and tree a step reads, and the architectures: from `steps`.
+    pub derived: Derived,
     pub roots: Vec<Root>,
-    /// Architectures the release carries a staged tree or a root for.
-    pub arches: Vec<Arch>,
     pub images: Vec<Image>,
     pub models: Vec<Model>,
     pub artifacts: Vec<FileFact>,
     /// `--check-reproducible` ran and every artifact was identical.
     pub reproduced: Option<super::reproduce::Verdict>,
+}
+
+/// What the steps of a release imply: computed from them, never recorded
+/// apart from them, so a manifest read back gives the same.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Derived {
+    /// Every external program a step runs, with its version line.
+    pub tools: BTreeMap<String, String>,
+    /// Every file and tree input of a step, by content, sorted.
+    pub dependencies: Vec<Dependency>,
+    /// Architectures the release carries a staged tree or a root for.
+    pub arches: Vec<Arch>,
+}
+
+impl Derived {
+    pub fn of(steps: &[StepFact]) -> Result<Derived> {
+        let mut tools = BTreeMap::new();
+        let mut deps = BTreeSet::new();
+        for s in steps {
+            for i in s.inputs.as_array().into_iter().flatten() {
+                let input: Input = serde_json::from_value(i.clone())
+                    .with_context(|| format!("step {}: reading back an input", s.name))?;
+                match input {
+                    Input::Tool { name, version } => {
+                        tools.insert(name, version);
+                    }
+                    Input::File { path, sha256 } | Input::Tree { path, sha256, .. } => {
+                        deps.insert(Dependency {
+                            name: path.to_string(),
+                            sha256,
+                        });
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let has = |name: String| steps.iter().any(|s| s.name == name);
+        let arches = [Arch::Amd64, Arch::Arm64]
+            .into_iter()
+            .filter(|&a| has(crate::stage::step_name(a)) || has(crate::qcow2::rootfs::step_name(a)))
+            .collect();
+        Ok(Derived {
+            tools,
+            dependencies: deps.into_iter().collect(),
+            arches,
+        })
+    }
 }
 
 /// The published artifacts in the release directory `dir`, with the sha256
@@ -126,52 +185,32 @@ pub fn artifacts(dir: &Utf8Path, published: &[Utf8PathBuf]) -> Result<Vec<FileFa
 
 /// Everything the release documents record, from the plan that ran (and the
 /// reproducibility check's verdict, when it ran).
+#[allow(clippy::too_many_arguments)]
 pub fn gather(
     r: &Resolved,
     plan: &Plan,
     formats: &[Format],
+    architectures: &[Arch],
     source: &Source,
     allow_dirty: bool,
     artifacts: Vec<FileFact>,
     reproduced: Option<super::reproduce::Verdict>,
 ) -> Result<Facts> {
-    let mut tools = BTreeMap::new();
-    let mut deps = BTreeSet::new();
-    let mut steps = Vec::new();
-    for s in &plan.steps {
-        let inputs = s.inputs_relocated(&plan.root, &plan.cache);
-        for i in inputs.as_array().into_iter().flatten() {
-            let input: Input = serde_json::from_value(i.clone())
-                .with_context(|| format!("step {}: reading back an input", s.name))?;
-            match input {
-                Input::Tool { name, version } => {
-                    tools.insert(name, version);
-                }
-                Input::File { path, sha256 } | Input::Tree { path, sha256, .. } => {
-                    deps.insert(Dependency {
-                        name: path.to_string(),
-                        sha256,
-                    });
-                }
-                _ => {}
-            }
-        }
-        steps.push(StepFact {
+    let steps: Vec<StepFact> = plan
+        .steps
+        .iter()
+        .map(|s| StepFact {
             name: s.name.clone(),
             key: s.key.clone(),
-            inputs,
-        });
-    }
+            inputs: s.inputs_relocated(&plan.root, &plan.cache),
+        })
+        .collect();
+    let derived = Derived::of(&steps)?;
     let mut roots = Vec::new();
-    let mut arches = BTreeSet::new();
     for arch in [Arch::Amd64, Arch::Arm64] {
-        if plan.find(&crate::stage::step_name(arch)).is_some() {
-            arches.insert(arch);
-        }
         let Some(step) = plan.find(&crate::qcow2::rootfs::step_name(arch)) else {
             continue;
         };
-        arches.insert(arch);
         let tar = step.output(crate::qcow2::rootfs::ROOTFS_TAR);
         roots.push(Root {
             arch,
@@ -180,7 +219,7 @@ pub fn gather(
         });
     }
     let mut images = Vec::new();
-    for arch in &arches {
+    for arch in &derived.arches {
         for img in &r.recipe.payloads.images {
             let Some(step) = plan.find(&format!("image-{}-{arch}", img.name)) else {
                 continue;
@@ -207,10 +246,16 @@ pub fn gather(
         .strip_prefix(&r.root)
         .map(|p| p.to_string())
         .unwrap_or_else(|_| r.file.file_name().unwrap_or("recipe").to_string());
+    let mut architectures = architectures.to_vec();
+    architectures.sort();
+    architectures.dedup();
     Ok(Facts {
         name: r.name().to_string(),
         version: r.version.clone(),
         formats: formats.to_vec(),
+        architectures,
+        description: r.recipe.appliance.description.clone(),
+        vendor: r.recipe.appliance.vendor.clone(),
         source: source.clone(),
         allow_dirty,
         epoch: r.epoch,
@@ -218,11 +263,9 @@ pub fn gather(
             .with_context(|| format!("reading the recipe {} for the release", r.file))?,
         recipe_path,
         code_fingerprint: crate::plan::code_fingerprint(),
-        tools,
         steps,
-        dependencies: deps.into_iter().collect(),
+        derived,
         roots,
-        arches: arches.into_iter().collect(),
         images,
         models,
         artifacts,

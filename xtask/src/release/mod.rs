@@ -22,6 +22,12 @@
 //! document is written, and the release goes on only if every artifact is
 //! byte-identical (the manifest records it); a difference is the release's
 //! error, so nothing is published.
+//!
+//! A release built as parts on several machines (one per target and
+//! architecture) is merged into one by [`assemble`], which reads the facts
+//! back from the parts' manifests and writes the documents with the same
+//! writers ([`write_documents`]); [`parts`] splits files too large to carry
+//! (a GitHub release asset must be under 2 GiB) and joins them again.
 
 use anyhow::{bail, Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
@@ -30,9 +36,11 @@ use crate::cx::Cx;
 use crate::exec::TempDir;
 use crate::targets;
 
+pub mod assemble;
 pub mod facts;
 pub mod manifest;
 pub mod oci;
+pub mod parts;
 pub mod provenance;
 pub mod reproduce;
 pub mod sbom;
@@ -49,6 +57,7 @@ pub struct Request {
     /// fresh cache, and publish only if every artifact is identical
     /// ([`reproduce`]).
     pub check_reproducible: bool,
+    /// `--arch` is `options.arches`.
     pub options: targets::Options,
     /// `--push`: where to publish the finished release.
     pub push: Option<Push>,
@@ -111,6 +120,10 @@ pub fn check_tree(
 pub fn run(cx: &Cx, req: Request) -> Result<()> {
     let r = cx.recipe()?;
     let formats = targets::select(&r, &req.options, &req.targets)?;
+    let architectures: Vec<crate::recipe::Arch> = formats
+        .iter()
+        .flat_map(|&f| req.options.arches_of(&r, f))
+        .collect();
     let changes = crate::tools::git::changes(&r.root);
     let dirty = check_tree(&r.root, changes.as_deref(), req.allow_dirty)?;
     let source = Source {
@@ -169,27 +182,30 @@ pub fn run(cx: &Cx, req: Request) -> Result<()> {
         &r,
         &plan,
         &formats,
+        &architectures,
         &source,
         req.allow_dirty,
         artifacts,
         reproduced,
     )?;
     crate::signals::check()?;
-    let mut written = Vec::new();
-    for (arch, doc) in sbom::documents(&r, &facts) {
-        let file = format!("{name}-{arch}.spdx.json");
-        written.push(write_doc(&partial.path, &file, &doc)?);
-    }
-    let manifest_name = format!("{name}.manifest.json");
-    let doc = manifest::document(&r, &facts, &written);
-    let manifest = write_doc(&partial.path, &manifest_name, &doc)?;
-    let mut subjects: Vec<facts::FileFact> = facts.artifacts.clone();
-    subjects.extend(written.iter().cloned());
-    subjects.push(manifest.clone());
-    let doc = provenance::statement(&r, &facts, &subjects);
-    let provenance = write_doc(&partial.path, &format!("{name}.provenance.json"), &doc)?;
-    subjects.push(provenance.clone());
+    let subjects = write_documents(&partial.path, &facts)?;
     let sums = write_sums(&partial.path, &subjects)?;
+    // The documents, by role, for a push.
+    let document = |file: &str| {
+        subjects
+            .iter()
+            .find(|f| f.name == file)
+            .cloned()
+            .with_context(|| format!("the release wrote no {file}"))
+    };
+    let manifest = document(&format!("{name}.manifest.json"))?;
+    let provenance = document(&format!("{name}.provenance.json"))?;
+    let written: Vec<facts::FileFact> = subjects
+        .iter()
+        .filter(|f| f.name.ends_with(".spdx.json"))
+        .cloned()
+        .collect();
     crate::signals::check()?;
     put_in_place(partial, &dest)?;
     let targets = formats
@@ -322,6 +338,27 @@ fn push_note(plan: &crate::plan::Plan, dest: &Utf8Path, name: &str, push: &Push)
     )
 }
 
+/// Write the release's documents from `facts` into `dir`, beside its
+/// artifacts: an SBOM per architecture, the manifest, then the provenance
+/// (whose subjects are every file before it). Returns every file of the
+/// release (artifacts and documents) for `SHA256SUMS`.
+pub fn write_documents(dir: &Utf8Path, facts: &facts::Facts) -> Result<Vec<facts::FileFact>> {
+    let name = format!("{}-{}", facts.name, facts.version);
+    let mut written = Vec::new();
+    for (arch, doc) in sbom::documents(facts) {
+        let file = format!("{name}-{arch}.spdx.json");
+        written.push(write_doc(dir, &file, &doc)?);
+    }
+    let doc = manifest::document(facts, &written);
+    let manifest = write_doc(dir, &format!("{name}.manifest.json"), &doc)?;
+    let mut subjects: Vec<facts::FileFact> = facts.artifacts.clone();
+    subjects.extend(written);
+    subjects.push(manifest);
+    let doc = provenance::statement(facts, &subjects);
+    subjects.push(write_doc(dir, &format!("{name}.provenance.json"), &doc)?);
+    Ok(subjects)
+}
+
 /// Write `doc` as pretty JSON into the release directory; returns its fact.
 fn write_doc(dir: &Utf8Path, name: &str, doc: &serde_json::Value) -> Result<facts::FileFact> {
     let path = dir.join(name);
@@ -374,10 +411,41 @@ pub fn write_sums(dir: &Utf8Path, files: &[facts::FileFact]) -> Result<facts::Fi
     })
 }
 
+/// The `SHA256SUMS` of the release directory `dir`: (name, sha256) per
+/// line, in its order. Names are file names in `dir` (no `/`), each once.
+pub fn read_sums(dir: &Utf8Path) -> Result<Vec<(String, String)>> {
+    let path = dir.join(SUMS);
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {path} (is {dir} a kiln release directory?)"))?;
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let bad = || anyhow::anyhow!("{path}:{}: not a `sha256sum` line: {line:?}", i + 1);
+        let (hex, rest) = line.split_at_checked(64).ok_or_else(bad)?;
+        let name = rest
+            .strip_prefix("  ")
+            .or_else(|| rest.strip_prefix(" *"))
+            .ok_or_else(bad)?;
+        if !hex.bytes().all(|b| b.is_ascii_hexdigit()) || name.is_empty() {
+            return Err(bad());
+        }
+        if name.contains('/') || name == "." || name == ".." {
+            bail!(
+                "{path}:{}: {name:?} is not a file name of the directory",
+                i + 1
+            );
+        }
+        if out.iter().any(|(n, _)| n == name) {
+            bail!("{path}: {name} is listed twice");
+        }
+        out.push((name.to_string(), hex.to_ascii_lowercase()));
+    }
+    Ok(out)
+}
+
 /// Rename the assembled release to `dest`: a plain rename when there is no
 /// release of that version yet, else an atomic exchange with it, after which
 /// the old one (now under the partial name) is removed with the guard.
-fn put_in_place(partial: TempDir, dest: &Utf8Path) -> Result<()> {
+pub(crate) fn put_in_place(partial: TempDir, dest: &Utf8Path) -> Result<()> {
     if std::fs::symlink_metadata(dest).is_err() {
         return partial.persist(dest);
     }

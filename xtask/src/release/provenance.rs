@@ -8,7 +8,6 @@
 use serde_json::{json, Value};
 
 use super::facts::{Facts, FileFact};
-use crate::recipe::Resolved;
 
 pub const STATEMENT_TYPE: &str = "https://in-toto.io/Statement/v1";
 pub const PREDICATE_TYPE: &str = "https://slsa.dev/provenance/v1";
@@ -17,7 +16,7 @@ pub const PREDICATE_TYPE: &str = "https://slsa.dev/provenance/v1";
 pub const BUILD_TYPE: &str = "https://kiln.invalid/release/v1";
 pub const BUILDER_ID: &str = "https://kiln.invalid/builder/cargo-xtask-release";
 
-pub fn statement(_r: &Resolved, f: &Facts, subjects: &[FileFact]) -> Value {
+pub fn statement(f: &Facts, subjects: &[FileFact]) -> Value {
     let subject: Vec<Value> = subjects
         .iter()
         .map(|s| json!({ "name": s.name, "digest": { "sha256": s.sha256 } }))
@@ -28,7 +27,8 @@ pub fn statement(_r: &Resolved, f: &Facts, subjects: &[FileFact]) -> Value {
     }
     deps.push(json!({ "name": f.recipe_path, "digest": { "sha256": f.recipe_sha256 } }));
     deps.extend(
-        f.dependencies
+        f.derived
+            .dependencies
             .iter()
             .map(|d| json!({ "name": d.name, "digest": { "sha256": d.sha256 } })),
     );
@@ -51,6 +51,7 @@ pub fn statement(_r: &Resolved, f: &Facts, subjects: &[FileFact]) -> Value {
                 "externalParameters": {
                     "recipe": { "path": f.recipe_path, "sha256": f.recipe_sha256 },
                     "targets": f.formats.iter().map(|t| t.name()).collect::<Vec<_>>(),
+                    "architectures": f.architectures,
                     "allowDirty": f.allow_dirty,
                 },
                 "internalParameters": {

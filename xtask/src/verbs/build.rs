@@ -34,6 +34,7 @@ impl Args {
             base_iso: self.base_iso.clone(),
             base_sha256: self.base_sha256.clone(),
             preview: cx.dry_run,
+            arches: Vec::new(),
         }
     }
 }

@@ -26,7 +26,7 @@ pub fn run(cx: &Cx, verb: Verb) -> Result<()> {
         Verb::Stage(s) => stage::run(cx, s),
         Verb::Test(t) => test::run(cx, t),
         Verb::Build(a) => build::run(cx, a),
-        Verb::Release(a) => release::run(cx, a),
+        Verb::Release(a) => release::run(cx, *a),
         Verb::Seed(a) => seed::run(cx, a),
         Verb::Iso(a) => iso::run(cx, a),
         Verb::Qcow2(a) => qcow2::run(cx, a),

@@ -1,10 +1,13 @@
 //! `cargo xtask release`: the recipe's targets as one release directory,
-//! optionally pushed to an OCI registry; `release pull` fetches one back.
+//! optionally pushed to an OCI registry; `release pull` fetches one back,
+//! `release assemble` merges parts built on several machines, `release
+//! split` cuts large files for carrying.
 
 use anyhow::Result;
 use camino::Utf8PathBuf;
 
 use crate::cx::Cx;
+use crate::recipe::Arch;
 use crate::release::oci;
 
 /// Build a release: every target of the recipe (or the ones `--targets`
@@ -53,14 +56,21 @@ use crate::release::oci;
 /// in its disk; a tar's member; a path in an ISO) and the members only one
 /// build has.
 ///
+/// A release can be built in parts, one machine per target and architecture
+/// (`--targets T --arch A`, each into its own `--output-dir`), and merged
+/// with `release assemble` (see ci/README.md for the GitHub workflow).
+///
 /// Examples:
 ///   cargo xtask release                          every target of recipes/demo.yaml
 ///   cargo xtask release --targets qcow2,ova      only the qcow2 and the OVA
+///   cargo xtask release --targets pi --arch arm64
 ///   cargo xtask release --dry-run                every step, command, input and key
 ///   cargo xtask release --allow-dirty            try a release with uncommitted changes
 ///   cargo xtask release --push oci://registry.example.com/appliances/demo:stable
 ///   cargo xtask release pull oci://registry.example.com/appliances/demo:stable --dest demo
 ///   cargo xtask release --check-reproducible     build twice, publish only identical bytes
+///   cargo xtask release assemble parts/*/demo-1.0    merge parts into output/demo-1.0/
+///   cargo xtask release split output/demo-1.0    cut files over 1 GiB into parts
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment, args_conflicts_with_subcommands = true)]
 pub struct Args {
@@ -69,6 +79,9 @@ pub struct Args {
     /// Targets to release, comma-separated: overlay, iso, qcow2, ova, pi [default: every target the recipe builds].
     #[arg(long, value_name = "T,…", value_delimiter = ',')]
     pub targets: Vec<String>,
+    /// Only these architectures, comma-separated (the overlay and qcow2 are built per architecture, the ISO and OVA for amd64, the Pi image for arm64) [default: every one].
+    #[arg(long, value_name = "A,…", value_delimiter = ',')]
+    pub arch: Vec<Arch>,
     /// Release a work tree with uncommitted changes or untracked files (the manifest records it).
     #[arg(long)]
     pub allow_dirty: bool,
@@ -112,6 +125,44 @@ pub enum Sub {
     ///   cargo xtask release pull oci://registry.example.com/appliances/demo@sha256:<digest>
     #[command(verbatim_doc_comment)]
     Pull(PullArgs),
+    /// Merge release directories of one version, built as parts (one machine per target and architecture), into one.
+    ///
+    /// Every part is checked before anything is written: its SHA256SUMS lists
+    /// exactly its files and agrees with its manifest; the parts have the same
+    /// name, version, git revision, recipe, SOURCE_DATE_EPOCH and kiln, and
+    /// agree on every step key, tool version and artifact they share (an error
+    /// names both parts). Each artifact is hard-linked (or copied, or joined
+    /// from its `.part-NNN` files) into `<output>/<name>-<version>/` and its
+    /// sha256 checked; then one manifest, one provenance statement covering
+    /// every artifact, an SBOM per architecture and SHA256SUMS (last) are
+    /// written by the same code `release` uses, and the directory is renamed
+    /// into place whole. The output is the global `--output-dir`.
+    ///
+    /// Examples:
+    ///   cargo xtask release assemble parts/overlay/demo-1.0 parts/pi/demo-1.0
+    ///   cargo xtask --output-dir dist release assemble parts/*/demo-1.0
+    #[command(verbatim_doc_comment)]
+    Assemble {
+        /// Release directories (each `<name>-<version>` with its SHA256SUMS and manifest).
+        #[arg(value_name = "DIR", required = true)]
+        dirs: Vec<Utf8PathBuf>,
+    },
+    /// Split every file of a release directory larger than --max-size into `NAME.part-000`, `NAME.part-001`, … (in place).
+    ///
+    /// A GitHub release asset must be under 2 GiB. SHA256SUMS keeps naming the
+    /// whole file: join the parts with `cat NAME.part-* > NAME`, then
+    /// `sha256sum -c SHA256SUMS`. `release assemble` joins them itself. Each
+    /// file is checked against SHA256SUMS as it is read and removed only once
+    /// its parts are complete.
+    #[command(verbatim_doc_comment)]
+    Split {
+        /// The release directory.
+        #[arg(value_name = "DIR")]
+        dir: Utf8PathBuf,
+        /// Largest part: bytes, or a number with K, M or G (powers of 1024).
+        #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = crate::release::parts::parse_size)]
+        max_size: u64,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -125,8 +176,11 @@ pub struct PullArgs {
 }
 
 pub fn run(cx: &Cx, a: Args) -> Result<()> {
-    if let Some(Sub::Pull(p)) = a.cmd {
-        return pull(cx, p);
+    match a.cmd {
+        Some(Sub::Pull(p)) => return pull(cx, p),
+        Some(Sub::Assemble { dirs }) => return crate::release::assemble::run(cx, &dirs),
+        Some(Sub::Split { dir, max_size }) => return crate::release::parts::run(&dir, max_size),
+        None => {}
     }
     let req = crate::release::Request {
         targets: a.targets,
@@ -136,6 +190,7 @@ pub fn run(cx: &Cx, a: Args) -> Result<()> {
             base_iso: a.base_iso,
             base_sha256: a.base_sha256,
             preview: cx.dry_run,
+            arches: a.arch,
         },
         push: a.push.map(|to| crate::release::Push {
             to,
