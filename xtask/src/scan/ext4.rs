@@ -220,22 +220,25 @@ impl Fs {
             Node::File {
                 inline: Some(b), ..
             } => Ok(b),
-            Node::File { runs, .. } => {
-                let mut v = Vec::with_capacity(size as usize);
-                for (off, len) in runs {
-                    if off == HOLE {
-                        v.resize(v.len() + len as usize, 0);
-                    } else {
-                        v.extend(self.w.bytes(off, len as usize)?);
-                    }
-                }
-                Ok(v)
-            }
+            Node::File { runs, .. } => self.read_runs(&runs, size),
             _ => unreachable!("data() describes a file"),
         }
     }
 
     /// The data of inode `ino` (its raw bytes `raw`): inline, or as runs.
+    /// A file's bytes from its runs (holes read as zeros).
+    fn read_runs(&self, runs: &[(u64, u64)], size: u64) -> Result<Vec<u8>> {
+        let mut v = Vec::with_capacity(size as usize);
+        for &(off, len) in runs {
+            if off == HOLE {
+                v.resize(v.len() + len as usize, 0);
+            } else {
+                v.extend(self.w.bytes(off, len as usize)?);
+            }
+        }
+        Ok(v)
+    }
+
     fn data(&self, ino: u64, raw: &[u8], flags: u32, size: u64) -> Result<Node> {
         if flags & FL_ENCRYPT != 0 {
             bail!("inode {ino} is encrypted (fscrypt): kiln cannot read it");
@@ -383,17 +386,7 @@ impl Fs {
                     }
                     match inline {
                         Some(b) => b,
-                        None => {
-                            let mut v = Vec::with_capacity(size as usize);
-                            for (off, len) in runs {
-                                if off == HOLE {
-                                    v.resize(v.len() + len as usize, 0);
-                                } else {
-                                    v.extend(self.w.bytes(off, len as usize)?);
-                                }
-                            }
-                            v
-                        }
+                        None => self.read_runs(&runs, size)?,
                     }
                 }
                 _ => bail!("corrupt ext file system: {dir}/ is not a directory"),
