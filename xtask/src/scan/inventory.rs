@@ -1104,6 +1104,9 @@ mod tests {
             std::os::unix::fs::symlink("/proc/self/mounts", tree.join("etc/mtab")).unwrap();
             let long = format!("/usr/lib/{}", "x".repeat(80));
             std::os::unix::fs::symlink(&long, tree.join("etc/long-link")).unwrap();
+            // mkfs.ext4 -d copies the tree's times: pin them, or two images
+            // written in different seconds differ in more than their nonce.
+            crate::fsutil::set_tree_mtimes(&tree, 1_700_000_000).unwrap();
             let img = dir.join(format!("{name}.ext4"));
             let out = std::process::Command::new(crate::tools::find("mkfs.ext4").unwrap())
                 .args([
