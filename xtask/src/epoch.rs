@@ -4,8 +4,9 @@
 use anyhow::{Context, Result};
 use camino::Utf8Path;
 
-/// The epoch and where it came from: the environment, else the last commit
-/// time of the project, else 0.
+/// The epoch and where it came from: the environment, else the time of the
+/// project's last commit that changed more than kiln's own code
+/// ([`crate::tools::git::last_commit_time`]), else 0.
 pub fn resolve(root: &Utf8Path) -> Result<(i64, String)> {
     if let Ok(v) = std::env::var("SOURCE_DATE_EPOCH") {
         let e = v.trim().parse::<i64>().with_context(|| {
@@ -15,7 +16,7 @@ pub fn resolve(root: &Utf8Path) -> Result<(i64, String)> {
         return Ok((e, "SOURCE_DATE_EPOCH".into()));
     }
     if let Some(t) = crate::tools::git::last_commit_time(root) {
-        return Ok((t, "last commit time".into()));
+        return Ok((t, "last commit time (kiln's own code aside)".into()));
     }
     Ok((0, "default (no SOURCE_DATE_EPOCH, no git history)".into()))
 }

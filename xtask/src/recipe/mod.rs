@@ -182,7 +182,8 @@ pub struct Resolved {
     pub version: String,
     /// Git revision of the project, when it is a repository.
     pub revision: Option<String>,
-    /// `SOURCE_DATE_EPOCH`: from the environment, else the last commit time, else 0.
+    /// `SOURCE_DATE_EPOCH`: from the environment, else the last commit time
+    /// (commits that changed only kiln's own code aside), else 0.
     pub epoch: i64,
     pub epoch_source: String,
     pub recipe: Recipe,

@@ -28,11 +28,23 @@ pub fn revision(root: &Utf8Path) -> Option<String> {
     first_line(&git(root, "git revision").args(["rev-parse", "HEAD"]))
 }
 
-/// Commit time of HEAD (seconds since the epoch): the default `SOURCE_DATE_EPOCH`.
+/// kiln's own code in the workspace. A change to it re-runs kiln's steps
+/// through the code fingerprint in their keys, so it does not move the
+/// default epoch (which would rebuild every Debian root for nothing).
+pub const TOOLCHAIN: &[&str] = &["xtask", "Cargo.toml", "Cargo.lock", ".cargo"];
+
+/// The default `SOURCE_DATE_EPOCH` (seconds since 1970): the time of the
+/// last commit that changed the project outside kiln's own code
+/// ([`TOOLCHAIN`]), else of HEAD; `None` outside a repository.
 pub fn last_commit_time(root: &Utf8Path) -> Option<i64> {
-    first_line(&git(root, "default SOURCE_DATE_EPOCH").args(["log", "-1", "--format=%ct"]))?
-        .parse()
-        .ok()
+    let mut cmd = git(root, "default SOURCE_DATE_EPOCH")
+        .args(["log", "-1", "--format=%ct", "--", "."])
+        .args(TOOLCHAIN.iter().map(|p| format!(":(exclude){p}")));
+    if let Some(t) = first_line(&cmd).and_then(|s| s.parse().ok()) {
+        return Some(t);
+    }
+    cmd = git(root, "default SOURCE_DATE_EPOCH").args(["log", "-1", "--format=%ct"]);
+    first_line(&cmd)?.parse().ok()
 }
 
 /// What `git status --porcelain` lists in the project (changed, staged and
@@ -50,4 +62,65 @@ pub fn changes(root: &Utf8Path) -> Option<Vec<String>> {
             .map(str::to_string)
             .collect(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_epoch_skips_commits_of_kiln_s_own_code() {
+        if !crate::testing::require(&["git"]) {
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let root = Utf8Path::from_path(d.path()).unwrap();
+        let commit = |path: &str, time: i64| {
+            let f = root.join(path);
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+            std::fs::write(&f, time.to_string()).unwrap();
+            let date = format!("@{time} +0000");
+            for args in [
+                vec!["add", "-A"],
+                vec![
+                    "-c",
+                    "user.name=t",
+                    "-c",
+                    "user.email=t@t",
+                    "commit",
+                    "-qm",
+                    path,
+                ],
+            ] {
+                let out = std::process::Command::new("git")
+                    .arg("-C")
+                    .arg(root.as_str())
+                    .args(&args)
+                    .env("GIT_AUTHOR_DATE", &date)
+                    .env("GIT_COMMITTER_DATE", &date)
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        };
+        assert_eq!(last_commit_time(root), None);
+        let init = std::process::Command::new("git")
+            .args(["init", "-q", root.as_str()])
+            .status()
+            .unwrap();
+        assert!(init.success());
+        // Only kiln's code so far: HEAD's time.
+        commit("xtask/src/main.rs", 1_700_000_000);
+        assert_eq!(last_commit_time(root), Some(1_700_000_000));
+        commit("recipes/demo.yaml", 1_700_000_100);
+        commit("xtask/src/lib.rs", 1_700_000_200);
+        commit("Cargo.lock", 1_700_000_300);
+        assert_eq!(last_commit_time(root), Some(1_700_000_100));
+        commit("overlay/etc/demo/README", 1_700_000_400);
+        assert_eq!(last_commit_time(root), Some(1_700_000_400));
+    }
 }

@@ -32,25 +32,18 @@ pub fn workspace() -> Utf8PathBuf {
         .to_owned()
 }
 
-/// The tests' `SOURCE_DATE_EPOCH`: the last commit's time, as
-/// `cargo xtask build` takes it when none is set (1700000000 outside a git
-/// checkout). With the same epoch and the same step cache
-/// ([`Project::share_cache`]: the build's own `target/kiln/cache`), the
-/// tests reuse the Debian root file systems the README's build command made
-/// instead of building them again (on CI, one after the other, that is
-/// minutes per architecture, the arm64 one under emulation). Keys are by
-/// content, so sharing is safe both ways.
+/// The tests' `SOURCE_DATE_EPOCH`: the last commit's time (commits that
+/// changed only kiln's own code aside), as `cargo xtask build` takes it when
+/// none is set (1700000000 outside a git checkout). With the same epoch and
+/// the same step cache ([`Project::share_cache`]: the build's own
+/// `target/kiln/cache`), the tests reuse the Debian root file systems the
+/// README's build command made instead of building them again (on CI, one
+/// after the other, that is minutes per architecture, the arm64 one under
+/// emulation). Keys are by content, so sharing is safe both ways.
 pub fn epoch() -> i64 {
     static EPOCH: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
-    *EPOCH.get_or_init(|| {
-        Command::new("git")
-            .args(["-C", workspace().as_str(), "log", "-1", "--format=%ct"])
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-            .unwrap_or(1_700_000_000)
-    })
+    *EPOCH
+        .get_or_init(|| xtask::tools::git::last_commit_time(&workspace()).unwrap_or(1_700_000_000))
 }
 
 /// What building the demo's qcow2 needs (programs and host files), read
