@@ -16,6 +16,14 @@ pub fn resolve(root: &Utf8Path) -> Result<(i64, String)> {
         return Ok((e, "SOURCE_DATE_EPOCH".into()));
     }
     if let Some(t) = crate::tools::git::last_commit_time(root) {
+        if crate::tools::git::is_shallow(root) {
+            crate::ui::warn(
+                "SOURCE_DATE_EPOCH: this is a shallow clone, so the last commit that changed the \
+                 appliance may be out of reach and the epoch later than a full clone's (other \
+                 bytes): fetch the history (`git fetch --unshallow`) or set SOURCE_DATE_EPOCH",
+            );
+            return Ok((t, "last commit time in a shallow clone".into()));
+        }
         return Ok((t, "last commit time (kiln's own code aside)".into()));
     }
     Ok((0, "default (no SOURCE_DATE_EPOCH, no git history)".into()))

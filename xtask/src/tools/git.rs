@@ -47,6 +47,14 @@ pub fn last_commit_time(root: &Utf8Path) -> Option<i64> {
     first_line(&cmd)?.parse().ok()
 }
 
+/// Whether the checkout is shallow (`git clone --depth N`): its oldest
+/// commits look as if they added every file, so the default epoch may be
+/// later than a full clone's.
+pub fn is_shallow(root: &Utf8Path) -> bool {
+    first_line(&git(root, "is the clone shallow").args(["rev-parse", "--is-shallow-repository"]))
+        .is_some_and(|s| s == "true")
+}
+
 /// What `git status --porcelain` lists in the project (changed, staged and
 /// untracked files; ignored ones such as `output/` and `target/` are not):
 /// `None` outside a repository (or without git), else the lines, empty for
@@ -122,5 +130,22 @@ mod tests {
         assert_eq!(last_commit_time(root), Some(1_700_000_100));
         commit("overlay/etc/demo/README", 1_700_000_400);
         assert_eq!(last_commit_time(root), Some(1_700_000_400));
+        commit("xtask/src/main.rs", 1_700_000_500);
+        assert!(!is_shallow(root));
+        // A clone one commit deep sees its only commit add every file.
+        let shallow = root.join("shallow");
+        let out = std::process::Command::new("git")
+            .args(["clone", "-q", "--depth", "1"])
+            .arg(format!("file://{root}"))
+            .arg(shallow.as_str())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(is_shallow(&shallow));
+        assert_eq!(last_commit_time(&shallow), Some(1_700_000_500));
     }
 }
