@@ -37,17 +37,23 @@ pub fn convert_to_raw(image: &Utf8Path, format: &str, raw: &Utf8Path) -> Cmd {
 
 // --- smoke boots ---
 
-/// `qemu-img create -f qcow2 -F FORMAT -b BASE OUT`: a throw-away overlay, so
-/// that a guest writes into `out` and never into `base` (an absolute path:
-/// qemu resolves a relative one against the overlay's directory).
-pub fn overlay(base: &Utf8Path, format: &str, out: &Utf8Path) -> Cmd {
-    Cmd::new(
+/// `qemu-img create -f qcow2 -F FORMAT -b BASE OUT [SIZE]`: a throw-away
+/// overlay, so that a guest writes into `out` and never into `base` (an
+/// absolute path: qemu resolves a relative one against the overlay's
+/// directory). `size` (bytes) makes the guest's disk larger than the base,
+/// as a bigger SD card or virtual disk would be; `None` keeps the base's size.
+pub fn overlay(base: &Utf8Path, format: &str, out: &Utf8Path, size: Option<u64>) -> Cmd {
+    let c = Cmd::new(
         "qemu-img",
         format!("a throw-away overlay on {}", base.file_name().unwrap_or("")),
     )
     .args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
     .arg(base.as_str())
-    .arg(out.as_str())
+    .arg(out.as_str());
+    match size {
+        Some(n) => c.arg(n.to_string()),
+        None => c,
+    }
 }
 
 // --- qcow2 target ---
