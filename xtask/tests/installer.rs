@@ -246,6 +246,15 @@ fn installs_under_uefi_and_bios_and_the_disk_boots() {
         "{}",
         support::tail(&install)
     );
+    // Both CD-ROM installs open the tray before the reboot.
+    for log in ["instance-1-uefi-install.log", "instance-2-bios-install.log"] {
+        let install = std::fs::read_to_string(logs.join(log)).unwrap();
+        assert!(
+            install.contains("kiln-installer: ejected the install medium /dev/sr0"),
+            "{log}:\n{}",
+            support::tail(&install)
+        );
+    }
     assert!(logs.join("instance-2-bios-boot-1.log").is_file());
     assert_eq!(support::sha256(&b.iso), before, "smoke wrote the ISO");
 }

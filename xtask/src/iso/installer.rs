@@ -34,8 +34,10 @@ use crate::tools::{self, dosfstools, grub, mtools, xorriso};
 /// The extract step's tarball.
 pub const TOOLS_TAR: &str = "tools.tar";
 /// What the installer runs besides busybox: zstd (the payload), sfdisk
-/// (the GPT's backup header moved to the disk's end).
-pub const TOOL_PACKAGES: &[&str] = &["busybox-static", "zstd", "fdisk"];
+/// (the GPT's backup header moved to the disk's end), eject (the medium
+/// out of the drive, so the reboot starts the installed disk, not the
+/// installer again; Debian's busybox has no `eject`).
+pub const TOOL_PACKAGES: &[&str] = &["busybox-static", "zstd", "fdisk", "eject"];
 /// Where the payload lives on the ISO.
 pub const PAYLOAD: &str = "kiln/disk.img.zst";
 pub const PAYLOAD_SHA256: &str = "kiln/disk.img.sha256";
@@ -449,7 +451,7 @@ enum ToolEntry {
     Link(String),
 }
 
-/// busybox, zstd, sfdisk and every shared library of the extract step
+/// busybox, zstd, sfdisk, eject and every shared library of the extract step
 /// (the packages' dependency closure), by path in the initramfs.
 fn tool_files(tar: &Utf8Path) -> Result<BTreeMap<String, ToolEntry>> {
     let mut found = BTreeMap::new();
@@ -460,7 +462,7 @@ fn tool_files(tar: &Utf8Path) -> Result<BTreeMap<String, ToolEntry>> {
         let rel = raw.trim_start_matches("./");
         let rel = rel.strip_prefix("usr/").unwrap_or(rel);
         let dest = match rel {
-            "bin/busybox" | "bin/zstd" | "sbin/sfdisk" => {
+            "bin/busybox" | "bin/zstd" | "sbin/sfdisk" | "bin/eject" => {
                 format!("bin/{}", rel.rsplit('/').next().unwrap_or(rel))
             }
             r if r.starts_with("lib64/") => r.to_string(),
@@ -489,7 +491,7 @@ fn tool_files(tar: &Utf8Path) -> Result<BTreeMap<String, ToolEntry>> {
             found.insert(dest, ToolEntry::File(data, mode));
         }
     }
-    for need in ["bin/busybox", "bin/zstd", "bin/sfdisk"] {
+    for need in ["bin/busybox", "bin/zstd", "bin/sfdisk", "bin/eject"] {
         ensure!(
             found.contains_key(need),
             "{tar}: no /{need} (the packages {} should provide it)",
@@ -639,7 +641,9 @@ pub struct Settings {
 ///    against a damaged medium;
 /// 5. only then writes the first MiB (the partition table), moves the
 ///    GPT's backup header to the disk's end (`sfdisk --relocate`), syncs,
-///    and reboots (`kiln.done=poweroff` powers off).
+///    ejects the medium (a CD's tray opens; a firmware that boots the
+///    medium first then starts the installed disk) and reboots
+///    (`kiln.done=poweroff` powers off).
 ///
 /// On any failure it prints [`FAIL_MARKER`] and the reason and stops at a
 /// shell (`kiln.fail=poweroff` powers off): the partition table is
@@ -761,6 +765,7 @@ pub fn init_script(s: &Settings) -> String {
          fi\n\
          sync\n\
          umount /media 2>/dev/null\n\
+         if timeout 20 eject \"/dev/$medium\" 2>/tmp/eject.log; then say \"ejected the install medium /dev/$medium\"; else say \"could not eject /dev/$medium ($(cat /tmp/eject.log)): remove it before the disk boots\"; fi\n\
          say \"install complete: $NAME $VERSION on /dev/$DISK\"\n\
          if [ \"$DONE\" = poweroff ]; then poweroff -f; fi\n\
          reboot -f\n",
@@ -784,8 +789,8 @@ mod tests {
     }
 
     /// The partition table is written only after zstd's check of the
-    /// stream (its status), and every failure goes through `stop` (no
-    /// reboot on that path).
+    /// stream (its status), the medium is ejected after it, and every
+    /// failure goes through `stop` (no reboot on that path).
     #[test]
     fn the_partition_table_is_written_after_the_check() {
         let s = init_script(&settings());
@@ -799,6 +804,11 @@ mod tests {
         let head = s.find("dd if=/tmp/head").unwrap();
         let reboot = s.rfind("reboot -f").unwrap();
         assert!(check < head && head < reboot, "{s}");
+        // The medium is ejected once the disk is complete, before the done
+        // line (the smoke stops watching there) and the reboot.
+        let eject = s.find("eject \"/dev/$medium\"").unwrap();
+        let done = s.find("say \"install complete").unwrap();
+        assert!(head < eject && eject < done && done < reboot, "{s}");
         let stop = &s[s.find("stop() {").unwrap()..s.find("\n}\n").unwrap()];
         assert!(!stop.contains("reboot -f"), "{stop}");
         assert!(s.contains(&format!(
