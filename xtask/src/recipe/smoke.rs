@@ -48,6 +48,12 @@ pub struct SmokeOptions {
     /// the kernel's command line carries the autoinstall arguments.
     #[serde(default)]
     pub iso: Vec<Check>,
+    /// Seconds an install boot of kiln's installer ISO has to write and
+    /// verify the disk (up to its `install complete` line). TCG writes
+    /// about 6 MiB/s of image on an idle core, and under a tenth of that on
+    /// a two-core machine busy with other guests: raise it for large disks.
+    #[serde(default = "default_install_within")]
+    pub install_within: u64,
 }
 
 impl Default for SmokeOptions {
@@ -62,6 +68,7 @@ impl Default for SmokeOptions {
             settle: default_settle(),
             memory: default_memory(),
             iso: Vec::new(),
+            install_within: default_install_within(),
         }
     }
 }
@@ -115,6 +122,9 @@ fn default_boot() -> Vec<Check> {
 }
 fn default_fail() -> Vec<String> {
     vec![r"\[FAILED\]".into(), "Kernel panic".into()]
+}
+fn default_install_within() -> u64 {
+    2400
 }
 fn default_settle() -> u64 {
     10
@@ -223,6 +233,9 @@ impl SmokeOptions {
         if self.boot.is_empty() {
             bail!("{file}: smoke.boot: needs at least one check (what says the appliance is up)");
         }
+        if self.install_within == 0 {
+            bail!("{file}: smoke.install_within: must be at least 1 (seconds)");
+        }
         for p in self.once.iter() {
             regex(file, "once", p)?;
         }
@@ -282,6 +295,15 @@ mod tests {
         assert_eq!(s.boot[0].console.as_deref(), Some("login: "));
         assert!(s.fail.iter().any(|f| f.contains("FAILED")));
         assert!(s.again.is_empty() && s.identity.is_none());
+        assert_eq!(s.install_within, 2400);
+        // The installer's done line gets the recipe's time.
+        let s = parse("install_within: 5000").unwrap();
+        let checks = crate::smoke::install_checks(&s);
+        let done = checks.last().unwrap();
+        assert_eq!(
+            (done.console.as_deref(), done.within),
+            (Some(crate::iso::installer::DONE_MARKER), 5000)
+        );
     }
 
     #[test]
@@ -315,6 +337,7 @@ mod tests {
                 "not a shell variable name",
             ),
             ("iso: [{http: /}]", "console only"),
+            ("install_within: 0", "smoke.install_within"),
             ("memory: 64", "too little"),
             (
                 "boot: [{console: a, port: 8080}]",
