@@ -83,44 +83,28 @@ mod tests {
         }
         let d = tempfile::tempdir().unwrap();
         let root = Utf8Path::from_path(d.path()).unwrap();
+        // git with fixed author and commit dates.
+        let git = |args: &[&str], time: i64| {
+            let date = format!("@{time} +0000");
+            let out = std::process::Command::new("git")
+                .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+                .args(args)
+                .env("GIT_AUTHOR_DATE", &date)
+                .env("GIT_COMMITTER_DATE", &date)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "git {args:?}: {err}");
+        };
         let commit = |path: &str, time: i64| {
             let f = root.join(path);
             std::fs::create_dir_all(f.parent().unwrap()).unwrap();
             std::fs::write(&f, time.to_string()).unwrap();
-            let date = format!("@{time} +0000");
-            for args in [
-                vec!["add", "-A"],
-                vec![
-                    "-c",
-                    "user.name=t",
-                    "-c",
-                    "user.email=t@t",
-                    "commit",
-                    "-qm",
-                    path,
-                ],
-            ] {
-                let out = std::process::Command::new("git")
-                    .arg("-C")
-                    .arg(root.as_str())
-                    .args(&args)
-                    .env("GIT_AUTHOR_DATE", &date)
-                    .env("GIT_COMMITTER_DATE", &date)
-                    .output()
-                    .unwrap();
-                assert!(
-                    out.status.success(),
-                    "{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
+            git(&["-C", root.as_str(), "add", "-A"], time);
+            git(&["-C", root.as_str(), "commit", "-qm", path], time);
         };
         assert_eq!(last_commit_time(root), None);
-        let init = std::process::Command::new("git")
-            .args(["init", "-q", root.as_str()])
-            .status()
-            .unwrap();
-        assert!(init.success());
+        git(&["init", "-q", root.as_str()], 0);
         // Only kiln's code so far: HEAD's time.
         commit("xtask/src/main.rs", 1_700_000_000);
         assert_eq!(last_commit_time(root), Some(1_700_000_000));
@@ -134,17 +118,8 @@ mod tests {
         assert!(!is_shallow(root));
         // A clone one commit deep sees its only commit add every file.
         let shallow = root.join("shallow");
-        let out = std::process::Command::new("git")
-            .args(["clone", "-q", "--depth", "1"])
-            .arg(format!("file://{root}"))
-            .arg(shallow.as_str())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let url = format!("file://{root}");
+        git(&["clone", "-q", "--depth", "1", &url, shallow.as_str()], 0);
         assert!(is_shallow(&shallow));
         assert_eq!(last_commit_time(&shallow), Some(1_700_000_500));
     }
