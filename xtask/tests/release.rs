@@ -786,3 +786,214 @@ fn parts_of_different_releases_and_damaged_parts_are_refused() {
     );
     assert!(p.outputs().is_empty(), "output/ holds {:?}", p.outputs());
 }
+
+/// `minisign` itself, run in `dir`; its output.
+fn minisign(dir: &Utf8Path, args: &[&str]) -> std::process::Output {
+    Command::new("minisign")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_signed_release_verifies_with_minisign_is_reproducible_and_refuses_tampering() {
+    if !require(&["minisign", "sha256sum"]) {
+        return;
+    }
+    let p = Project::demo().share_cache();
+    // A key pair made by the reference minisign (unencrypted, as CI uses).
+    let (_keys, keys) = support::tempdir("kiln-release-keys-");
+    let out = minisign(&keys, &["-G", "-W", "-p", "ref.pub", "-s", "ref.key"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = keys.join("ref.key");
+    let public = keys.join("ref.pub");
+
+    // The plan says it will sign, naming the key file, never its content.
+    let plan = p.run(&[
+        "--dry-run",
+        "release",
+        "--targets",
+        "overlay",
+        "--arch",
+        "amd64",
+        "--sign-key",
+        key.as_str(),
+    ]);
+    let plan = support::stdout(&plan);
+    let secret = std::fs::read_to_string(&key).unwrap();
+    let secret_line = secret.lines().nth(1).unwrap();
+    assert!(
+        plan.contains("sign: ")
+            && plan.contains(key.as_str())
+            && plan.contains("SHA256SUMS.minisig"),
+        "{plan}"
+    );
+    assert!(!plan.contains(secret_line), "the plan shows the secret key");
+
+    p.run(&[
+        "release",
+        "--targets",
+        "overlay",
+        "--arch",
+        "amd64",
+        "--sign-key",
+        key.as_str(),
+    ]);
+    let dir = release_dir(&p);
+    let name = dir.file_name().unwrap().to_string();
+    sha256sum_check(&dir);
+    let out = minisign(&dir, &["-V", "-m", "SHA256SUMS", "-p", public.as_str()]);
+    assert!(
+        out.status.success(),
+        "minisign -V refused kiln's signature:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sig = std::fs::read_to_string(dir.join("SHA256SUMS.minisig")).unwrap();
+    assert!(
+        sig.contains(&format!(
+            "trusted comment: timestamp:{}\t",
+            support::epoch()
+        )),
+        "the timestamp is SOURCE_DATE_EPOCH: {sig}"
+    );
+    // The manifest records the key id (minisign's, from its public key file).
+    let m = json(&dir.join(format!("{name}.manifest.json")));
+    let pub_text = std::fs::read_to_string(&public).unwrap();
+    let id = m["signature"]["key_id"].as_str().unwrap().to_string();
+    assert!(
+        pub_text.lines().next().unwrap().contains(&id),
+        "{pub_text} / {id}"
+    );
+    assert_eq!(m["signature"]["file"], "SHA256SUMS.minisig");
+    // The signature is not one of the files SHA256SUMS lists, nor a subject.
+    assert!(!sums(&dir).contains_key("SHA256SUMS.minisig"));
+
+    // The same inputs and key: the same signature, byte for byte.
+    p.run(&[
+        "--output-dir",
+        "again",
+        "release",
+        "--targets",
+        "overlay",
+        "--arch",
+        "amd64",
+        "--sign-key",
+        key.as_str(),
+    ]);
+    let again = only_release(&p.path("again"));
+    assert_eq!(
+        std::fs::read(dir.join("SHA256SUMS.minisig")).unwrap(),
+        std::fs::read(again.join("SHA256SUMS.minisig")).unwrap()
+    );
+    assert_eq!(documents(&dir), documents(&again));
+
+    // Assembled with --verify-key (the part's signature checked) and signed
+    // again by kiln's own keygen key: minisign verifies the result.
+    let (_k2, k2) = support::tempdir("kiln-release-keygen-");
+    p.run(&["release", "keygen", "--out", k2.as_str()]);
+    p.run(&[
+        "--output-dir",
+        "assembled",
+        "release",
+        "assemble",
+        "--verify-key",
+        public.as_str(),
+        "--sign-key",
+        k2.join("kiln.key").as_str(),
+        dir.as_str(),
+    ]);
+    let assembled = only_release(&p.path("assembled"));
+    let out = minisign(
+        &assembled,
+        &["-V", "-m", "SHA256SUMS", "-p", k2.join("kiln.pub").as_str()],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Tampered with: minisign and kiln refuse it.
+    let (_t, tampered) = support::tempdir("kiln-release-tampered-");
+    let tampered = tampered.join(&name);
+    link_copy(&dir, &tampered);
+    let sums_path = tampered.join("SHA256SUMS");
+    let text = std::fs::read_to_string(&sums_path).unwrap();
+    std::fs::remove_file(&sums_path).unwrap();
+    std::fs::write(&sums_path, text.replacen('0', "1", 1)).unwrap();
+    let out = minisign(
+        &tampered,
+        &["-V", "-m", "SHA256SUMS", "-p", public.as_str()],
+    );
+    assert!(
+        !out.status.success(),
+        "minisign accepted a tampered SHA256SUMS"
+    );
+    let err = p.fail(&[
+        "--output-dir",
+        "refused",
+        "release",
+        "assemble",
+        "--verify-key",
+        public.as_str(),
+        tampered.as_str(),
+    ]);
+    assert!(
+        err.contains("does not verify") && err.contains(public.as_str()),
+        "{err}"
+    );
+    // Unsigned, or signed by another key: refused too.
+    std::fs::remove_file(tampered.join("SHA256SUMS.minisig")).unwrap();
+    let err = p.fail(&[
+        "--output-dir",
+        "refused",
+        "release",
+        "assemble",
+        "--verify-key",
+        public.as_str(),
+        tampered.as_str(),
+    ]);
+    assert!(err.contains("not signed"), "{err}");
+    let err = p.fail(&[
+        "--output-dir",
+        "refused",
+        "release",
+        "assemble",
+        "--verify-key",
+        k2.join("kiln.pub").as_str(),
+        dir.as_str(),
+    ]);
+    assert!(err.contains("made by the key"), "{err}");
+    assert!(!p.path("refused").join(&name).exists());
+
+    // A key file that is not a minisign secret key: named, with what is
+    // expected, and nothing is published.
+    let bad = keys.join("bad.key");
+    std::fs::write(&bad, "-----BEGIN OPENSSH PRIVATE KEY-----\nxx\n").unwrap();
+    for k in [bad.as_str(), public.as_str(), "/nonexistent/kiln.key"] {
+        let err = p.fail(&[
+            "--output-dir",
+            "bad",
+            "release",
+            "--targets",
+            "overlay",
+            "--arch",
+            "amd64",
+            "--sign-key",
+            k,
+        ]);
+        assert!(
+            err.contains(k) && err.contains("minisign secret key"),
+            "{k}: {err}"
+        );
+    }
+    assert!(!p.path("bad").exists() || std::fs::read_dir(p.path("bad")).unwrap().next().is_none());
+    let left = support::leftovers(&[&p.path("output"), &p.path("again"), &p.path("assembled")]);
+    assert!(left.is_empty(), "temporary state left behind: {left:#?}");
+}

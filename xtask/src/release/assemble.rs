@@ -52,7 +52,9 @@ impl Part {
                 .file_name()
                 .into_string()
                 .map_err(|n| anyhow::anyhow!("{dir}: file name {n:?} is not UTF-8"))?;
+            // A signed part's signature is over its SHA256SUMS, not in it.
             let listed = name == SUMS
+                || name == super::sign::SIG
                 || sums.contains_key(&name)
                 || parts::whole_of(&name).is_some_and(|w| sums.contains_key(w));
             ensure!(
@@ -437,10 +439,39 @@ fn copy_hashed(from: &Utf8Path, to: &Utf8Path) -> Result<(String, u64)> {
 }
 
 /// Merge the release directories `dirs` into `<cx.output>/<name>-<version>/`.
-pub fn run(cx: &Cx, dirs: &[Utf8PathBuf]) -> Result<()> {
+/// What `release assemble` signs and checks with.
+#[derive(Default)]
+pub struct Keys {
+    /// `--sign-key` / `KILN_SIGN_KEY`: sign the assembled `SHA256SUMS`.
+    pub sign: Option<Utf8PathBuf>,
+    /// `--verify-key`: every part must carry a good signature by this key.
+    pub verify: Option<Utf8PathBuf>,
+}
+
+pub fn run(cx: &Cx, dirs: &[Utf8PathBuf], keys: &Keys) -> Result<()> {
     ensure!(!dirs.is_empty(), "name the release directories to assemble");
+    // Both keys are read and checked before any part is.
+    let sign_key = keys
+        .sign
+        .as_deref()
+        .map(super::sign::SigningKey::load)
+        .transpose()?;
+    let verify_key = keys
+        .verify
+        .as_deref()
+        .map(super::sign::VerifyingKey::load)
+        .transpose()?;
     let mut parts = Vec::new();
     for d in dirs {
+        if let Some(key) = &verify_key {
+            key.verify_dir(d)
+                .with_context(|| format!("checking the signature of the release part {d}"))?;
+            crate::ui::info(&format!(
+                "{d}: {SUMS} signed by key id {} ({})",
+                key.key_id(),
+                key.path
+            ));
+        }
         let p = Part::read(d).with_context(|| format!("reading the release part {d}"))?;
         if let Some(q) = parts.iter().find(|q: &&Part| q.dir == p.dir) {
             bail!("{} is named twice", q.dir);
@@ -452,7 +483,10 @@ pub fn run(cx: &Cx, dirs: &[Utf8PathBuf]) -> Result<()> {
     });
     let views: Vec<(&Utf8Path, &Facts)> =
         parts.iter().map(|p| (p.dir.as_path(), &p.facts)).collect();
-    let facts = merge(&views)?;
+    let mut facts = merge(&views)?;
+    // The assembled release is signed by the assembler's key, or not at all,
+    // whatever signed the parts.
+    facts.signed_by = sign_key.as_ref().map(super::sign::SigningKey::key_id);
     let name = format!("{}-{}", facts.name, facts.version);
     let dest = super::release_dir(&cx.output, &facts.name, &facts.version);
     if let Some(p) = parts.iter().find(|p| p.dir == dest) {
@@ -479,6 +513,9 @@ pub fn run(cx: &Cx, dirs: &[Utf8PathBuf]) -> Result<()> {
     }
     let subjects = super::write_documents(&partial.path, &facts)?;
     super::write_sums(&partial.path, &subjects)?;
+    if let Some(key) = &sign_key {
+        super::sign::sign_sums(&partial.path, key, facts.epoch)?;
+    }
     crate::signals::check()?;
     super::put_in_place(partial, &dest)?;
     crate::ui::info(&format!(
@@ -492,6 +529,9 @@ pub fn run(cx: &Cx, dirs: &[Utf8PathBuf]) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     ));
+    if let Some(key) = &sign_key {
+        super::signed_info(key);
+    }
     Ok(())
 }
 
@@ -555,6 +595,7 @@ mod tests {
                 sha256: format!("sha-{format}-{arch}"),
             }],
             reproduced: None,
+            signed_by: None,
         }
     }
 

@@ -105,6 +105,9 @@ pub struct Facts {
     pub artifacts: Vec<FileFact>,
     /// `--check-reproducible` ran and every artifact was identical.
     pub reproduced: Option<super::reproduce::Verdict>,
+    /// The minisign key id that signs `SHA256SUMS` (`SHA256SUMS.minisig`),
+    /// when the release is signed ([`super::sign`]).
+    pub signed_by: Option<String>,
 }
 
 /// What the steps of a release imply: computed from them, never recorded
@@ -270,6 +273,7 @@ pub fn gather(
         models,
         artifacts,
         reproduced,
+        signed_by: None,
     })
 }
 

@@ -49,6 +49,24 @@ pub struct Manifest {
     pub sboms: Vec<FileFact>,
     /// [`reproducibility`]: `{"checked": false}`, or the check's verdict.
     pub reproducibility: Value,
+    /// The signature over `SHA256SUMS`, when the release is signed (absent
+    /// otherwise, so an unsigned release's manifest is as before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<SignatureRef>,
+}
+
+/// How a release is signed: by whom (the key id; the public key is
+/// published apart from the release), what and where.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignatureRef {
+    /// `minisign`.
+    pub format: String,
+    pub key_id: String,
+    /// The file signed (`SHA256SUMS`).
+    pub signs: String,
+    /// The signature file (`SHA256SUMS.minisig`).
+    pub file: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -111,6 +129,12 @@ pub fn document(f: &Facts, sboms: &[FileFact]) -> Value {
         artifacts: f.artifacts.clone(),
         sboms: sboms.to_vec(),
         reproducibility: reproducibility(f),
+        signature: f.signed_by.as_ref().map(|id| SignatureRef {
+            format: "minisign".into(),
+            key_id: id.clone(),
+            signs: super::SUMS.into(),
+            file: super::sign::SIG.into(),
+        }),
     };
     // Through a `Value`: its objects keep their keys sorted, as every
     // document of the release does.
@@ -163,6 +187,7 @@ pub fn read(text: &str, what: &str) -> Result<(Facts, Vec<FileFact>)> {
         models: m.models,
         artifacts: m.artifacts,
         reproduced: reproduced(&m.reproducibility).with_context(|| format!("reading {what}"))?,
+        signed_by: m.signature.map(|s| s.key_id),
     };
     Ok((facts, m.sboms))
 }

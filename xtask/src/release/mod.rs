@@ -23,6 +23,11 @@
 //! byte-identical (the manifest records it); a difference is the release's
 //! error, so nothing is published.
 //!
+//! With `--sign-key FILE` (or `KILN_SIGN_KEY`), `SHA256SUMS` is signed
+//! into `SHA256SUMS.minisig` ([`sign`]) after it is written and before the
+//! directory is renamed into place, deterministically (the same key and
+//! release give the same bytes); the manifest records the key id.
+//!
 //! A release built as parts on several machines (one per target and
 //! architecture) is merged into one by [`assemble`], which reads the facts
 //! back from the parts' manifests and writes the documents with the same
@@ -44,6 +49,7 @@ pub mod parts;
 pub mod provenance;
 pub mod reproduce;
 pub mod sbom;
+pub mod sign;
 
 /// The checksum list of a release (coreutils `sha256sum` format).
 pub const SUMS: &str = "SHA256SUMS";
@@ -61,6 +67,9 @@ pub struct Request {
     pub options: targets::Options,
     /// `--push`: where to publish the finished release.
     pub push: Option<Push>,
+    /// `--sign-key` / `KILN_SIGN_KEY`: the minisign secret key that signs
+    /// `SHA256SUMS`.
+    pub sign_key: Option<Utf8PathBuf>,
 }
 
 /// Publish the finished release to a registry.
@@ -120,6 +129,12 @@ pub fn check_tree(
 pub fn run(cx: &Cx, req: Request) -> Result<()> {
     let r = cx.recipe()?;
     let formats = targets::select(&r, &req.options, &req.targets)?;
+    // The key is read and checked before anything is built.
+    let key = req
+        .sign_key
+        .as_deref()
+        .map(sign::SigningKey::load)
+        .transpose()?;
     let architectures: Vec<crate::recipe::Arch> = formats
         .iter()
         .flat_map(|&f| req.options.arches_of(&r, f))
@@ -136,8 +151,12 @@ pub fn run(cx: &Cx, req: Request) -> Result<()> {
         let mut plan = cx.plan("release");
         targets::plan(&r, &mut plan, &formats, &req.options)?;
         plan.output = output.to_owned();
+        if let Some(key) = &key {
+            plan.notes.push(sign_note(key, r.epoch));
+        }
         if let Some(push) = &req.push {
-            plan.notes.push(push_note(&plan, &dest, &name, push));
+            plan.notes
+                .push(push_note(&plan, &dest, &name, push, key.is_some()));
         }
         Ok(plan)
     };
@@ -178,7 +197,7 @@ pub fn run(cx: &Cx, req: Request) -> Result<()> {
     } else {
         None
     };
-    let facts = facts::gather(
+    let mut facts = facts::gather(
         &r,
         &plan,
         &formats,
@@ -188,9 +207,14 @@ pub fn run(cx: &Cx, req: Request) -> Result<()> {
         artifacts,
         reproduced,
     )?;
+    facts.signed_by = key.as_ref().map(sign::SigningKey::key_id);
     crate::signals::check()?;
     let subjects = write_documents(&partial.path, &facts)?;
     let sums = write_sums(&partial.path, &subjects)?;
+    let signature = key
+        .as_ref()
+        .map(|k| sign::sign_sums(&partial.path, k, facts.epoch))
+        .transpose()?;
     // The documents, by role, for a push.
     let document = |file: &str| {
         subjects
@@ -216,6 +240,9 @@ pub fn run(cx: &Cx, req: Request) -> Result<()> {
     crate::ui::info(&format!(
         "released {dest} ({targets}; check a copy with `sha256sum -c {SUMS}` inside it)"
     ));
+    if let Some(key) = &key {
+        signed_info(key);
+    }
     let Some(push) = &req.push else {
         return Ok(());
     };
@@ -230,6 +257,9 @@ pub fn run(cx: &Cx, req: Request) -> Result<()> {
         role(&manifest, oci::Role::Manifest),
         role(&provenance, oci::Role::Provenance),
     ];
+    if let Some(sig) = &signature {
+        files.push(role(sig, oci::Role::Signature));
+    }
     files.extend(written.iter().map(|f| role(f, oci::Role::Sbom)));
     if push.artifacts {
         files.extend(facts.artifacts.iter().map(|f| role(f, oci::Role::Artifact)));
@@ -309,8 +339,41 @@ fn push_annotations(
     a
 }
 
+/// What `--dry-run` says signing will do (the key's file and id, never its
+/// content).
+fn sign_note(key: &sign::SigningKey, epoch: i64) -> String {
+    format!(
+        "sign: once {SUMS} is written, sign it with the minisign key {} (key id {}) into {}, \
+         trusted comment `{}` (the release's SOURCE_DATE_EPOCH: the same key and release give \
+         the same signature); the manifest records the key id",
+        key.path,
+        key.key_id(),
+        sign::SIG,
+        sign::trusted_comment(epoch).replace('\t', " "),
+    )
+}
+
+/// Say which key signed a release and how to check it.
+pub(crate) fn signed_info(key: &sign::SigningKey) {
+    crate::ui::info(&format!(
+        "signed {SUMS} into {} with the key {} (key id {}, public key {}); verify with \
+         `minisign -Vm {SUMS} -P <the public key published for the project>` before \
+         `sha256sum -c {SUMS}`",
+        sign::SIG,
+        key.path,
+        key.key_id(),
+        key.public_base64()
+    ));
+}
+
 /// What `--dry-run` says a push will do: where, and which files.
-fn push_note(plan: &crate::plan::Plan, dest: &Utf8Path, name: &str, push: &Push) -> String {
+fn push_note(
+    plan: &crate::plan::Plan,
+    dest: &Utf8Path,
+    name: &str,
+    push: &Push,
+    signed: bool,
+) -> String {
     let r = &push.to;
     let mut files = vec![
         format!("{name}.manifest.json"),
@@ -318,6 +381,9 @@ fn push_note(plan: &crate::plan::Plan, dest: &Utf8Path, name: &str, push: &Push)
         format!("the SBOMs ({name}-<arch>.spdx.json)"),
         format!("{name}.provenance.json"),
     ];
+    if signed {
+        files.insert(2, sign::SIG.to_string());
+    }
     let artifacts = if push.artifacts {
         let names: Vec<&str> = plan.publish.iter().map(|p| p.name.as_str()).collect();
         files.push(format!("the artifacts ({})", names.join(", ")));

@@ -352,6 +352,8 @@ pub enum Role {
     Sbom,
     /// `<name>-<version>.provenance.json`.
     Provenance,
+    /// `SHA256SUMS.minisig`.
+    Signature,
 }
 
 /// A file of the release directory to push, with the digest taken when it
@@ -372,6 +374,7 @@ pub fn media_type(role: Role, name: &str) -> &'static str {
         Role::Manifest => "application/vnd.kiln.release.manifest.v1+json",
         Role::Sbom => "application/spdx+json",
         Role::Provenance => "application/vnd.in-toto+json",
+        Role::Signature => "application/vnd.kiln.release.minisig.v1",
         Role::Artifact => {
             let n = name.to_ascii_lowercase();
             if n.ends_with(".iso") {
@@ -861,7 +864,15 @@ fn check_file_name(name: &str) -> Result<()> {
 /// then every file against the pulled `SHA256SUMS`. Written into a
 /// temporary directory beside `dest` and renamed into place only when all
 /// of it verified: `dest` holds a whole release or nothing.
-pub fn pull(r: &Reference, dest: Option<&Utf8Path>) -> Result<Pulled> {
+///
+/// With `verify`, `SHA256SUMS` must also carry a good signature by that key
+/// (`SHA256SUMS.minisig`, [`super::sign`]), checked before anything is
+/// renamed into place: a release without one, or with a bad one, is refused.
+pub fn pull(
+    r: &Reference,
+    dest: Option<&Utf8Path>,
+    verify: Option<&super::sign::VerifyingKey>,
+) -> Result<Pulled> {
     let client = Client::new(r);
     let bytes = client.get_manifest()?;
     let digest = digest_of(&bytes);
@@ -940,7 +951,8 @@ pub fn pull(r: &Reference, dest: Option<&Utf8Path>) -> Result<Pulled> {
     let mut problems = Vec::new();
     for l in &m.layers {
         let name = &l.annotations[TITLE];
-        if name == SUMS {
+        // The signature is over SHA256SUMS, so not listed in it.
+        if name == SUMS || name == super::sign::SIG {
             continue;
         }
         let hex = &l.digest["sha256:".len()..];
@@ -968,6 +980,16 @@ pub fn pull(r: &Reference, dest: Option<&Utf8Path>) -> Result<Pulled> {
             "{r} ({digest}) does not verify; nothing was written to {dest}:\n  {}",
             problems.join("\n  ")
         );
+    }
+    if let Some(key) = verify {
+        key.verify_dir(&partial.path).map_err(|e| {
+            e.context(format!(
+                "{r} ({digest}) is not signed by the key {} (key id {}); nothing was written \
+                 to {dest}",
+                key.path,
+                key.key_id()
+            ))
+        })?;
     }
     crate::signals::check()?;
     partial.persist(&dest)?;

@@ -158,6 +158,7 @@ pub const REQUIREMENTS: &[Requirement] = &[
     file(super::mke2fs::LIBARCHIVE, "libarchive13", "`mkfs.ext4 -d` reads tar archives through it (loaded at run time, not a package dependency)", &[Iso, Qcow2, Pi, Test]),
     prog("zstd", "zstd", "reference pipeline for benchmarks; tests decompress with it", &["--version"], &[Test]),
     prog("cat", "coreutils", "baseline for the secret-scan benchmark", &["--version"], &[Test]),
+    prog("minisign", "minisign", "verify signed releases (SHA256SUMS.minisig) with the reference minisign in tests", &["-v"], &[Test]),
     prog("sha256sum", "coreutils", "reference for benchmarks and `sha256sum -c` in tests", &["--version"], &[Test]),
     prog("xmllint", "libxml2-utils", "check OVF descriptors in tests", &["--version"], &[Test]),
     prog("vmdkinfo", "libvmdk-utils", "read VMDKs back with a second, independent VMDK implementation in tests", &["-V"], &[Test]),

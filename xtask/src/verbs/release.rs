@@ -8,7 +8,7 @@ use camino::Utf8PathBuf;
 
 use crate::cx::Cx;
 use crate::recipe::Arch;
-use crate::release::oci;
+use crate::release::{oci, sign};
 
 /// Build a release: every target of the recipe (or the ones `--targets`
 /// names) through one plan, the same one `build` makes, scanned for secrets,
@@ -33,6 +33,16 @@ use crate::release::oci;
 /// not hold is refused unless `--allow-dirty` (recorded in the manifest).
 ///
 /// Operators verify a download with `sha256sum -c SHA256SUMS` in its directory.
+///
+/// `--sign-key FILE` (or KILN_SIGN_KEY=FILE, for CI secrets) signs SHA256SUMS
+/// with a minisign secret key into SHA256SUMS.minisig, before the directory is
+/// renamed into place; `minisign -Vm SHA256SUMS -p kiln.pub` verifies it. The
+/// signature is deterministic (its timestamp is SOURCE_DATE_EPOCH), so a signed
+/// release is still the same bytes each time. A password-protected key is
+/// decrypted with KILN_SIGN_PASSWORD (never prompted for, never an argument).
+/// The manifest records the key id; the public key is not shipped in the
+/// release: users check against the one the project publishes elsewhere.
+/// `release keygen --out DIR` makes a key pair.
 ///
 /// `--push oci://HOST[:PORT]/REPO:CHANNEL` then publishes the finished
 /// directory to an OCI registry as one artifact (an OCI 1.1 image manifest,
@@ -69,6 +79,8 @@ use crate::release::oci;
 ///   cargo xtask release --push oci://registry.example.com/appliances/demo:stable
 ///   cargo xtask release pull oci://registry.example.com/appliances/demo:stable --dest demo
 ///   cargo xtask release --check-reproducible     build twice, publish only identical bytes
+///   cargo xtask release keygen --out ~/.kiln-keys   a signing key pair (kiln.key, kiln.pub)
+///   cargo xtask release --sign-key ~/.kiln-keys/kiln.key
 ///   cargo xtask release assemble parts/*/demo-1.0    merge parts into output/demo-1.0/
 ///   cargo xtask release split output/demo-1.0    cut files over 1 GiB into parts
 #[derive(Debug, clap::Args)]
@@ -106,6 +118,10 @@ pub struct Args {
     /// SHA256SUMS, SBOMs and provenance.
     #[arg(long, requires = "push")]
     pub push_artifacts: bool,
+    /// Sign SHA256SUMS with this minisign secret key into SHA256SUMS.minisig [default: the file
+    /// KILN_SIGN_KEY names, if set]; an encrypted key's password is read from KILN_SIGN_PASSWORD.
+    #[arg(long, value_name = "FILE")]
+    pub sign_key: Option<Utf8PathBuf>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -146,6 +162,30 @@ pub enum Sub {
         /// Release directories (each `<name>-<version>` with its SHA256SUMS and manifest).
         #[arg(value_name = "DIR", required = true)]
         dirs: Vec<Utf8PathBuf>,
+        /// Sign the assembled SHA256SUMS with this minisign secret key into SHA256SUMS.minisig
+        /// [default: the file KILN_SIGN_KEY names, if set; password: KILN_SIGN_PASSWORD].
+        #[arg(long, value_name = "FILE")]
+        sign_key: Option<Utf8PathBuf>,
+        /// Refuse any part whose SHA256SUMS is not signed (SHA256SUMS.minisig) by this minisign
+        /// public key.
+        #[arg(long, value_name = "PUBFILE")]
+        verify_key: Option<Utf8PathBuf>,
+    },
+    /// Make a minisign key pair for signing releases: DIR/kiln.key (secret, unencrypted, mode
+    /// 0600) and DIR/kiln.pub (publish it where users find it, not in the release).
+    ///
+    /// Existing files are never replaced. The secret key is the kind CI
+    /// signs with (store its content as the KILN_SIGN_KEY secret); for a key
+    /// with a password use `minisign -G` and set KILN_SIGN_PASSWORD when
+    /// signing.
+    ///
+    /// Examples:
+    ///   cargo xtask release keygen --out ~/.kiln-keys
+    #[command(verbatim_doc_comment)]
+    Keygen {
+        /// The directory to write kiln.key and kiln.pub into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: Utf8PathBuf,
     },
     /// Split every file of a release directory larger than --max-size into `NAME.part-000`, `NAME.part-001`, … (in place).
     ///
@@ -173,12 +213,27 @@ pub struct PullArgs {
     /// The directory to create (must not exist, or be empty) [default: ./<name>-<version>, from the artifact's title].
     #[arg(long, value_name = "DIR")]
     pub dest: Option<Utf8PathBuf>,
+    /// Refuse the release unless its SHA256SUMS carries a good signature (SHA256SUMS.minisig) by
+    /// this minisign public key; checked before anything is put in place.
+    #[arg(long, value_name = "PUBFILE")]
+    pub verify_key: Option<Utf8PathBuf>,
 }
 
 pub fn run(cx: &Cx, a: Args) -> Result<()> {
     match a.cmd {
         Some(Sub::Pull(p)) => return pull(cx, p),
-        Some(Sub::Assemble { dirs }) => return crate::release::assemble::run(cx, &dirs),
+        Some(Sub::Assemble {
+            dirs,
+            sign_key,
+            verify_key,
+        }) => {
+            let keys = crate::release::assemble::Keys {
+                sign: sign::key_path(sign_key),
+                verify: verify_key,
+            };
+            return crate::release::assemble::run(cx, &dirs, &keys);
+        }
+        Some(Sub::Keygen { out }) => return keygen(cx, &out),
         Some(Sub::Split { dir, max_size }) => return crate::release::parts::run(&dir, max_size),
         None => {}
     }
@@ -196,11 +251,32 @@ pub fn run(cx: &Cx, a: Args) -> Result<()> {
             to,
             artifacts: a.push_artifacts,
         }),
+        sign_key: sign::key_path(a.sign_key),
     };
     crate::release::run(cx, req)
 }
 
+fn keygen(cx: &Cx, out: &camino::Utf8Path) -> Result<()> {
+    if cx.dry_run {
+        println!("keygen: write a new minisign key pair to {out}/kiln.key (mode 0600) and {out}/kiln.pub, replacing neither");
+        return Ok(());
+    }
+    let (key, public, id) = sign::keygen(out)?;
+    crate::ui::info(&format!(
+        "wrote the secret key {key} (unencrypted: keep it secret; sign with `release --sign-key {key}`) \
+         and the public key {public} (key id {id}): publish it apart from the releases, e.g. in the \
+         README, for `minisign -Vm SHA256SUMS -p kiln.pub`"
+    ));
+    println!("{id}");
+    Ok(())
+}
+
 fn pull(cx: &Cx, p: PullArgs) -> Result<()> {
+    let verify = p
+        .verify_key
+        .as_deref()
+        .map(sign::VerifyingKey::load)
+        .transpose()?;
     if cx.dry_run {
         let dest = match &p.dest {
             Some(d) => d.to_string(),
@@ -208,15 +284,24 @@ fn pull(cx: &Cx, p: PullArgs) -> Result<()> {
         };
         println!(
             "pull: fetch {} ({}://{}, repository {}) into {dest}: the manifest, then every \
-             layer checked against its sha256, then every file against SHA256SUMS",
+             layer checked against its sha256, then every file against SHA256SUMS{}",
             p.reference,
             p.reference.scheme(),
             p.reference.registry,
-            p.reference.repository
+            p.reference.repository,
+            match &verify {
+                Some(k) => format!(
+                    ", then SHA256SUMS against its signature {} with the public key {} (key id {})",
+                    sign::SIG,
+                    k.path,
+                    k.key_id()
+                ),
+                None => String::new(),
+            }
         );
         return Ok(());
     }
-    let pulled = oci::pull(&p.reference, p.dest.as_deref())?;
+    let pulled = oci::pull(&p.reference, p.dest.as_deref(), verify.as_ref())?;
     if cx.json {
         println!("{}", serde_json::to_string(&pulled)?);
         return Ok(());
@@ -231,11 +316,15 @@ fn pull(cx: &Cx, p: PullArgs) -> Result<()> {
         )
     };
     crate::ui::info(&format!(
-        "pulled {}@{} into {}: {} file(s), every one verified against SHA256SUMS{missing}",
+        "pulled {}@{} into {}: {} file(s), every one verified against SHA256SUMS{}{missing}",
         p.reference,
         pulled.digest,
         pulled.dest,
-        pulled.files.len()
+        pulled.files.len(),
+        match &verify {
+            Some(k) => format!(", SHA256SUMS signed by key id {}", k.key_id()),
+            None => String::new(),
+        }
     ));
     println!("{}", pulled.dest);
     Ok(())
