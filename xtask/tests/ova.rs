@@ -574,24 +574,45 @@ fn demo_ova_boots_to_first_boot() {
     // The smoke boots the OVA's VMDK (taken out of the OVA) under OVMF, as
     // its descriptor asks: the appliance's first boot and its web container.
     // One boot: the second boot and two instances are the qcow2 smoke's.
+    // The config carrier rides along as an operator attaches cidata.img to
+    // a VM: a FAT disk labelled CIDATA, the VM's second disk; the first
+    // boot must report the digest of the token the smoke put on it.
     let text = std::fs::read_to_string(p.path("recipes/small.yaml")).unwrap();
     let smoke =
         "smoke:\n  boot:\n    - console: \"demo: first boot complete\"\n      within: 420\n    \
                  - console: \"demo: bootstrap ok\"\n      within: 240\n    \
-                 - http: /healthz\n      body: \"^ok\"\n      within: 240\n";
+                 - http: /healthz\n      body: \"^ok\"\n      within: 240\n  \
+                 carrier:\n    set: [DEMO_API_TOKEN]\n    \
+                 report: 'demo: provisioned (?P<name>\\w+) sha256=(?P<digest>[0-9a-f]{64})'\n";
     p.write("recipes/small.yaml", &support::with_smoke(&text, smoke));
-    p.run(&[
+    let run = p.run(&[
         "--recipe",
         "recipes/small.yaml",
         "smoke",
         ova.as_str(),
         "--instances",
         "1",
-        "--no-carrier",
+        "--carrier-as",
+        "disk",
     ]);
+    let err = support::stderr(&run);
+    assert!(
+        err.contains("booting under tcg with the config carrier as a disk"),
+        "{err}"
+    );
+    let (_, failures, cases) = support::junit(&p.path("output/smoke/junit.xml"));
+    assert_eq!(failures, 0, "{cases:#?}");
+    support::case(
+        &cases,
+        "#1 uefi boot 1",
+        "carrier setting DEMO_API_TOKEN reached the appliance",
+    );
     let out = support::smoke_log(&p, &ova, 1, "uefi", 1);
     assert!(
-        out.contains("demo: first boot complete"),
+        out.contains("demo: first boot complete")
+            && out.contains("demo: provisioned DEMO_API_TOKEN sha256=")
+            && out.contains("demo: minted DEMO_DB_PASSWORD")
+            && !out.contains("not applied"),
         "{}",
         support::tail(&out)
     );

@@ -9,7 +9,9 @@
 //! The demo qcow2 is built once per test binary ([`built`]) in the
 //! suite-wide step cache and shared; the heavy tests take
 //! [`support::heavy`] so that one guest set boots at a time.
-//! The failure runs pass `--no-carrier`: the carrier is not their point.
+//! The failure runs pass `--no-carrier` (the carrier is not their point),
+//! except the baked machine-id run, whose two like instances, one with the
+//! carrier and one without, are where the summary compares first-boot times.
 
 mod support;
 
@@ -179,6 +181,20 @@ fn help_names_the_recipe_keys() {
         help.contains("--no-carrier") && help.contains("--firmware"),
         "{help}"
     );
+    // The carrier's two ways onto a VM and the bad-seed check are taught.
+    for taught in [
+        "--carrier-as <HOW>",
+        "- cdrom:",
+        "- disk:  `cidata.img` (FAT, label `CIDATA`) as a second, read-only virtio disk",
+        "--carrier-broken",
+        "malformed",
+        "(`refused`)",
+    ] {
+        assert!(
+            help.contains(taught),
+            "`smoke --help` does not teach `{taught}`:\n{help}"
+        );
+    }
 }
 
 #[test]
@@ -270,9 +286,12 @@ fn a_bad_smoke_section_fails_before_any_work() {
 // ---- heavy: real boots -----------------------------------------------------
 
 /// The demo qcow2, two instances at once: #1 with UEFI, the config carrier
-/// and a second boot, #2 with SeaBIOS and no carrier. Every check passes:
-/// #1 took DEMO_API_TOKEN from the carrier, #2 minted its own; the report
-/// and the console logs are in output/smoke/; the artifact is not written.
+/// (a CD-ROM) and a second boot, #2 with SeaBIOS and a broken carrier
+/// (`--carrier-broken`: malformed user-data). Every check passes: #1 took
+/// DEMO_API_TOKEN from the carrier; #2's first boot completed, said the
+/// carrier was not applied and minted its own; the summary gives each first
+/// boot's time; the report and the console logs are in output/smoke/; the
+/// artifact is not written.
 #[test]
 fn demo_qcow2_passes_on_uefi_and_bios() {
     if !boot_tools() {
@@ -290,9 +309,23 @@ fn demo_qcow2_passes_on_uefi_and_bios() {
         "qcow2",
         "--firmware",
         "both",
+        "--carrier-broken",
     ]);
     let err = stderr(&out);
     assert!(err.contains("smoke: all "), "{err}");
+    assert!(
+        err.contains("#2 bios boot 1: booting under tcg with a broken config carrier (malformed user-data) as a cdrom"),
+        "{err}"
+    );
+    // Both first boots' times are reported (never checked), and that no
+    // instance booted without a carrier to compare with.
+    for guest in ["#1 uefi boot 1", "#2 bios boot 1"] {
+        assert!(
+            err.lines()
+                .any(|l| l.contains(&format!("{guest}: first boot ")) && l.contains("carrier: ")),
+            "{guest}: no first-boot time in\n{err}"
+        );
+    }
 
     let dir = p.path("output/smoke");
     let (tests, failures, cases) = junit(&dir.join("junit.xml"));
@@ -324,6 +357,11 @@ fn demo_qcow2_passes_on_uefi_and_bios() {
             "GET /healthz (port 80) -> 200, body /^ok/",
         ),
         ("#2 bios boot 1", "identity report"),
+        ("#2 bios boot 1", "broken carrier reported as not applied"),
+        (
+            "#2 bios boot 1",
+            "broken carrier: DEMO_API_TOKEN minted, not taken",
+        ),
         ("", "2 instances have distinct identities"),
     ] {
         case(&cases, guest, check);
@@ -376,7 +414,7 @@ fn demo_qcow2_passes_on_uefi_and_bios() {
         "two instances reported one machine-id"
     );
     // #1 read the token from the carrier (the smoke checked the digest),
-    // #2, without one, minted it.
+    // #2, whose carrier could not be applied, said so and minted it.
     let log = |n: &str| std::fs::read_to_string(logs.join(n)).unwrap();
     let first = log("instance-1-uefi-boot-1.log");
     assert!(
@@ -390,6 +428,17 @@ fn demo_qcow2_passes_on_uefi_and_bios() {
         other.contains("demo: minted DEMO_API_TOKEN") && !other.contains("provisioned"),
         "{}",
         support::tail(&other)
+    );
+    assert!(
+        other.contains("demo: config carrier not applied: a disk labelled cidata is attached"),
+        "{}",
+        support::tail(&other)
+    );
+    assert!(!first.contains("not applied"), "{}", support::tail(&first));
+    let junit_text = std::fs::read_to_string(dir.join("junit.xml")).unwrap();
+    assert!(
+        junit_text.contains("name=\"first boot secs: #2 bios boot 1 (carrier: broken cdrom)\""),
+        "{junit_text}"
     );
 
     assert_eq!(
@@ -506,7 +555,10 @@ fn a_broken_first_boot_fails_with_the_console_tail() {
 
 /// Two instances of a disk whose image holds a machine-id: the run fails
 /// on the distinct-identity check naming machine-id, and only machine-id
-/// (the SSH host keys and the secrets are minted per instance).
+/// (the SSH host keys and the secrets are minted per instance). #1 boots
+/// with the config carrier and #2 without, both UEFI, side by side: the
+/// summary reports what the carrier adds to the first boot (the one run
+/// that compares like with like; the time is reported, never checked).
 #[test]
 fn a_baked_machine_id_fails_the_two_instance_check() {
     if !boot_tools() || !support::require(&["debugfs", "sgdisk"]) {
@@ -549,15 +601,25 @@ fn a_baked_machine_id_fails_the_two_instance_check() {
         "identity",
         "  boot: [{console: \"demo: bootstrap ok\", within: 420}]\n\
          \x20 fail: ['\\[FAILED\\]', \"demo: .*FAILED\", \"Kernel panic\"]\n\
-         \x20 identity: 'demo: identity (?P<name>\\S+) sha256=(?P<digest>[0-9a-f]{64})'\n",
+         \x20 identity: 'demo: identity (?P<name>\\S+) sha256=(?P<digest>[0-9a-f]{64})'\n\
+         \x20 carrier: {set: [DEMO_API_TOKEN], report: 'demo: provisioned (?P<name>\\w+) sha256=(?P<digest>[0-9a-f]{64})'}\n",
     );
     let out = p
         .kiln()
         .args(["--recipe", &recipe, "smoke", baked.as_str()])
-        .args(["--instances", "2", "--firmware", "uefi", "--no-carrier"])
+        .args(["--instances", "2", "--firmware", "uefi"])
         .output()
         .unwrap();
     let err = stderr(&out);
+    let cost = err
+        .lines()
+        .find(|l| l.contains("the carrier (cdrom) adds"))
+        .unwrap_or_else(|| panic!("no report of what the carrier adds:\n{err}"));
+    eprintln!("{cost}");
+    assert!(
+        cost.contains("s with, ") && cost.contains("s without)"),
+        "{cost}"
+    );
     assert!(
         !out.status.success(),
         "two instances sharing a machine-id passed:\n{err}"

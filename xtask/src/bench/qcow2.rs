@@ -247,6 +247,8 @@ pub fn smoke(bcx: &BenchCx) -> Result<Vec<Measurement>> {
             firmware: crate::smoke::FirmwareChoice::Uefi,
             accel: "tcg".into(),
             carrier: false,
+            carrier_as: crate::smoke::CarrierAs::Cdrom,
+            carrier_broken: false,
             work: work.join("work"),
             logs: work.join("logs"),
             parallel: instances,

@@ -108,6 +108,12 @@ pub struct Carrier {
     /// The appliance's report of a setting it took from the carrier: a
     /// pattern with the groups `name` and `digest` (sha256 of the value).
     pub report: String,
+    /// The appliance's report that an attached carrier could not be
+    /// applied (a pattern). `cargo xtask smoke --carrier-broken` attaches a
+    /// carrier with a malformed user-data and expects this report, a
+    /// completed first boot and every setting minted, none taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 fn default_boot() -> Vec<Check> {
@@ -250,6 +256,9 @@ impl SmokeOptions {
         }
         if let Some(c) = &self.carrier {
             groups(file, "carrier.report", &c.report, &["name", "digest"])?;
+            if let Some(p) = &c.refused {
+                regex(file, "carrier.refused", p)?;
+            }
             if c.set.is_empty() {
                 bail!("{file}: smoke.carrier.set: name at least one provision.env setting");
             }

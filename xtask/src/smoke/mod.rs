@@ -110,6 +110,37 @@ pub enum FirmwareChoice {
     Both,
 }
 
+/// How the config carrier is attached to a VM (a Pi's always rides on its
+/// FAT boot partition).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CarrierAs {
+    /// `cidata.iso` (ISO 9660, label `cidata`) as a CD-ROM; a read-only
+    /// virtio disk on arm64, whose `virt` machine has no IDE.
+    Cdrom,
+    /// `cidata.img` (FAT, label `CIDATA`) as a second, read-only virtio disk.
+    Disk,
+}
+
+impl CarrierAs {
+    pub fn name(self) -> &'static str {
+        match self {
+            CarrierAs::Cdrom => "cdrom",
+            CarrierAs::Disk => "disk",
+        }
+    }
+}
+
+/// Which carrier an instance boots with first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CarrierKind {
+    /// The recipe's seed with fresh values: the appliance must take them.
+    Good,
+    /// The same seed with a malformed user-data: first boot must complete,
+    /// report the carrier as not applied, and mint every setting.
+    Broken,
+}
+
 /// How to run.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -117,8 +148,14 @@ pub struct Options {
     pub firmware: FirmwareChoice,
     /// `tcg` or `kvm`.
     pub accel: String,
-    /// Attach the config carrier (when the recipe declares one).
+    /// Attach the config carrier to the first instance (when the recipe
+    /// declares one).
     pub carrier: bool,
+    /// How a VM gets it.
+    pub carrier_as: CarrierAs,
+    /// Give every instance without the carrier a broken one instead (a
+    /// malformed user-data).
+    pub carrier_broken: bool,
     /// Scratch space (overlays, extracted disks); removed by the caller.
     pub work: Utf8PathBuf,
     /// Where console logs go (`<dir>/<artifact>/…log`).
@@ -164,8 +201,8 @@ pub struct Guest {
     /// Checks of each boot, in order: the first boot, then (first instance
     /// only) the second.
     boots: Vec<Vec<Check>>,
-    /// Attach the carrier on the first boot.
-    carrier: bool,
+    /// The carrier attached on the appliance's first boot.
+    carrier: Option<CarrierKind>,
     /// The guest's overlay disk and UEFI variables.
     overlay: Utf8PathBuf,
     vars: Option<Utf8PathBuf>,
@@ -207,7 +244,7 @@ impl Guest {
         boot: usize,
         o: &SmokeOptions,
         ports: &BTreeMap<u16, u16>,
-        carrier: Option<&Utf8Path>,
+        carrier: Option<&Media>,
         cpus: u32,
         accel: &str,
     ) -> Cmd {
@@ -242,7 +279,7 @@ impl Guest {
                     b = b.forward(*host, *guest);
                 }
                 if let Some(c) = carrier {
-                    b.media.push(Media::Seed(c.to_owned()));
+                    b = b.seed(c.clone());
                 }
                 b
             }
@@ -255,9 +292,13 @@ impl Guest {
     }
 }
 
-/// The tools a smoke of `formats` needs (checked before any boot).
-pub fn needs(artifacts: &[Artifact]) -> Vec<String> {
+/// The tools a smoke of `artifacts` needs (checked before any boot):
+/// `carrier_disk` when the carrier is written as a FAT image.
+pub fn needs(artifacts: &[Artifact], carrier_disk: bool) -> Vec<String> {
     let mut v: Vec<String> = vec!["qemu-img".into()];
+    if carrier_disk {
+        v.extend(["mkfs.vfat".into(), "mcopy".into()]);
+    }
     for a in artifacts {
         match (a.format, a.arch) {
             (Format::Pi, _) => v.extend(["qemu-system-aarch64".into(), "mcopy".into()]),
@@ -459,7 +500,11 @@ fn guests(o: &SmokeOptions, opts: &Options, prepared: &[(Artifact, Base)]) -> Ve
                 firmware,
                 base: base.clone(),
                 boots,
-                carrier: instance == 1 && !iso && opts.carrier && o.carrier.is_some(),
+                carrier: match (iso || o.carrier.is_none(), instance == 1 && opts.carrier) {
+                    (true, _) => None,
+                    (false, true) => Some(CarrierKind::Good),
+                    (false, false) => opts.carrier_broken.then_some(CarrierKind::Broken),
+                },
                 // The installer's target disk, or the disk's overlay.
                 overlay: dir.join(format!(
                     "instance-{instance}.{}",
@@ -497,7 +542,7 @@ fn run_guest(
     g: &Guest,
     o: &SmokeOptions,
     opts: &Options,
-    carrier: Option<&Carrier>,
+    carriers: &Carriers,
     cpus: u32,
     accel: &str,
     print: &(dyn Fn(&Outcome) + Sync),
@@ -521,19 +566,19 @@ fn run_guest(
     let mut result = GuestResult::default();
     for (i, checks) in g.boots.iter().enumerate() {
         let label = g.label(i);
-        let seed = if i == g.first_boot() && g.carrier {
-            carrier.map(|c| c.iso.as_path())
+        let attached = if i == g.first_boot() {
+            g.carrier.and_then(|k| carriers.get(k))
         } else {
             None
         };
-        let cmd = g.cmd(i, o, &ports, seed, cpus, accel);
+        let cmd = g.cmd(i, o, &ports, attached.map(|c| &c.attach), cpus, accel);
         crate::ui::info(&format!(
             "smoke: {} {label}: booting under {accel}{} ({} checks)",
             g.artifact,
-            if seed.is_some() {
-                " with the config carrier"
-            } else {
-                ""
+            match (attached, &g.base) {
+                (None, _) => String::new(),
+                (Some(c), Base::Pi { .. }) => format!(" with {} on its boot partition", c.what()),
+                (Some(c), _) => format!(" with {} as a {}", c.what(), c.attached_as.name()),
             },
             checks.len()
         ));
@@ -766,21 +811,80 @@ fn copy_card(from: &Utf8Path, to: &Utf8Path) -> Result<()> {
 /// `virt` guests) and as the files a Raspberry Pi reads from its FAT boot
 /// partition (written onto the first instance's own copy of the card).
 pub struct Carrier {
-    pub iso: Utf8PathBuf,
+    pub kind: CarrierKind,
+    /// What a VM gets: the cidata ISO ([`Media::Seed`]) or FAT image
+    /// ([`Media::SeedDisk`]).
+    pub attach: Media,
+    pub attached_as: CarrierAs,
     /// The Pi's seed files (`user-data`, `meta-data`, `network-config`).
     pub pi_files: Vec<Utf8PathBuf>,
     /// Setting name to the sha256 (hex) of the value set.
     pub digests: BTreeMap<String, String>,
 }
 
+impl Carrier {
+    fn what(&self) -> &'static str {
+        match self.kind {
+            CarrierKind::Good => "the config carrier",
+            CarrierKind::Broken => "a broken config carrier (malformed user-data)",
+        }
+    }
+}
+
+/// The carriers of a run: the good one, the broken one, either or none.
+#[derive(Default)]
+pub struct Carriers {
+    good: Option<Carrier>,
+    broken: Option<Carrier>,
+}
+
+impl Carriers {
+    fn get(&self, k: CarrierKind) -> Option<&Carrier> {
+        match k {
+            CarrierKind::Good => self.good.as_ref(),
+            CarrierKind::Broken => self.broken.as_ref(),
+        }
+    }
+}
+
+/// What makes the carrier's user-data malformed: a tab-indented line, the
+/// slip of an operator editing `cidata.img` by hand (YAML forbids tabs in
+/// indentation, so cloud-init cannot load the document and applies none of
+/// it).
+pub const MALFORMED_USER_DATA: &str = "\t- a tab-indented line: YAML cannot load this document\n";
+
+/// `user_data` made malformed (see [`MALFORMED_USER_DATA`]).
+pub fn malformed(user_data: &str) -> String {
+    let mut s = user_data.to_string();
+    if !s.ends_with('\n') {
+        s.push('\n');
+    }
+    s.push_str(MALFORMED_USER_DATA);
+    s
+}
+
 /// Write the carrier: the recipe's cloud-init seed, generated as for the
 /// qcow2 target but with a provision.env holding a fresh random value for
-/// each of `smoke.carrier.set`.
-fn make_carrier(r: &Resolved, work: &Utf8Path) -> Result<Option<Carrier>> {
+/// each of `smoke.carrier.set`; for [`CarrierKind::Broken`], with its
+/// user-data made malformed. `attach` says whether VMs get it as the cidata
+/// ISO or the FAT image.
+fn make_carrier(
+    r: &Resolved,
+    work: &Utf8Path,
+    kind: CarrierKind,
+    attach: CarrierAs,
+) -> Result<Option<Carrier>> {
     let Some(c) = &r.recipe.smoke.carrier else {
         return Ok(None);
     };
-    let dir = work.join("carrier");
+    let dir = work.join(match kind {
+        CarrierKind::Good => "carrier",
+        CarrierKind::Broken => "carrier-broken",
+    });
+    let spoil = |user_data: &str| match kind {
+        CarrierKind::Good => user_data.to_string(),
+        CarrierKind::Broken => malformed(user_data),
+    };
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {dir}"))?;
     let mut env = String::from("# set by `cargo xtask smoke`: fresh values for this run\n");
     let mut digests = BTreeMap::new();
@@ -801,20 +905,41 @@ fn make_carrier(r: &Resolved, work: &Utf8Path) -> Result<Option<Carrier>> {
         (dir.join(crate::seed::USER_DATA), crate::seed::USER_DATA),
         (dir.join(crate::seed::META_DATA), crate::seed::META_DATA),
     ];
-    std::fs::write(&files[0].0, &seed.user_data)?;
-    std::fs::write(&files[1].0, &seed.meta_data)?;
+    std::fs::write(&files[0].0, spoil(&seed.user_data))
+        .with_context(|| format!("writing the carrier's user-data {}", files[0].0))?;
+    std::fs::write(&files[1].0, &seed.meta_data)
+        .with_context(|| format!("writing the carrier's meta-data {}", files[1].0))?;
     if let Some(n) = &seed.network_config {
         let p = dir.join(crate::seed::NETWORK_CONFIG);
-        std::fs::write(&p, n)?;
+        std::fs::write(&p, n)
+            .with_context(|| format!("writing the carrier's network-config {p}"))?;
         files.push((p, crate::seed::NETWORK_CONFIG));
     }
-    let iso = dir.join(crate::seed::CIDATA_ISO);
-    tools::run(&tools::xorriso::cidata_iso(
-        &iso,
-        crate::seed::CIDATA_ISO_LABEL,
-        &files,
-        r.epoch,
-    ))?;
+    let media = match attach {
+        CarrierAs::Cdrom => {
+            let iso = dir.join(crate::seed::CIDATA_ISO);
+            tools::run(&tools::xorriso::cidata_iso(
+                &iso,
+                crate::seed::CIDATA_ISO_LABEL,
+                &files,
+                r.epoch,
+            ))?;
+            Media::Seed(iso)
+        }
+        CarrierAs::Disk => {
+            // As `cargo xtask seed` writes cidata.img for the operator.
+            let img = dir.join(crate::seed::CIDATA_IMG);
+            tools::run(&tools::dosfstools::mkfs_vfat_image(
+                &img,
+                crate::seed::CIDATA_FAT_LABEL,
+                crate::seed::CIDATA_FAT_KIB,
+                r.epoch,
+            ))?;
+            let paths: Vec<Utf8PathBuf> = files.iter().map(|(p, _)| p.clone()).collect();
+            tools::run(&tools::mtools::mcopy_into(&img, &paths, r.epoch))?;
+            Media::SeedDisk(img)
+        }
+    };
     let mut pi_files = Vec::new();
     if r.recipe.pi.is_some() {
         let pi = dir.join("pi");
@@ -822,9 +947,12 @@ fn make_carrier(r: &Resolved, work: &Utf8Path) -> Result<Option<Carrier>> {
         let seed = crate::seed::generate(&r2, crate::seed::SeedTarget::Pi)
             .context("generating the carrier's cloud-init seed for the Raspberry Pi")?;
         for (name, data) in [
-            (crate::seed::USER_DATA, Some(seed.user_data.as_bytes())),
-            (crate::seed::META_DATA, Some(seed.meta_data.as_bytes())),
-            (crate::seed::NETWORK_CONFIG, seed.network_config.as_deref()),
+            (
+                crate::seed::USER_DATA,
+                Some(spoil(&seed.user_data).into_bytes()),
+            ),
+            (crate::seed::META_DATA, Some(seed.meta_data.into_bytes())),
+            (crate::seed::NETWORK_CONFIG, seed.network_config),
         ] {
             if let Some(data) = data {
                 let p = pi.join(name);
@@ -834,7 +962,9 @@ fn make_carrier(r: &Resolved, work: &Utf8Path) -> Result<Option<Carrier>> {
         }
     }
     Ok(Some(Carrier {
-        iso,
+        kind,
+        attach: media,
+        attached_as: attach,
         pi_files,
         digests,
     }))
@@ -865,11 +995,21 @@ pub fn run(r: &Resolved, artifacts: &[Artifact], opts: &Options) -> Result<repor
         prepared.push((a.clone(), prepare(r, a, opts.firmware, &opts.work)?));
     }
     let guests = guests(o, opts, &prepared);
-    let carrier = if guests.iter().any(|g| g.carrier) {
-        make_carrier(r, &opts.work)?
-    } else {
-        None
-    };
+    let wants = |k: CarrierKind| guests.iter().any(|g| g.carrier == Some(k));
+    if wants(CarrierKind::Broken) && o.carrier.as_ref().is_some_and(|c| c.refused.is_none()) {
+        bail!(
+            "{}: smoke.carrier.refused is not set: `--carrier-broken` needs the pattern of the \
+             appliance's console report that the carrier could not be applied",
+            r.file
+        );
+    }
+    let mut carriers = Carriers::default();
+    if wants(CarrierKind::Good) {
+        carriers.good = make_carrier(r, &opts.work, CarrierKind::Good, opts.carrier_as)?;
+    }
+    if wants(CarrierKind::Broken) {
+        carriers.broken = make_carrier(r, &opts.work, CarrierKind::Broken, opts.carrier_as)?;
+    }
     for g in &guests {
         if let Base::Disk { path, format, .. } = &g.base {
             tools::run(&tools::qemu_img::overlay(path, format, &g.overlay, None))?;
@@ -878,7 +1018,7 @@ pub fn run(r: &Resolved, artifacts: &[Artifact], opts: &Options) -> Result<repor
             // The carrier rides on the card's FAT boot partition, where a Pi
             // operator puts it: the carrier's instance boots its own copy
             // of the card with the seed files replaced.
-            let base = match carrier.as_ref().filter(|_| g.carrier) {
+            let base = match g.carrier.and_then(|k| carriers.get(k)) {
                 Some(c) => {
                     let own = g.overlay.with_extension("card.img");
                     copy_card(card, &own)?;
@@ -933,7 +1073,7 @@ pub fn run(r: &Resolved, artifacts: &[Artifact], opts: &Options) -> Result<repor
             s.spawn(|| {
                 while let Some(i) = next(&queue) {
                     let g = &guests[i];
-                    let res = run_guest(g, o, opts, carrier.as_ref(), cpus, accels[i], &print);
+                    let res = run_guest(g, o, opts, &carriers, cpus, accels[i], &print);
                     let stop = res.is_err();
                     results.lock().unwrap().insert(i, res);
                     if stop {
@@ -961,7 +1101,7 @@ pub fn run(r: &Resolved, artifacts: &[Artifact], opts: &Options) -> Result<repor
             outcomes.extend(b.outcomes.iter().cloned());
         }
     }
-    let across = cross_checks(o, &done, carrier.as_ref());
+    let across = cross_checks(o, &done, &carriers);
     for x in &across {
         print(x);
     }
@@ -969,7 +1109,39 @@ pub fn run(r: &Resolved, artifacts: &[Artifact], opts: &Options) -> Result<repor
     Ok(report::Report {
         outcomes,
         secs: started.elapsed().as_secs_f64(),
+        first_boots: first_boots(&done, opts.carrier_as),
     })
+}
+
+/// Each instance's first boot of the appliance that passed: qemu's start to
+/// its last check, and the carrier it had.
+fn first_boots(done: &[(&Guest, GuestResult)], carrier_as: CarrierAs) -> Vec<report::FirstBoot> {
+    let mut out = Vec::new();
+    for (g, res) in done {
+        let f = g.first_boot();
+        let Some(b) = res.boots.get(f).filter(|b| b.passed) else {
+            continue;
+        };
+        let Some(secs) = b.outcomes.iter().filter_map(|o| o.at_secs).reduce(f64::max) else {
+            continue;
+        };
+        let how = if matches!(g.base, Base::Pi { .. }) {
+            "boot partition"
+        } else {
+            carrier_as.name()
+        };
+        out.push(report::FirstBoot {
+            artifact: g.artifact.clone(),
+            guest: g.label(f),
+            carrier: match g.carrier {
+                None => "none".into(),
+                Some(CarrierKind::Good) => how.into(),
+                Some(CarrierKind::Broken) => format!("broken {how}"),
+            },
+            secs,
+        });
+    }
+    out
 }
 
 /// How long the KVM probe waits for the guest's kernel to show time passing.
@@ -1103,7 +1275,7 @@ fn grew(console: &str) -> Option<String> {
 fn cross_checks(
     o: &SmokeOptions,
     done: &[(&Guest, GuestResult)],
-    carrier: Option<&Carrier>,
+    carriers: &Carriers,
 ) -> Vec<Outcome> {
     let mut out = Vec::new();
     let outcome =
@@ -1194,7 +1366,38 @@ fn cross_checks(
                 &first.console,
             ));
         }
-        if let (true, Some(c), Some(spec)) = (g.carrier, carrier, &o.carrier) {
+        let carrier = g.carrier.and_then(|k| carriers.get(k));
+        if let (Some(c), Some(spec)) = (
+            carrier.filter(|c| c.kind == CarrierKind::Broken),
+            &o.carrier,
+        ) {
+            let refused = spec.refused.as_deref().expect("checked before any boot");
+            let re = Regex::new(refused).expect("checked");
+            out.push(outcome(
+                g,
+                g.label(f),
+                "broken carrier reported as not applied".into(),
+                (!re.is_match(&first.console)).then(|| {
+                    format!("no line matched /{refused}/: the appliance did not say the carrier was not applied")
+                }),
+                &first.console,
+            ));
+            let re = Regex::new(&spec.report).expect("checked");
+            let got = reported(&re, &first.console);
+            for name in c.digests.keys() {
+                out.push(outcome(
+                    g,
+                    g.label(f),
+                    format!("broken carrier: {name} minted, not taken"),
+                    got.get(name).map(|d| {
+                        format!("reported {name} as provisioned (sha256={d}) from a carrier whose user-data is malformed")
+                    }),
+                    &first.console,
+                ));
+            }
+        }
+        if let (Some(c), Some(spec)) = (carrier.filter(|c| c.kind == CarrierKind::Good), &o.carrier)
+        {
             let re = Regex::new(&spec.report).expect("checked");
             let got = reported(&re, &first.console);
             for (name, want) in &c.digests {
@@ -1311,12 +1514,15 @@ mod tests {
         o.carrier = Some(crate::recipe::smoke::Carrier {
             set: vec!["TOKEN".into()],
             report: "x".into(),
+            refused: None,
         });
         let opts = Options {
             instances: 2,
             firmware: FirmwareChoice::Both,
             accel: "tcg".into(),
             carrier: true,
+            carrier_as: CarrierAs::Cdrom,
+            carrier_broken: false,
             work: "/w".into(),
             logs: "/l".into(),
             parallel: 2,
@@ -1344,7 +1550,10 @@ mod tests {
             .unwrap()
             .is_match(crate::iso::installer::DONE_MARKER));
         assert_eq!(g[0].first_boot(), 1);
-        assert!(g[0].carrier && !g[1].carrier);
+        assert_eq!(
+            (g[0].carrier, g[1].carrier),
+            (Some(CarrierKind::Good), None)
+        );
         assert_eq!(g[0].overlay, "/w/demo-1-amd64.iso/instance-1.raw");
         assert!(g[0].vars.is_some() && g[1].vars.is_none());
         // The install boot is the CD-ROM with the blank disk; the next boot
@@ -1364,6 +1573,81 @@ mod tests {
         assert!(
             !boot.contains("media=cdrom") && boot.contains("instance-1.raw,format=raw"),
             "{boot}"
+        );
+    }
+
+    /// `--carrier-broken`: the instances without the carrier get the broken
+    /// one (all of them with `--no-carrier`); an ISO gets none; the broken
+    /// carrier's user-data does not load as YAML, and `--carrier-as disk`
+    /// attaches the carrier as a second disk.
+    #[test]
+    fn broken_carriers_go_to_the_instances_without_the_carrier() {
+        let o = SmokeOptions {
+            carrier: Some(crate::recipe::smoke::Carrier {
+                set: vec!["TOKEN".into()],
+                report: "x".into(),
+                refused: Some("not applied".into()),
+            }),
+            ..SmokeOptions::default()
+        };
+        let mut opts = Options {
+            instances: 3,
+            firmware: FirmwareChoice::Uefi,
+            accel: "tcg".into(),
+            carrier: true,
+            carrier_as: CarrierAs::Disk,
+            carrier_broken: true,
+            work: "/w".into(),
+            logs: "/l".into(),
+            parallel: 2,
+        };
+        let a = Artifact {
+            path: "/o/demo-1-amd64.qcow2".into(),
+            format: Format::Qcow2,
+            arch: Arch::Amd64,
+        };
+        let base = Base::Disk {
+            path: a.path.clone(),
+            format: "qcow2".into(),
+            firmwares: vec![Firmware::Uefi],
+        };
+        let kinds = |opts: &Options| -> Vec<Option<CarrierKind>> {
+            guests(&o, opts, &[(a.clone(), base.clone())])
+                .iter()
+                .map(|g| g.carrier)
+                .collect()
+        };
+        use CarrierKind::{Broken, Good};
+        assert_eq!(kinds(&opts), [Some(Good), Some(Broken), Some(Broken)]);
+        opts.carrier = false;
+        assert_eq!(kinds(&opts), [Some(Broken), Some(Broken), Some(Broken)]);
+        opts.carrier_broken = false;
+        assert_eq!(kinds(&opts), [None, None, None]);
+        let iso = Base::Cdrom {
+            path: "/o/x.iso".into(),
+        };
+        opts.carrier_broken = true;
+        assert!(guests(&o, &opts, &[(a.clone(), iso)])
+            .iter()
+            .all(|g| g.carrier.is_none()));
+
+        let g = &guests(&o, &opts, &[(a.clone(), base.clone())])[0];
+        let seed = Media::SeedDisk("/w/carrier-broken/cidata.img".into());
+        let cmd = g
+            .cmd(0, &o, &BTreeMap::new(), Some(&seed), 1, "tcg")
+            .to_string();
+        assert!(
+            cmd.contains("file=/w/carrier-broken/cidata.img,format=raw,if=virtio,readonly=on"),
+            "{cmd}"
+        );
+
+        let good = "#cloud-config\nwrite_files:\n  - path: /etc/demo/provision.env\n    content: |\n      TOKEN=x\n";
+        assert!(yaml_serde::from_str::<yaml_serde::Value>(good).is_ok());
+        let bad = malformed(good);
+        assert!(bad.starts_with(good), "the seed is kept, a line added");
+        assert!(
+            yaml_serde::from_str::<yaml_serde::Value>(&bad).is_err(),
+            "the broken carrier's user-data loads as YAML:\n{bad}"
         );
     }
 

@@ -50,17 +50,116 @@ impl Outcome {
     }
 }
 
+/// One instance's first boot of the appliance that passed: how long it
+/// took and which carrier it had. Reported, never checked: wall time under
+/// TCG depends on the machine and on what else runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct FirstBoot {
+    pub artifact: String,
+    /// `#1 uefi boot 1`.
+    pub guest: String,
+    /// The carrier attached: `none`, `cdrom`, `disk` or `boot partition`,
+    /// with `broken ` before it for a malformed one.
+    pub carrier: String,
+    /// qemu's start to the boot's last check, seconds.
+    pub secs: f64,
+}
+
+/// What a carrier added to an artifact's first boot: the mean over the
+/// instances with it minus the mean over those without one.
+#[derive(Debug, Clone, Serialize)]
+pub struct CarrierCost {
+    pub artifact: String,
+    pub carrier: String,
+    pub with_secs: f64,
+    pub without_secs: f64,
+    pub adds_secs: f64,
+}
+
 /// The whole run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub outcomes: Vec<Outcome>,
     /// Wall time of the whole run, seconds.
     pub secs: f64,
+    /// Every instance's first boot that passed.
+    pub first_boots: Vec<FirstBoot>,
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len() as f64
 }
 
 impl Report {
     pub fn failures(&self) -> usize {
         self.outcomes.iter().filter(|o| !o.ok).count()
+    }
+
+    /// Per artifact and carrier, what the carrier added to the first boot,
+    /// for artifacts with instances both with and without a carrier.
+    pub fn carrier_costs(&self) -> Vec<CarrierCost> {
+        let mut by: std::collections::BTreeMap<(&str, &str), Vec<f64>> = Default::default();
+        for b in &self.first_boots {
+            by.entry((b.artifact.as_str(), b.carrier.as_str()))
+                .or_default()
+                .push(b.secs);
+        }
+        let mut out = Vec::new();
+        for ((artifact, carrier), secs) in &by {
+            let Some(without) = by.get(&(*artifact, "none")) else {
+                continue;
+            };
+            if *carrier == "none" {
+                continue;
+            }
+            let (with, without) = (mean(secs), mean(without));
+            out.push(CarrierCost {
+                artifact: artifact.to_string(),
+                carrier: carrier.to_string(),
+                with_secs: with,
+                without_secs: without,
+                adds_secs: with - without,
+            });
+        }
+        out
+    }
+
+    /// The summary's lines on first-boot times: each instance's, then what
+    /// each carrier added (or why nothing can be compared).
+    pub fn timing_lines(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .first_boots
+            .iter()
+            .map(|b| {
+                format!(
+                    "{} {}: first boot {:.1}s (qemu start to its last check), carrier: {}",
+                    b.artifact, b.guest, b.secs, b.carrier
+                )
+            })
+            .collect();
+        let costs = self.carrier_costs();
+        for c in &costs {
+            v.push(format!(
+                "{}: the carrier ({}) adds {:+.1}s to the first boot ({:.1}s with, {:.1}s without)",
+                c.artifact, c.carrier, c.adds_secs, c.with_secs, c.without_secs
+            ));
+        }
+        let mut artifacts: Vec<&str> = self
+            .first_boots
+            .iter()
+            .map(|b| b.artifact.as_str())
+            .collect();
+        artifacts.dedup();
+        for a in artifacts {
+            let kinds = self.first_boots.iter().filter(|b| b.artifact == a);
+            let with = kinds.clone().any(|b| b.carrier != "none");
+            if with && !costs.iter().any(|c| c.artifact == a) {
+                v.push(format!(
+                    "{a}: no instance booted without a carrier: nothing to compare the carrier's first boot with"
+                ));
+            }
+        }
+        v
     }
 
     pub fn json(&self) -> String {
@@ -69,6 +168,8 @@ impl Report {
             "checks": self.outcomes.len(),
             "failures": self.failures(),
             "secs": self.secs,
+            "first_boots": self.first_boots,
+            "carrier_costs": self.carrier_costs(),
             "outcomes": self.outcomes,
         });
         serde_json::to_string_pretty(&v).expect("a report serializes") + "\n"
@@ -101,6 +202,36 @@ impl Report {
                 esc(s),
                 cases.len()
             );
+            // First-boot times and what a carrier adds: reported, not checked.
+            let mut props: Vec<(String, String)> = self
+                .first_boots
+                .iter()
+                .filter(|b| b.artifact == s)
+                .map(|b| {
+                    (
+                        format!("first boot secs: {} (carrier: {})", b.guest, b.carrier),
+                        format!("{:.1}", b.secs),
+                    )
+                })
+                .collect();
+            for c in self.carrier_costs().iter().filter(|c| c.artifact == s) {
+                props.push((
+                    format!("carrier adds secs: {}", c.carrier),
+                    format!("{:.1}", c.adds_secs),
+                ));
+            }
+            if !props.is_empty() {
+                x.push_str("    <properties>\n");
+                for (name, value) in props {
+                    let _ = writeln!(
+                        x,
+                        "      <property name=\"{}\" value=\"{}\"/>",
+                        esc(&name),
+                        esc(&value)
+                    );
+                }
+                x.push_str("    </properties>\n");
+            }
             for c in cases {
                 let name = if c.guest.is_empty() {
                     c.check.clone()
@@ -197,6 +328,7 @@ mod tests {
         let r = Report {
             outcomes: vec![outcome(true), outcome(false), skipped],
             secs: 30.0,
+            first_boots: Vec::new(),
         };
         let x = r.junit();
         // Well-formed: every event reads. The failure's text is the tail
@@ -225,5 +357,64 @@ mod tests {
             outcome(true).line(),
             "demo-1-amd64.qcow2 #1 uefi boot 1: console /a<b/: ok at 12.5s"
         );
+    }
+
+    /// Instances with and without a carrier: each first boot's time, and
+    /// the carrier's cost as the difference of the means, in the summary,
+    /// JUnit's properties and the JSON.
+    #[test]
+    fn carrier_costs_compare_with_instances_without_one() {
+        let boot = |guest: &str, carrier: &str, secs: f64| FirstBoot {
+            artifact: "a.qcow2".into(),
+            guest: guest.into(),
+            carrier: carrier.into(),
+            secs,
+        };
+        let mut r = Report {
+            outcomes: vec![Outcome {
+                artifact: "a.qcow2".into(),
+                ..outcome(true)
+            }],
+            secs: 300.0,
+            first_boots: vec![
+                boot("#1 uefi boot 1", "disk", 130.0),
+                boot("#2 uefi boot 1", "none", 100.0),
+                boot("#3 uefi boot 1", "none", 110.0),
+                boot("#4 uefi boot 1", "broken disk", 120.0),
+            ],
+        };
+        let c = r.carrier_costs();
+        assert_eq!(c.len(), 2);
+        assert_eq!(
+            (c[0].carrier.as_str(), c[0].adds_secs),
+            ("broken disk", 15.0)
+        );
+        assert_eq!((c[1].carrier.as_str(), c[1].adds_secs), ("disk", 25.0));
+        let lines = r.timing_lines();
+        assert!(
+            lines.contains(
+                &"a.qcow2: the carrier (disk) adds +25.0s to the first boot (130.0s with, 105.0s without)"
+                    .to_string()
+            ),
+            "{lines:#?}"
+        );
+        let x = r.junit();
+        assert!(
+            x.contains("<property name=\"carrier adds secs: disk\" value=\"25.0\"/>"),
+            "{x}"
+        );
+        assert!(
+            x.contains("<property name=\"first boot secs: #2 uefi boot 1 (carrier: none)\" value=\"100.0\"/>"),
+            "{x}"
+        );
+        let j: serde_json::Value = serde_json::from_str(&r.json()).unwrap();
+        assert_eq!(j["carrier_costs"][1]["adds_secs"], 25.0);
+        // Only instances with a carrier: nothing to compare, and it says so.
+        r.first_boots.retain(|b| b.carrier != "none");
+        assert!(r.carrier_costs().is_empty());
+        assert!(r
+            .timing_lines()
+            .iter()
+            .any(|l| l.contains("no instance booted without a carrier")));
     }
 }

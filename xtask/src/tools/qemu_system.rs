@@ -43,6 +43,10 @@ pub enum Media {
     /// NoCloud seed): a CD-ROM on amd64 (after the disks in boot order), a
     /// read-only virtio disk on arm64's `virt` (which has no IDE).
     Seed(Utf8PathBuf),
+    /// A read-only data image attached as a second disk (virtio), as an
+    /// operator attaches `cidata.img` (a FAT file system labelled
+    /// `CIDATA`) to a VM: never booted from, after the boot disk.
+    SeedDisk(Utf8PathBuf),
 }
 
 /// One boot with the serial console on stdout: amd64 (`q35` with OVMF, or
@@ -94,6 +98,11 @@ impl Boot {
             path: p.to_owned(),
             format: format.into(),
         });
+        self
+    }
+    /// Attach a NoCloud seed ([`Media::Seed`] or [`Media::SeedDisk`]).
+    pub fn seed(mut self, m: Media) -> Boot {
+        self.media.push(m);
         self
     }
     pub fn vars(mut self, p: &Utf8Path) -> Boot {
@@ -174,6 +183,12 @@ impl Boot {
                     c = c.args([
                         "-drive".to_string(),
                         format!("file={path},format={format},if=virtio,discard=unmap,detect-zeroes=unmap"),
+                    ]);
+                }
+                Media::SeedDisk(path) => {
+                    c = c.args([
+                        "-drive".to_string(),
+                        format!("file={path},format=raw,if=virtio,readonly=on"),
                     ]);
                 }
                 Media::Seed(path) if self.arch == Arch::Arm64 => {
@@ -277,6 +292,52 @@ mod tests {
             "{x}"
         );
         assert!(x.contains(OVMF_CODE), "{x}");
+    }
+
+    /// The carrier as a CD-ROM (after the boot disk, on IDE) or as a second
+    /// virtio disk, read-only either way; arm64's `virt` has no IDE, so its
+    /// seed is always a disk.
+    #[test]
+    fn seeds_attach_as_cdrom_or_second_disk() {
+        let disk = Utf8Path::new("/w/d.qcow2");
+        let cd = Boot::new(Firmware::Bios)
+            .disk(disk, "qcow2")
+            .seed(Media::Seed("/w/cidata.iso".into()))
+            .cmd()
+            .to_string();
+        assert!(
+            cd.contains("file=/w/cidata.iso,format=raw,media=cdrom,readonly=on,if=ide,index=3"),
+            "{cd}"
+        );
+        // A seed CD-ROM is not booted from.
+        assert!(!cd.contains("-boot d"), "{cd}");
+        let second = Boot::new(Firmware::Uefi)
+            .disk(disk, "qcow2")
+            .seed(Media::SeedDisk("/w/cidata.img".into()))
+            .cmd()
+            .args;
+        let drives: Vec<&String> = second
+            .iter()
+            .filter(|a| a.starts_with("file=/w/"))
+            .collect();
+        assert_eq!(
+            drives,
+            [
+                "file=/w/d.qcow2,format=qcow2,if=virtio,discard=unmap,detect-zeroes=unmap",
+                "file=/w/cidata.img,format=raw,if=virtio,readonly=on",
+            ],
+            "the boot disk first, the carrier the second disk"
+        );
+        let arm = Boot::new(Firmware::Uefi)
+            .arm64()
+            .disk(disk, "qcow2")
+            .seed(Media::Seed("/w/cidata.iso".into()))
+            .cmd()
+            .to_string();
+        assert!(
+            arm.contains("file=/w/cidata.iso,format=raw,if=virtio,readonly=on"),
+            "{arm}"
+        );
     }
 
     #[test]

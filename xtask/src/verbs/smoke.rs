@@ -31,9 +31,18 @@ use crate::smoke::{Artifact, FirmwareChoice, Format};
 ///              every instance must differ in every name, and a second boot
 ///              must repeat the first boot's report
 ///   carrier:   the config carrier: the recipe's cloud-init seed with fresh
-///              values in provision.env, given to the first instance (a
-///              cidata ISO; on a Pi, written onto its own copy of the card's
-///              FAT boot partition); the appliance must report their digests
+///              values in provision.env, given to the first instance at its
+///              first boot: a VM gets cidata.iso as a CD-ROM, or with
+///              `--carrier-as disk` cidata.img (FAT, label CIDATA) as a
+///              second disk; a Pi gets it written onto its own copy of the
+///              card's FAT boot partition. The appliance must report the
+///              values' digests (`report`). With `--carrier-broken`, every
+///              other instance gets the same carrier with a malformed
+///              user-data: its first boot must pass every check, show the
+///              appliance's report that the carrier was not applied
+///              (`refused`) and report none of its values. The summary
+///              gives each instance's first-boot time and what a carrier
+///              adds to it (also in junit.xml's properties and smoke.json)
 ///   fail:      console patterns that fail a boot at once
 ///   iso:       extra console checks for the ISO: a remastered Ubuntu ISO
 ///              boots as a CD-ROM and must first show the autoinstall words
@@ -58,6 +67,8 @@ use crate::smoke::{Artifact, FirmwareChoice, Format};
 ///   cargo xtask smoke                              build, then boot every format twice
 ///   cargo xtask smoke --format qcow2 --firmware both
 ///   cargo xtask smoke output/demo-1.0-amd64.ova --instances 1
+///   cargo xtask smoke --format qcow2 --carrier-as disk --carrier-broken
+///                                                  #1 reads cidata.img, #2 survives a bad seed
 ///   cargo xtask smoke --dry-run                    the build plan and the guests
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
@@ -80,6 +91,15 @@ pub struct Args {
     /// Do not attach the config carrier.
     #[arg(long)]
     pub no_carrier: bool,
+    /// How a VM gets the carrier: cidata.iso as a CD-ROM, or cidata.img
+    /// (FAT, label CIDATA) as a second disk. (A Pi: its boot partition.)
+    #[arg(long, value_enum, value_name = "HOW", default_value = "cdrom")]
+    pub carrier_as: crate::smoke::CarrierAs,
+    /// Give every instance without the carrier (all of them with
+    /// `--no-carrier`) one with a malformed user-data: its first boot must
+    /// complete, report the carrier as not applied, and mint its settings.
+    #[arg(long)]
+    pub carrier_broken: bool,
     /// Boots at once (default: the cores available).
     #[arg(long, value_name = "N")]
     pub parallel: Option<usize>,
@@ -214,6 +234,25 @@ pub fn run(cx: &Cx, a: Args) -> Result<()> {
             println!("  {p}");
         }
         let o = &r.recipe.smoke;
+        if o.carrier.is_some() {
+            let good = (!a.no_carrier).then_some("instance 1: the config carrier");
+            let broken = a.carrier_broken.then_some(if a.no_carrier {
+                "every instance: a broken carrier (malformed user-data)"
+            } else {
+                "instances 2 and on: a broken carrier (malformed user-data)"
+            });
+            let what: Vec<&str> = [good, broken].into_iter().flatten().collect();
+            if !what.is_empty() {
+                println!(
+                    "  carrier ({}; a Pi: its boot partition): {}",
+                    match a.carrier_as {
+                        crate::smoke::CarrierAs::Cdrom => "cidata.iso as a CD-ROM",
+                        crate::smoke::CarrierAs::Disk => "cidata.img as a second disk",
+                    },
+                    what.join("; ")
+                );
+            }
+        }
         let installs = paths.iter().any(|p| p.as_str().ends_with(".iso"))
             && r.recipe.iso.mode() == crate::recipe::iso::IsoMode::Installer;
         let install = if installs {
@@ -232,7 +271,10 @@ pub fn run(cx: &Cx, a: Args) -> Result<()> {
         }
         return Ok(());
     }
-    let needs = crate::smoke::needs(&artifacts);
+    let needs = crate::smoke::needs(
+        &artifacts,
+        a.carrier_as == crate::smoke::CarrierAs::Disk && r.recipe.smoke.carrier.is_some(),
+    );
     crate::doctor::ensure(&needs, "`cargo xtask smoke`", cx.no_install)?;
     let work = Scratch::new(cx.cache.join(format!("smoke.tmp-{}", std::process::id())))?;
     let partial = Scratch::new(cx.output.join(".smoke.kiln-partial"))?;
@@ -244,6 +286,8 @@ pub fn run(cx: &Cx, a: Args) -> Result<()> {
         firmware: a.firmware,
         accel: a.accel.clone(),
         carrier: !a.no_carrier,
+        carrier_as: a.carrier_as,
+        carrier_broken: a.carrier_broken,
         work: work.0.clone(),
         logs: partial.0.clone(),
         parallel: a.parallel.unwrap_or(cores).max(1),
@@ -257,6 +301,9 @@ pub fn run(cx: &Cx, a: Args) -> Result<()> {
         .with_context(|| format!("moving the smoke report into {dest}"))?;
     if cx.json {
         print!("{}", report.json());
+    }
+    for line in report.timing_lines() {
+        crate::ui::info(&format!("smoke: {line}"));
     }
     let failures = report.failures();
     if failures > 0 {
