@@ -171,6 +171,26 @@ fn a_release_of_the_qcow2_and_overlay_is_complete_verifiable_and_reproducible() 
         m["images"][0]["sha256"]
     );
     assert!(packages.iter().any(|p| p["name"] == "demo-embed"));
+    // Declared licenses from the packages' DEP-5 copyright files: SPDX ids
+    // where Debian's short names have one, references declared once where
+    // not (systemd's `public-domain`).
+    let podman = packages.iter().find(|p| p["name"] == "podman").unwrap();
+    let declared = podman["licenseDeclared"].as_str().unwrap();
+    assert!(
+        declared.contains("Apache-2.0") && declared.contains("MIT"),
+        "{declared}"
+    );
+    let systemd = packages.iter().find(|p| p["name"] == "systemd").unwrap();
+    let declared = systemd["licenseDeclared"].as_str().unwrap();
+    assert!(
+        declared.contains("LGPL-2.1-or-later") && declared.contains("LicenseRef-deb-public-domain"),
+        "{declared}"
+    );
+    assert!(sbom["hasExtractedLicensingInfos"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l["licenseId"] == "LicenseRef-deb-public-domain"));
     let out = Command::new("pyspdxtools")
         .args(["-i", sbom_path.as_str()])
         .output()

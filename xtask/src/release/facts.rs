@@ -47,6 +47,14 @@ pub struct Root {
     pub arch: Arch,
     pub step: String,
     pub packages: Vec<Installed>,
+    /// Package name to its declared license (an SPDX expression), for the
+    /// packages whose copyright file says it in DEP-5 short names.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub licenses: BTreeMap<String, String>,
+    /// The `LicenseRef-deb-…` ids those expressions use, to the Debian short
+    /// name each stands for.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub license_refs: BTreeMap<String, String>,
 }
 
 /// A container image carried for `arch`.
@@ -215,10 +223,13 @@ pub fn gather(
             continue;
         };
         let tar = step.output(crate::qcow2::rootfs::ROOTFS_TAR);
+        let (packages, licenses, license_refs) = packages_of(&tar)?;
         roots.push(Root {
             arch,
             step: step.name.clone(),
-            packages: packages_of(&tar)?,
+            packages,
+            licenses,
+            license_refs,
         });
     }
     let mut images = Vec::new();
@@ -277,16 +288,44 @@ pub fn gather(
     })
 }
 
-/// The packages dpkg installed in a root tarball (its `var/lib/dpkg/status`).
-pub fn packages_of(tar: &Utf8Path) -> Result<Vec<Installed>> {
+/// The packages dpkg installed in a root tarball (its `var/lib/dpkg/status`),
+/// the declared licenses of those whose copyright file
+/// (`usr/share/doc/<package>/copyright`) is DEP-5 ([`super::license`]),
+/// and the license references those use.
+pub fn packages_of(
+    tar: &Utf8Path,
+) -> Result<(
+    Vec<Installed>,
+    BTreeMap<String, String>,
+    BTreeMap<String, String>,
+)> {
     const STATUS: &str = "var/lib/dpkg/status";
-    let files = crate::qcow2::merge::read_from_rootfs(tar, |p| p == STATUS)
-        .with_context(|| format!("reading dpkg's status from the root file system {tar}"))?;
+    let copyright = |p: &str| -> Option<String> {
+        let pkg = p
+            .strip_prefix("usr/share/doc/")?
+            .strip_suffix("/copyright")?;
+        (!pkg.contains('/')).then(|| pkg.to_string())
+    };
+    let files =
+        crate::qcow2::merge::read_from_rootfs(tar, |p| p == STATUS || copyright(p).is_some())
+            .with_context(|| format!("reading dpkg's status from the root file system {tar}"))?;
     let status = files
         .get(STATUS)
         .with_context(|| format!("{tar} holds no /{STATUS}: not a Debian root"))?;
     let text = String::from_utf8_lossy(status);
-    Ok(crate::scan::dpkg::installed(&text))
+    let packages = crate::scan::dpkg::installed(&text);
+    let mut licenses = BTreeMap::new();
+    let mut refs = BTreeMap::new();
+    for p in &packages {
+        let Some(data) = files.get(&format!("usr/share/doc/{}/copyright", p.name)) else {
+            continue;
+        };
+        if let Some(d) = super::license::declared(&String::from_utf8_lossy(data)) {
+            licenses.insert(p.name.clone(), d.expression);
+            refs.extend(d.refs);
+        }
+    }
+    Ok((packages, licenses, refs))
 }
 
 fn model(rec: &ModelRecord) -> Model {

@@ -43,6 +43,7 @@ use crate::targets;
 
 pub mod assemble;
 pub mod facts;
+pub mod license;
 pub mod manifest;
 pub mod oci;
 pub mod parts;

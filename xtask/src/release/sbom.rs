@@ -66,7 +66,8 @@ fn purl_ref(locator: String) -> Value {
     }])
 }
 
-/// A package with nothing asserted about licenses or where to download it.
+/// A package with nothing asserted about licenses or where to download it
+/// (a Debian package's declared license is set from its copyright file).
 fn package(id: String, name: &str, version: Option<&str>) -> serde_json::Map<String, Value> {
     let mut p = serde_json::Map::new();
     p.insert("SPDXID".into(), json!(id));
@@ -109,6 +110,9 @@ pub fn document(f: &Facts, arch: Arch) -> Value {
                 "externalRefs".into(),
                 purl_ref(deb_purl(&p.name, &p.version, &p.architecture)),
             );
+            if let Some(l) = root.licenses.get(&p.name) {
+                pkg.insert("licenseDeclared".into(), json!(l));
+            }
             packages.push(Value::Object(pkg));
             contained.push(id);
         }
@@ -191,11 +195,31 @@ pub fn document(f: &Facts, arch: Arch) -> Value {
         "creationInfo": {
             "created": crate::export::rfc3339(f.epoch),
             "creators": [format!("Tool: kiln-{}", &f.code_fingerprint[..f.code_fingerprint.len().min(12)])],
-            "comment": "created at SOURCE_DATE_EPOCH; packages from dpkg's status in the root file system",
+            "comment": "created at SOURCE_DATE_EPOCH; packages from dpkg's status in the root file system, declared licenses from their DEP-5 copyright files",
         },
         "packages": packages,
         "relationships": relationships,
     });
+    // The Debian short names without an SPDX id, as references.
+    if let Some(root) = f.roots.iter().find(|x| x.arch == arch) {
+        if !root.license_refs.is_empty() {
+            doc["hasExtractedLicensingInfos"] = root
+                .license_refs
+                .iter()
+                .map(|(id, name)| {
+                    json!({
+                        "licenseId": id,
+                        "name": name,
+                        "extractedText": format!(
+                            "The license Debian's machine-readable copyright files call `{name}`; \
+                             its text is in /usr/share/doc/<package>/copyright of each package \
+                             that declares it."
+                        ),
+                    })
+                })
+                .collect();
+        }
+    }
     // The namespace names this content: the same inputs give the same one.
     let digest = crate::digest::bytes_sha256(doc.to_string().as_bytes());
     doc["documentNamespace"] = json!(format!("{NAMESPACE_BASE}/{name}-{}", &digest[..32]));
