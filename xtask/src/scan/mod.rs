@@ -13,10 +13,13 @@
 //! corrupt, unknown container) makes the scan an error, never a pass.
 //! Content in a format kiln cannot open is an `opaque-content` finding.
 //!
-//! `walk.rs` opens the containers and applies the rules to every file;
-//! `report.rs` holds the findings, the reports and the publish [`gate`].
-//! [`scan_artifact`] joins them: the walk's hits, judged against the
-//! allowlist and dpkg's records, become an [`ArtifactReport`].
+//! `walk.rs` is the one walker: it opens the containers and hands every
+//! member to a visitor. `secrets.rs` is the scan's visitor (it applies the
+//! rules to every file), [`inventory`] the reproducibility check's (every
+//! member's digest and metadata). `report.rs` holds the findings, the
+//! reports and the publish [`gate`]. [`scan_artifact`] joins them: the
+//! scan's hits, judged against the allowlist and dpkg's records, become an
+//! [`ArtifactReport`].
 
 pub mod cpio;
 pub mod disk;
@@ -26,6 +29,7 @@ pub mod inventory;
 pub mod iso9660;
 mod report;
 pub mod rules;
+mod secrets;
 pub mod source;
 mod walk;
 pub mod zip;
@@ -71,7 +75,7 @@ pub fn scan_artifact(path: &Utf8Path, label: &str, opts: &Options) -> ArtifactRe
     let tmp = opts.tmp.clone().unwrap_or_else(|| {
         Utf8PathBuf::from_path_buf(std::env::temp_dir()).unwrap_or_else(|_| "/tmp".into())
     });
-    let w = walk::walk(path, tmp);
+    let w = secrets::scan(path, tmp);
     let findings = w
         .hits
         .into_iter()
