@@ -223,13 +223,13 @@ pub fn gather(
             continue;
         };
         let tar = step.output(crate::qcow2::rootfs::ROOTFS_TAR);
-        let (packages, licenses, license_refs) = packages_of(&tar)?;
+        let p = packages_of(&tar)?;
         roots.push(Root {
             arch,
             step: step.name.clone(),
-            packages,
-            licenses,
-            license_refs,
+            packages: p.packages,
+            licenses: p.licenses,
+            license_refs: p.license_refs,
         });
     }
     let mut images = Vec::new();
@@ -292,13 +292,7 @@ pub fn gather(
 /// the declared licenses of those whose copyright file
 /// (`usr/share/doc/<package>/copyright`) is DEP-5 ([`super::license`]),
 /// and the license references those use.
-pub fn packages_of(
-    tar: &Utf8Path,
-) -> Result<(
-    Vec<Installed>,
-    BTreeMap<String, String>,
-    BTreeMap<String, String>,
-)> {
+pub fn packages_of(tar: &Utf8Path) -> Result<Packages> {
     const STATUS: &str = "var/lib/dpkg/status";
     let copyright = |p: &str| -> Option<String> {
         let pkg = p
@@ -325,7 +319,19 @@ pub fn packages_of(
             refs.extend(d.refs);
         }
     }
-    Ok((packages, licenses, refs))
+    Ok(Packages {
+        packages,
+        licenses,
+        license_refs: refs,
+    })
+}
+
+/// What [`packages_of`] reads from a root: its packages, their declared
+/// licenses and the license references those use (as in [`Root`]).
+pub struct Packages {
+    pub packages: Vec<Installed>,
+    pub licenses: BTreeMap<String, String>,
+    pub license_refs: BTreeMap<String, String>,
 }
 
 fn model(rec: &ModelRecord) -> Model {
