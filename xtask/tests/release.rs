@@ -939,6 +939,18 @@ fn a_signed_release_verifies_with_minisign_is_reproducible_and_refuses_tampering
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // `release assemble --verify-key KEY PART` into `refused/`, which must fail.
+    let refused_assembly = |key: &str, part: &str| {
+        p.fail(&[
+            "--output-dir",
+            "refused",
+            "release",
+            "assemble",
+            "--verify-key",
+            key,
+            part,
+        ])
+    };
     // Tampered with: minisign and kiln refuse it.
     let (_t, tampered) = support::tempdir("kiln-release-tampered-");
     let tampered = tampered.join(&name);
@@ -955,40 +967,16 @@ fn a_signed_release_verifies_with_minisign_is_reproducible_and_refuses_tampering
         !out.status.success(),
         "minisign accepted a tampered SHA256SUMS"
     );
-    let err = p.fail(&[
-        "--output-dir",
-        "refused",
-        "release",
-        "assemble",
-        "--verify-key",
-        public.as_str(),
-        tampered.as_str(),
-    ]);
+    let err = refused_assembly(public.as_str(), tampered.as_str());
     assert!(
         err.contains("does not verify") && err.contains(public.as_str()),
         "{err}"
     );
     // Unsigned, or signed by another key: refused too.
     std::fs::remove_file(tampered.join("SHA256SUMS.minisig")).unwrap();
-    let err = p.fail(&[
-        "--output-dir",
-        "refused",
-        "release",
-        "assemble",
-        "--verify-key",
-        public.as_str(),
-        tampered.as_str(),
-    ]);
+    let err = refused_assembly(public.as_str(), tampered.as_str());
     assert!(err.contains("not signed"), "{err}");
-    let err = p.fail(&[
-        "--output-dir",
-        "refused",
-        "release",
-        "assemble",
-        "--verify-key",
-        k2.join("kiln.pub").as_str(),
-        dir.as_str(),
-    ]);
+    let err = refused_assembly(k2.join("kiln.pub").as_str(), dir.as_str());
     assert!(err.contains("made by the key"), "{err}");
     assert!(!p.path("refused").join(&name).exists());
 
