@@ -816,6 +816,22 @@ fn minisign(dir: &Utf8Path, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// The arguments of a `release` of the overlay for amd64 signed with `key`,
+/// after the global options `before`.
+fn signed_release<'a>(before: &[&'a str], key: &'a str) -> Vec<&'a str> {
+    let mut a = before.to_vec();
+    a.extend([
+        "release",
+        "--targets",
+        "overlay",
+        "--arch",
+        "amd64",
+        "--sign-key",
+        key,
+    ]);
+    a
+}
+
 #[test]
 fn a_signed_release_verifies_with_minisign_is_reproducible_and_refuses_tampering() {
     if !require(&["minisign", "sha256sum"]) {
@@ -834,16 +850,7 @@ fn a_signed_release_verifies_with_minisign_is_reproducible_and_refuses_tampering
     let public = keys.join("ref.pub");
 
     // The plan says it will sign, naming the key file, never its content.
-    let plan = p.run(&[
-        "--dry-run",
-        "release",
-        "--targets",
-        "overlay",
-        "--arch",
-        "amd64",
-        "--sign-key",
-        key.as_str(),
-    ]);
+    let plan = p.run(&signed_release(&["--dry-run"], key.as_str()));
     let plan = support::stdout(&plan);
     let secret = std::fs::read_to_string(&key).unwrap();
     let secret_line = secret.lines().nth(1).unwrap();
@@ -855,15 +862,7 @@ fn a_signed_release_verifies_with_minisign_is_reproducible_and_refuses_tampering
     );
     assert!(!plan.contains(secret_line), "the plan shows the secret key");
 
-    p.run(&[
-        "release",
-        "--targets",
-        "overlay",
-        "--arch",
-        "amd64",
-        "--sign-key",
-        key.as_str(),
-    ]);
+    p.run(&signed_release(&[], key.as_str()));
     let dir = release_dir(&p);
     let name = dir.file_name().unwrap().to_string();
     sha256sum_check(&dir);
@@ -895,17 +894,7 @@ fn a_signed_release_verifies_with_minisign_is_reproducible_and_refuses_tampering
     assert!(!sums(&dir).contains_key("SHA256SUMS.minisig"));
 
     // The same inputs and key: the same signature, byte for byte.
-    p.run(&[
-        "--output-dir",
-        "again",
-        "release",
-        "--targets",
-        "overlay",
-        "--arch",
-        "amd64",
-        "--sign-key",
-        key.as_str(),
-    ]);
+    p.run(&signed_release(&["--output-dir", "again"], key.as_str()));
     let again = only_release(&p.path("again"));
     assert_eq!(
         std::fs::read(dir.join("SHA256SUMS.minisig")).unwrap(),
@@ -985,17 +974,7 @@ fn a_signed_release_verifies_with_minisign_is_reproducible_and_refuses_tampering
     let bad = keys.join("bad.key");
     std::fs::write(&bad, "-----BEGIN OPENSSH PRIVATE KEY-----\nxx\n").unwrap();
     for k in [bad.as_str(), public.as_str(), "/nonexistent/kiln.key"] {
-        let err = p.fail(&[
-            "--output-dir",
-            "bad",
-            "release",
-            "--targets",
-            "overlay",
-            "--arch",
-            "amd64",
-            "--sign-key",
-            k,
-        ]);
+        let err = p.fail(&signed_release(&["--output-dir", "bad"], k));
         assert!(
             err.contains(k) && err.contains("minisign secret key"),
             "{k}: {err}"
