@@ -1458,6 +1458,22 @@ fn cross_checks(
 mod tests {
     use super::*;
 
+    /// Smoke options for planning tests: TCG, the carrier on a CD-ROM, two
+    /// guests at a time.
+    fn options(instances: usize, firmware: FirmwareChoice) -> Options {
+        Options {
+            instances,
+            firmware,
+            accel: "tcg".into(),
+            carrier: true,
+            carrier_as: CarrierAs::Cdrom,
+            carrier_broken: false,
+            work: "/w".into(),
+            logs: "/l".into(),
+            parallel: 2,
+        }
+    }
+
     #[test]
     fn a_pi_card_must_report_its_root_grown() {
         assert_eq!(
@@ -1516,17 +1532,7 @@ mod tests {
             report: "x".into(),
             refused: None,
         });
-        let opts = Options {
-            instances: 2,
-            firmware: FirmwareChoice::Both,
-            accel: "tcg".into(),
-            carrier: true,
-            carrier_as: CarrierAs::Cdrom,
-            carrier_broken: false,
-            work: "/w".into(),
-            logs: "/l".into(),
-            parallel: 2,
-        };
+        let opts = options(2, FirmwareChoice::Both);
         let a = Artifact {
             path: "/o/demo-1-amd64.iso".into(),
             format: Format::Iso,
@@ -1591,15 +1597,9 @@ mod tests {
             ..SmokeOptions::default()
         };
         let mut opts = Options {
-            instances: 3,
-            firmware: FirmwareChoice::Uefi,
-            accel: "tcg".into(),
-            carrier: true,
             carrier_as: CarrierAs::Disk,
             carrier_broken: true,
-            work: "/w".into(),
-            logs: "/l".into(),
-            parallel: 2,
+            ..options(3, FirmwareChoice::Uefi)
         };
         let a = Artifact {
             path: "/o/demo-1-amd64.qcow2".into(),
