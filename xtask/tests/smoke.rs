@@ -102,6 +102,36 @@ fn processes_mentioning(needles: &[&str]) -> Vec<String> {
     found
 }
 
+/// Whether process `pid` descends from this test process, which makes it
+/// the work of a test still running beside this one (a sibling's
+/// `qemu-img convert` of the shared fixture's disk, a sibling's kiln and its
+/// qemu), never a leftover: a process left behind by a kiln that exited is
+/// reparented away from this process's tree.
+fn started_here(pid: &str) -> bool {
+    let me = std::process::id().to_string();
+    let mut pid = pid.to_string();
+    for _ in 0..64 {
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            return false;
+        };
+        let Some(parent) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("PPid:"))
+            .map(|v| v.trim().to_string())
+        else {
+            return false;
+        };
+        if parent == me {
+            return true;
+        }
+        if parent == "0" || parent == "1" {
+            return false;
+        }
+        pid = parent;
+    }
+    false
+}
+
 /// The first qemu process whose command line contains `dir`.
 fn qemu_in(dir: &str) -> Option<i32> {
     processes_mentioning(&[dir]).into_iter().find_map(|p| {
@@ -116,7 +146,8 @@ fn qemu_in(dir: &str) -> Option<i32> {
 
 /// A smoke run left nothing: no work directory (`smoke.tmp-<pid>`) in the
 /// cache, no partial report in output/, no process (qemu) naming the
-/// project or a smoke work directory. The cache may be the suite's shared
+/// project or a smoke work directory, other than the work of tests still
+/// running in this process ([`started_here`]). The cache may be the suite's shared
 /// one, where smokes of other test binaries run at the same time: a work
 /// directory (or a process naming one) counts only when the kiln that owned
 /// it (its pid) is gone.
@@ -146,6 +177,7 @@ fn assert_smoke_left_nothing(p: &Project) {
     let prefix = format!("{cache}/smoke.tmp-");
     let procs: Vec<String> = processes_mentioning(&[p.root.as_str(), &prefix])
         .into_iter()
+        .filter(|line| !started_here(line.split(':').next().unwrap_or_default()))
         .filter(|line| {
             line.contains(p.root.as_str())
                 || line.split(&prefix).skip(1).any(|rest| {
