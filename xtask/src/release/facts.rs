@@ -32,6 +32,14 @@ pub struct FileFact {
     pub sha256: String,
 }
 
+/// What `--check-reproducible` found ([`super::reproduce::check`]), for the
+/// manifest.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    /// Every artifact compared (all identical), by name, with its sha256.
+    pub artifacts: Vec<(String, String)>,
+}
+
 /// One step of the plan: its name, key, and inputs as the key hashes them.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StepFact {
@@ -112,7 +120,7 @@ pub struct Facts {
     pub models: Vec<Model>,
     pub artifacts: Vec<FileFact>,
     /// `--check-reproducible` ran and every artifact was identical.
-    pub reproduced: Option<super::reproduce::Verdict>,
+    pub reproduced: Option<Verdict>,
     /// The minisign key id that signs `SHA256SUMS` (`SHA256SUMS.minisig`),
     /// when the release is signed ([`super::sign`]).
     pub signed_by: Option<String>,
@@ -205,7 +213,7 @@ pub fn gather(
     source: &Source,
     allow_dirty: bool,
     artifacts: Vec<FileFact>,
-    reproduced: Option<super::reproduce::Verdict>,
+    reproduced: Option<Verdict>,
 ) -> Result<Facts> {
     let steps: Vec<StepFact> = plan
         .steps

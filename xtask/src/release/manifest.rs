@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::facts::{Derived, Facts, FileFact, Image, Model, Root, StepFact};
+use super::facts::{Derived, Facts, FileFact, Image, Model, Root, StepFact, Verdict};
 use super::Source;
 use crate::recipe::Arch;
 use crate::targets::Format;
@@ -212,7 +212,7 @@ fn reproducibility(f: &Facts) -> Value {
 }
 
 /// The verdict [`reproducibility`] recorded, read back.
-fn reproduced(v: &Value) -> Result<Option<super::reproduce::Verdict>> {
+fn reproduced(v: &Value) -> Result<Option<Verdict>> {
     if v.get("checked").and_then(Value::as_bool) != Some(true) {
         return Ok(None);
     }
@@ -231,5 +231,5 @@ fn reproduced(v: &Value) -> Result<Option<super::reproduce::Verdict>> {
             Ok((field("name")?, field("sha256")?))
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok(Some(super::reproduce::Verdict { artifacts }))
+    Ok(Some(Verdict { artifacts }))
 }

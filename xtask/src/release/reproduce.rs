@@ -25,6 +25,7 @@ use std::io::Read;
 use anyhow::{bail, Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
 
+use super::facts::{FileFact, Verdict};
 use crate::cx::Cx;
 use crate::exec::TempDir;
 use crate::plan::Plan;
@@ -215,13 +216,6 @@ pub fn moved_keys(a: &Plan, b: &Plan) -> Vec<String> {
     out
 }
 
-/// What the check found, for the manifest.
-#[derive(Debug, Clone)]
-pub struct Verdict {
-    /// Every artifact compared (all identical), by name, with its sha256.
-    pub artifacts: Vec<(String, String)>,
-}
-
 /// `--dry-run`: the second build's plan, as it would run (the project is
 /// copied to plan it, then removed with the work directory).
 pub fn preview(
@@ -259,7 +253,7 @@ pub fn check(
     options: &targets::Options,
     first: &Plan,
     dir: &Utf8Path,
-    artifacts: &[super::facts::FileFact],
+    artifacts: &[FileFact],
 ) -> Result<Verdict> {
     let start = std::time::Instant::now();
     let second = Second::prepare(cx, r)?;
