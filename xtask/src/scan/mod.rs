@@ -30,6 +30,7 @@ pub mod iso9660;
 mod report;
 pub mod rules;
 mod secrets;
+pub mod sniff;
 pub mod source;
 mod walk;
 pub mod zip;

@@ -12,7 +12,7 @@ use camino::{Utf8Path, Utf8PathBuf};
 
 use super::dpkg;
 use super::rules::{self, Engine, Hit, Kind};
-use super::source::{Format, HEAD};
+use super::sniff::{Format, HEAD};
 use super::walk::{self, At, Got, Member, Visit, Walker};
 
 /// Large files are scanned in chunks of this size…

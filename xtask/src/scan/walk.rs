@@ -24,7 +24,8 @@ use anyhow::{bail, Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
 use sha2::{Digest, Sha256};
 
-use super::source::{sniff, Format, Runs, Window, HEAD, HOLE};
+use super::sniff::{sniff, Format, HEAD};
+use super::source::{Runs, Window, HOLE};
 use super::{cpio, disk, ext4, iso9660, zip};
 
 /// Archives nested deeper than this are refused (decompression bombs, loops).
