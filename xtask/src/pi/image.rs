@@ -22,8 +22,9 @@ use serde_json::json;
 use super::boot;
 use super::mbr::{self, Part, ALIGN, SECTOR};
 use crate::plan::{Op, OpCx};
-use crate::qcow2::disk::{self, DiskSpec, MIB};
+use crate::qcow2::disk::{self, MIB};
 use crate::qcow2::merge::{merge, read_from_rootfs};
+use crate::qcow2::spec::DiskSpec;
 use crate::recipe::pi::Board;
 use crate::tools;
 

@@ -20,7 +20,7 @@ use camino::Utf8Path;
 use serde_json::json;
 
 use crate::plan::{Input, Op, OpCx, Plan, StepBuilder, OUT};
-use crate::qcow2::disk::{Carrier, DiskSpec, Ids};
+use crate::qcow2::spec::{Carrier, DiskSpec, Ids};
 use crate::recipe::pi::Compression;
 use crate::recipe::{Arch, Resolved};
 

@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use anyhow::{ensure, Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
 
-use super::disk::DiskSpec;
 use super::merge::{read_from_rootfs, Boot};
+use super::spec::DiskSpec;
 
 /// What goes onto the EFI system partition: directories (parents first)
 /// and files (source, path on the ESP).

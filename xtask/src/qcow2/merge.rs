@@ -14,7 +14,7 @@ use std::io::{Read, Write};
 use anyhow::{bail, ensure, Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
 
-use super::disk::DiskSpec;
+use super::spec::{DiskSpec, CARRIER_DROP_IN};
 
 /// What the merge found in the root file system.
 #[derive(Debug, Default)]
@@ -207,10 +207,7 @@ pub(super) fn generated(spec: &DiskSpec, installed: &BTreeSet<String>) -> BTreeM
     if let Some(c) = &spec.carrier {
         m.insert("etc/cloud".into(), New::DirIfMissing);
         m.insert("etc/cloud/cloud.cfg.d".into(), New::DirIfMissing);
-        m.insert(
-            super::disk::CARRIER_DROP_IN.into(),
-            bytes(c.drop_in(), 0o644),
-        );
+        m.insert(CARRIER_DROP_IN.into(), bytes(c.drop_in(), 0o644));
     }
     m.insert(
         "etc/systemd/network/80-kiln-dhcp.network".into(),
@@ -691,7 +688,7 @@ mod tests {
             cmdline: String::new(),
             resolved: false,
             epoch: 1,
-            ids: super::super::disk::Ids::derive(1, "demo", crate::recipe::Arch::Amd64),
+            ids: super::super::spec::Ids::derive(1, "demo", crate::recipe::Arch::Amd64),
             pi_boot: None,
             carrier: None,
             fit: false,

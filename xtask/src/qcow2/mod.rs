@@ -21,6 +21,7 @@ pub(crate) mod esp;
 pub mod gpt;
 pub(crate) mod merge;
 pub mod rootfs;
+pub mod spec;
 mod uki;
 
 use anyhow::{bail, Result};
@@ -29,6 +30,7 @@ use camino::{Utf8Path, Utf8PathBuf};
 use crate::plan::{Input, Plan, StepBuilder, OUT};
 use crate::recipe::qcow2::{Base, Compression};
 use crate::recipe::{Arch, Resolved};
+use spec::{DiskSpec, Ids};
 
 /// The appliance disk before its final conversion, for wrapping it in other
 /// formats.
@@ -124,14 +126,14 @@ fn plan_disk_as(
                 );
             }
             let rootfs = rootfs::plan(r, plan, arch)?;
-            let ids = disk::Ids::derive(r.epoch, r.name(), arch);
-            let cmdline = disk::DiskSpec::kernel_cmdline(&ids, arch, &q.cmdline);
-            let spec = disk::DiskSpec {
+            let ids = Ids::derive(r.epoch, r.name(), arch);
+            let cmdline = DiskSpec::kernel_cmdline(&ids, arch, &q.cmdline);
+            let spec = DiskSpec {
                 size: q.size_bytes,
                 uefi: q.firmware.uefi(),
                 bios: bios(q, arch),
                 fit,
-                ..disk::DiskSpec::root(
+                ..DiskSpec::root(
                     r,
                     arch,
                     ids,
