@@ -26,7 +26,7 @@ use std::io::Write;
 use anyhow::{bail, ensure, Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
 
-use super::facts::{Derived, Facts, FileFact};
+use super::facts::{Derived, Facts, FileFact, Image, Model, Root, StepFact};
 use super::{parts, read_sums, Source, SUMS};
 use crate::cx::Cx;
 use crate::exec::TempDir;
@@ -146,6 +146,114 @@ fn show<T: std::fmt::Debug>(v: &Option<T>) -> String {
     }
 }
 
+/// A fact that parts may share: one thing by its [`Shared::key`] (which
+/// names its kind too, so one map of the part each was first seen in serves
+/// every kind), that every part carrying it must carry alike.
+trait Shared: Clone {
+    fn key(&self) -> String;
+    /// How `self` (an earlier part's) and `other` differ, as [`differ`]
+    /// says it: what differs, and its value in each; `None` when alike.
+    fn differs(&self, other: &Self) -> Option<(String, String, String)>;
+}
+
+impl Shared for StepFact {
+    fn key(&self) -> String {
+        format!("step {}", self.name)
+    }
+    fn differs(&self, o: &Self) -> Option<(String, String, String)> {
+        (self.key != o.key).then(|| {
+            let what = format!("the key of step `{}`", o.name);
+            (what, self.key.clone(), o.key.clone())
+        })
+    }
+}
+
+impl Shared for FileFact {
+    fn key(&self) -> String {
+        format!("artifact {}", self.name)
+    }
+    fn differs(&self, o: &Self) -> Option<(String, String, String)> {
+        (self.sha256 != o.sha256 || self.size != o.size).then(|| {
+            let what = format!("the sha256 of {}", o.name);
+            (what, self.sha256.clone(), o.sha256.clone())
+        })
+    }
+}
+
+impl Shared for Root {
+    fn key(&self) -> String {
+        format!("root {}", self.arch)
+    }
+    fn differs(&self, o: &Self) -> Option<(String, String, String)> {
+        let show = |r: &Root| format!("{} ({} packages)", r.step, r.packages.len());
+        (self != o).then(|| {
+            let what = format!("the {} root file system", o.arch);
+            (what, show(self), show(o))
+        })
+    }
+}
+
+impl Shared for Image {
+    fn key(&self) -> String {
+        format!("image {} {}", self.arch, self.record.name)
+    }
+    fn differs(&self, o: &Self) -> Option<(String, String, String)> {
+        (self != o).then(|| {
+            let what = format!("container image {} ({})", o.record.name, o.arch);
+            (what, self.record.sha256.clone(), o.record.sha256.clone())
+        })
+    }
+}
+
+impl Shared for Model {
+    fn key(&self) -> String {
+        format!("model {}", self.name)
+    }
+    fn differs(&self, o: &Self) -> Option<(String, String, String)> {
+        (self != o).then(|| {
+            let what = format!("model {}", o.name);
+            (what, self.sha256.clone(), o.sha256.clone())
+        })
+    }
+}
+
+/// Where each of `items` was first seen: in `dir`, the first part's.
+fn first_seen<'a, T: Shared>(
+    items: &[T],
+    dir: &'a Utf8Path,
+    seen_in: &mut BTreeMap<String, &'a Utf8Path>,
+) {
+    for t in items {
+        seen_in.insert(t.key(), dir);
+    }
+}
+
+/// Adds to `out` each of `theirs` (the part in `dir`'s) that no earlier
+/// part carried; one that an earlier part carried otherwise is the error
+/// naming both parts.
+fn carry<'a, T: Shared>(
+    out: &mut Vec<T>,
+    theirs: &[T],
+    dir: &'a Utf8Path,
+    seen_in: &mut BTreeMap<String, &'a Utf8Path>,
+) -> Result<()> {
+    for t in theirs {
+        let key = t.key();
+        match out.iter().find(|o| o.key() == key) {
+            Some(o) => {
+                if let Some((what, a, b)) = o.differs(t) {
+                    return Err(differ(seen_in[&key], dir, &what, &a, &b));
+                }
+            }
+            None => {
+                seen_in.insert(key, dir);
+                out.push(t.clone());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The facts of one release made of `parts` (in the order given), or an
 /// error naming the two parts that differ and how.
 pub fn merge(parts: &[(&Utf8Path, &Facts)]) -> Result<Facts> {
@@ -153,33 +261,17 @@ pub fn merge(parts: &[(&Utf8Path, &Facts)]) -> Result<Facts> {
         bail!("no parts to assemble");
     };
     let mut out = first.clone();
-    let mut step_from: BTreeMap<String, &Utf8Path> = BTreeMap::new();
     let mut tool_from: BTreeMap<String, (&str, &Utf8Path)> = BTreeMap::new();
-    for s in &first.steps {
-        step_from.insert(s.name.clone(), first_dir);
-    }
     for (name, v) in &first.derived.tools {
         tool_from.insert(name.clone(), (v, first_dir));
     }
-    let mut artifact_from: BTreeMap<String, &Utf8Path> = first
-        .artifacts
-        .iter()
-        .map(|a| (a.name.clone(), first_dir))
-        .collect();
-    // Where a root, image or model was first seen, by a key naming it.
+    // The part each step, artifact, root, image and model was first seen in.
     let mut seen_in: BTreeMap<String, &Utf8Path> = BTreeMap::new();
-    let root_key = |r: &super::facts::Root| format!("root {}", r.arch);
-    let image_key = |i: &super::facts::Image| format!("image {} {}", i.arch, i.record.name);
-    let model_key = |m: &super::facts::Model| format!("model {}", m.name);
-    for r in &first.roots {
-        seen_in.insert(root_key(r), first_dir);
-    }
-    for i in &first.images {
-        seen_in.insert(image_key(i), first_dir);
-    }
-    for m in &first.models {
-        seen_in.insert(model_key(m), first_dir);
-    }
+    first_seen(&first.steps, first_dir, &mut seen_in);
+    first_seen(&first.artifacts, first_dir, &mut seen_in);
+    first_seen(&first.roots, first_dir, &mut seen_in);
+    first_seen(&first.images, first_dir, &mut seen_in);
+    first_seen(&first.models, first_dir, &mut seen_in);
     for &(dir, f) in &parts[1..] {
         let same = |what: &str, a: String, b: String| -> Result<()> {
             if a != b {
@@ -232,25 +324,7 @@ pub fn merge(parts: &[(&Utf8Path, &Facts)]) -> Result<Facts> {
                 (a, b) => a.or(b),
             },
         };
-        for s in &f.steps {
-            match out.steps.iter().find(|o| o.name == s.name) {
-                Some(o) if o.key != s.key => {
-                    let from = step_from[&s.name];
-                    return Err(differ(
-                        from,
-                        dir,
-                        &format!("the key of step `{}`", s.name),
-                        &o.key,
-                        &s.key,
-                    ));
-                }
-                Some(_) => {}
-                None => {
-                    step_from.insert(s.name.clone(), dir);
-                    out.steps.push(s.clone());
-                }
-            }
-        }
+        carry(&mut out.steps, &f.steps, dir, &mut seen_in)?;
         for (name, v) in &f.derived.tools {
             match tool_from.get(name) {
                 Some(&(was, from)) if was != v => {
@@ -268,24 +342,7 @@ pub fn merge(parts: &[(&Utf8Path, &Facts)]) -> Result<Facts> {
                 }
             }
         }
-        for a in &f.artifacts {
-            match out.artifacts.iter().find(|o| o.name == a.name) {
-                Some(o) if o.sha256 != a.sha256 || o.size != a.size => {
-                    return Err(differ(
-                        artifact_from[&a.name],
-                        dir,
-                        &format!("the sha256 of {}", a.name),
-                        &o.sha256,
-                        &a.sha256,
-                    ));
-                }
-                Some(_) => {}
-                None => {
-                    artifact_from.insert(a.name.clone(), dir);
-                    out.artifacts.push(a.clone());
-                }
-            }
-        }
+        carry(&mut out.artifacts, &f.artifacts, dir, &mut seen_in)?;
         // Checked as a whole only if every part was.
         out.reproduced = match (out.reproduced.take(), &f.reproduced) {
             (Some(mut v), Some(w)) => {
@@ -299,60 +356,9 @@ pub fn merge(parts: &[(&Utf8Path, &Facts)]) -> Result<Facts> {
             }
             _ => None,
         };
-        for r in &f.roots {
-            match out.roots.iter().find(|o| o.arch == r.arch) {
-                Some(o) if o != r => {
-                    return Err(differ(
-                        seen_in[&root_key(r)],
-                        dir,
-                        &format!("the {} root file system", r.arch),
-                        &format!("{} ({} packages)", o.step, o.packages.len()),
-                        &format!("{} ({} packages)", r.step, r.packages.len()),
-                    ));
-                }
-                Some(_) => {}
-                None => {
-                    seen_in.insert(root_key(r), dir);
-                    out.roots.push(r.clone());
-                }
-            }
-        }
-        for i in &f.images {
-            match out.images.iter().find(|o| image_key(o) == image_key(i)) {
-                Some(o) if o != i => {
-                    return Err(differ(
-                        seen_in[&image_key(i)],
-                        dir,
-                        &format!("container image {} ({})", i.record.name, i.arch),
-                        &o.record.sha256,
-                        &i.record.sha256,
-                    ));
-                }
-                Some(_) => {}
-                None => {
-                    seen_in.insert(image_key(i), dir);
-                    out.images.push(i.clone());
-                }
-            }
-        }
-        for m in &f.models {
-            match out.models.iter().find(|o| o.name == m.name) {
-                Some(o) if o != m => {
-                    return Err(differ(
-                        seen_in[&model_key(m)],
-                        dir,
-                        &format!("model {}", m.name),
-                        &o.sha256,
-                        &m.sha256,
-                    ));
-                }
-                Some(_) => {}
-                None => {
-                    seen_in.insert(model_key(m), dir);
-                    out.models.push(m.clone());
-                }
-            }
-        }
+        carry(&mut out.roots, &f.roots, dir, &mut seen_in)?;
+        carry(&mut out.images, &f.images, dir, &mut seen_in)?;
+        carry(&mut out.models, &f.models, dir, &mut seen_in)?;
     }
     out.formats.sort();
     out.architectures.sort();
