@@ -587,6 +587,38 @@ fn link_copy(from: &Utf8Path, to: &Utf8Path) {
     }
 }
 
+/// The arguments of `release assemble PART…` with its `options`
+/// (`--verify-key`, `--sign-key`), into the output directory `out`.
+fn assemble_args<'a>(out: &'a str, options: &[&'a str], parts: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec!["--output-dir", out, "release", "assemble"];
+    a.extend(options);
+    a.extend(parts);
+    a
+}
+
+/// `release assemble` of `parts` into `out` (in the project, or a path
+/// outside it): the release it made there, the only entry, its
+/// `SHA256SUMS` checked with `sha256sum`.
+fn assembled(p: &Project, out: &str, options: &[&str], parts: &[&str]) -> Utf8PathBuf {
+    p.run(&assemble_args(out, options, parts));
+    let dir = only_release(&p.path(out));
+    sha256sum_check(&dir);
+    dir
+}
+
+/// `release assemble` of `parts` into `out`, which must fail and leave
+/// nothing there (no release, no partial directory): its error.
+fn refused(p: &Project, out: &str, options: &[&str], parts: &[&str]) -> String {
+    let err = p.fail(&assemble_args(out, options, parts));
+    let out = p.path(out);
+    let left: Vec<_> = match std::fs::read_dir(&out) {
+        Ok(rd) => rd.map(|e| e.unwrap().file_name()).collect(),
+        Err(_) => Vec::new(),
+    };
+    assert!(left.is_empty(), "a refused assembly left {left:?} in {out}");
+    err
+}
+
 #[test]
 fn parts_built_per_architecture_assemble_into_the_release_built_at_once() {
     require(&["sha256sum", "pyspdxtools"]);
@@ -616,10 +648,8 @@ fn parts_built_per_architecture_assemble_into_the_release_built_at_once() {
     assert!(!amd64.join(format!("{name}-arm64.spdx.json")).exists());
 
     // Given in either order, the parts make one release, in output/.
-    p.run(&["release", "assemble", arm64.as_str(), amd64.as_str()]);
-    let dir = release_dir(&p);
+    let dir = assembled(&p, "output", &[], &[arm64.as_str(), amd64.as_str()]);
     assert_eq!(dir.file_name().unwrap(), name);
-    sha256sum_check(&dir);
     let m = json(&dir.join(format!("{name}.manifest.json")));
     let artifacts: Vec<&str> = m["artifacts"]
         .as_array()
@@ -720,17 +750,12 @@ fn parts_built_per_architecture_assemble_into_the_release_built_at_once() {
         String::from_utf8_lossy(&joined.stdout)
     );
     std::fs::remove_file(split_dir.join(&archive)).unwrap();
-    let again = carried.join("assembled");
-    p.run(&[
-        "--output-dir",
-        again.as_str(),
-        "release",
-        "assemble",
-        carried.join("amd64").as_str(),
-        split_dir.as_str(),
-    ]);
-    let again = only_release(&again);
-    sha256sum_check(&again);
+    let again = assembled(
+        &p,
+        carried.join("assembled").as_str(),
+        &[],
+        &[carried.join("amd64").as_str(), split_dir.as_str()],
+    );
     assert_eq!(documents(&again), documents(&whole));
     let left = support::leftovers(&[&p.path("output"), &carried]);
     assert!(left.is_empty(), "temporary state left behind: {left:#?}");
@@ -769,7 +794,7 @@ fn parts_of_different_releases_and_damaged_parts_are_refused() {
     ]);
     let other = only_release(&p.path("parts/other"));
     assert_eq!(other.file_name().unwrap(), "demo-9.9.9");
-    let err = p.fail(&["release", "assemble", amd64.as_str(), other.as_str()]);
+    let err = refused(&p, "output", &[], &[amd64.as_str(), other.as_str()]);
     let version = amd64.file_name().unwrap().strip_prefix("demo-").unwrap();
     assert!(
         err.contains("not parts of one release")
@@ -777,7 +802,6 @@ fn parts_of_different_releases_and_damaged_parts_are_refused() {
             && err.contains(&format!("`9.9.9` in {other}")),
         "{err}"
     );
-    assert!(p.outputs().is_empty(), "output/ holds {:?}", p.outputs());
 
     // A part damaged in transit: a copy (not a link: the part's files are
     // the cache's) with one byte changed.
@@ -792,19 +816,18 @@ fn parts_of_different_releases_and_damaged_parts_are_refused() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
     std::fs::write(&archive, bytes).unwrap();
-    let err = p.fail(&["release", "assemble", damaged.as_str()]);
+    let err = refused(&p, "output", &[], &[damaged.as_str()]);
     assert!(
         err.contains(archive.as_str()) && err.contains("damaged"),
         "{err}"
     );
     // A file the part's SHA256SUMS does not list.
     std::fs::write(damaged.join("notes.txt"), "x").unwrap();
-    let err = p.fail(&["release", "assemble", damaged.as_str()]);
+    let err = refused(&p, "output", &[], &[damaged.as_str()]);
     assert!(
         err.contains("notes.txt") && err.contains("does not list"),
         "{err}"
     );
-    assert!(p.outputs().is_empty(), "output/ holds {:?}", p.outputs());
 }
 
 /// `minisign` itself, run in `dir`; its output.
@@ -906,18 +929,17 @@ fn a_signed_release_verifies_with_minisign_is_reproducible_and_refuses_tampering
     // again by kiln's own keygen key: minisign verifies the result.
     let (_k2, k2) = support::tempdir("kiln-release-keygen-");
     p.run(&["release", "keygen", "--out", k2.as_str()]);
-    p.run(&[
-        "--output-dir",
+    let assembled = assembled(
+        &p,
         "assembled",
-        "release",
-        "assemble",
-        "--verify-key",
-        public.as_str(),
-        "--sign-key",
-        k2.join("kiln.key").as_str(),
-        dir.as_str(),
-    ]);
-    let assembled = only_release(&p.path("assembled"));
+        &[
+            "--verify-key",
+            public.as_str(),
+            "--sign-key",
+            k2.join("kiln.key").as_str(),
+        ],
+        &[dir.as_str()],
+    );
     let out = minisign(
         &assembled,
         &["-V", "-m", "SHA256SUMS", "-p", k2.join("kiln.pub").as_str()],
@@ -929,17 +951,8 @@ fn a_signed_release_verifies_with_minisign_is_reproducible_and_refuses_tampering
     );
 
     // `release assemble --verify-key KEY PART` into `refused/`, which must fail.
-    let refused_assembly = |key: &str, part: &str| {
-        p.fail(&[
-            "--output-dir",
-            "refused",
-            "release",
-            "assemble",
-            "--verify-key",
-            key,
-            part,
-        ])
-    };
+    let refused_assembly =
+        |key: &str, part: &str| refused(&p, "refused", &["--verify-key", key], &[part]);
     // Tampered with: minisign and kiln refuse it.
     let (_t, tampered) = support::tempdir("kiln-release-tampered-");
     let tampered = tampered.join(&name);
@@ -967,7 +980,6 @@ fn a_signed_release_verifies_with_minisign_is_reproducible_and_refuses_tampering
     assert!(err.contains("not signed"), "{err}");
     let err = refused_assembly(k2.join("kiln.pub").as_str(), dir.as_str());
     assert!(err.contains("made by the key"), "{err}");
-    assert!(!p.path("refused").join(&name).exists());
 
     // A key file that is not a minisign secret key: named, with what is
     // expected, and nothing is published.
