@@ -410,3 +410,130 @@ fn a_malformed_reference_is_refused_before_any_build() {
     assert!(p.outputs().is_empty(), "{:?}", p.outputs());
     assert!(!p.cache_dir().exists(), "a step ran");
 }
+
+/// A release signed with a `release keygen` key, pushed: the artifact
+/// carries `SHA256SUMS.minisig`; `release pull --verify-key` with that
+/// key writes it back and passes, with another key (or for an unsigned
+/// release) it is refused, naming the key and the signature, and nothing
+/// is written.
+#[test]
+fn a_signed_release_pulls_back_verified_by_its_key_and_only_by_it() {
+    if !support::require(&["docker-registry", "sha256sum"]) {
+        return;
+    }
+    let reg = support::registry(Default::default());
+    let p = Project::demo();
+    let (_keys, keys) = support::tempdir("kiln-oci-keys-");
+    let (mine, other) = (keys.join("mine"), keys.join("other"));
+    p.run(&["release", "keygen", "--out", mine.as_str()]);
+    p.run(&["release", "keygen", "--out", other.as_str()]);
+    let (key, public, wrong) = (
+        mine.join("kiln.key"),
+        mine.join("kiln.pub"),
+        other.join("kiln.pub"),
+    );
+
+    // Unsigned first (the same steps, cached, serve the signed one).
+    let unsigned = format!("oci://{}/kiln/demo:unsigned", reg.host());
+    p.run(&["release", "--targets", "overlay", "--push", &unsigned]);
+    let signed = format!("oci://{}/kiln/demo:signed", reg.host());
+    let out = p.run(&[
+        "release",
+        "--targets",
+        "overlay",
+        "--sign-key",
+        key.as_str(),
+        "--push",
+        &signed,
+    ]);
+    let digest = pushed_digest(&out);
+    let dir = release_dir(&p);
+    // The documents: what a push sends without --push-artifacts.
+    let mut local = files(&dir);
+    local.retain(|n, _| !n.ends_with(".overlay.tar.zst"));
+    let sig = local
+        .get("SHA256SUMS.minisig")
+        .expect("the signed release has no SHA256SUMS.minisig");
+
+    // The artifact holds the signature as its own layer, byte for byte.
+    let raw = manifest(&reg, "kiln/demo", "signed");
+    assert_eq!(oci::digest_of(&raw), digest);
+    let m: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    let layer = m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["annotations"][oci::TITLE] == "SHA256SUMS.minisig")
+        .unwrap_or_else(|| panic!("no SHA256SUMS.minisig layer: {m}"));
+    assert_eq!(layer["digest"], oci::digest_of(sig));
+    assert_eq!(
+        layer["mediaType"],
+        "application/vnd.kiln.release.minisig.v1"
+    );
+
+    let (_out, base) = support::tempdir("kiln-oci-signed-");
+    let verify = |reference: &str, key: &Utf8Path, dest: &Utf8Path| {
+        p.kiln()
+            .args(["release", "pull", reference, "--dest", dest.as_str()])
+            .args(["--verify-key", key.as_str()])
+            .output()
+            .unwrap()
+    };
+
+    // The right key: the release, its signature included, verified.
+    let good = base.join("good");
+    let out = verify(&signed, &public, &good);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = std::fs::read_to_string(&public).unwrap();
+    let id = id.lines().next().unwrap().rsplit(' ').next().unwrap();
+    assert!(
+        stderr(&out).contains(&format!("signed by key id {id}")),
+        "{}",
+        stderr(&out)
+    );
+    let got = files(&good);
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        local.keys().collect::<Vec<_>>()
+    );
+    assert!(got == local, "the pulled files differ from the release's");
+
+    // Another key: refused, naming both keys and the signature file.
+    let refused = base.join("refused");
+    let out = verify(&signed, &wrong, &refused);
+    assert!(!out.status.success(), "another key was accepted");
+    let err = stderr(&out);
+    for want in [
+        wrong.as_str(),
+        "SHA256SUMS.minisig",
+        "not signed by the key",
+        &format!("made by the key {id}"),
+        "nothing was written",
+    ] {
+        assert!(err.contains(want), "no `{want}` in:\n{err}");
+    }
+    // It speaks of the release, not of kiln's temporary directory.
+    assert!(!err.contains(".kiln-partial"), "{err}");
+    assert!(!refused.exists(), "a refused pull wrote {refused}");
+
+    // An unsigned release with --verify-key: refused, nothing written.
+    let out = verify(&unsigned, &public, &refused);
+    assert!(!out.status.success(), "an unsigned release was accepted");
+    let err = stderr(&out);
+    for want in [
+        &unsigned,
+        "not signed",
+        "SHA256SUMS.minisig",
+        public.as_str(),
+    ] {
+        assert!(err.contains(want), "no `{want}` in:\n{err}");
+    }
+    // It speaks of the release, not of kiln's temporary directory.
+    assert!(!err.contains(".kiln-partial"), "{err}");
+    assert!(!refused.exists(), "a refused pull wrote {refused}");
+    assert!(
+        support::leftovers(&[&base]).is_empty(),
+        "{:?}",
+        support::leftovers(&[&base])
+    );
+}

@@ -929,6 +929,17 @@ pub fn pull(
         names.contains(SUMS),
         "{r} carries no {SUMS}: its files cannot be checked"
     );
+    if let Some(key) = verify {
+        // Refused before anything is fetched.
+        anyhow::ensure!(
+            names.contains(super::sign::SIG),
+            "{r} ({digest}) is not signed: the artifact carries no {}, and --verify-key {} \
+             (key id {}) asks for a signature; nothing was written to {dest}",
+            super::sign::SIG,
+            key.path,
+            key.key_id()
+        );
+    }
 
     let parent = dest
         .parent()
@@ -982,12 +993,18 @@ pub fn pull(
         );
     }
     if let Some(key) = verify {
-        key.verify_dir(&partial.path).map_err(|e| {
+        // Checked here rather than with `verify_dir`, whose errors would
+        // name the temporary directory.
+        let sig_path = partial.path.join(super::sign::SIG);
+        let sig = std::fs::read_to_string(&sig_path)
+            .with_context(|| format!("{r}: reading its {}", super::sign::SIG))?;
+        key.verify(text.as_bytes(), &sig).map_err(|e| {
             e.context(format!(
-                "{r} ({digest}) is not signed by the key {} (key id {}); nothing was written \
-                 to {dest}",
+                "{r} ({digest}) is not signed by the key {} (key id {}): its {SUMS} does not \
+                 verify against its {}; nothing was written to {dest}",
                 key.path,
-                key.key_id()
+                key.key_id(),
+                super::sign::SIG
             ))
         })?;
     }
