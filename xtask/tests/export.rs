@@ -450,7 +450,7 @@ impl LocalRegistry {
                 certificate: cert.to_owned(),
                 key: key.to_owned(),
             }),
-            read_only: false,
+            ..Default::default()
         }))
     }
 

@@ -537,3 +537,111 @@ fn a_signed_release_pulls_back_verified_by_its_key_and_only_by_it() {
         support::leftovers(&[&base])
     );
 }
+
+/// A registry that asks for credentials (htpasswd, HTTP basic): without
+/// them, or with a wrong password, the push fails saying what to set or
+/// that they were refused, naming the registry, and the release stays
+/// whole; with them (from the environment) push and pull work, and the
+/// password shows nowhere.
+#[test]
+fn a_registry_with_credentials_gets_them_from_the_environment_only() {
+    if !support::require(&["docker-registry", "sha256sum"]) {
+        return;
+    }
+    let (_auth, auth) = support::tempdir("kiln-oci-auth-");
+    let password = "kiln-test-pw-5e1f";
+    let hash = bcrypt::hash(password, 5).unwrap();
+    let htpasswd = auth.join("htpasswd");
+    std::fs::write(&htpasswd, format!("kiln:{hash}\n")).unwrap();
+    let reg = support::registry(xtask::tools::docker_registry::Options {
+        htpasswd: Some(htpasswd),
+        ..Default::default()
+    });
+    let p = Project::demo();
+    let to = format!("oci://{}/kiln/demo:stable", reg.host());
+    let with = |user: &str, pw: &str, args: &[&str]| {
+        p.kiln()
+            .env("KILN_REGISTRY_USER", user)
+            .env("KILN_REGISTRY_PASSWORD", pw)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let push = ["release", "--targets", "overlay", "--push", &to];
+
+    // No credentials: which variables to set.
+    let err = p.fail(&push);
+    let dir = release_dir(&p);
+    for want in [
+        format!("registry {}", reg.host()),
+        "HTTP 401".to_string(),
+        "set KILN_REGISTRY_USER and KILN_REGISTRY_PASSWORD".to_string(),
+        "is complete and intact".to_string(),
+    ] {
+        assert!(err.contains(&want), "no `{want}` in:\n{err}");
+    }
+    support::sha256sum_check(&dir.join("SHA256SUMS"));
+
+    // A wrong password: refused, said so, never shown.
+    let out = with("kiln", "not-the-password", &push);
+    assert!(!out.status.success(), "a wrong password was accepted");
+    let err = stderr(&out);
+    for want in [
+        format!("the registry {} refused the credentials", reg.host()),
+        "KILN_REGISTRY_PASSWORD".to_string(),
+        "is complete and intact".to_string(),
+    ] {
+        assert!(err.contains(&want), "no `{want}` in:\n{err}");
+    }
+    assert!(!err.contains("not-the-password"), "{err}");
+    support::sha256sum_check(&dir.join("SHA256SUMS"));
+
+    // One variable alone is named as missing its partner.
+    let out = p
+        .kiln()
+        .env("KILN_REGISTRY_USER", "kiln")
+        .args(push)
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&out).contains("KILN_REGISTRY_PASSWORD is not"),
+        "{}",
+        stderr(&out)
+    );
+
+    // The right ones: pushed, and pulled back (anonymously: refused).
+    let out = with("kiln", password, &push);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let digest = pushed_digest(&out);
+    let (_o, base) = support::tempdir("kiln-oci-auth-pull-");
+    let err = p.fail(&["release", "pull", &to, "--dest", base.join("anon").as_str()]);
+    assert!(
+        err.contains("HTTP 401") && err.contains("KILN_REGISTRY_USER"),
+        "{err}"
+    );
+    assert!(!base.join("anon").exists());
+    let pulled = base.join("pulled");
+    let out = with(
+        "kiln",
+        password,
+        &["release", "pull", &to, "--dest", pulled.as_str()],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&digest), "{}", stderr(&out));
+    let check = std::process::Command::new("sha256sum")
+        .args(["--strict", "--ignore-missing", "-c", "SHA256SUMS"])
+        .current_dir(&pulled)
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", support::stdout(&check));
+    // The password is in no output and no file of either directory.
+    assert!(!stderr(&out).contains(password) && !support::stdout(&out).contains(password));
+    for d in [&dir, &pulled] {
+        for (name, bytes) in files(d) {
+            assert!(
+                !String::from_utf8_lossy(&bytes).contains(password),
+                "{d}/{name} holds the password"
+            );
+        }
+    }
+}

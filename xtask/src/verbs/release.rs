@@ -51,8 +51,11 @@ use crate::release::{oci, sign};
 /// and with `--push-artifacts` the images too. Blobs the registry has are
 /// not sent again; the same release gives the same manifest digest. Plain
 /// HTTP for a registry on this machine (localhost, 127.0.0.0/8, [::1]),
-/// HTTPS for any other; anonymous access. A refused push leaves the release
-/// directory complete. `release pull` fetches a release back, verified.
+/// HTTPS for any other. A registry that asks for a login gets
+/// KILN_REGISTRY_USER and KILN_REGISTRY_PASSWORD (from the environment only,
+/// never shown or written): HTTP basic auth, or a bearer token from the
+/// realm it names. A refused push leaves the release directory complete.
+/// `release pull` fetches a release back, verified.
 /// `--check-reproducible` proves the last claim before publishing: the
 /// selected targets are built again from a copy of the project at another
 /// path, in a fresh step cache (`<cache>/reproduce.tmp-<pid>/`, removed
@@ -77,6 +80,7 @@ use crate::release::{oci, sign};
 ///   cargo xtask release --dry-run                every step, command, input and key
 ///   cargo xtask release --allow-dirty            try a release with uncommitted changes
 ///   cargo xtask release --push oci://registry.example.com/appliances/demo:stable
+///   KILN_REGISTRY_USER=ci KILN_REGISTRY_PASSWORD=$TOKEN cargo xtask release --push oci://registry.example.com/appliances/demo:stable
 ///   cargo xtask release pull oci://registry.example.com/appliances/demo:stable --dest demo
 ///   cargo xtask release --check-reproducible     build twice, publish only identical bytes
 ///   cargo xtask release keygen --out ~/.kiln-keys   a signing key pair (kiln.key, kiln.pub)
@@ -134,11 +138,16 @@ pub enum Sub {
     /// SHA256SUMS; all into a temporary directory beside DIR, renamed into
     /// place only when all of it verified. `sha256sum -c SHA256SUMS` in DIR
     /// then passes (add `--ignore-missing` when the images were not pushed).
+    /// A registry that asks for a login gets KILN_REGISTRY_USER and
+    /// KILN_REGISTRY_PASSWORD from the environment (basic auth or a bearer
+    /// token from its realm); never a flag, never printed.
     ///
     /// Examples:
     ///   cargo xtask release pull oci://registry.example.com/appliances/demo:stable
     ///   cargo xtask release pull oci://127.0.0.1:5000/demo:stable --dest /srv/demo
     ///   cargo xtask release pull oci://registry.example.com/appliances/demo@sha256:<digest>
+    ///   KILN_REGISTRY_USER=ops KILN_REGISTRY_PASSWORD=$TOKEN \
+    ///     cargo xtask release pull oci://registry.example.com/appliances/demo:stable --verify-key kiln.pub
     #[command(verbatim_doc_comment)]
     Pull(PullArgs),
     /// Merge release directories of one version, built as parts (one machine per target and architecture), into one.

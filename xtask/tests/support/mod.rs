@@ -184,6 +184,9 @@ impl Project {
             .env("KILN_OUTPUT", self.root.join("output"))
             .env("SOURCE_DATE_EPOCH", epoch().to_string())
             .env_remove("KILN_RECIPE")
+            .env_remove("KILN_REGISTRY_USER")
+            .env_remove("KILN_REGISTRY_PASSWORD")
+            .env_remove("KILN_REGISTRY_CA")
             .current_dir(&self.root);
         if self.private_tmp {
             c.env("TMPDIR", self.root.join("tmp"));
