@@ -645,3 +645,97 @@ fn a_registry_with_credentials_gets_them_from_the_environment_only() {
         }
     }
 }
+
+/// A registry on 127.0.0.1 serving HTTPS with a certificate from a CA the
+/// test makes: without `--ca-cert` the push fails naming the TLS problem
+/// and suggesting the flag; with it (or KILN_REGISTRY_CA) push and pull
+/// work.
+#[test]
+fn a_registry_behind_a_private_ca_is_reached_with_ca_cert() {
+    if !support::require(&["docker-registry", "openssl", "sha256sum"]) {
+        return;
+    }
+    let (_ca, ca_dir) = support::tempdir("kiln-oci-ca-");
+    let (ca, cert, key) = support::private_ca(&ca_dir);
+    let reg = support::registry(xtask::tools::docker_registry::Options {
+        tls: Some(xtask::tools::docker_registry::Tls {
+            certificate: cert,
+            key,
+        }),
+        ..Default::default()
+    });
+    let p = Project::demo();
+    let to = format!("oci://{}/kiln/demo:stable", reg.host());
+
+    // Without the CA: the registry speaks TLS, kiln plain HTTP (or, over
+    // HTTPS, does not trust it): named, with the flag to pass.
+    let err = p.fail(&["release", "--targets", "overlay", "--push", &to]);
+    assert!(
+        err.contains(&format!("registry {}", reg.host()))
+            && err.contains("HTTP 400")
+            && err.contains("speaks HTTPS answers plain HTTP like this: pass --ca-cert")
+            && err.contains("is complete and intact"),
+        "{err}"
+    );
+    // With a CA that is not the registry's: the TLS failure, named.
+    let (_other, other_dir) = support::tempdir("kiln-oci-other-ca-");
+    let (other_ca, _, _) = support::private_ca(&other_dir);
+    let err = p.fail(&[
+        "release",
+        "--targets",
+        "overlay",
+        "--push",
+        &to,
+        "--ca-cert",
+        other_ca.as_str(),
+    ]);
+    for want in [
+        format!("registry {} (https://", reg.host()),
+        "a TLS failure".to_string(),
+        other_ca.to_string(),
+    ] {
+        assert!(err.contains(&want), "no `{want}` in:\n{err}");
+    }
+    // A file that holds no certificate.
+    let yaml = p.path("recipes/demo.yaml");
+    let err = p.fail(&[
+        "release",
+        "--targets",
+        "overlay",
+        "--push",
+        &to,
+        "--ca-cert",
+        yaml.as_str(),
+    ]);
+    assert!(err.contains("holds no certificate"), "{err}");
+
+    // With it: pushed over HTTPS and pulled back (the CA from the
+    // environment this time).
+    let out = p.run(&[
+        "release",
+        "--targets",
+        "overlay",
+        "--push",
+        &to,
+        "--ca-cert",
+        ca.as_str(),
+    ]);
+    let digest = pushed_digest(&out);
+    let (_o, base) = support::tempdir("kiln-oci-ca-pull-");
+    let pulled = base.join("pulled");
+    let out = p
+        .kiln()
+        .env("KILN_REGISTRY_CA", &ca)
+        .args(["release", "pull", &to, "--dest", pulled.as_str()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&digest), "{}", stderr(&out));
+    let mut want = files(&release_dir(&p));
+    want.retain(|n, _| !n.ends_with(".overlay.tar.zst"));
+    assert!(files(&pulled) == want, "the pulled release differs");
+    // And without it the pull is refused the same way, writing nothing.
+    let err = p.fail(&["release", "pull", &to, "--dest", base.join("no").as_str()]);
+    assert!(err.contains(&format!("registry {}", reg.host())), "{err}");
+    assert!(!base.join("no").exists());
+}

@@ -74,6 +74,9 @@ pub struct Reference {
     pub registry: String,
     pub repository: String,
     pub target: Target,
+    /// `--ca-cert`: trust only the CA certificates of this PEM file, and
+    /// speak HTTPS even to a registry on this machine.
+    pub ca_cert: Option<Utf8PathBuf>,
 }
 
 impl Reference {
@@ -101,9 +104,17 @@ impl Reference {
         Ok(r)
     }
 
-    /// `http` for a registry on the loopback interface, else `https`.
+    /// The same registry reached over HTTPS trusting the CAs in `ca` (a
+    /// PEM file), also when it is on this machine.
+    pub fn with_ca_cert(mut self, ca: Option<Utf8PathBuf>) -> Reference {
+        self.ca_cert = ca;
+        self
+    }
+
+    /// `http` for a registry on the loopback interface (unless a CA is
+    /// given), else `https`.
     pub fn scheme(&self) -> &'static str {
-        if is_loopback(&self.registry) {
+        if is_loopback(&self.registry) && self.ca_cert.is_none() {
             "http"
         } else {
             "https"
@@ -190,6 +201,7 @@ fn parse(text: &str) -> std::result::Result<Reference, String> {
         registry: registry.to_string(),
         repository: repository.to_string(),
         target,
+        ca_cert: None,
     })
 }
 
@@ -504,6 +516,25 @@ impl Credentials {
     }
 }
 
+/// The certificates of a PEM file (`--ca-cert`): the CAs a registry's
+/// certificate must chain to. At least one, or an error naming the file.
+fn load_ca(path: &Utf8Path) -> Result<Vec<ureq::tls::Certificate<'static>>> {
+    let pem = std::fs::read(path)
+        .with_context(|| format!("reading the registry CA {path} (--ca-cert/KILN_REGISTRY_CA)"))?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        let item = item.map_err(|e| anyhow::anyhow!("the registry CA {path}: not PEM: {e}"))?;
+        if let ureq::tls::PemItem::Certificate(c) = item {
+            certs.push(c);
+        }
+    }
+    anyhow::ensure!(
+        !certs.is_empty(),
+        "the registry CA {path} holds no certificate (expected PEM: -----BEGIN CERTIFICATE-----)"
+    );
+    Ok(certs)
+}
+
 /// A `WWW-Authenticate` challenge: its scheme (lower-case) and parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Challenge {
@@ -605,6 +636,13 @@ impl Client {
         if is_loopback(&r.registry) {
             // A proxy cannot reach this machine's loopback interface.
             config = config.proxy(None);
+        }
+        if let Some(ca) = &r.ca_cert {
+            config = config.tls_config(
+                ureq::tls::TlsConfig::builder()
+                    .root_certs(ureq::tls::RootCerts::new_with_certs(&load_ca(ca)?))
+                    .build(),
+            );
         }
         Ok(Client {
             agent: config.build().new_agent(),
@@ -751,7 +789,23 @@ impl Client {
         if crate::signals::interrupted() {
             return crate::signals::Interrupted.into();
         }
-        anyhow::anyhow!("{}: {what}: no answer: {e}", self.place())
+        let text = e.to_string();
+        let tls = matches!(e, ureq::Error::Rustls(_) | ureq::Error::Tls(_))
+            || ["certificate", "rustls", "tls"]
+                .iter()
+                .any(|w| text.to_ascii_lowercase().contains(w));
+        let hint = match (&self.r.ca_cert, tls) {
+            (None, true) => " (a TLS failure: if the registry's certificate comes from a private \
+                             CA, pass --ca-cert FILE with that CA in PEM, or set KILN_REGISTRY_CA)"
+                .to_string(),
+            (Some(ca), true) => format!(
+                " (a TLS failure: the registry's certificate does not chain to a CA in --ca-cert \
+                 {ca}, or does not name {})",
+                self.r.registry
+            ),
+            _ => String::new(),
+        };
+        anyhow::anyhow!("{}: {what}: no answer: {e}{hint}", self.place())
     }
 
     /// The error for an answer other than the ones `what` expects: the
@@ -797,6 +851,12 @@ impl Client {
             ),
             (404, _) if what.starts_with("GET manifest") => {
                 "; no such repository or channel".to_string()
+            }
+            (400, _) if self.r.scheme() == "http" => {
+                "; a registry that speaks HTTPS answers plain HTTP like this: pass --ca-cert \
+                 FILE with its CA (or set KILN_REGISTRY_CA), and kiln speaks HTTPS to it on \
+                 this machine too"
+                    .to_string()
             }
             _ => String::new(),
         };
