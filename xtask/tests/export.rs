@@ -450,7 +450,7 @@ impl LocalRegistry {
                 certificate: cert.to_owned(),
                 key: key.to_owned(),
             }),
-            read_only: false,
+            ..Default::default()
         }))
     }
 
@@ -980,76 +980,6 @@ fn the_model_export_bench_runs_at_a_small_scale() {
     assert_eq!(std::fs::read_dir(scratch).unwrap().count(), 0);
 }
 
-/// A throw-away CA and a server certificate for 127.0.0.1 signed by it, in
-/// `dir`: (ca.crt, server.crt, server.key).
-fn private_ca(dir: &Utf8Path) -> (Utf8PathBuf, Utf8PathBuf, Utf8PathBuf) {
-    std::fs::create_dir_all(dir).unwrap();
-    let f = |n: &str| dir.join(n);
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-    ];
-    sh(
-        "openssl",
-        &[
-            &["req", "-x509"][..],
-            &ec,
-            &[
-                "-keyout",
-                f("ca.key").as_str(),
-                "-out",
-                f("ca.crt").as_str(),
-                "-days",
-                "2",
-                "-subj",
-                "/CN=kiln test CA",
-            ],
-        ]
-        .concat(),
-    );
-    sh(
-        "openssl",
-        &[
-            &["req"][..],
-            &ec,
-            &[
-                "-keyout",
-                f("server.key").as_str(),
-                "-out",
-                f("server.csr").as_str(),
-                "-subj",
-                "/CN=127.0.0.1",
-            ],
-        ]
-        .concat(),
-    );
-    std::fs::write(f("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-    sh(
-        "openssl",
-        &[
-            "x509",
-            "-req",
-            "-in",
-            f("server.csr").as_str(),
-            "-CA",
-            f("ca.crt").as_str(),
-            "-CAkey",
-            f("ca.key").as_str(),
-            "-CAcreateserial",
-            "-out",
-            f("server.crt").as_str(),
-            "-days",
-            "2",
-            "-extfile",
-            f("san.ext").as_str(),
-        ],
-    );
-    (f("ca.crt"), f("server.crt"), f("server.key"))
-}
-
 /// A registry behind a private CA: skopeo refuses it until the recipe names
 /// a `cert_dir` holding the CA; then the image is exported, and nothing of
 /// the directory reaches the staged tree.
@@ -1059,7 +989,7 @@ fn a_registry_behind_a_private_ca_is_reached_through_cert_dir() {
         return;
     }
     let p = Project::empty();
-    let (ca, cert, key) = private_ca(&p.path("pki"));
+    let (ca, cert, key) = support::private_ca(&p.path("pki"));
     let certs = p.path("certs/registry");
     std::fs::create_dir_all(&certs).unwrap();
     std::fs::copy(&ca, certs.join("ca.crt")).unwrap();

@@ -410,3 +410,332 @@ fn a_malformed_reference_is_refused_before_any_build() {
     assert!(p.outputs().is_empty(), "{:?}", p.outputs());
     assert!(!p.cache_dir().exists(), "a step ran");
 }
+
+/// A release signed with a `release keygen` key, pushed: the artifact
+/// carries `SHA256SUMS.minisig`; `release pull --verify-key` with that
+/// key writes it back and passes, with another key (or for an unsigned
+/// release) it is refused, naming the key and the signature, and nothing
+/// is written.
+#[test]
+fn a_signed_release_pulls_back_verified_by_its_key_and_only_by_it() {
+    if !support::require(&["docker-registry", "sha256sum"]) {
+        return;
+    }
+    let reg = support::registry(Default::default());
+    let p = Project::demo();
+    let (_keys, keys) = support::tempdir("kiln-oci-keys-");
+    let (mine, other) = (keys.join("mine"), keys.join("other"));
+    p.run(&["release", "keygen", "--out", mine.as_str()]);
+    p.run(&["release", "keygen", "--out", other.as_str()]);
+    let (key, public, wrong) = (
+        mine.join("kiln.key"),
+        mine.join("kiln.pub"),
+        other.join("kiln.pub"),
+    );
+
+    // Unsigned first (the same steps, cached, serve the signed one).
+    let unsigned = format!("oci://{}/kiln/demo:unsigned", reg.host());
+    p.run(&["release", "--targets", "overlay", "--push", &unsigned]);
+    let signed = format!("oci://{}/kiln/demo:signed", reg.host());
+    let out = p.run(&[
+        "release",
+        "--targets",
+        "overlay",
+        "--sign-key",
+        key.as_str(),
+        "--push",
+        &signed,
+    ]);
+    let digest = pushed_digest(&out);
+    let dir = release_dir(&p);
+    // The documents: what a push sends without --push-artifacts.
+    let mut local = files(&dir);
+    local.retain(|n, _| !n.ends_with(".overlay.tar.zst"));
+    let sig = local
+        .get("SHA256SUMS.minisig")
+        .expect("the signed release has no SHA256SUMS.minisig");
+
+    // The artifact holds the signature as its own layer, byte for byte.
+    let raw = manifest(&reg, "kiln/demo", "signed");
+    assert_eq!(oci::digest_of(&raw), digest);
+    let m: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    let layer = m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["annotations"][oci::TITLE] == "SHA256SUMS.minisig")
+        .unwrap_or_else(|| panic!("no SHA256SUMS.minisig layer: {m}"));
+    assert_eq!(layer["digest"], oci::digest_of(sig));
+    assert_eq!(
+        layer["mediaType"],
+        "application/vnd.kiln.release.minisig.v1"
+    );
+
+    let (_out, base) = support::tempdir("kiln-oci-signed-");
+    let verify = |reference: &str, key: &Utf8Path, dest: &Utf8Path| {
+        p.kiln()
+            .args(["release", "pull", reference, "--dest", dest.as_str()])
+            .args(["--verify-key", key.as_str()])
+            .output()
+            .unwrap()
+    };
+
+    // The right key: the release, its signature included, verified.
+    let good = base.join("good");
+    let out = verify(&signed, &public, &good);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = std::fs::read_to_string(&public).unwrap();
+    let id = id.lines().next().unwrap().rsplit(' ').next().unwrap();
+    assert!(
+        stderr(&out).contains(&format!("signed by key id {id}")),
+        "{}",
+        stderr(&out)
+    );
+    let got = files(&good);
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        local.keys().collect::<Vec<_>>()
+    );
+    assert!(got == local, "the pulled files differ from the release's");
+
+    // Another key: refused, naming both keys and the signature file.
+    let refused = base.join("refused");
+    let out = verify(&signed, &wrong, &refused);
+    assert!(!out.status.success(), "another key was accepted");
+    let err = stderr(&out);
+    for want in [
+        wrong.as_str(),
+        "SHA256SUMS.minisig",
+        "not signed by the key",
+        &format!("made by the key {id}"),
+        "nothing was written",
+    ] {
+        assert!(err.contains(want), "no `{want}` in:\n{err}");
+    }
+    // It speaks of the release, not of kiln's temporary directory.
+    assert!(!err.contains(".kiln-partial"), "{err}");
+    assert!(!refused.exists(), "a refused pull wrote {refused}");
+
+    // An unsigned release with --verify-key: refused, nothing written.
+    let out = verify(&unsigned, &public, &refused);
+    assert!(!out.status.success(), "an unsigned release was accepted");
+    let err = stderr(&out);
+    for want in [
+        &unsigned,
+        "not signed",
+        "SHA256SUMS.minisig",
+        public.as_str(),
+    ] {
+        assert!(err.contains(want), "no `{want}` in:\n{err}");
+    }
+    // It speaks of the release, not of kiln's temporary directory.
+    assert!(!err.contains(".kiln-partial"), "{err}");
+    assert!(!refused.exists(), "a refused pull wrote {refused}");
+    assert!(
+        support::leftovers(&[&base]).is_empty(),
+        "{:?}",
+        support::leftovers(&[&base])
+    );
+}
+
+/// A registry that asks for credentials (htpasswd, HTTP basic): without
+/// them, or with a wrong password, the push fails saying what to set or
+/// that they were refused, naming the registry, and the release stays
+/// whole; with them (from the environment) push and pull work, and the
+/// password shows nowhere.
+#[test]
+fn a_registry_with_credentials_gets_them_from_the_environment_only() {
+    if !support::require(&["docker-registry", "sha256sum"]) {
+        return;
+    }
+    let (_auth, auth) = support::tempdir("kiln-oci-auth-");
+    let password = "kiln-test-pw-5e1f";
+    let hash = bcrypt::hash(password, 5).unwrap();
+    let htpasswd = auth.join("htpasswd");
+    std::fs::write(&htpasswd, format!("kiln:{hash}\n")).unwrap();
+    let reg = support::registry(xtask::tools::docker_registry::Options {
+        htpasswd: Some(htpasswd),
+        ..Default::default()
+    });
+    let p = Project::demo();
+    let to = format!("oci://{}/kiln/demo:stable", reg.host());
+    let with = |user: &str, pw: &str, args: &[&str]| {
+        p.kiln()
+            .env("KILN_REGISTRY_USER", user)
+            .env("KILN_REGISTRY_PASSWORD", pw)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let push = ["release", "--targets", "overlay", "--push", &to];
+
+    // No credentials: which variables to set.
+    let err = p.fail(&push);
+    let dir = release_dir(&p);
+    for want in [
+        format!("registry {}", reg.host()),
+        "HTTP 401".to_string(),
+        "set KILN_REGISTRY_USER and KILN_REGISTRY_PASSWORD".to_string(),
+        "is complete and intact".to_string(),
+    ] {
+        assert!(err.contains(&want), "no `{want}` in:\n{err}");
+    }
+    support::sha256sum_check(&dir.join("SHA256SUMS"));
+
+    // A wrong password: refused, said so, never shown.
+    let out = with("kiln", "not-the-password", &push);
+    assert!(!out.status.success(), "a wrong password was accepted");
+    let err = stderr(&out);
+    for want in [
+        format!("the registry {} refused the credentials", reg.host()),
+        "KILN_REGISTRY_PASSWORD".to_string(),
+        "is complete and intact".to_string(),
+    ] {
+        assert!(err.contains(&want), "no `{want}` in:\n{err}");
+    }
+    assert!(!err.contains("not-the-password"), "{err}");
+    support::sha256sum_check(&dir.join("SHA256SUMS"));
+
+    // One variable alone is named as missing its partner.
+    let out = p
+        .kiln()
+        .env("KILN_REGISTRY_USER", "kiln")
+        .args(push)
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&out).contains("KILN_REGISTRY_PASSWORD is not"),
+        "{}",
+        stderr(&out)
+    );
+
+    // The right ones: pushed, and pulled back (anonymously: refused).
+    let out = with("kiln", password, &push);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let digest = pushed_digest(&out);
+    let (_o, base) = support::tempdir("kiln-oci-auth-pull-");
+    let err = p.fail(&["release", "pull", &to, "--dest", base.join("anon").as_str()]);
+    assert!(
+        err.contains("HTTP 401") && err.contains("KILN_REGISTRY_USER"),
+        "{err}"
+    );
+    assert!(!base.join("anon").exists());
+    let pulled = base.join("pulled");
+    let out = with(
+        "kiln",
+        password,
+        &["release", "pull", &to, "--dest", pulled.as_str()],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&digest), "{}", stderr(&out));
+    let check = std::process::Command::new("sha256sum")
+        .args(["--strict", "--ignore-missing", "-c", "SHA256SUMS"])
+        .current_dir(&pulled)
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", support::stdout(&check));
+    // The password is in no output and no file of either directory.
+    assert!(!stderr(&out).contains(password) && !support::stdout(&out).contains(password));
+    for d in [&dir, &pulled] {
+        for (name, bytes) in files(d) {
+            assert!(
+                !String::from_utf8_lossy(&bytes).contains(password),
+                "{d}/{name} holds the password"
+            );
+        }
+    }
+}
+
+/// A registry on 127.0.0.1 serving HTTPS with a certificate from a CA the
+/// test makes: without `--ca-cert` the push fails naming the TLS problem
+/// and suggesting the flag; with it (or KILN_REGISTRY_CA) push and pull
+/// work.
+#[test]
+fn a_registry_behind_a_private_ca_is_reached_with_ca_cert() {
+    if !support::require(&["docker-registry", "openssl", "sha256sum"]) {
+        return;
+    }
+    let (_ca, ca_dir) = support::tempdir("kiln-oci-ca-");
+    let (ca, cert, key) = support::private_ca(&ca_dir);
+    let reg = support::registry(xtask::tools::docker_registry::Options {
+        tls: Some(xtask::tools::docker_registry::Tls {
+            certificate: cert,
+            key,
+        }),
+        ..Default::default()
+    });
+    let p = Project::demo();
+    let to = format!("oci://{}/kiln/demo:stable", reg.host());
+
+    // Without the CA: the registry speaks TLS, kiln plain HTTP (or, over
+    // HTTPS, does not trust it): named, with the flag to pass.
+    let err = p.fail(&["release", "--targets", "overlay", "--push", &to]);
+    assert!(
+        err.contains(&format!("registry {}", reg.host()))
+            && err.contains("HTTP 400")
+            && err.contains("speaks HTTPS answers plain HTTP like this: pass --ca-cert")
+            && err.contains("is complete and intact"),
+        "{err}"
+    );
+    // With a CA that is not the registry's: the TLS failure, named.
+    let (_other, other_dir) = support::tempdir("kiln-oci-other-ca-");
+    let (other_ca, _, _) = support::private_ca(&other_dir);
+    let err = p.fail(&[
+        "release",
+        "--targets",
+        "overlay",
+        "--push",
+        &to,
+        "--ca-cert",
+        other_ca.as_str(),
+    ]);
+    for want in [
+        format!("registry {} (https://", reg.host()),
+        "a TLS failure".to_string(),
+        other_ca.to_string(),
+    ] {
+        assert!(err.contains(&want), "no `{want}` in:\n{err}");
+    }
+    // A file that holds no certificate.
+    let yaml = p.path("recipes/demo.yaml");
+    let err = p.fail(&[
+        "release",
+        "--targets",
+        "overlay",
+        "--push",
+        &to,
+        "--ca-cert",
+        yaml.as_str(),
+    ]);
+    assert!(err.contains("holds no certificate"), "{err}");
+
+    // With it: pushed over HTTPS and pulled back (the CA from the
+    // environment this time).
+    let out = p.run(&[
+        "release",
+        "--targets",
+        "overlay",
+        "--push",
+        &to,
+        "--ca-cert",
+        ca.as_str(),
+    ]);
+    let digest = pushed_digest(&out);
+    let (_o, base) = support::tempdir("kiln-oci-ca-pull-");
+    let pulled = base.join("pulled");
+    let out = p
+        .kiln()
+        .env("KILN_REGISTRY_CA", &ca)
+        .args(["release", "pull", &to, "--dest", pulled.as_str()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&digest), "{}", stderr(&out));
+    let mut want = files(&release_dir(&p));
+    want.retain(|n, _| !n.ends_with(".overlay.tar.zst"));
+    assert!(files(&pulled) == want, "the pulled release differs");
+    // And without it the pull is refused the same way, writing nothing.
+    let err = p.fail(&["release", "pull", &to, "--dest", base.join("no").as_str()]);
+    assert!(err.contains(&format!("registry {}", reg.host())), "{err}");
+    assert!(!base.join("no").exists());
+}

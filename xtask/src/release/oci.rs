@@ -17,9 +17,15 @@
 //! `POST` an upload and `PUT` the whole blob with its digest; `PUT` the
 //! manifest by tag. Plain HTTP for a registry on the loopback interface
 //! (`localhost`, `127.0.0.0/8`, `[::1]`), HTTPS (webpki roots) for any other.
-//! Anonymous access only: a registry asking for credentials answers 401,
-//! which is reported like any refusal.
+//!
+//! A registry that asks for credentials (401 with `WWW-Authenticate`) gets
+//! them from the environment ([`USER_ENV`], [`PASSWORD_ENV`]; never from a
+//! flag, never printed or written anywhere): a `Basic` challenge is answered
+//! with HTTP basic authentication, a `Bearer realm=…,service=…,scope=…` one
+//! with the distribution token flow (a token fetched from the realm, with
+//! the basic credentials when there are some, then the request again).
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io::{Read, Write};
@@ -39,6 +45,10 @@ pub const EMPTY_TYPE: &str = "application/vnd.oci.empty.v1+json";
 const EMPTY: &[u8] = b"{}";
 /// `{}` in base64: the empty config's inline `data`.
 const EMPTY_DATA: &str = "e30=";
+/// The user name for a registry that asks for credentials.
+pub const USER_ENV: &str = "KILN_REGISTRY_USER";
+/// Its password (or token).
+pub const PASSWORD_ENV: &str = "KILN_REGISTRY_PASSWORD";
 /// A layer's file name.
 pub const TITLE: &str = "org.opencontainers.image.title";
 /// Whether the release's artifacts are layers too (`true`/`false`).
@@ -64,6 +74,9 @@ pub struct Reference {
     pub registry: String,
     pub repository: String,
     pub target: Target,
+    /// `--ca-cert`: trust only the CA certificates of this PEM file, and
+    /// speak HTTPS even to a registry on this machine.
+    pub ca_cert: Option<Utf8PathBuf>,
 }
 
 impl Reference {
@@ -91,9 +104,17 @@ impl Reference {
         Ok(r)
     }
 
-    /// `http` for a registry on the loopback interface, else `https`.
+    /// The same registry reached over HTTPS trusting the CAs in `ca` (a
+    /// PEM file), also when it is on this machine.
+    pub fn with_ca_cert(mut self, ca: Option<Utf8PathBuf>) -> Reference {
+        self.ca_cert = ca;
+        self
+    }
+
+    /// `http` for a registry on the loopback interface (unless a CA is
+    /// given), else `https`.
     pub fn scheme(&self) -> &'static str {
-        if is_loopback(&self.registry) {
+        if is_loopback(&self.registry) && self.ca_cert.is_none() {
             "http"
         } else {
             "https"
@@ -180,6 +201,7 @@ fn parse(text: &str) -> std::result::Result<Reference, String> {
         registry: registry.to_string(),
         repository: repository.to_string(),
         target,
+        ca_cert: None,
     })
 }
 
@@ -456,13 +478,152 @@ const BODY_TAIL: usize = 600;
 /// Blobs at least this large get a progress bar.
 const PROGRESS_FROM: u64 = 16 << 20;
 
+/// A registry user's name and password, from [`USER_ENV`] and
+/// [`PASSWORD_ENV`]. Its `Debug` shows neither.
+#[derive(Clone)]
+pub struct Credentials {
+    user: String,
+    password: String,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Credentials(from the environment)")
+    }
+}
+
+impl Credentials {
+    /// Both variables set (and not empty): credentials; neither: `None`;
+    /// one of them only: an error naming the other.
+    pub fn from_env() -> Result<Option<Credentials>> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        match (var(USER_ENV), var(PASSWORD_ENV)) {
+            (Some(user), Some(password)) => Ok(Some(Credentials { user, password })),
+            (None, None) => Ok(None),
+            (Some(_), None) => bail!("{USER_ENV} is set but {PASSWORD_ENV} is not: set both for a registry that asks for credentials"),
+            (None, Some(_)) => bail!("{PASSWORD_ENV} is set but {USER_ENV} is not: set both for a registry that asks for credentials"),
+        }
+    }
+
+    /// `Basic <base64(user:password)>`.
+    fn basic(&self) -> String {
+        use ct_codecs::Encoder;
+        let raw = format!("{}:{}", self.user, self.password);
+        format!(
+            "Basic {}",
+            ct_codecs::Base64::encode_to_string(raw.as_bytes()).expect("base64 of a short string")
+        )
+    }
+}
+
+/// The certificates of a PEM file (`--ca-cert`): the CAs a registry's
+/// certificate must chain to. At least one, or an error naming the file.
+fn load_ca(path: &Utf8Path) -> Result<Vec<ureq::tls::Certificate<'static>>> {
+    let pem = std::fs::read(path)
+        .with_context(|| format!("reading the registry CA {path} (--ca-cert/KILN_REGISTRY_CA)"))?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        let item = item.map_err(|e| anyhow::anyhow!("the registry CA {path}: not PEM: {e}"))?;
+        if let ureq::tls::PemItem::Certificate(c) = item {
+            certs.push(c);
+        }
+    }
+    anyhow::ensure!(
+        !certs.is_empty(),
+        "the registry CA {path} holds no certificate (expected PEM: -----BEGIN CERTIFICATE-----)"
+    );
+    Ok(certs)
+}
+
+/// A `WWW-Authenticate` challenge: its scheme (lower-case) and parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Challenge {
+    scheme: String,
+    params: BTreeMap<String, String>,
+}
+
+/// Parse `Scheme k="v", k2=v2` (the first challenge of the header).
+fn parse_challenge(text: &str) -> Option<Challenge> {
+    let text = text.trim();
+    let (scheme, mut rest) = match text.split_once(' ') {
+        Some((s, r)) => (s, r.trim_start()),
+        None => (text, ""),
+    };
+    if scheme.is_empty() {
+        return None;
+    }
+    let mut params = BTreeMap::new();
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once('=')?;
+        let key = key.trim().to_ascii_lowercase();
+        let after = after.trim_start();
+        let (value, next) = if let Some(quoted) = after.strip_prefix('"') {
+            // A quoted string; `\x` stands for `x`.
+            let mut v = String::new();
+            let mut chars = quoted.char_indices();
+            let mut end = None;
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '\\' => {
+                        if let Some((_, n)) = chars.next() {
+                            v.push(n);
+                        }
+                    }
+                    '"' => {
+                        end = Some(i + 1);
+                        break;
+                    }
+                    c => v.push(c),
+                }
+            }
+            (v, &quoted[end?..])
+        } else {
+            let end = after.find(',').unwrap_or(after.len());
+            (after[..end].trim().to_string(), &after[end..])
+        };
+        params.insert(key, value);
+        rest = next.trim_start().trim_start_matches(',').trim_start();
+    }
+    Some(Challenge {
+        scheme: scheme.to_ascii_lowercase(),
+        params,
+    })
+}
+
+/// `application/x-www-form-urlencoded`-safe text for a query value.
+fn query_escape(v: &str) -> String {
+    let mut out = String::new();
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A request's builder with the `Authorization` header, when there is one.
+fn authorized<B>(req: ureq::RequestBuilder<B>, auth: Option<&str>) -> ureq::RequestBuilder<B> {
+    match auth {
+        Some(a) => req.header("Authorization", a),
+        None => req,
+    }
+}
+
+type Response = ureq::http::Response<ureq::Body>;
+
 struct Client {
     agent: ureq::Agent,
     r: Reference,
+    credentials: Option<Credentials>,
+    /// The `Authorization` header the registry accepted last (basic
+    /// credentials or a bearer token), sent with every request.
+    auth: RefCell<Option<String>>,
 }
 
 impl Client {
-    fn new(r: &Reference) -> Client {
+    fn new(r: &Reference) -> Result<Client> {
         let mut config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
@@ -476,9 +637,134 @@ impl Client {
             // A proxy cannot reach this machine's loopback interface.
             config = config.proxy(None);
         }
-        Client {
+        if let Some(ca) = &r.ca_cert {
+            config = config.tls_config(
+                ureq::tls::TlsConfig::builder()
+                    .root_certs(ureq::tls::RootCerts::new_with_certs(&load_ca(ca)?))
+                    .build(),
+            );
+        }
+        Ok(Client {
             agent: config.build().new_agent(),
             r: r.clone(),
+            credentials: Credentials::from_env()?,
+            auth: RefCell::new(None),
+        })
+    }
+
+    fn auth(&self) -> Option<String> {
+        self.auth.borrow().clone()
+    }
+
+    /// Send the request `build` makes (given the `Authorization` value);
+    /// when the registry answers 401 with a challenge kiln can meet,
+    /// authenticate and send it once more. Any other answer is returned
+    /// for the caller to judge.
+    fn send(
+        &self,
+        what: &str,
+        build: &dyn Fn(Option<&str>) -> std::result::Result<Response, ureq::Error>,
+    ) -> Result<Response> {
+        let resp = build(self.auth().as_deref()).map_err(|e| self.unreachable(what, e))?;
+        if resp.status().as_u16() != 401 {
+            return Ok(resp);
+        }
+        let Some(challenge) = resp
+            .headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_challenge)
+        else {
+            return Ok(resp);
+        };
+        if !self.authenticate(what, &challenge)? {
+            return Ok(resp);
+        }
+        build(self.auth().as_deref()).map_err(|e| self.unreachable(what, e))
+    }
+
+    /// Meet a challenge: basic credentials, or a token from the realm.
+    /// `false`: nothing new to try (no credentials for `Basic`, or they
+    /// were sent already).
+    fn authenticate(&self, what: &str, c: &Challenge) -> Result<bool> {
+        match c.scheme.as_str() {
+            "basic" => {
+                let Some(creds) = &self.credentials else {
+                    return Ok(false);
+                };
+                let basic = creds.basic();
+                if self.auth().as_deref() == Some(basic.as_str()) {
+                    return Ok(false);
+                }
+                *self.auth.borrow_mut() = Some(basic);
+                Ok(true)
+            }
+            "bearer" => {
+                let realm = c.params.get("realm").with_context(|| {
+                    format!(
+                        "{}: {what}: the registry asks for a bearer token without naming its realm",
+                        self.place()
+                    )
+                })?;
+                let secure = realm.starts_with("https://")
+                    || realm
+                        .strip_prefix("http://")
+                        .is_some_and(|rest| is_loopback(rest.split('/').next().unwrap_or("")));
+                anyhow::ensure!(
+                    secure || self.credentials.is_none(),
+                    "{}: {what}: the registry's token service {realm} is plain HTTP on another \
+                     machine; kiln sends credentials only over HTTPS (or to this machine)",
+                    self.place()
+                );
+                let mut query = Vec::new();
+                for key in ["service", "scope"] {
+                    if let Some(v) = c.params.get(key) {
+                        query.push(format!("{key}={}", query_escape(v)));
+                    }
+                }
+                let url = if query.is_empty() {
+                    realm.clone()
+                } else {
+                    let sep = if realm.contains('?') { '&' } else { '?' };
+                    format!("{realm}{sep}{}", query.join("&"))
+                };
+                let basic = self.credentials.as_ref().map(Credentials::basic);
+                let token_what = format!("{what}: GET a token from {realm}");
+                let mut resp = authorized(self.agent.get(&url), basic.as_deref())
+                    .call()
+                    .map_err(|e| self.unreachable(&token_what, e))?;
+                if resp.status().as_u16() != 200 {
+                    return Err(self.refused(&token_what, &mut resp));
+                }
+                let body = resp
+                    .body_mut()
+                    .with_config()
+                    .limit(1 << 20)
+                    .read_to_vec()
+                    .map_err(|e| self.unreachable(&token_what, e))?;
+                #[derive(Deserialize)]
+                struct Token {
+                    token: Option<String>,
+                    access_token: Option<String>,
+                }
+                let t: Token = serde_json::from_slice(&body).with_context(|| {
+                    format!("{}: {token_what}: the answer is not a token", self.place())
+                })?;
+                let token = t
+                    .token
+                    .or(t.access_token)
+                    .filter(|t| !t.is_empty())
+                    .with_context(|| {
+                        format!("{}: {token_what}: the answer holds no token", self.place())
+                    })?;
+                let bearer = format!("Bearer {token}");
+                if self.auth().as_deref() == Some(bearer.as_str()) {
+                    return Ok(false);
+                }
+                *self.auth.borrow_mut() = Some(bearer);
+                Ok(true)
+            }
+            _ => Ok(false),
         }
     }
 
@@ -503,7 +789,23 @@ impl Client {
         if crate::signals::interrupted() {
             return crate::signals::Interrupted.into();
         }
-        anyhow::anyhow!("{}: {what}: no answer: {e}", self.place())
+        let text = e.to_string();
+        let tls = matches!(e, ureq::Error::Rustls(_) | ureq::Error::Tls(_))
+            || ["certificate", "rustls", "tls"]
+                .iter()
+                .any(|w| text.to_ascii_lowercase().contains(w));
+        let hint = match (&self.r.ca_cert, tls) {
+            (None, true) => " (a TLS failure: if the registry's certificate comes from a private \
+                             CA, pass --ca-cert FILE with that CA in PEM, or set KILN_REGISTRY_CA)"
+                .to_string(),
+            (Some(ca), true) => format!(
+                " (a TLS failure: the registry's certificate does not chain to a CA in --ca-cert \
+                 {ca}, or does not name {})",
+                self.r.registry
+            ),
+            _ => String::new(),
+        };
+        anyhow::anyhow!("{}: {what}: no answer: {e}{hint}", self.place())
     }
 
     /// The error for an answer other than the ones `what` expects: the
@@ -527,10 +829,36 @@ impl Client {
                 .unwrap_or(body.len());
             format!("{}{}", if start > 0 { "…" } else { "" }, &body[start..])
         };
-        let hint = match status.as_u16() {
-            401 | 403 => "; kiln speaks to registries anonymously: use one that accepts anonymous pushes and pulls for this repository (e.g. behind a network boundary)",
-            404 if what.starts_with("GET manifest") => "; no such repository or channel",
-            _ => "",
+        let hint = match (status.as_u16(), &self.credentials) {
+            (401, None) => format!(
+                "; the registry asks for credentials: set {USER_ENV} and {PASSWORD_ENV} \
+                 (kiln reads them from the environment only)"
+            ),
+            (401, Some(_)) => format!(
+                "; the registry {} refused the credentials in {USER_ENV} and {PASSWORD_ENV}: \
+                 check them",
+                self.r.registry
+            ),
+            (403, None) => format!(
+                "; the registry {} refuses anonymous access here: set {USER_ENV} and \
+                 {PASSWORD_ENV} for a user that may",
+                self.r.registry
+            ),
+            (403, Some(_)) => format!(
+                "; the registry {} accepted the credentials in {USER_ENV} and {PASSWORD_ENV} but \
+                 that user may not do this (wrong user, or no rights on the repository)",
+                self.r.registry
+            ),
+            (404, _) if what.starts_with("GET manifest") => {
+                "; no such repository or channel".to_string()
+            }
+            (400, _) if self.r.scheme() == "http" => {
+                "; a registry that speaks HTTPS answers plain HTTP like this: pass --ca-cert \
+                 FILE with its CA (or set KILN_REGISTRY_CA), and kiln speaks HTTPS to it on \
+                 this machine too"
+                    .to_string()
+            }
+            _ => String::new(),
         };
         anyhow::anyhow!(
             "{}: {what}: HTTP {}{}: {tail}{hint}",
@@ -546,11 +874,10 @@ impl Client {
     /// Does the registry hold blob `digest` already (`HEAD`)?
     fn has_blob(&self, digest: &str) -> Result<bool> {
         let what = format!("HEAD blob {digest}");
-        let mut resp = self
-            .agent
-            .head(self.url(&format!("blobs/{digest}")))
-            .call()
-            .map_err(|e| self.unreachable(&what, e))?;
+        let url = self.url(&format!("blobs/{digest}"));
+        let mut resp = self.send(&what, &|auth| {
+            authorized(self.agent.head(&url), auth).call()
+        })?;
         match resp.status().as_u16() {
             200 => Ok(true),
             404 => Ok(false),
@@ -562,11 +889,10 @@ impl Client {
     /// the digest. `body` yields exactly `size` bytes.
     fn upload(&self, digest: &str, size: u64, body: &mut dyn Read) -> Result<()> {
         let what = format!("POST blob upload for {digest}");
-        let mut resp = self
-            .agent
-            .post(self.url("blobs/uploads/"))
-            .send_empty()
-            .map_err(|e| self.unreachable(&what, e))?;
+        let url = self.url("blobs/uploads/");
+        let mut resp = self.send(&what, &|auth| {
+            authorized(self.agent.post(&url), auth).send_empty()
+        })?;
         if resp.status().as_u16() != 202 {
             return Err(self.refused(&what, &mut resp));
         }
@@ -588,9 +914,10 @@ impl Client {
             inner: body,
             progress: progress.as_mut(),
         };
-        let sent = self
-            .agent
-            .put(&url)
+        // The body is read once: sent with the authorization the POST
+        // established, not retried.
+        let auth = self.auth();
+        let sent = authorized(self.agent.put(&url), auth.as_deref())
             .header("Content-Type", "application/octet-stream")
             .header("Content-Length", size.to_string())
             .send(ureq::SendBody::from_reader(&mut reader));
@@ -623,12 +950,12 @@ impl Client {
     fn put_manifest(&self, bytes: &[u8], digest: &str) -> Result<()> {
         let tag = self.r.target_str();
         let what = format!("PUT manifest `{tag}`");
-        let mut resp = self
-            .agent
-            .put(self.url(&format!("manifests/{tag}")))
-            .header("Content-Type", MANIFEST_TYPE)
-            .send(bytes)
-            .map_err(|e| self.unreachable(&what, e))?;
+        let url = self.url(&format!("manifests/{tag}"));
+        let mut resp = self.send(&what, &|auth| {
+            authorized(self.agent.put(&url), auth)
+                .header("Content-Type", MANIFEST_TYPE)
+                .send(bytes)
+        })?;
         if resp.status().as_u16() != 201 {
             return Err(self.refused(&what, &mut resp));
         }
@@ -650,12 +977,12 @@ impl Client {
     fn get_manifest(&self) -> Result<Vec<u8>> {
         let target = self.r.target_str();
         let what = format!("GET manifest `{target}`");
-        let mut resp = self
-            .agent
-            .get(self.url(&format!("manifests/{target}")))
-            .header("Accept", MANIFEST_TYPE)
-            .call()
-            .map_err(|e| self.unreachable(&what, e))?;
+        let url = self.url(&format!("manifests/{target}"));
+        let mut resp = self.send(&what, &|auth| {
+            authorized(self.agent.get(&url), auth)
+                .header("Accept", MANIFEST_TYPE)
+                .call()
+        })?;
         if resp.status().as_u16() != 200 {
             return Err(self.refused(&what, &mut resp));
         }
@@ -671,11 +998,8 @@ impl Client {
     /// `GET` blob `d` into `to`, checking its size and sha256 as it arrives.
     fn get_blob(&self, d: &Descriptor, to: &Utf8Path) -> Result<()> {
         let what = format!("GET blob {}", d.digest);
-        let mut resp = self
-            .agent
-            .get(self.url(&format!("blobs/{}", d.digest)))
-            .call()
-            .map_err(|e| self.unreachable(&what, e))?;
+        let url = self.url(&format!("blobs/{}", d.digest));
+        let mut resp = self.send(&what, &|auth| authorized(self.agent.get(&url), auth).call())?;
         if resp.status().as_u16() != 200 {
             return Err(self.refused(&what, &mut resp));
         }
@@ -769,7 +1093,7 @@ pub fn push(
 ) -> Result<Pushed> {
     let (m, bytes) = manifest(files, annotations);
     let digest = digest_of(&bytes);
-    let client = Client::new(r);
+    let client = Client::new(r)?;
     let mut done = Pushed {
         digest: digest.clone(),
         uploaded: 0,
@@ -873,7 +1197,7 @@ pub fn pull(
     dest: Option<&Utf8Path>,
     verify: Option<&super::sign::VerifyingKey>,
 ) -> Result<Pulled> {
-    let client = Client::new(r);
+    let client = Client::new(r)?;
     let bytes = client.get_manifest()?;
     let digest = digest_of(&bytes);
     if let Target::Digest(want) = &r.target {
@@ -929,6 +1253,17 @@ pub fn pull(
         names.contains(SUMS),
         "{r} carries no {SUMS}: its files cannot be checked"
     );
+    if let Some(key) = verify {
+        // Refused before anything is fetched.
+        anyhow::ensure!(
+            names.contains(super::sign::SIG),
+            "{r} ({digest}) is not signed: the artifact carries no {}, and --verify-key {} \
+             (key id {}) asks for a signature; nothing was written to {dest}",
+            super::sign::SIG,
+            key.path,
+            key.key_id()
+        );
+    }
 
     let parent = dest
         .parent()
@@ -982,12 +1317,18 @@ pub fn pull(
         );
     }
     if let Some(key) = verify {
-        key.verify_dir(&partial.path).map_err(|e| {
+        // Checked here rather than with `verify_dir`, whose errors would
+        // name the temporary directory.
+        let sig_path = partial.path.join(super::sign::SIG);
+        let sig = std::fs::read_to_string(&sig_path)
+            .with_context(|| format!("{r}: reading its {}", super::sign::SIG))?;
+        key.verify(text.as_bytes(), &sig).map_err(|e| {
             e.context(format!(
-                "{r} ({digest}) is not signed by the key {} (key id {}); nothing was written \
-                 to {dest}",
+                "{r} ({digest}) is not signed by the key {} (key id {}): its {SUMS} does not \
+                 verify against its {}; nothing was written to {dest}",
                 key.path,
-                key.key_id()
+                key.key_id(),
+                super::sign::SIG
             ))
         })?;
     }
@@ -1177,6 +1518,40 @@ mod tests {
         assert_eq!(m["two"], b);
         assert!(parse_sums("xyz  one\n").is_err());
         assert!(parse_sums(&format!("{a}  one\n{a}  one\n")).is_err());
+    }
+
+    #[test]
+    fn challenges_parse_into_scheme_and_parameters() {
+        let c = parse_challenge(
+            r#"Bearer realm="https://auth.example.com/token",service="registry.example.com",scope="repository:a/b:pull,push""#,
+        )
+        .unwrap();
+        assert_eq!(c.scheme, "bearer");
+        assert_eq!(c.params["realm"], "https://auth.example.com/token");
+        assert_eq!(c.params["service"], "registry.example.com");
+        assert_eq!(c.params["scope"], "repository:a/b:pull,push");
+        let c = parse_challenge(r#"Basic realm="kiln \"test\"", charset=UTF-8"#).unwrap();
+        assert_eq!(c.scheme, "basic");
+        assert_eq!(c.params["realm"], "kiln \"test\"");
+        assert_eq!(c.params["charset"], "UTF-8");
+        assert_eq!(parse_challenge("Basic").unwrap().params.len(), 0);
+        assert!(parse_challenge("").is_none());
+        assert_eq!(
+            query_escape("repository:a/b:pull,push"),
+            "repository%3Aa%2Fb%3Apull%2Cpush"
+        );
+    }
+
+    #[test]
+    fn credentials_never_show_in_debug_output() {
+        let c = Credentials {
+            user: "alice".into(),
+            password: "s3cret".into(),
+        };
+        let d = format!("{c:?}");
+        assert!(!d.contains("alice") && !d.contains("s3cret"), "{d}");
+        // base64("alice:s3cret")
+        assert_eq!(c.basic(), "Basic YWxpY2U6czNjcmV0");
     }
 
     #[test]

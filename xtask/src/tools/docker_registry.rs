@@ -30,6 +30,10 @@ pub struct Options {
     pub tls: Option<Tls>,
     /// Maintenance mode: reads work, every write is refused (HTTP 405).
     pub read_only: bool,
+    /// HTTP basic authentication against this htpasswd file (bcrypt
+    /// entries only): every request without good credentials gets a 401
+    /// with a `Basic` challenge.
+    pub htpasswd: Option<Utf8PathBuf>,
 }
 
 /// A registry serving `127.0.0.1:<port>`, storing into `<dir>/storage`,
@@ -108,10 +112,14 @@ fn config_text(dir: &Utf8Path, port: u16, options: &Options) -> String {
         ),
         None => String::new(),
     };
+    let auth = match &options.htpasswd {
+        Some(path) => format!("auth:\n  htpasswd:\n    realm: kiln-test\n    path: {path}\n"),
+        None => String::new(),
+    };
     format!(
         "version: 0.1\nlog:\n  level: info\n\
          storage:\n  filesystem:\n    rootdirectory: {dir}/storage\n  delete:\n    enabled: true\n{read_only}\
-         http:\n  addr: 127.0.0.1:{port}\n  secret: kiln-test\n{tls}"
+         {auth}http:\n  addr: 127.0.0.1:{port}\n  secret: kiln-test\n{tls}"
     )
 }
 
@@ -125,7 +133,7 @@ mod tests {
         assert!(text.contains("rootdirectory: /t/reg/storage"), "{text}");
         assert!(text.contains("addr: 127.0.0.1:5123"), "{text}");
         assert!(
-            !text.contains("tls:") && !text.contains("readonly"),
+            !text.contains("tls:") && !text.contains("readonly") && !text.contains("auth:"),
             "{text}"
         );
         let options = Options {
@@ -134,6 +142,7 @@ mod tests {
                 key: "/t/c.key".into(),
             }),
             read_only: true,
+            htpasswd: Some("/t/htpasswd".into()),
         };
         let text = config_text(Utf8Path::new("/t/reg"), 5123, &options);
         assert!(
@@ -148,5 +157,7 @@ mod tests {
         let v: serde_json::Value = yaml_serde::from_str(&text).unwrap();
         assert_eq!(v["storage"]["maintenance"]["readonly"]["enabled"], true);
         assert_eq!(v["http"]["tls"]["key"], "/t/c.key");
+        assert_eq!(v["auth"]["htpasswd"]["path"], "/t/htpasswd");
+        assert_eq!(v["auth"]["htpasswd"]["realm"], "kiln-test");
     }
 }

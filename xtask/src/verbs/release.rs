@@ -51,8 +51,12 @@ use crate::release::{oci, sign};
 /// and with `--push-artifacts` the images too. Blobs the registry has are
 /// not sent again; the same release gives the same manifest digest. Plain
 /// HTTP for a registry on this machine (localhost, 127.0.0.0/8, [::1]),
-/// HTTPS for any other; anonymous access. A refused push leaves the release
-/// directory complete. `release pull` fetches a release back, verified.
+/// HTTPS for any other (a private CA: --ca-cert FILE or KILN_REGISTRY_CA,
+/// then HTTPS on this machine too). A registry that asks for a login gets
+/// KILN_REGISTRY_USER and KILN_REGISTRY_PASSWORD (from the environment only,
+/// never shown or written): HTTP basic auth, or a bearer token from the
+/// realm it names. A refused push leaves the release directory complete.
+/// `release pull` fetches a release back, verified.
 /// `--check-reproducible` proves the last claim before publishing: the
 /// selected targets are built again from a copy of the project at another
 /// path, in a fresh step cache (`<cache>/reproduce.tmp-<pid>/`, removed
@@ -77,6 +81,8 @@ use crate::release::{oci, sign};
 ///   cargo xtask release --dry-run                every step, command, input and key
 ///   cargo xtask release --allow-dirty            try a release with uncommitted changes
 ///   cargo xtask release --push oci://registry.example.com/appliances/demo:stable
+///   KILN_REGISTRY_USER=ci KILN_REGISTRY_PASSWORD=$TOKEN cargo xtask release --push oci://registry.example.com/appliances/demo:stable
+///   cargo xtask release --push oci://registry.lab:5000/demo:stable --ca-cert lab-ca.pem
 ///   cargo xtask release pull oci://registry.example.com/appliances/demo:stable --dest demo
 ///   cargo xtask release --check-reproducible     build twice, publish only identical bytes
 ///   cargo xtask release keygen --out ~/.kiln-keys   a signing key pair (kiln.key, kiln.pub)
@@ -118,6 +124,11 @@ pub struct Args {
     /// SHA256SUMS, SBOMs and provenance.
     #[arg(long, requires = "push")]
     pub push_artifacts: bool,
+    /// With --push: the registry's certificate must chain to a CA in this PEM file (a private
+    /// CA; it replaces the public roots), and a registry on this machine is spoken to over
+    /// HTTPS too.
+    #[arg(long, value_name = "FILE", env = "KILN_REGISTRY_CA")]
+    pub ca_cert: Option<Utf8PathBuf>,
     /// Sign SHA256SUMS with this minisign secret key into SHA256SUMS.minisig [default: the file
     /// KILN_SIGN_KEY names, if set]; an encrypted key's password is read from KILN_SIGN_PASSWORD.
     #[arg(long, value_name = "FILE")]
@@ -134,11 +145,17 @@ pub enum Sub {
     /// SHA256SUMS; all into a temporary directory beside DIR, renamed into
     /// place only when all of it verified. `sha256sum -c SHA256SUMS` in DIR
     /// then passes (add `--ignore-missing` when the images were not pushed).
+    /// A registry that asks for a login gets KILN_REGISTRY_USER and
+    /// KILN_REGISTRY_PASSWORD from the environment (basic auth or a bearer
+    /// token from its realm); never a flag, never printed.
     ///
     /// Examples:
     ///   cargo xtask release pull oci://registry.example.com/appliances/demo:stable
     ///   cargo xtask release pull oci://127.0.0.1:5000/demo:stable --dest /srv/demo
     ///   cargo xtask release pull oci://registry.example.com/appliances/demo@sha256:<digest>
+    ///   KILN_REGISTRY_USER=ops KILN_REGISTRY_PASSWORD=$TOKEN \
+    ///     cargo xtask release pull oci://registry.example.com/appliances/demo:stable --verify-key kiln.pub
+    ///   cargo xtask release pull oci://registry.lab:5000/demo:stable --ca-cert lab-ca.pem
     #[command(verbatim_doc_comment)]
     Pull(PullArgs),
     /// Merge release directories of one version, built as parts (one machine per target and architecture), into one.
@@ -217,6 +234,10 @@ pub struct PullArgs {
     /// this minisign public key; checked before anything is put in place.
     #[arg(long, value_name = "PUBFILE")]
     pub verify_key: Option<Utf8PathBuf>,
+    /// The registry's certificate must chain to a CA in this PEM file (a private CA; it replaces
+    /// the public roots), and a registry on this machine is spoken to over HTTPS too.
+    #[arg(long, value_name = "FILE", env = "KILN_REGISTRY_CA")]
+    pub ca_cert: Option<Utf8PathBuf>,
 }
 
 pub fn run(cx: &Cx, a: Args) -> Result<()> {
@@ -248,7 +269,7 @@ pub fn run(cx: &Cx, a: Args) -> Result<()> {
             arches: a.arch,
         },
         push: a.push.map(|to| crate::release::Push {
-            to,
+            to: to.with_ca_cert(a.ca_cert),
             artifacts: a.push_artifacts,
         }),
         sign_key: sign::key_path(a.sign_key),
@@ -271,7 +292,8 @@ fn keygen(cx: &Cx, out: &camino::Utf8Path) -> Result<()> {
     Ok(())
 }
 
-fn pull(cx: &Cx, p: PullArgs) -> Result<()> {
+fn pull(cx: &Cx, mut p: PullArgs) -> Result<()> {
+    p.reference = p.reference.clone().with_ca_cert(p.ca_cert.take());
     let verify = p
         .verify_key
         .as_deref()

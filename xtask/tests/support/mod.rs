@@ -184,6 +184,9 @@ impl Project {
             .env("KILN_OUTPUT", self.root.join("output"))
             .env("SOURCE_DATE_EPOCH", epoch().to_string())
             .env_remove("KILN_RECIPE")
+            .env_remove("KILN_REGISTRY_USER")
+            .env_remove("KILN_REGISTRY_PASSWORD")
+            .env_remove("KILN_REGISTRY_CA")
             .current_dir(&self.root);
         if self.private_tmp {
             c.env("TMPDIR", self.root.join("tmp"));
@@ -1002,4 +1005,74 @@ pub fn tempdir(prefix: &str) -> (tempfile::TempDir, Utf8PathBuf) {
     let d = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
     let p = Utf8PathBuf::from_path_buf(d.path().to_path_buf()).unwrap();
     (d, p)
+}
+
+/// A throw-away CA and a server certificate for 127.0.0.1 signed by it, in
+/// `dir`: (ca.crt, server.crt, server.key).
+pub fn private_ca(dir: &Utf8Path) -> (Utf8PathBuf, Utf8PathBuf, Utf8PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    let f = |n: &str| dir.join(n);
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    sh(
+        "openssl",
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                f("ca.key").as_str(),
+                "-out",
+                f("ca.crt").as_str(),
+                "-days",
+                "2",
+                "-subj",
+                "/CN=kiln test CA",
+            ],
+        ]
+        .concat(),
+    );
+    sh(
+        "openssl",
+        &[
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                f("server.key").as_str(),
+                "-out",
+                f("server.csr").as_str(),
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(f("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    sh(
+        "openssl",
+        &[
+            "x509",
+            "-req",
+            "-in",
+            f("server.csr").as_str(),
+            "-CA",
+            f("ca.crt").as_str(),
+            "-CAkey",
+            f("ca.key").as_str(),
+            "-CAcreateserial",
+            "-out",
+            f("server.crt").as_str(),
+            "-days",
+            "2",
+            "-extfile",
+            f("san.ext").as_str(),
+        ],
+    );
+    (f("ca.crt"), f("server.crt"), f("server.key"))
 }
