@@ -963,6 +963,7 @@ fn the_model_export_bench_runs_at_a_small_scale() {
     let scratch = Utf8Path::from_path(t.path()).unwrap();
     let bcx = xtask::bench::BenchCx {
         scratch,
+        cache: scratch,
         scale: 1.0 / 256.0,
     };
     let ms = xtask::bench::export::model_export(&bcx).unwrap();

@@ -379,10 +379,11 @@ fn refusals_leave_the_disk_unbootable_and_do_not_reboot() {
 
 /// The payload carries zstd's content checksum, so the installer's
 /// `zstd -d` verifies every byte it writes: `zstd -lv` names XXH64, and a
-/// changed byte in the stream makes `zstd -t` fail. The installer bench
-/// (kiln's compression against `zstd -T0`) runs at a small scale.
+/// changed byte in the stream makes `zstd -t` fail. (The installer bench,
+/// `cargo xtask bench --case installer`, builds the demo's ISO and installs
+/// it under TCG: too heavy for a test.)
 #[test]
-fn the_payload_carries_a_content_checksum_and_its_bench_runs() {
+fn the_payload_carries_a_content_checksum() {
     if !support::require(&["zstd"]) {
         return;
     }
@@ -412,20 +413,4 @@ fn the_payload_carries_a_content_checksum_and_its_bench_runs() {
         .output()
         .unwrap();
     assert!(!out.status.success(), "zstd accepted a changed payload");
-
-    let scratch = dir.join("bench");
-    std::fs::create_dir_all(&scratch).unwrap();
-    let ms = xtask::bench::installer::payload(&xtask::bench::BenchCx {
-        scratch: &scratch,
-        scale: 1.0 / 64.0,
-    })
-    .unwrap();
-    assert_eq!(ms.len(), 1);
-    assert_eq!(ms[0].case, "installer-payload");
-    assert!(ms[0].kiln_secs > 0.0 && ms[0].baseline_secs > 0.0, "{ms:?}");
-    assert_eq!(
-        std::fs::read_dir(&scratch).unwrap().count(),
-        0,
-        "left files"
-    );
 }

@@ -850,6 +850,7 @@ fn bench_case_runs() {
     let _g = support::heavy();
     let ms = xtask::bench::iso::remaster(&xtask::bench::BenchCx {
         scratch: &scratch,
+        cache: &scratch,
         scale,
     })
     .unwrap();

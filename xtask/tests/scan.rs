@@ -1231,6 +1231,7 @@ fn bench_case_builds_and_scans_a_small_disk() {
     let scratch = Utf8Path::from_path(dir.path()).unwrap();
     let bcx = xtask::bench::BenchCx {
         scratch,
+        cache: scratch,
         scale: 1.0 / 32.0,
     };
     let m = xtask::bench::scan::scan_disk(&bcx).unwrap();

@@ -138,9 +138,12 @@ pub fn alternating<T>(
 }
 
 /// Context for a case: a scratch directory on the same file system as the
-/// cache, and a size scale (1.0 = the sizes the goals are set for; tests use less).
+/// cache, the step cache (cases that time one step on top of others, such as
+/// the installer ISO, reuse its entries for the rest), and a size scale (1.0 =
+/// the sizes the goals are set for; tests use less).
 pub struct BenchCx<'a> {
     pub scratch: &'a Utf8Path,
+    pub cache: &'a Utf8Path,
     pub scale: f64,
 }
 
@@ -155,13 +158,13 @@ pub fn render(ms: &[Measurement]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<28} {:>9} {:>9} {:>8}  {:<14} baseline",
+        "{:<30} {:>9} {:>9} {:>8}  {:<15} baseline",
         "case", "kiln s", "base s", "ratio", "goal"
     );
     for m in ms {
         let _ = writeln!(
             s,
-            "{:<28} {:>9.2} {:>9.2} {:>8.2}  {:<14} {}{}",
+            "{:<30} {:>9.2} {:>9.2} {:>8.2}  {:<15} {}{}",
             m.case,
             m.kiln_secs,
             m.baseline_secs,

@@ -123,7 +123,12 @@ mod tests {
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(0.01);
-        let m = super::ova_build(&super::BenchCx { scratch, scale }).unwrap();
+        let m = super::ova_build(&super::BenchCx {
+            scratch,
+            cache: scratch,
+            scale,
+        })
+        .unwrap();
         eprintln!("{}", crate::bench::render(&m));
         assert_eq!(m.len(), 1);
         assert_eq!(m[0].case, "ova-build");

@@ -6,6 +6,8 @@
 //! demo qcow2: one instance, then two side by side (≤ 1.3× one).
 //! The input is a copy of the demo project with a small disk, generated in
 //! the scratch directory; the baseline runs in the same process, same run.
+//! The demo copy, its builds and one smoke run are shared with the installer
+//! case ([`super::installer`]).
 
 use anyhow::{Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
@@ -14,13 +16,31 @@ use super::{timed, BenchCx, Measurement};
 use crate::plan::Plan;
 use crate::recipe::Arch;
 
-struct Project {
-    root: Utf8PathBuf,
-    recipe: Utf8PathBuf,
+/// A copy of the demo project in the bench scratch.
+pub(super) struct Project {
+    pub root: Utf8PathBuf,
+    pub recipe: Utf8PathBuf,
 }
 
 fn demo_project(scratch: &Utf8Path, arch: Arch) -> Result<Project> {
-    let root = scratch.join(format!("qcow2-bench-{arch}"));
+    demo_project_as(
+        scratch,
+        &format!("qcow2-bench-{arch}"),
+        arch,
+        "qcow2:\n  size: 2G\n",
+    )
+}
+
+/// The demo project copied into `scratch/<dir>`, its recipe
+/// (`recipes/bench-qcow2.yaml`) the demo's for `arch` alone, with `extra`
+/// (YAML) appended.
+pub(super) fn demo_project_as(
+    scratch: &Utf8Path,
+    dir: &str,
+    arch: Arch,
+    extra: &str,
+) -> Result<Project> {
+    let root = scratch.join(dir);
     if root.exists() {
         std::fs::remove_dir_all(&root).with_context(|| format!("removing {root}"))?;
     }
@@ -32,7 +52,7 @@ fn demo_project(scratch: &Utf8Path, arch: Arch) -> Result<Project> {
     let recipe = root.join("recipes/bench-qcow2.yaml");
     std::fs::write(
         &recipe,
-        format!("{demo}\narchitectures: [{arch}]\nqcow2:\n  size: 2G\n").replacen(
+        format!("{demo}\narchitectures: [{arch}]\n{extra}").replacen(
             "architectures: [amd64]\n",
             "",
             1,
@@ -62,22 +82,39 @@ fn build(p: &Project, arch: Arch) -> Result<Plan> {
     })
 }
 
-/// Plan with `add` and execute (no publication: the bench times the steps).
+/// Plan with `add` and execute on the project's own cache (`<root>/cache`,
+/// empty at first: cold builds); artifacts are published into
+/// `<root>/output` without the secret scan.
 fn build_with(
     p: &Project,
     verb: &str,
     add: impl Fn(&crate::recipe::Resolved, &mut Plan) -> Result<()>,
 ) -> Result<Plan> {
-    let r = crate::recipe::load_resolved(&p.recipe, &p.root)?;
-    let mut plan = Plan::new(
-        verb,
-        &p.recipe,
-        &p.root,
-        &p.root.join("cache"),
-        &p.root.join("output"),
-    );
-    add(&r, &mut plan)?;
+    build_in(p, &p.root.join("cache"), verb, add)
+}
+
+/// [`build_with`] on the step cache `cache`.
+pub(super) fn build_in(
+    p: &Project,
+    cache: &Utf8Path,
+    verb: &str,
+    add: impl Fn(&crate::recipe::Resolved, &mut Plan) -> Result<()>,
+) -> Result<Plan> {
+    let plan = plan_in(p, cache, verb, add)?;
     crate::exec::execute(&plan, &crate::exec::Options::default())?;
+    Ok(plan)
+}
+
+/// The plan [`build_in`] executes.
+pub(super) fn plan_in(
+    p: &Project,
+    cache: &Utf8Path,
+    verb: &str,
+    add: impl Fn(&crate::recipe::Resolved, &mut Plan) -> Result<()>,
+) -> Result<Plan> {
+    let r = crate::recipe::load_resolved(&p.recipe, &p.root)?;
+    let mut plan = Plan::new(verb, &p.recipe, &p.root, cache, &p.root.join("output"));
+    add(&r, &mut plan)?;
     Ok(plan)
 }
 
@@ -240,30 +277,7 @@ pub fn smoke(bcx: &BenchCx) -> Result<Vec<Measurement>> {
     r.recipe.smoke.again.clear();
     r.recipe.smoke.once.clear();
     let run = |instances: usize| -> Result<std::time::Duration> {
-        let work = bcx.scratch.join(format!("smoke-{instances}"));
-        let _ = std::fs::remove_dir_all(&work);
-        let opts = crate::smoke::Options {
-            instances,
-            firmware: crate::smoke::FirmwareChoice::Uefi,
-            accel: "tcg".into(),
-            carrier: false,
-            carrier_as: crate::smoke::CarrierAs::Cdrom,
-            carrier_broken: false,
-            work: work.join("work"),
-            logs: work.join("logs"),
-            parallel: instances,
-        };
-        let report = crate::smoke::run(&r, std::slice::from_ref(&artifact), &opts)?;
-        let _ = std::fs::remove_dir_all(&work);
-        if report.failures() > 0 {
-            let failed: Vec<String> = report
-                .outcomes
-                .iter()
-                .filter(|o| !o.ok)
-                .map(|o| o.line())
-                .collect();
-            anyhow::bail!("the demo qcow2's smoke failed:\n{}", failed.join("\n"));
-        }
+        let report = smoke_run(bcx, &r, &artifact, instances)?;
         let last = report
             .outcomes
             .iter()
@@ -291,4 +305,44 @@ pub fn smoke(bcx: &BenchCx) -> Result<Vec<Measurement>> {
             1.3,
         ),
     ])
+}
+
+/// One smoke run of `artifact` under TCG: `instances` UEFI instances, no
+/// config carrier, in a work directory of the scratch (removed after). A
+/// failed check is an error naming the failures.
+pub(super) fn smoke_run(
+    bcx: &BenchCx,
+    r: &crate::recipe::Resolved,
+    artifact: &crate::smoke::Artifact,
+    instances: usize,
+) -> Result<crate::smoke::report::Report> {
+    let work = bcx.scratch.join(format!("smoke-{instances}"));
+    let _ = std::fs::remove_dir_all(&work);
+    let opts = crate::smoke::Options {
+        instances,
+        firmware: crate::smoke::FirmwareChoice::Uefi,
+        accel: "tcg".into(),
+        carrier: false,
+        carrier_as: crate::smoke::CarrierAs::Cdrom,
+        carrier_broken: false,
+        work: work.join("work"),
+        logs: work.join("logs"),
+        parallel: instances,
+    };
+    let report = crate::smoke::run(r, std::slice::from_ref(artifact), &opts)?;
+    let _ = std::fs::remove_dir_all(&work);
+    if report.failures() > 0 {
+        let failed: Vec<String> = report
+            .outcomes
+            .iter()
+            .filter(|o| !o.ok)
+            .map(|o| o.line())
+            .collect();
+        anyhow::bail!(
+            "the smoke of {} failed:\n{}",
+            artifact.name(),
+            failed.join("\n")
+        );
+    }
+    Ok(report)
 }
