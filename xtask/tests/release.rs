@@ -647,6 +647,27 @@ fn parts_built_per_architecture_assemble_into_the_release_built_at_once() {
     assert!(!amd64.join(format!("{name}-arm64.overlay.tar.zst")).exists());
     assert!(!amd64.join(format!("{name}-arm64.spdx.json")).exists());
 
+    // --dry-run reads and checks the parts, says what would be copied and
+    // written where, and writes nothing.
+    let plan = p.run(&assemble_args(
+        "preview",
+        &["--dry-run"],
+        &[arm64.as_str(), amd64.as_str()],
+    ));
+    let plan = String::from_utf8_lossy(&plan.stdout).into_owned();
+    for arch in ["amd64", "arm64"] {
+        let artifact = format!("copy {name}-{arch}.overlay.tar.zst (");
+        assert!(plan.contains(&artifact), "{artifact} not in:\n{plan}");
+    }
+    assert!(
+        plan.contains(&format!("into place: {}", p.path("preview").join(&name))),
+        "{plan}"
+    );
+    assert!(
+        !p.path("preview").exists(),
+        "assemble --dry-run wrote into preview/"
+    );
+
     // Given in either order, the parts make one release, in output/.
     let dir = assembled(&p, "output", &[], &[arm64.as_str(), amd64.as_str()]);
     assert_eq!(dir.file_name().unwrap(), name);

@@ -502,6 +502,10 @@ pub fn run(cx: &Cx, dirs: &[Utf8PathBuf], keys: &Keys) -> Result<()> {
             p.dir
         );
     }
+    if cx.dry_run {
+        print!("{}", preview(&parts, &facts, &dest));
+        return Ok(());
+    }
     std::fs::create_dir_all(&cx.output)
         .with_context(|| format!("creating the output directory {}", cx.output))?;
     let partial = TempDir::new(cx.output.join(format!(".{name}.kiln-partial")))?;
@@ -539,6 +543,54 @@ pub fn run(cx: &Cx, dirs: &[Utf8PathBuf], keys: &Keys) -> Result<()> {
         super::signed_info(key);
     }
     Ok(())
+}
+
+/// What `release assemble --dry-run` prints once the parts were read, their
+/// signatures checked and their facts merged (every refusal of a real run
+/// that needs no artifact's bytes has happened): where each artifact comes
+/// from, what is written, and where. Nothing is written.
+fn preview(parts: &[Part], facts: &Facts, dest: &Utf8Path) -> String {
+    let mut out = String::new();
+    for part in parts {
+        let formats: Vec<&str> = part.facts.formats.iter().map(|f| f.name()).collect();
+        let arches: Vec<String> = part
+            .facts
+            .architectures
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        out += &format!(
+            "part {}: {} for {}\n",
+            part.dir,
+            formats.join(", "),
+            arches.join(", ")
+        );
+    }
+    let mut placed = std::collections::BTreeSet::new();
+    for part in parts {
+        for a in &part.facts.artifacts {
+            let verb = if placed.insert(a.name.as_str()) {
+                "copy"
+            } else {
+                "check (also in an earlier part)"
+            };
+            out += &format!(
+                "  {verb} {} ({} bytes, sha256 {}) from {}, verified against its SHA256SUMS\n",
+                a.name, a.size, a.sha256, part.dir
+            );
+        }
+    }
+    let arches: Vec<String> = facts.architectures.iter().map(|a| a.to_string()).collect();
+    let name = format!("{}-{}", facts.name, facts.version);
+    out += &format!(
+        "  write {name}.manifest.json, an SPDX SBOM per architecture ({}), the provenance statement, then SHA256SUMS\n",
+        arches.join(", ")
+    );
+    if let Some(id) = &facts.signed_by {
+        out += &format!("  sign SHA256SUMS into SHA256SUMS.minisig with key id {id}\n");
+    }
+    out += &format!("  then rename the whole directory into place: {dest}\n");
+    out
 }
 
 #[cfg(test)]

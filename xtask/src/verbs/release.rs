@@ -169,10 +169,13 @@ pub enum Sub {
     /// sha256 checked; then one manifest, one provenance statement covering
     /// every artifact, an SBOM per architecture and SHA256SUMS (last) are
     /// written by the same code `release` uses, and the directory is renamed
-    /// into place whole. The output is the global `--output-dir`.
+    /// into place whole. The output is the global `--output-dir`. With
+    /// `--dry-run` the parts are read, checked and merged, and what would be
+    /// copied and written where is printed; nothing is written.
     ///
     /// Examples:
     ///   cargo xtask release assemble parts/overlay/demo-1.0 parts/pi/demo-1.0
+    ///   cargo xtask release assemble --dry-run parts/*/demo-1.0
     ///   cargo xtask --output-dir dist release assemble parts/*/demo-1.0
     #[command(verbatim_doc_comment)]
     Assemble {
