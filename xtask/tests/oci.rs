@@ -57,6 +57,14 @@ fn manifest(reg: &support::Registry, repo: &str, tag: &str) -> Vec<u8> {
     resp.body_mut().read_to_vec().unwrap()
 }
 
+/// `err` says every one of `wants`.
+fn says<S: AsRef<str>>(err: &str, wants: &[S]) {
+    for want in wants {
+        let want = want.as_ref();
+        assert!(err.contains(want), "no `{want}` in:\n{err}");
+    }
+}
+
 fn pull(p: &Project, reference: &str, dest: &Utf8Path) -> std::process::Output {
     p.run(&["release", "pull", reference, "--dest", dest.as_str()])
 }
@@ -262,14 +270,15 @@ fn a_push_to_a_registry_that_is_not_there_fails_and_leaves_the_release_complete(
     let to = format!("oci://127.0.0.1:{port}/kiln/demo:stable");
     let err = p.fail(&["release", "--targets", "overlay", "--push", &to]);
     let dir = release_dir(&p);
-    for want in [
-        format!("registry 127.0.0.1:{port}"),
-        "repository kiln/demo".to_string(),
-        format!("the release {dir} is complete and intact"),
-        "Connection refused".to_string(),
-    ] {
-        assert!(err.contains(&want), "no `{want}` in:\n{err}");
-    }
+    says(
+        &err,
+        &[
+            format!("registry 127.0.0.1:{port}"),
+            "repository kiln/demo".to_string(),
+            format!("the release {dir} is complete and intact"),
+            "Connection refused".to_string(),
+        ],
+    );
     // Complete: every file SHA256SUMS lists, and nothing else, verifies.
     support::sha256sum_check(&dir.join("SHA256SUMS"));
     let listed = std::fs::read_to_string(dir.join("SHA256SUMS"))
@@ -293,14 +302,15 @@ fn a_registry_that_refuses_the_push_is_named_with_its_status_and_answer() {
     let to = format!("oci://{}/kiln/demo:stable", reg.host());
     let err = p.fail(&["release", "--targets", "overlay", "--push", &to]);
     let dir = release_dir(&p);
-    for want in [
-        format!("registry {}", reg.host()),
-        "repository kiln/demo".to_string(),
-        "HTTP 405 Method Not Allowed".to_string(),
-        "is complete and intact".to_string(),
-    ] {
-        assert!(err.contains(&want), "no `{want}` in:\n{err}");
-    }
+    says(
+        &err,
+        &[
+            format!("registry {}", reg.host()),
+            "repository kiln/demo".to_string(),
+            "HTTP 405 Method Not Allowed".to_string(),
+            "is complete and intact".to_string(),
+        ],
+    );
     support::sha256sum_check(&dir.join("SHA256SUMS"));
     p.assert_no_leftovers();
 }
@@ -503,15 +513,16 @@ fn a_signed_release_pulls_back_verified_by_its_key_and_only_by_it() {
     let out = verify(&signed, &wrong, &refused);
     assert!(!out.status.success(), "another key was accepted");
     let err = stderr(&out);
-    for want in [
-        wrong.as_str(),
-        "SHA256SUMS.minisig",
-        "not signed by the key",
-        &format!("made by the key {id}"),
-        "nothing was written",
-    ] {
-        assert!(err.contains(want), "no `{want}` in:\n{err}");
-    }
+    says(
+        &err,
+        &[
+            wrong.as_str(),
+            "SHA256SUMS.minisig",
+            "not signed by the key",
+            &format!("made by the key {id}"),
+            "nothing was written",
+        ],
+    );
     // It speaks of the release, not of kiln's temporary directory.
     assert!(!err.contains(".kiln-partial"), "{err}");
     assert!(!refused.exists(), "a refused pull wrote {refused}");
@@ -520,14 +531,15 @@ fn a_signed_release_pulls_back_verified_by_its_key_and_only_by_it() {
     let out = verify(&unsigned, &public, &refused);
     assert!(!out.status.success(), "an unsigned release was accepted");
     let err = stderr(&out);
-    for want in [
-        &unsigned,
-        "not signed",
-        "SHA256SUMS.minisig",
-        public.as_str(),
-    ] {
-        assert!(err.contains(want), "no `{want}` in:\n{err}");
-    }
+    says(
+        &err,
+        &[
+            &unsigned,
+            "not signed",
+            "SHA256SUMS.minisig",
+            public.as_str(),
+        ],
+    );
     // It speaks of the release, not of kiln's temporary directory.
     assert!(!err.contains(".kiln-partial"), "{err}");
     assert!(!refused.exists(), "a refused pull wrote {refused}");
@@ -572,27 +584,29 @@ fn a_registry_with_credentials_gets_them_from_the_environment_only() {
     // No credentials: which variables to set.
     let err = p.fail(&push);
     let dir = release_dir(&p);
-    for want in [
-        format!("registry {}", reg.host()),
-        "HTTP 401".to_string(),
-        "set KILN_REGISTRY_USER and KILN_REGISTRY_PASSWORD".to_string(),
-        "is complete and intact".to_string(),
-    ] {
-        assert!(err.contains(&want), "no `{want}` in:\n{err}");
-    }
+    says(
+        &err,
+        &[
+            format!("registry {}", reg.host()),
+            "HTTP 401".to_string(),
+            "set KILN_REGISTRY_USER and KILN_REGISTRY_PASSWORD".to_string(),
+            "is complete and intact".to_string(),
+        ],
+    );
     support::sha256sum_check(&dir.join("SHA256SUMS"));
 
     // A wrong password: refused, said so, never shown.
     let out = with("kiln", "not-the-password", &push);
     assert!(!out.status.success(), "a wrong password was accepted");
     let err = stderr(&out);
-    for want in [
-        format!("the registry {} refused the credentials", reg.host()),
-        "KILN_REGISTRY_PASSWORD".to_string(),
-        "is complete and intact".to_string(),
-    ] {
-        assert!(err.contains(&want), "no `{want}` in:\n{err}");
-    }
+    says(
+        &err,
+        &[
+            format!("the registry {} refused the credentials", reg.host()),
+            "KILN_REGISTRY_PASSWORD".to_string(),
+            "is complete and intact".to_string(),
+        ],
+    );
     assert!(!err.contains("not-the-password"), "{err}");
     support::sha256sum_check(&dir.join("SHA256SUMS"));
 
@@ -689,13 +703,14 @@ fn a_registry_behind_a_private_ca_is_reached_with_ca_cert() {
         "--ca-cert",
         other_ca.as_str(),
     ]);
-    for want in [
-        format!("registry {} (https://", reg.host()),
-        "a TLS failure".to_string(),
-        other_ca.to_string(),
-    ] {
-        assert!(err.contains(&want), "no `{want}` in:\n{err}");
-    }
+    says(
+        &err,
+        &[
+            format!("registry {} (https://", reg.host()),
+            "a TLS failure".to_string(),
+            other_ca.to_string(),
+        ],
+    );
     // A file that holds no certificate.
     let yaml = p.path("recipes/demo.yaml");
     let err = p.fail(&[

@@ -138,7 +138,7 @@ pub fn installer_iso(bcx: &BenchCx) -> Result<Vec<Measurement>> {
         format: crate::smoke::Format::Iso,
         arch: Arch::Amd64,
     };
-    let report = smoke_run(bcx, &r, &artifact, 1)?;
+    let report = smoke_run(bcx, &r, &artifact, 1, None)?;
     let install = report
         .outcomes
         .iter()

@@ -162,6 +162,9 @@ pub struct Options {
     pub logs: Utf8PathBuf,
     /// Boots at once (default: the cores available).
     pub parallel: usize,
+    /// vCPUs per guest; `None`: the cores shared among the boots at once
+    /// (one or two each).
+    pub vcpus: Option<u32>,
 }
 
 /// A base disk a guest boots from, made by [`prepare`].
@@ -1059,7 +1062,10 @@ pub fn run(r: &Resolved, artifacts: &[Artifact], opts: &Options) -> Result<repor
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let cpus = (cores / parallel).clamp(1, 2) as u32;
+    let cpus = opts
+        .vcpus
+        .unwrap_or((cores / parallel).clamp(1, 2) as u32)
+        .max(1);
     crate::ui::info(&format!(
         "smoke: {} guest(s), {parallel} at a time, {cpus} vCPU(s) each",
         guests.len(),
@@ -1471,6 +1477,7 @@ mod tests {
             work: "/w".into(),
             logs: "/l".into(),
             parallel: 2,
+            vcpus: None,
         }
     }
 

@@ -291,6 +291,7 @@ pub fn run(cx: &Cx, a: Args) -> Result<()> {
         work: work.0.clone(),
         logs: partial.0.clone(),
         parallel: a.parallel.unwrap_or(cores).max(1),
+        vcpus: None,
     };
     let report = crate::smoke::run(&r, &artifacts, &opts)?;
     write(&partial.0.join("junit.xml"), &report.junit())?;
