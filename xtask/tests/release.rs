@@ -261,6 +261,20 @@ fn a_target_the_recipe_does_not_have_is_refused_naming_the_valid_ones() {
             && err.contains("builds overlay, iso, qcow2, ova"),
         "{err}"
     );
+    // A recipe that builds nothing for the architecture asked for: refused,
+    // naming what it builds for which.
+    let err = p.fail(&[
+        "--recipe",
+        "recipes/nopi.yaml",
+        "release",
+        "--arch",
+        "arm64",
+        "--dry-run",
+    ]);
+    assert!(
+        err.contains("builds nothing for arm64") && err.contains("overlay (amd64)"),
+        "{err}"
+    );
     assert!(p.outputs().is_empty(), "{:?}", p.outputs());
 }
 
