@@ -65,6 +65,17 @@ fn says<S: AsRef<str>>(err: &str, wants: &[S]) {
     }
 }
 
+/// A refused push's error `err` says every one of `wants` and that the
+/// local release is intact, and it is: the one release directory, which
+/// `sha256sum -c` verifies. That directory.
+fn kept_after_refusal<S: AsRef<str>>(p: &Project, err: &str, wants: &[S]) -> Utf8PathBuf {
+    says(err, wants);
+    says(err, &["is complete and intact"]);
+    let dir = release_dir(p);
+    support::sha256sum_check(&dir.join("SHA256SUMS"));
+    dir
+}
+
 fn pull(p: &Project, reference: &str, dest: &Utf8Path) -> std::process::Output {
     p.run(&["release", "pull", reference, "--dest", dest.as_str()])
 }
@@ -301,17 +312,15 @@ fn a_registry_that_refuses_the_push_is_named_with_its_status_and_answer() {
     let p = Project::demo();
     let to = format!("oci://{}/kiln/demo:stable", reg.host());
     let err = p.fail(&["release", "--targets", "overlay", "--push", &to]);
-    let dir = release_dir(&p);
-    says(
+    kept_after_refusal(
+        &p,
         &err,
         &[
             format!("registry {}", reg.host()),
             "repository kiln/demo".to_string(),
             "HTTP 405 Method Not Allowed".to_string(),
-            "is complete and intact".to_string(),
         ],
     );
-    support::sha256sum_check(&dir.join("SHA256SUMS"));
     p.assert_no_leftovers();
 }
 
@@ -583,32 +592,29 @@ fn a_registry_with_credentials_gets_them_from_the_environment_only() {
 
     // No credentials: which variables to set.
     let err = p.fail(&push);
-    let dir = release_dir(&p);
-    says(
+    let dir = kept_after_refusal(
+        &p,
         &err,
         &[
             format!("registry {}", reg.host()),
             "HTTP 401".to_string(),
             "set KILN_REGISTRY_USER and KILN_REGISTRY_PASSWORD".to_string(),
-            "is complete and intact".to_string(),
         ],
     );
-    support::sha256sum_check(&dir.join("SHA256SUMS"));
 
     // A wrong password: refused, said so, never shown.
     let out = with("kiln", "not-the-password", &push);
     assert!(!out.status.success(), "a wrong password was accepted");
     let err = stderr(&out);
-    says(
+    kept_after_refusal(
+        &p,
         &err,
         &[
             format!("the registry {} refused the credentials", reg.host()),
             "KILN_REGISTRY_PASSWORD".to_string(),
-            "is complete and intact".to_string(),
         ],
     );
     assert!(!err.contains("not-the-password"), "{err}");
-    support::sha256sum_check(&dir.join("SHA256SUMS"));
 
     // One variable alone is named as missing its partner.
     let out = p
