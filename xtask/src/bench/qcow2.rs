@@ -290,10 +290,9 @@ pub fn smoke(bcx: &BenchCx) -> Result<Vec<Measurement>> {
     };
     let one = run(1, None)?;
     let two = run(2, None)?;
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     // What each of the two guests had (one vCPU each on two cores): the
     // same guest alone on the same share is the baseline of the ratio.
-    let share = (cpus / 2).clamp(1, 2) as u32;
+    let share = crate::smoke::vcpus_each(2);
     let alone = run(1, Some(share))?;
     let _ = std::fs::remove_dir_all(&p.root);
     Ok(vec![

@@ -167,6 +167,13 @@ pub struct Options {
     pub vcpus: Option<u32>,
 }
 
+/// The vCPUs each guest gets when `parallel` boot at once and
+/// [`Options::vcpus`] does not say: the cores shared among them, one or two.
+pub fn vcpus_each(parallel: usize) -> u32 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / parallel.max(1)).clamp(1, 2) as u32
+}
+
 /// A base disk a guest boots from, made by [`prepare`].
 #[derive(Debug, Clone)]
 enum Base {
@@ -1059,13 +1066,7 @@ pub fn run(r: &Resolved, artifacts: &[Artifact], opts: &Options) -> Result<repor
         }
     }
     let parallel = opts.parallel.clamp(1, guests.len().max(1));
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let cpus = opts
-        .vcpus
-        .unwrap_or((cores / parallel).clamp(1, 2) as u32)
-        .max(1);
+    let cpus = opts.vcpus.unwrap_or_else(|| vcpus_each(parallel)).max(1);
     crate::ui::info(&format!(
         "smoke: {} guest(s), {parallel} at a time, {cpus} vCPU(s) each",
         guests.len(),
