@@ -122,7 +122,8 @@ fn the_iso_is_hybrid_and_carries_the_verified_disk() {
     }
 }
 
-/// The ISO step run again from the same inputs writes the same bytes.
+/// The ISO step and its boot parts' step run again from the same inputs
+/// write the same bytes.
 #[test]
 fn two_builds_are_byte_identical() {
     let Some(b) = built() else { return };
@@ -132,8 +133,8 @@ fn two_builds_are_byte_identical() {
     let first = dir.join("first.iso");
     std::fs::copy(&b.iso, &first).unwrap();
     // Drop the ISO step's cache entry (the one the published file links
-    // to), so the step runs again on the cached disk,
-    // root and tools.
+    // to) and the boot parts' entry it was built from, so both steps run
+    // again on the cached disk, root and tools.
     use std::os::unix::fs::MetadataExt;
     let ino = std::fs::metadata(&b.iso).unwrap().ino();
     let name = b.iso.file_name().unwrap();
@@ -142,8 +143,24 @@ fn two_builds_are_byte_identical() {
         .map(|e| Utf8PathBuf::from_path_buf(e.unwrap().path()).unwrap())
         .find(|d| std::fs::metadata(d.join(name)).is_ok_and(|m| m.ino() == ino))
         .expect("the cache entry of the published ISO");
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(entry.join(".kiln-step.json")).unwrap()).unwrap();
+    let boot_key = record["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "installer-boot-amd64")
+        .and_then(|i| i["key"].as_str())
+        .expect("the ISO step's record names its boot parts' step");
+    let boot = p
+        .cache_dir()
+        .join("installer-boot-amd64")
+        .join(&boot_key[..20]);
+    assert!(boot.join("initrd.img").is_file(), "{boot}");
     std::fs::remove_dir_all(&entry).unwrap();
+    std::fs::remove_dir_all(&boot).unwrap();
     let out = support::stderr(&p.run(&["iso"]));
+    assert!(out.contains("installer-boot-amd64: running"), "{out}");
     assert!(out.contains("iso-amd64: running"), "{out}");
     assert_eq!(support::sha256(&first), support::sha256(&b.iso));
 }

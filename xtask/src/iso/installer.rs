@@ -78,13 +78,32 @@ const MODULES: &[&str] = &[
     "sdhci_pci",
 ];
 
-/// Everything the installer op needs, fixed at plan time.
+/// The boot parts' files (the boot step's outputs).
+pub const VMLINUZ: &str = "vmlinuz";
+pub const INITRD: &str = "initrd.img";
+pub const ELTORITO: &str = "eltorito.img";
+pub const ESP: &str = "esp.img";
+
+/// The installer's boot parts, from the appliance root and the tools
+/// alone: the kernel, the initramfs (the tools, the modules, `/init`), the
+/// BIOS GRUB image and the ESP with the UEFI one. Nothing in them names the
+/// payload, the appliance or its version (the ISO's GRUB menu passes those
+/// on the kernel command line), so a change of the appliance's files
+/// rebuilds the disk and the ISO, not these.
+#[derive(Debug, Clone, Serialize)]
+struct BootParts {
+    rootfs_tar: Utf8PathBuf,
+    tools_tar: Utf8PathBuf,
+    epoch: i64,
+}
+
+/// The ISO: the payload compressed, the menu, xorriso.
 #[derive(Debug, Clone, Serialize)]
 struct Installer {
     /// The fitted disk step's output (`disk.raw`, `layout.json`).
     disk_dir: Utf8PathBuf,
-    rootfs_tar: Utf8PathBuf,
-    tools_tar: Utf8PathBuf,
+    /// The boot step's output ([`VMLINUZ`], [`INITRD`], [`ELTORITO`], [`ESP`]).
+    boot_dir: Utf8PathBuf,
     name: String,
     version: String,
     title: String,
@@ -137,8 +156,21 @@ fn plan_tools(r: &Resolved, plan: &mut Plan, arch: Arch) -> Result<usize> {
     Ok(plan.add(b))
 }
 
-/// Add the installer ISO's steps (fitted disk, root, tools, the ISO);
-/// returns the ISO step's index. The artifact is
+/// What the installer's kernel command line may carry from the recipe:
+/// GRUB would expand `$`, split at spaces and end at quotes.
+fn command_line_safe(what: &str, v: &str, file: &Utf8Path) -> Result<()> {
+    ensure!(
+        !v.is_empty()
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._+~:-".contains(&b)),
+        "{file}: the installer ISO passes the {what} `{v}` on the kernel command line: \
+         use letters, digits and `._+~:-` only"
+    );
+    Ok(())
+}
+
+/// Add the installer ISO's steps (fitted disk, root, tools, boot parts,
+/// the ISO); returns the ISO step's index. The artifact is
 /// `<step out>/<name>-<version>-amd64.iso`, published and scanned.
 pub fn plan(r: &Resolved, plan: &mut Plan) -> Result<usize> {
     let arch = Arch::Amd64;
@@ -147,14 +179,30 @@ pub fn plan(r: &Resolved, plan: &mut Plan) -> Result<usize> {
         "{}: the installer ISO is amd64 (BIOS and UEFI PCs); add amd64 to `architectures`",
         r.file
     );
+    command_line_safe("version", &r.version, &r.file)?;
+    command_line_safe("name", r.name(), &r.file)?;
     let disk = crate::qcow2::plan_fitted_disk(r, plan, arch)?;
     let rootfs = crate::qcow2::rootfs::plan(r, plan, arch)?;
     let tools_step = plan_tools(r, plan, arch)?;
+    let parts = BootParts {
+        rootfs_tar: plan.step(rootfs).output(crate::qcow2::rootfs::ROOTFS_TAR),
+        tools_tar: plan.step(tools_step).output(TOOLS_TAR),
+        epoch: r.epoch,
+    };
+    let b = StepBuilder::new(
+        format!("installer-boot-{arch}"),
+        "the installer's kernel, initramfs (busybox, zstd, sfdisk, eject, modules, /init) and GRUB",
+    )
+    .after(plan.step(rootfs))
+    .after(plan.step(tools_step))
+    .input(Input::value("SOURCE_DATE_EPOCH", r.epoch))
+    .requires(grub::X86_64_EFI_LINUX_MOD)
+    .op(parts);
+    let boot = plan.add(b);
     let io = &r.recipe.iso;
     let op = Installer {
         disk_dir: plan.step(disk.step).out.clone(),
-        rootfs_tar: plan.step(rootfs).output(crate::qcow2::rootfs::ROOTFS_TAR),
-        tools_tar: plan.step(tools_step).output(TOOLS_TAR),
+        boot_dir: plan.step(boot).out.clone(),
         name: r.name().to_string(),
         version: r.version.clone(),
         title: format!("Install {} {}", r.name(), r.version),
@@ -169,11 +217,9 @@ pub fn plan(r: &Resolved, plan: &mut Plan) -> Result<usize> {
         "the offline installer ISO (the appliance's disk, zstd, with a busybox installer)",
     )
     .after(plan.step(disk.step))
-    .after(plan.step(rootfs))
-    .after(plan.step(tools_step))
+    .after(plan.step(boot))
     .input(Input::value("SOURCE_DATE_EPOCH", r.epoch))
     .requires(grub::BOOT_HYBRID_IMG)
-    .requires(grub::X86_64_EFI_LINUX_MOD)
     .op(op)
     .long();
     let i = plan.add(b);
@@ -182,41 +228,45 @@ pub fn plan(r: &Resolved, plan: &mut Plan) -> Result<usize> {
     Ok(i)
 }
 
+impl Op for BootParts {
+    fn describe(&self) -> serde_json::Value {
+        json!({ "installer_boot": self })
+    }
+    fn commands(&self) -> Vec<tools::Cmd> {
+        let out = Utf8Path::new(OUT);
+        let work = out.join("work");
+        let esp = out.join(ESP);
+        let efi = work.join("BOOTX64.EFI");
+        let mut mkfs = dosfstools::mkfs_vfat_image(&esp, "KILNESP", 0, self.epoch);
+        if let Some(kib) = mkfs.args.last_mut() {
+            *kib = "<kib>".into();
+        }
+        vec![
+            grub::mkimage_iso(false, &work.join("grub.cfg"), &out.join(ELTORITO)),
+            grub::mkimage_iso(true, &work.join("grub.cfg"), &efi),
+            mkfs,
+            mtools::mmd(&esp, &["/EFI", "/EFI/BOOT"], self.epoch),
+            mtools::mcopy_in(&esp, &efi, "/EFI/BOOT/BOOTX64.EFI", self.epoch),
+        ]
+    }
+    fn run(&self, cx: &OpCx) -> Result<()> {
+        build_boot(self, cx.out)
+    }
+}
+
 impl Op for Installer {
     fn describe(&self) -> serde_json::Value {
         json!({ "iso_installer": self })
     }
     fn commands(&self) -> Vec<tools::Cmd> {
         let out = Utf8Path::new(OUT);
-        let work = out.join("work");
-        let esp = work.join("esp.img");
-        let mut mkfs = dosfstools::mkfs_vfat_image(&esp, "KILNESP", 0, self.epoch);
-        if let Some(kib) = mkfs.args.last_mut() {
-            *kib = "<kib>".into();
-        }
-        vec![
-            grub::mkimage_iso(
-                false,
-                &work.join("grub.cfg"),
-                &out.join("tree/boot/grub/eltorito.img"),
-            ),
-            grub::mkimage_iso(true, &work.join("grub.cfg"), &work.join("BOOTX64.EFI")),
-            mkfs,
-            mtools::mmd(&esp, &["/EFI", "/EFI/BOOT"], self.epoch),
-            mtools::mcopy_in(
-                &esp,
-                &work.join("BOOTX64.EFI"),
-                "/EFI/BOOT/BOOTX64.EFI",
-                self.epoch,
-            ),
-            xorriso::installer_iso(
-                &out.join("tree"),
-                &esp,
-                &volid(&self.name),
-                &out.join(&self.artifact),
-                self.epoch,
-            ),
-        ]
+        vec![xorriso::installer_iso(
+            &out.join("tree"),
+            &self.boot_dir.join(ESP),
+            &volid(&self.name),
+            &out.join(&self.artifact),
+            self.epoch,
+        )]
     }
     fn run(&self, cx: &OpCx) -> Result<()> {
         build(self, cx.out)
@@ -254,52 +304,36 @@ struct Layout {
     cmdline: String,
 }
 
-fn build(op: &Installer, out: &Utf8Path) -> Result<()> {
+/// The boot step: the kernel and module data read from the root in one
+/// pass, the initramfs, GRUB for BIOS and the ESP with GRUB for UEFI.
+fn build_boot(op: &BootParts, out: &Utf8Path) -> Result<()> {
     let work = out.join("work");
-    let tree = out.join("tree");
-    for d in [&work, &tree.join("kiln"), &tree.join("boot/grub")] {
-        std::fs::create_dir_all(d).with_context(|| format!("creating {d}"))?;
-    }
-    let layout_path = op.disk_dir.join(crate::qcow2::disk::LAYOUT_JSON);
-    let layout: Layout = serde_json::from_slice(
-        &std::fs::read(&layout_path).with_context(|| format!("reading {layout_path}"))?,
-    )
-    .with_context(|| format!("{layout_path}: the disk step's layout"))?;
-    let raw = op.disk_dir.join(crate::qcow2::disk::DISK_RAW);
-    let zst = tree.join(PAYLOAD);
-    // The payload compresses on zstd's worker threads while this thread
-    // reads the root and the tools for the initramfs and runs GRUB.
-    let (payload, rest) = std::thread::scope(|s| {
-        let t = s.spawn(|| compress(&raw, &zst));
-        let rest = boot_files(op, &layout, &work, &tree);
-        (t.join(), rest)
-    });
-    let payload = payload.map_err(|_| anyhow::anyhow!("the compression thread panicked"))??;
-    let (kernel, modules_deps) = rest?;
-    ensure!(
-        payload.bytes == layout.size,
-        "kiln bug: {raw} is {} bytes, its layout says {}",
-        payload.bytes,
-        layout.size
-    );
-    std::fs::write(
-        tree.join(PAYLOAD_SHA256),
-        format!("{}  disk.img\n", payload.sha256),
-    )?;
-    let initrd = initramfs(op, &payload, kernel_modules(op, &modules_deps)?)?;
-    std::fs::write(tree.join("kiln/initrd.img"), initrd)?;
-    std::fs::write(tree.join("kiln/vmlinuz"), kernel)?;
-    std::fs::write(
-        tree.join("kiln/info"),
-        format!(
-            "{} {} installer (kiln)\nimage {} bytes, sha256 {}\n",
-            op.name, op.version, payload.bytes, payload.sha256
-        ),
-    )?;
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {work}"))?;
+    std::fs::write(work.join("grub.cfg"), EARLY_CFG)?;
+    let (kernel, modules) = std::thread::scope(|s| {
+        // GRUB's two images build while the root is read.
+        let grub = s.spawn(|| {
+            tools::run(&grub::mkimage_iso(
+                false,
+                &work.join("grub.cfg"),
+                &out.join(ELTORITO),
+            ))?;
+            tools::run(&grub::mkimage_iso(
+                true,
+                &work.join("grub.cfg"),
+                &work.join("BOOTX64.EFI"),
+            ))
+        });
+        let read = kernel_and_modules(&op.rootfs_tar);
+        grub.join()
+            .map_err(|_| anyhow::anyhow!("the GRUB thread panicked"))??;
+        read
+    })?;
+    std::fs::write(out.join(INITRD), initramfs(op, modules)?)?;
+    std::fs::write(out.join(VMLINUZ), kernel)?;
     // ESP: GRUB for UEFI as the removable-media loader.
     let efi = work.join("BOOTX64.EFI");
-    tools::run(&grub::mkimage_iso(true, &work.join("grub.cfg"), &efi))?;
-    let esp = work.join("esp.img");
+    let esp = out.join(ESP);
     let kib = (std::fs::metadata(&efi)?.len() / 1024 + 1024).div_ceil(1024) * 1024;
     tools::run(&dosfstools::mkfs_vfat_image(&esp, "KILNESP", kib, op.epoch))?;
     tools::run(&mtools::mmd(&esp, &["/EFI", "/EFI/BOOT"], op.epoch))?;
@@ -310,18 +344,75 @@ fn build(op: &Installer, out: &Utf8Path) -> Result<()> {
         "/EFI/BOOT/BOOTX64.EFI",
         op.epoch,
     ))?;
-    crate::fsutil::set_mtime(&esp, op.epoch)?;
+    std::fs::remove_dir_all(&work).with_context(|| format!("removing {work}"))?;
+    crate::fsutil::set_tree_mtimes(out, op.epoch)?;
+    Ok(())
+}
+
+/// The ISO step: the payload compresses on zstd's worker threads while
+/// this thread lays out the tree (the boot parts copied in); then the menu
+/// (it names the payload), xorriso, the ISO flushed and hashed.
+fn build(op: &Installer, out: &Utf8Path) -> Result<()> {
+    let tree = out.join("tree");
+    for d in [&tree.join("kiln"), &tree.join("boot/grub")] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {d}"))?;
+    }
+    let layout_path = op.disk_dir.join(crate::qcow2::disk::LAYOUT_JSON);
+    let layout: Layout = serde_json::from_slice(
+        &std::fs::read(&layout_path).with_context(|| format!("reading {layout_path}"))?,
+    )
+    .with_context(|| format!("{layout_path}: the disk step's layout"))?;
+    let raw = op.disk_dir.join(crate::qcow2::disk::DISK_RAW);
+    let zst = tree.join(PAYLOAD);
+    let (payload, copied) = std::thread::scope(|s| {
+        let t = s.spawn(|| compress(&raw, &zst));
+        let copied = [
+            (VMLINUZ, "kiln/vmlinuz"),
+            (INITRD, "kiln/initrd.img"),
+            (ELTORITO, "boot/grub/eltorito.img"),
+        ]
+        .into_iter()
+        .try_for_each(|(from, to)| {
+            let (from, to) = (op.boot_dir.join(from), tree.join(to));
+            std::fs::copy(&from, &to)
+                .map(drop)
+                .with_context(|| format!("copying {from} to {to}"))
+        });
+        (t.join(), copied)
+    });
+    let payload = payload.map_err(|_| anyhow::anyhow!("the compression thread panicked"))??;
+    copied?;
+    ensure!(
+        payload.bytes == layout.size,
+        "kiln bug: {raw} is {} bytes, its layout says {}",
+        payload.bytes,
+        layout.size
+    );
+    std::fs::write(
+        tree.join(PAYLOAD_SHA256),
+        format!("{}  disk.img\n", payload.sha256),
+    )?;
+    std::fs::write(
+        tree.join("kiln/info"),
+        format!(
+            "{} {} installer (kiln)\nimage {} bytes, sha256 {}\n",
+            op.name, op.version, payload.bytes, payload.sha256
+        ),
+    )?;
+    std::fs::write(
+        tree.join("boot/grub/grub.cfg"),
+        grub_cfg(op, &layout, &payload),
+    )?;
     crate::fsutil::set_tree_mtimes(&tree, op.epoch)?;
     let iso = out.join(&op.artifact);
     tools::run(&xorriso::installer_iso(
         &tree,
-        &esp,
+        &op.boot_dir.join(ESP),
         &volid(&op.name),
         &iso,
         op.epoch,
     ))?;
     std::fs::remove_dir_all(&tree).with_context(|| format!("removing {tree}"))?;
-    std::fs::remove_dir_all(&work).with_context(|| format!("removing {work}"))?;
     crate::exec::flush_and_digest(&iso)?;
     Ok(())
 }
@@ -367,82 +458,55 @@ pub fn compress(raw: &Utf8Path, zst: &Utf8Path) -> Result<Payload> {
     })
 }
 
-/// Files read out of the root by path (`release` holds the kernel release).
-type ModData = BTreeMap<String, Vec<u8>>;
+/// Files by name, in order: (file name, bytes).
+type Files = Vec<(String, Vec<u8>)>;
 
-/// The kernel (bytes) and the module data of the appliance root, the BIOS
-/// GRUB image in `tree`, the menu in `work/grub.cfg`.
-fn boot_files(
-    op: &Installer,
-    layout: &Layout,
-    work: &Utf8Path,
-    tree: &Utf8Path,
-) -> Result<(Vec<u8>, ModData)> {
-    std::fs::write(work.join("grub.cfg"), EARLY_CFG)?;
-    std::fs::write(tree.join("boot/grub/grub.cfg"), grub_cfg(op, layout))?;
-    tools::run(&grub::mkimage_iso(
-        false,
-        &work.join("grub.cfg"),
-        &tree.join("boot/grub/eltorito.img"),
-    ))?;
-    let found = crate::qcow2::merge::read_from_rootfs(&op.rootfs_tar, |p| {
+/// The appliance root's kernel (bytes) and the installer's modules,
+/// dependencies first: one pass over the root for the kernel and the
+/// module tables, one for the modules they name.
+fn kernel_and_modules(rootfs_tar: &Utf8Path) -> Result<(Vec<u8>, Files)> {
+    let mut found = crate::qcow2::merge::read_from_rootfs(rootfs_tar, |p| {
         p.starts_with("boot/vmlinuz-")
             || p.strip_prefix("lib/modules/").is_some_and(|r| {
                 r.split_once('/')
                     .is_some_and(|(_, f)| f == "modules.dep" || f == "modules.builtin")
             })
     })?;
-    let (kernel_path, kernel) = found
-        .iter()
-        .filter(|(p, _)| p.starts_with("boot/vmlinuz-"))
-        .max_by(|a, b| a.0.cmp(b.0))
+    let kernel_path = found
+        .keys()
+        .filter(|p| p.starts_with("boot/vmlinuz-"))
+        .max()
+        .cloned()
         .with_context(|| {
-            format!(
-                "{}: no /boot/vmlinuz-*: is a linux-image package installed?",
-                op.rootfs_tar
-            )
+            format!("{rootfs_tar}: no /boot/vmlinuz-*: is a linux-image package installed?")
         })?;
-    let release = kernel_path["boot/vmlinuz-".len()..].to_string();
-    let mut moddata: BTreeMap<String, Vec<u8>> = found
-        .iter()
-        .filter(|(p, _)| p.starts_with("lib/modules/"))
-        .map(|(p, d)| (p.clone(), d.clone()))
-        .collect();
-    moddata.insert("release".into(), release.into_bytes());
-    Ok((kernel.clone(), moddata))
-}
-
-/// The installer's modules, dependencies first: (file name, bytes).
-fn kernel_modules(
-    op: &Installer,
-    moddata: &BTreeMap<String, Vec<u8>>,
-) -> Result<Vec<(String, Vec<u8>)>> {
-    let release = String::from_utf8_lossy(&moddata["release"]).into_owned();
+    let kernel = found.remove(&kernel_path).unwrap_or_default();
+    let release = &kernel_path["boot/vmlinuz-".len()..];
     let moddir = format!("lib/modules/{release}/");
     let text = |f: &str| {
-        String::from_utf8_lossy(moddata.get(&format!("{moddir}{f}")).map_or(&[][..], |v| v))
+        String::from_utf8_lossy(found.get(&format!("{moddir}{f}")).map_or(&[][..], |v| v))
             .into_owned()
     };
     let deps = ModuleDeps::parse(&text("modules.dep"), &text("modules.builtin"))
-        .with_context(|| format!("{}: /usr/{moddir}modules.dep", op.rootfs_tar))?;
+        .with_context(|| format!("{rootfs_tar}: /usr/{moddir}modules.dep"))?;
     let order = deps
         .closure(&["isofs"], MODULES)
         .with_context(|| format!("kernel {release}"))?;
     let wanted: std::collections::BTreeSet<String> =
         order.iter().map(|m| format!("{moddir}{m}")).collect();
-    let mut files = crate::qcow2::merge::read_from_rootfs(&op.rootfs_tar, |p| wanted.contains(p))?;
+    let mut files = crate::qcow2::merge::read_from_rootfs(rootfs_tar, |p| wanted.contains(p))?;
     let mut v = Vec::new();
     for m in &order {
         let data = files
             .remove(&format!("{moddir}{m}"))
-            .with_context(|| format!("module {m} was not read from {}", op.rootfs_tar))?;
+            .with_context(|| format!("module {m} was not read from {rootfs_tar}"))?;
         if !m.ends_with(".ko") {
             bail!("module {m} is compressed; the installer loads plain .ko files (busybox insmod)");
         }
         let f = m.rsplit('/').next().unwrap_or(m).to_string();
         v.push((f, data));
     }
-    Ok(v)
+    Ok((kernel, v))
 }
 
 /// An entry of the tools tarball the initramfs takes.
@@ -502,11 +566,7 @@ fn tool_files(tar: &Utf8Path) -> Result<BTreeMap<String, ToolEntry>> {
 }
 
 /// The gzip-compressed initramfs: the tools, the modules and `/init`.
-fn initramfs(
-    op: &Installer,
-    payload: &Payload,
-    modules: Vec<(String, Vec<u8>)>,
-) -> Result<Vec<u8>> {
+fn initramfs(op: &BootParts, modules: Files) -> Result<Vec<u8>> {
     let tools = tool_files(&op.tools_tar)?;
     let mut c = Cpio::new(op.epoch);
     let mut dirs: std::collections::BTreeSet<String> = [
@@ -544,15 +604,7 @@ fn initramfs(
     for (f, data) in &modules {
         c.file(&format!("lib/modules/{f}"), 0o644, data);
     }
-    let script = init_script(&Settings {
-        name: op.name.clone(),
-        version: op.version.clone(),
-        bytes: payload.bytes,
-        sha256: payload.sha256.clone(),
-        wipe: op.wipe,
-        modules: names,
-    });
-    c.file("init", 0o755, script.as_bytes());
+    c.file("init", 0o755, init_script(&names).as_bytes());
     let cpio = c.finish();
     let mut gz = flate2::GzBuilder::new()
         .mtime(0)
@@ -576,9 +628,11 @@ const EARLY_CFG: &str = "serial --unit=0 --speed=115200\n\
 
 /// GRUB's menu (`/boot/grub/grub.cfg`): install (default, after `timeout`), boot the installed
 /// system (the default instead when a disk already holds this appliance's
-/// root), a rescue shell.
-fn grub_cfg(op: &Installer, layout: &Layout) -> String {
+/// root), a rescue shell. The install entry tells the installer what it
+/// installs on the kernel command line ([`image_args`]).
+fn grub_cfg(op: &Installer, layout: &Layout, payload: &Payload) -> String {
     let uuid = &layout.root_fs_uuid;
+    let named = format!("kiln.name={} kiln.version={}", op.name, op.version);
     format!(
         "# Written by kiln: the {name} {version} installer.\n\
          serial --unit=0 --speed=115200\n\
@@ -590,7 +644,7 @@ fn grub_cfg(op: &Installer, layout: &Layout) -> String {
          if [ -n \"$installed\" ]; then set default=installed; fi\n\
          search --no-floppy --file --set=root /kiln/disk.img.sha256\n\
          menuentry '{title}' --id install {{\n\
-         \x20 linux /kiln/vmlinuz {KERNEL_ARGS} kiln.action=install\n\
+         \x20 linux /kiln/vmlinuz {KERNEL_ARGS} kiln.action=install {image}\n\
          \x20 initrd /kiln/initrd.img\n\
          }}\n\
          menuentry 'Boot installed system' --id installed {{\n\
@@ -599,40 +653,44 @@ fn grub_cfg(op: &Installer, layout: &Layout) -> String {
          \x20 initrd /initrd.img\n\
          }}\n\
          menuentry 'Rescue shell' --id rescue {{\n\
-         \x20 linux /kiln/vmlinuz {KERNEL_ARGS} kiln.action=rescue\n\
+         \x20 linux /kiln/vmlinuz {KERNEL_ARGS} kiln.action=rescue {named}\n\
          \x20 initrd /kiln/initrd.img\n\
          }}\n",
         name = op.name,
         version = op.version,
         timeout = op.timeout,
         title = op.title.replace('\'', ""),
+        image = image_args(op, payload),
         cmdline = layout.cmdline,
     )
 }
 
-/// What `/init` is built with.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub name: String,
-    pub version: String,
-    /// The raw image's size and sha256.
-    pub bytes: u64,
-    pub sha256: String,
-    /// The recipe's `iso.wipe`.
-    pub wipe: bool,
-    /// Module files under `/lib/modules/`, in load order.
-    pub modules: Vec<String>,
+/// The install entry's kernel arguments: the appliance's name and version,
+/// the image's sha256 (by which the installer knows its medium) and size,
+/// and `kiln.wipe=1` when the recipe sets `iso.wipe`.
+fn image_args(op: &Installer, payload: &Payload) -> String {
+    let mut a = format!(
+        "kiln.name={} kiln.version={} kiln.image={} kiln.bytes={}",
+        op.name, op.version, payload.sha256, payload.bytes
+    );
+    if op.wipe {
+        a.push_str(" kiln.wipe=1");
+    }
+    a
 }
 
-/// The installer, a busybox sh script run as `/init`:
+/// The installer, a busybox sh script run as `/init`, the same for every
+/// appliance and payload: what it installs comes on the kernel command line
+/// (GRUB's install entry, [`image_args`]): `kiln.name=`, `kiln.version=`,
+/// `kiln.image=` (the raw image's sha256), `kiln.bytes=` (its size).
 ///
-/// 1. finds the install medium (the ISO 9660 file system holding
-///    `/kiln/disk.img.sha256`) on any block device;
+/// 1. finds the install medium (the ISO 9660 file system whose
+///    `/kiln/disk.img.sha256` names `kiln.image`) on any block device;
 /// 2. picks the target: `kiln.disk=` (`vda` or `/dev/vda`), else the first
 ///    disk that is not the medium, not removable, not read-only and at
 ///    least the image's size;
 /// 3. refuses a disk with partitions or a partition table unless
-///    `iso.wipe` or `kiln.wipe=1`;
+///    `kiln.wipe=1` (the recipe's `iso.wipe` puts it in the menu);
 /// 4. clears the disk's first and last MiB, streams the image onto it
 ///    from the second MiB on (zstd → dd), printing progress; zstd checks
 ///    the frame's content checksum (XXH64 of every decompressed byte, see
@@ -648,25 +706,21 @@ pub struct Settings {
 /// On any failure it prints [`FAIL_MARKER`] and the reason and stops at a
 /// shell (`kiln.fail=poweroff` powers off): the partition table is
 /// written last, so a failed install never leaves a bootable disk.
-pub fn init_script(s: &Settings) -> String {
+/// `modules` are the files under `/lib/modules/`, in load order.
+pub fn init_script(modules: &[String]) -> String {
     let mut o = String::new();
-    o.push_str(&format!(
+    o.push_str(
         "#!/bin/busybox sh\n\
-         # kiln's installer of {name} {version}: writes the appliance's disk onto a target disk.\n\
+         # kiln's installer: writes an appliance's disk onto a target disk.\n\
          /bin/busybox mkdir -p /proc /sys /dev /run /tmp /media\n\
          /bin/busybox mount -t proc proc /proc\n\
          /bin/busybox --install -s /bin\n\
          export PATH=/bin LD_LIBRARY_PATH=/lib/x86_64-linux-gnu\n\
          mount -t sysfs sysfs /sys\n\
          mount -t devtmpfs devtmpfs /dev\n\
-         NAME='{name}'; VERSION='{version}'; IMAGE_BYTES={bytes}; IMAGE_SHA256={sha}\n\
-         WIPE={wipe}; DISK=; ACTION=install; DONE=reboot; FAIL=shell\n",
-        name = s.name,
-        version = s.version,
-        bytes = s.bytes,
-        sha = s.sha256,
-        wipe = u8::from(s.wipe),
-    ));
+         NAME=appliance; VERSION=; IMAGE_BYTES=; IMAGE_SHA256=\n\
+         WIPE=0; DISK=; ACTION=install; DONE=reboot; FAIL=shell\n",
+    );
     o.push_str(
         "say() { echo \"kiln-installer: $*\" > /dev/console; echo \"kiln-installer: $*\" > /dev/tty0 2>/dev/null; }\n\
          shell() { while :; do setsid cttyhack sh || sh; done; }\n\
@@ -680,7 +734,7 @@ pub fn init_script(s: &Settings) -> String {
          \x20 shell\n\
          }\n",
     );
-    for m in &s.modules {
+    for m in modules {
         o.push_str(&format!("insmod /lib/modules/{m} 2>/dev/null\n"));
     }
     o.push_str(
@@ -694,6 +748,8 @@ pub fn init_script(s: &Settings) -> String {
          \x20 esac\n\
          done\n\
          if [ \"$ACTION\" = rescue ]; then say \"rescue shell ($NAME $VERSION installer)\"; shell; fi\n\
+         case \"$IMAGE_BYTES\" in ''|*[!0-9]*) stop \"the kernel command line gives no image size (kiln.bytes=$IMAGE_BYTES): boot the ISO's install entry\" ;; esac\n\
+         [ ${#IMAGE_SHA256} -eq 64 ] || stop \"the kernel command line names no image (kiln.image=$IMAGE_SHA256): boot the ISO's install entry\"\n\
          say \"$NAME $VERSION: looking for the install medium\"\n\
          medium=; i=0\n\
          while [ -z \"$medium\" ]; do\n\
@@ -777,15 +833,8 @@ pub fn init_script(s: &Settings) -> String {
 mod tests {
     use super::*;
 
-    fn settings() -> Settings {
-        Settings {
-            name: "demo".into(),
-            version: "1.0".into(),
-            bytes: 1 << 30,
-            sha256: "ab".repeat(32),
-            wipe: false,
-            modules: vec!["isofs.ko".into()],
-        }
+    fn modules() -> Vec<String> {
+        vec!["isofs.ko".into()]
     }
 
     /// The partition table is written only after zstd's check of the
@@ -793,12 +842,13 @@ mod tests {
     /// failure goes through `stop` (no reboot on that path).
     #[test]
     fn the_partition_table_is_written_after_the_check() {
-        let s = init_script(&settings());
+        let s = init_script(&modules());
         assert!(s.starts_with("#!/bin/busybox sh\n"));
-        assert!(s.contains("IMAGE_BYTES=1073741824;"));
-        assert!(s.contains(&format!("IMAGE_SHA256={}", "ab".repeat(32))));
         assert!(s.contains("WIPE=0;"));
         assert!(s.contains("insmod /lib/modules/isofs.ko"));
+        // Nothing is installed without the image named on the command line.
+        let named = s.find("[ ${#IMAGE_SHA256} -eq 64 ] || stop").unwrap();
+        assert!(named < s.find("looking for the install medium").unwrap());
         let check = s.find("[ $rc -eq 0 ] || stop").unwrap();
         assert!(!s.contains("sha256sum"), "{s}");
         let head = s.find("dd if=/tmp/head").unwrap();
@@ -819,11 +869,6 @@ mod tests {
             "say \"{}",
             &FAIL_MARKER["kiln-installer: ".len()..]
         )));
-        let w = init_script(&Settings {
-            wipe: true,
-            ..settings()
-        });
-        assert!(w.contains("WIPE=1;"));
     }
 
     /// The script passes shellcheck as POSIX sh where shellcheck exists.
@@ -834,7 +879,7 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("init");
-        std::fs::write(&p, init_script(&settings())).unwrap();
+        std::fs::write(&p, init_script(&modules())).unwrap();
         let out = std::process::Command::new("shellcheck")
             .args(["-s", "sh", "-S", "error"])
             .arg(&p)
@@ -845,6 +890,72 @@ mod tests {
             "{}",
             String::from_utf8_lossy(&out.stdout)
         );
+    }
+
+    fn installer(wipe: bool) -> Installer {
+        Installer {
+            disk_dir: "/c/disk".into(),
+            boot_dir: "/c/boot".into(),
+            name: "demo".into(),
+            version: "1.0-3-gabc".into(),
+            title: "Install demo 1.0-3-gabc".into(),
+            timeout: 5,
+            wipe,
+            epoch: 0,
+            artifact: "demo.iso".into(),
+        }
+    }
+
+    /// The menu's install entry names what the (generic) initramfs installs;
+    /// the recipe's `iso.wipe` becomes `kiln.wipe=1` there, and only there.
+    #[test]
+    fn the_install_entry_names_the_image() {
+        let layout = Layout {
+            size: 1 << 30,
+            root_fs_uuid: "1234".into(),
+            cmdline: "root=UUID=1234 ro".into(),
+        };
+        let payload = Payload {
+            bytes: 1 << 30,
+            sha256: "ab".repeat(32),
+        };
+        let cfg = grub_cfg(&installer(false), &layout, &payload);
+        let install = cfg
+            .lines()
+            .find(|l| l.contains("kiln.action=install"))
+            .unwrap();
+        for arg in [
+            "kiln.name=demo",
+            "kiln.version=1.0-3-gabc",
+            &format!("kiln.image={}", "ab".repeat(32)),
+            "kiln.bytes=1073741824",
+        ] {
+            assert!(install.split(' ').any(|w| w == arg), "{arg}: {install}");
+        }
+        assert!(!cfg.contains("kiln.wipe"), "{cfg}");
+        let rescue = cfg
+            .lines()
+            .find(|l| l.contains("kiln.action=rescue"))
+            .unwrap();
+        assert!(!rescue.contains("kiln.image"), "{rescue}");
+        let wiping = grub_cfg(&installer(true), &layout, &payload);
+        assert_eq!(wiping.matches("kiln.wipe=1").count(), 1, "{wiping}");
+    }
+
+    /// What GRUB would expand or split is refused at plan time, by name.
+    #[test]
+    fn command_line_values_are_checked() {
+        let f = Utf8Path::new("recipes/demo.yaml");
+        command_line_safe("version", "1.2.3+git~x:y_z-1", f).unwrap();
+        for bad in ["", "1.0$x", "a'b", "a\"b", "a;b"] {
+            let e = command_line_safe("version", bad, f)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("recipes/demo.yaml") && e.contains("letters, digits"),
+                "{e}"
+            );
+        }
     }
 
     #[test]
