@@ -17,6 +17,37 @@ pub fn absolute(p: &Utf8Path) -> Result<Utf8PathBuf> {
     Ok(cwd.join(p))
 }
 
+/// Run `f` (a tool writing `file`) while a thread starts the writeback of
+/// what is already written (`sync_file_range(SYNC_FILE_RANGE_WRITE)`, every
+/// 100 ms, once the file exists): the disk writes while the tool does, and
+/// the fsync after it ([`crate::exec::flush_and_digest`]) finds little
+/// left to wait for. Best effort: a file system without it just flushes at
+/// the end.
+pub fn written_back_while<T>(file: &Utf8Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    use std::os::fd::AsRawFd;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut opened: Option<std::fs::File> = None;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                if opened.is_none() {
+                    opened = std::fs::File::open(file).ok();
+                }
+                if let Some(h) = &opened {
+                    // SAFETY: a valid descriptor; the call only starts I/O.
+                    unsafe {
+                        libc::sync_file_range(h.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE)
+                    };
+                }
+            }
+        });
+        let r = f();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        r
+    })
+}
+
 /// Set the mtime and atime of `path` (not following a symlink) to `epoch`.
 pub fn set_mtime(path: &Utf8Path, epoch: i64) -> Result<()> {
     let c = CString::new(path.as_str()).context("path contains a NUL byte")?;

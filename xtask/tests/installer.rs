@@ -57,9 +57,10 @@ fn extract(iso: &Utf8Path, from: &str, to: &Utf8Path) {
     .unwrap();
 }
 
-/// The payload on the ISO decompresses to the disk whose sha256 the ISO
-/// records; the disk holds the appliance's GPT; the ISO has BIOS and UEFI
-/// El Torito entries and the ESP as an appended partition.
+/// The payload on the ISO passes `sha256sum -c` of the checksum beside it
+/// and decompresses to the appliance's disk (its GPT; its size on the
+/// install entry's command line with the payload's sha256); the ISO has
+/// BIOS and UEFI El Torito entries and the ESP as an appended partition.
 #[test]
 fn the_iso_is_hybrid_and_carries_the_verified_disk() {
     let Some(b) = built() else { return };
@@ -91,8 +92,8 @@ fn the_iso_is_hybrid_and_carries_the_verified_disk() {
     extract(&b.iso, "/kiln/disk.img.zst", &dir.join("disk.img.zst"));
     extract(
         &b.iso,
-        "/kiln/disk.img.sha256",
-        &dir.join("disk.img.sha256"),
+        "/kiln/disk.img.zst.sha256",
+        &dir.join("disk.img.zst.sha256"),
     );
     extract(&b.iso, "/boot/grub/grub.cfg", &dir.join("grub.cfg"));
     let raw = dir.join("disk.img");
@@ -100,11 +101,19 @@ fn the_iso_is_hybrid_and_carries_the_verified_disk() {
         "zstd",
         &["-dq", dir.join("disk.img.zst").as_str(), "-o", raw.as_str()],
     );
-    let recorded = std::fs::read_to_string(dir.join("disk.img.sha256")).unwrap();
-    assert_eq!(
-        recorded.split_whitespace().next().unwrap(),
-        support::sha256(&raw)
+    let checked = std::process::Command::new("sha256sum")
+        .args(["-c", "disk.img.zst.sha256"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        checked.status.success()
+            && String::from_utf8_lossy(&checked.stdout).contains("disk.img.zst: OK"),
+        "{checked:?}"
     );
+    let recorded = std::fs::read_to_string(dir.join("disk.img.zst.sha256")).unwrap();
+    let sha = recorded.split_whitespace().next().unwrap();
+    let raw_bytes = std::fs::metadata(&raw).unwrap().len();
     let gpt = sh("sgdisk", &["-p", raw.as_str()]);
     for name in ["bios", "esp", "root"] {
         assert!(gpt.contains(name), "{gpt}");
@@ -119,6 +128,19 @@ fn the_iso_is_hybrid_and_carries_the_verified_disk() {
         "set default=install",
     ] {
         assert!(cfg.contains(entry), "{cfg}");
+    }
+    let install = cfg
+        .lines()
+        .find(|l| l.contains("kiln.action=install"))
+        .expect("the install entry's linux line");
+    for arg in [
+        format!("kiln.image={sha}"),
+        format!("kiln.bytes={raw_bytes}"),
+    ] {
+        assert!(
+            install.split_whitespace().any(|w| w == arg),
+            "{arg}: {install}"
+        );
     }
 }
 
@@ -395,7 +417,8 @@ fn refusals_leave_the_disk_unbootable_and_do_not_reboot() {
 }
 
 /// The payload carries zstd's content checksum, so the installer's
-/// `zstd -d` verifies every byte it writes: `zstd -lv` names XXH64, and a
+/// `zstd -d` verifies every byte it writes, and its sha256 is the written
+/// file's (taken on the writer's thread): `zstd -lv` names XXH64, and a
 /// changed byte in the stream makes `zstd -t` fail. (The installer bench,
 /// `cargo xtask bench --case installer`, builds the demo's ISO and installs
 /// it under TCG: too heavy for a test.)
@@ -416,7 +439,8 @@ fn the_payload_carries_a_content_checksum() {
     let zst = dir.join("disk.img.zst");
     let payload = xtask::iso::installer::compress(&raw, &zst).unwrap();
     assert_eq!(payload.bytes, text.len() as u64);
-    assert_eq!(payload.sha256, support::sha256(&raw));
+    assert_eq!(payload.sha256, support::sha256(&zst));
+    assert_eq!(payload.zst_bytes, std::fs::metadata(&zst).unwrap().len());
     let listing = sh("zstd", &["-lv", zst.as_str()]);
     assert!(listing.contains("XXH64"), "{listing}");
     sh("zstd", &["-tq", zst.as_str()]);

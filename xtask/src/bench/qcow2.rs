@@ -332,6 +332,9 @@ pub(super) fn smoke_run(
     instances: usize,
     vcpus: Option<u32>,
 ) -> Result<crate::smoke::report::Report> {
+    // qemu and the firmware, installed as `cargo xtask smoke` would.
+    let needs = crate::smoke::needs(std::slice::from_ref(artifact), false);
+    crate::doctor::ensure(&needs, "`cargo xtask bench` (its smoke)", false)?;
     let work = bcx.scratch.join(format!("smoke-{instances}"));
     let _ = std::fs::remove_dir_all(&work);
     let opts = crate::smoke::Options {

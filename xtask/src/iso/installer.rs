@@ -3,8 +3,8 @@
 //!
 //! - Payload: the qcow2 builder's disk sized to its content
 //!   ([`crate::qcow2::plan_fitted_disk`]), compressed with zstd as
-//!   `/kiln/disk.img.zst`, its sha256 in `/kiln/disk.img.sha256` and built
-//!   into the installer.
+//!   `/kiln/disk.img.zst`, its sha256 in `/kiln/disk.img.zst.sha256` and on
+//!   the install entry's kernel command line.
 //! - Installer: the appliance root's kernel and an initramfs written in
 //!   process ([`crate::initrd::Cpio`]): a static busybox, `zstd` and
 //!   `sfdisk` with their shared libraries (one cached mmdebstrap
@@ -24,7 +24,6 @@ use anyhow::{bail, ensure, Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
 use serde::Serialize;
 use serde_json::json;
-use sha2::Digest;
 
 use crate::initrd::{Cpio, ModuleDeps};
 use crate::plan::{Input, Op, OpCx, Plan, StepBuilder, OUT};
@@ -40,7 +39,7 @@ pub const TOOLS_TAR: &str = "tools.tar";
 pub const TOOL_PACKAGES: &[&str] = &["busybox-static", "zstd", "fdisk", "eject"];
 /// Where the payload lives on the ISO.
 pub const PAYLOAD: &str = "kiln/disk.img.zst";
-pub const PAYLOAD_SHA256: &str = "kiln/disk.img.sha256";
+pub const PAYLOAD_SHA256: &str = "kiln/disk.img.zst.sha256";
 /// zstd level of the payload (zstd's own default: the bench compares with `zstd -T0`).
 pub const ZSTD_LEVEL: i32 = 3;
 /// The console lines the installer prints when it is done, and when it stops.
@@ -292,7 +291,10 @@ fn volid(name: &str) -> String {
 /// What the installer knows of its payload.
 #[derive(Debug, Clone)]
 pub struct Payload {
+    /// The raw image's size (what the target disk must hold).
     pub bytes: u64,
+    /// The compressed file's size and sha256 (`disk.img.zst`).
+    pub zst_bytes: u64,
     pub sha256: String,
 }
 
@@ -390,13 +392,13 @@ fn build(op: &Installer, out: &Utf8Path) -> Result<()> {
     );
     std::fs::write(
         tree.join(PAYLOAD_SHA256),
-        format!("{}  disk.img\n", payload.sha256),
+        crate::digest::sha256sum_line(&payload.sha256, "disk.img.zst"),
     )?;
     std::fs::write(
         tree.join("kiln/info"),
         format!(
-            "{} {} installer (kiln)\nimage {} bytes, sha256 {}\n",
-            op.name, op.version, payload.bytes, payload.sha256
+            "{} {} installer (kiln)\nimage {} bytes; disk.img.zst {} bytes, sha256 {}\n",
+            op.name, op.version, payload.bytes, payload.zst_bytes, payload.sha256
         ),
     )?;
     std::fs::write(
@@ -405,34 +407,38 @@ fn build(op: &Installer, out: &Utf8Path) -> Result<()> {
     )?;
     crate::fsutil::set_tree_mtimes(&tree, op.epoch)?;
     let iso = out.join(&op.artifact);
-    tools::run(&xorriso::installer_iso(
-        &tree,
-        &op.boot_dir.join(ESP),
-        &volid(&op.name),
-        &iso,
-        op.epoch,
-    ))?;
+    crate::fsutil::written_back_while(&iso, || {
+        tools::run(&xorriso::installer_iso(
+            &tree,
+            &op.boot_dir.join(ESP),
+            &volid(&op.name),
+            &iso,
+            op.epoch,
+        ))
+    })?;
     std::fs::remove_dir_all(&tree).with_context(|| format!("removing {tree}"))?;
     crate::exec::flush_and_digest(&iso)?;
     Ok(())
 }
 
 /// Compress `raw` into `zst` (zstd, all cores, with the frame's content
-/// checksum) and take the sha256 of the raw bytes on the way (it names the
-/// image in `disk.img.sha256`, by which the installer knows its medium).
+/// checksum, by which the installer's `zstd -d` verifies every byte it
+/// writes). The sha256 of the compressed file, as `sha256sum -c` checks it
+/// on the medium (`disk.img.zst.sha256`), is taken on the writer's thread
+/// ([`crate::digest::BackgroundWriter`]) while zstd's workers compress: it
+/// names the image on the installer's command line, by which the installer
+/// knows its medium.
 pub fn compress(raw: &Utf8Path, zst: &Utf8Path) -> Result<Payload> {
     let mut r = std::fs::File::open(raw).with_context(|| format!("opening {raw}"))?;
     let total = r.metadata()?.len();
     let f = std::fs::File::create(zst).with_context(|| format!("creating {zst}"))?;
-    let mut enc = zstd::stream::write::Encoder::new(std::io::BufWriter::new(f), ZSTD_LEVEL)?;
+    let w = crate::digest::BackgroundWriter::new(f).with_context(|| format!("writing {zst}"))?;
+    let mut enc = zstd::stream::write::Encoder::new(w, ZSTD_LEVEL)?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
     enc.multithread(threads)
         .context("zstd without multithreading")?;
-    // The frame carries the XXH64 of its content: the installer's `zstd -d`
-    // verifies every byte it writes with it.
     enc.include_checksum(true)
         .context("zstd without a content checksum")?;
-    let mut h = sha2::Sha256::new();
     let mut bar = crate::ui::Progress::bytes("compress the disk", total.max(1));
     let mut buf = vec![0u8; 4 << 20];
     let mut n_total = 0u64;
@@ -442,19 +448,20 @@ pub fn compress(raw: &Utf8Path, zst: &Utf8Path) -> Result<Payload> {
         if n == 0 {
             break;
         }
-        h.update(&buf[..n]);
         enc.write_all(&buf[..n])
             .with_context(|| format!("writing {zst}"))?;
         n_total += n as u64;
         bar.inc(n as u64);
     }
     bar.finish();
-    enc.finish()?
-        .flush()
+    let (_, sha256, zst_bytes) = enc
+        .finish()?
+        .finish()
         .with_context(|| format!("writing {zst}"))?;
     Ok(Payload {
         bytes: n_total,
-        sha256: hex::encode(h.finalize()),
+        zst_bytes,
+        sha256,
     })
 }
 
@@ -623,7 +630,7 @@ const KERNEL_ARGS: &str = "console=ttyS0,115200n8";
 const EARLY_CFG: &str = "serial --unit=0 --speed=115200\n\
                          terminal_input serial console\n\
                          terminal_output serial console\n\
-                         search --no-floppy --file --set=root /kiln/disk.img.sha256\n\
+                         search --no-floppy --file --set=root /kiln/disk.img.zst.sha256\n\
                          set prefix=($root)/boot/grub\n";
 
 /// GRUB's menu (`/boot/grub/grub.cfg`): install (default, after `timeout`), boot the installed
@@ -642,7 +649,7 @@ fn grub_cfg(op: &Installer, layout: &Layout, payload: &Payload) -> String {
          set default=install\n\
          search --no-floppy --fs-uuid --set=installed {uuid}\n\
          if [ -n \"$installed\" ]; then set default=installed; fi\n\
-         search --no-floppy --file --set=root /kiln/disk.img.sha256\n\
+         search --no-floppy --file --set=root /kiln/disk.img.zst.sha256\n\
          menuentry '{title}' --id install {{\n\
          \x20 linux /kiln/vmlinuz {KERNEL_ARGS} kiln.action=install {image}\n\
          \x20 initrd /kiln/initrd.img\n\
@@ -666,7 +673,8 @@ fn grub_cfg(op: &Installer, layout: &Layout, payload: &Payload) -> String {
 }
 
 /// The install entry's kernel arguments: the appliance's name and version,
-/// the image's sha256 (by which the installer knows its medium) and size,
+/// the sha256 of `disk.img.zst` (by which the installer knows its medium),
+/// the raw image's size,
 /// and `kiln.wipe=1` when the recipe sets `iso.wipe`.
 fn image_args(op: &Installer, payload: &Payload) -> String {
     let mut a = format!(
@@ -682,10 +690,11 @@ fn image_args(op: &Installer, payload: &Payload) -> String {
 /// The installer, a busybox sh script run as `/init`, the same for every
 /// appliance and payload: what it installs comes on the kernel command line
 /// (GRUB's install entry, [`image_args`]): `kiln.name=`, `kiln.version=`,
-/// `kiln.image=` (the raw image's sha256), `kiln.bytes=` (its size).
+/// `kiln.image=` (the sha256 of `/kiln/disk.img.zst`), `kiln.bytes=` (the
+/// raw image's size).
 ///
 /// 1. finds the install medium (the ISO 9660 file system whose
-///    `/kiln/disk.img.sha256` names `kiln.image`) on any block device;
+///    `/kiln/disk.img.zst.sha256` names `kiln.image`) on any block device;
 /// 2. picks the target: `kiln.disk=` (`vda` or `/dev/vda`), else the first
 ///    disk that is not the medium, not removable, not read-only and at
 ///    least the image's size;
@@ -740,6 +749,10 @@ pub fn init_script(modules: &[String]) -> String {
     o.push_str(
         "for a in $(cat /proc/cmdline); do\n\
          \x20 case \"$a\" in\n\
+         \x20   kiln.name=*) NAME=\"${a#kiln.name=}\" ;;\n\
+         \x20   kiln.version=*) VERSION=\"${a#kiln.version=}\" ;;\n\
+         \x20   kiln.image=*) IMAGE_SHA256=\"${a#kiln.image=}\" ;;\n\
+         \x20   kiln.bytes=*) IMAGE_BYTES=\"${a#kiln.bytes=}\" ;;\n\
          \x20   kiln.disk=*) DISK=\"${a#kiln.disk=}\"; DISK=\"${DISK#/dev/}\" ;;\n\
          \x20   kiln.wipe=*) WIPE=\"${a#kiln.wipe=}\" ;;\n\
          \x20   kiln.action=*) ACTION=\"${a#kiln.action=}\" ;;\n\
@@ -757,14 +770,14 @@ pub fn init_script(modules: &[String]) -> String {
          \x20   d=${p##*/}\n\
          \x20   case \"$d\" in loop*|ram*|zram*) continue ;; esac\n\
          \x20   if mount -t iso9660 -o ro \"/dev/$d\" /media 2>/dev/null; then\n\
-         \x20     if [ -f /media/kiln/disk.img.sha256 ] && [ \"$(cut -d' ' -f1 /media/kiln/disk.img.sha256)\" = \"$IMAGE_SHA256\" ]; then\n\
+         \x20     if [ -f /media/kiln/disk.img.zst.sha256 ] && [ \"$(cut -d' ' -f1 /media/kiln/disk.img.zst.sha256)\" = \"$IMAGE_SHA256\" ]; then\n\
          \x20       medium=$d; break\n\
          \x20     fi\n\
          \x20     umount /media\n\
          \x20   fi\n\
          \x20 done\n\
          \x20 [ -n \"$medium\" ] && break\n\
-         \x20 i=$((i + 1)); [ $i -le 60 ] || stop \"no install medium with /kiln/disk.img.sha256 of this installer found\"\n\
+         \x20 i=$((i + 1)); [ $i -le 60 ] || stop \"no install medium with /kiln/disk.img.zst.sha256 of this installer found\"\n\
          \x20 sleep 1\n\
          done\n\
          # The medium's whole disk (a USB stick's partition belongs to it).\n\
@@ -847,6 +860,17 @@ mod tests {
         assert!(s.contains("WIPE=0;"));
         assert!(s.contains("insmod /lib/modules/isofs.ko"));
         // Nothing is installed without the image named on the command line.
+        for (arg, var) in [
+            ("kiln.name", "NAME"),
+            ("kiln.version", "VERSION"),
+            ("kiln.image", "IMAGE_SHA256"),
+            ("kiln.bytes", "IMAGE_BYTES"),
+        ] {
+            assert!(
+                s.contains(&format!("{arg}=*) {var}=\"${{a#{arg}=}}\" ;;")),
+                "{arg}: {s}"
+            );
+        }
         let named = s.find("[ ${#IMAGE_SHA256} -eq 64 ] || stop").unwrap();
         assert!(named < s.find("looking for the install medium").unwrap());
         let check = s.find("[ $rc -eq 0 ] || stop").unwrap();
@@ -917,6 +941,7 @@ mod tests {
         };
         let payload = Payload {
             bytes: 1 << 30,
+            zst_bytes: 1 << 28,
             sha256: "ab".repeat(32),
         };
         let cfg = grub_cfg(&installer(false), &layout, &payload);
