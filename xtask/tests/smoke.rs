@@ -280,9 +280,9 @@ fn dry_run_lists_artifacts_and_checks_and_boots_nothing() {
     );
     assert!(text.contains("-amd64.qcow2"), "no qcow2 listed:\n{text}");
     for check in [
-        "first boot: console /demo: first boot complete/ within 420s",
+        "first boot: console /demo: first boot complete/ within 900s",
         "first boot: GET /healthz (port 80) -> 200, body /^ok/ within 60s",
-        "second boot: console /demo: image demo-web:latest already loaded/ within 420s",
+        "second boot: console /demo: image demo-web:latest already loaded/ within 900s",
     ] {
         assert!(text.contains(check), "`{check}` not listed:\n{text}");
     }
