@@ -639,7 +639,7 @@ const EARLY_CFG: &str = "serial --unit=0 --speed=115200\n\
 /// installs on the kernel command line ([`image_args`]).
 fn grub_cfg(op: &Installer, layout: &Layout, payload: &Payload) -> String {
     let uuid = &layout.root_fs_uuid;
-    let named = format!("kiln.name={} kiln.version={}", op.name, op.version);
+    let named = named_args(op);
     format!(
         "# Written by kiln: the {name} {version} installer.\n\
          serial --unit=0 --speed=115200\n\
@@ -672,14 +672,21 @@ fn grub_cfg(op: &Installer, layout: &Layout, payload: &Payload) -> String {
     )
 }
 
+/// The appliance's name and version for the installer's messages.
+fn named_args(op: &Installer) -> String {
+    format!("kiln.name={} kiln.version={}", op.name, op.version)
+}
+
 /// The install entry's kernel arguments: the appliance's name and version,
 /// the sha256 of `disk.img.zst` (by which the installer knows its medium),
 /// the raw image's size,
 /// and `kiln.wipe=1` when the recipe sets `iso.wipe`.
 fn image_args(op: &Installer, payload: &Payload) -> String {
     let mut a = format!(
-        "kiln.name={} kiln.version={} kiln.image={} kiln.bytes={}",
-        op.name, op.version, payload.sha256, payload.bytes
+        "{} kiln.image={} kiln.bytes={}",
+        named_args(op),
+        payload.sha256,
+        payload.bytes
     );
     if op.wipe {
         a.push_str(" kiln.wipe=1");
