@@ -178,8 +178,9 @@ pub fn plan(r: &Resolved, plan: &mut Plan) -> Result<usize> {
         "{}: the installer ISO is amd64 (BIOS and UEFI PCs); add amd64 to `architectures`",
         r.file
     );
+    // The name is safe already (`appliance.name`: lower-case letters,
+    // digits and `-`); a version only avoids `/` and spaces.
     command_line_safe("version", &r.version, &r.file)?;
-    command_line_safe("name", r.name(), &r.file)?;
     let disk = crate::qcow2::plan_fitted_disk(r, plan, arch)?;
     let rootfs = crate::qcow2::rootfs::plan(r, plan, arch)?;
     let tools_step = plan_tools(r, plan, arch)?;
