@@ -25,12 +25,15 @@ pub fn absolute(p: &Utf8Path) -> Result<Utf8PathBuf> {
 /// the end.
 pub fn written_back_while<T>(file: &Utf8Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
     use std::os::fd::AsRawFd;
-    let done = std::sync::atomic::AtomicBool::new(false);
+    use std::sync::mpsc::RecvTimeoutError;
+    // Dropping `done` wakes the thread at once: no sleep outlasts the tool.
+    let (done, stop) = std::sync::mpsc::channel::<()>();
     std::thread::scope(|s| {
-        s.spawn(|| {
+        s.spawn(move || {
             let mut opened: Option<std::fs::File> = None;
-            while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                std::thread::sleep(std::time::Duration::from_millis(100));
+            while let Err(RecvTimeoutError::Timeout) =
+                stop.recv_timeout(std::time::Duration::from_millis(100))
+            {
                 if opened.is_none() {
                     opened = std::fs::File::open(file).ok();
                 }
@@ -43,7 +46,7 @@ pub fn written_back_while<T>(file: &Utf8Path, f: impl FnOnce() -> Result<T>) -> 
             }
         });
         let r = f();
-        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        drop(done);
         r
     })
 }
@@ -148,6 +151,32 @@ pub fn workspace_root() -> Utf8PathBuf {
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::MetadataExt;
+
+    /// The tool's result and error come back as they were, with what it
+    /// wrote intact, whether the file appears late or never.
+    #[test]
+    fn written_back_while_returns_what_the_tool_did() {
+        let d = tempfile::tempdir().unwrap();
+        let file = camino::Utf8Path::from_path(d.path())
+            .unwrap()
+            .join("out.img");
+        let got = super::written_back_while(&file, || {
+            std::thread::sleep(std::time::Duration::from_millis(250));
+            std::fs::write(&file, vec![7u8; 1 << 20])?;
+            std::thread::sleep(std::time::Duration::from_millis(250));
+            Ok(42)
+        })
+        .unwrap();
+        assert_eq!(got, 42);
+        assert_eq!(std::fs::read(&file).unwrap(), vec![7u8; 1 << 20]);
+        let none = d.path().join("never").to_string_lossy().into_owned();
+        let e =
+            super::written_back_while(camino::Utf8Path::new(&none), || -> anyhow::Result<()> {
+                anyhow::bail!("the tool failed")
+            })
+            .unwrap_err();
+        assert_eq!(e.to_string(), "the tool failed");
+    }
 
     #[test]
     fn a_sparse_copy_has_the_bytes_and_leaves_zero_blocks_unallocated() {
