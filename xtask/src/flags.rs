@@ -6,9 +6,10 @@ use clap::{Args, Parser, Subcommand};
 use crate::recipe::Arch;
 use crate::tools::Target;
 
-/// kiln builds bootable appliance images — a remastered Ubuntu installer ISO,
-/// a qcow2 (amd64, arm64), an OVA and a Raspberry Pi image — from one
-/// recipe, reproducibly, without root tricks, with no secrets baked in.
+/// kiln builds bootable appliance images — an installer ISO (kiln's offline
+/// installer or a remastered Ubuntu ISO), a qcow2 (amd64, arm64), an OVA and
+/// a Raspberry Pi image — from one recipe, reproducibly, without root
+/// tricks, with no secrets baked in.
 ///
 /// Every verb resolves the recipe into a plan of steps, prints it with
 /// `--dry-run` (`--json` for machines), then checks every tool the plan

@@ -10,8 +10,10 @@ use crate::cx::Cx;
 use crate::recipe::Arch;
 use crate::release::{oci, sign};
 
-/// Build a release: every target of the recipe (or the ones `--targets`
-/// names) through one plan, the same one `build` makes, scanned for secrets,
+/// Build a release: the recipe's targets as one directory with checksums, manifest, SBOMs and provenance
+///
+/// Every target of the recipe (or the ones `--targets` names) goes through
+/// one plan, the same one `build` makes, is scanned for secrets, and is
 /// published as one directory `output/<name>-<version>/` holding:
 ///
 ///   the artifacts             hard links to the cache's files (no copies)
