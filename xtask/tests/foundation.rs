@@ -447,10 +447,7 @@ fn staging_refuses_bad_input() {
                 let r = std::fs::read_to_string(p.path("recipes/demo.yaml")).unwrap();
                 p.write(
                     "recipes/demo.yaml",
-                    &r.replace(
-                        "mask: [apt-daily.timer, apt-daily-upgrade.timer]",
-                        "mask: [apt-dialy.timer]",
-                    ),
+                    &r.replace("  mask: [apt-daily.timer,", "  mask: [apt-dialy.timer,"),
                 );
             },
             "systemd.mask names `apt-dialy.timer`",
