@@ -39,7 +39,10 @@ struct Built {
 fn built() -> &'static Built {
     static B: OnceLock<Built> = OnceLock::new();
     B.get_or_init(|| {
-        let _g = support::heavy();
+        // A long test's slot: the raspi3b boot, the suite's longest, waits
+        // for this build; as a short test's it would wait behind every
+        // long test and then boot alone at the suite's end.
+        let _g = support::heavy_long();
         let p = Project::demo_for_process().share_cache();
         p.run(&["pi"]);
         let name = p
@@ -178,31 +181,11 @@ fn the_card_has_an_mbr_a_fat_boot_partition_and_an_ext4_root() {
     assert!(said.contains(": ok (boards pi3, pi4;"), "{said}");
 }
 
-/// The demo recipe's smoke with its first boot only: no `again:` (and so
-/// no `once:`). Under TCG a boot of the emulated Pi takes many minutes; the
-/// second boot's promises (first boot does not run again, the identity is
-/// kept) are the appliance's, and the arm64 qcow2 test checks them on the
-/// same arm64 root.
-fn first_boot_only(p: &Project) -> String {
-    let demo = std::fs::read_to_string(p.path("recipes/demo.yaml")).unwrap();
-    let (start, end) = (
-        demo.find("\n  again:\n")
-            .expect("the demo's smoke has `again:`"),
-        demo.find("\n  once: ")
-            .expect("the demo's smoke has `once:`"),
-    );
-    let once_end = end + 1 + demo[end + 1..].find('\n').unwrap();
-    assert!(start < end, "`again:` comes before `once:` in the demo");
-    let text = format!("{}{}", &demo[..start], &demo[once_end..]);
-    p.write("recipes/pi-first-boot.yaml", &text);
-    "recipes/pi-first-boot.yaml".into()
-}
-
 /// The recipe's smoke of the card on qemu's `raspi3b` (the way a Pi 3B
 /// boots: the kernel, device tree and initrd read out of its FAT partition,
 /// `cmdline.txt` as is plus the PL011 console `ttyAMA0`, the card as its SD
 /// card, no network, the config carrier written onto its FAT boot
-/// partition), its first boot ([`first_boot_only`]): kiln's initrd finds
+/// partition), its first boot ([`support::first_boot_only`]): kiln's initrd finds
 /// the root by PARTUUID, the appliance's first boot runs and takes the
 /// carrier's setting. The smoke's card is twice the image's size, and first
 /// boot grows the root partition to its end.
@@ -213,10 +196,12 @@ fn the_card_boots_on_raspi3b_from_its_sd_card_and_grows_to_fill_it() {
     }
     let b = built();
     let _g = support::heavy_long();
-    let recipe = first_boot_only(&b.project);
+    let demo = std::fs::read_to_string(b.project.path("recipes/demo.yaml")).unwrap();
+    let recipe = "recipes/pi-first-boot.yaml";
+    b.project.write(recipe, &support::first_boot_only(&demo));
     b.project.run(&[
         "--recipe",
-        &recipe,
+        recipe,
         "smoke",
         b.published.as_str(),
         "--instances",
