@@ -63,8 +63,10 @@ pub fn key_path(flag: Option<Utf8PathBuf>) -> Option<Utf8PathBuf> {
     })
 }
 
-/// A minisign key id as minisign prints it: 16 upper-case hex digits of
-/// the 8 id bytes read little-endian.
+/// A minisign key id: the 8 id bytes read little-endian, always written as
+/// 16 upper-case hex digits. minisign itself prints the same number without
+/// leading zeros (`976846D0E7BB798` for kiln's `0976846D0E7BB798`), so a
+/// reader comparing the two compares numbers, not strings.
 pub fn key_id(keynum: &[u8; 8]) -> String {
     format!("{:016X}", u64::from_le_bytes(*keynum))
 }
@@ -389,6 +391,13 @@ mod tests {
         assert_eq!(sk.key_id(), id);
         assert_eq!(pk.key_id(), id);
         (d, sk, pk)
+    }
+
+    #[test]
+    fn key_ids_keep_their_leading_zeros() {
+        let keynum = 0x0976_846D_0E7B_B798_u64.to_le_bytes();
+        assert_eq!(key_id(&keynum), "0976846D0E7BB798");
+        assert_eq!(key_id(&[0; 8]), "0000000000000000");
     }
 
     #[test]
