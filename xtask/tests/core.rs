@@ -15,7 +15,7 @@ fn small_recipe(p: &Project) -> String {
     let demo = std::fs::read_to_string(p.path("recipes/demo.yaml")).unwrap();
     p.write(
         "recipes/small.yaml",
-        &format!("{demo}\nqcow2:\n  size: 2G\n"),
+        &support::with_qcow2(&demo, "  size: 2G\n"),
     );
     "recipes/small.yaml".into()
 }

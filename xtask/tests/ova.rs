@@ -557,7 +557,7 @@ fn demo_ova_boots_to_first_boot() {
     let demo = std::fs::read_to_string(p.path("recipes/demo.yaml")).unwrap();
     p.write(
         "recipes/small.yaml",
-        &format!("{demo}\nqcow2:\n  size: 2G\n  firmware: uefi\n"),
+        &support::with_qcow2(&demo, "  size: 2G\n  firmware: uefi\n"),
     );
     p.run(&["--recipe", "recipes/small.yaml", "ova"]);
     let ova = the_ova(&p);

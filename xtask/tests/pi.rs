@@ -444,14 +444,11 @@ fn bad_pi_settings_say_what_to_set() {
 fn with_cloud_init_the_seed_rides_on_the_boot_partition() {
     let p = Project::demo();
     let demo = std::fs::read_to_string(p.path("recipes/demo.yaml")).unwrap();
-    let mut packages: Vec<String> = xtask::recipe::qcow2::DEFAULT_PACKAGES
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    packages.push("cloud-init".into());
+    let mut packages: Vec<&str> = xtask::recipe::qcow2::DEFAULT_PACKAGES.to_vec();
+    packages.push("cloud-init");
     p.write(
         "recipes/ci.yaml",
-        &format!("{demo}\nqcow2:\n  packages: [{}]\n", packages.join(", ")),
+        &support::with_qcow2_packages(&demo, &packages),
     );
     let steps = |recipe: &str| -> Vec<serde_json::Value> {
         let out = p.run(&["--recipe", recipe, "--dry-run", "--json", "pi"]);

@@ -18,7 +18,7 @@ fn small_recipe(p: &Project, extra: &str) -> String {
     let demo = std::fs::read_to_string(p.path("recipes/demo.yaml")).unwrap();
     p.write(
         "recipes/small.yaml",
-        &format!("{demo}\nqcow2:\n  size: 2G\n{extra}"),
+        &support::with_qcow2(&demo, &format!("  size: 2G\n{extra}")),
     );
     "recipes/small.yaml".into()
 }
@@ -309,6 +309,28 @@ fn builder1_image_is_clean_and_laid_out() {
     }
     let logs = dbg("ls -l /var/log");
     assert!(!logs.contains("cloud-init"), "{logs}");
+    // ssl-cert (the demo lists it) made a snakeoil pair at build time: the
+    // image holds no key, certificate or hash link, and kiln's first-boot
+    // unit makes this instance's. (The smoke's two instances report
+    // different digests of it: tests/smoke.rs.)
+    let private = dbg("ls -l /etc/ssl/private");
+    assert!(!private.contains("snakeoil"), "{private}");
+    let certs = dbg("ls -l /etc/ssl/certs");
+    assert!(
+        certs.contains("ca-certificates.crt") && !certs.contains("snakeoil"),
+        "{certs}"
+    );
+    let unit = dbg("cat /etc/systemd/system/kiln-ssl-cert-snakeoil.service");
+    assert!(
+        unit.contains(
+            "ExecStart=/usr/sbin/make-ssl-cert generate-default-snakeoil --force-overwrite"
+        ),
+        "{unit}"
+    );
+    assert!(
+        dbg("stat /etc/systemd/system/multi-user.target.wants/kiln-ssl-cert-snakeoil.service")
+            .contains("Type: symlink")
+    );
     assert!(
         dbg("stat /etc/systemd/system/multi-user.target.wants/demo-firstboot.service")
             .contains("Type: symlink")
@@ -430,13 +452,15 @@ fn customize_project(base: &Utf8Path, sha256: &str) -> (Project, String) {
         .unwrap()
         .replace("demo: bootstrap ok", "demo: bootstrap ok (customized)");
     std::fs::write(&script, text).unwrap();
-    let recipe = small_recipe(&p, &format!("  size: 3G\n  packages: []\n  base:\n    image:\n      path: {base}\n      sha256: {sha256}\n"));
-    // `size` given twice in YAML is an error: keep the last one only.
-    let t = std::fs::read_to_string(p.path(&recipe))
-        .unwrap()
-        .replacen("  size: 2G\n", "", 1);
-    std::fs::write(p.path(&recipe), t).unwrap();
-    (p, recipe)
+    // The vendor image is kiln's demo disk: nothing to install on top.
+    let demo = std::fs::read_to_string(p.path("recipes/demo.yaml")).unwrap();
+    let text = support::with_qcow2(
+        &support::with_qcow2_packages(&demo, &[]),
+        &format!("  size: 3G\n  base:\n    image:\n      path: {base}\n      sha256: {sha256}\n"),
+    );
+    let recipe = "recipes/customize.yaml";
+    p.write(recipe, &text);
+    (p, recipe.into())
 }
 
 #[test]
@@ -532,9 +556,9 @@ fn arm64_recipe(p: &Project) -> String {
     assert!(demo.contains("architectures: [amd64]"));
     p.write(
         "recipes/arm64.yaml",
-        &format!(
-            "{}\nqcow2:\n  size: 2G\n",
-            demo.replace("architectures: [amd64]", "architectures: [arm64]")
+        &support::with_qcow2(
+            &demo.replace("architectures: [amd64]", "architectures: [arm64]"),
+            "  size: 2G\n",
         ),
     );
     "recipes/arm64.yaml".into()
@@ -685,9 +709,9 @@ fn arm64_with_bios_only_firmware_is_refused_before_work() {
     let demo = std::fs::read_to_string(p.path("recipes/demo.yaml")).unwrap();
     p.write(
         "recipes/bios.yaml",
-        &format!(
-            "{}\nqcow2:\n  firmware: bios\n",
-            demo.replace("architectures: [amd64]", "architectures: [arm64]")
+        &support::with_qcow2(
+            &demo.replace("architectures: [amd64]", "architectures: [arm64]"),
+            "  firmware: bios\n",
         ),
     );
     let e = p.fail(&["--recipe", "recipes/bios.yaml", "--dry-run", "qcow2"]);
@@ -696,113 +720,4 @@ fn arm64_with_bios_only_firmware_is_refused_before_work() {
         "{e}"
     );
     assert!(p.outputs().is_empty());
-}
-
-/// A unit of the appliance that uses ssl-cert's snakeoil pair: it prints the
-/// certificate's fingerprint on the console once kiln's first-boot unit has
-/// made this instance's pair.
-const SNAKEOIL_USER: &str = "[Unit]\n\
-Description=Print this instance's snakeoil certificate\n\
-After=kiln-ssl-cert-snakeoil.service\n\
-\n\
-[Service]\n\
-Type=oneshot\n\
-ExecStart=/bin/sh -c 'echo \"snakeoil-user: $(/usr/bin/openssl x509 -in /etc/ssl/certs/ssl-cert-snakeoil.pem -noout -fingerprint -sha256) :done\"'\n\
-StandardOutput=journal+console\n\
-\n\
-[Install]\n\
-WantedBy=multi-user.target\n";
-
-/// Issue #19: a recipe with `ssl-cert` (whose maintainer script makes the
-/// snakeoil key at build time) builds; the image holds no snakeoil key,
-/// certificate or hash link; two instances of the one disk, booted at the
-/// same time, each make their own pair, and the service using it starts on
-/// both.
-#[test]
-fn builder1_snakeoil_pair_is_made_per_instance() {
-    if !support::require(support::qcow2_build_tools())
-        || !support::require(&["qemu-system-x86_64", "debugfs", "sgdisk"])
-    {
-        return;
-    }
-    let _g = support::heavy_long();
-    let p = Project::demo().share_cache();
-    p.write("systemd/snakeoil-user.service", SNAKEOIL_USER);
-    let mut packages: Vec<&str> = xtask::recipe::qcow2::DEFAULT_PACKAGES.to_vec();
-    packages.push("ssl-cert");
-    let recipe = small_recipe(&p, &format!("  packages: [{}]\n", packages.join(", ")));
-    let text = std::fs::read_to_string(p.path(&recipe))
-        .unwrap()
-        .replacen(
-            "  units:\n",
-            "  units:\n    - systemd/snakeoil-user.service\n",
-            1,
-        )
-        .replacen("  enable:\n", "  enable:\n    - snakeoil-user.service\n", 1);
-    std::fs::write(p.path(&recipe), text).unwrap();
-    // The publish gate scans the disk: no snakeoil key gets this far.
-    p.run(&["--recipe", &recipe, "qcow2"]);
-    let name = p
-        .outputs()
-        .into_iter()
-        .find(|n| n.ends_with(".qcow2"))
-        .expect("a qcow2 in output/");
-    let q = p.path("output").join(name);
-
-    // Read the root file system back: no pair, no hash link, the unit.
-    let (_d, dir) = support::tempdir("kiln-qcow2-");
-    let raw = dir.join("disk.raw");
-    support::qemu_convert(&q, "qcow2", &raw, "raw");
-    let fs = format!("{raw}?offset={}", support::partition_offset(&raw, 3));
-    let dbg = |req: &str| sh("debugfs", &["-R", req, &fs]);
-    let private = dbg("ls -l /etc/ssl/private");
-    assert!(!private.contains("snakeoil"), "{private}");
-    let certs = dbg("ls -l /etc/ssl/certs");
-    assert!(
-        certs.contains("ca-certificates.crt") && !certs.contains("snakeoil"),
-        "{certs}"
-    );
-    let unit = dbg("cat /etc/systemd/system/kiln-ssl-cert-snakeoil.service");
-    assert!(
-        unit.contains(
-            "ExecStart=/usr/sbin/make-ssl-cert generate-default-snakeoil --force-overwrite"
-        ),
-        "{unit}"
-    );
-    assert!(
-        dbg("stat /etc/systemd/system/multi-user.target.wants/kiln-ssl-cert-snakeoil.service")
-            .contains("Type: symlink")
-    );
-    drop(raw);
-    std::fs::remove_file(dir.join("disk.raw")).unwrap();
-
-    // Two instances of the same disk, booted in parallel by the smoke, whose
-    // identity check is the snakeoil certificate's fingerprint.
-    let smoke = "smoke:\n  boot:\n    - console: 'snakeoil-user: .* :done'\n      within: 630\n  \
-                 identity: 'snakeoil-user: (?P<name>\\w+) Fingerprint=(?P<digest>[0-9A-F:]{95}) :done'\n";
-    let text = std::fs::read_to_string(p.path(&recipe)).unwrap();
-    std::fs::write(p.path(&recipe), support::with_smoke(&text, smoke)).unwrap();
-    p.run(&[
-        "--recipe",
-        &recipe,
-        "smoke",
-        q.as_str(),
-        "--instances",
-        "2",
-        "--firmware",
-        "bios",
-    ]);
-    let report = std::fs::read_to_string(p.path("output/smoke/smoke.json")).unwrap();
-    assert!(
-        report.contains("2 instances have distinct identities"),
-        "{report}"
-    );
-    for i in [1, 2] {
-        let out = support::smoke_log(&p, &q, i, "bios", 1);
-        assert!(
-            !out.contains("Failed to start"),
-            "the snakeoil pair or its user failed:\n{}",
-            tail(&out)
-        );
-    }
 }

@@ -27,18 +27,18 @@ fn demo_project(scratch: &Utf8Path, arch: Arch) -> Result<Project> {
         scratch,
         &format!("qcow2-bench-{arch}"),
         arch,
-        "qcow2:\n  size: 2G\n",
+        "  size: 2G\n",
     )
 }
 
 /// The demo project copied into `scratch/<dir>`, its recipe
-/// (`recipes/bench-qcow2.yaml`) the demo's for `arch` alone, with `extra`
-/// (YAML) appended.
+/// (`recipes/bench-qcow2.yaml`) the demo's for `arch` alone, with
+/// `qcow2_lines` (YAML, indented) added to its `qcow2:` section.
 pub(super) fn demo_project_as(
     scratch: &Utf8Path,
     dir: &str,
     arch: Arch,
-    extra: &str,
+    qcow2_lines: &str,
 ) -> Result<Project> {
     let root = scratch.join(dir);
     if root.exists() {
@@ -50,14 +50,14 @@ pub(super) fn demo_project_as(
     }
     let demo = std::fs::read_to_string(root.join("recipes/demo.yaml"))?;
     let recipe = root.join("recipes/bench-qcow2.yaml");
-    std::fs::write(
-        &recipe,
-        format!("{demo}\narchitectures: [{arch}]\n{extra}").replacen(
-            "architectures: [amd64]\n",
-            "",
-            1,
-        ),
-    )?;
+    let text =
+        format!("{demo}\narchitectures: [{arch}]\n").replacen("architectures: [amd64]\n", "", 1);
+    let text = if qcow2_lines.is_empty() {
+        text
+    } else {
+        crate::recipe::with_section_lines(&text, "qcow2", qcow2_lines)
+    };
+    std::fs::write(&recipe, text)?;
     Ok(Project { root, recipe })
 }
 

@@ -200,6 +200,32 @@ pub fn parse(text: &str, file: &Utf8Path) -> Result<Recipe> {
     yaml_serde::from_str::<Recipe>(text).map_err(|e| yaml_error(file, &e))
 }
 
+/// A recipe's text with `lines` (YAML, indented under the key) added to its
+/// top-level `section`, which is created at the end when the text has none.
+/// How `cargo xtask bench` and the tests derive recipes from the demo's
+/// (e.g. a smaller disk) without a second `qcow2:` key, which YAML refuses.
+pub fn with_section_lines(text: &str, section: &str, lines: &str) -> String {
+    let header = format!("{section}:\n");
+    let nl = if lines.ends_with('\n') { "" } else { "\n" };
+    let at = if text.starts_with(&header) {
+        Some(header.len())
+    } else {
+        text.find(&format!("\n{header}"))
+            .map(|i| i + 1 + header.len())
+    };
+    match at {
+        Some(i) => format!("{}{lines}{nl}{}", &text[..i], &text[i..]),
+        None => {
+            let sep = if text.is_empty() || text.ends_with('\n') {
+                ""
+            } else {
+                "\n"
+            };
+            format!("{text}{sep}{header}{lines}{nl}")
+        }
+    }
+}
+
 /// `FILE:LINE:COL: message` for a YAML/serde error.
 pub fn yaml_error(file: &Utf8Path, e: &yaml_serde::Error) -> anyhow::Error {
     let msg = e.to_string();
@@ -398,4 +424,26 @@ pub fn is_unit_name(name: &str) -> bool {
 /// Load and resolve in one go.
 pub fn load_resolved(file: &Utf8Path, root: &Utf8Path) -> Result<Resolved> {
     load(file)?.resolve(file, root)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_section_lines;
+
+    #[test]
+    fn section_lines_join_an_existing_section_or_start_one() {
+        let text = "appliance:\n  name: a\nqcow2:\n  packages: [x]\nsmoke: {}\n";
+        let got = with_section_lines(text, "qcow2", "  size: 2G");
+        assert_eq!(
+            got,
+            "appliance:\n  name: a\nqcow2:\n  size: 2G\n  packages: [x]\nsmoke: {}\n"
+        );
+        let got = with_section_lines("appliance:\n  name: a", "qcow2", "  size: 2G\n");
+        assert_eq!(got, "appliance:\n  name: a\nqcow2:\n  size: 2G\n");
+        // A key that merely ends in the section's name is not the section.
+        let got = with_section_lines("my_qcow2:\n  a: 1\n", "qcow2", "  size: 2G\n");
+        assert_eq!(got, "my_qcow2:\n  a: 1\nqcow2:\n  size: 2G\n");
+        let got = with_section_lines("qcow2:\n  a: 1\n", "qcow2", "  size: 2G\n");
+        assert_eq!(got, "qcow2:\n  size: 2G\n  a: 1\n");
+    }
 }

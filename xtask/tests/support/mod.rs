@@ -493,6 +493,37 @@ pub fn with_smoke(text: &str, section: &str) -> String {
     format!("{}{section}{nl}{}", &text[..start], &text[end..])
 }
 
+/// The recipe `text` with `lines` (YAML, indented two spaces) added to its
+/// `qcow2:` section: the demo has one (its package list), so appending a
+/// second `qcow2:` key would make the YAML invalid.
+pub fn with_qcow2(text: &str, lines: &str) -> String {
+    xtask::recipe::with_section_lines(text, "qcow2", lines)
+}
+
+/// The recipe `text` with its `qcow2.packages` replaced by `packages`.
+pub fn with_qcow2_packages(text: &str, packages: &[&str]) -> String {
+    let kept: String = text
+        .split_inclusive('\n')
+        .filter(|l| !l.starts_with("  packages: ["))
+        .collect();
+    with_qcow2(&kept, &format!("  packages: [{}]\n", packages.join(", ")))
+}
+
+/// The demo recipe's `qcow2.packages`, as its text lists them.
+pub fn demo_packages(text: &str) -> Vec<String> {
+    let start = text
+        .find("\nqcow2:\n")
+        .expect("the demo has a qcow2 section");
+    let line = text[start..]
+        .lines()
+        .find_map(|l| l.strip_prefix("  packages: ["))
+        .expect("qcow2.packages on one line");
+    line.trim_end_matches(']')
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .collect()
+}
+
 /// The recipe `text` (the demo's, or one made from it) with its smoke's
 /// first boot only: its `again:` list and its `once:` line (which needs a
 /// second boot) removed. For the emulated arm64 guests, whose boots under
