@@ -201,7 +201,8 @@ pub fn parse(text: &str, file: &Utf8Path) -> Result<Recipe> {
 }
 
 /// A recipe's text with `lines` (YAML, indented under the key) added to its
-/// top-level `section`, which is created at the end when the text has none.
+/// top-level `section` (a block mapping, `section:` alone on its line),
+/// which is created at the end when the text has none.
 /// How `cargo xtask bench` and the tests derive recipes from the demo's
 /// (e.g. a smaller disk) without a second `qcow2:` key, which YAML refuses.
 pub fn with_section_lines(text: &str, section: &str, lines: &str) -> String {
