@@ -13,9 +13,13 @@ use support::{sh, tail, Project};
 
 const BOOT_TOOLS: &[&str] = &["qemu-system-x86_64", "/usr/share/OVMF/OVMF_CODE_4M.fd"];
 
-/// The demo recipe with a small disk.
+/// The demo recipe with a small disk, and `extra` (YAML, indented) in its
+/// `qcow2:` section; a package list there replaces the demo's.
 fn small_recipe(p: &Project, extra: &str) -> String {
-    let demo = std::fs::read_to_string(p.path("recipes/demo.yaml")).unwrap();
+    let mut demo = std::fs::read_to_string(p.path("recipes/demo.yaml")).unwrap();
+    if extra.lines().any(|l| l.starts_with("  packages:")) {
+        demo = support::without_qcow2_packages(&demo);
+    }
     p.write(
         "recipes/small.yaml",
         &support::with_qcow2(&demo, &format!("  size: 2G\n{extra}")),

@@ -500,13 +500,20 @@ pub fn with_qcow2(text: &str, lines: &str) -> String {
     xtask::recipe::with_section_lines(text, "qcow2", lines)
 }
 
+/// The recipe `text` without its `qcow2.packages` line (the only
+/// `packages:` indented two spaces: the payloads' are deeper).
+pub fn without_qcow2_packages(text: &str) -> String {
+    text.split_inclusive('\n')
+        .filter(|l| !l.starts_with("  packages:"))
+        .collect()
+}
+
 /// The recipe `text` with its `qcow2.packages` replaced by `packages`.
 pub fn with_qcow2_packages(text: &str, packages: &[&str]) -> String {
-    let kept: String = text
-        .split_inclusive('\n')
-        .filter(|l| !l.starts_with("  packages: ["))
-        .collect();
-    with_qcow2(&kept, &format!("  packages: [{}]\n", packages.join(", ")))
+    with_qcow2(
+        &without_qcow2_packages(text),
+        &format!("  packages: [{}]\n", packages.join(", ")),
+    )
 }
 
 /// The demo recipe's `qcow2.packages`, as its text lists them.
