@@ -10,16 +10,6 @@ use camino::{Utf8Path, Utf8PathBuf};
 use serde_json::Value;
 use support::{stderr, stdout, Project};
 
-/// The demo recipe with a small disk (the suite-wide cache holds its root).
-fn small_recipe(p: &Project) -> String {
-    let demo = std::fs::read_to_string(p.path("recipes/demo.yaml")).unwrap();
-    p.write(
-        "recipes/small.yaml",
-        &support::with_qcow2(&demo, "  size: 2G\n"),
-    );
-    "recipes/small.yaml".into()
-}
-
 #[test]
 fn build_names_every_missing_tool_of_every_target_at_once() {
     let p = Project::demo();
@@ -178,7 +168,7 @@ fn the_same_commit_built_anywhere_gives_the_same_keys_and_bytes() {
     let _g = support::heavy_long();
     // Checkout A builds in the suite-wide cache.
     let a = Project::demo().share_cache();
-    let recipe = small_recipe(&a);
+    let recipe = support::small_recipe(&a, "");
     let plan_a = plan_of(&a, &recipe, &[]);
     run(&a, "build", &recipe, &[], &[]);
 
@@ -187,7 +177,7 @@ fn the_same_commit_built_anywhere_gives_the_same_keys_and_bytes() {
     // for it: mmdebstrap's own reproducibility is the qcow2 tests' subject;
     // here B must compute the same key and find it.
     let b = Project::demo();
-    small_recipe(&b);
+    support::small_recipe(&b, "");
     let plan_b = plan_of(&b, &recipe, &[]);
     assert_ne!(a.root, b.root);
     assert_ne!(a.cache_dir(), b.cache_dir());

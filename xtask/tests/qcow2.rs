@@ -13,20 +13,6 @@ use support::{sh, tail, Project};
 
 const BOOT_TOOLS: &[&str] = &["qemu-system-x86_64", "/usr/share/OVMF/OVMF_CODE_4M.fd"];
 
-/// The demo recipe with a small disk, and `extra` (YAML, indented) in its
-/// `qcow2:` section; a package list there replaces the demo's.
-fn small_recipe(p: &Project, extra: &str) -> String {
-    let mut demo = std::fs::read_to_string(p.path("recipes/demo.yaml")).unwrap();
-    if extra.lines().any(|l| l.starts_with("  packages:")) {
-        demo = support::without_qcow2_packages(&demo);
-    }
-    p.write(
-        "recipes/small.yaml",
-        &support::with_qcow2(&demo, &format!("  size: 2G\n{extra}")),
-    );
-    "recipes/small.yaml".into()
-}
-
 struct Built {
     project: Project,
     qcow2: Utf8PathBuf,
@@ -41,7 +27,7 @@ fn built() -> &'static Built {
         // The suite-wide cache: the OVA tests' demo disk has the same Debian
         // root, so mmdebstrap runs once per suite.
         let p = Project::demo_for_process().share_cache();
-        let recipe = small_recipe(&p, "");
+        let recipe = support::small_recipe(&p, "");
         p.run(&["--recipe", &recipe, "qcow2"]);
         let name = p
             .outputs()
@@ -73,7 +59,7 @@ fn step_keys(p: &Project, recipe: &str) -> serde_json::Value {
 #[test]
 fn plan_keys_rootfs_by_packages_not_overlay() {
     let p = Project::demo();
-    let recipe = small_recipe(&p, "");
+    let recipe = support::small_recipe(&p, "");
     let a = step_keys(&p, &recipe);
     let cmd = &a["mmdebstrap"];
     assert_eq!(cmd["program"], "mmdebstrap");
@@ -103,7 +89,7 @@ fn plan_keys_rootfs_by_packages_not_overlay() {
     assert_eq!(a["qcow2-rootfs-amd64"], b["qcow2-rootfs-amd64"]);
     assert_ne!(a["qcow2-disk-amd64"], b["qcow2-disk-amd64"]);
     // A package change re-keys the root; a mirror override shows up in the command.
-    let recipe2 = small_recipe(
+    let recipe2 = support::small_recipe(
         &p,
         "  packages: [systemd, systemd-sysv]\n  mirror: http://mirror.example/debian\n",
     );
@@ -150,7 +136,7 @@ fn cloud_init_is_in_the_root_when_the_recipe_has_a_seed() {
             .expect("--include=");
         include.split(',').map(str::to_string).collect()
     };
-    let with = small_recipe(&p, "");
+    let with = support::small_recipe(&p, "");
     let demo = std::fs::read_to_string(p.path(&with)).unwrap();
     assert!(demo.contains(DEMO_SEED), "the demo's seed section moved");
     // Without the seed, the demo's smoke carrier (which writes the seed's
@@ -197,11 +183,11 @@ fn bad_recipe_values_fail_before_work() {
             "sha256",
         ),
     ] {
-        let recipe = small_recipe(&p, extra);
+        let recipe = support::small_recipe(&p, extra);
         let err = p.fail(&["--recipe", &recipe, "--dry-run", "qcow2"]);
         assert!(err.contains(want), "{extra}: {err}");
     }
-    let recipe = small_recipe(&p, "").replace("small", "tiny");
+    let recipe = support::small_recipe(&p, "").replace("small", "tiny");
     p.write(
         &recipe,
         &std::fs::read_to_string(p.path("recipes/small.yaml"))
@@ -365,7 +351,7 @@ fn builder1_two_builds_are_identical() {
     // set KILN_TEST_FULL_REBUILD=1 to re-run it here too, otherwise its cache
     // entry is shared and every kiln step after it runs again.
     let p = Project::demo();
-    let recipe = small_recipe(&p, "");
+    let recipe = support::small_recipe(&p, "");
     if std::env::var("KILN_TEST_FULL_REBUILD").as_deref() != Ok("1") {
         let from = b.project.cache_dir().join("qcow2-rootfs-amd64");
         support::link_tree(&from, &p.path("cache/qcow2-rootfs-amd64"));
@@ -416,14 +402,14 @@ fn builder1_unknown_package_and_unreachable_mirror() {
     }
     let _g = support::heavy();
     let p = Project::demo();
-    let recipe = small_recipe(&p, "  packages: [systemd, kiln-no-such-package]\n");
+    let recipe = support::small_recipe(&p, "  packages: [systemd, kiln-no-such-package]\n");
     let err = p.fail(&["--recipe", &recipe, "qcow2"]);
     // apt's own words, from mmdebstrap's stderr tail (not just our command line).
     assert!(
         err.contains("Unable to locate package kiln-no-such-package"),
         "{err}"
     );
-    let recipe = small_recipe(&p, "  mirror: http://127.0.0.1:9/debian\n");
+    let recipe = support::small_recipe(&p, "  mirror: http://127.0.0.1:9/debian\n");
     let err = p.fail(&["--recipe", &recipe, "qcow2"]);
     assert!(
         err.contains("127.0.0.1:9") && err.contains("index files failed to download"),

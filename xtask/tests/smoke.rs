@@ -24,17 +24,6 @@ use std::time::{Duration, Instant};
 use camino::{Utf8Path, Utf8PathBuf};
 use support::{case, junit, sh, stderr, stdout, Project};
 
-/// The demo recipe with a small disk (as in the qcow2 tests, so the two
-/// test binaries share the disk's cache entries).
-fn small_recipe(p: &Project) -> String {
-    let demo = std::fs::read_to_string(p.path("recipes/demo.yaml")).unwrap();
-    p.write(
-        "recipes/small.yaml",
-        &support::with_qcow2(&demo, "  size: 2G\n"),
-    );
-    "recipes/small.yaml".into()
-}
-
 /// The small recipe with `smoke` as its `smoke:` section (YAML, indented
 /// under the key).
 fn recipe_with_smoke(p: &Project, name: &str, smoke: &str) -> String {
@@ -63,7 +52,7 @@ fn built() -> &'static Built {
     static B: OnceLock<Built> = OnceLock::new();
     B.get_or_init(|| {
         let p = Project::demo_for_process().share_cache();
-        let recipe = small_recipe(&p);
+        let recipe = support::small_recipe(&p, "");
         p.run(&["--recipe", &recipe, "qcow2"]);
         let name = p
             .outputs()
@@ -264,7 +253,7 @@ fn the_offline_installer_iso_is_installed_then_booted() {
 #[test]
 fn dry_run_lists_artifacts_and_checks_and_boots_nothing() {
     let p = Project::demo();
-    let recipe = small_recipe(&p);
+    let recipe = support::small_recipe(&p, "");
     let out = p.run(&[
         "--recipe",
         &recipe,
@@ -502,7 +491,7 @@ fn a_broken_first_boot_fails_with_the_console_tail() {
         "overlay/opt/demo/bin/firstboot",
         &format!("#!/bin/sh\necho '{planted}' >&2\nexit 1\n"),
     );
-    let recipe = small_recipe(&p);
+    let recipe = support::small_recipe(&p, "");
     let out = p
         .kiln()
         .args([
