@@ -39,6 +39,32 @@ pub fn zstd_writer_with<W: Write>(
     Ok(e)
 }
 
+/// Compress the file `src` into `w` with kiln's zstd settings at `level`
+/// ([`zstd_writer_with`], a worker per core), showing `label`'s progress.
+/// `src`'s holes are not read ([`crate::fsutil::SparseReader`]): the stream
+/// is the one of its bytes all the same. Returns the bytes read and `w`,
+/// the stream finished.
+pub fn zstd_file<W: Write>(src: &Utf8Path, w: W, level: i32, label: &str) -> Result<(u64, W)> {
+    let mut r = crate::fsutil::SparseReader::open(src)?;
+    let mut z = zstd_writer_with(w, level, zstd_workers())?;
+    let mut bar = crate::ui::Progress::bytes(label, r.len().max(1));
+    let mut buf = vec![0u8; 4 << 20];
+    let mut total = 0u64;
+    loop {
+        crate::signals::check()?;
+        let n = r.read(&mut buf).with_context(|| format!("reading {src}"))?;
+        if n == 0 {
+            break;
+        }
+        z.write_all(&buf[..n]).context("compressing")?;
+        total += n as u64;
+        bar.inc(n as u64);
+    }
+    bar.finish();
+    let w = z.finish().context("finishing the zstd stream")?;
+    Ok((total, w))
+}
+
 /// A tar header with kiln's fixed owner and time (also for writers outside this module).
 pub fn header(kind: tar::EntryType, mode: u32, size: u64, epoch: i64) -> tar::Header {
     let mut h = tar::Header::new_gnu();

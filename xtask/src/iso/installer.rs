@@ -430,37 +430,13 @@ fn build(op: &Installer, out: &Utf8Path) -> Result<()> {
 /// names the image on the installer's command line, by which the installer
 /// knows its medium.
 pub fn compress(raw: &Utf8Path, zst: &Utf8Path) -> Result<Payload> {
-    let mut r = std::fs::File::open(raw).with_context(|| format!("opening {raw}"))?;
-    let total = r.metadata()?.len();
     let f = std::fs::File::create(zst).with_context(|| format!("creating {zst}"))?;
     let w = crate::digest::BackgroundWriter::new(f).with_context(|| format!("writing {zst}"))?;
-    let mut enc = zstd::stream::write::Encoder::new(w, ZSTD_LEVEL)?;
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
-    enc.multithread(threads)
-        .context("zstd without multithreading")?;
-    enc.include_checksum(true)
-        .context("zstd without a content checksum")?;
-    let mut bar = crate::ui::Progress::bytes("compress the disk", total.max(1));
-    let mut buf = vec![0u8; 4 << 20];
-    let mut n_total = 0u64;
-    loop {
-        crate::signals::check()?;
-        let n = r.read(&mut buf).with_context(|| format!("reading {raw}"))?;
-        if n == 0 {
-            break;
-        }
-        enc.write_all(&buf[..n])
-            .with_context(|| format!("writing {zst}"))?;
-        n_total += n as u64;
-        bar.inc(n as u64);
-    }
-    bar.finish();
-    let (_, sha256, zst_bytes) = enc
-        .finish()?
-        .finish()
-        .with_context(|| format!("writing {zst}"))?;
+    let (bytes, w) = crate::archive::zstd_file(raw, w, ZSTD_LEVEL, "compress the disk")
+        .with_context(|| format!("compressing {raw} into {zst}"))?;
+    let (_, sha256, zst_bytes) = w.finish().with_context(|| format!("writing {zst}"))?;
     Ok(Payload {
-        bytes: n_total,
+        bytes,
         zst_bytes,
         sha256,
     })

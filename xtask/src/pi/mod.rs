@@ -199,28 +199,12 @@ impl Op for Zstd {
     }
     fn run(&self, cx: &OpCx) -> Result<()> {
         let dest = cx.out.join(&self.file);
-        let src =
-            std::fs::File::open(&self.src).with_context(|| format!("opening {}", self.src))?;
-        let total = src.metadata()?.len();
         let f = std::fs::File::create(&dest).with_context(|| format!("creating {dest}"))?;
-        let mut z = crate::archive::zstd_writer(std::io::BufWriter::with_capacity(1 << 20, f))?;
-        let mut p = crate::ui::Progress::bytes("compress the Pi image (zstd)", total);
-        let mut r = std::io::BufReader::with_capacity(4 << 20, src);
-        let mut buf = vec![0u8; 4 << 20];
-        loop {
-            crate::signals::check()?;
-            let n = std::io::Read::read(&mut r, &mut buf)
-                .with_context(|| format!("reading {}", self.src))?;
-            if n == 0 {
-                break;
-            }
-            std::io::Write::write_all(&mut z, &buf[..n])
-                .with_context(|| format!("compressing into {dest}"))?;
-            p.inc(n as u64);
-        }
-        let mut w = z.finish().with_context(|| format!("finishing {dest}"))?;
-        std::io::Write::flush(&mut w)?;
-        p.finish();
+        let w = std::io::BufWriter::with_capacity(1 << 20, f);
+        let label = "compress the Pi image (zstd)";
+        let (_, mut w) = crate::archive::zstd_file(&self.src, w, crate::archive::ZSTD_LEVEL, label)
+            .with_context(|| format!("compressing {} into {dest}", self.src))?;
+        std::io::Write::flush(&mut w).with_context(|| format!("writing {dest}"))?;
         Ok(())
     }
 }

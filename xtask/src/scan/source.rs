@@ -105,36 +105,11 @@ impl Window {
     /// sparse file (a disk converted to raw), which read as zeros. The whole
     /// window when the file system cannot say (`SEEK_DATA` unsupported).
     pub fn data_runs(&self) -> Vec<(u64, u64)> {
-        use std::os::unix::io::AsRawFd;
-        let fd = self.file.as_raw_fd();
         let (start, end) = (self.off, self.off + self.len);
-        let whole = vec![(0, self.len)];
-        let mut out = Vec::new();
-        let mut pos = start;
-        while pos < end {
-            // SAFETY: lseek on an open descriptor; the window reads with
-            // pread, so moving the file position changes nothing.
-            let data = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
-            if data < 0 {
-                if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) {
-                    break; // no data after `pos`
-                }
-                return whole;
-            }
-            let data = data as u64;
-            if data >= end {
-                break;
-            }
-            // SAFETY: as above.
-            let hole = unsafe { libc::lseek(fd, data as libc::off_t, libc::SEEK_HOLE) };
-            if hole < 0 {
-                return whole;
-            }
-            let hole = (hole as u64).min(end);
-            out.push((data - start, hole - data));
-            pos = hole;
+        match crate::fsutil::data_runs(&self.file, start, end) {
+            Some(runs) => runs.into_iter().map(|(o, n)| (o - start, n)).collect(),
+            None => vec![(0, self.len)],
         }
-        out
     }
 
     /// A sequential reader over `[pos, len)`.
