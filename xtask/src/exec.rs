@@ -13,7 +13,7 @@
 //! are intact: see [`verify_entry`].
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
@@ -284,6 +284,19 @@ fn run_step(step: &Step, published: &[Published], force: bool) -> Result<Outcome
             }
         }
     }
+    std::fs::create_dir_all(parent)
+        .with_context(|| format!("creating cache directory {parent}"))?;
+    // Another kiln sharing the cache (a CI job, a test) may be building this
+    // entry: wait for it, then take what it built.
+    let _lock = EntryLock::take(step)?;
+    if !force && stamp.is_file() && verify_entry(step, published)?.is_none() {
+        ui::info(&format!(
+            "{}: cached (built meanwhile by another kiln sharing the cache, key {})",
+            step.name,
+            &step.key[..12]
+        ));
+        return Ok(Outcome::Cached);
+    }
     let why = if force {
         "forced".to_string()
     } else if discarded {
@@ -295,10 +308,9 @@ fn run_step(step: &Step, published: &[Published], force: bool) -> Result<Outcome
         "{}: running — {} ({why})",
         step.name, step.summary
     ));
-    std::fs::create_dir_all(parent)
-        .with_context(|| format!("creating cache directory {parent}"))?;
-    // Unique per process: two builds sharing a cache may run the same step at
-    // once; the first to finish wins and the other's result is discarded.
+    // Unique per process: should two builds still run the same step at once
+    // (a lock taken on a file system without `flock`), the first to finish
+    // wins and the other's result is discarded.
     let tmp = TempDir::new(
         step.out
             .with_extension(format!("tmp-{}", std::process::id())),
@@ -363,6 +375,66 @@ fn run_step(step: &Step, published: &[Published], force: bool) -> Result<Outcome
         start.elapsed().as_secs_f64()
     ));
     Ok(Outcome::Ran)
+}
+
+/// Held while a step builds its entry: in a cache that several kiln
+/// processes share, one at a time builds an entry (the same step under the
+/// same key), and the others wait, then find it built. An exclusive `flock`
+/// on `<key>.lock` beside the entry; its holder removes the file when done
+/// (also on an error or a signal), and a waiter that locked a file already
+/// removed tries again on the new one, so no lock file outlives its build.
+struct EntryLock {
+    path: Utf8PathBuf,
+    _file: std::fs::File,
+}
+
+impl EntryLock {
+    fn take(step: &Step) -> Result<EntryLock> {
+        use std::os::unix::fs::MetadataExt;
+        let path = step.out.with_extension("lock");
+        let mut told = false;
+        loop {
+            crate::signals::check()?;
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .with_context(|| format!("opening the lock {path}"))?;
+            match f.try_lock() {
+                Ok(()) => {
+                    let held = f.metadata().with_context(|| format!("reading {path}"))?;
+                    let now = std::fs::metadata(&path).ok();
+                    if now.is_some_and(|m| (m.dev(), m.ino()) == (held.dev(), held.ino())) {
+                        return Ok(EntryLock { path, _file: f });
+                    }
+                    // Its holder removed it after building: try the new one.
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    if !told {
+                        ui::info(&format!(
+                            "{}: another kiln sharing the cache is building it (key {}); waiting",
+                            step.name,
+                            &step.key[..12]
+                        ));
+                        told = true;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(e).with_context(|| format!("locking {path}"))
+                }
+            }
+        }
+    }
+}
+
+impl Drop for EntryLock {
+    fn drop(&mut self) {
+        // Removed while still locked (the file closes after this): a waiter
+        // that gets the lock next sees its file gone.
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 /// A [`Seal`] of `file` as it is now (`None`: no such file; publishing
@@ -1233,6 +1305,8 @@ mod tests {
         Fail,
         /// Run until the job is cancelled, as a long tool would.
         UntilCancelled,
+        /// Take a while.
+        Sleep(std::time::Duration),
     }
 
     impl crate::plan::Op for Probe {
@@ -1261,6 +1335,7 @@ mod tests {
                     b.wait();
                 }
                 Act::Fail => anyhow::bail!("{} broke", self.name),
+                Act::Sleep(d) => std::thread::sleep(*d),
                 Act::UntilCancelled => loop {
                     crate::signals::check()?;
                     std::thread::sleep(std::time::Duration::from_millis(5));
@@ -1337,6 +1412,44 @@ mod tests {
             run_steps(&plan, false, 2).unwrap(),
             vec![Outcome::Cached; 4]
         );
+    }
+
+    /// Two kiln processes sharing a cache (here two plans on two threads:
+    /// the lock is a `flock` per open file, so threads contend as processes
+    /// do) build an entry once: the second waits for the first and reuses
+    /// its entry; no lock file is left.
+    #[test]
+    fn two_builds_sharing_a_cache_build_an_entry_once() {
+        let d = tempfile::tempdir().unwrap();
+        let root = Utf8Path::from_path(d.path()).unwrap();
+        let slow = Act::Sleep(std::time::Duration::from_millis(600));
+        let (first, log_first) = probe_plan(root, &[("slow", slow.clone(), &[])]);
+        let (second, log_second) = probe_plan(root, &[("slow", slow, &[])]);
+        assert_eq!(first.steps[0].out, second.steps[0].out);
+        let outcomes = std::thread::scope(|s| {
+            let a = s.spawn(|| run_steps(&first, false, 1));
+            while !log_first.lock().unwrap().iter().any(|l| l == "start slow") {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            let b = s.spawn(|| run_steps(&second, false, 1));
+            (a.join().unwrap().unwrap(), b.join().unwrap().unwrap())
+        });
+        assert_eq!(outcomes, (vec![Outcome::Ran], vec![Outcome::Cached]));
+        assert!(
+            log_second.lock().unwrap().is_empty(),
+            "the second build ran the step"
+        );
+        let dir = first.steps[0].out.parent().unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        let entry = first.steps[0].out.file_name().unwrap().to_string();
+        assert_eq!(names, [entry, LATEST.to_string()]);
+        // A forced build still runs, with the lock taken and given back.
+        assert_eq!(run_steps(&second, true, 1).unwrap(), vec![Outcome::Ran]);
+        assert!(!first.steps[0].out.with_extension("lock").exists());
     }
 
     #[test]
