@@ -430,7 +430,9 @@ fn check_reproducible_publishes_identical_bytes_and_names_a_file_that_differs_in
     if !require(&tools) {
         return;
     }
-    let _slot = support::heavy();
+    // One of the suite's longest tests (two fresh Debian roots): it starts
+    // early, or the suite ends on it running alone.
+    let _slot = support::heavy_long();
     // The first build reuses the suite's cache; the second is a fresh one
     // (its Debian root is built again: minutes).
     let p = Project::demo().share_cache();
