@@ -309,8 +309,8 @@ fn run_step(step: &Step, published: &[Published], force: bool) -> Result<Outcome
         step.name, step.summary
     ));
     // Unique per process: should two builds still run the same step at once
-    // (a lock taken on a file system without `flock`), the first to finish
-    // wins and the other's result is discarded.
+    // (on a file system without `flock`), the first to finish wins and the
+    // other's result is discarded.
     let tmp = TempDir::new(
         step.out
             .with_extension(format!("tmp-{}", std::process::id())),
@@ -422,7 +422,13 @@ impl EntryLock {
                     std::thread::sleep(Duration::from_millis(100));
                 }
                 Err(std::fs::TryLockError::Error(e)) => {
-                    return Err(e).with_context(|| format!("locking {path}"))
+                    // A file system without `flock`: build unlocked, as
+                    // before there was a lock (a race costs time, not bytes).
+                    ui::warn(&format!(
+                        "{}: cannot lock {path} ({e}); building without the lock",
+                        step.name
+                    ));
+                    return Ok(EntryLock { path, _file: f });
                 }
             }
         }
