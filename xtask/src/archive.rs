@@ -47,7 +47,7 @@ pub fn zstd_writer_with<W: Write>(
 pub fn zstd_file<W: Write>(src: &Utf8Path, w: W, level: i32, label: &str) -> Result<(u64, W)> {
     let mut r = crate::fsutil::SparseReader::open(src)?;
     let mut z = zstd_writer_with(w, level, zstd_workers())?;
-    let mut bar = crate::ui::Progress::bytes(label, r.len().max(1));
+    let mut bar = crate::ui::Progress::bytes(label, r.size().max(1));
     let mut buf = vec![0u8; 4 << 20];
     let mut total = 0u64;
     loop {

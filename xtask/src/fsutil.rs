@@ -206,12 +206,8 @@ impl SparseReader {
     }
 
     /// The file's size.
-    pub fn len(&self) -> u64 {
+    pub fn size(&self) -> u64 {
         self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 }
 
@@ -335,7 +331,7 @@ mod tests {
 
         for chunk in [1usize, 4096, 65_537, 8 << 20] {
             let mut r = super::SparseReader::open(path).unwrap();
-            assert_eq!(r.len(), 16 << 20);
+            assert_eq!(r.size(), 16 << 20);
             let mut got = Vec::new();
             let mut buf = vec![0xAAu8; chunk];
             loop {
