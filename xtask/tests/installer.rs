@@ -49,6 +49,33 @@ fn built() -> Option<&'static Built> {
     }))
 }
 
+/// The payload partition as `sgdisk` reads the ISO's GPT: (number, first
+/// byte, bytes), found by its name; its type must be kiln's payload type.
+fn payload_partition(iso: &Utf8Path) -> (u32, u64, u64) {
+    let table = sh("sgdisk", &["-p", iso.as_str()]);
+    let number: u32 = table
+        .lines()
+        .find(|l| l.trim_end().ends_with(xtask::iso::installer::PAYLOAD_NAME))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no payload partition in the ISO's GPT:\n{table}"));
+    let info = sh("sgdisk", &["-i", &number.to_string(), iso.as_str()]);
+    assert!(
+        info.to_lowercase()
+            .contains(xtask::iso::installer::PAYLOAD_TYPE),
+        "{info}"
+    );
+    let sector = |key: &str| -> u64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no `{key}` in {info}"))
+    };
+    let (first, last) = (sector("First sector:"), sector("Last sector:"));
+    (number, first * 512, (last + 1 - first) * 512)
+}
+
 fn extract(iso: &Utf8Path, from: &str, to: &Utf8Path) {
     xtask::tools::run(&xtask::tools::xorriso::extract(
         iso,
@@ -57,10 +84,12 @@ fn extract(iso: &Utf8Path, from: &str, to: &Utf8Path) {
     .unwrap();
 }
 
-/// The payload on the ISO passes `sha256sum -c` of the checksum beside it
-/// and decompresses to the appliance's disk (its GPT; its size on the
-/// install entry's command line with the payload's sha256); the ISO has
-/// BIOS and UEFI El Torito entries and the ESP as an appended partition.
+/// The payload partition after the ISO file system (as `sgdisk` reads the
+/// GPT kiln extended, which it verifies clean) passes `sha256sum -c` of the
+/// checksum in the ISO and decompresses to the appliance's disk (its GPT;
+/// its size on the install entry's command line with the payload's
+/// sha256); the ISO has BIOS and UEFI El Torito entries and the ESP as an
+/// appended partition.
 #[test]
 fn the_iso_is_hybrid_and_carries_the_verified_disk() {
     let Some(b) = built() else { return };
@@ -89,7 +118,16 @@ fn the_iso_is_hybrid_and_carries_the_verified_disk() {
     );
     assert!(report.contains("GPT partition name :   2"), "{report}");
     let (_d, dir) = support::tempdir("kiln-installer-");
-    extract(&b.iso, "/kiln/disk.img.zst", &dir.join("disk.img.zst"));
+    let verified = sh("sgdisk", &["-v", b.iso.as_str()]);
+    assert!(verified.contains("No problems found"), "{verified}");
+    let (_, start, len) = payload_partition(&b.iso);
+    {
+        use std::io::{Read, Seek};
+        let mut f = std::fs::File::open(&b.iso).unwrap();
+        f.seek(std::io::SeekFrom::Start(start)).unwrap();
+        let mut zst = std::fs::File::create(dir.join("disk.img.zst")).unwrap();
+        std::io::copy(&mut f.take(len), &mut zst).unwrap();
+    }
     extract(
         &b.iso,
         "/kiln/disk.img.zst.sha256",
@@ -366,36 +404,14 @@ fn refusals_leave_the_disk_unbootable_and_do_not_reboot() {
     // A damaged payload: bytes in the middle of the zstd stream changed.
     let damaged = dir.join("damaged.iso");
     std::fs::copy(&b.iso, &damaged).unwrap();
-    let lba = sh(
-        "xorriso",
-        &[
-            "-no_rc",
-            "-indev",
-            damaged.as_str(),
-            "-find",
-            "/kiln/disk.img.zst",
-            "-exec",
-            "report_lba",
-        ],
-    );
-    // `File data lba:  xt , Startlba , Blocks , Filesize , 'path'`
-    let fields: Vec<u64> = lba
-        .lines()
-        .find_map(|l| l.strip_prefix("File data lba:"))
-        .expect("a report_lba line")
-        .split(',')
-        .take(4)
-        .map(|f| f.trim().parse().unwrap())
-        .collect();
-    let (start, size) = (fields[1], fields[3]);
+    let (_, start, size) = payload_partition(&damaged);
     {
         use std::os::unix::fs::FileExt;
         let f = std::fs::OpenOptions::new()
             .write(true)
             .open(&damaged)
             .unwrap();
-        f.write_all_at(&[0x55; 4096], start * 2048 + size / 2)
-            .unwrap();
+        f.write_all_at(&[0x55; 4096], start + size / 2).unwrap();
     }
     let target = blank_disk(&dir, "target.raw", "4G");
     std::thread::scope(|s| {
@@ -418,8 +434,8 @@ fn refusals_leave_the_disk_unbootable_and_do_not_reboot() {
 
 /// The payload carries zstd's content checksum, so the installer's
 /// `zstd -d` verifies every byte it writes, and its sha256 is the written
-/// file's (taken on the writer's thread): `zstd -lv` names XXH64, and a
-/// changed byte in the stream makes `zstd -t` fail. (The installer bench,
+/// file's (taken on the writer's thread), padding and all: `zstd -lv`
+/// names XXH64, and a changed byte in the stream makes `zstd -t` fail. (The installer bench,
 /// `cargo xtask bench --case installer`, builds the demo's ISO and installs
 /// it under TCG: too heavy for a test.)
 #[test]
@@ -429,11 +445,16 @@ fn the_payload_carries_a_content_checksum() {
     }
     let (_d, dir) = support::tempdir("kiln-installer-");
     let raw = dir.join("disk.raw");
-    let text: Vec<u8> = b"appliance bytes, 0123456789\n"
-        .iter()
-        .copied()
-        .cycle()
-        .take(4 << 20)
+    // Bytes that do not compress (xorshift), so the stream's middle is in
+    // zstd's frame, not in the padding after it.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let text: Vec<u8> = (0..4 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
         .collect();
     std::fs::write(&raw, &text).unwrap();
     let zst = dir.join("disk.img.zst");
@@ -441,6 +462,8 @@ fn the_payload_carries_a_content_checksum() {
     assert_eq!(payload.bytes, text.len() as u64);
     assert_eq!(payload.sha256, support::sha256(&zst));
     assert_eq!(payload.zst_bytes, std::fs::metadata(&zst).unwrap().len());
+    // Padded to whole CD blocks by a skippable frame `zstd` reads past.
+    assert_eq!(payload.zst_bytes % 2048, 0);
     let listing = sh("zstd", &["-lv", zst.as_str()]);
     assert!(listing.contains("XXH64"), "{listing}");
     sh("zstd", &["-tq", zst.as_str()]);
@@ -454,4 +477,136 @@ fn the_payload_carries_a_content_checksum() {
         .output()
         .unwrap();
     assert!(!out.status.success(), "zstd accepted a changed payload");
+}
+
+/// The payload appended after xorriso's image is found and read back by
+/// the installer's own shell part ([`FIND_PAYLOAD`], run by busybox as in
+/// the initramfs, the ISO file standing for the medium) and by `sgdisk`,
+/// which finds the GPT kiln extended clean; without the payload partition
+/// the installer stops. A small hybrid ISO built here, no appliance.
+#[test]
+fn the_installer_finds_its_payload_partition_on_the_medium() {
+    if !support::require(&[
+        "xorriso",
+        "zstd",
+        "sgdisk",
+        "/bin/busybox",
+        xtask::tools::grub::BOOT_HYBRID_IMG,
+    ]) {
+        return;
+    }
+    use xtask::iso::installer::{append_payload, compress, FIND_PAYLOAD, PAYLOAD_TYPE};
+    let (_d, dir) = support::tempdir("kiln-installer-");
+    let tree = dir.join("tree");
+    std::fs::create_dir_all(tree.join("boot/grub")).unwrap();
+    // Big enough for xorriso to patch its GRUB boot info (zeros: nothing boots it).
+    std::fs::write(tree.join("boot/grub/eltorito.img"), vec![0u8; 64 << 10]).unwrap();
+    let esp = dir.join("esp.img");
+    std::fs::write(&esp, vec![0u8; 1 << 20]).unwrap();
+    let iso = dir.join("small.iso");
+    xtask::tools::run(&xtask::tools::xorriso::installer_iso(
+        &tree,
+        &esp,
+        "SMALL",
+        &iso,
+        1_700_000_000,
+    ))
+    .unwrap();
+    let bare = dir.join("bare.iso");
+    std::fs::copy(&iso, &bare).unwrap();
+    // The "disk": a tar with a machine-id planted in it, for the scan.
+    let root = dir.join("root");
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(
+        root.join("etc/machine-id"),
+        "0f1e2d3c4b5a69788796a5b4c3d2e1f0\n",
+    )
+    .unwrap();
+    let filler: Vec<u8> = (0..3_000_000u32)
+        .flat_map(|i| (i % 251).to_le_bytes())
+        .collect();
+    std::fs::write(root.join("filler"), &filler).unwrap();
+    let raw = dir.join("disk.raw");
+    sh(
+        "tar",
+        &["-cf", raw.as_str(), "-C", root.as_str(), "etc", "filler"],
+    );
+    let zst = dir.join("disk.img.zst");
+    let payload = compress(&raw, &zst).unwrap();
+    append_payload(&iso, &zst, 1_700_000_000).unwrap();
+    let verified = sh("sgdisk", &["-v", iso.as_str()]);
+    assert!(verified.contains("No problems found"), "{verified}");
+    // xorriso reads the extended system area as it wrote it: the same MBR
+    // geometry (the protective entry's CHS end kept in it), the GPT's new range.
+    let report = |iso: &Utf8Path| {
+        sh(
+            "xorriso",
+            &[
+                "-no_rc",
+                "-indev",
+                iso.as_str(),
+                "-report_system_area",
+                "plain",
+            ],
+        )
+    };
+    let (before, after) = (report(&bare), report(&iso));
+    for key in [
+        "MBR heads per cyl",
+        "MBR secs per head",
+        "System area summary",
+    ] {
+        let line = |r: &str| r.lines().find(|l| l.starts_with(key)).map(str::to_string);
+        assert!(line(&before).is_some(), "{before}");
+        assert_eq!(line(&before), line(&after), "{before}\n{after}");
+    }
+    let (number, start, len) = payload_partition(&iso);
+    assert_eq!(len, payload.zst_bytes);
+    assert_eq!(start % 2048, 0);
+    assert_eq!(std::fs::metadata(&iso).unwrap().len() % 2048, 0);
+    // The installer's part, with `/dev/$medium` naming the ISO file.
+    let ty = xtask::qcow2::gpt::Guid::parse(PAYLOAD_TYPE)
+        .unwrap()
+        .to_disk();
+    let find = |medium: &Utf8Path, out: &Utf8Path| {
+        let script = format!(
+            "say() {{ echo \"kiln-installer: $*\"; }}\n\
+             stop() {{ echo \"FAILED: $*\"; exit 3; }}\n\
+             medium=..{medium}\nPAYLOAD_TYPE={}\n{FIND_PAYLOAD}payload | zstd -dcq > {out}\n",
+            hex::encode(ty)
+        );
+        std::process::Command::new("/bin/busybox")
+            .args(["sh", "-c", &script])
+            .output()
+            .unwrap()
+    };
+    let back = dir.join("back.raw");
+    let ran = find(&iso, &back);
+    let said = String::from_utf8_lossy(&ran.stdout).to_string();
+    assert!(
+        ran.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    assert!(
+        said.contains(&format!(
+            "payload: partition {number} of /dev/..{iso}, {len} bytes"
+        )),
+        "{said}"
+    );
+    assert_eq!(support::sha256(&back), support::sha256(&raw));
+    // The secret scan reads the payload partition like any partition
+    // appended after the ISO file system: the planted machine-id is found.
+    let scanned = xtask::scan::scan_artifact(&iso, "small.iso", &Default::default());
+    assert!(
+        scanned.findings.iter().any(|f| f.rule == "machine-id"
+            && f.path.contains(&format!("p{number}"))
+            && f.path.ends_with("etc/machine-id")),
+        "{scanned:#?}"
+    );
+    // xorriso's image alone has no payload partition: the installer stops.
+    let ran = find(&bare, &dir.join("none.raw"));
+    let said = String::from_utf8_lossy(&ran.stdout).to_string();
+    assert_eq!(ran.status.code(), Some(3), "{said}");
+    assert!(said.contains("has no payload partition"), "{said}");
 }

@@ -2,9 +2,11 @@
 //! writes the appliance's own disk onto a target disk.
 //!
 //! - Payload: the qcow2 builder's disk sized to its content
-//!   ([`crate::qcow2::plan_fitted_disk`]), compressed with zstd as
-//!   `/kiln/disk.img.zst`, its sha256 in `/kiln/disk.img.zst.sha256` and on
-//!   the install entry's kernel command line.
+//!   ([`crate::qcow2::plan_fitted_disk`]), compressed with zstd
+//!   (`disk.img.zst`) and appended after xorriso's image as a GPT partition
+//!   of kiln's payload type ([`PAYLOAD_TYPE`]), so xorriso never copies it;
+//!   its sha256 in `/kiln/disk.img.zst.sha256` and on the install entry's
+//!   kernel command line.
 //! - Installer: the appliance root's kernel and an initramfs written in
 //!   process ([`crate::initrd::Cpio`]): a static busybox, `zstd` and
 //!   `sfdisk` with their shared libraries (one cached mmdebstrap
@@ -37,9 +39,16 @@ pub const TOOLS_TAR: &str = "tools.tar";
 /// out of the drive, so the reboot starts the installed disk, not the
 /// installer again; Debian's busybox has no `eject`).
 pub const TOOL_PACKAGES: &[&str] = &["busybox-static", "zstd", "fdisk", "eject"];
-/// Where the payload lives on the ISO.
-pub const PAYLOAD: &str = "kiln/disk.img.zst";
+/// The payload's sha256 on the ISO (`sha256sum -c` of the payload
+/// partition's bytes saved as `disk.img.zst`); GRUB and the installer
+/// know their medium by it.
 pub const PAYLOAD_SHA256: &str = "kiln/disk.img.zst.sha256";
+/// The payload partition's GPT type (kiln's own) and name: the installer
+/// finds its payload on the medium by the type.
+pub const PAYLOAD_TYPE: &str = "ec9ce540-0ef6-4b0b-b8b8-37d2bf81cba8";
+pub const PAYLOAD_NAME: &str = "disk.img.zst";
+/// The payload starts and ends on a CD block: a CD reads whole 2048-byte blocks.
+const BLOCK: u64 = 2048;
 /// zstd level of the payload (zstd's own default: the bench compares with `zstd -T0`).
 pub const ZSTD_LEVEL: i32 = 3;
 /// The console lines the installer prints when it is done, and when it stops.
@@ -294,7 +303,8 @@ fn volid(name: &str) -> String {
 pub struct Payload {
     /// The raw image's size (what the target disk must hold).
     pub bytes: u64,
-    /// The compressed file's size and sha256 (`disk.img.zst`).
+    /// The compressed file's size and sha256 (`disk.img.zst`, padded to
+    /// whole CD blocks: the payload partition's bytes).
     pub zst_bytes: u64,
     pub sha256: String,
 }
@@ -366,7 +376,7 @@ fn build(op: &Installer, out: &Utf8Path) -> Result<()> {
     )
     .with_context(|| format!("{layout_path}: the disk step's layout"))?;
     let raw = op.disk_dir.join(crate::qcow2::disk::DISK_RAW);
-    let zst = tree.join(PAYLOAD);
+    let zst = out.join(PAYLOAD_NAME);
     let (payload, copied) = std::thread::scope(|s| {
         let t = s.spawn(|| compress(&raw, &zst));
         let copied = [
@@ -415,10 +425,53 @@ fn build(op: &Installer, out: &Utf8Path) -> Result<()> {
             &volid(&op.name),
             &iso,
             op.epoch,
-        ))
+        ))?;
+        append_payload(&iso, &zst, op.epoch)
     })?;
     std::fs::remove_dir_all(&tree).with_context(|| format!("removing {tree}"))?;
+    std::fs::remove_file(&zst).with_context(|| format!("removing {zst}"))?;
     crate::exec::flush_and_digest(&iso)?;
+    Ok(())
+}
+
+/// Append `zst` to `iso` (xorriso's image, whole CD blocks) as a GPT
+/// partition of [`PAYLOAD_TYPE`], the backup GPT after it: an in-kernel
+/// copy instead of xorriso reading and writing the payload. The partition
+/// is outside the ISO 9660 file system, like the ESP xorriso appends.
+pub fn append_payload(iso: &Utf8Path, zst: &Utf8Path, epoch: i64) -> Result<()> {
+    use crate::qcow2::gpt::{self, Guid, SECTOR};
+    use std::io::{Seek, SeekFrom};
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(iso)
+        .with_context(|| format!("opening {iso}"))?;
+    let start = f.metadata()?.len();
+    ensure!(
+        start.is_multiple_of(BLOCK),
+        "{iso}: xorriso wrote {start} bytes, not whole {BLOCK}-byte blocks"
+    );
+    let mut src = std::fs::File::open(zst).with_context(|| format!("opening {zst}"))?;
+    let len = src.metadata()?.len();
+    ensure!(
+        len.is_multiple_of(BLOCK),
+        "kiln bug: {zst} is not padded to {BLOCK} bytes"
+    );
+    f.seek(SeekFrom::Start(start))?;
+    std::io::copy(&mut src, &mut f).with_context(|| format!("appending {zst} to {iso}"))?;
+    let part = gpt::Partition {
+        type_guid: Guid::parse(PAYLOAD_TYPE)?,
+        guid: Guid(crate::epoch::derived_id(
+            epoch,
+            "installer payload partition",
+        )),
+        first_lba: start / SECTOR,
+        last_lba: (start + len) / SECTOR - 1,
+        name: PAYLOAD_NAME.into(),
+        attributes: 0,
+    };
+    gpt::add_partition(&f, &part, BLOCK)
+        .with_context(|| format!("{iso}: adding the payload to xorriso's GPT"))?;
     Ok(())
 }
 
@@ -432,14 +485,50 @@ fn build(op: &Installer, out: &Utf8Path) -> Result<()> {
 pub fn compress(raw: &Utf8Path, zst: &Utf8Path) -> Result<Payload> {
     let f = std::fs::File::create(zst).with_context(|| format!("creating {zst}"))?;
     let w = crate::digest::BackgroundWriter::new(f).with_context(|| format!("writing {zst}"))?;
-    let (bytes, w) = crate::archive::zstd_file(raw, w, ZSTD_LEVEL, "compress the disk")
+    let w = Counting { inner: w, n: 0 };
+    let (bytes, mut w) = crate::archive::zstd_file(raw, w, ZSTD_LEVEL, "compress the disk")
         .with_context(|| format!("compressing {raw} into {zst}"))?;
-    let (_, sha256, zst_bytes) = w.finish().with_context(|| format!("writing {zst}"))?;
+    let pad = skippable_padding(w.n);
+    w.write_all(&pad)
+        .with_context(|| format!("writing {zst}"))?;
+    let (_, sha256, zst_bytes) = w.inner.finish().with_context(|| format!("writing {zst}"))?;
     Ok(Payload {
         bytes,
         zst_bytes,
         sha256,
     })
+}
+
+/// A zstd skippable frame that pads a stream of `n` bytes to whole CD
+/// blocks (at least its 8-byte header, so up to one block more): `zstd -d`
+/// and every zstd reader skip it, so the payload partition, padding and
+/// all, is one valid stream and its sha256 is the partition's.
+fn skippable_padding(n: u64) -> Vec<u8> {
+    let mut pad = (n.next_multiple_of(BLOCK) - n) as usize;
+    if pad < 8 {
+        pad += BLOCK as usize;
+    }
+    let mut v = vec![0u8; pad];
+    v[..4].copy_from_slice(&0x184d_2a50u32.to_le_bytes());
+    v[4..8].copy_from_slice(&((pad - 8) as u32).to_le_bytes());
+    v
+}
+
+/// A writer that counts what passes through it.
+struct Counting<W> {
+    inner: W,
+    n: u64,
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let k = self.inner.write(buf)?;
+        self.n += k as u64;
+        Ok(k)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Files by name, in order: (file name, bytes).
@@ -671,21 +760,46 @@ fn image_args(op: &Installer, payload: &Payload) -> String {
     a
 }
 
+/// The installer's part that finds the payload on `/dev/$medium` (the
+/// medium's whole disk): the GPT entry of [`PAYLOAD_TYPE`] (`$PAYLOAD_TYPE`,
+/// its bytes on disk in hex), read by offset, since a CD has no partition
+/// devices. GPT header: entry LBA at byte 72, entry count at 80, entry size
+/// at 84; entry: first and last LBA at byte 32. Defines `payload`, which
+/// writes the partition's bytes to stdout. Needs `say` and `stop`.
+pub const FIND_PAYLOAD: &str = "\
+[ \"$(dd if=\"/dev/$medium\" bs=512 skip=1 count=1 2>/dev/null | head -c 8)\" = 'EFI PART' ] || stop \"/dev/$medium has no GPT, so no payload partition: write the ISO to the stick as it is (dd)\"
+set -- $(od -An -tu8 -j 584 -N 8 \"/dev/$medium\") $(od -An -tu4 -j 592 -N 8 \"/dev/$medium\")
+elba=$1; n=$2; esz=$3; pfirst=; i=0
+while [ $i -lt \"$n\" ] && [ $i -lt 128 ]; do
+  o=$((elba * 512 + i * esz))
+  if [ \"$(od -An -tx1 -j $o -N 16 \"/dev/$medium\" | tr -d ' \\n')\" = \"$PAYLOAD_TYPE\" ]; then
+    set -- $(od -An -tu8 -j $((o + 32)) -N 16 \"/dev/$medium\"); pfirst=$1; plast=$2; break
+  fi
+  i=$((i + 1))
+done
+[ -n \"$pfirst\" ] || stop \"/dev/$medium has no payload partition in its GPT: not an installer medium written by kiln\"
+say \"payload: partition $((i + 1)) of /dev/$medium, $(( (plast - pfirst + 1) * 512 )) bytes\"
+payload() { dd if=\"/dev/$medium\" bs=1M iflag=skip_bytes,count_bytes,fullblock skip=$((pfirst * 512)) count=$(( (plast - pfirst + 1) * 512 )) 2>/dev/null; }
+";
+
 /// The installer, a busybox sh script run as `/init`, the same for every
 /// appliance and payload: what it installs comes on the kernel command line
 /// (GRUB's install entry, [`image_args`]): `kiln.name=`, `kiln.version=`,
-/// `kiln.image=` (the sha256 of `/kiln/disk.img.zst`), `kiln.bytes=` (the
-/// raw image's size).
+/// `kiln.image=` (the sha256 of the payload), `kiln.bytes=` (the raw
+/// image's size).
 ///
 /// 1. finds the install medium (the ISO 9660 file system whose
-///    `/kiln/disk.img.zst.sha256` names `kiln.image`) on any block device;
+///    `/kiln/disk.img.zst.sha256` names `kiln.image`) on any block device,
+///    and the payload partition in the medium's GPT by its type
+///    ([`PAYLOAD_TYPE`]);
 /// 2. picks the target: `kiln.disk=` (`vda` or `/dev/vda`), else the first
 ///    disk that is not the medium, not removable, not read-only and at
 ///    least the image's size;
 /// 3. refuses a disk with partitions or a partition table unless
 ///    `kiln.wipe=1` (the recipe's `iso.wipe` puts it in the menu);
 /// 4. clears the disk's first and last MiB, streams the image onto it
-///    from the second MiB on (zstd → dd), printing progress; zstd checks
+///    from the second MiB on (the payload partition's bytes by offset →
+///    zstd → dd), printing progress; zstd checks
 ///    the frame's content checksum (XXH64 of every decompressed byte, see
 ///    [`compress`]) and fails on any difference. A SHA-256 of the stream
 ///    in the guest would cost minutes under TCG for the same guarantee
@@ -714,6 +828,11 @@ pub fn init_script(modules: &[String]) -> String {
          NAME=appliance; VERSION=; IMAGE_BYTES=; IMAGE_SHA256=\n\
          WIPE=0; DISK=; ACTION=install; DONE=reboot; FAIL=shell\n",
     );
+    // The payload partition's type as its 16 bytes on disk, in hex (as `od -tx1` prints them).
+    let payload_type = crate::qcow2::gpt::Guid::parse(PAYLOAD_TYPE)
+        .map(|g| hex::encode(g.to_disk()))
+        .unwrap_or_default();
+    o.push_str(&format!("PAYLOAD_TYPE={payload_type}\n"));
     o.push_str(
         "say() { echo \"kiln-installer: $*\" > /dev/console; echo \"kiln-installer: $*\" > /dev/tty0 2>/dev/null; }\n\
          shell() { while :; do setsid cttyhack sh || sh; done; }\n\
@@ -767,7 +886,11 @@ pub fn init_script(modules: &[String]) -> String {
          # The medium's whole disk (a USB stick's partition belongs to it).\n\
          if [ -f \"/sys/class/block/$medium/partition\" ]; then medium=$(basename \"$(readlink -f \"/sys/class/block/$medium/..\")\"); fi\n\
          say \"install medium: /dev/$medium\"\n\
-         bytes() { echo $(( $(cat \"/sys/block/$1/size\") * 512 )); }\n\
+",
+    );
+    o.push_str(FIND_PAYLOAD);
+    o.push_str(
+        "bytes() { echo $(( $(cat \"/sys/block/$1/size\") * 512 )); }\n\
          if [ -z \"$DISK\" ]; then\n\
          \x20 for p in /sys/block/*; do\n\
          \x20   d=${p##*/}\n\
@@ -803,7 +926,7 @@ pub fn init_script(modules: &[String]) -> String {
          }\n\
          progress & pp=$!\n\
          set -o pipefail\n\
-         zstd -dcq /media/kiln/disk.img.zst | { dd of=/tmp/head bs=1M count=1 iflag=fullblock 2>/dev/null && dd of=\"/dev/$DISK\" bs=1M seek=1 iflag=fullblock conv=fsync 2>/dev/null; }\n\
+         payload | zstd -dcq | { dd of=/tmp/head bs=1M count=1 iflag=fullblock 2>/dev/null && dd of=\"/dev/$DISK\" bs=1M seek=1 iflag=fullblock conv=fsync 2>/dev/null; }\n\
          rc=$?\n\
          set +o pipefail\n\
          kill $pp 2>/dev/null; pp=\n\

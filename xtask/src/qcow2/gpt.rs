@@ -155,21 +155,10 @@ pub fn write(
     // Entries.
     let mut table = vec![0u8; (ENTRIES * ENTRY_SIZE) as usize];
     for (i, p) in parts.iter().enumerate() {
-        let e = &mut table[i * ENTRY_SIZE as usize..(i + 1) * ENTRY_SIZE as usize];
-        e[0..16].copy_from_slice(&p.type_guid.to_disk());
-        e[16..32].copy_from_slice(&p.guid.to_disk());
-        e[32..40].copy_from_slice(&p.first_lba.to_le_bytes());
-        e[40..48].copy_from_slice(&p.last_lba.to_le_bytes());
-        e[48..56].copy_from_slice(&p.attributes.to_le_bytes());
-        let units: Vec<u16> = p.name.encode_utf16().collect();
-        ensure!(
-            units.len() <= 36,
-            "partition name `{}` is longer than 36 characters",
-            p.name
-        );
-        for (j, u) in units.iter().enumerate() {
-            e[56 + 2 * j..58 + 2 * j].copy_from_slice(&u.to_le_bytes());
-        }
+        entry(
+            &mut table[i * ENTRY_SIZE as usize..(i + 1) * ENTRY_SIZE as usize],
+            p,
+        )?;
     }
     let table_crc = crc32(&table);
 
@@ -202,6 +191,147 @@ pub fn write(
     f.write_all_at(&header(last, 1, backup_entries), last * SECTOR)
         .context("writing the backup GPT header")?;
     Ok(())
+}
+
+/// `p` as a GPT entry into `e` (zeroed, then its fields).
+fn entry(e: &mut [u8], p: &Partition) -> Result<()> {
+    e.fill(0);
+    e[0..16].copy_from_slice(&p.type_guid.to_disk());
+    e[16..32].copy_from_slice(&p.guid.to_disk());
+    e[32..40].copy_from_slice(&p.first_lba.to_le_bytes());
+    e[40..48].copy_from_slice(&p.last_lba.to_le_bytes());
+    e[48..56].copy_from_slice(&p.attributes.to_le_bytes());
+    let units: Vec<u16> = p.name.encode_utf16().collect();
+    ensure!(
+        units.len() <= 36,
+        "partition name `{}` is longer than 36 characters",
+        p.name
+    );
+    for (j, u) in units.iter().enumerate() {
+        e[56 + 2 * j..58 + 2 * j].copy_from_slice(&u.to_le_bytes());
+    }
+    Ok(())
+}
+
+/// Add `part` to the GPT of `f`, whose data is already written past the
+/// disk's old end: it takes the table's first free entry, the disk grows
+/// to hold the backup table after `part` (its size a multiple of `align`
+/// bytes), the backup table and header move to the new end, the
+/// protective MBR covers the new size and the old backup is zeroed. Used
+/// on tables kiln did not write (xorriso's hybrid ISO), so the table's own
+/// entry count and size are kept. Returns the entry's number (from 1) and
+/// the disk's new size.
+pub fn add_partition(f: &File, part: &Partition, align: u64) -> Result<(usize, u64)> {
+    ensure!(
+        align.is_multiple_of(SECTOR) && align > 0,
+        "alignment {align} is not a multiple of {SECTOR}"
+    );
+    let mut mbr = [0u8; 512];
+    f.read_exact_at(&mut mbr, 0).context("reading the MBR")?;
+    let mut h = [0u8; 512];
+    f.read_exact_at(&mut h, SECTOR)
+        .context("reading the GPT header")?;
+    ensure!(&h[0..8] == b"EFI PART", "no GPT header at LBA 1");
+    let u32_at = |h: &[u8; 512], o: usize| u32::from_le_bytes(h[o..o + 4].try_into().unwrap());
+    let u64_at = |h: &[u8; 512], o: usize| u64::from_le_bytes(h[o..o + 8].try_into().unwrap());
+    let hsize = u32_at(&h, 12) as usize;
+    ensure!((92..=512).contains(&hsize), "GPT header size {hsize}");
+    let mut unsealed = h;
+    unsealed[16..20].fill(0);
+    ensure!(
+        crc32(&unsealed[..hsize]) == u32_at(&h, 16),
+        "the GPT header's CRC does not match"
+    );
+    let (old_backup, entries_lba) = (u64_at(&h, 32), u64_at(&h, 72));
+    let (n, size) = (u32_at(&h, 80) as usize, u32_at(&h, 84) as usize);
+    ensure!(
+        (128..=4096).contains(&size) && (1..=4096).contains(&n),
+        "implausible GPT entry table ({n} entries of {size} bytes)"
+    );
+    let mut table = vec![0u8; n * size];
+    f.read_exact_at(&mut table, entries_lba * SECTOR)
+        .context("reading the GPT entries")?;
+    ensure!(
+        crc32(&table) == u32_at(&h, 88),
+        "the GPT entries' CRC does not match"
+    );
+    let table_sectors = ((n * size) as u64).div_ceil(SECTOR);
+    let bytes = ((part.last_lba + 2 + table_sectors) * SECTOR).next_multiple_of(align);
+    let last = bytes / SECTOR - 1;
+    let backup_entries = last - table_sectors;
+    ensure!(
+        part.first_lba > old_backup && part.first_lba <= part.last_lba && part.last_lba < backup_entries,
+        "partition {} at LBA {}..={} is not between the old end (LBA {old_backup}) and the new backup table (LBA {backup_entries})",
+        part.name,
+        part.first_lba,
+        part.last_lba
+    );
+    let slot = (0..n)
+        .find(|i| table[i * size..i * size + 16].iter().all(|&b| b == 0))
+        .context("the GPT has no free entry")?;
+    entry(&mut table[slot * size..(slot + 1) * size], part)?;
+    let table_crc = crc32(&table);
+    let header = |my_lba: u64, alt_lba: u64, entries: u64| {
+        let mut o = h;
+        o[24..32].copy_from_slice(&my_lba.to_le_bytes());
+        o[32..40].copy_from_slice(&alt_lba.to_le_bytes());
+        o[48..56].copy_from_slice(&(backup_entries - 1).to_le_bytes());
+        o[72..80].copy_from_slice(&entries.to_le_bytes());
+        o[88..92].copy_from_slice(&table_crc.to_le_bytes());
+        o[16..20].fill(0);
+        let c = crc32(&o[..hsize]);
+        o[16..20].copy_from_slice(&c.to_le_bytes());
+        o
+    };
+    f.set_len(bytes)
+        .context("growing the disk for the backup GPT")?;
+    // The old backup (entries, then header) sits in no partition now.
+    let zeros = vec![0u8; ((table_sectors + 1) * SECTOR) as usize];
+    f.write_all_at(&zeros, (old_backup - table_sectors) * SECTOR)
+        .context("clearing the old backup GPT")?;
+    f.write_all_at(&table, backup_entries * SECTOR)
+        .context("writing the backup GPT entries")?;
+    f.write_all_at(&header(last, 1, backup_entries), last * SECTOR)
+        .context("writing the backup GPT header")?;
+    f.write_all_at(&table, entries_lba * SECTOR)
+        .context("writing the GPT entries")?;
+    f.write_all_at(&header(1, last, entries_lba), SECTOR)
+        .context("writing the GPT header")?;
+    // The protective MBR entry spans the disk.
+    if mbr[510..512] == [0x55, 0xaa] {
+        for i in 0..4 {
+            let e = &mut mbr[446 + 16 * i..462 + 16 * i];
+            if e[4] == 0xee {
+                let start = u32::from_le_bytes(e[8..12].try_into().unwrap()) as u64;
+                let old_end = start + u32::from_le_bytes(e[12..16].try_into().unwrap()) as u64 - 1;
+                let count = u32::try_from(bytes / SECTOR - start).unwrap_or(u32::MAX);
+                // The end's CHS in the geometry the table was written with,
+                // when it is the usual 64 heads × 32 sectors (xorriso's),
+                // else "not representable".
+                let end_chs = match (chs(old_end), chs(start + count as u64 - 1)) {
+                    (Some(old), Some(new)) if old == [e[5], e[6], e[7]] => new,
+                    _ => [0xff; 3],
+                };
+                e[5..8].copy_from_slice(&end_chs);
+                e[12..16].copy_from_slice(&count.to_le_bytes());
+            }
+        }
+        f.write_all_at(&mbr, 0)
+            .context("writing the protective MBR")?;
+    }
+    Ok((slot + 1, bytes))
+}
+
+/// An LBA as an MBR CHS address in a 64-head, 32-sector geometry (head,
+/// sector and cylinder's high bits, cylinder's low bits); `None` past
+/// cylinder 1023.
+fn chs(lba: u64) -> Option<[u8; 3]> {
+    const HEADS: u64 = 64;
+    const SECTORS: u64 = 32;
+    let c = lba / (HEADS * SECTORS);
+    let h = lba / SECTORS % HEADS;
+    let s = lba % SECTORS + 1;
+    (c <= 1023).then_some([h as u8, (s as u8) | ((c >> 8) as u8) << 6, c as u8])
 }
 
 /// CRC-32 (IEEE 802.3, reflected), as GPT uses.
@@ -289,5 +419,77 @@ mod tests {
         bad.last_lba = bytes / 512;
         assert!(write(&f, bytes, Guid([0; 16]), &[bad], None).is_err());
         assert!(write(&f, bytes, Guid([0; 16]), &[part.clone(), part], None).is_err());
+    }
+
+    /// A partition added to a grown disk reads back (scan's own GPT
+    /// reader, primary and backup), the backup table moved to the new end,
+    /// the old one zeroed, the protective MBR spanning the new size.
+    #[test]
+    fn a_partition_added_after_growing_reads_back_from_either_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = camino::Utf8PathBuf::from_path_buf(dir.path().join("d.img")).unwrap();
+        let f = File::options()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&p)
+            .unwrap();
+        let small: u64 = 4 << 20;
+        f.set_len(small).unwrap();
+        let esp = Partition {
+            type_guid: Guid::parse(TYPE_ESP).unwrap(),
+            guid: Guid(crate::epoch::derived_id(1, "p")),
+            first_lba: 2048,
+            last_lba: 4095,
+            name: "esp".into(),
+            attributes: 0,
+        };
+        let d = Guid(crate::epoch::derived_id(1, "d"));
+        write(&f, small, d, std::slice::from_ref(&esp), None).unwrap();
+        f.set_len(small + (1 << 20)).unwrap();
+        let data = Partition {
+            type_guid: Guid::parse(TYPE_LINUX_DATA).unwrap(),
+            guid: Guid(crate::epoch::derived_id(1, "q")),
+            first_lba: small / SECTOR,
+            last_lba: small / SECTOR + 2047,
+            name: "data".into(),
+            attributes: 0,
+        };
+        // Not past the old end: refused.
+        let mut early = data.clone();
+        early.first_lba = 100;
+        assert!(add_partition(&f, &early, 2048).is_err());
+        let (number, big) = add_partition(&f, &data, 2048).unwrap();
+        assert_eq!(number, 2);
+        // The backup table (32 sectors) and header after the data: 33
+        // sectors, rounded up to whole 2048-byte blocks (9).
+        assert_eq!(big, small + (1 << 20) + 9 * 2048);
+        assert_eq!(f.metadata().unwrap().len(), big);
+        let read = || {
+            let w = crate::scan::source::Window::open(&p).unwrap();
+            crate::scan::disk::partitions(&w).unwrap()
+        };
+        let parts = read();
+        assert_eq!(parts.len(), 2);
+        assert_eq!((parts[1].start, parts[1].len), (small, 1 << 20));
+        assert_eq!(parts[1].kind, TYPE_LINUX_DATA);
+        // The old backup header is gone; the MBR's 0xee entry spans the disk.
+        let mut old = [0u8; 512];
+        f.read_exact_at(&mut old, small - SECTOR).unwrap();
+        assert!(old.iter().all(|&b| b == 0));
+        let mut mbr = [0u8; 512];
+        f.read_exact_at(&mut mbr, 0).unwrap();
+        assert_eq!(
+            u32::from_le_bytes(mbr[458..462].try_into().unwrap()) as u64,
+            big / SECTOR - 1
+        );
+        // With the primary header destroyed, the backup at the end tells the same.
+        f.write_all_at(&[0u8; 512], SECTOR).unwrap();
+        let again = read();
+        assert_eq!(again.len(), 2);
+        assert_eq!((again[1].start, again[1].len), (small, 1 << 20));
+        // kiln edits only a table it read whole: no primary header, no edit.
+        assert!(add_partition(&f, &data, 2048).is_err());
     }
 }

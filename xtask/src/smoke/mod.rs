@@ -408,14 +408,14 @@ fn prepare(r: &Resolved, a: &Artifact, firmware: FirmwareChoice, work: &Utf8Path
     })
 }
 
-/// Whether `iso` is kiln's offline installer (it carries the disk payload)
-/// rather than a remastered Ubuntu ISO.
+/// Whether `iso` is kiln's offline installer (it carries the payload's
+/// checksum) rather than a remastered Ubuntu ISO.
 fn is_installer(iso: &Utf8Path) -> Result<bool> {
     let w = crate::scan::source::Window::open(iso)?;
     let fs = crate::scan::iso9660::Iso::open(w)
         .with_context(|| format!("{iso}: reading its ISO 9660 file system"))?;
     let mut found = false;
-    let payload = crate::iso::installer::PAYLOAD;
+    let payload = crate::iso::installer::PAYLOAD_SHA256;
     fs.walk(|e| {
         found |= e.path.trim_start_matches('/') == payload;
         Ok(())

@@ -13,8 +13,10 @@ use crate::cx::Cx;
 /// `--base-iso` asks for). Both erase the disk they install onto.
 ///
 /// installer: a hybrid ISO (BIOS and UEFI, CD and USB stick written with
-/// `dd`) holding the appliance's own disk as `/kiln/disk.img.zst` (with its
-/// sha256), the appliance's kernel and a small initramfs. Its default menu
+/// `dd`) holding the appliance's own disk, zstd-compressed, as a GPT
+/// partition after the ISO file system (named `disk.img.zst`, its sha256 in
+/// `/kiln/disk.img.zst.sha256`), the appliance's kernel and a small
+/// initramfs. Its default menu
 /// entry, after `iso.timeout` seconds, writes the disk onto the first
 /// non-removable disk that is not the medium and is large enough; it refuses
 /// a disk that holds partitions unless `iso.wipe: true` or the kernel
