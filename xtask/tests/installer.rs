@@ -495,7 +495,7 @@ fn the_installer_finds_its_payload_partition_on_the_medium() {
     ]) {
         return;
     }
-    use xtask::iso::installer::{append_payload, compress, FIND_PAYLOAD, PAYLOAD_TYPE};
+    use xtask::iso::installer::{add_payload_partition, compress, FIND_PAYLOAD, PAYLOAD_TYPE};
     let (_d, dir) = support::tempdir("kiln-installer-");
     let tree = dir.join("tree");
     std::fs::create_dir_all(tree.join("boot/grub")).unwrap();
@@ -533,7 +533,13 @@ fn the_installer_finds_its_payload_partition_on_the_medium() {
     );
     let zst = dir.join("disk.img.zst");
     let payload = compress(&raw, &zst).unwrap();
-    append_payload(&iso, &zst, 1_700_000_000).unwrap();
+    // After xorriso's image, as the ISO step writes it.
+    let at = std::fs::metadata(&iso).unwrap().len();
+    {
+        let mut f = std::fs::OpenOptions::new().append(true).open(&iso).unwrap();
+        std::io::copy(&mut std::fs::File::open(&zst).unwrap(), &mut f).unwrap();
+    }
+    add_payload_partition(&iso, at, payload.zst_bytes, 1_700_000_000).unwrap();
     let verified = sh("sgdisk", &["-v", iso.as_str()]);
     assert!(verified.contains("No problems found"), "{verified}");
     // xorriso reads the extended system area as it wrote it: the same MBR

@@ -3,8 +3,9 @@
 //!
 //! - `installer-iso`: the ISO target's own step (`iso-amd64`: the payload
 //!   compressed with zstd on every core with its sha256 taken on the
-//!   writer's thread, the menu, xorriso, the payload appended as a GPT
-//!   partition, the flush and sha256 of the ISO)
+//!   writer's thread, straight into the ISO behind xorriso's head, the
+//!   menu, xorriso's head again with the real sha256, the GPT entry, the
+//!   flush and sha256 of the ISO)
 //!   on the already built fitted disk and boot parts, against `zstd -T0` of
 //!   the same raw disk at the same level, in alternating rounds of the same
 //!   run. Goal: <= 1.2x. The disk, the Debian root, the installer's tools

@@ -47,6 +47,8 @@ pub const PAYLOAD_SHA256: &str = "kiln/disk.img.zst.sha256";
 /// finds its payload on the medium by the type.
 pub const PAYLOAD_TYPE: &str = "ec9ce540-0ef6-4b0b-b8b8-37d2bf81cba8";
 pub const PAYLOAD_NAME: &str = "disk.img.zst";
+/// xorriso's image with the payload's real sha256, written over the ISO's head.
+const HEAD: &str = "head.iso";
 /// The payload starts and ends on a CD block: a CD reads whole 2048-byte blocks.
 const BLOCK: u64 = 2048;
 /// zstd level of the payload (zstd's own default: the bench compares with `zstd -T0`).
@@ -267,15 +269,22 @@ impl Op for Installer {
     fn describe(&self) -> serde_json::Value {
         json!({ "iso_installer": self })
     }
+    /// xorriso twice: the ISO's head with the payload's stand-in sha256
+    /// (where the payload then goes), and with the real one ([`build`]).
     fn commands(&self) -> Vec<tools::Cmd> {
         let out = Utf8Path::new(OUT);
-        vec![xorriso::installer_iso(
-            &out.join("tree"),
-            &self.boot_dir.join(ESP),
-            &volid(&self.name),
-            &out.join(&self.artifact),
-            self.epoch,
-        )]
+        [out.join(&self.artifact), out.join(HEAD)]
+            .iter()
+            .map(|to| {
+                xorriso::installer_iso(
+                    &out.join("tree"),
+                    &self.boot_dir.join(ESP),
+                    &volid(&self.name),
+                    to,
+                    self.epoch,
+                )
+            })
+            .collect()
     }
     fn run(&self, cx: &OpCx) -> Result<()> {
         build(self, cx.out)
@@ -362,9 +371,15 @@ fn build_boot(op: &BootParts, out: &Utf8Path) -> Result<()> {
     Ok(())
 }
 
-/// The ISO step: the payload compresses on zstd's worker threads while
-/// this thread lays out the tree (the boot parts copied in); then the menu
-/// (it names the payload), xorriso, the ISO flushed and hashed.
+/// The ISO step. xorriso writes the ISO's head (file system, ESP) first,
+/// with a stand-in for the payload's sha256 in the files that name it
+/// (the same length), which fixes where the payload starts; the payload
+/// compresses straight into the ISO from there on zstd's worker threads
+/// (its first bytes wait in the writer's queue until the head is written).
+/// Then xorriso writes the head again with the real sha256, which replaces
+/// the first one byte for byte, the payload becomes a GPT partition
+/// ([`add_payload_partition`]) and the ISO is flushed and hashed. xorriso
+/// never copies the payload, and nothing copies it twice.
 fn build(op: &Installer, out: &Utf8Path) -> Result<()> {
     let tree = out.join("tree");
     for d in [&tree.join("kiln"), &tree.join("boot/grub")] {
@@ -375,90 +390,159 @@ fn build(op: &Installer, out: &Utf8Path) -> Result<()> {
         &std::fs::read(&layout_path).with_context(|| format!("reading {layout_path}"))?,
     )
     .with_context(|| format!("{layout_path}: the disk step's layout"))?;
+    for (from, to) in [
+        (VMLINUZ, "kiln/vmlinuz"),
+        (INITRD, "kiln/initrd.img"),
+        (ELTORITO, "boot/grub/eltorito.img"),
+    ] {
+        let (from, to) = (op.boot_dir.join(from), tree.join(to));
+        std::fs::copy(&from, &to).with_context(|| format!("copying {from} to {to}"))?;
+    }
     let raw = op.disk_dir.join(crate::qcow2::disk::DISK_RAW);
-    let zst = out.join(PAYLOAD_NAME);
-    let (payload, copied) = std::thread::scope(|s| {
-        let t = s.spawn(|| compress(&raw, &zst));
-        let copied = [
-            (VMLINUZ, "kiln/vmlinuz"),
-            (INITRD, "kiln/initrd.img"),
-            (ELTORITO, "boot/grub/eltorito.img"),
-        ]
-        .into_iter()
-        .try_for_each(|(from, to)| {
-            let (from, to) = (op.boot_dir.join(from), tree.join(to));
-            std::fs::copy(&from, &to)
-                .map(drop)
-                .with_context(|| format!("copying {from} to {to}"))
-        });
-        (t.join(), copied)
-    });
-    let payload = payload.map_err(|_| anyhow::anyhow!("the compression thread panicked"))??;
-    copied?;
-    ensure!(
-        payload.bytes == layout.size,
-        "kiln bug: {raw} is {} bytes, its layout says {}",
-        payload.bytes,
-        layout.size
-    );
-    std::fs::write(
-        tree.join(PAYLOAD_SHA256),
-        crate::digest::sha256sum_line(&payload.sha256, "disk.img.zst"),
-    )?;
-    std::fs::write(
-        tree.join("kiln/info"),
-        format!(
-            "{} {} installer (kiln)\nimage {} bytes; disk.img.zst {} bytes, sha256 {}\n",
-            op.name, op.version, payload.bytes, payload.zst_bytes, payload.sha256
-        ),
-    )?;
-    std::fs::write(
-        tree.join("boot/grub/grub.cfg"),
-        grub_cfg(op, &layout, &payload),
-    )?;
-    crate::fsutil::set_tree_mtimes(&tree, op.epoch)?;
+    let stand_in = Payload {
+        bytes: layout.size,
+        zst_bytes: 0,
+        sha256: "0".repeat(64),
+    };
     let iso = out.join(&op.artifact);
-    crate::fsutil::written_back_while(&iso, || {
+    let head = out.join(HEAD);
+    let xorriso = |to: &Utf8Path| {
         tools::run(&xorriso::installer_iso(
             &tree,
             &op.boot_dir.join(ESP),
             &volid(&op.name),
-            &iso,
+            to,
             op.epoch,
-        ))?;
-        append_payload(&iso, &zst, op.epoch)
+        ))
+    };
+    crate::fsutil::written_back_while(&iso, || {
+        write_menu(op, &layout, &stand_in, &tree)?;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<std::fs::File>(1);
+        let (start, payload) = std::thread::scope(|s| {
+            let iso = &iso;
+            let xorriso = &xorriso;
+            let first = s.spawn(move || -> Result<u64> {
+                use std::io::{Seek, SeekFrom};
+                xorriso(iso)?;
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(iso)
+                    .with_context(|| format!("opening {iso}"))?;
+                let start = f.seek(SeekFrom::End(0))?;
+                ensure!(
+                    start.is_multiple_of(BLOCK),
+                    "{iso}: xorriso wrote {start} bytes, not whole {BLOCK}-byte blocks"
+                );
+                // A compression that stopped early reports its own error.
+                let _ = tx.send(f);
+                Ok(start)
+            });
+            let payload = compress_into(&raw, Deferred::File(rx))
+                .with_context(|| format!("compressing {raw} into {iso}"));
+            let start = first
+                .join()
+                .map_err(|_| anyhow::anyhow!("the xorriso thread panicked"))?;
+            // xorriso's error first: the compression only saw it as a closed channel.
+            Ok::<_, anyhow::Error>((start?, payload?))
+        })?;
+        ensure!(
+            payload.bytes == layout.size,
+            "kiln bug: {raw} is {} bytes, its layout says {}",
+            payload.bytes,
+            layout.size
+        );
+        write_menu(op, &layout, &payload, &tree)?;
+        xorriso(&head)?;
+        let written = std::fs::read(&head).with_context(|| format!("reading {head}"))?;
+        ensure!(
+            written.len() as u64 == start,
+            "kiln bug: xorriso's image is {} bytes with the payload's sha256, {start} with its stand-in",
+            written.len()
+        );
+        {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&iso)
+                .with_context(|| format!("opening {iso}"))?;
+            f.write_all_at(&written, 0)
+                .with_context(|| format!("writing xorriso's image into {iso}"))?;
+        }
+        add_payload_partition(&iso, start, payload.zst_bytes, op.epoch)
     })?;
     std::fs::remove_dir_all(&tree).with_context(|| format!("removing {tree}"))?;
-    std::fs::remove_file(&zst).with_context(|| format!("removing {zst}"))?;
+    std::fs::remove_file(&head).with_context(|| format!("removing {head}"))?;
     crate::exec::flush_and_digest(&iso)?;
     Ok(())
 }
 
-/// Append `zst` to `iso` (xorriso's image, whole CD blocks) as a GPT
-/// partition of [`PAYLOAD_TYPE`], the backup GPT after it: an in-kernel
-/// copy instead of xorriso reading and writing the payload. The partition
-/// is outside the ISO 9660 file system, like the ESP xorriso appends.
-pub fn append_payload(iso: &Utf8Path, zst: &Utf8Path, epoch: i64) -> Result<()> {
+/// The files of the ISO that name the payload: its sha256 (for `sha256sum
+/// -c`), `kiln/info` and GRUB's menu. Their lengths do not depend on the
+/// sha256's value, so a stand-in lays out the same image.
+fn write_menu(op: &Installer, layout: &Layout, payload: &Payload, tree: &Utf8Path) -> Result<()> {
+    let files = [
+        (
+            PAYLOAD_SHA256,
+            crate::digest::sha256sum_line(&payload.sha256, PAYLOAD_NAME),
+        ),
+        (
+            "kiln/info",
+            format!(
+                "{} {} installer (kiln)\nimage {} bytes; payload: partition {PAYLOAD_NAME}, sha256 {}\n",
+                op.name, op.version, payload.bytes, payload.sha256
+            ),
+        ),
+        ("boot/grub/grub.cfg", grub_cfg(op, layout, payload)),
+    ];
+    for (name, text) in files {
+        let p = tree.join(name);
+        std::fs::write(&p, text).with_context(|| format!("writing {p}"))?;
+    }
+    crate::fsutil::set_tree_mtimes(tree, op.epoch)
+}
+
+/// A writer whose file comes later: the first write waits for it.
+enum Deferred {
+    File(std::sync::mpsc::Receiver<std::fs::File>),
+    Ready(std::fs::File),
+}
+
+impl Write for Deferred {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Deferred::File(rx) = self {
+            let f = rx
+                .recv()
+                .map_err(|_| std::io::Error::other("the ISO's head was not written"))?;
+            *self = Deferred::Ready(f);
+        }
+        match self {
+            Deferred::Ready(f) => f.write(buf),
+            Deferred::File(_) => unreachable!("set above"),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Deferred::Ready(f) => f.flush(),
+            Deferred::File(_) => Ok(()),
+        }
+    }
+}
+
+/// Make the `len` bytes at `start` of `iso` (past xorriso's image, whole
+/// CD blocks) a GPT partition of [`PAYLOAD_TYPE`], the backup GPT after
+/// it. The partition is outside the ISO 9660 file system, like the ESP
+/// xorriso appends.
+pub fn add_payload_partition(iso: &Utf8Path, start: u64, len: u64, epoch: i64) -> Result<()> {
     use crate::qcow2::gpt::{self, Guid, SECTOR};
-    use std::io::{Seek, SeekFrom};
-    let mut f = std::fs::OpenOptions::new()
+    ensure!(
+        start.is_multiple_of(BLOCK) && len.is_multiple_of(BLOCK) && len > 0,
+        "kiln bug: the payload at {start} ({len} bytes) is not in whole {BLOCK}-byte blocks"
+    );
+    let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(iso)
         .with_context(|| format!("opening {iso}"))?;
-    let start = f.metadata()?.len();
-    ensure!(
-        start.is_multiple_of(BLOCK),
-        "{iso}: xorriso wrote {start} bytes, not whole {BLOCK}-byte blocks"
-    );
-    let mut src = std::fs::File::open(zst).with_context(|| format!("opening {zst}"))?;
-    let len = src.metadata()?.len();
-    ensure!(
-        len.is_multiple_of(BLOCK),
-        "kiln bug: {zst} is not padded to {BLOCK} bytes"
-    );
-    f.seek(SeekFrom::Start(start))?;
-    std::io::copy(&mut src, &mut f).with_context(|| format!("appending {zst} to {iso}"))?;
     let part = gpt::Partition {
         type_guid: Guid::parse(PAYLOAD_TYPE)?,
         guid: Guid(crate::epoch::derived_id(
@@ -475,23 +559,26 @@ pub fn append_payload(iso: &Utf8Path, zst: &Utf8Path, epoch: i64) -> Result<()> 
     Ok(())
 }
 
-/// Compress `raw` into `zst` (zstd, all cores, with the frame's content
+/// Compress `raw` into `zst` ([`compress_into`] a new file).
+pub fn compress(raw: &Utf8Path, zst: &Utf8Path) -> Result<Payload> {
+    let f = std::fs::File::create(zst).with_context(|| format!("creating {zst}"))?;
+    compress_into(raw, f).with_context(|| format!("compressing {raw} into {zst}"))
+}
+
+/// Compress `raw` into `to` (zstd, all cores, with the frame's content
 /// checksum, by which the installer's `zstd -d` verifies every byte it
-/// writes). The sha256 of the compressed file, as `sha256sum -c` checks it
-/// on the medium (`disk.img.zst.sha256`), is taken on the writer's thread
+/// writes), padded to whole CD blocks ([`skippable_padding`]). The sha256
+/// of what is written, as `sha256sum -c` checks the payload saved from its
+/// partition (`disk.img.zst.sha256`), is taken on the writer's thread
 /// ([`crate::digest::BackgroundWriter`]) while zstd's workers compress: it
 /// names the image on the installer's command line, by which the installer
 /// knows its medium.
-pub fn compress(raw: &Utf8Path, zst: &Utf8Path) -> Result<Payload> {
-    let f = std::fs::File::create(zst).with_context(|| format!("creating {zst}"))?;
-    let w = crate::digest::BackgroundWriter::new(f).with_context(|| format!("writing {zst}"))?;
+pub fn compress_into<W: Write + Send + 'static>(raw: &Utf8Path, to: W) -> Result<Payload> {
+    let w = crate::digest::BackgroundWriter::new(to).context("starting the writer thread")?;
     let w = Counting { inner: w, n: 0 };
-    let (bytes, mut w) = crate::archive::zstd_file(raw, w, ZSTD_LEVEL, "compress the disk")
-        .with_context(|| format!("compressing {raw} into {zst}"))?;
-    let pad = skippable_padding(w.n);
-    w.write_all(&pad)
-        .with_context(|| format!("writing {zst}"))?;
-    let (_, sha256, zst_bytes) = w.inner.finish().with_context(|| format!("writing {zst}"))?;
+    let (bytes, mut w) = crate::archive::zstd_file(raw, w, ZSTD_LEVEL, "compress the disk")?;
+    w.write_all(&skippable_padding(w.n))?;
+    let (_, sha256, zst_bytes) = w.inner.finish()?;
     Ok(Payload {
         bytes,
         zst_bytes,
