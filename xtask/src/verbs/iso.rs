@@ -14,15 +14,15 @@ use crate::cx::Cx;
 ///
 /// installer: a hybrid ISO (BIOS and UEFI, CD and USB stick written with
 /// `dd`) holding the appliance's own disk, zstd-compressed, as a GPT
-/// partition after the ISO file system (named `disk.img.zst`, its sha256 in
-/// `/kiln/disk.img.zst.sha256`), the appliance's kernel and a small
-/// initramfs. Its default menu
-/// entry, after `iso.timeout` seconds, writes the disk onto the first
-/// non-removable disk that is not the medium and is large enough; it refuses
-/// a disk that holds partitions unless `iso.wipe: true` or the kernel
-/// argument `kiln.wipe=1` (`kiln.disk=vda` names the disk). The partition
-/// table is written last, after the payload's checksum matched, so a failed
-/// install never leaves a disk that boots. Needs no download.
+/// partition after the ISO file system (named `disk.img.zst`, its sha256
+/// in `/kiln/disk.img.zst.sha256`), the appliance's kernel and a small
+/// initramfs. Its default menu entry, after `iso.timeout` seconds, writes
+/// the disk onto the first non-removable disk that is not the medium and
+/// is large enough; it refuses a disk that holds partitions unless
+/// `iso.wipe: true` or the kernel argument `kiln.wipe=1` (`kiln.disk=vda`
+/// names the disk). The partition table is written last, after the
+/// payload's checksum matched, so a failed install never leaves a disk
+/// that boots. Needs no download.
 ///
 /// remaster: the base comes from `--base-iso PATH` or the recipe's
 /// `iso.base` (`path` or `url`, with a required `sha256`; a URL is
