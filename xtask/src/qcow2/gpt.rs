@@ -376,10 +376,9 @@ mod tests {
         assert!(Guid::parse("nope").is_err());
     }
 
-    #[test]
-    fn table_round_trip() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("d.img");
+    /// A new disk image file of `bytes` in `dir`.
+    fn disk(dir: &tempfile::TempDir, bytes: u64) -> (File, camino::Utf8PathBuf) {
+        let p = camino::Utf8PathBuf::from_path_buf(dir.path().join("d.img")).unwrap();
         let f = File::options()
             .create(true)
             .truncate(true)
@@ -387,16 +386,27 @@ mod tests {
             .write(true)
             .open(&p)
             .unwrap();
-        let bytes = 8 << 20;
         f.set_len(bytes).unwrap();
-        let part = Partition {
+        (f, p)
+    }
+
+    fn esp() -> Partition {
+        Partition {
             type_guid: Guid::parse(TYPE_ESP).unwrap(),
             guid: Guid(crate::epoch::derived_id(1, "p")),
             first_lba: 2048,
             last_lba: 4095,
             name: "esp".into(),
             attributes: 0,
-        };
+        }
+    }
+
+    #[test]
+    fn table_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = 8 << 20;
+        let (f, _) = disk(&dir, bytes);
+        let part = esp();
         write(
             &f,
             bytes,
@@ -427,26 +437,10 @@ mod tests {
     #[test]
     fn a_partition_added_after_growing_reads_back_from_either_header() {
         let dir = tempfile::tempdir().unwrap();
-        let p = camino::Utf8PathBuf::from_path_buf(dir.path().join("d.img")).unwrap();
-        let f = File::options()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(&p)
-            .unwrap();
         let small: u64 = 4 << 20;
-        f.set_len(small).unwrap();
-        let esp = Partition {
-            type_guid: Guid::parse(TYPE_ESP).unwrap(),
-            guid: Guid(crate::epoch::derived_id(1, "p")),
-            first_lba: 2048,
-            last_lba: 4095,
-            name: "esp".into(),
-            attributes: 0,
-        };
+        let (f, p) = disk(&dir, small);
         let d = Guid(crate::epoch::derived_id(1, "d"));
-        write(&f, small, d, std::slice::from_ref(&esp), None).unwrap();
+        write(&f, small, d, &[esp()], None).unwrap();
         f.set_len(small + (1 << 20)).unwrap();
         let data = Partition {
             type_guid: Guid::parse(TYPE_LINUX_DATA).unwrap(),
