@@ -82,6 +82,9 @@ pub struct Cmd {
     /// tests read `CI`, `KILN_*` and cargo's own variables).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub inherit_env: bool,
+    /// With [`Cmd::inherit_env`]: variables not passed on.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unset: Vec<String>,
     /// What to tell the user when the command fails with a known message:
     /// (text in its stderr, advice). Not part of the command's identity.
     #[serde(skip)]
@@ -102,6 +105,7 @@ impl Cmd {
             inherit_stderr: false,
             stderr_to_stdout: false,
             inherit_env: false,
+            unset: Vec::new(),
             hints: Vec::new(),
         }
     }
@@ -134,6 +138,11 @@ impl Cmd {
     }
     pub fn with_env_inherited(mut self) -> Cmd {
         self.inherit_env = true;
+        self
+    }
+    /// Do not pass `vars` on (with [`Cmd::with_env_inherited`]).
+    pub fn without_env(mut self, vars: &[&str]) -> Cmd {
+        self.unset.extend(vars.iter().map(|v| v.to_string()));
         self
     }
     pub fn inherit_output(mut self) -> Cmd {
@@ -428,6 +437,9 @@ fn run_inner(cmd: &Cmd, feed: Option<Feed>) -> Result<Output> {
         if let Ok(v) = std::env::var(k) {
             c.env(k, v);
         }
+    }
+    for k in &cmd.unset {
+        c.env_remove(k);
     }
     c.env("LANG", "C.UTF-8").env("LC_ALL", "C.UTF-8");
     c.envs(&cmd.env);
@@ -858,5 +870,25 @@ mod tests {
             Watch::Exited { output, .. } => assert_eq!(output, "no\n"),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// An inherited environment passes on everything but what the command
+    /// leaves out (`cargo xtask test` builds the tests without the
+    /// variables `cargo run` set for kiln, see `cargo::build_tests`).
+    #[test]
+    fn an_inherited_environment_leaves_out_what_the_command_unsets() {
+        let Ok(path) = std::env::var("PATH") else {
+            return;
+        };
+        let home = std::env::var("HOME").unwrap_or_default();
+        let script = "echo \"path=$PATH\"; echo \"home=${HOME-unset}\"";
+        let out = run(&Cmd::new("sh", "print the environment")
+            .args(["-c", script])
+            .with_env_inherited()
+            .without_env(&["HOME"]))
+        .unwrap();
+        let text = out.stdout_str();
+        assert!(text.contains(&format!("path={path}\n")), "{text}");
+        assert!(text.contains("home=unset\n"), "{text} (HOME was {home})");
     }
 }
