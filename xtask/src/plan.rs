@@ -68,7 +68,7 @@ pub struct OpCx<'a> {
 
 #[derive(Clone)]
 pub enum Action {
-    Cmd(Cmd),
+    Cmd(Box<Cmd>),
     Op(Arc<dyn Op>),
 }
 
@@ -89,7 +89,7 @@ impl Action {
     /// The commands this action runs (its own, or an op's declared ones).
     pub fn commands(&self) -> Vec<Cmd> {
         match self {
-            Action::Cmd(c) => vec![c.clone()],
+            Action::Cmd(c) => vec![(**c).clone()],
             Action::Op(o) => o.commands(),
         }
     }
@@ -315,7 +315,7 @@ impl StepBuilder {
         self.input(Input::step(s))
     }
     pub fn cmd(mut self, c: Cmd) -> StepBuilder {
-        self.actions.push(Action::Cmd(c));
+        self.actions.push(Action::Cmd(Box::new(c)));
         self
     }
     pub fn op(mut self, o: impl Op + 'static) -> StepBuilder {
