@@ -266,8 +266,15 @@ pub fn add_partition(f: &File, part: &Partition, align: u64) -> Result<(usize, u
         part.first_lba,
         part.last_lba
     );
+    let used = |i: &usize| table[i * size..i * size + 16].iter().any(|&b| b != 0);
+    // The end of the data the table describes: the old backup is cleared only past it.
+    let data_end = (0..n)
+        .filter(used)
+        .map(|i| u64::from_le_bytes(table[i * size + 40..i * size + 48].try_into().unwrap()))
+        .max()
+        .unwrap_or(0);
     let slot = (0..n)
-        .find(|i| table[i * size..i * size + 16].iter().all(|&b| b == 0))
+        .find(|i| !used(i))
         .context("the GPT has no free entry")?;
     entry(&mut table[slot * size..(slot + 1) * size], part)?;
     let table_crc = crc32(&table);
@@ -286,9 +293,12 @@ pub fn add_partition(f: &File, part: &Partition, align: u64) -> Result<(usize, u
     f.set_len(bytes)
         .context("growing the disk for the backup GPT")?;
     // The old backup (entries, then header) sits in no partition now.
-    let zeros = vec![0u8; ((table_sectors + 1) * SECTOR) as usize];
-    f.write_all_at(&zeros, (old_backup - table_sectors) * SECTOR)
-        .context("clearing the old backup GPT")?;
+    let old_entries = old_backup.saturating_sub(table_sectors);
+    if old_entries > data_end {
+        let zeros = vec![0u8; ((table_sectors + 1) * SECTOR) as usize];
+        f.write_all_at(&zeros, old_entries * SECTOR)
+            .context("clearing the old backup GPT")?;
+    }
     f.write_all_at(&table, backup_entries * SECTOR)
         .context("writing the backup GPT entries")?;
     f.write_all_at(&header(last, 1, backup_entries), last * SECTOR)
@@ -303,7 +313,8 @@ pub fn add_partition(f: &File, part: &Partition, align: u64) -> Result<(usize, u
             let e = &mut mbr[446 + 16 * i..462 + 16 * i];
             if e[4] == 0xee {
                 let start = u32::from_le_bytes(e[8..12].try_into().unwrap()) as u64;
-                let old_end = start + u32::from_le_bytes(e[12..16].try_into().unwrap()) as u64 - 1;
+                let old_end = (start + u32::from_le_bytes(e[12..16].try_into().unwrap()) as u64)
+                    .saturating_sub(1);
                 let count = u32::try_from(bytes / SECTOR - start).unwrap_or(u32::MAX);
                 // The end's CHS in the geometry the table was written with,
                 // when it is the usual 64 heads × 32 sectors (xorriso's),
