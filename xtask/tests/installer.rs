@@ -458,7 +458,8 @@ fn the_payload_carries_a_content_checksum() {
         .collect();
     std::fs::write(&raw, &text).unwrap();
     let zst = dir.join("disk.img.zst");
-    let payload = xtask::iso::installer::compress(&raw, &zst).unwrap();
+    let payload =
+        xtask::iso::installer::compress_into(&raw, std::fs::File::create(&zst).unwrap()).unwrap();
     assert_eq!(payload.bytes, text.len() as u64);
     assert_eq!(payload.sha256, support::sha256(&zst));
     assert_eq!(payload.zst_bytes, std::fs::metadata(&zst).unwrap().len());
@@ -495,7 +496,7 @@ fn the_installer_finds_its_payload_partition_on_the_medium() {
     ]) {
         return;
     }
-    use xtask::iso::installer::{add_payload_partition, compress, FIND_PAYLOAD, PAYLOAD_TYPE};
+    use xtask::iso::installer::{add_payload_partition, compress_into, FIND_PAYLOAD, PAYLOAD_TYPE};
     let (_d, dir) = support::tempdir("kiln-installer-");
     let tree = dir.join("tree");
     std::fs::create_dir_all(tree.join("boot/grub")).unwrap();
@@ -532,7 +533,7 @@ fn the_installer_finds_its_payload_partition_on_the_medium() {
         &["-cf", raw.as_str(), "-C", root.as_str(), "etc", "filler"],
     );
     let zst = dir.join("disk.img.zst");
-    let payload = compress(&raw, &zst).unwrap();
+    let payload = compress_into(&raw, std::fs::File::create(&zst).unwrap()).unwrap();
     // After xorriso's image, as the ISO step writes it.
     let at = std::fs::metadata(&iso).unwrap().len();
     {

@@ -559,12 +559,6 @@ pub fn add_payload_partition(iso: &Utf8Path, start: u64, len: u64, epoch: i64) -
     Ok(())
 }
 
-/// Compress `raw` into `zst` ([`compress_into`] a new file).
-pub fn compress(raw: &Utf8Path, zst: &Utf8Path) -> Result<Payload> {
-    let f = std::fs::File::create(zst).with_context(|| format!("creating {zst}"))?;
-    compress_into(raw, f).with_context(|| format!("compressing {raw} into {zst}"))
-}
-
 /// Compress `raw` into `to` (zstd, all cores, with the frame's content
 /// checksum, by which the installer's `zstd -d` verifies every byte it
 /// writes), padded to whole CD blocks ([`skippable_padding`]). The sha256
@@ -888,7 +882,7 @@ payload() { dd if=\"/dev/$medium\" bs=1M iflag=skip_bytes,count_bytes,fullblock 
 ///    from the second MiB on (the payload partition's bytes by offset →
 ///    zstd → dd), printing progress; zstd checks
 ///    the frame's content checksum (XXH64 of every decompressed byte, see
-///    [`compress`]) and fails on any difference. A SHA-256 of the stream
+///    [`compress_into`]) and fails on any difference. A SHA-256 of the stream
 ///    in the guest would cost minutes under TCG for the same guarantee
 ///    against a damaged medium;
 /// 5. only then writes the first MiB (the partition table), moves the
